@@ -1,0 +1,143 @@
+"""The imagechain block: a signed header that links one instance to the chain and to its study.
+
+Pure: no files, no database. The same block goes into DICOM private tags today and into
+PNG/JPEG/TIFF metadata later, so it knows nothing of DICOM beyond two UIDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from . import canonjson
+from .errors import MalformedBlockError, SignatureError
+from .keys import NodeKey, key_id_for, verify_signature
+
+FORMAT_VERSION = 1
+GENESIS_HASH = "0" * 64  # previous hash of height 0, and of index 0 within a study
+BLOCK_DOMAIN = b"DICOM_CHAIN block v1\n"
+SIGNATURE_DOMAIN = b"DICOM_CHAIN block signature v1\n"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def utc_now() -> str:
+    """Block time: UTC, microseconds, ISO 8601 with a Z; sortable as text."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    """Everything the block hash covers."""
+
+    version: int
+    chain_id: str
+    height: int
+    prev_hash: str
+    content_hash: str
+    timestamp: str
+    institution: str
+    key_id: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    study_index: int
+    study_prev_hash: str
+
+    def canonical_bytes(self) -> bytes:
+        return canonjson.dumps(asdict(self))
+
+    @property
+    def block_hash(self) -> str:
+        return hashlib.sha256(BLOCK_DOMAIN + self.canonical_bytes()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BlockHeader:
+        if not isinstance(data, dict):
+            raise MalformedBlockError("block header is not an object")
+        names = {f.name: f.type for f in fields(cls)}
+        if set(data) != set(names):
+            missing, extra = set(names) - set(data), set(data) - set(names)
+            raise MalformedBlockError(
+                f"block header fields differ: missing {sorted(missing)}, extra {sorted(extra)}"
+            )
+        for name, kind in names.items():
+            want = int if kind in ("int", int) else str
+            if type(data[name]) is not want:
+                raise MalformedBlockError(f"block header field {name!r} is not {want.__name__}")
+        header = cls(**data)
+        header.check()
+        return header
+
+    def check(self) -> None:
+        """Shape rules a forged or garbled header would break."""
+        if self.version != FORMAT_VERSION:
+            raise MalformedBlockError(f"unknown block format version {self.version}")
+        if self.height < 0 or self.study_index < 0:
+            raise MalformedBlockError("negative height or study index")
+        for name in ("prev_hash", "content_hash", "study_prev_hash"):
+            if not _HEX64.fullmatch(getattr(self, name)):
+                raise MalformedBlockError(f"{name} is not 64 lowercase hex digits")
+        if not _HEX16.fullmatch(self.key_id):
+            raise MalformedBlockError("key_id is not 16 lowercase hex digits")
+        if (self.height == 0) != (self.prev_hash == GENESIS_HASH):
+            raise MalformedBlockError("only height 0 may (and must) follow the genesis hash")
+        if (self.study_index == 0) != (self.study_prev_hash == GENESIS_HASH):
+            raise MalformedBlockError("only study index 0 may (and must) follow the genesis hash")
+
+
+@dataclass(frozen=True)
+class Block:
+    header: BlockHeader
+    public_key: bytes
+    signature: bytes
+
+    @property
+    def hash(self) -> str:
+        return self.header.block_hash
+
+    @classmethod
+    def sign(cls, header: BlockHeader, key: NodeKey) -> Block:
+        if header.key_id != key.key_id:
+            raise SignatureError("header names another key than the one signing it")
+        return cls(header, key.public_key, key.sign(SIGNATURE_DOMAIN + header.canonical_bytes()))
+
+    def verify_signature(self, trusted_keys: frozenset[bytes] | None = None) -> None:
+        """Raise SignatureError unless signed by the key it names (and, if given, a trusted one)."""
+        if key_id_for(self.public_key) != self.header.key_id:
+            raise SignatureError("block's public key does not match its key id")
+        if trusted_keys is not None and self.public_key not in trusted_keys:
+            raise SignatureError(f"block is signed by untrusted key {self.header.key_id}")
+        verify_signature(self.public_key, self.signature, SIGNATURE_DOMAIN + self.header.canonical_bytes())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "header": asdict(self.header),
+            "public_key": self.public_key.hex(),
+            "signature": self.signature.hex(),
+        }
+
+    def to_bytes(self) -> bytes:
+        """The canonical serialised block, as embedded and as stored in the ledger."""
+        return canonjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Block:
+        try:
+            obj = canonjson.loads(data.rstrip(b"\x00 ").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MalformedBlockError("canonical block is not UTF-8 JSON") from exc
+        if not isinstance(obj, dict) or set(obj) != {"header", "public_key", "signature"}:
+            raise MalformedBlockError("canonical block needs exactly header, public_key, signature")
+        header = BlockHeader.from_dict(obj["header"])
+        try:
+            public_key = bytes.fromhex(obj["public_key"])
+            signature = bytes.fromhex(obj["signature"])
+        except (TypeError, ValueError) as exc:
+            raise MalformedBlockError("public key or signature is not hex") from exc
+        if len(public_key) != 32 or len(signature) != 64:
+            raise MalformedBlockError("Ed25519 keys have 32 bytes and signatures 64")
+        return cls(header, public_key, signature)

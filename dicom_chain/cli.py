@@ -1,0 +1,324 @@
+"""The ``dicom-chain`` command line (Click).
+
+Every option can also come from a ``DICOM_CHAIN_*`` environment variable or a TOML file given
+with ``--config``; the command line wins over the environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .config import DEFAULT_HOME, DEFAULT_INSTITUTION, Settings
+from .errors import DicomChainError
+from .findings import Report
+
+F = TypeVar("F", bound=Callable[..., Any])
+PROGRESS_MIN_ITEMS = 20  # below this a bar only flickers
+EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
+
+stderr = Console(stderr=True)
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Make the TOML file the defaults of this command (top-level keys and its own [table])."""
+    if not value:
+        return value
+    try:
+        data = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{value} is not valid TOML: {exc}") from exc
+    names = [c.info_name for c in _lineage(ctx) if c.info_name and c.parent is not None]
+    defaults = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    table: Any = data
+    for name in names:
+        table = table.get(name, {}) if isinstance(table, dict) else {}
+        if isinstance(table, dict):
+            defaults.update({k: v for k, v in table.items() if not isinstance(v, dict)})
+    ctx.default_map = {k.replace("-", "_"): v for k, v in defaults.items()}
+    return value
+
+
+def _lineage(ctx: click.Context) -> list[click.Context]:
+    chain = []
+    node: click.Context | None = ctx
+    while node is not None:
+        chain.append(node)
+        node = node.parent
+    return list(reversed(chain))
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        envvar="DICOM_CHAIN_CONFIG",
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="TOML file with defaults for these options (env: DICOM_CHAIN_CONFIG).",
+    )(f)
+
+
+def node_options(f: F) -> F:
+    """Where the node lives: shared by every command that opens the node."""
+    options = [
+        click.option(
+            "--home",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=DEFAULT_HOME,
+            envvar="DICOM_CHAIN_HOME",
+            show_default=True,
+            help="Folder for the default database, store and key.",
+        ),
+        click.option(
+            "--db",
+            envvar="DICOM_CHAIN_DB",
+            help="SQLAlchemy URL of the ledger (default: SQLite in HOME; postgresql+psycopg://...).",
+        ),
+        click.option(
+            "--storage",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="DICOM_CHAIN_STORAGE",
+            help="Folder of stored instances (default: HOME/storage).",
+        ),
+        click.option(
+            "--key-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar="DICOM_CHAIN_KEY_FILE",
+            help="Ed25519 node key, made on first use (default: beside the database).",
+        ),
+        click.option(
+            "--institution",
+            default=DEFAULT_INSTITUTION,
+            envvar="DICOM_CHAIN_INSTITUTION",
+            show_default=True,
+            help="Institution named in every block.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def settings_from(kwargs: dict[str, Any]) -> Settings:
+    return Settings(
+        home=Path(kwargs.pop("home")),
+        db=kwargs.pop("db"),
+        storage=kwargs.pop("storage"),
+        key_file=kwargs.pop("key_file"),
+        institution=kwargs.pop("institution"),
+    )
+
+
+@contextmanager
+def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr for long runs; silent when stderr is not a terminal or the run is short."""
+    if not enabled or total < PROGRESS_MIN_ITEMS:
+        yield lambda _n: None
+        return
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@config_option
+@click.version_option(package_name="dicom-chain")
+def main() -> None:
+    """dicom-chain: a DICOM gateway that chains every image it stores and records every act on it."""
+
+
+@main.command()
+@config_option
+@node_options
+@click.option(
+    "--ae-title", default="DICOMCHAIN", envvar="DICOM_CHAIN_AE_TITLE", show_default=True, help="Our AE title."
+)
+@click.option(
+    "--host", default="0.0.0.0", envvar="DICOM_CHAIN_HOST", show_default=True, help="Address to listen on."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=11112,
+    envvar="DICOM_CHAIN_PORT",
+    show_default=True,
+    help="DICOM port to listen on.",
+)
+def serve(ae_title: str, host: str, port: int, **kwargs: Any) -> None:
+    """Run the gateway: accept C-ECHO and C-STORE, chain and store every instance."""
+    from scp.server import run_server  # the core stays importable without the network layer
+
+    settings = settings_from(kwargs)
+    try:
+        run_server(settings, ae_title=ae_title, host=host, port=port)
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@config_option
+@node_options
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
+    """Chain and store local DICOM files, as if a modality had sent them."""
+    from .node import Node
+    from .verify import expand_paths
+
+    files = expand_paths(paths)
+    failures = 0
+    try:
+        node = Node.open(settings_from(kwargs))
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        with progress_bar(len(files), "chaining", stderr.is_terminal) as advance:
+            for path in files:
+                try:
+                    result = node.ingest_file(path, actor="cli")
+                    click.echo(f"{result.outcome:<11} height {result.block.header.height:>6}  {path}")
+                except DicomChainError as exc:
+                    failures += 1
+                    click.echo(f"{'refused':<11} {exc}", err=True)
+                advance(1)
+    finally:
+        node.close()
+    sys.exit(EXIT_BROKEN if failures else EXIT_OK)
+
+
+@main.command()
+@config_option
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--db", envvar="DICOM_CHAIN_DB", help="Check the whole node in this ledger (needs --storage).")
+@click.option(
+    "--storage",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DICOM_CHAIN_STORAGE",
+    help="The node's store of instances, with --db.",
+)
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trust only blocks signed by this key (repeatable; from 'keys export').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal)."
+)
+def verify(
+    paths: tuple[Path, ...],
+    db: str | None,
+    storage: Path | None,
+    public_keys: tuple[Path, ...],
+    as_json: bool,
+    progress: bool | None,
+) -> None:
+    """Check files (their blocks and the links between them) or, with --db, the whole node.
+
+    Exit status: 0 all intact, 1 something is broken, 2 usage error.
+    """
+    from .keys import load_public_key
+    from .verify import expand_paths, verify_files, verify_node
+
+    if bool(paths) == bool(db):
+        raise click.UsageError("give either files/folders to check, or --db URL --storage DIR")
+    if db and storage is None:
+        raise click.UsageError("--db needs --storage")
+    show = stderr.is_terminal if progress is None else progress
+    try:
+        trusted = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
+        if db:
+            from .ledger import Ledger
+            from .storage import Storage
+
+            ledger = Ledger(db)
+            try:
+                total = ledger.block_count() + ledger.event_count()
+                with progress_bar(total, "verifying node", show) as advance:
+                    report = verify_node(ledger, Storage(storage or Path()), trusted, advance)
+            finally:
+                ledger.close()
+        else:
+            files = expand_paths(paths)
+            with progress_bar(len(files), "verifying files", show) as advance:
+                report = verify_files(files, trusted, advance)
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_report(report, as_json)
+    sys.exit(EXIT_OK if report.ok else EXIT_BROKEN)
+
+
+def _print_report(report: Report, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for f in report.findings:
+        where = " ".join(
+            part
+            for part in (
+                f.path,
+                f"SOP {f.sop_instance_uid}" if f.sop_instance_uid else "",
+                f"height {f.height}" if f.height is not None else "",
+            )
+            if part
+        )
+        label = "BROKEN" if f.severity == "error" else "note"
+        click.echo(f"{label:<6} {f.kind:<17} {f.message}" + (f"  [{where}]" if where else ""))
+    summary = (
+        f"{report.files_checked} file(s), {report.blocks_checked} block(s), "
+        f"{report.events_checked} event(s) checked"
+    )
+    if report.ok:
+        click.echo(f"OK: {summary}; every block, signature and link holds.")
+    else:
+        click.echo(f"BROKEN: {len(report.errors)} problem(s); {summary}.")
+
+
+@main.group()
+def keys() -> None:
+    """The node's signing key."""
+
+
+@keys.command("export")
+@config_option
+@node_options
+@click.option("--format", "fmt", type=click.Choice(["pem", "hex"]), default="pem", show_default=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
+)
+def keys_export(fmt: str, output: Path | None, **kwargs: Any) -> None:
+    """Print the node's public key, for 'verify --public-key' elsewhere (made on first use)."""
+    from .keys import NodeKey
+
+    settings = settings_from(kwargs)
+    try:
+        key = NodeKey.load_or_create(settings.key_path)
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    text = key.public_pem() if fmt == "pem" else key.public_key.hex() + "\n"
+    if output:
+        output.write_text(text, encoding="ascii")
+        click.echo(f"public key {key.key_id} written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)

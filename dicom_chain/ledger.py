@@ -1,0 +1,371 @@
+"""The ledger: chains of blocks and the hash-linked event log, in SQLite or PostgreSQL.
+
+Appends are serialised per chain by locking the chain's head row (``SELECT ... FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and the unique constraints back that up: two writers,
+in one process or several, can never hand out the same height or event sequence number.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from . import canonjson
+from .block import GENESIS_HASH, Block, utc_now
+from .errors import LedgerError
+from .events import Event, EventDraft
+from .keys import NodeKey
+from .models import BlockRow, ChainRow, EventLogHead, EventRow
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue behind one lock; a minute outlasts any burst of stores
+PG_MIGRATION_LOCK = 0x44434D49  # advisory lock id ("DCMI"): one process migrates, the others wait
+ITER_BATCH = 1_000  # rows fetched at a time when walking a whole chain or log
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """A block as the ledger holds it, with where its file is."""
+
+    block: Block
+    block_hash: str
+    path: str
+    version: int
+    sop_class_uid: str
+    series_instance_uid: str
+    stored_header: str  # the row's canonical block text, compared byte for byte by verify
+
+    @classmethod
+    def from_row(cls, row: BlockRow) -> StoredBlock:
+        return cls(
+            block=Block.from_bytes(row.block.encode("utf-8")),
+            block_hash=row.block_hash,
+            path=row.path,
+            version=row.version,
+            sop_class_uid=row.sop_class_uid,
+            series_instance_uid=row.series_instance_uid,
+            stored_header=row.block,
+        )
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    chain_id: str
+    public_key: bytes
+    key_id: str
+    institution: str
+    head_height: int
+    head_hash: str
+
+
+def _event_from_row(row: EventRow) -> Event:
+    return Event(
+        seq=row.seq,
+        prev_hash=row.prev_hash,
+        time=row.time,
+        key_id=row.key_id,
+        type=row.type,
+        outcome=row.outcome,
+        actor=row.actor,
+        patient_id=row.patient_id,
+        study_uid=row.study_uid,
+        sop_uid=row.sop_uid,
+        chain_id=row.chain_id,
+        reason=row.reason,
+        details=canonjson.loads(row.details),
+        public_key=bytes.fromhex(row.public_key),
+        signature=bytes.fromhex(row.signature),
+    )
+
+
+def _make_engine(url: str, immediate: bool) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's own is deferred)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")  # an acknowledged instance survives power loss
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Appender:
+    """One locked append transaction on one chain: read the head, add blocks and events, commit."""
+
+    def __init__(self, session: Session, chain: ChainRow) -> None:
+        self.session = session
+        self.chain = chain
+
+    @property
+    def chain_id(self) -> str:
+        return self.chain.chain_id
+
+    @property
+    def head_height(self) -> int:
+        return self.chain.head_height
+
+    @property
+    def head_hash(self) -> str:
+        return self.chain.head_hash
+
+    def latest_version(self, sop_instance_uid: str) -> StoredBlock | None:
+        row = self.session.scalars(
+            select(BlockRow)
+            .where(BlockRow.chain_id == self.chain_id, BlockRow.sop_instance_uid == sop_instance_uid)
+            .order_by(BlockRow.version.desc())
+            .limit(1)
+        ).first()
+        return StoredBlock.from_row(row) if row else None
+
+    def study_head(self, study_instance_uid: str) -> tuple[int, str] | None:
+        """(index, block hash) of the newest block of this study, or None for a new study."""
+        row = self.session.execute(
+            select(BlockRow.study_index, BlockRow.block_hash)
+            .where(BlockRow.chain_id == self.chain_id, BlockRow.study_instance_uid == study_instance_uid)
+            .order_by(BlockRow.study_index.desc())
+            .limit(1)
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    def add_block(
+        self, block: Block, *, path: str, version: int, sop_class_uid: str, series_instance_uid: str
+    ) -> None:
+        h = block.header
+        if h.chain_id != self.chain_id or h.height != self.head_height + 1 or h.prev_hash != self.head_hash:
+            raise LedgerError(f"block {h.height} does not follow head {self.head_height} of {self.chain_id}")
+        self.session.add(
+            BlockRow(
+                chain_id=h.chain_id,
+                height=h.height,
+                block_hash=block.hash,
+                prev_hash=h.prev_hash,
+                content_hash=h.content_hash,
+                sop_instance_uid=h.sop_instance_uid,
+                sop_class_uid=sop_class_uid,
+                version=version,
+                study_instance_uid=h.study_instance_uid,
+                series_instance_uid=series_instance_uid,
+                study_index=h.study_index,
+                study_prev_hash=h.study_prev_hash,
+                timestamp=h.timestamp,
+                path=path,
+                block=block.to_bytes().decode("utf-8"),
+            )
+        )
+        self.chain.head_height = h.height
+        self.chain.head_hash = block.hash
+
+    def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
+        return _append_event(self.session, key, draft)
+
+
+def _append_event(session: Session, key: NodeKey, draft: EventDraft) -> Event:
+    head = session.scalars(select(EventLogHead).where(EventLogHead.id == 1).with_for_update()).one()
+    sealed = Event.seal(draft, head.seq + 1, head.hash, key)
+    session.add(
+        EventRow(
+            seq=sealed.seq,
+            prev_hash=sealed.prev_hash,
+            hash=sealed.hash,
+            time=sealed.time,
+            key_id=sealed.key_id,
+            public_key=sealed.public_key.hex(),
+            type=sealed.type,
+            outcome=sealed.outcome,
+            actor=sealed.actor,
+            patient_id=sealed.patient_id,
+            study_uid=sealed.study_uid,
+            sop_uid=sealed.sop_uid,
+            chain_id=sealed.chain_id,
+            reason=sealed.reason,
+            details=canonjson.dumps(sealed.details).decode("utf-8"),
+            signature=sealed.signature.hex(),
+        )
+    )
+    head.seq = sealed.seq
+    head.hash = sealed.hash
+    return sealed
+
+
+class Ledger:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = _make_engine(url, immediate=False)
+            self.is_sqlite = self.engine.dialect.name == "sqlite"
+            self._writer = _make_engine(url, immediate=True) if self.is_sqlite else self.engine
+            self._migrate()
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot open ledger {make_url(url).render_as_string()}: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._writer is not self.engine:
+            self._writer.dispose()
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def _alembic_config(self) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", "dicom_chain:migrations")
+        return cfg
+
+    def _migrate(self) -> None:
+        cfg = self._alembic_config()
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        with self.engine.connect() as conn:
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return
+        with self._writer.begin() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def schema_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def ensure_chain(self, key: NodeKey, institution: str) -> str:
+        """The chain this key signs; made (empty, head -1) the first time the key is seen."""
+        with Session(self._writer) as session, session.begin():
+            row = session.scalars(select(ChainRow).where(ChainRow.public_key == key.public_key.hex())).first()
+            if row is not None:
+                return row.chain_id
+            chain_id = str(uuid.uuid4())
+            session.add(
+                ChainRow(
+                    chain_id=chain_id,
+                    public_key=key.public_key.hex(),
+                    key_id=key.key_id,
+                    institution=institution,
+                    created_at=utc_now(),
+                    head_height=-1,
+                    head_hash=GENESIS_HASH,
+                )
+            )
+        return chain_id
+
+    @contextmanager
+    def append(self, chain_id: str) -> Iterator[Appender]:
+        """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
+        try:
+            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                chain = session.scalars(
+                    select(ChainRow).where(ChainRow.chain_id == chain_id).with_for_update()
+                ).first()
+                if chain is None:
+                    raise LedgerError(f"no chain {chain_id} in this ledger")
+                yield Appender(session, chain)
+        except IntegrityError as exc:
+            raise LedgerError(f"append refused by a ledger constraint: {exc.orig}") from exc
+        except OperationalError as exc:
+            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
+
+    def record(self, key: NodeKey, draft: EventDraft) -> Event:
+        """Append one event on its own (service start, query, policy decision, ...)."""
+        try:
+            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                return _append_event(session, key, draft)
+        except IntegrityError as exc:
+            raise LedgerError(f"event refused by a ledger constraint: {exc.orig}") from exc
+        except OperationalError as exc:
+            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def chains(self) -> list[ChainInfo]:
+        with Session(self.engine) as session:
+            return [
+                ChainInfo(
+                    r.chain_id,
+                    bytes.fromhex(r.public_key),
+                    r.key_id,
+                    r.institution,
+                    r.head_height,
+                    r.head_hash,
+                )
+                for r in session.scalars(select(ChainRow).order_by(ChainRow.created_at))
+            ]
+
+    def iter_blocks(self, chain_id: str) -> Iterator[tuple[int, StoredBlock | str]]:
+        """(height, block) in height order; a row that no longer decodes yields its error text."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(BlockRow)
+                .where(BlockRow.chain_id == chain_id)
+                .order_by(BlockRow.height)
+                .execution_options(yield_per=ITER_BATCH)
+            )
+            for row in rows:
+                try:
+                    yield row.height, StoredBlock.from_row(row)
+                except Exception as exc:
+                    yield row.height, f"ledger row at height {row.height} does not decode: {exc}"
+
+    def latest_version(self, chain_id: str, sop_instance_uid: str) -> StoredBlock | None:
+        with Session(self.engine) as session:
+            row = session.scalars(
+                select(BlockRow)
+                .where(BlockRow.chain_id == chain_id, BlockRow.sop_instance_uid == sop_instance_uid)
+                .order_by(BlockRow.version.desc())
+                .limit(1)
+            ).first()
+            return StoredBlock.from_row(row) if row else None
+
+    def block_count(self, chain_id: str | None = None) -> int:
+        with Session(self.engine) as session:
+            query = select(func.count()).select_from(BlockRow)
+            if chain_id is not None:
+                query = query.where(BlockRow.chain_id == chain_id)
+            return int(session.scalar(query) or 0)
+
+    def event_head(self) -> tuple[int, str]:
+        with Session(self.engine) as session:
+            head = session.scalars(select(EventLogHead).where(EventLogHead.id == 1)).one()
+            return head.seq, head.hash
+
+    def iter_events_with_hash(self) -> Iterator[tuple[Event, str]]:
+        """Events in sequence order, each with the hash its row stores (verify recomputes it)."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(EventRow).order_by(EventRow.seq).execution_options(yield_per=ITER_BATCH)
+            )
+            for row in rows:
+                yield _event_from_row(row), row.hash
+
+    def iter_events(self) -> Iterator[Event]:
+        for item, _ in self.iter_events_with_hash():
+            yield item
+
+    def event_count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(EventRow)) or 0)

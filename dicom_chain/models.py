@@ -1,0 +1,93 @@
+"""Ledger tables (SQLAlchemy 2). Constraints, not code, make forks and duplicates impossible."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+HASH = String(64)
+UID = String(64)  # PS3.5 9.1: a UID has at most 64 characters
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
+BIGID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ChainRow(Base):
+    """One row per chain; its head is the row appends lock, so heights are handed out one at a time."""
+
+    __tablename__ = "chains"
+
+    chain_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[str] = mapped_column(String(16))
+    institution: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(32))
+    head_height: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(HASH)
+
+
+class BlockRow(Base):
+    __tablename__ = "blocks"
+    __table_args__ = (
+        UniqueConstraint("chain_id", "height", name="uq_blocks_chain_height"),
+        UniqueConstraint("chain_id", "sop_instance_uid", "version", name="uq_blocks_sop_version"),
+        UniqueConstraint("chain_id", "study_instance_uid", "study_index", name="uq_blocks_study_index"),
+        Index("ix_blocks_sop", "chain_id", "sop_instance_uid"),
+    )
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    chain_id: Mapped[str] = mapped_column(ForeignKey("chains.chain_id"))
+    height: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    prev_hash: Mapped[str] = mapped_column(HASH)
+    content_hash: Mapped[str] = mapped_column(HASH)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    version: Mapped[int] = mapped_column(Integer)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    study_index: Mapped[int] = mapped_column(Integer)
+    study_prev_hash: Mapped[str] = mapped_column(HASH)
+    timestamp: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    block: Mapped[str] = mapped_column(Text)  # the canonical serialised block, signature included
+
+
+class EventLogHead(Base):
+    """The single row appends of events lock; holds the newest sequence number and hash."""
+
+    __tablename__ = "event_log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(HASH)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_type", "type"),
+        Index("ix_events_patient", "patient_id"),
+        Index("ix_events_study", "study_uid"),
+        Index("ix_events_time", "time"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    prev_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    hash: Mapped[str] = mapped_column(HASH, unique=True)
+    time: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(Text)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(UID)
+    sop_uid: Mapped[str] = mapped_column(UID)
+    chain_id: Mapped[str] = mapped_column(String(36))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+    signature: Mapped[str] = mapped_column(String(128))

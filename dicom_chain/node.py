@@ -1,0 +1,174 @@
+"""A gateway node: its key, its ledger, its store, and the one call that chains an instance.
+
+``Node.ingest`` is what the C-STORE handler calls: hash, sign, embed, write durably, record,
+and only then return. If any step fails, the caller gets a named error and nothing half-written
+remains (the file is removed when the ledger refuses it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from .block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
+from .canonical import content_hash
+from .config import Settings
+from .embedding import embed_block
+from .errors import MalformedDatasetError, NotDicomError
+from .events import EventDraft
+from .keys import NodeKey
+from .ledger import Ledger
+from .storage import Storage, relative_path
+
+UID_MAX_CHARS = 64  # PS3.5 9.1
+
+IngestOutcome = Literal["stored", "new-version", "duplicate", "restored"]
+
+
+@dataclass(frozen=True)
+class InstanceIds:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> InstanceIds:
+        values = {}
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            try:
+                value = ds.get(keyword)
+            except Exception as exc:
+                raise MalformedDatasetError(f"{keyword} cannot be decoded: {exc}") from exc
+            text = str(value).strip(" \x00") if value is not None else ""
+            if not text:
+                raise MalformedDatasetError(f"dataset has no {keyword}")
+            if len(text) > UID_MAX_CHARS:
+                raise MalformedDatasetError(f"{keyword} is longer than {UID_MAX_CHARS} characters")
+            values[keyword] = text
+        try:
+            patient_id = str(ds.get("PatientID", "") or "")
+        except Exception:
+            patient_id = ""
+        return cls(
+            values["SOPInstanceUID"],
+            values["SOPClassUID"],
+            values["StudyInstanceUID"],
+            values["SeriesInstanceUID"],
+            patient_id,
+        )
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: IngestOutcome
+    block: Block
+    path: Path
+    version: int
+
+
+def read_dataset(path: Path) -> Dataset:
+    """A Part 10 file, or NotDicomError naming it."""
+    try:
+        return pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise NotDicomError(f"{path}: not a readable DICOM file ({exc})") from exc
+    except IsADirectoryError as exc:
+        raise NotDicomError(f"{path}: is a directory") from exc
+
+
+class Node:
+    def __init__(self, settings: Settings, key: NodeKey, ledger: Ledger, storage: Storage) -> None:
+        self.settings = settings
+        self.key = key
+        self.ledger = ledger
+        self.storage = storage
+        self.chain_id = ledger.ensure_chain(key, settings.institution)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Node:
+        key = NodeKey.load_or_create(settings.key_path)
+        return cls(settings, key, Ledger(settings.db_url), Storage(settings.storage_dir))
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def record(self, draft: EventDraft) -> None:
+        self.ledger.record(self.key, draft)
+
+    def ingest_file(self, path: Path, actor: str = "") -> IngestResult:
+        return self.ingest(read_dataset(path), actor=actor)
+
+    def ingest(self, ds: Dataset, actor: str = "") -> IngestResult:
+        """Chain and store one instance (``ds`` gains our private block); idempotent per content."""
+        ids = InstanceIds.from_dataset(ds)
+        digest = content_hash(ds)
+        written: str | None = None
+        try:
+            with self.ledger.append(self.chain_id) as tx:
+                latest = tx.latest_version(ids.sop_instance_uid)
+                if latest is not None and latest.block.header.content_hash == digest:
+                    outcome: IngestOutcome = "duplicate"
+                    if not self.storage.exists(latest.path):
+                        embed_block(ds, latest.block)  # the ledger has it, the disk lost it: put it back
+                        self.storage.write(ds, latest.path)
+                        outcome = "restored"
+                    tx.add_event(self.key, self._receipt(ids, latest.block, latest.version, actor, outcome))
+                    return IngestResult(outcome, latest.block, self.storage.path(latest.path), latest.version)
+                version = latest.version + 1 if latest else 1
+                study_head = tx.study_head(ids.study_instance_uid)
+                header = BlockHeader(
+                    version=FORMAT_VERSION,
+                    chain_id=self.chain_id,
+                    height=tx.head_height + 1,
+                    prev_hash=tx.head_hash,
+                    content_hash=digest,
+                    timestamp=utc_now(),
+                    institution=self.settings.institution,
+                    key_id=self.key.key_id,
+                    sop_instance_uid=ids.sop_instance_uid,
+                    study_instance_uid=ids.study_instance_uid,
+                    study_index=study_head[0] + 1 if study_head else 0,
+                    study_prev_hash=study_head[1] if study_head else GENESIS_HASH,
+                )
+                block = Block.sign(header, self.key)
+                embed_block(ds, block)
+                rel = relative_path(
+                    ids.study_instance_uid, ids.series_instance_uid, ids.sop_instance_uid, version
+                )
+                written = rel
+                self.storage.write(ds, rel)
+                tx.add_block(
+                    block,
+                    path=rel,
+                    version=version,
+                    sop_class_uid=ids.sop_class_uid,
+                    series_instance_uid=ids.series_instance_uid,
+                )
+                outcome = "stored" if version == 1 else "new-version"
+                tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome))
+            written = None  # committed: the file is the ledger's now
+            return IngestResult(outcome, block, self.storage.path(rel), version)
+        finally:
+            if written is not None:
+                self.storage.remove(written)
+
+    def _receipt(
+        self, ids: InstanceIds, block: Block, version: int, actor: str, outcome: IngestOutcome
+    ) -> EventDraft:
+        return EventDraft(
+            type="instance.received",
+            actor=actor,
+            patient_id=ids.patient_id,
+            study_uid=ids.study_instance_uid,
+            sop_uid=ids.sop_instance_uid,
+            chain_id=self.chain_id,
+            reason=outcome,
+            details={"height": block.header.height, "block_hash": block.hash, "version": version},
+        )

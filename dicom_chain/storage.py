@@ -1,0 +1,92 @@
+"""The instance store: one Part 10 file per instance version, written atomically.
+
+Layout ``<study>/<series>/<sop>.dcm`` (``<sop>.v<N>.dcm`` for later versions), so a person can
+find a file from its UIDs. A file is either absent or complete: temp file, fsync, rename, fsync
+of the directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from .errors import StorageError
+
+TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
+UID_PATH_MAX = 64  # PS3.5 9.1: UIDs never exceed 64 characters, so neither does a path part
+_UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
+
+
+def path_part(uid: str) -> str:
+    """A UID as a file name part; anything that is not a plain UID is made harmless and unique."""
+    safe = _UNSAFE.sub("_", uid)[:UID_PATH_MAX]
+    if safe != uid or safe in ("", ".", ".."):
+        safe = f"{safe.strip('.') or 'x'}_{hashlib.sha256(uid.encode()).hexdigest()[:12]}"
+    return safe
+
+
+def relative_path(study_uid: str, series_uid: str, sop_uid: str, version: int) -> str:
+    name = path_part(sop_uid) + (".dcm" if version == 1 else f".v{version}.dcm")
+    return f"{path_part(study_uid)}/{path_part(series_uid)}/{name}"
+
+
+class Storage:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def exists(self, relative: str) -> bool:
+        return self.path(relative).is_file()
+
+    def write(self, ds: Dataset, relative: str) -> Path:
+        """Write ``ds`` as a Part 10 file at ``relative``; on any failure nothing is left behind."""
+        target = self.path(relative)
+        tmp: str | None = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+            with os.fdopen(fd, "wb") as fp:
+                pydicom.dcmwrite(fp, ds, enforce_file_format=True)
+                fp.flush()
+                os.fsync(fp.fileno())
+            os.replace(tmp, target)
+            tmp = None
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot store {relative}: {exc.strerror or exc}") from exc
+        except Exception as exc:  # pydicom refuses datasets it cannot encode
+            raise StorageError(f"cannot encode {relative}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+        return target
+
+    def remove(self, relative: str) -> None:
+        self.path(relative).unlink(missing_ok=True)
+
+    def iter_files(self) -> Iterator[str]:
+        """Every stored file as a relative path, temp files left out, in a stable order."""
+        if not self.root.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if not name.startswith(TEMP_PREFIX):
+                    yield Path(dirpath, name).relative_to(self.root).as_posix()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,255 @@
+"""Verification of files on their own, and of a whole node (ledger + store).
+
+Every problem becomes a Finding naming the file and SOP Instance UID; nothing here raises on
+bad input, because a verifier that stops at the first broken file hides the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from .block import Block
+from .canonical import content_hash
+from .chain import Located, check_links
+from .embedding import read_block
+from .errors import DicomChainError, MalformedBlockError, NoBlockError, NotDicomError, SignatureError
+from .events import FIRST_PREV_HASH, FIRST_SEQ
+from .findings import Report
+from .ledger import Ledger
+from .node import read_dataset
+from .storage import TEMP_PREFIX, Storage
+
+Advance = Callable[[int], None]
+
+
+def _noop(_: int) -> None:
+    pass
+
+
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, folders walked in a stable order (our temp files left out)."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                out.extend(Path(dirpath, n) for n in sorted(filenames) if not n.startswith(TEMP_PREFIX))
+        else:
+            out.append(path)
+    return out
+
+
+def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None) -> Block | None:
+    """Check one file's block on its own: decodes, signature holds, content unchanged."""
+    where = str(path)
+    try:
+        ds = read_dataset(path)
+    except NotDicomError:
+        report.add("error", "not-dicom", "not a DICOM file", path=where)
+        return None
+    except OSError as exc:
+        report.add("error", "unreadable", f"cannot read: {exc.strerror}", path=where)
+        return None
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    try:
+        block = read_block(ds)
+    except NoBlockError:
+        report.add(
+            "error", "no-block", "DICOM file without a DICOM_CHAIN block", path=where, sop_instance_uid=sop
+        )
+        return None
+    except MalformedBlockError as exc:
+        report.add("error", "malformed-block", str(exc), path=where, sop_instance_uid=sop)
+        return None
+    except Exception as exc:  # a garbled private element can fail inside pydicom
+        report.add("error", "malformed-block", f"block unreadable: {exc}", path=where, sop_instance_uid=sop)
+        return None
+    h = block.header
+    loc = {
+        "path": where,
+        "sop_instance_uid": sop or h.sop_instance_uid,
+        "height": h.height,
+        "chain_id": h.chain_id,
+    }
+    try:
+        block.verify_signature(trusted_keys)
+    except SignatureError as exc:
+        report.add("error", "bad-signature", str(exc), **loc)
+        return None
+    try:
+        actual = content_hash(ds)
+    except DicomChainError as exc:
+        report.add("error", "altered", f"content cannot be hashed: {exc}", **loc)
+        return None
+    if actual != h.content_hash:
+        report.add("error", "altered", "content changed since it was chained (content hash differs)", **loc)
+        return None
+    if sop and sop != h.sop_instance_uid:  # pragma: no cover - the content hash covers the UID
+        report.add("error", "altered", "block belongs to another SOP Instance UID", **loc)
+        return None
+    return block
+
+
+def verify_files(
+    paths: Iterable[Path], trusted_keys: frozenset[bytes] | None = None, advance: Advance = _noop
+) -> Report:
+    """A set of files as a slice of a chain: each block, and every link between the files given."""
+    report = Report()
+    located: list[Located] = []
+    for path in expand_paths(paths):
+        block = check_file(path, report, trusted_keys)
+        report.files_checked += 1
+        if block is not None:
+            located.append(Located(block, str(path)))
+            report.blocks_checked += 1
+        advance(1)
+    check_links(located, report, gaps_are_errors=False)
+    return report
+
+
+def verify_node(
+    ledger: Ledger, storage: Storage, trusted_keys: frozenset[bytes] | None = None, advance: Advance = _noop
+) -> Report:
+    """The whole node: ledger blocks against their files, contiguous heights, the event log."""
+    report = Report()
+    referenced: set[str] = set()
+    known_keys: set[bytes] = set()
+    for chain in ledger.chains():
+        known_keys.add(chain.public_key)
+        if trusted_keys is not None and chain.public_key not in trusted_keys:
+            report.add(
+                "error",
+                "untrusted-key",
+                f"chain {chain.chain_id} is signed by untrusted key {chain.key_id}",
+                chain_id=chain.chain_id,
+            )
+        located = list(
+            _ledger_blocks(ledger, storage, chain.chain_id, chain.public_key, report, referenced, advance)
+        )
+        check_links(located, report, gaps_are_errors=True)
+        last = located[-1].block if located else None
+        if (last.header.height if last else -1) != chain.head_height or (
+            last is not None and last.hash != chain.head_hash
+        ):
+            report.add(
+                "error",
+                "head-mismatch",
+                f"chain head says height {chain.head_height}, the blocks end at "
+                f"{last.header.height if last else 'nothing'}: blocks were removed or added",
+                chain_id=chain.chain_id,
+            )
+    for rel in storage.iter_files():
+        if rel not in referenced:
+            report.files_checked += 1
+            report.add(
+                "error", "foreign-file", _describe_foreign(storage.path(rel)), path=str(storage.path(rel))
+            )
+    _check_event_log(ledger, known_keys, report, advance)
+    return report
+
+
+def _ledger_blocks(
+    ledger: Ledger,
+    storage: Storage,
+    chain_id: str,
+    public_key: bytes,
+    report: Report,
+    referenced: set[str],
+    advance: Advance,
+) -> Iterator[Located]:
+    for height, stored in ledger.iter_blocks(chain_id):
+        advance(1)
+        report.blocks_checked += 1
+        if isinstance(stored, str):
+            report.add("error", "ledger-altered", stored, height=height, chain_id=chain_id)
+            continue
+        block = stored.block
+        h = block.header
+        loc = {"sop_instance_uid": h.sop_instance_uid, "height": height, "chain_id": chain_id}
+        if block.hash != stored.block_hash or h.height != height or h.chain_id != chain_id:
+            report.add("error", "ledger-altered", "ledger row does not match its own block", **loc)
+            continue
+        if block.public_key != public_key:
+            report.add("error", "bad-signature", "block signed by another key than its chain's", **loc)
+            continue
+        try:
+            block.verify_signature()
+        except SignatureError as exc:
+            report.add("error", "bad-signature", f"ledger block: {exc}", **loc)
+            continue
+        yield Located(block, f"ledger height {height}")
+        _check_stored_file(storage, stored.path, block, report, loc)
+        referenced.add(stored.path)
+
+
+def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report, loc: dict) -> None:
+    path = storage.path(rel)
+    where = {**loc, "path": str(path)}
+    report.files_checked += 1
+    if not path.is_file():
+        report.add("error", "missing-file", "file of this block is missing from the store", **where)
+        return
+    file_report = Report()
+    found = check_file(path, file_report, None)
+    for finding in file_report.findings:
+        report.add(finding.severity, finding.kind, finding.message, **where)
+    if found is None:
+        return
+    if found.to_bytes() != block.to_bytes():
+        other = found.header
+        report.add(
+            "error",
+            "re-ordered" if other.chain_id == block.header.chain_id else "replaced",
+            f"file holds block {other.height} of chain {other.chain_id[:8]}, ledger expects block "
+            f"{block.header.height}",
+            **where,
+        )
+
+
+def _describe_foreign(path: Path) -> str:
+    try:
+        block = read_block(read_dataset(path))
+    except DicomChainError:
+        return "file in the store that the ledger does not know (no valid block)"
+    except Exception:
+        return "file in the store that the ledger does not know (unreadable)"
+    return (
+        f"file in the store that the ledger does not know (block {block.header.height} "
+        f"of chain {block.header.chain_id[:8]})"
+    )
+
+
+def _check_event_log(ledger: Ledger, known_keys: set[bytes], report: Report, advance: Advance) -> None:
+    expected_seq, prev_hash = FIRST_SEQ, FIRST_PREV_HASH
+    for event, stored_hash in ledger.iter_events_with_hash():
+        advance(1)
+        report.events_checked += 1
+        where = {"height": None, "sop_instance_uid": event.sop_uid}
+        if event.seq != expected_seq:
+            report.add(
+                "error", "event-gap", f"event log jumps from {expected_seq - 1} to {event.seq}", **where
+            )
+        if event.prev_hash != prev_hash:
+            report.add(
+                "error", "event-broken-link", f"event {event.seq} does not follow its predecessor", **where
+            )
+        if event.hash != stored_hash:
+            report.add(
+                "error", "event-altered", f"event {event.seq} was changed after it was written", **where
+            )
+        try:
+            event.verify_signature()
+            if event.public_key not in known_keys:
+                raise SignatureError("signed by a key of no chain in this ledger")
+        except (SignatureError, MalformedBlockError) as exc:
+            report.add("error", "event-bad-signature", f"event {event.seq}: {exc}", **where)
+        expected_seq, prev_hash = event.seq + 1, stored_hash
+    head_seq, head_hash = ledger.event_head()
+    if head_seq != expected_seq - 1 or head_hash != prev_hash:
+        report.add(
+            "error",
+            "event-head-mismatch",
+            f"event log head says {head_seq}, the log ends at {expected_seq - 1}: events removed or added",
+        )

@@ -1,0 +1,1 @@
+"""The DICOM service: pynetdicom at the edge, one core call per DIMSE request."""
