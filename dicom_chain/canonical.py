@@ -192,6 +192,8 @@ def _parse_un_sequence(value: bytes, ds: Dataset) -> list[Dataset] | None:
 def _canonical_value(raw: RawDataElement | DataElement, tag: BaseTag, little: bool) -> bytes:
     if isinstance(raw, RawDataElement):
         value = bytes(raw.value or b"")
+        if raw.length != UNDEFINED_LENGTH and len(value) != raw.length:
+            raise MalformedDatasetError(f"element {tag} is truncated ({len(value)} of {raw.length} bytes)")
         if not raw.is_little_endian:
             value = _swap(value, raw.VR)
     else:

@@ -322,3 +322,7 @@ def keys_export(fmt: str, output: Path | None, **kwargs: Any) -> None:
         click.echo(f"public key {key.key_id} written to {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+if __name__ == "__main__":
+    main()

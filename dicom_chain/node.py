@@ -24,6 +24,7 @@ from .events import EventDraft
 from .keys import NodeKey
 from .ledger import Ledger
 from .storage import Storage, relative_path
+from .validation import check_pixel_data
 
 UID_MAX_CHARS = 64  # PS3.5 9.1
 
@@ -108,6 +109,7 @@ class Node:
     def ingest(self, ds: Dataset, actor: str = "") -> IngestResult:
         """Chain and store one instance (``ds`` gains our private block); idempotent per content."""
         ids = InstanceIds.from_dataset(ds)
+        check_pixel_data(ds)
         digest = content_hash(ds)
         written: str | None = None
         try:

@@ -7,6 +7,7 @@ of the directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -71,7 +72,9 @@ class Storage:
         return target
 
     def remove(self, relative: str) -> None:
-        self.path(relative).unlink(missing_ok=True)
+        """Best-effort clean-up after a failed ingest: the original error is the one to report."""
+        with contextlib.suppress(OSError):
+            self.path(relative).unlink(missing_ok=True)
 
     def iter_files(self) -> Iterator[str]:
         """Every stored file as a relative path, temp files left out, in a stable order."""

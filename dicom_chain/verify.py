@@ -42,7 +42,10 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 
 
 def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None) -> Block | None:
-    """Check one file's block on its own: decodes, signature holds, content unchanged."""
+    """Check one file on its own: block decodes, signature holds, content unchanged.
+
+    Returns the block whenever it is authentic (even on altered content), else None.
+    """
     where = str(path)
     try:
         ds = read_dataset(path)
@@ -82,14 +85,10 @@ def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None
         actual = content_hash(ds)
     except DicomChainError as exc:
         report.add("error", "altered", f"content cannot be hashed: {exc}", **loc)
-        return None
+        return block
     if actual != h.content_hash:
         report.add("error", "altered", "content changed since it was chained (content hash differs)", **loc)
-        return None
-    if sop and sop != h.sop_instance_uid:  # pragma: no cover - the content hash covers the UID
-        report.add("error", "altered", "block belongs to another SOP Instance UID", **loc)
-        return None
-    return block
+    return block  # authentic block: it still takes part in the link checks
 
 
 def verify_files(

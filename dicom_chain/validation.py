@@ -1,0 +1,28 @@
+"""Checks an instance must pass before it is chained: a block must never vouch for a broken file."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.pixels.utils import get_expected_length
+
+from .errors import MalformedDatasetError
+
+PIXEL_DATA = 0x7FE00010
+
+
+def check_pixel_data(ds: Dataset) -> None:
+    """Native pixel data must be as long as its Image Pixel module says (plus one pad byte)."""
+    if PIXEL_DATA not in ds:
+        return
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and syntax.is_compressed:
+        return  # encapsulated: fragments are checked when hashed
+    raw = ds.get_item(PIXEL_DATA)
+    length = len(raw.value or b"")
+    try:
+        expected = get_expected_length(ds, unit="bytes")
+    except Exception as exc:  # pydicom raises many types on garbled pixel module values
+        raise MalformedDatasetError(f"pixel data without a usable Image Pixel module: {exc}") from exc
+    if length not in (expected, expected + 1):
+        raise MalformedDatasetError(f"pixel data holds {length} bytes, the image needs {expected}")

@@ -1,0 +1,128 @@
+"""Writes the malformed inputs in this folder; run it again after changing it and commit the files.
+
+Every parser in the project is run against every file here (tests/test_malformed.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import struct
+from pathlib import Path
+
+import pydicom
+
+from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader
+from dicom_chain.canonical import content_hash
+from dicom_chain.embedding import embed_block
+from dicom_chain.keys import NodeKey
+from dicom_chain.privatetags import CHAIN_GROUP, PRIVATE_CREATOR
+
+HERE = Path(__file__).parent
+FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def part10(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def ct():
+    return pydicom.dcmread(FILES / "CT_small.dcm")
+
+
+def signed_block(ds) -> Block:
+    key = NodeKey.generate()
+    header = BlockHeader(
+        FORMAT_VERSION, "00000000-0000-4000-8000-000000000000", 0, GENESIS_HASH, content_hash(ds),
+        "2026-01-01T00:00:00.000000Z", "Malformed Inputs", key.key_id, str(ds.SOPInstanceUID),
+        str(ds.StudyInstanceUID), 0, GENESIS_HASH,
+    )  # fmt: skip
+    return Block.sign(header, key)
+
+
+def main() -> None:
+    rng = random.Random(1507)
+    out: dict[str, bytes] = {}
+    out["empty.dcm"] = b""
+    out["random.bin"] = bytes(rng.getrandbits(8) for _ in range(512))
+    out["text_file.dcm"] = b"hello, I am not an image\n"
+    out["preamble_only.dcm"] = b"\x00" * 128 + b"DICM"
+    whole = (FILES / "CT_small.dcm").read_bytes()
+    out["truncated_header.dcm"] = whole[:300]
+    out["truncated_pixels.dcm"] = whole[:-1000]
+
+    ds = ct()
+    del ds.SOPInstanceUID
+    out["no_sop_instance_uid.dcm"] = part10(ds)
+
+    ds = ct()
+    ds.StudyInstanceUID = "../../../../etc"
+    ds.SOPInstanceUID = "../../passwd"
+    out["uid_path_traversal.dcm"] = part10(ds)
+
+    ds = ct()
+    ds.SOPInstanceUID = "1." * 50
+    out["uid_too_long.dcm"] = part10(ds)
+
+    ds = ct()
+    block = ds.private_block(CHAIN_GROUP, PRIVATE_CREATOR, create=True)
+    block.add_new(0x10, "OB", b"{not json at all")
+    out["block_garbage_json.dcm"] = part10(ds)
+
+    ds = ct()
+    data = signed_block(ds).to_dict()
+    data["header"]["height"] = "zero"
+    block = ds.private_block(CHAIN_GROUP, PRIVATE_CREATOR, create=True)
+    block.add_new(0x10, "OB", json.dumps(data).encode() + b" ")
+    out["block_wrong_types.dcm"] = part10(ds)
+
+    ds = ct()
+    embed_block(ds, signed_block(ds))
+    ds.add_new((CHAIN_GROUP << 16) | 0x00FF, "LO", PRIVATE_CREATOR)
+    out["block_two_creators.dcm"] = part10(ds)
+
+    ds = ct()
+    good = signed_block(ds)
+    embed_block(ds, Block(good.header, good.public_key, bytes(64)))
+    out["block_bad_signature.dcm"] = part10(ds)
+
+    ds = ct()
+    embed_block(ds, signed_block(ds))
+    ds.PatientName = "ALTERED^AFTER^CHAINING"
+    out["block_content_altered.dcm"] = part10(ds)
+
+    ds = pydicom.dcmread(FILES / "JPEG2000.dcm")
+    ds.PixelData = b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0\xff\xff\x00\x00abc"
+    out["broken_encapsulation.dcm"] = part10(ds)
+
+    # Elements that claim more bytes than the file holds (64 KB; nearly 4 GB for the pixels).
+    raw = bytearray(whole)
+    at = raw.find(b"\x10\x00\x10\x00PN")  # (0010,0010) PatientName, explicit VR LE
+    struct.pack_into("<H", raw, at + 6, 0xFFF0)
+    out["overlong_element.dcm"] = bytes(raw)
+    raw2 = bytearray(whole)
+    at = raw2.find(b"\xe0\x7f\x10\x00OW")
+    struct.pack_into("<I", raw2, at + 8, 0xFFFFFFF0)
+    out["pixel_length_lie.dcm"] = bytes(raw2)
+
+    out["big_endian_odd_us.dcm"] = _odd_us_big_endian((FILES / "MR_small_bigendian.dcm").read_bytes())
+
+    for name, data in out.items():
+        (HERE / name).write_bytes(data)
+
+
+def _odd_us_big_endian(data: bytes) -> bytes:
+    """Rows (0028,0010) US declared 3 bytes long in a big endian file."""
+    raw = bytearray(data)
+    at = raw.find(b"\x00\x28\x00\x10US\x00\x02")
+    if at < 0:
+        raise SystemExit("Rows not found")
+    raw[at + 6 : at + 8] = b"\x00\x03"
+    return bytes(raw[: at + 10]) + b"\x00" + bytes(raw[at + 10 :])
+
+
+if __name__ == "__main__":
+    main()

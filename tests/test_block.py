@@ -1,0 +1,138 @@
+"""Blocks: hashing, signing, the canonical serialised form, and refusing anything malformed."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
+from dicom_chain.errors import MalformedBlockError, SignatureError
+from dicom_chain.keys import NodeKey
+
+KEY = NodeKey.generate()
+
+
+def header(**changes) -> BlockHeader:
+    base = BlockHeader(
+        version=FORMAT_VERSION,
+        chain_id="8d1c8f1e-0000-4000-8000-000000000001",
+        height=0,
+        prev_hash=GENESIS_HASH,
+        content_hash="ab" * 32,
+        timestamp=utc_now(),
+        institution="Hôpital Saint-Éloi",
+        key_id=KEY.key_id,
+        sop_instance_uid="1.2.3.4",
+        study_instance_uid="1.2.3",
+        study_index=0,
+        study_prev_hash=GENESIS_HASH,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_round_trip_is_exact():
+    block = Block.sign(header(), KEY)
+    again = Block.from_bytes(block.to_bytes())
+    assert again == block
+    assert again.to_bytes() == block.to_bytes()
+    again.verify_signature()
+
+
+def test_hash_covers_every_header_field():
+    base = header(height=5, prev_hash="cd" * 32, study_index=2, study_prev_hash="ef" * 32)
+    variants = {
+        "chain_id": "other",
+        "height": 6,
+        "prev_hash": "ce" * 32,
+        "content_hash": "ac" * 32,
+        "timestamp": "2000-01-01T00:00:00.000000Z",
+        "institution": "Other",
+        "key_id": "0" * 16,
+        "sop_instance_uid": "9.9",
+        "study_instance_uid": "9.8",
+        "study_index": 3,
+        "study_prev_hash": "ee" * 32,
+    }
+    assert set(variants) | {"version"} == {f.name for f in dataclasses.fields(BlockHeader)}
+    for name, value in variants.items():
+        assert dataclasses.replace(base, **{name: value}).block_hash != base.block_hash, name
+
+
+def test_tampered_header_fails_signature():
+    block = Block.sign(header(), KEY)
+    forged = Block(
+        dataclasses.replace(block.header, content_hash="00" * 32), block.public_key, block.signature
+    )
+    with pytest.raises(SignatureError):
+        forged.verify_signature()
+
+
+def test_other_key_cannot_pass_as_the_signer():
+    other = NodeKey.generate()
+    block = Block.sign(header(), KEY)
+    with pytest.raises(SignatureError):
+        Block(block.header, other.public_key, block.signature).verify_signature()
+    with pytest.raises(SignatureError):
+        block.verify_signature(trusted_keys=frozenset({other.public_key}))
+    block.verify_signature(trusted_keys=frozenset({KEY.public_key}))
+
+
+def test_signing_with_a_key_the_header_does_not_name_is_refused():
+    with pytest.raises(SignatureError):
+        Block.sign(header(key_id="0" * 16), KEY)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"height": 1},  # height 1 after genesis
+        {"prev_hash": "ab" * 32},  # height 0 not after genesis
+        {"study_index": 1},
+        {"content_hash": "XYZ"},
+        {"height": -1, "prev_hash": "ab" * 32},
+        {"version": 99},
+    ],
+)
+def test_malformed_headers_are_refused(changes):
+    block = Block.sign(header(), KEY)
+    data = block.to_dict()
+    data["header"].update(changes)
+    with pytest.raises(MalformedBlockError):
+        Block.from_bytes(json.dumps(data).encode())
+
+
+def test_wrong_types_and_fields_are_refused():
+    data = Block.sign(header(), KEY).to_dict()
+    for mutate in (
+        lambda d: d["header"].update(height="0"),
+        lambda d: d["header"].pop("institution"),
+        lambda d: d["header"].update(extra=1),
+        lambda d: d.update(signature="zz"),
+        lambda d: d.update(public_key="ab"),
+        lambda d: d.pop("signature"),
+    ):
+        broken = json.loads(json.dumps(data))
+        mutate(broken)
+        with pytest.raises(MalformedBlockError):
+            Block.from_bytes(json.dumps(broken).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_are_a_named_error_or_a_valid_block(data):
+    with contextlib.suppress(MalformedBlockError):
+        Block.from_bytes(data)
+
+
+def test_chained_headers_link_by_hash():
+    first = Block.sign(header(), KEY)
+    second = Block.sign(
+        header(height=1, prev_hash=first.hash, study_index=1, study_prev_hash=first.hash), KEY
+    )
+    assert second.header.prev_hash == first.hash
+    assert first.hash != second.hash

@@ -1,0 +1,83 @@
+"""Link rules over blocks: forks, gaps, and removals from a study, without files or a database."""
+
+from __future__ import annotations
+
+from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader
+from dicom_chain.chain import Located, check_links
+from dicom_chain.findings import Report
+from dicom_chain.keys import NodeKey
+
+KEY = NodeKey.generate()
+CHAIN = "11111111-2222-4333-8444-555555555555"
+
+
+def build(studies: list[str], salt: int = 0) -> list[Block]:
+    """A chain whose n-th block belongs to studies[n]."""
+    blocks: list[Block] = []
+    heads: dict[str, tuple[int, str]] = {}
+    for height, study in enumerate(studies):
+        index, prev = heads.get(study, (-1, GENESIS_HASH))
+        prev_block = blocks[-1].hash if blocks else GENESIS_HASH
+        header = BlockHeader(
+            FORMAT_VERSION, CHAIN, height, prev_block, f"{height + salt * 1000:064x}",
+            "2026-01-01T00:00:00.000000Z", "H", KEY.key_id, f"1.2.{height}", study, index + 1, prev,
+        )  # fmt: skip
+        block = Block.sign(header, KEY)
+        heads[study] = (index + 1, block.hash)
+        blocks.append(block)
+    return blocks
+
+
+def run(blocks, gaps_are_errors=False) -> Report:
+    report = Report()
+    check_links([Located(b, f"f{b.header.height}") for b in blocks], report, gaps_are_errors=gaps_are_errors)
+    return report
+
+
+def kinds(report: Report, severity="error") -> list[str]:
+    return sorted(f.kind for f in report.findings if f.severity == severity)
+
+
+def test_intact_chain_has_no_findings():
+    assert run(build(["A", "A", "B", "A", "B"])).findings == []
+
+
+def test_gap_between_studies_is_information_for_files_and_error_for_the_node():
+    blocks = build(["A", "A", "B", "B"])
+    study_a = blocks[:2]
+    assert kinds(run(study_a)) == []
+    slice_ = [blocks[0], blocks[1], blocks[3]]  # block 2 (study B, index 0) absent
+    assert "gap" in kinds(run(slice_), "info")
+    assert "gap" in kinds(run(slice_, gaps_are_errors=True))
+
+
+def test_instance_removed_from_the_middle_of_a_study_is_an_error_even_for_files():
+    blocks = build(["A", "B", "A", "B", "A"])
+    study_a = [b for b in blocks if b.header.study_instance_uid == "A"]
+    assert kinds(run(study_a)) == []
+    without_middle = [study_a[0], study_a[2]]
+    assert kinds(run(without_middle)) == ["missing-instance"]
+
+
+def test_first_instance_of_a_study_removed_is_an_error():
+    blocks = build(["A", "A", "A"])
+    assert kinds(run(blocks[1:])) == ["missing-instance"]
+
+
+def test_replaced_block_breaks_the_link():
+    blocks = build(["A", "A", "A"])
+    forged = build(["A", "A", "A"], salt=1)[1]  # a validly signed block 1 of another history
+    assert "broken-link" in kinds(run([blocks[0], forged, blocks[2]]))
+
+
+def test_two_different_blocks_at_one_height_are_a_fork():
+    a, b = build(["A", "A"]), build(["A", "B"])
+    report = run([*a, b[1]])
+    assert "fork" in kinds(report)
+
+
+def test_the_same_block_twice_is_only_a_copy():
+    blocks = build(["A", "A"])
+    report = run([*blocks, blocks[1]])
+    assert kinds(report) == []
+    assert "copy" in kinds(report, "info")

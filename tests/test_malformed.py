@@ -1,0 +1,63 @@
+"""Every parser against every malformed input: a named error or a finding, never a crash."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_chain.block import Block
+from dicom_chain.canonical import content_hash
+from dicom_chain.embedding import read_block
+from dicom_chain.errors import DicomChainError
+from dicom_chain.node import Node, read_dataset
+from dicom_chain.verify import verify_files
+
+from .conftest import MALFORMED
+
+INPUTS = sorted(p for p in MALFORMED.iterdir() if p.suffix in (".dcm", ".bin"))
+
+
+def test_the_folder_is_populated():
+    assert len(INPUTS) >= 18
+
+
+def _dataset_or_none(path: Path):
+    try:
+        return read_dataset(path)
+    except DicomChainError:
+        return None
+
+
+@pytest.mark.parametrize("path", INPUTS, ids=lambda p: p.name)
+def test_parsers_raise_only_named_errors(path: Path):
+    ds = _dataset_or_none(path)
+    if ds is not None:
+        for parse in (content_hash, read_block):
+            with contextlib.suppress(DicomChainError):
+                parse(ds)
+    with contextlib.suppress(DicomChainError):
+        Block.from_bytes(path.read_bytes())
+
+
+@pytest.mark.parametrize("path", INPUTS, ids=lambda p: p.name)
+def test_verify_names_every_malformed_file(path: Path):
+    report = verify_files([path])
+    assert not report.ok
+    assert all(f.path == str(path) for f in report.errors)
+
+
+@pytest.mark.parametrize("path", INPUTS, ids=lambda p: p.name)
+def test_ingest_refuses_or_stores_inside_the_store(path: Path, node: Node):
+    try:
+        result = node.ingest_file(path)
+    except DicomChainError:
+        assert node.ledger.block_count() == 0
+        assert list(node.storage.iter_files()) == []
+        return
+    # Accepted (e.g. odd UIDs): the file must be inside the store and verify.
+    assert result.path.resolve().is_relative_to(node.storage.root.resolve())
+    assert verify_files([result.path]).ok
+    assert pydicom.dcmread(result.path).SOPInstanceUID == result.block.header.sop_instance_uid

@@ -1,0 +1,35 @@
+"""The store's paths: readable for real UIDs, harmless for hostile ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dicom_chain.storage import Storage, path_part, relative_path
+
+
+def test_real_uids_are_kept_as_they_are():
+    assert relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5", 1) == "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
+    assert relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5", 2) == "1.2.3/1.2.3.4/1.2.3.4.5.v2.dcm"
+
+
+@given(st.text(max_size=80))
+def test_any_uid_stays_one_path_part_inside_the_store(uid):
+    part = path_part(uid)
+    assert part and "/" not in part and part not in (".", "..")
+    root = Path("/store")
+    assert (root / relative_path(uid, uid, uid, 1)).resolve().is_relative_to(root)
+
+
+def test_distinct_hostile_uids_do_not_collide():
+    assert path_part("../x") != path_part("__x") != path_part("..x")
+
+
+def test_iter_files_skips_temp_files(tmp_path: Path):
+    store = Storage(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.dcm").write_bytes(b"x")
+    (tmp_path / "a" / ".incoming-123").write_bytes(b"x")
+    assert list(store.iter_files()) == ["a/f.dcm"]

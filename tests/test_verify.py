@@ -1,0 +1,231 @@
+"""verify: files on their own and the whole node; every kind of breakage is named, none is missed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from dicom_chain.config import Settings
+from dicom_chain.node import Node
+from dicom_chain.synthetic import StudySpec, ct_study
+from dicom_chain.verify import verify_files, verify_node
+
+from .conftest import fresh, pydicom_file, read
+from .peers import require_tool
+
+
+def chained_node(settings: Settings, studies: int = 2, per_study: int = 5) -> tuple[Node, list[Path]]:
+    """A node that received ``studies`` synthetic studies interleaved, plus two pydicom files."""
+    node = Node.open(settings)
+    streams = [
+        list(ct_study(StudySpec(seed=s, instances=per_study, rows=16, columns=16))) for s in range(studies)
+    ]
+    paths = []
+    for i in range(per_study):
+        for stream in streams:
+            paths.append(node.ingest(stream[i]).path)
+    paths.append(node.ingest(read("CT_small.dcm")).path)
+    paths.append(node.ingest(read("MR_small_bigendian.dcm")).path)
+    return node, paths
+
+
+def kinds(report, severity="error"):
+    return sorted({f.kind for f in report.findings if f.severity == severity})
+
+
+@pytest.fixture
+def chained(settings):
+    node, paths = chained_node(settings)
+    yield node, paths
+    node.close()
+
+
+def test_intact_store_verifies_as_files_and_as_node(chained):
+    node, paths = chained
+    files = verify_files([node.storage.root])
+    assert files.ok, files.findings
+    assert files.files_checked == files.blocks_checked == len(paths) == 12
+    whole = verify_node(node.ledger, node.storage)
+    assert whole.ok, whole.findings
+    assert whole.events_checked == 12
+
+
+def test_one_study_alone_verifies(chained):
+    _node, paths = chained
+    study_dir = paths[0].parent.parent
+    report = verify_files([study_dir])
+    assert report.ok and report.files_checked == 5
+    assert "gap" in kinds(report, "info")  # the other study's heights are not among these files
+
+
+def test_altered_pixel_is_found_by_name_and_uid(chained):
+    node, paths = chained
+    ds = pydicom.dcmread(paths[3])
+    data = bytearray(ds.PixelData)
+    data[100] ^= 0x01
+    ds.PixelData = bytes(data)
+    ds.save_as(paths[3])
+    for report in (verify_files([node.storage.root]), verify_node(node.ledger, node.storage)):
+        [finding] = report.errors
+        assert finding.kind == "altered" and finding.path == str(paths[3])
+        assert finding.sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_altered_attribute_is_found(chained):
+    _node, paths = chained
+    ds = pydicom.dcmread(paths[0])
+    ds.PatientName = "SOMEONE^ELSE"
+    ds.save_as(paths[0])
+    assert kinds(verify_files([paths[0]])) == ["altered"]
+
+
+def test_removed_middle_instance_is_found_without_the_ledger(chained):
+    node, paths = chained
+    study = sorted(paths[0].parent.glob("*.dcm"))
+    study_dir = paths[0].parent.parent
+    victim = paths[4]  # third instance of the first study
+    assert victim in study
+    victim.unlink()
+    report = verify_files([study_dir])
+    assert kinds(report) == ["missing-instance"]
+    node_report = verify_node(node.ledger, node.storage)
+    assert kinds(node_report) == ["missing-file"]
+    assert node_report.errors[0].path == str(victim)
+
+
+def test_swapped_files_are_reported_as_re_ordered(chained):
+    node, paths = chained
+    a, b = paths[0], paths[2]
+    tmp = a.with_suffix(".swap")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+    assert "re-ordered" in kinds(verify_node(node.ledger, node.storage))
+
+
+def test_foreign_and_non_dicom_files_are_named_not_tracebacks(chained, tmp_path):
+    node, _ = chained
+    (node.storage.root / "notes.txt").write_text("not an image")
+    shutil.copy(pydicom_file("rtplan.dcm"), node.storage.root / "unchained.dcm")
+    files = verify_files([node.storage.root])
+    by_path = {Path(f.path).name: f.kind for f in files.errors}
+    assert by_path == {"notes.txt": "not-dicom", "unchained.dcm": "no-block"}
+    whole = verify_node(node.ledger, node.storage)
+    assert sorted(Path(f.path).name for f in whole.errors if f.kind == "foreign-file") == [
+        "notes.txt",
+        "unchained.dcm",
+    ]
+
+
+def test_block_copied_into_another_file_is_found(chained):
+    _node, paths = chained
+    donor = pydicom.dcmread(paths[1])
+    target = pydicom.dcmread(paths[0])
+    for tag in [t for t in target if t.group == 0x0071]:
+        del target[tag]
+    for tag in [t for t in donor if t.group == 0x0071]:
+        target[tag] = donor[tag]
+    target.save_as(paths[0])
+    assert "altered" in kinds(verify_files([paths[0]]))
+
+
+def test_untrusted_key_is_refused(chained, tmp_path):
+    from dicom_chain.keys import NodeKey
+
+    node, _ = chained
+    stranger = NodeKey.generate()
+    report = verify_files([node.storage.root], trusted_keys=frozenset({stranger.public_key}))
+    assert kinds(report) == ["bad-signature"]
+    assert verify_files([node.storage.root], trusted_keys=frozenset({node.key.public_key})).ok
+
+
+def test_tampered_ledger_rows_are_found(chained):
+    node, _ = chained
+    with node.ledger.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE blocks SET block = replace(block, :a, :b) WHERE height = 3"),
+            {"a": '"institution":"Test Hospital"', "b": '"institution":"Evil Hospital"'},
+        )
+    assert "ledger-altered" in kinds(verify_node(node.ledger, node.storage))
+
+
+def test_rewritten_event_is_found(chained):
+    node, _ = chained
+    with node.ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE events SET actor = 'MALLORY' WHERE seq = 4"))
+    assert "event-altered" in kinds(verify_node(node.ledger, node.storage))
+
+
+def test_deleted_event_is_found(chained):
+    node, _ = chained
+    with node.ledger.engine.begin() as conn:
+        conn.execute(text("DELETE FROM events WHERE seq = 5"))
+    found = kinds(verify_node(node.ledger, node.storage))
+    assert "event-gap" in found and "event-broken-link" in found
+
+
+def test_deleted_last_block_row_is_found(chained):
+    node, _ = chained
+    with node.ledger.engine.begin() as conn:
+        conn.execute(text("DELETE FROM blocks WHERE height = 11"))
+    found = kinds(verify_node(node.ledger, node.storage))
+    assert "head-mismatch" in found and "foreign-file" in found
+
+
+def test_deleted_middle_block_row_is_a_gap_for_the_node(chained):
+    node, _ = chained
+    with node.ledger.engine.begin() as conn:
+        conn.execute(text("DELETE FROM blocks WHERE height = 5"))
+    assert {"gap", "foreign-file", "missing-instance"} <= set(kinds(verify_node(node.ledger, node.storage)))
+
+
+@pytest.mark.dcmtk
+def test_files_re_encoded_by_dcmtk_still_verify(chained, tmp_path):
+    """What a PACS hop does: other transfer syntax, other file meta."""
+    dcmconv = require_tool("dcmconv", "dcmtk")
+    _node, paths = chained
+    out = tmp_path / "hop"
+    out.mkdir()
+    for i, path in enumerate(paths):
+        option = ["+ti", "+tb", "+te"][i % 3]
+        subprocess.run([dcmconv, option, str(path), str(out / f"{i}.dcm")], check=True, capture_output=True)
+    report = verify_files([out])
+    assert report.ok, report.findings
+    assert report.blocks_checked == len(paths)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(per_study=st.integers(3, 7), data=st.data())
+def test_removing_any_middle_file_of_a_study_is_detected(tmp_path_factory, per_study, data):
+    settings_ = Settings(home=tmp_path_factory.mktemp("node"))
+    node = Node.open(settings_)
+    try:
+        paths = [
+            node.ingest(fresh(ds)).path
+            for ds in ct_study(StudySpec(seed=3, instances=per_study, rows=8, columns=8))
+        ]
+        victim = data.draw(st.integers(1, per_study - 2))
+        paths[victim].unlink()
+        report = verify_files([node.storage.root])
+        assert [f.kind for f in report.errors] == ["missing-instance"]
+    finally:
+        node.close()
+
+
+def test_whole_node_verifies_on_each_database(db_url, tmp_path):
+    node, paths = chained_node(Settings(home=tmp_path / "n", db=db_url), studies=2, per_study=3)
+    try:
+        report = verify_node(node.ledger, node.storage)
+        assert report.ok, report.findings
+        assert report.blocks_checked == len(paths)
+        paths[1].unlink()
+        assert kinds(verify_node(node.ledger, node.storage)) == ["missing-file"]
+    finally:
+        node.close()
