@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from . import canonjson
@@ -47,10 +48,18 @@ class BlockHeader:
     study_index: int
     study_prev_hash: str
 
-    def canonical_bytes(self) -> bytes:
-        return canonjson.dumps(asdict(self))
+    @cached_property
+    def _canonical(self) -> bytes:
+        return canonjson.dumps(self.to_dict())
 
-    @property
+    def to_dict(self) -> dict[str, Any]:
+        """Flat fields as a dict (dataclasses.asdict deep-copies: too slow on the ingest path)."""
+        return {name: getattr(self, name) for name in _HEADER_FIELDS}
+
+    def canonical_bytes(self) -> bytes:
+        return self._canonical
+
+    @cached_property
     def block_hash(self) -> str:
         return hashlib.sha256(BLOCK_DOMAIN + self.canonical_bytes()).hexdigest()
 
@@ -89,6 +98,9 @@ class BlockHeader:
             raise MalformedBlockError("only study index 0 may (and must) follow the genesis hash")
 
 
+_HEADER_FIELDS = tuple(f.name for f in fields(BlockHeader))
+
+
 @dataclass(frozen=True)
 class Block:
     header: BlockHeader
@@ -115,7 +127,7 @@ class Block:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "header": asdict(self.header),
+            "header": self.header.to_dict(),
             "public_key": self.public_key.hex(),
             "signature": self.signature.hex(),
         }

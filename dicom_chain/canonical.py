@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
+from functools import lru_cache
 from io import BytesIO
 from typing import Any
 
@@ -22,7 +23,6 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_sequence
 from pydicom.filewriter import write_data_element
-from pydicom.tag import BaseTag, Tag
 
 from .errors import MalformedDatasetError
 from .privatetags import CHAIN_GROUP, chain_block_tags
@@ -35,6 +35,7 @@ TRAILING_PADDING = 0xFFFCFFFC
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
 ITEM = 0xFFFEE000
+BATCH_LIMIT = 4096  # values below this are joined with their neighbours before hashing
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 
 # Width of the unit to byte-swap when a value comes from a big endian dataset.
@@ -64,39 +65,44 @@ def content_hash(ds: Dataset) -> str:
 
 
 def _feed_dataset(h: Any, ds: Dataset, exclude: frozenset[int] = frozenset()) -> None:
+    """Stream the canonical form into ``h``; small pieces are batched into one update."""
     little = _dataset_is_little_endian(ds)
-    for tag in sorted(ds.keys()):
-        tag = Tag(tag)
-        if tag.group == 0x0002 or tag.element == 0x0000 or tag == TRAILING_PADDING:
-            continue
-        if tag in exclude:
-            continue
-        h.update(struct.pack("<HH", tag.group, tag.element))
-        _feed_element(h, ds, tag, little)
+    parts: list[bytes] = []
+    pack = struct.pack
 
+    def flush() -> None:
+        h.update(b"".join(parts))
+        parts.clear()
 
-def _feed_element(h: Any, ds: Dataset, tag: BaseTag, little: bool) -> None:
-    raw = ds.get_item(tag)
-    if raw is None:  # pragma: no cover - keys() and get_item() agree
-        raise MalformedDatasetError(f"element {tag} vanished")
-    if tag == PIXEL_DATA and _is_undefined_length(raw):
-        fragments = list(_fragments(_value_bytes(raw)))
-        h.update(b"F" + struct.pack("<I", len(fragments)))
-        for fragment in fragments:
-            h.update(struct.pack("<Q", len(fragment)))
-            h.update(fragment)
-        return
-    items = _sequence_items(ds, tag, raw)
-    if items is not None:
-        h.update(b"S" + struct.pack("<I", len(items)))
-        for item in items:
-            sub = hashlib.sha256()
-            _feed_dataset(sub, item)
-            h.update(sub.digest())
-        return
-    value = _canonical_value(raw, tag, little)
-    h.update(b"V" + struct.pack("<Q", len(value)))
-    h.update(value)
+    for tag in sorted(map(int, ds.keys())):  # plain ints: BaseTag compares in Python, slowly
+        if tag >> 16 == 0x0002 or not tag & 0xFFFF or tag == TRAILING_PADDING or tag in exclude:
+            continue
+        raw = ds.get_item(tag)
+        parts.append(pack("<HH", tag >> 16, tag & 0xFFFF))
+        if tag == PIXEL_DATA and _is_undefined_length(raw):
+            fragments = list(_fragments(_value_bytes(raw)))
+            parts.append(b"F" + pack("<I", len(fragments)))
+            for fragment in fragments:
+                parts.append(pack("<Q", len(fragment)))
+                flush()
+                h.update(fragment)
+            continue
+        items = _sequence_items(ds, tag, raw)
+        if items is not None:
+            parts.append(b"S" + pack("<I", len(items)))
+            for item in items:
+                sub = hashlib.sha256()
+                _feed_dataset(sub, item)
+                parts.append(sub.digest())
+            continue
+        value = _canonical_value(raw, tag, little)
+        parts.append(b"V" + pack("<Q", len(value)))
+        if len(value) >= BATCH_LIMIT:
+            flush()
+            h.update(value)  # large values (pixels) go straight in, uncopied
+        else:
+            parts.append(value)
+    flush()
 
 
 def _dataset_is_little_endian(ds: Dataset) -> bool:
@@ -116,7 +122,7 @@ def _value_bytes(raw: RawDataElement | DataElement) -> bytes:
         return b""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
-    raise MalformedDatasetError(f"element {Tag(raw.tag)} is not a byte value")
+    raise MalformedDatasetError(f"element {_fmt(int(raw.tag))} is not a byte value")
 
 
 def _fragments(value: bytes) -> Iterator[bytes]:
@@ -138,19 +144,35 @@ def _fragments(value: bytes) -> Iterator[bytes]:
         raise MalformedDatasetError("encapsulated pixel data ends inside an item header")
 
 
-def _resolved_vr(tag: BaseTag, raw: RawDataElement | DataElement) -> str:
+def _fmt(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _is_private(tag: int) -> bool:
+    return bool((tag >> 16) & 1)
+
+
+@lru_cache(maxsize=4096)
+def _public_vr(tag: int) -> str | None:
+    """The public dictionary's single VR for ``tag`` (None: private, unknown or ambiguous)."""
+    if _is_private(tag):
+        return None
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr if " or " not in vr else None
+
+
+def _resolved_vr(tag: int, raw: RawDataElement | DataElement) -> str:
     """VR by the public dictionary where it knows the tag, else as the element states it."""
-    if not tag.is_private:
-        try:
-            vr = dictionary_VR(tag)
-        except KeyError:
-            vr = None
-        if vr is not None and " or " not in vr:
-            return vr
-    return raw.VR or "UN"
+    return _public_vr(tag) or raw.VR or "UN"
 
 
-def _sequence_items(ds: Dataset, tag: BaseTag, raw: RawDataElement | DataElement) -> list[Dataset] | None:
+def _sequence_items(ds: Dataset, tag: int, raw: RawDataElement | DataElement) -> list[Dataset] | None:
+    explicit = isinstance(raw, RawDataElement) and raw.VR not in (None, "UN", "SQ")
+    if explicit and raw.length != UNDEFINED_LENGTH:
+        return None  # explicit VR says what it is: the common case, decided without a lookup
     vr = _resolved_vr(tag, raw)
     if isinstance(raw, DataElement):
         if raw.VR == "SQ":
@@ -164,7 +186,7 @@ def _sequence_items(ds: Dataset, tag: BaseTag, raw: RawDataElement | DataElement
             return list(element.value)
         if isinstance(element.value, bytes):
             return _parse_un_sequence(element.value, ds)
-        raise MalformedDatasetError(f"element {tag} should be a sequence")
+        raise MalformedDatasetError(f"element {_fmt(tag)} should be a sequence")
     if raw.VR in (None, "UN") and isinstance(raw.value, bytes):
         return _parse_un_sequence(raw.value, ds)
     return None
@@ -189,16 +211,18 @@ def _parse_un_sequence(value: bytes, ds: Dataset) -> list[Dataset] | None:
         return None
 
 
-def _canonical_value(raw: RawDataElement | DataElement, tag: BaseTag, little: bool) -> bytes:
+def _canonical_value(raw: RawDataElement | DataElement, tag: int, little: bool) -> bytes:
     if isinstance(raw, RawDataElement):
         value = bytes(raw.value or b"")
         if raw.length != UNDEFINED_LENGTH and len(value) != raw.length:
-            raise MalformedDatasetError(f"element {tag} is truncated ({len(value)} of {raw.length} bytes)")
+            raise MalformedDatasetError(
+                f"element {_fmt(tag)} is truncated: {len(value)} of {raw.length} bytes"
+            )
         if not raw.is_little_endian:
             value = _swap(value, raw.VR)
     else:
         value = _encode_element(raw, little)
-    if not tag.is_private and _resolved_vr(tag, raw) in TEXT_VRS:
+    if _public_vr(tag) in TEXT_VRS:
         value = value.rstrip(b" \x00")
     return value
 

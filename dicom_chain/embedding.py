@@ -7,18 +7,21 @@ people and viewers, and reading cross-checks them so a hand-edited copy does not
 from __future__ import annotations
 
 import struct
-from datetime import datetime
 
+from pydicom import config as pydicom_config
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from .block import FORMAT_VERSION, Block
-from .errors import MalformedBlockError, NoBlockError
+from .errors import MalformedBlockError, MalformedDatasetError, NoBlockError
 from .privatetags import (
     CHAIN_GROUP,
     ELEMENTS,
     PRIVATE_CREATOR,
     chain_block_tags,
     creator_slots,
+    free_slot,
     register_private_dictionary,
 )
 
@@ -50,8 +53,9 @@ def _lo(text: str) -> str:
 
 
 def _iso_to_dt(timestamp: str) -> str:
-    moment = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ")
-    return moment.strftime("%Y%m%d%H%M%S.%f") + "+0000"
+    """'2026-11-24T13:34:04.123456Z' -> DICOM DT '20261124133404.123456+0000'."""
+    t = timestamp
+    return f"{t[0:4]}{t[5:7]}{t[8:10]}{t[11:13]}{t[14:16]}{t[17:26]}+0000"
 
 
 def remove_blocks(ds: Dataset) -> None:
@@ -62,11 +66,46 @@ def remove_blocks(ds: Dataset) -> None:
 def embed_block(ds: Dataset, block: Block) -> None:
     """Replace any DICOM_CHAIN block in ``ds`` by ``block``; other private blocks stay as they are."""
     remove_blocks(ds)
-    private = ds.private_block(CHAIN_GROUP, PRIVATE_CREATOR, create=True)
+    slot = free_slot(ds)
+    if slot is None:
+        raise MalformedDatasetError(f"all 240 private creator slots of group {CHAIN_GROUP:04X} are taken")
+    base = (CHAIN_GROUP << 16) | (slot << 8)
+    implicit, little = _target_encoding(ds)
     for offset, value in _readable(block).items():
-        private.add_new(offset, ELEMENTS[offset][0], value)
-    data = block.to_bytes()
-    private.add_new(0x10, "OB", data + b"\x00" * (len(data) % 2))
+        _set(ds, base | offset, ELEMENTS[offset][0], value, implicit, little)
+    _set(ds, base | 0x10, "OB", block.to_bytes(), implicit, little)
+    # The creator goes in last: while it is absent pydicom stores the raw elements as they are,
+    # instead of decoding each one to tag it with its creator.
+    _set(ds, (CHAIN_GROUP << 16) | slot, "LO", PRIVATE_CREATOR, implicit, little)
+
+
+def _target_encoding(ds: Dataset) -> tuple[bool, bool]:
+    """(implicit VR, little endian) the dataset will be written in: its transfer syntax decides."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and syntax.is_transfer_syntax:
+        return syntax.is_implicit_VR, syntax.is_little_endian
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    return bool(implicit), little is not False
+
+
+def _set(ds: Dataset, tag: int, vr: str, value: object, implicit: bool, little: bool) -> None:
+    """Add one of our elements already encoded: ingest writes every instance, so skip pydicom's
+    per-value encoding and validation (our values are ours and valid). Non-ASCII text, which
+    needs the dataset's character set, goes through pydicom."""
+    if isinstance(value, str):
+        try:
+            data = value.encode("ascii")
+        except UnicodeEncodeError:
+            ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+            return
+        data += b" " * (len(data) % 2)
+    elif isinstance(value, int):
+        data = struct.pack("<I" if little else ">I", value)
+    else:
+        data = bytes(value)  # type: ignore[call-overload]
+        data += b"\x00" * (len(data) % 2)
+    ds[tag] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little, True, False)
 
 
 def read_block(ds: Dataset) -> Block:

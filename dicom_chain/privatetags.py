@@ -37,31 +37,45 @@ def register_private_dictionary() -> None:
     add_private_dict_entries(PRIVATE_CREATOR, {k: (v[0], v[1], v[2], "") for k, v in entries.items()})
 
 
+_CREATOR_LO = (CHAIN_GROUP << 16) | 0x0010
+_CREATOR_HI = (CHAIN_GROUP << 16) | 0x00FF
+
+
+def _creator_value(ds: Dataset, tag: int) -> str:
+    value = ds.get_item(tag).value
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value.strip(" \x00") if isinstance(value, str) else ""
+
+
 def creator_slots(ds: Dataset) -> list[int]:
     """Slots (0x10-0xFF) in our group whose private creator is ``DICOM_CHAIN``."""
-    slots = []
-    for slot in range(0x10, 0x100):
-        tag = (CHAIN_GROUP << 16) | slot
-        if tag not in ds:
-            continue
-        value = ds.get_item(tag).value
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        if isinstance(value, str) and value.strip(" \x00") == PRIVATE_CREATOR:
-            slots.append(slot)
-    return slots
+    return [
+        tag & 0xFF
+        for tag in _int_tags(ds)
+        if _CREATOR_LO <= tag <= _CREATOR_HI and _creator_value(ds, tag) == PRIVATE_CREATOR
+    ]
+
+
+def _int_tags(ds: Dataset) -> list[int]:
+    """Tags as plain ints: BaseTag compares in Python, ints in C, and these loops run per instance."""
+    return list(map(int, ds.keys()))
+
+
+def free_slot(ds: Dataset) -> int | None:
+    """The lowest slot of our group no private creator holds (PS3.5 7.8.1), or None if all are taken."""
+    used = {tag & 0xFF for tag in _int_tags(ds) if _CREATOR_LO <= tag <= _CREATOR_HI}
+    return next((slot for slot in range(0x10, 0x100) if slot not in used), None)
 
 
 def chain_block_tags(ds: Dataset) -> frozenset[int]:
     """Every tag of every ``DICOM_CHAIN`` block in ``ds``, creator elements included."""
-    tags: set[int] = set()
-    slots = creator_slots(ds)
+    slots = set(creator_slots(ds))
     if not slots:
         return frozenset()
-    for slot in slots:
-        tags.add((CHAIN_GROUP << 16) | slot)
-    ranges = [((CHAIN_GROUP << 16) | (slot << 8), (CHAIN_GROUP << 16) | (slot << 8) | 0xFF) for slot in slots]
-    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields (decoded) elements, not tags
-        if tag >> 16 == CHAIN_GROUP and any(lo <= tag <= hi for lo, hi in ranges):
-            tags.add(int(tag))
-    return frozenset(tags)
+    return frozenset(
+        tag
+        for tag in _int_tags(ds)
+        if tag >> 16 == CHAIN_GROUP
+        and ((_CREATOR_LO <= tag <= _CREATOR_HI and tag & 0xFF in slots) or (tag >> 8) & 0xFF in slots)
+    )

@@ -36,6 +36,13 @@ def handlers(node: Node) -> list:
     return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [node])]
 
 
+def start_server(node: Node, *, ae_title: str, host: str, port: int) -> AE:
+    """Listen in background threads; the caller owns ``ae.shutdown()``."""
+    ae = build_ae(ae_title)
+    ae.start_server((host, port), block=False, evt_handlers=handlers(node))
+    return ae
+
+
 def run_server(settings: Settings, *, ae_title: str, host: str, port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     node = Node.open(settings)

@@ -121,7 +121,7 @@ def test_other_private_blocks_are_hashed():
     ds = read("CT_small.dcm")
     before = content_hash(ds)
     gems = ds.private_block(0x0009, "GEMS_IDEN_01")
-    tag = next(t for t in ds if t.group == 0x0009 and t.element > 0x00FF)
+    tag = next(t for t in ds.keys() if t.group == 0x0009 and t.element > 0x00FF)
     ds[tag].value = b"X" * 8 if isinstance(ds[tag].value, bytes) else "CHANGED"
     assert gems is not None
     assert content_hash(ds) != before
@@ -172,7 +172,7 @@ def _mutable_tags(ds: Dataset) -> list:
     skip = {0x7FE00010, 0xFFFCFFFC}
     return [
         t
-        for t in ds
+        for t in ds.keys()
         if t not in skip and t.element != 0 and ds[t].VR != "SQ" and ds[t].value not in (None, "", b"")
     ]
 

@@ -50,7 +50,7 @@ def private_snapshot(ds) -> dict:
     ds.save_as(buf, enforce_file_format=True)
     buf.seek(0)
     again = pydicom.dcmread(buf)
-    return {int(t): again.get_item(t).value for t in again if t.is_private and t not in ours}
+    return {int(t): again.get_item(t).value for t in again.keys() if t.is_private and t not in ours}
 
 
 def test_embedding_leaves_other_private_blocks_untouched():
@@ -85,7 +85,7 @@ def test_re_embedding_replaces_the_block():
     second = make_block(ds, institution="Second")
     embed_block(ds, second)
     assert read_block(ds) == second
-    assert len([t for t in ds if t.group == CHAIN_GROUP and t.element < 0x100]) == 1
+    assert len([t for t in ds.keys() if t.group == CHAIN_GROUP and t.element < 0x100]) == 1
 
 
 def test_long_institution_is_kept_whole_in_the_canonical_block():
@@ -126,7 +126,7 @@ def test_block_survives_dcmtk_reencoding(option, tmp_path: Path):
 def test_edited_readable_copy_is_detected():
     ds = read("MR_small.dcm")
     embed_block(ds, make_block(ds))
-    slot_base = next(t for t in ds if t.group == CHAIN_GROUP and ds[t].value == PRIVATE_CREATOR)
+    slot_base = next(t for t in ds.keys() if t.group == CHAIN_GROUP and ds[t].value == PRIVATE_CREATOR)
     base = (CHAIN_GROUP << 16) | ((slot_base.element & 0xFF) << 8)
     ds[base | 0x03].value = 42  # the readable height
     with pytest.raises(MalformedBlockError, match="ChainHeight"):

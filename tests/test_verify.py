@@ -128,9 +128,9 @@ def test_block_copied_into_another_file_is_found(chained):
     _node, paths = chained
     donor = pydicom.dcmread(paths[1])
     target = pydicom.dcmread(paths[0])
-    for tag in [t for t in target if t.group == 0x0071]:
+    for tag in [t for t in target.keys() if t.group == 0x0071]:
         del target[tag]
-    for tag in [t for t in donor if t.group == 0x0071]:
+    for tag in [t for t in donor.keys() if t.group == 0x0071]:
         target[tag] = donor[tag]
     target.save_as(paths[0])
     assert "altered" in kinds(verify_files([paths[0]]))

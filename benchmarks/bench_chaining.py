@@ -1,0 +1,94 @@
+"""Chaining overhead: read + hash + sign + embed + write, against plain pydicom read + write.
+
+Both are measured in the same run on the same 300-instance 512x512 CT study (synthetic, 16-bit),
+alternating rounds so that disk cache and CPU frequency treat them alike. Target: ratio <= 1.25.
+
+    .venv/bin/python benchmarks/bench_chaining.py [--instances 300] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+
+from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
+from dicom_chain.canonical import content_hash
+from dicom_chain.embedding import embed_block
+from dicom_chain.keys import NodeKey
+from dicom_chain.synthetic import StudySpec, ct_study
+
+TARGET_RATIO = 1.25
+
+
+def plain(files: list[Path], out: Path) -> None:
+    for i, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        pydicom.dcmwrite(out / f"{i}.dcm", ds, enforce_file_format=True)
+
+
+def chained(files: list[Path], out: Path, key: NodeKey) -> None:
+    prev, study_prev = GENESIS_HASH, GENESIS_HASH
+    for i, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        header = BlockHeader(
+            version=FORMAT_VERSION,
+            chain_id="bench",
+            height=i,
+            prev_hash=prev,
+            content_hash=content_hash(ds),
+            timestamp=utc_now(),
+            institution="Benchmark Hospital",
+            key_id=key.key_id,
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            study_instance_uid=str(ds.StudyInstanceUID),
+            study_index=i,
+            study_prev_hash=study_prev,
+        )
+        block = Block.sign(header, key)
+        embed_block(ds, block)
+        pydicom.dcmwrite(out / f"{i}.dcm", ds, enforce_file_format=True)
+        prev = study_prev = block.hash
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    key = NodeKey.generate()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        src = root / "src"
+        src.mkdir()
+        files = []
+        for i, ds in enumerate(ct_study(StudySpec(seed=11, instances=args.instances, rows=512, columns=512))):
+            path = src / f"{i:04d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+        size_mb = sum(p.stat().st_size for p in files) / 1e6
+        times: dict[str, list[float]] = {"plain": [], "chained": []}
+        for r in range(args.rounds):
+            for mode in ("plain", "chained") if r % 2 == 0 else ("chained", "plain"):
+                out = root / f"{mode}-{r}"
+                out.mkdir()
+                start = time.perf_counter()
+                plain(files, out) if mode == "plain" else chained(files, out, key)
+                times[mode].append(time.perf_counter() - start)
+    base, chain = statistics.median(times["plain"]), statistics.median(times["chained"])
+    ratio = chain / base
+    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
+    print(f"study: {args.instances} x 512x512 CT, {size_mb:.0f} MB; median of {args.rounds} rounds each")
+    print(f"plain read+write      {base:6.2f} s  {args.instances / base:7.1f} inst/s")
+    print(f"read+chain+write      {chain:6.2f} s  {args.instances / chain:7.1f} inst/s")
+    verdict = "OK" if ratio <= TARGET_RATIO else "MISSED"
+    print(f"ratio chained/plain   {ratio:6.3f}  (target <= {TARGET_RATIO})  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
