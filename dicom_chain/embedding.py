@@ -13,7 +13,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from .block import FORMAT_VERSION, Block
+from .block import Block
 from .errors import MalformedBlockError, MalformedDatasetError, NoBlockError
 from .privatetags import (
     CHAIN_GROUP,
@@ -33,7 +33,6 @@ LO_MAX_CHARS = 64  # PS3.5 6.2: LO holds at most 64 characters; the canonical bl
 def _readable(block: Block) -> dict[int, object]:
     h = block.header
     return {
-        0x01: str(FORMAT_VERSION),
         0x02: h.chain_id,
         0x03: h.height,
         0x04: h.prev_hash,
@@ -42,9 +41,7 @@ def _readable(block: Block) -> dict[int, object]:
         0x07: _lo(h.institution),
         0x08: h.key_id,
         0x09: h.study_index,
-        0x0A: h.study_prev_hash,
         0x0B: block.hash,
-        0x0C: block.signature,
     }
 
 

@@ -15,7 +15,6 @@ CHAIN_GROUP = 0x0071
 # Offset within the block -> (VR, VM, description, keyword). The canonical block (0x10) is the
 # authority; the others are readable copies for people and viewers, checked against it.
 ELEMENTS: dict[int, tuple[str, str, str, str]] = {
-    0x01: ("LO", "1", "Chain Block Format Version", "ChainFormatVersion"),
     0x02: ("LO", "1", "Chain ID", "ChainID"),
     0x03: ("UL", "1", "Chain Height", "ChainHeight"),
     0x04: ("LO", "1", "Previous Block Hash", "ChainPreviousBlockHash"),
@@ -24,11 +23,11 @@ ELEMENTS: dict[int, tuple[str, str, str, str]] = {
     0x07: ("LO", "1", "Block Institution", "ChainInstitution"),
     0x08: ("LO", "1", "Signing Key ID", "ChainKeyID"),
     0x09: ("UL", "1", "Index Within Study", "ChainStudyIndex"),
-    0x0A: ("LO", "1", "Previous Study Block Hash", "ChainStudyPreviousBlockHash"),
     0x0B: ("LO", "1", "Block Hash", "ChainBlockHash"),
-    0x0C: ("OB", "1", "Block Signature", "ChainSignature"),
     0x10: ("OB", "1", "Canonical Block", "ChainCanonicalBlock"),
 }
+# Offsets 0x01, 0x0A, 0x0C are reserved (format version, previous study block hash, signature):
+# those live in the canonical block only, which every reader must parse anyway.
 
 
 def register_private_dictionary() -> None:
