@@ -60,23 +60,48 @@ def remove_blocks(ds: Dataset) -> None:
         del ds[tag]
 
 
+def block_elements(block: Block, slot: int) -> list[tuple[int, str, str | int | bytes]]:
+    """(tag, VR, value) of every element of our private block at ``slot``, in tag order."""
+    base = (CHAIN_GROUP << 16) | (slot << 8)
+    elements: list[tuple[int, str, str | int | bytes]] = [((CHAIN_GROUP << 16) | slot, "LO", PRIVATE_CREATOR)]
+    elements += [(base | offset, ELEMENTS[offset][0], value) for offset, value in _readable(block).items()]
+    elements.append((base | 0x10, "OB", block.to_bytes()))
+    return elements
+
+
+def encode_value(vr: str, value: str | int | bytes, little: bool) -> bytes | None:
+    """Our values as they go into a file (padded to even length); None for non-ASCII text,
+    whose bytes depend on the dataset's character set."""
+    if isinstance(value, str):
+        try:
+            data = value.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+        return data + b" " * (len(data) % 2)
+    if isinstance(value, int):
+        return struct.pack("<I" if little else ">I", value)
+    return value + b"\x00" * (len(value) % 2)
+
+
 def embed_block(ds: Dataset, block: Block) -> None:
     """Replace any DICOM_CHAIN block in ``ds`` by ``block``; other private blocks stay as they are."""
     remove_blocks(ds)
     slot = free_slot(ds)
     if slot is None:
         raise MalformedDatasetError(f"all 240 private creator slots of group {CHAIN_GROUP:04X} are taken")
-    base = (CHAIN_GROUP << 16) | (slot << 8)
-    implicit, little = _target_encoding(ds)
-    for offset, value in _readable(block).items():
-        _set(ds, base | offset, ELEMENTS[offset][0], value, implicit, little)
-    _set(ds, base | 0x10, "OB", block.to_bytes(), implicit, little)
+    implicit, little = target_encoding(ds)
+    creator, *rest = block_elements(block, slot)
     # The creator goes in last: while it is absent pydicom stores the raw elements as they are,
     # instead of decoding each one to tag it with its creator.
-    _set(ds, (CHAIN_GROUP << 16) | slot, "LO", PRIVATE_CREATOR, implicit, little)
+    for tag, vr, value in [*rest, creator]:
+        data = encode_value(vr, value, little)
+        if data is None:
+            ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+        else:
+            ds[tag] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little, True, False)
 
 
-def _target_encoding(ds: Dataset) -> tuple[bool, bool]:
+def target_encoding(ds: Dataset) -> tuple[bool, bool]:
     """(implicit VR, little endian) the dataset will be written in: its transfer syntax decides."""
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -84,25 +109,6 @@ def _target_encoding(ds: Dataset) -> tuple[bool, bool]:
         return syntax.is_implicit_VR, syntax.is_little_endian
     implicit, little = getattr(ds, "original_encoding", (None, None))
     return bool(implicit), little is not False
-
-
-def _set(ds: Dataset, tag: int, vr: str, value: object, implicit: bool, little: bool) -> None:
-    """Add one of our elements already encoded: ingest writes every instance, so skip pydicom's
-    per-value encoding and validation (our values are ours and valid). Non-ASCII text, which
-    needs the dataset's character set, goes through pydicom."""
-    if isinstance(value, str):
-        try:
-            data = value.encode("ascii")
-        except UnicodeEncodeError:
-            ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
-            return
-        data += b" " * (len(data) % 2)
-    elif isinstance(value, int):
-        data = struct.pack("<I" if little else ">I", value)
-    else:
-        data = bytes(value)  # type: ignore[call-overload]
-        data += b"\x00" * (len(data) % 2)
-    ds[tag] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little, True, False)
 
 
 def read_block(ds: Dataset) -> Block:

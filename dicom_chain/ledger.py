@@ -255,24 +255,35 @@ class Ledger:
     # -- writing --------------------------------------------------------------------------------
 
     def ensure_chain(self, key: NodeKey, institution: str) -> str:
-        """The chain this key signs; made (empty, head -1) the first time the key is seen."""
-        with Session(self._writer) as session, session.begin():
-            row = session.scalars(select(ChainRow).where(ChainRow.public_key == key.public_key.hex())).first()
-            if row is not None:
-                return row.chain_id
-            chain_id = str(uuid.uuid4())
-            session.add(
-                ChainRow(
-                    chain_id=chain_id,
-                    public_key=key.public_key.hex(),
-                    key_id=key.key_id,
-                    institution=institution,
-                    created_at=utc_now(),
-                    head_height=-1,
-                    head_hash=GENESIS_HASH,
-                )
-            )
-        return chain_id
+        """The chain this key signs; made (empty, head -1) the first time the key is seen.
+
+        Processes starting together may race to make it: the unique public key lets one win,
+        and the others read the winner's row.
+        """
+        for _attempt in range(2):
+            try:
+                with Session(self._writer) as session, session.begin():
+                    row = session.scalars(
+                        select(ChainRow).where(ChainRow.public_key == key.public_key.hex())
+                    ).first()
+                    if row is not None:
+                        return row.chain_id
+                    chain_id = str(uuid.uuid4())
+                    session.add(
+                        ChainRow(
+                            chain_id=chain_id,
+                            public_key=key.public_key.hex(),
+                            key_id=key.key_id,
+                            institution=institution,
+                            created_at=utc_now(),
+                            head_height=-1,
+                            head_hash=GENESIS_HASH,
+                        )
+                    )
+                return chain_id
+            except IntegrityError:
+                continue
+        raise LedgerError("could not register this node's chain")
 
     @contextmanager
     def append(self, chain_id: str) -> Iterator[Appender]:

@@ -23,6 +23,7 @@ from .errors import MalformedDatasetError, NotDicomError
 from .events import EventDraft
 from .keys import NodeKey
 from .ledger import Ledger
+from .splice import EncodedInstance, spliced
 from .storage import Storage, relative_path
 from .validation import check_pixel_data
 
@@ -104,10 +105,22 @@ class Node:
         self.ledger.record(self.key, draft)
 
     def ingest_file(self, path: Path, actor: str = "") -> IngestResult:
-        return self.ingest(read_dataset(path), actor=actor)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise NotDicomError(f"{path}: cannot read ({exc.strerror})") from exc
+        try:
+            ds, encoded = EncodedInstance.from_part10(data)
+        except NotDicomError as exc:
+            raise NotDicomError(f"{path}: {exc}") from exc
+        return self.ingest(ds, actor=actor, encoded=encoded)
 
-    def ingest(self, ds: Dataset, actor: str = "") -> IngestResult:
-        """Chain and store one instance (``ds`` gains our private block); idempotent per content."""
+    def ingest(self, ds: Dataset, actor: str = "", encoded: EncodedInstance | None = None) -> IngestResult:
+        """Chain and store one instance; idempotent per content.
+
+        With ``encoded`` (the bytes ``ds`` was parsed from) the file is those bytes plus our block;
+        without, pydicom writes ``ds``, which then carries our block.
+        """
         ids = InstanceIds.from_dataset(ds)
         check_pixel_data(ds)
         digest = content_hash(ds)
@@ -140,12 +153,16 @@ class Node:
                     study_prev_hash=study_head[1] if study_head else GENESIS_HASH,
                 )
                 block = Block.sign(header, self.key)
-                embed_block(ds, block)
                 rel = relative_path(
                     ids.study_instance_uid, ids.series_instance_uid, ids.sop_instance_uid, version
                 )
+                pieces = spliced(ds, encoded, block) if encoded is not None else None
                 written = rel
-                self.storage.write(ds, rel)
+                if pieces is not None:
+                    self.storage.write_pieces(rel, pieces)
+                else:
+                    embed_block(ds, block)
+                    self.storage.write(ds, rel)
                 tx.add_block(
                     block,
                     path=rel,

@@ -12,8 +12,9 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -50,13 +51,20 @@ class Storage:
 
     def write(self, ds: Dataset, relative: str) -> Path:
         """Write ``ds`` as a Part 10 file at ``relative``; on any failure nothing is left behind."""
+        return self._atomic(relative, lambda fp: pydicom.dcmwrite(fp, ds, enforce_file_format=True))
+
+    def write_pieces(self, relative: str, pieces: list[bytes]) -> Path:
+        """Write already encoded bytes (see splice.py) at ``relative``, as atomically as ``write``."""
+        return self._atomic(relative, lambda fp: fp.writelines(pieces))
+
+    def _atomic(self, relative: str, fill: Callable[[BinaryIO], object]) -> Path:
         target = self.path(relative)
         tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
             with os.fdopen(fd, "wb") as fp:
-                pydicom.dcmwrite(fp, ds, enforce_file_format=True)
+                fill(fp)
                 fp.flush()
                 os.fsync(fp.fileno())
             os.replace(tmp, target)

@@ -1,0 +1,131 @@
+"""Chained files written from the bytes as received, with only our block inserted.
+
+Re-encoding a whole dataset with pydicom costs more than hashing and signing it, and may change
+bytes we have no reason to touch. When the instance's encoded bytes are at hand (from the network
+or a file) and nothing of ours is in them yet, the block's elements are encoded here and inserted
+at their place in tag order; everything else is written byte for byte. Anything unusual (deflate,
+elements already in our group, non-ASCII institution) returns None and the caller falls back to
+pydicom's writer.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+
+import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from .block import Block
+from .embedding import block_elements, encode_value
+from .errors import NotDicomError
+from .privatetags import CHAIN_GROUP
+
+# VRs with a 4-byte length (and 2 reserved bytes) in explicit VR encodings, PS3.5 7.1.2
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+PREAMBLE = b"\x00" * 128 + b"DICM"
+FIRST_SLOT = 0x10  # with nothing in our group yet, our creator takes the first private slot
+_OUR_GROUP_END = (CHAIN_GROUP << 16) | 0xFFFF
+
+
+@dataclass(frozen=True)
+class EncodedInstance:
+    """An instance's bytes as received, beside the Dataset parsed from them."""
+
+    prefix: bytes  # preamble + file meta, written as they are
+    body: bytes  # the dataset, encoded in its transfer syntax
+    tell_base: int  # offset of ``body`` in the buffer the Dataset's value tells refer to
+
+    @classmethod
+    def from_part10(cls, data: bytes) -> tuple[Dataset, EncodedInstance | None]:
+        """Parse a Part 10 file; its encoded form too when the file meta says where the dataset starts."""
+        try:
+            ds = pydicom.dcmread(BytesIO(data))
+        except Exception as exc:
+            raise NotDicomError(f"not a readable DICOM file ({exc})") from exc
+        meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
+        if data[128:132] != b"DICM" or not isinstance(meta_length, int):
+            return ds, None
+        start = len(PREAMBLE) + 12 + meta_length  # (0002,0000) UL: 12 bytes in explicit VR LE
+        if start > len(data):
+            return ds, None
+        return ds, cls(data[:start], data[start:], start)
+
+    @classmethod
+    def from_network(cls, ds: Dataset, body: bytes) -> EncodedInstance:
+        """A dataset as a DIMSE message carried it (tells from 0), with our own Part 10 header."""
+        meta = DicomBytesIO()
+        meta.is_little_endian, meta.is_implicit_VR = True, False
+        write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+        return cls(PREAMBLE + meta.getvalue(), body, 0)
+
+
+def _element(tag: int, vr: str, value: bytes, implicit: bool, little: bool) -> bytes:
+    order = "<" if little else ">"
+    head = struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack(order + "I", len(value)) + value
+    if vr in LONG_VRS:
+        return head + vr.encode("ascii") + b"\x00\x00" + struct.pack(order + "I", len(value)) + value
+    return head + vr.encode("ascii") + struct.pack(order + "H", len(value)) + value
+
+
+def _value_tell(elem: RawDataElement | DataElement) -> int | None:
+    tell = elem.value_tell if isinstance(elem, RawDataElement) else elem.file_tell
+    return tell if isinstance(tell, int) else None
+
+
+def _insertion_point(ds: Dataset, encoded: EncodedInstance, implicit: bool, little: bool) -> int | None:
+    """Offset in ``body`` of the first element after our group; None if our group is in use."""
+    for tag in sorted(map(int, ds.keys())):
+        if tag >> 16 == CHAIN_GROUP:
+            return None
+        if tag <= _OUR_GROUP_END:
+            continue
+        elem = ds.get_item(tag)
+        tell = _value_tell(elem)
+        if tell is None:
+            return None
+        want = struct.pack(("<" if little else ">") + "HH", tag >> 16, tag & 0xFFFF)
+        for header in (8, 12):  # which one depends on the VR as encoded, checked against the bytes
+            at = tell - header - encoded.tell_base
+            if at >= 0 and encoded.body[at : at + 4] == want:
+                return at
+        return None
+    return len(encoded.body)
+
+
+def _encoding_as_read(ds: Dataset) -> tuple[bool, bool] | None:
+    """How the bytes really are encoded, which pydicom detects per element while reading and which
+    need not be what the file meta claims (SC_rgb_jpeg.dcm says explicit VR, is implicit)."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            return elem.is_implicit_VR, elem.is_little_endian
+    return None
+
+
+def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> list[bytes] | None:
+    """The chained file as pieces to write in order, or None when only pydicom can write it."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
+    if syntax is None or syntax == DeflatedExplicitVRLittleEndian:
+        return None
+    encoding = _encoding_as_read(ds)
+    if encoding is None:
+        return None
+    implicit, little = encoding
+    at = _insertion_point(ds, encoded, implicit, little)
+    if at is None:
+        return None
+    ours = []
+    for tag, vr, value in block_elements(block, FIRST_SLOT):
+        data = encode_value(vr, value, little)
+        if data is None:
+            return None
+        ours.append(_element(tag, vr, data, implicit, little))
+    return [encoded.prefix, encoded.body[:at], b"".join(ours), encoded.body[at:]]
