@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1507."  # a sub-arc for test objects; never on a real patient
+IMPLEMENTATION_CLASS_UID = UID_ROOT + "1"
 
 
 def uid_for(*parts: object) -> str:
@@ -58,7 +59,8 @@ def _ct_instance(spec: StudySpec, study_uid: str, series_no: int, index: int, pi
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = "DICOM_CHAIN_SYN"
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
