@@ -39,28 +39,21 @@ def check_links(items: Iterable[Located], report: Report, *, gaps_are_errors: bo
 
 
 def _distinct(items: list[Located], report: Report, what: str, chain_id: str) -> Located:
-    """One block per position; two different blocks at one position is a fork."""
+    """One block per position; two different blocks at one position is a fork, the same one a copy."""
     first = items[0]
     for other in items[1:]:
-        if other.block.hash != first.block.hash:
-            report.add(
-                "error",
-                "fork",
-                f"{what} is claimed by two different blocks ({first.where} and {other.where})",
-                path=other.where,
-                sop_instance_uid=other.block.header.sop_instance_uid,
-                height=other.block.header.height,
-                chain_id=chain_id,
-            )
-        else:
-            report.add(
-                "info",
-                "copy",
-                f"{what}: the same block is in {first.where} and {other.where}",
-                path=other.where,
-                height=other.block.header.height,
-                chain_id=chain_id,
-            )
+        fork = other.block.hash != first.block.hash
+        report.add(
+            "error" if fork else "info",
+            "fork" if fork else "copy",
+            f"{what} is claimed by two different blocks ({first.where} and {other.where})"
+            if fork
+            else f"{what}: the same block is in {first.where} and {other.where}",
+            path=other.where,
+            sop_instance_uid=other.block.header.sop_instance_uid,
+            height=other.block.header.height,
+            chain_id=chain_id,
+        )
     return first
 
 

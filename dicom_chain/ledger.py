@@ -342,16 +342,6 @@ class Ledger:
                 except Exception as exc:
                     yield row.height, f"ledger row at height {row.height} does not decode: {exc}"
 
-    def latest_version(self, chain_id: str, sop_instance_uid: str) -> StoredBlock | None:
-        with Session(self.engine) as session:
-            row = session.scalars(
-                select(BlockRow)
-                .where(BlockRow.chain_id == chain_id, BlockRow.sop_instance_uid == sop_instance_uid)
-                .order_by(BlockRow.version.desc())
-                .limit(1)
-            ).first()
-            return StoredBlock.from_row(row) if row else None
-
     def block_count(self, chain_id: str | None = None) -> int:
         with Session(self.engine) as session:
             query = select(func.count()).select_from(BlockRow)

@@ -8,6 +8,7 @@ from pynetdicom import evt
 
 from dicom_chain.errors import MalformedDatasetError
 from dicom_chain.node import Node
+from dicom_chain.splice import EncodedInstance
 
 from .statuses import SUCCESS, store_status
 
@@ -23,10 +24,11 @@ def handle_store(event: evt.Event, node: Node) -> int:
     try:
         try:
             ds = event.dataset
+            ds.file_meta = event.file_meta
+            encoded = EncodedInstance.from_network(ds, event.request.DataSet.getvalue())
         except Exception as exc:  # pynetdicom decodes lazily; garbage surfaces here
             raise MalformedDatasetError(f"dataset does not decode: {exc}") from exc
-        ds.file_meta = event.file_meta
-        result = node.ingest(ds, actor=calling)
+        result = node.ingest(ds, actor=calling, encoded=encoded)
     except Exception as exc:
         status = store_status(exc)
         log.warning("C-STORE from %s refused with 0x%04X: %s", calling, status, exc)

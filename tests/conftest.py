@@ -19,6 +19,7 @@ from .peers import PostgresServer
 # pydicom's bundled third-party files, opened by path (get_testdata_file may try the network).
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 MALFORMED = Path(__file__).parent / "malformed"
+SAMPLE_STUDY = Path(__file__).parent.parent / "sample_data" / "ct-demo"
 
 
 def pydicom_file(name: str) -> Path:

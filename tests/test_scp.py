@@ -81,3 +81,52 @@ def test_error_statuses_follow_ps34():
     assert store_status(LedgerError("db down")) == OUT_OF_RESOURCES
     assert store_status(MalformedDatasetError("no uid")) == CANNOT_UNDERSTAND == 0xC000
     assert store_status(RuntimeError("bug")) == PROCESSING_FAILURE == 0x0110
+
+
+def test_stored_file_is_the_received_bytes_plus_our_block(gateway, monkeypatch):
+    """The network path splices too: every element but ours is stored exactly as sent."""
+    from dicom_chain.storage import Storage
+
+    def no_reencoding(*args, **kwargs):
+        raise AssertionError("pydicom re-encoded a received dataset")
+
+    monkeypatch.setattr(Storage, "write", no_reencoding)
+    node, port = gateway
+    sent = read("MR_small_bigendian.dcm")
+    assoc = associate(port)
+    try:
+        assert assoc.send_c_store(sent).Status == 0x0000
+    finally:
+        assoc.release()
+    [rel] = list(node.storage.iter_files())
+    stored = pydicom.dcmread(node.storage.path(rel))
+    original = read("MR_small_bigendian.dcm")
+    theirs = [t for t in stored.keys() if t.group != 0x0071]
+    assert theirs == list(original.keys())
+    for tag in theirs:
+        assert stored.get_item(tag).value == original.get_item(tag).value, tag
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_storescu_study_arrives_chained(gateway):
+    """DCMTK as the modality: a whole study over one association, then verify."""
+    import subprocess
+
+    from .conftest import SAMPLE_STUDY
+    from .peers import require_tool
+
+    storescu = require_tool("storescu", "dcmtk")
+    node, port = gateway
+    files = sorted(SAMPLE_STUDY.glob("*.dcm"))
+    result = subprocess.run(
+        [storescu, "-aet", "CT_SCANNER", "-aec", "DICOMCHAIN", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    stored = [node.storage.path(p) for p in node.storage.iter_files()]
+    assert len(stored) == len(files) == 8
+    report = verify_files(stored)
+    assert report.ok and report.blocks_checked == 8
+    assert {e.actor for e in node.ledger.iter_events()} == {"CT_SCANNER"}
