@@ -123,17 +123,18 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
 
 
 @contextmanager
-def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A bar on stderr for long runs; silent when stderr is not a terminal or the run is short."""
-    if not enabled or total < PROGRESS_MIN_ITEMS:
+def progress_bar(total: int, label: str, enabled: bool | None) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr for long runs: by default only on a terminal, ``enabled=True`` forces it."""
+    if enabled is False or (enabled is None and not stderr.is_terminal) or total < PROGRESS_MIN_ITEMS:
         yield lambda _n: None
         return
+    console = stderr if stderr.is_terminal else Console(stderr=True, force_terminal=True)
     with Progress(
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=stderr,
+        console=console,
         transient=True,
     ) as progress:
         task = progress.add_task(label, total=total)
@@ -191,7 +192,7 @@ def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
     except DicomChainError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        with progress_bar(len(files), "chaining", stderr.is_terminal) as advance:
+        with progress_bar(len(files), "chaining", None) as advance:
             for path in files:
                 try:
                     result = node.ingest_file(path, actor="cli")
@@ -245,7 +246,6 @@ def verify(
         raise click.UsageError("give either files/folders to check, or --db URL --storage DIR")
     if db and storage is None:
         raise click.UsageError("--db needs --storage")
-    show = stderr.is_terminal if progress is None else progress
     try:
         trusted = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
         if db:
@@ -255,13 +255,13 @@ def verify(
             ledger = Ledger(db)
             try:
                 total = ledger.block_count() + ledger.event_count()
-                with progress_bar(total, "verifying node", show) as advance:
+                with progress_bar(total, "verifying node", progress) as advance:
                     report = verify_node(ledger, Storage(storage or Path()), trusted, advance)
             finally:
                 ledger.close()
         else:
             files = expand_paths(paths)
-            with progress_bar(len(files), "verifying files", show) as advance:
+            with progress_bar(len(files), "verifying files", progress) as advance:
                 report = verify_files(files, trusted, advance)
     except DicomChainError as exc:
         raise click.ClickException(str(exc)) from exc

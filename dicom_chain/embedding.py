@@ -126,23 +126,33 @@ def read_block(ds: Dataset) -> Block:
         elem = ds.get_item(base | offset)
         if elem is None:
             continue  # a reader may drop copies; the canonical block still decides
-        found = _normalise(ds[base | offset].value, ELEMENTS[offset][0], ds)
-        if found != _normalise(expected, ELEMENTS[offset][0], ds):
+        vr = ELEMENTS[offset][0]
+        if _copy_value(elem, vr) != _normalise(expected, vr):
             raise MalformedBlockError(
                 f"readable field {ELEMENTS[offset][3]} differs from the canonical block"
             )
     return block
 
 
-def _normalise(value: object, vr: str, ds: Dataset) -> object:
-    """Compare copies whatever VR a hop left them with (UN after implicit VR without our dictionary)."""
-    if vr == "UL":
-        if isinstance(value, bytes):
-            little = getattr(ds, "original_encoding", (None, True))[1] is not False
-            return struct.unpack("<I" if little else ">I", value[:4])[0] if len(value) >= 4 else value
-        return value
-    if vr == "OB":
-        return bytes(value) if isinstance(value, bytes | bytearray) else value
+def _copy_value(elem: RawDataElement | DataElement, vr: str) -> object:
+    """A readable copy's value, whatever a hop did to its VR.
+
+    After an implicit VR hop a tool that does not know our dictionary keeps the element as UN,
+    and UN bytes stay in the byte order they were first written in (little endian, implicit VR),
+    even in a big endian file.
+    """
+    if not isinstance(elem, RawDataElement):
+        return _normalise(elem.value, vr)
+    data = bytes(elem.value or b"")
+    if vr == "UL" and len(data) == 4:
+        little = elem.is_little_endian or elem.VR in (None, "UN")
+        return struct.unpack("<I" if little else ">I", data)[0]
+    return _normalise(data, vr)
+
+
+def _normalise(value: object, vr: str) -> object:
+    if vr in ("UL", "OB"):
+        return bytes(value) if isinstance(value, bytearray) else value
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return str(value).strip(" \x00")

@@ -117,3 +117,16 @@ def test_ingest_of_non_dicom_exits_1_and_names_it(tmp_path):
     (tmp_path / "x.txt").write_text("nope")
     result = run("ingest", "x.txt", cwd=tmp_path)
     assert result.returncode == 1 and "x.txt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_progress_bar_on_request_goes_to_stderr(tmp_path):
+    from dicom_chain.synthetic import StudySpec, ct_study
+
+    for i, ds in enumerate(ct_study(StudySpec(seed=4, instances=25, rows=8, columns=8))):
+        ds.save_as(tmp_path / f"{i}.dcm", enforce_file_format=True)
+    assert run("ingest", ".", cwd=tmp_path).returncode == 0
+    shown = run("verify", "--progress", "var/storage", cwd=tmp_path)
+    assert shown.returncode == 0 and "verifying files" in shown.stderr
+    assert "verifying" not in shown.stdout  # stdout stays clean for pipes
+    quiet = run("verify", "var/storage", cwd=tmp_path)  # not a terminal: no bar
+    assert quiet.stderr == ""

@@ -109,11 +109,16 @@ def test_block_survives_little_endian_rewrite(syntax):
 
 
 @pytest.mark.dcmtk
+@pytest.mark.parametrize(
+    "source_syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"], ids=["implicit", "explicit"]
+)
 @pytest.mark.parametrize("option", ["+ti", "+te", "+tb", "+td"])
-def test_block_survives_dcmtk_reencoding(option, tmp_path: Path):
+def test_block_survives_dcmtk_reencoding(option, source_syntax, tmp_path: Path):
+    """DCMTK knows nothing of our VRs: from implicit VR it keeps them as UN, even in big endian."""
     dcmconv = require_tool("dcmconv", "dcmtk")
     ds = read("CT_small.dcm")
-    block = make_block(ds)
+    ds.file_meta.TransferSyntaxUID = source_syntax
+    block = make_block(ds, height=0x0102)  # not a palindrome in bytes: byte order must be right
     embed_block(ds, block)
     src, out = tmp_path / "in.dcm", tmp_path / "out.dcm"
     ds.save_as(src, enforce_file_format=True)

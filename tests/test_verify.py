@@ -223,3 +223,60 @@ def test_whole_node_verifies_on_each_database(db_url, tmp_path):
         assert kinds(verify_node(node.ledger, node.storage)) == ["missing-file"]
     finally:
         node.close()
+
+
+PROPERTY_FILES = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "rtplan.dcm", "rtdose.dcm"]
+
+
+@pytest.fixture(scope="module")
+def chained_real_files(tmp_path_factory) -> list[Path]:
+    node = Node.open(Settings(home=tmp_path_factory.mktemp("props")))
+    try:
+        return [node.ingest_file(pydicom_file(name)).path for name in PROPERTY_FILES]
+    finally:
+        node.close()
+
+
+@pytest.mark.dcmtk
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_chain_of_uncompressed_hops_keeps_verify_passing(chained_real_files, tmp_path_factory, data):
+    dcmconv = require_tool("dcmconv", "dcmtk")
+    source = data.draw(st.sampled_from(chained_real_files))
+    hops = data.draw(st.lists(st.sampled_from(["+ti", "+te", "+tb", "+td"]), min_size=1, max_size=3))
+    work = tmp_path_factory.mktemp("hops")
+    current = source
+    for i, option in enumerate(hops):
+        out = work / f"{i}.dcm"
+        subprocess.run([dcmconv, option, str(current), str(out)], check=True, capture_output=True)
+        current = out
+    report = verify_files([current])
+    assert report.ok, (hops, report.findings)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_one_value_change_in_a_chained_file_fails_verify(chained_real_files, tmp_path_factory, data):
+    source = data.draw(st.sampled_from(chained_real_files))
+    ds = pydicom.dcmread(source)
+    candidates = [
+        t
+        for t in ds.keys()
+        if t.group not in (0x0002, 0x0071) and t.element and t != 0xFFFCFFFC and ds[t].VR not in ("SQ",)
+        and isinstance(ds[t].value, bytes | str | int | float) and ds[t].value not in ("", b"")
+    ]  # fmt: skip
+    tag = data.draw(st.sampled_from(candidates))
+    elem = ds[tag]
+    if isinstance(elem.value, bytes):
+        at = data.draw(st.integers(0, len(elem.value) - 1))
+        elem.value = elem.value[:at] + bytes([elem.value[at] ^ 0x01]) + elem.value[at + 1 :]
+    elif isinstance(elem.value, int):
+        elem.value = elem.value + 1 if elem.value < 30000 else elem.value - 1
+    elif isinstance(elem.value, float):
+        elem.value = elem.value + 1.0
+    else:
+        elem.value = str(elem.value) + "9"
+    out = tmp_path_factory.mktemp("changed") / "x.dcm"
+    ds.save_as(out)
+    report = verify_files([out])
+    assert [f.kind for f in report.errors] == ["altered"], (tag, report.findings)
