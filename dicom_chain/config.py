@@ -21,6 +21,7 @@ class Settings:
     storage: Path | None = None
     key_file: Path | None = None
     institution: str = DEFAULT_INSTITUTION
+    forward: tuple[str, ...] = ()  # upstream PACS as AET@HOST:PORT; each gets its own queue
 
     @property
     def db_url(self) -> str:

@@ -7,8 +7,9 @@ in one process or several, can never hand out the same height or event sequence 
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from .block import GENESIS_HASH, Block, utc_now
 from .errors import LedgerError
 from .events import Event, EventDraft
 from .keys import NodeKey
-from .models import BlockRow, ChainRow, EventLogHead, EventRow
+from .models import BlockRow, ChainRow, EventLogHead, EventRow, OutboxRow
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue behind one lock; a minute outlasts any burst of stores
 PG_MIGRATION_LOCK = 0x44434D49  # advisory lock id ("DCMI"): one process migrates, the others wait
@@ -182,10 +183,47 @@ class Appender:
         self.chain.head_hash = block.hash
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
-        return _append_event(self.session, key, draft)
+        return append_event(self.session, key, draft)
+
+    def enqueue(
+        self,
+        destinations: Iterable[str],
+        block: Block,
+        *,
+        path: str,
+        sop_class_uid: str,
+        transfer_syntax: str,
+        patient_id: str,
+    ) -> None:
+        """Queue the new block's instance for every upstream PACS, in the receipt's transaction."""
+        now = time.time()
+        h = block.header
+        for destination in destinations:
+            self.session.add(
+                OutboxRow(
+                    destination=destination,
+                    block_hash=block.hash,
+                    chain_id=h.chain_id,
+                    height=h.height,
+                    sop_instance_uid=h.sop_instance_uid,
+                    sop_class_uid=sop_class_uid,
+                    transfer_syntax=transfer_syntax,
+                    study_instance_uid=h.study_instance_uid,
+                    patient_id=patient_id,
+                    path=path,
+                    state="pending",
+                    attempts=0,
+                    created_at=now,
+                    next_attempt_at=now,
+                    lease_until=0.0,
+                    last_status=None,
+                    last_error="",
+                    done_at=None,
+                )
+            )
 
 
-def _append_event(session: Session, key: NodeKey, draft: EventDraft) -> Event:
+def append_event(session: Session, key: NodeKey, draft: EventDraft) -> Event:
     head = session.scalars(select(EventLogHead).where(EventLogHead.id == 1).with_for_update()).one()
     sealed = Event.seal(draft, head.seq + 1, head.hash, key)
     session.add(
@@ -219,15 +257,15 @@ class Ledger:
         try:
             self.engine = _make_engine(url, immediate=False)
             self.is_sqlite = self.engine.dialect.name == "sqlite"
-            self._writer = _make_engine(url, immediate=True) if self.is_sqlite else self.engine
+            self.writer = _make_engine(url, immediate=True) if self.is_sqlite else self.engine
             self._migrate()
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {make_url(url).render_as_string()}: {exc}") from exc
 
     def close(self) -> None:
         self.engine.dispose()
-        if self._writer is not self.engine:
-            self._writer.dispose()
+        if self.writer is not self.engine:
+            self.writer.dispose()
 
     # -- schema ---------------------------------------------------------------------------------
 
@@ -242,7 +280,7 @@ class Ledger:
         with self.engine.connect() as conn:
             if MigrationContext.configure(conn).get_current_revision() == head:
                 return
-        with self._writer.begin() as conn:
+        with self.writer.begin() as conn:
             if not self.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
@@ -262,7 +300,7 @@ class Ledger:
         """
         for _attempt in range(2):
             try:
-                with Session(self._writer) as session, session.begin():
+                with Session(self.writer) as session, session.begin():
                     row = session.scalars(
                         select(ChainRow).where(ChainRow.public_key == key.public_key.hex())
                     ).first()
@@ -289,7 +327,7 @@ class Ledger:
     def append(self, chain_id: str) -> Iterator[Appender]:
         """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
         try:
-            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            with Session(self.writer, expire_on_commit=False) as session, session.begin():
                 chain = session.scalars(
                     select(ChainRow).where(ChainRow.chain_id == chain_id).with_for_update()
                 ).first()
@@ -304,8 +342,8 @@ class Ledger:
     def record(self, key: NodeKey, draft: EventDraft) -> Event:
         """Append one event on its own (service start, query, policy decision, ...)."""
         try:
-            with Session(self._writer, expire_on_commit=False) as session, session.begin():
-                return _append_event(session, key, draft)
+            with Session(self.writer, expire_on_commit=False) as session, session.begin():
+                return append_event(session, key, draft)
         except IntegrityError as exc:
             raise LedgerError(f"event refused by a ledger constraint: {exc.orig}") from exc
         except OperationalError as exc:

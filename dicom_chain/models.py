@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 HASH = String(64)
@@ -91,3 +91,37 @@ class EventRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class OutboxRow(Base):
+    """One instance waiting for (or done with) one upstream destination: the store-and-forward queue.
+
+    Rows are added in the same transaction as the block, so an acknowledged instance is always
+    queued; workers lease rows (lease_until) so several processes can share one queue.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("destination", "block_hash", name="uq_outbox_destination_block"),
+        Index("ix_outbox_due", "destination", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(200))
+    block_hash: Mapped[str] = mapped_column(HASH)
+    chain_id: Mapped[str] = mapped_column(String(36))
+    height: Mapped[int] = mapped_column(BigInteger)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax: Mapped[str] = mapped_column(UID)  # as stored: picks the presentation context
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(8))  # pending | done | failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)  # epoch seconds: compared, never shown raw
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    lease_until: Mapped[float] = mapped_column(Float)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text)
+    done_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -23,6 +23,7 @@ from .errors import MalformedDatasetError, NotDicomError
 from .events import EventDraft
 from .keys import NodeKey
 from .ledger import Ledger
+from .outbox import Destination, Outbox
 from .splice import EncodedInstance, spliced
 from .storage import Storage, relative_path
 from .validation import check_pixel_data
@@ -92,6 +93,8 @@ class Node:
         self.ledger = ledger
         self.storage = storage
         self.chain_id = ledger.ensure_chain(key, settings.institution)
+        self.destinations = [str(Destination.parse(d)) for d in settings.forward]
+        self.outbox = Outbox(ledger, key)
 
     @classmethod
     def open(cls, settings: Settings) -> Node:
@@ -169,6 +172,14 @@ class Node:
                     version=version,
                     sop_class_uid=ids.sop_class_uid,
                     series_instance_uid=ids.series_instance_uid,
+                )
+                tx.enqueue(
+                    self.destinations,
+                    block,
+                    path=rel,
+                    sop_class_uid=ids.sop_class_uid,
+                    transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+                    patient_id=ids.patient_id,
                 )
                 outcome = "stored" if version == 1 else "new-version"
                 tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome))

@@ -1,0 +1,236 @@
+"""The store-and-forward queue: what each upstream PACS still has to receive.
+
+Rows are queued in the receipt's own transaction (see ``Appender.enqueue``), so nothing a
+modality got Success for can be missing from it. Workers *lease* a batch (one study at a time),
+send it, then settle each row: done, retry later with exponential back-off, or failed for good.
+Leases expire, so a worker that dies (or a process killed with -9) gives its rows back.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .errors import ConfigError
+from .events import MAJOR_FAILURE, SUCCESS, EventDraft
+from .keys import NodeKey
+from .ledger import Ledger, append_event
+from .models import OutboxRow
+
+BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
+BACKOFF_MAX_S = 300.0  # never wait more than 5 minutes once the PACS is back
+BACKOFF_JITTER = 0.2  # +-20%, so many workers do not retry in lock step
+LEASE_S = 300.0  # longer than any batch takes; a dead worker's rows come back after this
+MAX_REFUSED_ATTEMPTS = 5  # a PACS that keeps refusing an instance (not "busy") fails it for good
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+_DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """An upstream PACS, written ``AET@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        match = _DESTINATION.match(text.strip())
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ConfigError(f"destination {text!r} is not AET@HOST:PORT")
+        return cls(match["aet"].strip(), match["host"], int(match["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    destination: str
+    block_hash: str
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    study_instance_uid: str
+    patient_id: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    destination: str
+    pending: int
+    failed: int
+    done: int
+    oldest_waiting_since: float | None
+    oldest_waiting_sop: str
+    last_error: str
+
+
+def backoff_delay(attempts: int, rng: random.Random | None = None) -> float:
+    """Seconds before retry number ``attempts`` (1-based): doubling, capped, with jitter."""
+    base = min(BACKOFF_FIRST_S * 2 ** max(0, attempts - 1), BACKOFF_MAX_S)
+    jitter = (rng or random).uniform(-BACKOFF_JITTER, BACKOFF_JITTER)
+    return base * (1 + jitter)
+
+
+def _item(row: OutboxRow) -> OutboxItem:
+    return OutboxItem(
+        row.id,
+        row.destination,
+        row.block_hash,
+        row.path,
+        row.sop_instance_uid,
+        row.sop_class_uid,
+        row.transfer_syntax,
+        row.study_instance_uid,
+        row.patient_id,
+        row.attempts,
+    )
+
+
+class Outbox:
+    def __init__(self, ledger: Ledger, key: NodeKey) -> None:
+        self.ledger = ledger
+        self.key = key
+
+    def claim(self, destination: str, limit: int, now: float | None = None) -> list[OutboxItem]:
+        """Lease up to ``limit`` due rows of one study (the oldest due row's) for ``destination``."""
+        now = time.time() if now is None else now
+        due = (
+            (OutboxRow.destination == destination)
+            & (OutboxRow.state == PENDING)
+            & (OutboxRow.next_attempt_at <= now)
+            & (OutboxRow.lease_until <= now)
+        )
+        with Session(self.ledger.writer) as session, session.begin():
+            first = session.scalars(
+                select(OutboxRow).where(due).order_by(OutboxRow.id).limit(1).with_for_update(skip_locked=True)
+            ).first()
+            if first is None:
+                return []
+            rows = list(
+                session.scalars(
+                    select(OutboxRow)
+                    .where(due & (OutboxRow.study_instance_uid == first.study_instance_uid))
+                    .order_by(OutboxRow.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for row in rows:
+                row.lease_until = now + LEASE_S
+            return [_item(row) for row in rows]
+
+    def settle(
+        self,
+        results: list[tuple[OutboxItem, int | None, str, str]],
+        now: float | None = None,
+    ) -> None:
+        """Record each item's fate in one transaction: (item, status, error, verdict).
+
+        verdict is "done", "retry" (busy or unreachable: try again, forever) or "refused" (the PACS
+        said no: try again up to MAX_REFUSED_ATTEMPTS, then fail for good). Every done or final
+        failure is an event in the ledger.
+        """
+        now = time.time() if now is None else now
+        with Session(self.ledger.writer) as session, session.begin():
+            for item, status, error, verdict in results:
+                row = session.get(OutboxRow, item.id, with_for_update=True)
+                if row is None or row.state != PENDING:
+                    continue
+                row.attempts += 1
+                row.last_status = status
+                row.last_error = error
+                row.lease_until = 0.0
+                if verdict == "done":
+                    row.state, row.done_at = DONE, now
+                    append_event(session, self.key, self._event(item, status, row.attempts, SUCCESS, ""))
+                elif verdict == "refused" and row.attempts >= MAX_REFUSED_ATTEMPTS:
+                    row.state = FAILED
+                    append_event(
+                        session, self.key, self._event(item, status, row.attempts, MAJOR_FAILURE, error)
+                    )
+                else:
+                    row.next_attempt_at = now + backoff_delay(row.attempts)
+
+    def _event(
+        self, item: OutboxItem, status: int | None, attempts: int, outcome: str, error: str
+    ) -> EventDraft:
+        return EventDraft(
+            type="instance.forwarded",
+            outcome=outcome,
+            actor=item.destination,
+            patient_id=item.patient_id,
+            study_uid=item.study_instance_uid,
+            sop_uid=item.sop_instance_uid,
+            reason=error or ("stored by the PACS" if outcome == SUCCESS else ""),
+            details={
+                "destination": item.destination,
+                "status": f"0x{status:04X}" if status is not None else None,
+                "attempts": attempts,
+                "block_hash": item.block_hash,
+            },
+        )
+
+    def release(self, items: list[OutboxItem]) -> None:
+        """Give leased rows back untouched (shutting down mid-batch)."""
+        with Session(self.ledger.writer) as session, session.begin():
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_([i.id for i in items]), OutboxRow.state == PENDING)
+                .values(lease_until=0.0)
+            )
+
+    def stats(self) -> list[QueueStats]:
+        with Session(self.ledger.engine) as session:
+            counts: dict[str, dict[str, int]] = {}
+            for destination, state, count in session.execute(
+                select(OutboxRow.destination, OutboxRow.state, func.count()).group_by(
+                    OutboxRow.destination, OutboxRow.state
+                )
+            ):
+                counts.setdefault(destination, {})[state] = count
+            out = []
+            for destination in sorted(counts):
+                oldest = session.execute(
+                    select(OutboxRow.created_at, OutboxRow.sop_instance_uid)
+                    .where(OutboxRow.destination == destination, OutboxRow.state == PENDING)
+                    .order_by(OutboxRow.id)
+                    .limit(1)
+                ).first()
+                last_error = session.scalar(
+                    select(OutboxRow.last_error)
+                    .where(OutboxRow.destination == destination, OutboxRow.last_error != "")
+                    .order_by(OutboxRow.id.desc())
+                    .limit(1)
+                )
+                c = counts[destination]
+                out.append(
+                    QueueStats(
+                        destination,
+                        c.get(PENDING, 0),
+                        c.get(FAILED, 0),
+                        c.get(DONE, 0),
+                        oldest[0] if oldest else None,
+                        oldest[1] if oldest else "",
+                        last_error or "",
+                    )
+                )
+            return out
+
+    def pending_count(self, destination: str | None = None) -> int:
+        with Session(self.ledger.engine) as session:
+            query = select(func.count()).select_from(OutboxRow).where(OutboxRow.state == PENDING)
+            if destination is not None:
+                query = query.where(OutboxRow.destination == destination)
+            return int(session.scalar(query) or 0)
