@@ -6,6 +6,7 @@ with ``--config``; the command line wins over the environment, which wins over t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tomllib
@@ -165,13 +166,74 @@ def main() -> None:
     show_default=True,
     help="DICOM port to listen on.",
 )
-def serve(ae_title: str, host: str, port: int, **kwargs: Any) -> None:
-    """Run the gateway: accept C-ECHO and C-STORE, chain and store every instance."""
-    from scp.server import run_server  # the core stays importable without the network layer
+@click.option(
+    "--forward",
+    multiple=True,
+    envvar="DICOM_CHAIN_FORWARD",
+    metavar="AET@HOST:PORT",
+    help="Upstream PACS to forward every stored instance to (repeatable).",
+)
+@click.option(
+    "--forward-workers",
+    type=click.IntRange(1, 32),
+    default=4,
+    envvar="DICOM_CHAIN_FORWARD_WORKERS",
+    show_default=True,
+    help="Parallel associations per upstream PACS.",
+)
+@click.option(
+    "--allow",
+    multiple=True,
+    envvar="DICOM_CHAIN_ALLOW",
+    metavar="AET[@HOST]",
+    help="Calling AE titles allowed to associate, optionally from one host (repeatable; none given: any).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DICOM_CHAIN_TLS_CERT",
+    help="Serve DICOM over TLS with this certificate (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DICOM_CHAIN_TLS_KEY",
+    help="Private key of --tls-cert (PEM).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DICOM_CHAIN_TLS_CA",
+    help="Require peer certificates signed by this CA (PEM).",
+)
+def serve(
+    ae_title: str,
+    host: str,
+    port: int,
+    forward: tuple[str, ...],
+    forward_workers: int,
+    allow: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    **kwargs: Any,
+) -> None:
+    """Run the gateway: receive, chain, store durably, forward; SIGTERM stops it cleanly."""
+    from scp.server import ServiceOptions, run_server  # the core stays importable without the network
 
-    settings = settings_from(kwargs)
+    settings = dataclasses.replace(settings_from(kwargs), forward=forward)
+    options = ServiceOptions(
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        allow=allow,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        forward_workers=forward_workers,
+    )
     try:
-        run_server(settings, ae_title=ae_title, host=host, port=port)
+        run_server(settings, options)
     except DicomChainError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -293,6 +355,53 @@ def _print_report(report: Report, as_json: bool) -> None:
         click.echo(f"OK: {summary}; every block, signature and link holds.")
     else:
         click.echo(f"BROKEN: {len(report.errors)} problem(s); {summary}.")
+
+
+@main.command()
+@config_option
+@node_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(as_json: bool, **kwargs: Any) -> None:
+    """Chain height, event log head and each upstream PACS's queue: waiting, failed, last error."""
+    import time
+
+    from .ledger import Ledger
+    from .outbox import Outbox
+
+    settings = settings_from(kwargs)
+    try:
+        ledger = Ledger(settings.db_url)
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        chains = ledger.chains()
+        seq, head = ledger.event_head()
+        queues = Outbox(ledger, None).stats()
+    finally:
+        ledger.close()
+    now = time.time()
+    if as_json:
+        click.echo(json.dumps({
+            "chains": [{"chain_id": c.chain_id, "height": c.head_height, "head_hash": c.head_hash,
+                        "institution": c.institution, "key_id": c.key_id} for c in chains],
+            "events": {"count": seq, "head_hash": head},
+            "forward": [dataclasses.asdict(q) for q in queues],
+        }, indent=2))  # fmt: skip
+        return
+    if not chains:
+        click.echo("no chain yet: nothing has been received")
+    for c in chains:
+        click.echo(f"chain {c.chain_id}  height {c.head_height}  institution {c.institution}  key {c.key_id}")
+    click.echo(f"events {seq}  head {head[:16]}")
+    if not queues:
+        click.echo("forward: no upstream PACS has been queued for")
+    for q in queues:
+        waiting = ""
+        if q.oldest_waiting_since is not None:
+            waiting = f"  oldest waiting {now - q.oldest_waiting_since:.0f} s (SOP {q.oldest_waiting_sop})"
+        click.echo(f"forward {q.destination}  waiting {q.pending}  failed {q.failed}  done {q.done}{waiting}")
+        if q.last_error:
+            click.echo(f"  last error: {q.last_error}")
 
 
 @main.group()

@@ -216,6 +216,7 @@ class Appender:
                     created_at=now,
                     next_attempt_at=now,
                     lease_until=0.0,
+                    lease_owner="",
                     last_status=None,
                     last_error="",
                     done_at=None,

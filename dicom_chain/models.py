@@ -122,6 +122,7 @@ class OutboxRow(Base):
     created_at: Mapped[float] = mapped_column(Float)  # epoch seconds: compared, never shown raw
     next_attempt_at: Mapped[float] = mapped_column(Float)
     lease_until: Mapped[float] = mapped_column(Float)
+    lease_owner: Mapped[str] = mapped_column(String(128))  # "host:pid" of the worker holding it
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str] = mapped_column(Text)
     done_at: Mapped[float | None] = mapped_column(Float, nullable=True)

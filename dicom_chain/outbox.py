@@ -8,8 +8,10 @@ Leases expire, so a worker that dies (or a process killed with -9) gives its row
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import socket
 import time
 from dataclasses import dataclass
 
@@ -25,7 +27,10 @@ from .models import OutboxRow
 BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
 BACKOFF_MAX_S = 300.0  # never wait more than 5 minutes once the PACS is back
 BACKOFF_JITTER = 0.2  # +-20%, so many workers do not retry in lock step
-LEASE_S = 300.0  # longer than any batch takes; a dead worker's rows come back after this
+LEASE_S = 120.0  # longer than any batch takes; a dead worker's rows come back after this at the latest
+OWNER = (
+    f"{socket.gethostname()}:{os.getpid()}"  # who holds a lease: a restart on this host frees a dead pid's
+)
 MAX_REFUSED_ATTEMPTS = 5  # a PACS that keeps refusing an instance (not "busy") fails it for good
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
@@ -83,6 +88,16 @@ def backoff_delay(attempts: int, rng: random.Random | None = None) -> float:
     return base * (1 + jitter)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _item(row: OutboxRow) -> OutboxItem:
     return OutboxItem(
         row.id,
@@ -99,7 +114,8 @@ def _item(row: OutboxRow) -> OutboxItem:
 
 
 class Outbox:
-    def __init__(self, ledger: Ledger, key: NodeKey) -> None:
+    def __init__(self, ledger: Ledger, key: NodeKey | None) -> None:
+        """``key`` signs the forward events; a read-only user (``status``) passes None."""
         self.ledger = ledger
         self.key = key
 
@@ -129,7 +145,30 @@ class Outbox:
             )
             for row in rows:
                 row.lease_until = now + LEASE_S
+                row.lease_owner = OWNER
             return [_item(row) for row in rows]
+
+    def free_dead_leases(self) -> int:
+        """Give back rows leased by processes of this host that no longer run (kill -9, crash).
+
+        Other hosts' leases are left to expire: from here we cannot tell whether they live.
+        """
+        host = OWNER.rsplit(":", 1)[0]
+        with Session(self.ledger.writer) as session, session.begin():
+            owners = session.scalars(
+                select(OutboxRow.lease_owner)
+                .where(OutboxRow.state == PENDING, OutboxRow.lease_owner.like(f"{host}:%"))
+                .distinct()
+            ).all()
+            dead = [o for o in owners if o != OWNER and not _alive(int(o.rsplit(":", 1)[1]))]
+            if not dead:
+                return 0
+            result = session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.state == PENDING, OutboxRow.lease_owner.in_(dead))
+                .values(lease_until=0.0, lease_owner="")
+            )
+            return int(result.rowcount or 0)
 
     def settle(
         self,
@@ -142,6 +181,9 @@ class Outbox:
         said no: try again up to MAX_REFUSED_ATTEMPTS, then fail for good). Every done or final
         failure is an event in the ledger.
         """
+        if self.key is None:
+            raise ValueError("settling needs the node key")
+        key = self.key
         now = time.time() if now is None else now
         with Session(self.ledger.writer) as session, session.begin():
             for item, status, error, verdict in results:
@@ -151,10 +193,10 @@ class Outbox:
                 row.attempts += 1
                 row.last_status = status
                 row.last_error = error
-                row.lease_until = 0.0
+                row.lease_until, row.lease_owner = 0.0, ""
                 if verdict == "done":
                     row.state, row.done_at = DONE, now
-                    append_event(session, self.key, self._event(item, status, row.attempts, SUCCESS, ""))
+                    append_event(session, key, self._event(item, status, row.attempts, SUCCESS, ""))
                 elif verdict == "refused" and row.attempts >= MAX_REFUSED_ATTEMPTS:
                     row.state = FAILED
                     append_event(
@@ -188,7 +230,7 @@ class Outbox:
             session.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id.in_([i.id for i in items]), OutboxRow.state == PENDING)
-                .values(lease_until=0.0)
+                .values(lease_until=0.0, lease_owner="")
             )
 
     def stats(self) -> list[QueueStats]:

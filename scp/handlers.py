@@ -1,26 +1,42 @@
-"""Event handlers: each translates one DIMSE request into one core call and back, and stays tiny."""
+"""Event handlers: each translates one DICOM event into one core call and back, and stays tiny.
+
+Log lines are ``key=value`` pairs, one per association and one per instance, so that a hospital's
+log tooling can filter by AE title or UID without parsing prose.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pynetdicom import evt
 
 from dicom_chain.errors import MalformedDatasetError
+from dicom_chain.events import MINOR_FAILURE, EventDraft
 from dicom_chain.node import Node
 from dicom_chain.splice import EncodedInstance
 
+from .access import AccessList
 from .statuses import SUCCESS, store_status
 
 log = logging.getLogger("dicom_chain.scp")
+
+# A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling AE title not recognised
+# (PS3.8 9.3.4, Table 9-21)
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+def _peer(event: evt.Event) -> str:
+    requestor = event.assoc.requestor
+    return f"calling_ae={requestor.ae_title.strip()} peer={requestor.address}:{requestor.port}"
 
 
 def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, node: Node) -> int:
-    calling = event.assoc.requestor.ae_title
+def handle_store(event: evt.Event, node: Node, stored: Callable[[], None]) -> int:
+    calling = event.assoc.requestor.ae_title.strip()
     try:
         try:
             ds = event.dataset
@@ -31,13 +47,47 @@ def handle_store(event: evt.Event, node: Node) -> int:
         result = node.ingest(ds, actor=calling, encoded=encoded)
     except Exception as exc:
         status = store_status(exc)
-        log.warning("C-STORE from %s refused with 0x%04X: %s", calling, status, exc)
+        log.warning("c-store calling_ae=%s status=0x%04X error=%r", calling, status, str(exc))
         return status
+    h = result.block.header
     log.info(
-        "C-STORE from %s: %s %s height %d",
-        calling,
-        result.outcome,
-        result.block.header.sop_instance_uid,
-        result.block.header.height,
-    )
+        "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d",
+        calling, h.sop_instance_uid, h.study_instance_uid, result.outcome, h.height,
+    )  # fmt: skip
+    if result.outcome in ("stored", "new-version"):
+        stored()
     return SUCCESS
+
+
+def handle_requested(event: evt.Event, node: Node, access: AccessList) -> None:
+    """Refuse callers not on the allow-list with A-ASSOCIATE-RJ, before any negotiation."""
+    requestor = event.assoc.requestor
+    calling = requestor.primitive.calling_ae_title.strip()
+    if access.permits(calling, requestor.address):
+        return
+    log.warning(
+        "association rejected calling_ae=%s peer=%s reason=not-on-allow-list", calling, requestor.address
+    )
+    event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+    event.assoc.is_rejected = True
+    node.record(
+        EventDraft(
+            "association.rejected",
+            outcome=MINOR_FAILURE,
+            actor=calling,
+            reason="calling AE title or host not on the allow-list",
+            details={"peer": requestor.address},
+        )
+    )
+
+
+def handle_accepted(event: evt.Event) -> None:
+    log.info("association accepted %s", _peer(event))
+
+
+def handle_released(event: evt.Event) -> None:
+    log.info("association released %s", _peer(event))
+
+
+def handle_aborted(event: evt.Event) -> None:
+    log.warning("association aborted %s", _peer(event))

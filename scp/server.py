@@ -1,22 +1,66 @@
-"""Builds the Application Entity and runs it; every limit is a named setting."""
+"""Builds the Application Entity and runs the gateway; every limit is a named setting."""
 
 from __future__ import annotations
 
 import logging
+import signal
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_chain.config import Settings
+from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 
-from .handlers import handle_echo, handle_store
+from .access import AccessList
+from .forwarder import WORKERS_PER_DESTINATION, Forwarder
+from .handlers import (
+    handle_aborted,
+    handle_accepted,
+    handle_echo,
+    handle_released,
+    handle_requested,
+    handle_store,
+)
 
-MAX_PDU_BYTES = 131_072  # 128 KB: measured ~3x faster than 16 KB for 0.5 MB instances; peers may ask less
-MAX_ASSOCIATIONS = 32  # one CT/MR fleet of a department at once; beyond it peers get A-ASSOCIATE-RJ
+MAX_PDU_BYTES = 131_072  # 128 KB: ~3x faster than 16 KB for 0.5 MB instances; peers may ask less
+MAX_ASSOCIATIONS = 32  # a department's modalities at once; beyond it peers get A-ASSOCIATE-RJ
 ACSE_TIMEOUT_S = 30  # association set-up/release; a silent peer must not hold a slot
 DIMSE_TIMEOUT_S = 120  # one DIMSE message; a large multi-frame object over a slow link fits
 NETWORK_TIMEOUT_S = 300  # idle association; workstations keep associations open between sends
+DRAIN_TIMEOUT_S = 120  # on SIGTERM, how long in-flight associations may take to finish
+
+log = logging.getLogger("dicom_chain.scp")
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    ae_title: str = "DICOMCHAIN"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allow: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    forward_workers: int = WORKERS_PER_DESTINATION
+
+
+def tls_context(options: ServiceOptions) -> ssl.SSLContext | None:
+    """Server-side TLS; with a CA, peers must present a certificate it signed (mutual TLS)."""
+    if options.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(options.tls_cert), str(options.tls_key) if options.tls_key else None)
+    if options.tls_ca is not None:
+        context.load_verify_locations(str(options.tls_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def build_ae(ae_title: str) -> AE:
@@ -32,33 +76,87 @@ def build_ae(ae_title: str) -> AE:
     return ae
 
 
-def handlers(node: Node) -> list:
-    return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [node])]
+class Gateway:
+    """The running service: listener, forwarder, node; start() and stop() are all a caller needs."""
+
+    def __init__(self, node: Node, options: ServiceOptions) -> None:
+        self.node = node
+        self.options = options
+        self.access = AccessList.parse(options.allow)
+        self.forwarder = Forwarder(
+            node, ae_title=options.ae_title, workers_per_destination=options.forward_workers
+        )
+        self.ae = build_ae(options.ae_title)
+        self.server: ThreadedAssociationServer | None = None
+
+    def handlers(self) -> list:
+        return [
+            (evt.EVT_REQUESTED, handle_requested, [self.node, self.access]),
+            (evt.EVT_ACCEPTED, handle_accepted),
+            (evt.EVT_RELEASED, handle_released),
+            (evt.EVT_ABORTED, handle_aborted),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self.node, self.forwarder.notify]),
+        ]
+
+    def start(self) -> None:
+        self.forwarder.start()
+        self.server = self.ae.start_server(
+            (self.options.host, self.options.port),
+            block=False,
+            evt_handlers=self.handlers(),
+            ssl_context=tls_context(self.options),
+        )
+        self.node.record(
+            EventDraft(
+                "service.start",
+                actor=self.options.ae_title,
+                chain_id=self.node.chain_id,
+                details={"port": self.options.port, "forward": self.node.destinations},
+            )
+        )
+        if self.access.open:
+            log.warning("no allow-list: accepting any calling AE title")
+        log.info(
+            "listening ae_title=%s port=%d chain=%s storage=%s forward=%s",
+            self.options.ae_title, self.options.port, self.node.chain_id,
+            self.node.storage.root, ",".join(self.node.destinations) or "-",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight associations finish, stop forwarding, record it."""
+        if self.server is not None:
+            server, self.server = self.server, None
+            server.shutdown()
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in server.active_associations:
+                assoc.abort()
+        self.forwarder.stop()
+        self.ae.shutdown()
+        self.node.record(EventDraft("service.stop", actor=self.options.ae_title, chain_id=self.node.chain_id))
+        log.info("stopped ae_title=%s", self.options.ae_title)
 
 
 def start_server(node: Node, *, ae_title: str, host: str, port: int) -> AE:
-    """Listen in background threads; the caller owns ``ae.shutdown()``."""
-    ae = build_ae(ae_title)
-    ae.start_server((host, port), block=False, evt_handlers=handlers(node))
-    return ae
+    """Listen in background threads without forwarding (tests); the caller owns ``ae.shutdown()``."""
+    gateway = Gateway(node, ServiceOptions(ae_title=ae_title, host=host, port=port))
+    gateway.server = gateway.ae.start_server((host, port), block=False, evt_handlers=gateway.handlers())
+    return gateway.ae
 
 
-def run_server(settings: Settings, *, ae_title: str, host: str, port: int) -> None:
+def run_server(settings: Settings, options: ServiceOptions) -> None:
+    """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     node = Node.open(settings)
-    ae = build_ae(ae_title)
-    logging.getLogger("dicom_chain.scp").info(
-        "listening as %s on %s:%d, chain %s, store %s",
-        ae_title,
-        host,
-        port,
-        node.chain_id,
-        settings.storage_dir,
-    )
+    gateway = Gateway(node, options)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        ae.start_server((host, port), block=True, evt_handlers=handlers(node))
-    except KeyboardInterrupt:
-        pass
+        gateway.start()
+        stop.wait()
     finally:
-        ae.shutdown()
+        gateway.stop()
         node.close()

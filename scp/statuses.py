@@ -25,3 +25,24 @@ def store_status(exc: BaseException) -> int:
     if isinstance(exc, MalformedDatasetError | NotDicomError | ContentHashError):
         return CANNOT_UNDERSTAND
     return PROCESSING_FAILURE
+
+
+# C-STORE responses from an upstream PACS, PS3.4 Annex B.2.3
+STORE_WARNINGS = (0xB000, 0xB006, 0xB007)  # coercion / elements discarded / dataset mismatch: stored
+
+
+def forward_verdict(status: int | None) -> tuple[str, str]:
+    """What a PACS's answer means for the outbox: ("done" | "retry" | "refused", reason).
+
+    No answer and A7xx (out of resources) are passing trouble: retry for as long as it takes.
+    Any other failure is the PACS refusing this instance: retried a few times, then final.
+    """
+    if status is None:
+        return "retry", "no response: association aborted or timed out"
+    if status == SUCCESS:
+        return "done", ""
+    if status in STORE_WARNINGS:
+        return "done", f"stored with warning 0x{status:04X}"
+    if 0xA700 <= status <= 0xA7FF:
+        return "retry", f"PACS out of resources (0x{status:04X})"
+    return "refused", f"PACS refused the instance with 0x{status:04X}"

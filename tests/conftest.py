@@ -67,3 +67,12 @@ def small_study() -> list[Dataset]:
 
 def fresh(ds: Dataset) -> Dataset:
     return copy.deepcopy(ds)
+
+
+@pytest.fixture
+def orthanc():
+    from .peers import OrthancServer
+
+    server = OrthancServer.create().start()
+    yield server
+    server.destroy()

@@ -111,3 +111,155 @@ class PostgresServer:
         ) as c:
             c.execute(f'CREATE DATABASE "{name}"')
         return self.url_for(name)
+
+
+ORTHANC_START_TIMEOUT_S = 60  # first start creates its index database
+ORTHANC_DEBIAN_PATH = "/usr/sbin/Orthanc"  # not on a normal user's PATH
+
+
+@dataclass
+class OrthancServer:
+    """Orthanc as the existing PACS: own config, own folders, loopback ports, stopped by PID."""
+
+    root: Path
+    dicom_port: int
+    http_port: int
+    nodelay: bool
+    ae_title: str = "ORTHANC"
+    proc: subprocess.Popen | None = None
+
+    @property
+    def destination(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.dicom_port}"
+
+    @classmethod
+    def create(cls, nodelay: bool = True) -> OrthancServer:
+        if not (shutil.which("Orthanc") or Path(ORTHANC_DEBIAN_PATH).exists()):
+            missing_peer("Orthanc", "apt-get install orthanc")
+        root = Path(tempfile.mkdtemp(prefix="dicomchain-orthanc-"))
+        return cls(root, free_port(), free_port(), nodelay)
+
+    def write_config(self) -> Path:
+        import json
+
+        config = {
+            "Name": "dicom-chain test PACS",
+            "DicomAet": self.ae_title,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "Plugins": [],
+            "DicomModalities": {},
+        }
+        path = self.root / "orthanc.json"
+        path.write_text(json.dumps(config))
+        return path
+
+    def start(self) -> OrthancServer:
+        import os as _os
+
+        binary = shutil.which("Orthanc") or ORTHANC_DEBIAN_PATH
+        env = dict(_os.environ)
+        if self.nodelay:
+            env["TCP_NODELAY"] = "1"  # Debian's DCMTK keeps Nagle on without it (peers.md)
+        log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([binary, str(self.write_config())], stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(self.root / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                self.rest("/system")
+                with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("Orthanc did not start in time")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def rest(self, path: str) -> object:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def count(self) -> int:
+        return int(self.rest("/statistics")["CountInstances"])  # type: ignore[index]
+
+    def instance_files(self) -> list[bytes]:
+        return [self.rest(f"/instances/{i}/file") for i in self.rest("/instances")]  # type: ignore[union-attr,misc]
+
+    def wait_for(self, count: int, timeout: float = 120.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.count()
+            if found >= count:
+                return found
+            time.sleep(0.25)
+        return self.count()
+
+
+@dataclass
+class GatewayProcess:
+    """``dicom-chain serve`` as a real process: for signals, kill -9 and restarts."""
+
+    home: Path
+    port: int
+    args: tuple[str, ...] = ()
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        import sys
+
+        cmd = [sys.executable, "-m", "dicom_chain.cli", "serve", "--home", str(self.home),
+               "--host", "127.0.0.1", "--port", str(self.port), *self.args]  # fmt: skip
+        log = open(self.home.parent / f"{self.home.name}-gateway.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}: {self.log()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("gateway did not start listening")
+
+    def log(self) -> str:
+        path = self.home.parent / f"{self.home.name}-gateway.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("next_attempt_at", sa.Float(), nullable=False),
         sa.Column("lease_until", sa.Float(), nullable=False),
+        sa.Column("lease_owner", sa.String(length=128), nullable=False),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=False),
         sa.Column("done_at", sa.Float(), nullable=True),

@@ -9,11 +9,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
-from dicom_chain.errors import LedgerError, MalformedDatasetError, StorageError
 from dicom_chain.node import Node
 from dicom_chain.verify import verify_files
 from scp.server import start_server
-from scp.statuses import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, store_status
+from scp.statuses import CANNOT_UNDERSTAND
 
 from .conftest import read
 from .peers import free_port
@@ -76,13 +75,6 @@ def test_broken_datasets_get_failure_and_service_keeps_answering(gateway):
     assert len(list(node.storage.iter_files())) == 1
 
 
-def test_error_statuses_follow_ps34():
-    assert store_status(StorageError("disk full")) == OUT_OF_RESOURCES == 0xA700
-    assert store_status(LedgerError("db down")) == OUT_OF_RESOURCES
-    assert store_status(MalformedDatasetError("no uid")) == CANNOT_UNDERSTAND == 0xC000
-    assert store_status(RuntimeError("bug")) == PROCESSING_FAILURE == 0x0110
-
-
 def test_stored_file_is_the_received_bytes_plus_our_block(gateway, monkeypatch):
     """The network path splices too: every element but ours is stored exactly as sent."""
     from dicom_chain.storage import Storage
@@ -130,3 +122,61 @@ def test_dcmtk_storescu_study_arrives_chained(gateway):
     report = verify_files(stored)
     assert report.ok and report.blocks_checked == 8
     assert {e.actor for e in node.ledger.iter_events()} == {"CT_SCANNER"}
+
+
+def send_raw(assoc, sop_class: str, sop_uid: str, dataset_bytes: bytes) -> int:
+    """A C-STORE whose dataset bytes are sent exactly as given: what a broken modality does."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    context = ct_context(assoc)
+    send_raw.message_id = getattr(send_raw, "message_id", 100) + 1
+    request = C_STORE()
+    request.MessageID = send_raw.message_id
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(dataset_bytes)
+    assoc.dimse.send_msg(request, context.context_id)
+    _, response = assoc.dimse.get_msg(block=True)
+    return int(response.Status)
+
+
+def ct_context(assoc):
+    return next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == CTImageStorage)
+
+
+def encode_body(ds, syntax) -> bytes:
+    """The dataset as it goes on the wire in the accepted transfer syntax (no file meta)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = syntax.is_little_endian, syntax.is_implicit_VR
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def test_truncated_and_uidless_datasets_on_the_wire_get_failures(gateway):
+    """Bytes as a broken modality sends them: cut inside the pixels, and without (0008,0018)."""
+    node, port = gateway
+    assoc = associate(port)
+    syntax = ct_context(assoc).transfer_syntax[0]
+    whole = encode_body(read("CT_small.dcm"), syntax)
+    no_uid = read("CT_small.dcm")
+    sop_uid = no_uid.SOPInstanceUID
+    del no_uid.SOPInstanceUID
+    try:
+        assert send_raw(assoc, CTImageStorage, sop_uid, whole[: len(whole) - 3000]) == CANNOT_UNDERSTAND
+        assert assoc.send_c_echo().Status == 0x0000
+        assert send_raw(assoc, CTImageStorage, sop_uid, encode_body(no_uid, syntax)) == CANNOT_UNDERSTAND
+        assert assoc.send_c_echo().Status == 0x0000
+        assert (
+            send_raw(assoc, CTImageStorage, sop_uid, b"\x08\x00\x18\x00UI\xff\xffgarbage")
+            == CANNOT_UNDERSTAND
+        )
+        assert send_raw(assoc, CTImageStorage, sop_uid, whole) == 0x0000
+    finally:
+        assoc.release()
+    assert node.ledger.block_count() == 1 and len(list(node.storage.iter_files())) == 1

@@ -1,0 +1,203 @@
+"""Forwarding to the upstream PACS: workers that drain the outbox over reused associations.
+
+Each destination has its own workers and its own queue, so a PACS that is down holds back only
+itself, and a modality's Success never waits for any PACS. A worker leases one study's batch,
+sends it over an association it keeps open while there is work, and settles every instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+
+from dicom_chain.node import Node
+from dicom_chain.outbox import Destination, OutboxItem
+
+from .statuses import forward_verdict
+
+log = logging.getLogger("dicom_chain.forward")
+
+BATCH_SIZE = 50  # instances leased at once: one study's worth for most series, small enough to share
+WORKERS_PER_DESTINATION = 4  # parallel associations: a PACS with Nagle on answers ~45 ms late each
+IDLE_RELEASE_S = 5.0  # keep an idle association this long, for the next batch of the same study
+POLL_INTERVAL_S = 1.0  # how often an idle worker looks for due work (new receipts wake it sooner)
+FORWARD_ACSE_TIMEOUT_S = 30  # association set-up with the PACS
+FORWARD_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a slow archive
+FORWARD_NETWORK_TIMEOUT_S = 60
+MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1-255
+
+
+def contexts_for(items: list[OutboxItem]) -> list:
+    """One context per (SOP class, stored syntax); uncompressed instances may also go re-encoded."""
+    wanted: dict[str, set[str]] = {}
+    for item in items:
+        wanted.setdefault(item.sop_class_uid, set()).add(item.transfer_syntax)
+    contexts = []
+    for sop_class, syntaxes in sorted(wanted.items()):
+        for syntax in sorted(syntaxes):
+            contexts.append(build_context(sop_class, [syntax]))
+        if any(not UID(s).is_compressed for s in syntaxes):
+            contexts.append(build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    return contexts[:MAX_CONTEXTS]
+
+
+class DestinationWorker(threading.Thread):
+    def __init__(self, forwarder: Forwarder, destination: Destination, number: int) -> None:
+        super().__init__(name=f"forward-{destination.ae_title}-{number}", daemon=True)
+        self.forwarder = forwarder
+        self.destination = destination
+        self.key = str(destination)
+        self.assoc: Association | None = None
+        self.assoc_contexts: set[tuple[str, str]] = set()
+        self.last_used = 0.0
+
+    def run(self) -> None:
+        stop = self.forwarder.stop_event
+        while not stop.is_set():
+            try:
+                worked = self.step()
+            except Exception:  # a worker must survive anything and keep the queue moving
+                log.exception("forward to %s: unexpected error", self.key)
+                self.close()
+                worked = False
+            if not worked:
+                if self.assoc is not None and time.monotonic() - self.last_used > IDLE_RELEASE_S:
+                    self.close()
+                self.forwarder.wake.wait(POLL_INTERVAL_S)
+        self.close()
+
+    def step(self) -> bool:
+        items = self.forwarder.node.outbox.claim(self.key, BATCH_SIZE)
+        if not items:
+            return False
+        if self.forwarder.stop_event.is_set():
+            self.forwarder.node.outbox.release(items)
+            return False
+        assoc = self.associate(items)
+        if assoc is None:
+            reason = f"association with {self.key} failed"
+            self.forwarder.node.outbox.settle([(item, None, reason, "retry") for item in items])
+            log.warning("forward to %s: %s; %d instance(s) wait", self.key, reason, len(items))
+            return False
+        results = []
+        for number, item in enumerate(items):
+            if self.forwarder.stop_event.is_set():
+                self.forwarder.node.outbox.release(items[number:])
+                break
+            results.append(self.send(assoc, item))
+            if not assoc.is_established:
+                reason = "association lost"
+                results += [(rest, None, reason, "retry") for rest in items[number + 1 :]]
+                self.close()
+                break
+        self.forwarder.node.outbox.settle(results)
+        done = sum(1 for r in results if r[3] == "done")
+        log.info(
+            "forward to %s: %d/%d of study %s stored",
+            self.key,
+            done,
+            len(results),
+            items[0].study_instance_uid,
+        )
+        self.last_used = time.monotonic()
+        return True
+
+    def associate(self, items: list[OutboxItem]) -> Association | None:
+        needed = {(i.sop_class_uid, i.transfer_syntax) for i in items}
+        if self.assoc is not None and self.assoc.is_established and needed <= self.assoc_contexts:
+            return self.assoc
+        self.close()
+        ae = AE(ae_title=self.forwarder.ae_title)
+        ae.acse_timeout = FORWARD_ACSE_TIMEOUT_S
+        ae.dimse_timeout = FORWARD_DIMSE_TIMEOUT_S
+        ae.network_timeout = FORWARD_NETWORK_TIMEOUT_S
+        assoc = ae.associate(
+            self.destination.host,
+            self.destination.port,
+            contexts=contexts_for(items),
+            ae_title=self.destination.ae_title,
+            max_pdu=self.forwarder.max_pdu,
+        )
+        if not assoc.is_established:
+            return None
+        self.assoc = assoc
+        self.assoc_contexts = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+        }
+        return assoc
+
+    def send(self, assoc: Association, item: OutboxItem) -> tuple[OutboxItem, int | None, str, str]:
+        path = self.forwarder.node.storage.path(item.path)
+        try:
+            accepted = {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+            }
+            if (item.sop_class_uid, item.transfer_syntax) in accepted:
+                response = assoc.send_c_store(Path(path))  # the file as stored, no decode
+            else:
+                response = assoc.send_c_store(pydicom.dcmread(path))  # re-encoded by pynetdicom
+        except FileNotFoundError:
+            return item, None, f"stored file missing: {path}", "refused"
+        except (ValueError, RuntimeError) as exc:  # no accepted context, or the association broke
+            return item, None, str(exc), "refused" if "presentation context" in str(exc) else "retry"
+        status = int(getattr(response, "Status", -1)) if response is not None and len(response) else None
+        verdict, reason = forward_verdict(status)
+        return item, status, reason, verdict
+
+    def close(self) -> None:
+        if self.assoc is not None:
+            try:
+                if self.assoc.is_established:
+                    self.assoc.release()
+            except Exception:
+                self.assoc.abort()
+        self.assoc = None
+        self.assoc_contexts = set()
+
+
+class Forwarder:
+    """All destination workers of one gateway process."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        ae_title: str,
+        workers_per_destination: int = WORKERS_PER_DESTINATION,
+        max_pdu: int = 0,
+    ) -> None:
+        self.node = node
+        self.ae_title = ae_title
+        self.max_pdu = max_pdu  # 0: as large as the PACS accepts
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.workers = [
+            DestinationWorker(self, Destination.parse(d), n)
+            for d in node.destinations
+            for n in range(workers_per_destination)
+        ]
+
+    def start(self) -> None:
+        freed = self.node.outbox.free_dead_leases()
+        if freed:
+            log.info("forward: took back %d instance(s) leased by a process that died", freed)
+        for worker in self.workers:
+            worker.start()
+
+    def notify(self) -> None:
+        """New work: wake idle workers now instead of at their next poll."""
+        self.wake.set()
+        self.wake.clear()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        for worker in self.workers:
+            worker.join(timeout)

@@ -1,0 +1,249 @@
+"""Store-and-forward against Orthanc as the PACS: arrival, outages, refusals, kill -9."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from dicom_chain import outbox as outbox_module
+from dicom_chain.config import Settings
+from dicom_chain.ledger import Ledger
+from dicom_chain.node import Node
+from dicom_chain.synthetic import StudySpec, ct_study
+from dicom_chain.verify import verify_files, verify_node
+from scp.forwarder import contexts_for
+from scp.server import Gateway, ServiceOptions
+
+from .conftest import SAMPLE_STUDY
+from .peers import GatewayProcess, OrthancServer, free_port, require_tool
+
+pytestmark = pytest.mark.dcmtk
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(outbox_module, "BACKOFF_FIRST_S", 0.2)
+    monkeypatch.setattr(outbox_module, "BACKOFF_MAX_S", 1.0)
+
+
+def gateway_for(tmp_path: Path, *destinations: str, workers: int = 2) -> Gateway:
+    node = Node.open(Settings(home=tmp_path / "gw", forward=destinations))
+    gateway = Gateway(node, ServiceOptions(host="127.0.0.1", port=free_port(), forward_workers=workers))
+    gateway.start()
+    return gateway
+
+
+def stop(gateway: Gateway) -> None:
+    gateway.stop()
+    gateway.node.close()
+
+
+def storescu(port: int, files: list[Path], aet: str = "CT_SCANNER") -> None:
+    binary = require_tool("storescu", "dcmtk")
+    command = [binary, "-aet", aet, "-aec", "DICOMCHAIN", "127.0.0.1", str(port), *map(str, files)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def wait_until(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_study_from_storescu_arrives_in_orthanc_chained(tmp_path, orthanc: OrthancServer):
+    gateway = gateway_for(tmp_path, orthanc.destination)
+    try:
+        files = sorted(SAMPLE_STUDY.glob("*.dcm"))
+        storescu(gateway.options.port, files)
+        assert orthanc.wait_for(len(files)) == len(files)
+        assert wait_until(lambda: gateway.node.outbox.pending_count() == 0)
+        downloaded = tmp_path / "from-orthanc"
+        downloaded.mkdir()
+        for i, data in enumerate(orthanc.instance_files()):
+            (downloaded / f"{i}.dcm").write_bytes(data)
+        report = verify_files([downloaded])
+        assert report.ok and report.blocks_checked == len(files), report.findings
+        forwarded = [e for e in gateway.node.ledger.iter_events() if e.type == "instance.forwarded"]
+        assert len(forwarded) == len(files) and {e.outcome for e in forwarded} == {"success"}
+        assert {e.actor for e in forwarded} == {orthanc.destination}
+    finally:
+        stop(gateway)
+
+
+def test_orthanc_down_while_the_study_arrives_then_back(tmp_path, fast_retries):
+    pacs = OrthancServer.create()  # configured, not started
+    gateway = gateway_for(tmp_path, pacs.destination)
+    try:
+        files = sorted(SAMPLE_STUDY.glob("*.dcm"))
+        storescu(gateway.options.port, files)  # the modality gets Success although the PACS is down
+        assert gateway.node.ledger.block_count() == len(files)
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].last_error != "", 20)
+        assert gateway.node.outbox.pending_count() == len(files)
+        pacs.start()
+        assert pacs.wait_for(len(files)) == len(files)
+        assert wait_until(lambda: gateway.node.outbox.pending_count() == 0)
+    finally:
+        stop(gateway)
+        pacs.destroy()
+
+
+def test_a_pacs_that_is_down_holds_back_only_itself(tmp_path, orthanc: OrthancServer, fast_retries):
+    down = f"NOBODY@127.0.0.1:{free_port()}"
+    gateway = gateway_for(tmp_path, down, orthanc.destination)
+    try:
+        files = sorted(SAMPLE_STUDY.glob("*.dcm"))
+        storescu(gateway.options.port, files)
+        assert orthanc.wait_for(len(files), timeout=30) == len(files)
+        stats = {s.destination: s for s in gateway.node.outbox.stats()}
+        assert stats[down].pending == len(files) and "association" in stats[down].last_error
+        assert stats[orthanc.destination].done == len(files)
+    finally:
+        stop(gateway)
+
+
+class ScriptedPacs:
+    """An in-process pynetdicom PACS answering C-STOREs from a script of statuses."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.received: list[str] = []
+        self.port = free_port()
+        self.ae = AE(ae_title="SCRIPTED")
+        for cx in AllStoragePresentationContexts:
+            self.ae.add_supported_context(cx.abstract_syntax)
+        self.ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.store)]
+        )
+
+    def store(self, event) -> int:
+        status = self.statuses.pop(0) if self.statuses else 0x0000
+        if status == 0x0000:
+            self.received.append(event.request.AffectedSOPInstanceUID)
+        return status
+
+    @property
+    def destination(self) -> str:
+        return f"SCRIPTED@127.0.0.1:{self.port}"
+
+
+def test_busy_pacs_is_retried_until_it_stores(tmp_path, fast_retries):
+    pacs = ScriptedPacs([0xA700, 0xA701, 0xA702])
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    try:
+        ds = next(ct_study(StudySpec(seed=5, instances=1, rows=8, columns=8)))
+        scu = AE(ae_title="MOD")
+        scu.add_requested_context(CTImageStorage)
+        assoc = scu.associate("127.0.0.1", gateway.options.port)
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)
+        [event] = [e for e in gateway.node.ledger.iter_events() if e.type == "instance.forwarded"]
+        assert event.outcome == "success" and event.details["attempts"] == 4
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
+
+
+def test_refusing_pacs_fails_for_good_with_its_status(tmp_path, fast_retries):
+    pacs = ScriptedPacs([0xC123] * 50)
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    try:
+        ds = next(ct_study(StudySpec(seed=6, instances=1, rows=8, columns=8)))
+        gateway.node.ingest(ds)
+        gateway.forwarder.notify()
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
+        [event] = [e for e in gateway.node.ledger.iter_events() if e.type == "instance.forwarded"]
+        assert event.outcome == "major-failure" and event.details["status"] == "0xC123"
+        command = [sys.executable, "-m", "dicom_chain.cli", "status", "--home", str(tmp_path / "gw")]
+        status = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert "failed 1" in status.stdout and "0xC123" in status.stdout
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
+
+
+def test_contexts_cover_stored_syntax_and_a_re_encoding_fallback():
+    from dicom_chain.outbox import OutboxItem
+
+    def item(sop_class: str, syntax: str) -> OutboxItem:
+        return OutboxItem(1, "D", "h", "p", "1.2", sop_class, syntax, "1.3", "P", 0)
+
+    contexts = contexts_for(
+        [item(CTImageStorage, "1.2.840.10008.1.2.2"), item(CTImageStorage, "1.2.840.10008.1.2.4.50")]
+    )
+    pairs = [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax]) for cx in contexts]
+    assert (CTImageStorage, ["1.2.840.10008.1.2.2"]) in pairs
+    assert (CTImageStorage, ["1.2.840.10008.1.2.4.50"]) in pairs
+    assert (CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]) in pairs
+
+
+def test_kill_9_mid_study_loses_nothing(tmp_path, orthanc: OrthancServer):
+    """kill -9 in the middle of a 200-instance study; restart; the modality re-sends what it got no
+    Success for; every acknowledged instance is stored, chained and forwarded."""
+    study = list(ct_study(StudySpec(seed=77, instances=200, rows=32, columns=32)))
+    home = tmp_path / "gw"
+    home.mkdir()
+    args = ("--forward", orthanc.destination, "--forward-workers", "2")
+    gateway = GatewayProcess(home, free_port(), args).start()
+    acknowledged: list[str] = []
+    killed = threading.Event()
+
+    def killer() -> None:
+        ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+        while ledger.block_count() < 80:
+            time.sleep(0.01)
+        ledger.close()
+        gateway.kill9()
+        killed.set()
+
+    threading.Thread(target=killer, daemon=True).start()
+    scu = AE(ae_title="CT_SCANNER")
+    scu.add_requested_context(CTImageStorage)
+    assoc = scu.associate("127.0.0.1", gateway.port, ae_title="DICOMCHAIN")
+    for ds in study:
+        if not assoc.is_established:
+            break
+        response = assoc.send_c_store(ds)
+        if response is not None and getattr(response, "Status", None) == 0x0000:
+            acknowledged.append(ds.SOPInstanceUID)
+    assert killed.wait(60) and 80 <= len(acknowledged) < 200
+    gateway = GatewayProcess(home, gateway.port, args).start()  # restart on the same home
+    try:
+        assoc = scu.associate("127.0.0.1", gateway.port, ae_title="DICOMCHAIN")
+        for ds in study:  # the modality re-sends everything it has no Success for
+            if ds.SOPInstanceUID not in acknowledged:
+                assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        assert orthanc.wait_for(200, timeout=180) == 200
+        in_orthanc = {
+            pydicom.dcmread(__import__("io").BytesIO(f)).SOPInstanceUID for f in orthanc.instance_files()
+        }
+        assert set(acknowledged) <= in_orthanc and len(in_orthanc) == 200
+        ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+        try:
+            from dicom_chain.storage import Storage
+
+            report = verify_node(ledger, Storage(home / "storage"))
+            assert report.ok, [f for f in report.errors]
+            assert ledger.block_count() == 200
+        finally:
+            ledger.close()
+        status = json.loads(subprocess.run(
+            [sys.executable, "-m", "dicom_chain.cli", "status", "--json", "--home", str(home)],
+            capture_output=True, text=True, timeout=60).stdout)  # fmt: skip
+        assert status["chains"][0]["height"] == 199
+    finally:
+        gateway.stop()

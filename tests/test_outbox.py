@@ -1,0 +1,149 @@
+"""The forward queue on SQLite and PostgreSQL: leases per study, back-off, final failures, events."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dicom_chain.config import Settings
+from dicom_chain.errors import ConfigError
+from dicom_chain.node import Node
+from dicom_chain.outbox import (
+    BACKOFF_FIRST_S,
+    BACKOFF_MAX_S,
+    LEASE_S,
+    MAX_REFUSED_ATTEMPTS,
+    Destination,
+    backoff_delay,
+)
+from dicom_chain.synthetic import StudySpec, ct_study
+
+PACS_A, PACS_B = "PACS_A@127.0.0.1:104", "PACS_B@10.0.0.9:11112"
+
+
+@pytest.fixture
+def queued(db_url, tmp_path):
+    """A node forwarding to two PACS that received two studies of 3 instances, interleaved."""
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url, forward=(PACS_A, PACS_B)))
+    studies = [list(ct_study(StudySpec(seed=s, instances=3, rows=8, columns=8))) for s in (1, 2)]
+    for i in range(3):
+        for study in studies:
+            node.ingest(study[i])
+    yield node
+    node.close()
+
+
+def test_every_stored_instance_is_queued_for_every_destination(queued):
+    stats = {s.destination: s for s in queued.outbox.stats()}
+    assert {d: s.pending for d, s in stats.items()} == {PACS_A: 6, PACS_B: 6}
+
+
+def test_duplicates_are_not_queued_again(queued):
+    again = next(ct_study(StudySpec(seed=1, instances=3, rows=8, columns=8)))
+    assert queued.ingest(again).outcome == "duplicate"
+    assert queued.outbox.pending_count() == 12
+
+
+def test_a_claim_is_one_study_and_leased(queued):
+    now = 1e12
+    first = queued.outbox.claim(PACS_A, limit=10, now=now)
+    assert len(first) == 3 and len({i.study_instance_uid for i in first}) == 1
+    second = queued.outbox.claim(PACS_A, limit=10, now=now)
+    assert len(second) == 3 and second[0].study_instance_uid != first[0].study_instance_uid
+    assert queued.outbox.claim(PACS_A, limit=10, now=now) == []  # all leased
+    assert (
+        len(queued.outbox.claim(PACS_A, limit=10, now=now + LEASE_S + 1)) == 3
+    )  # a dead worker's lease ran out
+
+
+def test_destinations_have_separate_queues(queued):
+    now = 1e12
+    items = queued.outbox.claim(PACS_A, limit=10, now=now)
+    queued.outbox.settle([(i, None, "down", "retry") for i in items], now=now)
+    assert len(queued.outbox.claim(PACS_B, limit=10, now=now)) == 3
+
+
+def test_done_is_final_and_recorded(queued):
+    now = 1e12
+    items = queued.outbox.claim(PACS_A, limit=10, now=now)
+    queued.outbox.settle([(i, 0x0000, "", "done") for i in items], now=now)
+    events = [e for e in queued.ledger.iter_events() if e.type == "instance.forwarded"]
+    assert [(e.outcome, e.actor) for e in events] == [("success", PACS_A)] * 3
+    assert {e.sop_uid for e in events} == {i.sop_instance_uid for i in items}
+    stats = {s.destination: s for s in queued.outbox.stats()}
+    assert (stats[PACS_A].done, stats[PACS_A].pending) == (3, 3)
+
+
+def test_retry_waits_with_back_off_and_never_gives_up(queued):
+    now = 1e12
+    items = queued.outbox.claim(PACS_A, limit=10, now=now)
+    ids = {i.id for i in items}
+    for _ in range(12):  # far more than MAX_REFUSED_ATTEMPTS: busy or down is never final
+        queued.outbox.settle([(i, 0xA700, "busy", "retry") for i in items], now=now)
+        soon = queued.outbox.claim(PACS_A, limit=10, now=now + 0.5)
+        assert not ids & {i.id for i in soon}  # not before its back-off
+        queued.outbox.release(soon)
+        now += BACKOFF_MAX_S * 2
+        items = queued.outbox.claim(PACS_A, limit=10, now=now)
+        assert {i.id for i in items} == ids
+    assert not [e for e in queued.ledger.iter_events() if e.type == "instance.forwarded"]
+    assert {s.destination: s.failed for s in queued.outbox.stats()}[PACS_A] == 0
+
+
+def test_refusal_fails_for_good_after_a_few_attempts(queued):
+    now = 1e12
+    items = queued.outbox.claim(PACS_A, limit=1, now=now)
+    for _ in range(MAX_REFUSED_ATTEMPTS):
+        queued.outbox.settle([(items[0], 0xC000, "refused with 0xC000", "refused")], now=now)
+        now += BACKOFF_MAX_S * 2
+        retry = queued.outbox.claim(PACS_A, limit=1, now=now)
+        if retry and retry[0].id == items[0].id:
+            items = retry
+    stats = {s.destination: s for s in queued.outbox.stats()}
+    assert stats[PACS_A].failed == 1 and "0xC000" in stats[PACS_A].last_error
+    [event] = [e for e in queued.ledger.iter_events() if e.type == "instance.forwarded"]
+    assert event.outcome == "major-failure" and event.details["status"] == "0xC000"
+
+
+def test_backoff_doubles_up_to_the_cap_with_bounded_jitter():
+    rng = random.Random(7)
+    delays = [backoff_delay(n, rng) for n in range(1, 15)]
+    assert BACKOFF_FIRST_S * 0.8 <= delays[0] <= BACKOFF_FIRST_S * 1.2
+    assert all(d <= BACKOFF_MAX_S * 1.2 for d in delays)
+    assert delays[-1] >= BACKOFF_MAX_S * 0.8
+    assert delays[3] > delays[0] * 4
+
+
+@pytest.mark.parametrize(
+    "text", ["PACS@host:104", "A@10.0.0.1:11112", " LONG_AE_TITLE_16@pacs.example.org:4242 "]
+)
+def test_destination_round_trip(text):
+    assert str(Destination.parse(text)) == text.strip()
+
+
+@pytest.mark.parametrize(
+    "text", ["PACS", "PACS@host", "@host:104", "PACS@host:0", "PACS@host:99999", "A" * 17 + "@h:1"]
+)
+def test_bad_destinations_are_config_errors(text):
+    with pytest.raises(ConfigError):
+        Destination.parse(text)
+
+
+def test_leases_of_a_dead_process_on_this_host_are_freed(queued):
+    from sqlalchemy import text
+
+    from dicom_chain.outbox import OWNER
+
+    now = 1e12
+    items = queued.outbox.claim(PACS_A, limit=10, now=now)
+    dead_owner = OWNER.rsplit(":", 1)[0] + ":999999999"  # no such pid
+    with queued.ledger.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE outbox SET lease_owner = :o WHERE lease_owner = :me"), {"o": dead_owner, "me": OWNER}
+        )
+    other = queued.outbox.claim(PACS_A, limit=10, now=now + 1)  # leased by this (living) process
+    assert other[0].study_instance_uid != items[0].study_instance_uid
+    assert queued.outbox.free_dead_leases() == len(items)  # only the dead pid's rows
+    again = queued.outbox.claim(PACS_A, limit=10, now=now + 2)
+    assert {i.id for i in again} == {i.id for i in items}

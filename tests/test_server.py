@@ -1,0 +1,150 @@
+"""The gateway as a service: allow-list, TLS, many associations at once, clean SIGTERM."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from dicom_chain.ledger import Ledger
+from dicom_chain.node import Node
+from dicom_chain.synthetic import StudySpec, ct_study
+from dicom_chain.verify import verify_node
+from scp.server import Gateway, ServiceOptions
+
+from .peers import GatewayProcess, free_port, require_tool
+
+
+@pytest.fixture
+def make_gateway(node: Node):
+    gateways = []
+
+    def make(**options) -> Gateway:
+        gateway = Gateway(node, ServiceOptions(host="127.0.0.1", port=free_port(), **options))
+        gateway.start()
+        gateways.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in gateways:
+        gateway.stop()
+
+
+@pytest.mark.dcmtk
+def test_unknown_calling_ae_is_rejected_at_association(make_gateway, node: Node):
+    echoscu = require_tool("echoscu", "dcmtk")
+    gateway = make_gateway(allow=("CT_SCANNER", "WS1@127.0.0.1", "MR1@10.9.9.9"))
+    port = str(gateway.options.port)
+
+    def echo(aet: str) -> subprocess.CompletedProcess:
+        return subprocess.run([echoscu, "-aet", aet, "-aec", "DICOMCHAIN", "127.0.0.1", port],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+
+    assert echo("CT_SCANNER").returncode == 0
+    assert echo("WS1").returncode == 0
+    for stranger in ("INTRUDER", "MR1"):  # MR1 is allowed from another host only
+        result = echo(stranger)
+        assert result.returncode != 0
+        assert "Association Rejected" in result.stdout + result.stderr
+    rejected = [e for e in node.ledger.iter_events() if e.type == "association.rejected"]
+    assert [e.actor for e in rejected] == ["INTRUDER", "MR1"]
+    assert echo("CT_SCANNER").returncode == 0  # still serving
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "gw.pem", tmp_path / "gw.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_associations_work_and_plain_ones_do_not(make_gateway, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    gateway = make_gateway(tls_cert=cert, tls_key=key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    scu = AE(ae_title="TLS_SCU")
+    scu.add_requested_context(Verification)
+    scu.acse_timeout = scu.network_timeout = 5
+    assoc = scu.associate("127.0.0.1", gateway.options.port, tls_args=(client, "localhost"))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    plain = scu.associate("127.0.0.1", gateway.options.port)
+    assert not plain.is_established
+
+
+def test_many_associations_at_once_keep_heights_contiguous(make_gateway, node: Node):
+    gateway = make_gateway()
+    senders, per_sender = 6, 10
+    statuses: list[int] = []
+
+    def send(seed: int) -> None:
+        scu = AE(ae_title=f"MOD{seed}")
+        scu.add_requested_context(CTImageStorage)
+        assoc = scu.associate("127.0.0.1", gateway.options.port, ae_title="DICOMCHAIN")
+        for ds in ct_study(StudySpec(seed=100 + seed, instances=per_sender, rows=16, columns=16)):
+            statuses.append(assoc.send_c_store(ds).Status)
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert statuses == [0] * senders * per_sender
+    heights = [h for h, _ in node.ledger.iter_blocks(node.chain_id)]
+    assert heights == list(range(senders * per_sender))
+    report = verify_node(node.ledger, node.storage)
+    assert report.ok, report.findings
+
+
+@pytest.mark.dcmtk
+def test_sigterm_finishes_the_association_in_flight_and_exits_0(tmp_path):
+    storescu = require_tool("storescu", "dcmtk")
+    files = []
+    for i, ds in enumerate(ct_study(StudySpec(seed=9, instances=120, rows=64, columns=64))):
+        files.append(tmp_path / f"{i}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    gateway = GatewayProcess(tmp_path / "gw", free_port()).start()
+    sender = subprocess.Popen(
+        [storescu, "-aec", "DICOMCHAIN", "127.0.0.1", str(gateway.port), *map(str, files)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    ledger = Ledger(f"sqlite:///{tmp_path / 'gw' / 'ledger.db'}")
+    try:
+        while ledger.block_count() < 10:
+            assert sender.poll() is None, "storescu finished before SIGTERM could land"
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(120) == 0, gateway.log()[-2000:]
+        assert sender.wait(60) == 0, sender.stdout.read()
+        assert ledger.block_count() == len(files)  # the open association was allowed to finish
+        types = [e.type for e in ledger.iter_events()]
+        assert types[0] == "service.start" and types[-1] == "service.stop"
+    finally:
+        ledger.close()
+        gateway.stop()
