@@ -68,9 +68,7 @@ def handle_requested(event: evt.Event, node: Node, access: AccessList) -> None:
     log.warning(
         "association rejected calling_ae=%s peer=%s reason=not-on-allow-list", calling, requestor.address
     )
-    event.assoc.acse.send_reject(*REJECT_CALLING_AE)
-    event.assoc.is_rejected = True
-    node.record(
+    node.record(  # on the record before the peer hears of it
         EventDraft(
             "association.rejected",
             outcome=MINOR_FAILURE,
@@ -79,6 +77,9 @@ def handle_requested(event: evt.Event, node: Node, access: AccessList) -> None:
             details={"peer": requestor.address},
         )
     )
+    event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+    event.assoc.is_rejected = True
+    event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out
 
 
 def handle_accepted(event: evt.Event) -> None:

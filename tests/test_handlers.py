@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pydicom
@@ -138,8 +139,16 @@ def send_raw(assoc, sop_class: str, sop_uid: str, dataset_bytes: bytes) -> int:
     request.AffectedSOPInstanceUID = sop_uid
     request.Priority = 2
     request.DataSet = BytesIO(dataset_bytes)
-    assoc.dimse.send_msg(request, context.context_id)
-    _, response = assoc.dimse.get_msg(block=True)
+    # Pause the association's reactor as pynetdicom's own send_c_store does, or it may take the
+    # response for itself ("unexpected C-STORE service message").
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
     return int(response.Status)
 
 
