@@ -404,6 +404,27 @@ def status(as_json: bool, **kwargs: Any) -> None:
             click.echo(f"  last error: {q.last_error}")
 
 
+@main.command()
+@config_option
+@node_options
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="DICOM port (default: any free one).")
+def demo(port: int, **kwargs: Any) -> None:
+    """Start a gateway on the embedded defaults, send it the sample study, verify, show the chain."""
+    import socket
+
+    from scp.demo import run_demo
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    try:
+        ok = run_demo(settings_from(kwargs), port, Console())
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(EXIT_OK if ok else EXIT_BROKEN)
+
+
 @main.group()
 def keys() -> None:
     """The node's signing key."""

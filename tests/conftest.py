@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +77,8 @@ def orthanc():
     server = OrthancServer.create().start()
     yield server
     server.destroy()
+
+
+# Debian's DCMTK (and Orthanc on it) keep Nagle's algorithm on unless this is set: every C-STORE
+# would then wait ~45 ms for a delayed ACK (shared/peers.md). Real peers in tests run with it.
+os.environ.setdefault("TCP_NODELAY", "1")

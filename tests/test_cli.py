@@ -130,3 +130,13 @@ def test_progress_bar_on_request_goes_to_stderr(tmp_path):
     assert "verifying" not in shown.stdout  # stdout stays clean for pipes
     quiet = run("verify", "var/storage", cwd=tmp_path)  # not a terminal: no bar
     assert quiet.stderr == ""
+
+
+def test_demo_runs_on_the_embedded_defaults(tmp_path):
+    result = run("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "8 acknowledged with Success" in result.stdout and "verify: intact" in result.stdout
+    assert (tmp_path / "var" / "ledger.db").exists()
+    assert len(list((tmp_path / "var" / "storage").rglob("*.dcm"))) == 8
+    again = run("verify", "var/storage", cwd=tmp_path)
+    assert again.returncode == 0 and "8 block(s)" in again.stdout
