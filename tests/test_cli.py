@@ -36,7 +36,9 @@ def store(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["serve"], ["verify"], ["ingest"], ["keys"], ["keys", "export"]], ids=" ".join
+    "command",
+    [[], ["serve"], ["verify"], ["ingest"], ["keys"], ["keys", "export"], ["status"], ["demo"]],
+    ids=" ".join,
 )
 def test_every_command_has_help(command, tmp_path):
     result = run(*command, "--help", cwd=tmp_path)
