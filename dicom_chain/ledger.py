@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -49,7 +49,7 @@ class StoredBlock:
     stored_header: str  # the row's canonical block text, compared byte for byte by verify
 
     @classmethod
-    def from_row(cls, row: BlockRow) -> StoredBlock:
+    def from_row(cls, row: Any) -> StoredBlock:  # an ORM BlockRow or a Core row of blocks
         return cls(
             block=Block.from_bytes(row.block.encode("utf-8")),
             block_hash=row.block_hash,
@@ -117,41 +117,25 @@ def _make_engine(url: str, immediate: bool) -> Engine:
 
 
 class Appender:
-    """One locked append transaction on one chain: read the head, add blocks and events, commit."""
+    """One locked append transaction on one chain: read the head, add blocks and events, commit.
 
-    def __init__(self, session: Session, chain: ChainRow) -> None:
+    SQLAlchemy Core statements, not ORM objects: this runs once per received instance, and the
+    unit of work's bookkeeping cost more than the SQL itself.
+    """
+
+    def __init__(self, session: Session, chain_id: str, head_height: int, head_hash: str) -> None:
         self.session = session
-        self.chain = chain
-
-    @property
-    def chain_id(self) -> str:
-        return self.chain.chain_id
-
-    @property
-    def head_height(self) -> int:
-        return self.chain.head_height
-
-    @property
-    def head_hash(self) -> str:
-        return self.chain.head_hash
+        self.chain_id = chain_id
+        self.head_height = head_height
+        self.head_hash = head_hash
 
     def latest_version(self, sop_instance_uid: str) -> StoredBlock | None:
-        row = self.session.scalars(
-            select(BlockRow)
-            .where(BlockRow.chain_id == self.chain_id, BlockRow.sop_instance_uid == sop_instance_uid)
-            .order_by(BlockRow.version.desc())
-            .limit(1)
-        ).first()
+        row = self.session.execute(_LATEST_VERSION, {"chain": self.chain_id, "sop": sop_instance_uid}).first()
         return StoredBlock.from_row(row) if row else None
 
     def study_head(self, study_instance_uid: str) -> tuple[int, str] | None:
         """(index, block hash) of the newest block of this study, or None for a new study."""
-        row = self.session.execute(
-            select(BlockRow.study_index, BlockRow.block_hash)
-            .where(BlockRow.chain_id == self.chain_id, BlockRow.study_instance_uid == study_instance_uid)
-            .order_by(BlockRow.study_index.desc())
-            .limit(1)
-        ).first()
+        row = self.session.execute(_STUDY_HEAD, {"chain": self.chain_id, "study": study_instance_uid}).first()
         return (row[0], row[1]) if row else None
 
     def add_block(
@@ -160,27 +144,28 @@ class Appender:
         h = block.header
         if h.chain_id != self.chain_id or h.height != self.head_height + 1 or h.prev_hash != self.head_hash:
             raise LedgerError(f"block {h.height} does not follow head {self.head_height} of {self.chain_id}")
-        self.session.add(
-            BlockRow(
-                chain_id=h.chain_id,
-                height=h.height,
-                block_hash=block.hash,
-                prev_hash=h.prev_hash,
-                content_hash=h.content_hash,
-                sop_instance_uid=h.sop_instance_uid,
-                sop_class_uid=sop_class_uid,
-                version=version,
-                study_instance_uid=h.study_instance_uid,
-                series_instance_uid=series_instance_uid,
-                study_index=h.study_index,
-                study_prev_hash=h.study_prev_hash,
-                timestamp=h.timestamp,
-                path=path,
-                block=block.to_bytes().decode("utf-8"),
-            )
+        self.session.execute(
+            insert(BLOCKS),
+            {
+                "chain_id": h.chain_id,
+                "height": h.height,
+                "block_hash": block.hash,
+                "prev_hash": h.prev_hash,
+                "content_hash": h.content_hash,
+                "sop_instance_uid": h.sop_instance_uid,
+                "sop_class_uid": sop_class_uid,
+                "version": version,
+                "study_instance_uid": h.study_instance_uid,
+                "series_instance_uid": series_instance_uid,
+                "study_index": h.study_index,
+                "study_prev_hash": h.study_prev_hash,
+                "timestamp": h.timestamp,
+                "path": path,
+                "block": block.to_bytes().decode("utf-8"),
+            },
         )
-        self.chain.head_height = h.height
-        self.chain.head_hash = block.hash
+        self.session.execute(_MOVE_HEAD, {"chain": self.chain_id, "height": h.height, "hash": block.hash})
+        self.head_height, self.head_hash = h.height, block.hash
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
         return append_event(self.session, key, draft)
@@ -196,59 +181,75 @@ class Appender:
         patient_id: str,
     ) -> None:
         """Queue the new block's instance for every upstream PACS, in the receipt's transaction."""
-        now = time.time()
-        h = block.header
-        for destination in destinations:
-            self.session.add(
-                OutboxRow(
-                    destination=destination,
-                    block_hash=block.hash,
-                    chain_id=h.chain_id,
-                    height=h.height,
-                    sop_instance_uid=h.sop_instance_uid,
-                    sop_class_uid=sop_class_uid,
-                    transfer_syntax=transfer_syntax,
-                    study_instance_uid=h.study_instance_uid,
-                    patient_id=patient_id,
-                    path=path,
-                    state="pending",
-                    attempts=0,
-                    created_at=now,
-                    next_attempt_at=now,
-                    lease_until=0.0,
-                    lease_owner="",
-                    last_status=None,
-                    last_error="",
-                    done_at=None,
-                )
-            )
+        rows = [
+            {
+                "destination": destination,
+                "block_hash": block.hash,
+                "chain_id": block.header.chain_id,
+                "height": block.header.height,
+                "sop_instance_uid": block.header.sop_instance_uid,
+                "sop_class_uid": sop_class_uid,
+                "transfer_syntax": transfer_syntax,
+                "study_instance_uid": block.header.study_instance_uid,
+                "patient_id": patient_id,
+                "path": path,
+                "state": "pending",
+                "attempts": 0,
+                "created_at": time.time(),
+                "next_attempt_at": time.time(),
+                "lease_until": 0.0,
+                "lease_owner": "",
+                "last_status": None,
+                "last_error": "",
+                "done_at": None,
+            }
+            for destination in destinations
+        ]
+        if rows:
+            self.session.execute(insert(OutboxRow.__table__), rows)
+
+
+BLOCKS = BlockRow.__table__
+CHAINS = ChainRow.__table__
+EVENTS = EventRow.__table__
+EVENT_HEAD = EventLogHead.__table__
+# Built once: statements rebuilt per instance cost more in SQLAlchemy's coercion than the SQL.
+_LATEST_VERSION = (
+    select(BLOCKS)
+    .where(BLOCKS.c.chain_id == bindparam("chain"), BLOCKS.c.sop_instance_uid == bindparam("sop"))
+    .order_by(BLOCKS.c.version.desc())
+    .limit(1)
+)
+_STUDY_HEAD = (
+    select(BLOCKS.c.study_index, BLOCKS.c.block_hash)
+    .where(BLOCKS.c.chain_id == bindparam("chain"), BLOCKS.c.study_instance_uid == bindparam("study"))
+    .order_by(BLOCKS.c.study_index.desc())
+    .limit(1)
+)
+_MOVE_HEAD = (
+    update(CHAINS)
+    .where(CHAINS.c.chain_id == bindparam("chain"))
+    .values(head_height=bindparam("height"), head_hash=bindparam("hash"))
+)
+_EVENT_HEAD_LOCKED = select(EVENT_HEAD.c.seq, EVENT_HEAD.c.hash).where(EVENT_HEAD.c.id == 1).with_for_update()
+_MOVE_EVENT_HEAD = (
+    update(EVENT_HEAD).where(EVENT_HEAD.c.id == 1).values(seq=bindparam("seq"), hash=bindparam("hash"))
+)
 
 
 def append_event(session: Session, key: NodeKey, draft: EventDraft) -> Event:
-    head = session.scalars(select(EventLogHead).where(EventLogHead.id == 1).with_for_update()).one()
-    sealed = Event.seal(draft, head.seq + 1, head.hash, key)
-    session.add(
-        EventRow(
-            seq=sealed.seq,
-            prev_hash=sealed.prev_hash,
-            hash=sealed.hash,
-            time=sealed.time,
-            key_id=sealed.key_id,
-            public_key=sealed.public_key.hex(),
-            type=sealed.type,
-            outcome=sealed.outcome,
-            actor=sealed.actor,
-            patient_id=sealed.patient_id,
-            study_uid=sealed.study_uid,
-            sop_uid=sealed.sop_uid,
-            chain_id=sealed.chain_id,
-            reason=sealed.reason,
-            details=canonjson.dumps(sealed.details).decode("utf-8"),
-            signature=sealed.signature.hex(),
-        )
+    """Seal ``draft`` after the log's head, inside the caller's transaction (head row locked)."""
+    seq, prev = session.execute(_EVENT_HEAD_LOCKED).one()
+    sealed = Event.seal(draft, seq + 1, prev, key)
+    row = sealed.body()
+    row.update(
+        hash=sealed.hash,
+        public_key=sealed.public_key.hex(),
+        details=canonjson.dumps(sealed.details).decode("utf-8"),
+        signature=sealed.signature.hex(),
     )
-    head.seq = sealed.seq
-    head.hash = sealed.hash
+    session.execute(insert(EVENTS), row)
+    session.execute(_MOVE_EVENT_HEAD, {"seq": sealed.seq, "hash": sealed.hash})
     return sealed
 
 
@@ -329,12 +330,14 @@ class Ledger:
         """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
         try:
             with Session(self.writer, expire_on_commit=False) as session, session.begin():
-                chain = session.scalars(
-                    select(ChainRow).where(ChainRow.chain_id == chain_id).with_for_update()
+                head = session.execute(
+                    select(CHAINS.c.head_height, CHAINS.c.head_hash)
+                    .where(CHAINS.c.chain_id == chain_id)
+                    .with_for_update()
                 ).first()
-                if chain is None:
+                if head is None:
                     raise LedgerError(f"no chain {chain_id} in this ledger")
-                yield Appender(session, chain)
+                yield Appender(session, chain_id, head[0], head[1])
         except IntegrityError as exc:
             raise LedgerError(f"append refused by a ledger constraint: {exc.orig}") from exc
         except OperationalError as exc:

@@ -124,9 +124,9 @@ class Node:
         With ``encoded`` (the bytes ``ds`` was parsed from) the file is those bytes plus our block;
         without, pydicom writes ``ds``, which then carries our block.
         """
+        digest = content_hash(ds)  # first, while every element is still raw (decoding costs)
         ids = InstanceIds.from_dataset(ds)
         check_pixel_data(ds)
-        digest = content_hash(ds)
         written: str | None = None
         try:
             with self.ledger.append(self.chain_id) as tx:
