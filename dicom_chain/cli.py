@@ -241,6 +241,45 @@ def serve(
 @main.command()
 @config_option
 @node_options
+@click.option(
+    "--ae-title",
+    default="DICOMCHAIN",
+    envvar="DICOM_CHAIN_AE_TITLE",
+    show_default=True,
+    help="Our AE title, as the PACS sees it.",
+)
+@click.option(
+    "--forward",
+    multiple=True,
+    envvar="DICOM_CHAIN_FORWARD",
+    metavar="AET@HOST:PORT",
+    help="Upstream PACS whose queue to drain (repeatable).",
+)
+@click.option(
+    "--forward-workers",
+    type=click.IntRange(1, 32),
+    default=4,
+    envvar="DICOM_CHAIN_FORWARD_WORKERS",
+    show_default=True,
+    help="Parallel associations per upstream PACS.",
+)
+@click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone (set by serve).")
+def forward(
+    ae_title: str, forward: tuple[str, ...], forward_workers: int, parent_pid: int | None, **kwargs: Any
+) -> None:
+    """Only drain the forward queues (serve starts this itself; run it alone beside a shared database)."""
+    from scp.forwarder import run_forwarder
+
+    settings = dataclasses.replace(settings_from(kwargs), forward=forward)
+    try:
+        run_forwarder(settings, ae_title=ae_title, workers=forward_workers, parent_pid=parent_pid)
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@config_option
+@node_options
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
     """Chain and store local DICOM files, as if a modality had sent them."""

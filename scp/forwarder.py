@@ -8,6 +8,8 @@ sends it over an association it keeps open while there is work, and settles ever
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 
+from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.outbox import Destination, OutboxItem
 
@@ -27,7 +30,8 @@ log = logging.getLogger("dicom_chain.forward")
 BATCH_SIZE = 50  # instances leased at once: one study's worth for most series, small enough to share
 WORKERS_PER_DESTINATION = 4  # parallel associations: a PACS with Nagle on answers ~45 ms late each
 IDLE_RELEASE_S = 5.0  # keep an idle association this long, for the next batch of the same study
-POLL_INTERVAL_S = 1.0  # how often an idle worker looks for due work (new receipts wake it sooner)
+POLL_INTERVAL_S = 0.25  # how often an idle worker looks for due work: a cheap indexed query
+PARENT_CHECK_S = 1.0  # a forwarder process started by `serve` exits within this after serve dies
 FORWARD_ACSE_TIMEOUT_S = 30  # association set-up with the PACS
 FORWARD_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a slow archive
 FORWARD_NETWORK_TIMEOUT_S = 60
@@ -201,3 +205,27 @@ class Forwarder:
         self.wake.set()
         for worker in self.workers:
             worker.join(timeout)
+
+
+def run_forwarder(settings: Settings, *, ae_title: str, workers: int, parent_pid: int | None = None) -> None:
+    """``dicom-chain forward``: only the forwarders, in a process of their own.
+
+    ``serve`` starts one so that sending (CPU-heavy in pynetdicom) runs on another core than
+    receiving, without sharing the GIL. It stops on SIGTERM/SIGINT, or when its parent is gone.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    node = Node.open(settings)
+    forwarder = Forwarder(node, ae_title=ae_title, workers_per_destination=workers)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    forwarder.start()
+    log.info("forwarding to %s with %d worker(s) each", ",".join(node.destinations) or "-", workers)
+    try:
+        while not stop.wait(PARENT_CHECK_S):
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("forward: serve (pid %d) is gone; stopping", parent_pid)
+                break
+    finally:
+        forwarder.stop()
+        node.close()

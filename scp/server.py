@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -49,6 +53,9 @@ class ServiceOptions:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     forward_workers: int = WORKERS_PER_DESTINATION
+    # Forward from a child process (``dicom-chain forward``): sending then runs on another core,
+    # outside this process's GIL. In-process forwarding is for tests that watch the workers.
+    forward_process: bool = False
 
 
 def tls_context(options: ServiceOptions) -> ssl.SSLContext | None:
@@ -76,6 +83,9 @@ def build_ae(ae_title: str) -> AE:
     return ae
 
 
+FORWARD_STOP_TIMEOUT_S = 60  # the forward process finishes its current batch, then gives leases back
+
+
 class Gateway:
     """The running service: listener, forwarder, node; start() and stop() are all a caller needs."""
 
@@ -88,6 +98,10 @@ class Gateway:
         )
         self.ae = build_ae(options.ae_title)
         self.server: ThreadedAssociationServer | None = None
+        self.forward_child: subprocess.Popen | None = None
+
+    def _spawn_forwarder(self) -> subprocess.Popen:
+        return subprocess.Popen(_forward_command(self.node.settings, self.options))
 
     def handlers(self) -> list:
         return [
@@ -100,7 +114,10 @@ class Gateway:
         ]
 
     def start(self) -> None:
-        self.forwarder.start()
+        if self.options.forward_process and self.node.destinations:
+            self.forward_child = self._spawn_forwarder()
+        else:
+            self.forwarder.start()
         self.server = self.ae.start_server(
             (self.options.host, self.options.port),
             block=False,
@@ -134,9 +151,28 @@ class Gateway:
             for assoc in server.active_associations:
                 assoc.abort()
         self.forwarder.stop()
+        if self.forward_child is not None:
+            self.forward_child.terminate()
+            try:
+                self.forward_child.wait(FORWARD_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.forward_child.kill()
         self.ae.shutdown()
         self.node.record(EventDraft("service.stop", actor=self.options.ae_title, chain_id=self.node.chain_id))
         log.info("stopped ae_title=%s", self.options.ae_title)
+
+
+def _forward_command(settings: Settings, options: ServiceOptions) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "dicom_chain.cli", "forward",
+        "--home", str(settings.home), "--db", settings.db_url, "--storage", str(settings.storage_dir),
+        "--key-file", str(settings.key_path), "--institution", settings.institution,
+        "--ae-title", options.ae_title, "--forward-workers", str(options.forward_workers),
+        "--parent-pid", str(os.getpid()),
+    ]  # fmt: skip
+    for destination in settings.forward:
+        cmd += ["--forward", destination]
+    return cmd
 
 
 def start_server(node: Node, *, ae_title: str, host: str, port: int) -> AE:
@@ -150,7 +186,7 @@ def run_server(settings: Settings, options: ServiceOptions) -> None:
     """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     node = Node.open(settings)
-    gateway = Gateway(node, options)
+    gateway = Gateway(node, dataclasses.replace(options, forward_process=True))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -37,7 +37,7 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["serve"], ["verify"], ["ingest"], ["keys"], ["keys", "export"], ["status"], ["demo"]],
+    [[], ["serve"], ["forward"], ["verify"], ["ingest"], ["keys"], ["keys", "export"], ["status"], ["demo"]],
     ids=" ".join,
 )
 def test_every_command_has_help(command, tmp_path):

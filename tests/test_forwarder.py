@@ -83,15 +83,18 @@ def test_study_from_storescu_arrives_in_orthanc_chained(tmp_path, orthanc: Ortha
         stop(gateway)
 
 
-def test_orthanc_down_while_the_study_arrives_then_back(tmp_path, fast_retries):
-    pacs = OrthancServer.create()  # configured, not started
+def test_orthanc_stopped_while_the_study_arrives_then_restarted(tmp_path, fast_retries):
+    pacs = OrthancServer.create().start()
     gateway = gateway_for(tmp_path, pacs.destination)
     try:
         files = sorted(SAMPLE_STUDY.glob("*.dcm"))
-        storescu(gateway.options.port, files)  # the modality gets Success although the PACS is down
+        storescu(gateway.options.port, files[:3])
+        assert pacs.wait_for(3) == 3
+        pacs.stop()  # the PACS goes down in the middle of the study
+        storescu(gateway.options.port, files[3:])  # the modality still gets Success for every image
         assert gateway.node.ledger.block_count() == len(files)
         assert wait_until(lambda: gateway.node.outbox.stats()[0].last_error != "", 20)
-        assert gateway.node.outbox.pending_count() == len(files)
+        assert gateway.node.outbox.pending_count() == len(files) - 3
         pacs.start()
         assert pacs.wait_for(len(files)) == len(files)
         assert wait_until(lambda: gateway.node.outbox.pending_count() == 0)

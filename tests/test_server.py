@@ -7,6 +7,7 @@ import signal
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -147,4 +148,39 @@ def test_sigterm_finishes_the_association_in_flight_and_exits_0(tmp_path):
         assert types[0] == "service.start" and types[-1] == "service.stop"
     finally:
         ledger.close()
+        gateway.stop()
+
+
+def test_the_forward_process_follows_serve_even_into_kill_9(tmp_path):
+    """serve forwards from a child process; if serve is killed the child must not linger."""
+    home = tmp_path / "gw"
+    home.mkdir()
+    gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
+
+    def children() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"forward" in cmdline and str(gateway.proc.pid).encode() in cmdline:
+                found.append(int(proc.name))
+        return found
+
+    try:
+        deadline = time.monotonic() + 30
+        while not children() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [child] = children()
+        gateway.kill9()
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            status = Path(f"/proc/{child}/status")
+            if status.exists() and "zombie" in status.read_text():
+                break
+            time.sleep(0.1)
+        alive = Path(f"/proc/{child}/status")
+        assert not alive.exists() or "zombie" in alive.read_text()
+    finally:
         gateway.stop()
