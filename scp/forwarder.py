@@ -23,6 +23,7 @@ from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.outbox import Destination, OutboxItem
 
+from .handlers import no_delay
 from .statuses import forward_verdict
 
 log = logging.getLogger("dicom_chain.forward")
@@ -131,6 +132,7 @@ class DestinationWorker(threading.Thread):
         )
         if not assoc.is_established:
             return None
+        no_delay(assoc)
         self.assoc = assoc
         self.assoc_contexts = {
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts

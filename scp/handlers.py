@@ -6,7 +6,9 @@ log tooling can filter by AE title or UID without parsing prose.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 
 from pynetdicom import evt
@@ -80,6 +82,22 @@ def handle_requested(event: evt.Event, node: Node, access: AccessList) -> None:
     event.assoc.acse.send_reject(*REJECT_CALLING_AE)
     event.assoc.is_rejected = True
     event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out
+
+
+def no_delay(assoc: object) -> None:
+    """Turn Nagle's algorithm off on an association's socket.
+
+    With Nagle on, the tail of each message waits for the peer's delayed ACK (~40 ms); a PACS
+    or modality built on DCMTK delays its ACKs, and every C-STORE then stalls (shared/peers.md).
+    """
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_conn_open(event: evt.Event) -> None:
+    no_delay(event.assoc)
 
 
 def handle_accepted(event: evt.Event) -> None:

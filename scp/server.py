@@ -27,6 +27,7 @@ from .forwarder import WORKERS_PER_DESTINATION, Forwarder
 from .handlers import (
     handle_aborted,
     handle_accepted,
+    handle_conn_open,
     handle_echo,
     handle_released,
     handle_requested,
@@ -105,6 +106,7 @@ class Gateway:
 
     def handlers(self) -> list:
         return [
+            (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_REQUESTED, handle_requested, [self.node, self.access]),
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_RELEASED, handle_released),
