@@ -113,6 +113,22 @@ def node_options(f: F) -> F:
     return f
 
 
+def forward_options(f: F) -> F:
+    """Options of the forwarding side, shared by serve and forward."""
+    options = [
+        click.option("--ae-title", default="DICOMCHAIN", envvar="DICOM_CHAIN_AE_TITLE", show_default=True,
+                     help="Our AE title (as modalities call us, and as the PACS sees us)."),
+        click.option("--forward", multiple=True, envvar="DICOM_CHAIN_FORWARD", metavar="AET@HOST:PORT",
+                     help="Upstream PACS to forward every stored instance to (repeatable)."),
+        click.option("--forward-workers", type=click.IntRange(1, 32), default=4,
+                     envvar="DICOM_CHAIN_FORWARD_WORKERS", show_default=True,
+                     help="Parallel associations per upstream PACS."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def settings_from(kwargs: dict[str, Any]) -> Settings:
     return Settings(
         home=Path(kwargs.pop("home")),
@@ -152,9 +168,7 @@ def main() -> None:
 @main.command()
 @config_option
 @node_options
-@click.option(
-    "--ae-title", default="DICOMCHAIN", envvar="DICOM_CHAIN_AE_TITLE", show_default=True, help="Our AE title."
-)
+@forward_options
 @click.option(
     "--host", default="0.0.0.0", envvar="DICOM_CHAIN_HOST", show_default=True, help="Address to listen on."
 )
@@ -165,21 +179,6 @@ def main() -> None:
     envvar="DICOM_CHAIN_PORT",
     show_default=True,
     help="DICOM port to listen on.",
-)
-@click.option(
-    "--forward",
-    multiple=True,
-    envvar="DICOM_CHAIN_FORWARD",
-    metavar="AET@HOST:PORT",
-    help="Upstream PACS to forward every stored instance to (repeatable).",
-)
-@click.option(
-    "--forward-workers",
-    type=click.IntRange(1, 32),
-    default=4,
-    envvar="DICOM_CHAIN_FORWARD_WORKERS",
-    show_default=True,
-    help="Parallel associations per upstream PACS.",
 )
 @click.option(
     "--allow",
@@ -241,28 +240,7 @@ def serve(
 @main.command()
 @config_option
 @node_options
-@click.option(
-    "--ae-title",
-    default="DICOMCHAIN",
-    envvar="DICOM_CHAIN_AE_TITLE",
-    show_default=True,
-    help="Our AE title, as the PACS sees it.",
-)
-@click.option(
-    "--forward",
-    multiple=True,
-    envvar="DICOM_CHAIN_FORWARD",
-    metavar="AET@HOST:PORT",
-    help="Upstream PACS whose queue to drain (repeatable).",
-)
-@click.option(
-    "--forward-workers",
-    type=click.IntRange(1, 32),
-    default=4,
-    envvar="DICOM_CHAIN_FORWARD_WORKERS",
-    show_default=True,
-    help="Parallel associations per upstream PACS.",
-)
+@forward_options
 @click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone (set by serve).")
 def forward(
     ae_title: str, forward: tuple[str, ...], forward_workers: int, parent_pid: int | None, **kwargs: Any
