@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.engine import make_url
 
 from .config import DEFAULT_HOME, DEFAULT_INSTITUTION, Settings
 from .errors import DicomChainError
@@ -386,6 +387,10 @@ def status(as_json: bool, **kwargs: Any) -> None:
     from .outbox import Outbox
 
     settings = settings_from(kwargs)
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        click.echo(f"no ledger at {url.database}: this node has received nothing yet")
+        return
     try:
         ledger = Ledger(settings.db_url)
     except DicomChainError as exc:

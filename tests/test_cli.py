@@ -143,3 +143,9 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path):
     assert len(list((tmp_path / "var" / "storage").rglob("*.dcm"))) == 8
     again = run("verify", "var/storage", cwd=tmp_path)
     assert again.returncode == 0 and "8 block(s)" in again.stdout
+
+
+def test_status_of_a_node_that_has_nothing_creates_nothing(tmp_path):
+    result = run("status", "--home", "empty", cwd=tmp_path)
+    assert result.returncode == 0 and "received nothing yet" in result.stdout
+    assert not (tmp_path / "empty").exists()
