@@ -384,6 +384,17 @@ class Ledger:
                 except Exception as exc:
                     yield row.height, f"ledger row at height {row.height} does not decode: {exc}"
 
+    def has_path(self, chain_id: str, path: str) -> bool:
+        with Session(self.engine) as session:
+            return (
+                session.scalar(
+                    select(func.count())
+                    .select_from(BLOCKS)
+                    .where(BLOCKS.c.chain_id == chain_id, BLOCKS.c.path == path)
+                )
+                > 0
+            )
+
     def block_count(self, chain_id: str | None = None) -> int:
         with Session(self.engine) as session:
             query = select(func.count()).select_from(BlockRow)

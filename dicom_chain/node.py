@@ -99,7 +99,30 @@ class Node:
     @classmethod
     def open(cls, settings: Settings) -> Node:
         key = NodeKey.load_or_create(settings.key_path)
-        return cls(settings, key, Ledger(settings.db_url), Storage(settings.storage_dir))
+        node = cls(settings, key, Ledger(settings.db_url), Storage(settings.storage_dir))
+        node.recover()
+        return node
+
+    def recover(self) -> list[str]:
+        """Undo writes a killed process left between renaming a file and committing its block.
+
+        The sender got no Success for those, so the file goes (it will send again); a file whose
+        block did commit stays. Each removal is an event."""
+        removed = []
+        for intent, relative in self.storage.open_intents():
+            if not self.ledger.has_path(self.chain_id, relative) and self.storage.exists(relative):
+                self.storage.remove(relative)
+                removed.append(relative)
+                self.record(
+                    EventDraft(
+                        "storage.recovered",
+                        chain_id=self.chain_id,
+                        reason="file written but never committed (process died); removed",
+                        details={"path": relative},
+                    )
+                )
+            self.storage.done(intent)
+        return removed
 
     def close(self) -> None:
         self.ledger.close()
@@ -128,6 +151,7 @@ class Node:
         ids = InstanceIds.from_dataset(ds)
         check_pixel_data(ds)
         written: str | None = None
+        intent: Path | None = None
         try:
             with self.ledger.append(self.chain_id) as tx:
                 latest = tx.latest_version(ids.sop_instance_uid)
@@ -161,6 +185,7 @@ class Node:
                 )
                 pieces = spliced(ds, encoded, block) if encoded is not None else None
                 written = rel
+                intent = self.storage.intend(rel)
                 if pieces is not None:
                     self.storage.write_pieces(rel, pieces)
                 else:
@@ -188,6 +213,8 @@ class Node:
         finally:
             if written is not None:
                 self.storage.remove(written)
+            if intent is not None:
+                self.storage.done(intent)
 
     def _receipt(
         self, ids: InstanceIds, block: Block, version: int, actor: str, outcome: IngestOutcome

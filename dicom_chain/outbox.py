@@ -23,6 +23,7 @@ from .events import MAJOR_FAILURE, SUCCESS, EventDraft
 from .keys import NodeKey
 from .ledger import Ledger, append_event
 from .models import OutboxRow
+from .storage import process_alive
 
 BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
 BACKOFF_MAX_S = 300.0  # never wait more than 5 minutes once the PACS is back
@@ -88,16 +89,6 @@ def backoff_delay(attempts: int, rng: random.Random | None = None) -> float:
     return base * (1 + jitter)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _item(row: OutboxRow) -> OutboxItem:
     return OutboxItem(
         row.id,
@@ -160,7 +151,7 @@ class Outbox:
                 .where(OutboxRow.state == PENDING, OutboxRow.lease_owner.like(f"{host}:%"))
                 .distinct()
             ).all()
-            dead = [o for o in owners if o != OWNER and not _alive(int(o.rsplit(":", 1)[1]))]
+            dead = [o for o in owners if o != OWNER and not process_alive(int(o.rsplit(":", 1)[1]))]
             if not dead:
                 return 0
             result = session.execute(

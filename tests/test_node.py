@@ -120,3 +120,64 @@ def test_key_and_database_live_beside_each_other(settings: Settings, node: Node)
     assert settings.key_path.parent == settings.home
     assert (settings.home / "ledger.db").exists()
     assert oct(settings.key_path.stat().st_mode & 0o777) == "0o600"
+
+
+_DIE_AFTER_RENAME = """
+import os, sys
+from pathlib import Path
+import pydicom
+from dicom_chain.config import Settings
+from dicom_chain.ledger import Appender
+from dicom_chain.node import Node
+
+def die(*args, **kwargs):
+    os._exit(9)  # killed after the file is renamed into place, before the ledger commit
+
+Appender.add_block = die
+node = Node.open(Settings(home=Path(sys.argv[1])))
+node.ingest(pydicom.dcmread(sys.argv[2]))
+"""
+
+
+def test_a_write_cut_off_by_a_dying_process_is_undone_on_restart(tmp_path):
+    import subprocess
+    import sys
+
+    from dicom_chain.verify import verify_node
+
+    from .conftest import pydicom_file
+
+    home = tmp_path / "node"
+    result = subprocess.run(
+        [sys.executable, "-c", _DIE_AFTER_RENAME, str(home), str(pydicom_file("CT_small.dcm"))]
+    )
+    assert result.returncode == 9
+    node = Node(Settings(home=home), *_open_parts(home))  # no recovery yet: the orphan is visible
+    orphans = list(node.storage.iter_files())
+    assert len(orphans) == 1 and [f.kind for f in verify_node(node.ledger, node.storage).errors] == [
+        "foreign-file"
+    ]
+    node.close()
+    node = Node.open(Settings(home=home))  # recovery runs on open
+    try:
+        assert list(node.storage.iter_files()) == []
+        assert verify_node(node.ledger, node.storage).ok
+        assert [e.type for e in node.ledger.iter_events()] == ["storage.recovered"]
+        assert node.ingest(read("CT_small.dcm")).outcome == "stored"  # the re-send is stored normally
+    finally:
+        node.close()
+
+
+def _open_parts(home):
+    from dicom_chain.keys import NodeKey
+    from dicom_chain.ledger import Ledger
+    from dicom_chain.storage import Storage
+
+    settings = Settings(home=home)
+    return NodeKey.load_or_create(settings.key_path), Ledger(settings.db_url), Storage(settings.storage_dir)
+
+
+def test_intents_of_a_living_process_are_left_alone(node: Node):
+    intent = node.storage.intend("some/file.dcm")  # ours, this process is alive
+    assert node.storage.open_intents() == []
+    node.storage.done(intent)
