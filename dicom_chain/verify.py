@@ -142,9 +142,7 @@ def verify_node(
     for rel in storage.iter_files():
         if rel not in referenced:
             report.files_checked += 1
-            report.add(
-                "error", "foreign-file", _describe_foreign(storage.path(rel)), path=str(storage.path(rel))
-            )
+            _report_foreign(report, storage.path(rel))
     _check_event_log(ledger, known_keys, report, advance)
     return report
 
@@ -207,17 +205,24 @@ def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report,
         )
 
 
-def _describe_foreign(path: Path) -> str:
+def _report_foreign(report: Report, path: Path) -> None:
+    """A file the ledger does not know: named by path, and by SOP Instance UID when it has one."""
+    where = {"path": str(path)}
     try:
-        block = read_block(read_dataset(path))
+        ds = read_dataset(path)
     except DicomChainError:
-        return "file in the store that the ledger does not know (no valid block)"
+        report.add(
+            "error", "foreign-file", "file in the store that the ledger does not know (not DICOM)", **where
+        )
+        return
+    where["sop_instance_uid"] = str(ds.get("SOPInstanceUID", "") or "")
+    try:
+        block = read_block(ds)
     except Exception:
-        return "file in the store that the ledger does not know (unreadable)"
-    return (
-        f"file in the store that the ledger does not know (block {block.header.height} "
-        f"of chain {block.header.chain_id[:8]})"
-    )
+        what = "no valid block"
+    else:
+        what = f"block {block.header.height} of chain {block.header.chain_id[:8]}"
+    report.add("error", "foreign-file", f"file in the store that the ledger does not know ({what})", **where)
 
 
 def _check_event_log(ledger: Ledger, known_keys: set[bytes], report: Report, advance: Advance) -> None:

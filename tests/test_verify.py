@@ -129,6 +129,8 @@ def test_foreign_and_non_dicom_files_are_named_not_tracebacks(chained, tmp_path)
         "notes.txt",
         "unchained.dcm",
     ]
+    unchained = next(f for f in whole.errors if f.path.endswith("unchained.dcm"))
+    assert unchained.sop_instance_uid == read("rtplan.dcm").SOPInstanceUID
 
 
 def test_block_copied_into_another_file_is_found(chained):
