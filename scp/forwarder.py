@@ -206,7 +206,8 @@ class Forwarder:
         self.stop_event.set()
         self.wake.set()
         for worker in self.workers:
-            worker.join(timeout)
+            if worker.ident is not None:  # started (serve forwards from a child process instead)
+                worker.join(timeout)
 
 
 def run_forwarder(settings: Settings, *, ae_title: str, workers: int, parent_pid: int | None = None) -> None:

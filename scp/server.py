@@ -148,7 +148,9 @@ class Gateway:
             server, self.server = self.server, None
             server.shutdown()
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while server.active_associations and time.monotonic() < deadline:
+            # Only established associations are in flight; a connection that has not asked for one
+            # yet (a port probe, a half-open peer) would otherwise hold shutdown for the ACSE timeout.
+            while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
                 time.sleep(0.05)
             for assoc in server.active_associations:
                 assoc.abort()

@@ -184,3 +184,22 @@ def test_the_forward_process_follows_serve_even_into_kill_9(tmp_path):
         assert not alive.exists() or "zombie" in alive.read_text()
     finally:
         gateway.stop()
+
+
+def test_sigterm_with_forwarding_stops_the_forward_process_and_exits_0(tmp_path):
+    home = tmp_path / "gw"
+    home.mkdir()
+    gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
+    try:
+        time.sleep(1.0)  # let serve start its forward process
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
+        log = gateway.log()
+        assert "forwarding to NOBODY@" in log and "Traceback" not in log
+        ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+        try:
+            assert [e.type for e in ledger.iter_events()][-1] == "service.stop"
+        finally:
+            ledger.close()
+    finally:
+        gateway.stop()
