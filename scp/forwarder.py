@@ -24,6 +24,7 @@ from dicom_chain.node import Node
 from dicom_chain.outbox import Destination, OutboxItem
 
 from .handlers import no_delay
+from .logs import configure_logging
 from .statuses import forward_verdict
 
 log = logging.getLogger("dicom_chain.forward")
@@ -216,7 +217,7 @@ def run_forwarder(settings: Settings, *, ae_title: str, workers: int, parent_pid
     ``serve`` starts one so that sending (CPU-heavy in pynetdicom) runs on another core than
     receiving, without sharing the GIL. It stops on SIGTERM/SIGINT, or when its parent is gone.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     node = Node.open(settings)
     forwarder = Forwarder(node, ae_title=ae_title, workers_per_destination=workers)
     stop = threading.Event()

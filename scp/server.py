@@ -33,6 +33,7 @@ from .handlers import (
     handle_requested,
     handle_store,
 )
+from .logs import configure_logging
 
 MAX_PDU_BYTES = 131_072  # 128 KB: ~3x faster than 16 KB for 0.5 MB instances; peers may ask less
 MAX_ASSOCIATIONS = 32  # a department's modalities at once; beyond it peers get A-ASSOCIATE-RJ
@@ -188,7 +189,7 @@ def start_server(node: Node, *, ae_title: str, host: str, port: int) -> AE:
 
 def run_server(settings: Settings, options: ServiceOptions) -> None:
     """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     node = Node.open(settings)
     gateway = Gateway(node, dataclasses.replace(options, forward_process=True))
     stop = threading.Event()
