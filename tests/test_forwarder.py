@@ -110,9 +110,13 @@ def test_a_pacs_that_is_down_holds_back_only_itself(tmp_path, orthanc: OrthancSe
         files = sorted(SAMPLE_STUDY.glob("*.dcm"))
         storescu(gateway.options.port, files)
         assert orthanc.wait_for(len(files), timeout=30) == len(files)
-        stats = {s.destination: s for s in gateway.node.outbox.stats()}
-        assert stats[down].pending == len(files) and "association" in stats[down].last_error
-        assert stats[orthanc.destination].done == len(files)
+
+        def stats() -> dict:
+            return {s.destination: s for s in gateway.node.outbox.stats()}
+
+        assert wait_until(lambda: stats()[orthanc.destination].done == len(files), 30)
+        assert wait_until(lambda: "association" in stats()[down].last_error, 30)
+        assert stats()[down].pending == len(files)
     finally:
         stop(gateway)
 
@@ -153,7 +157,12 @@ def test_busy_pacs_is_retried_until_it_stores(tmp_path, fast_retries):
         assert assoc.send_c_store(ds).Status == 0
         assoc.release()
         assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)
-        [event] = [e for e in gateway.node.ledger.iter_events() if e.type == "instance.forwarded"]
+
+        def forwarded() -> list:
+            return [e for e in gateway.node.ledger.iter_events() if e.type == "instance.forwarded"]
+
+        assert wait_until(lambda: forwarded(), 10)  # settled just after the PACS answered
+        [event] = forwarded()
         assert event.outcome == "success" and event.details["attempts"] == 4
     finally:
         stop(gateway)
