@@ -26,6 +26,12 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
+def iso_to_dt(timestamp: str) -> str:
+    """'2026-11-24T13:34:04.123456Z' -> DICOM DT '20261124133404.123456+0000'."""
+    t = timestamp
+    return f"{t[0:4]}{t[5:7]}{t[8:10]}{t[11:13]}{t[14:16]}{t[17:26]}+0000"
+
+
 def utc_now() -> str:
     """Block time: UTC, microseconds, ISO 8601 with a Z; sortable as text."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -189,6 +189,13 @@ def main() -> None:
     help="Calling AE titles allowed to associate, optionally from one host (repeatable; none given: any).",
 )
 @click.option(
+    "--move-destination",
+    multiple=True,
+    envvar="DICOM_CHAIN_MOVE_DESTINATION",
+    metavar="AET@HOST:PORT",
+    help="An AE that C-MOVE may send to (repeatable); moves to any other AE are refused.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="DICOM_CHAIN_TLS_CERT",
@@ -213,6 +220,7 @@ def serve(
     forward: tuple[str, ...],
     forward_workers: int,
     allow: tuple[str, ...],
+    move_destination: tuple[str, ...],
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -221,7 +229,7 @@ def serve(
     """Run the gateway: receive, chain, store durably, forward; SIGTERM stops it cleanly."""
     from scp.server import ServiceOptions, run_server  # the core stays importable without the network
 
-    settings = dataclasses.replace(settings_from(kwargs), forward=forward)
+    settings = dataclasses.replace(settings_from(kwargs), forward=forward, move_destinations=move_destination)
     options = ServiceOptions(
         ae_title=ae_title,
         host=host,
@@ -445,6 +453,36 @@ def demo(port: int, **kwargs: Any) -> None:
     except DicomChainError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(EXIT_OK if ok else EXIT_BROKEN)
+
+
+@main.command()
+@config_option
+@node_options
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal)."
+)
+def reindex(progress: bool | None, **kwargs: Any) -> None:
+    """Rebuild the query/retrieve index from the stored files, checking each against its block."""
+    from .node import Node
+    from .reindex import latest_versions
+    from .reindex import reindex as rebuild
+
+    settings = settings_from(kwargs)
+    try:
+        node = Node.open(settings)
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        with progress_bar(len(latest_versions(node)), "reindex", progress) as advance:
+            report = rebuild(node, advance)
+    finally:
+        node.close()
+    click.echo(f"indexed {report.indexed} instances")
+    for path in report.altered:
+        click.echo(f"altered (does not match its block): {path}")
+    for path in report.missing:
+        click.echo(f"missing from the store, not indexed: {path}")
+    sys.exit(EXIT_OK if not report.altered and not report.missing else EXIT_BROKEN)
 
 
 @main.group()

@@ -22,6 +22,9 @@ class Settings:
     key_file: Path | None = None
     institution: str = DEFAULT_INSTITUTION
     forward: tuple[str, ...] = ()  # upstream PACS as AET@HOST:PORT; each gets its own queue
+    # C-MOVE destinations as AET@HOST:PORT: the only AEs instances may be moved to (until the
+    # release rules for other institutions exist, a destination must be listed here).
+    move_destinations: tuple[str, ...] = ()
 
     @property
     def db_url(self) -> str:

@@ -13,7 +13,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from .block import Block
+from .block import Block, iso_to_dt
 from .errors import MalformedBlockError, MalformedDatasetError, NoBlockError
 from .privatetags import (
     CHAIN_GROUP,
@@ -37,7 +37,7 @@ def _readable(block: Block) -> dict[int, object]:
         0x03: h.height,
         0x04: h.prev_hash,
         0x05: h.content_hash,
-        0x06: _iso_to_dt(h.timestamp),
+        0x06: iso_to_dt(h.timestamp),
         0x07: _lo(h.institution),
         0x08: h.key_id,
         0x09: h.study_index,
@@ -47,12 +47,6 @@ def _readable(block: Block) -> dict[int, object]:
 
 def _lo(text: str) -> str:
     return text.replace("\\", "/")[:LO_MAX_CHARS]
-
-
-def _iso_to_dt(timestamp: str) -> str:
-    """'2026-11-24T13:34:04.123456Z' -> DICOM DT '20261124133404.123456+0000'."""
-    t = timestamp
-    return f"{t[0:4]}{t[5:7]}{t[8:10]}{t[11:13]}{t[14:16]}{t[17:26]}+0000"
 
 
 def remove_blocks(ds: Dataset) -> None:

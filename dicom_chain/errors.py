@@ -31,6 +31,10 @@ class ContentHashError(DicomChainError):
     """The dataset's content no longer matches the content hash recorded in its block."""
 
 
+class IdentifierError(DicomChainError):
+    """A query or retrieve identifier asks what its information model does not allow (PS3.4 C.4.1)."""
+
+
 class LedgerError(DicomChainError):
     """The ledger refused or failed an operation (constraint, lost race, unreachable database)."""
 

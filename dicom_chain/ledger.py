@@ -24,12 +24,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import canonjson
+from . import canonjson, index
 from .block import GENESIS_HASH, Block, utc_now
 from .errors import LedgerError
 from .events import Event, EventDraft
 from .keys import NodeKey
 from .models import BlockRow, ChainRow, EventLogHead, EventRow, OutboxRow
+from .query import Level, Query
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue behind one lock; a minute outlasts any burst of stores
 PG_MIGRATION_LOCK = 0x44434D49  # advisory lock id ("DCMI"): one process migrates, the others wait
@@ -107,6 +108,9 @@ def _make_engine(url: str, immediate: bool) -> Engine:
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = FULL")  # an acknowledged instance survives power loss
         cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute(
+            "PRAGMA case_sensitive_like = ON"
+        )  # C-FIND wildcards are case-sensitive, as in PostgreSQL
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -169,6 +173,9 @@ class Appender:
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
         return append_event(self.session, key, draft)
+
+    def add_to_index(self, record: index.IndexRecord, block: Block, *, path: str, version: int) -> None:
+        index.write(self.session, record, block=block, path=path, version=version)
 
     def enqueue(
         self,
@@ -419,6 +426,27 @@ class Ledger:
     def iter_events(self) -> Iterator[Event]:
         for item, _ in self.iter_events_with_hash():
             yield item
+
+    def search(self, query: Query, level: Level | None = None) -> Iterator[dict[str, Any]]:
+        """C-FIND matches from the index (see ``index.search``), read on the reader engine."""
+        try:
+            with Session(self.engine) as session:
+                yield from index.search(session, query, level)
+        except OperationalError as exc:
+            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
+
+    def index_count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(index.INSTANCES)) or 0)
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A write transaction outside any chain append (reindex, verification states)."""
+        try:
+            with Session(self.writer, expire_on_commit=False) as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
 
     def event_count(self) -> int:
         with Session(self.engine) as session:

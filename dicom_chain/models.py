@@ -126,3 +126,92 @@ class OutboxRow(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str] = mapped_column(Text)
     done_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# -- Query/Retrieve index: one row per patient, study, series and (latest version of an) instance.
+# Filled in the receipt's transaction, so it never disagrees with the chain; `reindex` rebuilds it.
+# *_key columns hold the form matching compares (folded person names, padded times); the plain
+# columns hold the value as received, which is what C-FIND returns.
+
+
+class PatientRow(Base):
+    __tablename__ = "patients"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "issuer", name="uq_patients_id_issuer"),
+        Index(
+            "ix_patients_name_key",
+            "patient_name_key",
+            postgresql_ops={"patient_name_key": "text_pattern_ops"},
+        ),
+        Index("ix_patients_birth_date", "birth_date"),
+    )
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(64))
+    patient_name: Mapped[str] = mapped_column(Text)
+    patient_name_key: Mapped[str] = mapped_column(Text)
+    birth_date: Mapped[str] = mapped_column(String(8))
+    sex: Mapped[str] = mapped_column(String(16))
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        Index("ix_studies_patient", "patient_pk"),
+        Index("ix_studies_date", "study_date"),
+        Index("ix_studies_accession", "accession_number"),
+    )
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_date: Mapped[str] = mapped_column(String(8))
+    study_time: Mapped[str] = mapped_column(String(32))
+    study_time_key: Mapped[str] = mapped_column(String(32))
+    accession_number: Mapped[str] = mapped_column(String(64))
+    study_id: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text)
+    referring_physician: Mapped[str] = mapped_column(Text)
+    referring_physician_key: Mapped[str] = mapped_column(Text)
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    __table_args__ = (Index("ix_series_study", "study_pk"), Index("ix_series_modality", "modality"))
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    series_number: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text)
+    series_date: Mapped[str] = mapped_column(String(8))
+    series_time: Mapped[str] = mapped_column(String(32))
+    series_time_key: Mapped[str] = mapped_column(String(32))
+    body_part: Mapped[str] = mapped_column(String(16))
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_series", "series_pk"),)
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"))
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[str] = mapped_column(String(16))
+    transfer_syntax: Mapped[str] = mapped_column(UID)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    chain_id: Mapped[str] = mapped_column(String(36))
+    height: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str] = mapped_column(HASH)
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[str] = mapped_column(String(32))
+    # "verified" when its block was checked (at receipt, by verify or reindex); "altered" / "missing"
+    # when verify last found it so. Returned by C-FIND in our private block.
+    verification: Mapped[str] = mapped_column(String(16))
+    verified_at: Mapped[str] = mapped_column(String(32))

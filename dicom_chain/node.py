@@ -21,9 +21,12 @@ from .config import Settings
 from .embedding import embed_block
 from .errors import MalformedDatasetError, NotDicomError
 from .events import EventDraft
+from .index import IndexRecord
 from .keys import NodeKey
 from .ledger import Ledger
 from .outbox import Destination, Outbox
+from .qr import FindRun, RetrieveRun, start_find, start_retrieve
+from .query import Model
 from .splice import EncodedInstance, spliced
 from .storage import Storage, relative_path
 from .validation import check_pixel_data
@@ -94,6 +97,9 @@ class Node:
         self.storage = storage
         self.chain_id = ledger.ensure_chain(key, settings.institution)
         self.destinations = [str(Destination.parse(d)) for d in settings.forward]
+        self.move_destinations = {
+            d.ae_title: d for d in (Destination.parse(text) for text in settings.move_destinations)
+        }
         self.outbox = Outbox(ledger, key)
 
     @classmethod
@@ -198,13 +204,17 @@ class Node:
                     sop_class_uid=ids.sop_class_uid,
                     series_instance_uid=ids.series_instance_uid,
                 )
+                transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
                 tx.enqueue(
                     self.destinations,
                     block,
                     path=rel,
                     sop_class_uid=ids.sop_class_uid,
-                    transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+                    transfer_syntax=transfer_syntax,
                     patient_id=ids.patient_id,
+                )
+                tx.add_to_index(
+                    IndexRecord.from_dataset(ds, transfer_syntax), block, path=rel, version=version
                 )
                 outcome = "stored" if version == 1 else "new-version"
                 tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome))
@@ -215,6 +225,16 @@ class Node:
                 self.storage.remove(written)
             if intent is not None:
                 self.storage.done(intent)
+
+    def find(self, identifier: Dataset, model: Model, actor: str, retrieve_ae_title: str) -> FindRun:
+        """A C-FIND over the index; IdentifierError / MalformedDatasetError before anything runs."""
+        return start_find(self, identifier, model, actor, retrieve_ae_title)
+
+    def retrieve(
+        self, identifier: Dataset, model: Model, kind: Literal["move", "get"], actor: str, destination: str
+    ) -> RetrieveRun:
+        """A C-MOVE or C-GET: call ``plan()`` for the instances, ``sent`` per sub-operation, ``finish``."""
+        return start_retrieve(self, identifier, model, kind, actor, destination)
 
     def _receipt(
         self, ids: InstanceIds, block: Block, version: int, actor: str, outcome: IngestOutcome

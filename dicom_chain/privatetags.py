@@ -26,13 +26,20 @@ ELEMENTS: dict[int, tuple[str, str, str, str]] = {
     0x0B: ("LO", "1", "Block Hash", "ChainBlockHash"),
     0x10: ("OB", "1", "Canonical Block", "ChainCanonicalBlock"),
 }
+# Returned by C-FIND at IMAGE level only, never written into files: the index's view of an instance.
+QUERY_ELEMENTS: dict[int, tuple[str, str, str, str]] = {
+    0x20: ("CS", "1", "Verification State", "ChainVerificationState"),
+    0x21: ("DT", "1", "Verified At", "ChainVerifiedAt"),
+}
 # Offsets 0x01, 0x0A, 0x0C are reserved (format version, previous study block hash, signature):
 # those live in the canonical block only, which every reader must parse anyway.
 
 
 def register_private_dictionary() -> None:
     """Let pydicom know our VRs, so an implicit VR file still reads them as LO/UL/OB."""
-    entries = {(CHAIN_GROUP << 16) | 0x1000 | offset: entry for offset, entry in ELEMENTS.items()}
+    entries = {
+        (CHAIN_GROUP << 16) | 0x1000 | offset: entry for offset, entry in (ELEMENTS | QUERY_ELEMENTS).items()
+    }
     add_private_dict_entries(PRIVATE_CREATOR, {k: (v[0], v[1], v[2], "") for k, v in entries.items()})
 
 

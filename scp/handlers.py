@@ -9,17 +9,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from dicom_chain.errors import MalformedDatasetError
 from dicom_chain.events import MINOR_FAILURE, EventDraft
 from dicom_chain.node import Node
+from dicom_chain.qr import RetrieveItem, RetrieveRun, record_refused
+from dicom_chain.query import Model
 from dicom_chain.splice import EncodedInstance
 
 from .access import AccessList
-from .statuses import SUCCESS, store_status
+from .statuses import (
+    CANCELLED,
+    ERROR_COMMENT_MAX,
+    PENDING,
+    PENDING_UNSUPPORTED_KEYS,
+    SUCCESS,
+    query_status,
+    store_status,
+)
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -110,3 +123,166 @@ def handle_released(event: evt.Event) -> None:
 
 def handle_aborted(event: evt.Event) -> None:
     log.warning("association aborted %s", _peer(event))
+
+
+# Query/Retrieve information models by SOP class (PS3.4 C.6): Patient Root and Study Root.
+FIND_MODELS: dict[str, Model] = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.1": "STUDY",
+}
+MOVE_MODELS: dict[str, Model] = {
+    "1.2.840.10008.5.1.4.1.2.1.2": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.2": "STUDY",
+}
+GET_MODELS: dict[str, Model] = {
+    "1.2.840.10008.5.1.4.1.2.1.3": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",
+}
+
+
+def _failure(status: int, exc: BaseException) -> Dataset:
+    """A failure status with the reason in Error Comment, for the peer's log."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = str(exc).replace("\\", "/")[:ERROR_COMMENT_MAX]
+    return ds
+
+
+def _identifier(event: evt.Event) -> Dataset:
+    try:
+        return event.identifier
+    except Exception as exc:
+        raise MalformedDatasetError(f"identifier does not decode: {exc}") from exc
+
+
+def handle_find(event: evt.Event, node: Node, ae_title: str) -> Iterator[tuple[Any, Dataset | None]]:
+    calling = event.assoc.requestor.ae_title.strip()
+    model = FIND_MODELS[event.request.AffectedSOPClassUID]
+    try:
+        run = node.find(_identifier(event), model, calling, ae_title)
+    except Exception as exc:
+        log.warning("c-find calling_ae=%s status=refused error=%r", calling, str(exc))
+        record_refused(node, "query.find", calling, str(exc), model=model)
+        yield _failure(query_status(exc), exc), None
+        return
+    pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
+    try:
+        for answer in run.answers():
+            if event.is_cancelled:
+                run.finish("cancelled")
+                yield CANCELLED, None
+                return
+            yield pending, answer
+        run.finish("completed")
+    except Exception as exc:
+        run.finish("failed", str(exc))
+        yield _failure(query_status(exc), exc), None
+        return
+    finally:
+        run.finish("failed", "association ended during the query")  # no-op once finished
+    log.info("c-find calling_ae=%s level=%s matches=%d", calling, run.query.level, run.matches)
+    yield SUCCESS, None
+
+
+def _counting(run: RetrieveRun, by_uid: dict[str, Any]) -> Callable[[evt.Event], None]:
+    """An EVT_DIMSE_RECV handler that hands each C-STORE-RSP of the sub-operations to ``run``."""
+
+    def on_message(event: evt.Event) -> None:
+        cs = event.message.command_set
+        if int(cs.get("CommandField", 0)) != 0x8001:  # C-STORE-RSP, PS3.7 E.1
+            return
+        item = by_uid.get(str(cs.get("AffectedSOPInstanceUID", "")))
+        if item is None:
+            return
+        status = int(cs.get("Status", 0xC000))
+        run.sent(item, "success" if status == 0 else "warning" if status >> 12 == 0xB else "failure")
+
+    return on_message
+
+
+def _sub_operations(event: evt.Event, run: RetrieveRun, items: list[RetrieveItem]) -> Iterator[Any]:
+    """Pending yields of decoded datasets: pynetdicom's C-MOVE/C-GET take nothing else, and
+    re-encode each for whatever context the peer accepted (uncompressed syntaxes convert)."""
+    for item in items:
+        if event.is_cancelled:
+            run.finish("cancelled")
+            yield CANCELLED, None
+            return
+        try:
+            payload = dcmread(run.node.storage.path(item.path))
+        except Exception as exc:  # the file is gone or unreadable: this one sub-operation fails
+            log.warning("retrieve sop=%s cannot be read: %r", item.sop_instance_uid, str(exc))
+            yield PENDING, Dataset()  # pynetdicom counts a dataset it cannot send as a failure
+            continue
+        yield PENDING, payload
+    run.finish("completed")
+
+
+def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
+    calling = event.assoc.requestor.ae_title.strip()
+    model = MOVE_MODELS[event.request.AffectedSOPClassUID]
+    target = (event.move_destination or "").strip()
+    destination = node.move_destinations.get(target)
+    if destination is None:
+        log.warning("c-move calling_ae=%s destination=%s status=unknown-destination", calling, target)
+        record_refused(node, "retrieve.move", calling, f"move destination {target!r} is not configured",
+                       destination=target)  # fmt: skip
+        yield None, None  # pynetdicom answers A801, Move Destination Unknown
+        return
+    try:
+        run = node.retrieve(_identifier(event), model, "move", calling, str(destination))
+        items = run.plan()
+    except Exception as exc:
+        log.warning("c-move calling_ae=%s status=refused error=%r", calling, str(exc))
+        record_refused(node, "retrieve.move", calling, str(exc), destination=target)
+        yield destination.host, destination.port
+        yield 1
+        yield _failure(query_status(exc, retrieve=True), exc), None
+        return
+    from .forwarder import contexts_for
+
+    by_uid = {item.sop_instance_uid: item for item in items}
+    yield (
+        destination.host,
+        destination.port,
+        {
+            "contexts": contexts_for(items),
+            "evt_handlers": [
+                (evt.EVT_DIMSE_RECV, _counting(run, by_uid)),
+                (evt.EVT_CONN_OPEN, handle_conn_open),
+            ],
+        },
+    )
+    yield len(items)
+    try:
+        yield from _sub_operations(event, run, items)
+    finally:
+        run.finish("failed", "association ended during the move")
+        log.info(
+            "c-move calling_ae=%s destination=%s matched=%d completed=%d failed=%d",
+            calling, target, len(items), run.completed, len(run.failed),
+        )  # fmt: skip
+
+
+def handle_get(event: evt.Event, node: Node) -> Iterator[Any]:
+    calling = event.assoc.requestor.ae_title.strip()
+    model = GET_MODELS[event.request.AffectedSOPClassUID]
+    try:
+        run = node.retrieve(_identifier(event), model, "get", calling, calling)
+        items = run.plan()
+    except Exception as exc:
+        log.warning("c-get calling_ae=%s status=refused error=%r", calling, str(exc))
+        record_refused(node, "retrieve.get", calling, str(exc))
+        yield 1
+        yield _failure(query_status(exc, retrieve=True), exc), None
+        return
+    counter = _counting(run, {item.sop_instance_uid: item for item in items})
+    event.assoc.bind(evt.EVT_DIMSE_RECV, counter)
+    yield len(items)
+    try:
+        yield from _sub_operations(event, run, items)
+    finally:
+        event.assoc.unbind(evt.EVT_DIMSE_RECV, counter)
+        run.finish("failed", "association ended during the get")
+        log.info("c-get calling_ae=%s matched=%d completed=%d failed=%d",
+                 calling, len(items), run.completed, len(run.failed))  # fmt: skip

@@ -25,10 +25,16 @@ from dicom_chain.node import Node
 from .access import AccessList
 from .forwarder import WORKERS_PER_DESTINATION, Forwarder
 from .handlers import (
+    FIND_MODELS,
+    GET_MODELS,
+    MOVE_MODELS,
     handle_aborted,
     handle_accepted,
     handle_conn_open,
     handle_echo,
+    handle_find,
+    handle_get,
+    handle_move,
     handle_released,
     handle_requested,
     handle_store,
@@ -80,8 +86,11 @@ def build_ae(ae_title: str) -> AE:
     ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.network_timeout = NETWORK_TIMEOUT_S
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for sop_class in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+        ae.add_supported_context(sop_class)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # both roles: modalities store to us (we are SCP), C-GET has us store back (SCU role, PS3.7 D.3.3.4)
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -114,6 +123,9 @@ class Gateway:
             (evt.EVT_ABORTED, handle_aborted),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.node, self.forwarder.notify]),
+            (evt.EVT_C_FIND, handle_find, [self.node, self.options.ae_title]),
+            (evt.EVT_C_MOVE, handle_move, [self.node, self.options.ae_title]),
+            (evt.EVT_C_GET, handle_get, [self.node]),
         ]
 
     def start(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dicom_chain.errors import (
     ContentHashError,
+    IdentifierError,
     LedgerError,
     MalformedDatasetError,
     NotDicomError,
@@ -46,3 +47,26 @@ def forward_verdict(status: int | None) -> tuple[str, str]:
     if 0xA700 <= status <= 0xA7FF:
         return "retry", f"PACS out of resources (0x{status:04X})"
     return "refused", f"PACS refused the instance with 0x{status:04X}"
+
+
+# Query/Retrieve, PS3.4 C.4.1.1.4 (C-FIND, Table C.4-1), C.4.2.1.5 (C-MOVE, C.4-2), C.4.3.1.4 (C-GET, C.4-3)
+PENDING = 0xFF00  # a match, every key supported
+PENDING_UNSUPPORTED_KEYS = 0xFF01  # a match, but an optional key sent with a value was not matched on
+CANCELLED = 0xFE00  # matching or sub-operations terminated by C-CANCEL
+FIND_OUT_OF_RESOURCES = 0xA700
+RETRIEVE_OUT_OF_RESOURCES = 0xA701  # unable to calculate the number of matches
+MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_DOES_NOT_MATCH = 0xA900  # identifier does not match SOP class (level, unique keys)
+UNABLE_TO_PROCESS = 0xC000  # the identifier does not decode
+UNEXPECTED_FAILURE = 0xC001  # anything we did not foresee: still an answer, never a dropped association
+ERROR_COMMENT_MAX = 64  # PS3.7 C.4: Error Comment is LO
+
+
+def query_status(exc: BaseException, *, retrieve: bool = False) -> int:
+    if isinstance(exc, IdentifierError):
+        return IDENTIFIER_DOES_NOT_MATCH
+    if isinstance(exc, MalformedDatasetError | NotDicomError):
+        return UNABLE_TO_PROCESS
+    if isinstance(exc, LedgerError | MemoryError):
+        return RETRIEVE_OUT_OF_RESOURCES if retrieve else FIND_OUT_OF_RESOURCES
+    return UNEXPECTED_FAILURE

@@ -1,0 +1,204 @@
+"""One query or one retrieval, from the identifier to its event in the ledger.
+
+A run is what the SCP's handlers iterate: answers (or instances to send) come out one at a
+time, and ``finish`` puts the outcome on the record: who asked, what, how many matched or were
+sent, and whether it completed, was cancelled or failed. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydicom.dataset import Dataset
+
+from .events import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, EventDraft
+from .query import Model, Query, parse_query, response
+
+if TYPE_CHECKING:
+    from .node import Node
+
+RunStatus = Literal["completed", "cancelled", "failed", "refused", "partial"]
+_OUTCOME = {
+    "completed": SUCCESS,
+    "cancelled": SUCCESS,
+    "partial": MINOR_FAILURE,
+    "refused": MINOR_FAILURE,
+    "failed": SERIOUS_FAILURE,
+}
+
+
+def _single(values: set[str]) -> str:
+    return next(iter(values)) if len(values) == 1 else ""
+
+
+class FindRun:
+    """A C-FIND: ``answers()`` yields one identifier per match; ``finish`` records the query."""
+
+    def __init__(self, node: Node, query: Query, actor: str, retrieve_ae_title: str) -> None:
+        self.node = node
+        self.query = query
+        self.actor = actor
+        self.retrieve_ae_title = retrieve_ae_title
+        self.matches = 0
+        self._patients: set[str] = set()
+        self._finished = False
+
+    def answers(self) -> Iterator[Dataset]:
+        for values in self.node.ledger.search(self.query):
+            self.matches += 1
+            if len(self._patients) < 2:
+                self._patients.add(str(values.get("PatientID") or ""))
+            yield response(self.query, values, self.retrieve_ae_title)
+
+    def finish(self, status: RunStatus, reason: str = "") -> None:
+        if self._finished:
+            return
+        self._finished = True
+        q = self.query
+        self.node.record(
+            EventDraft(
+                "query.find",
+                outcome=_OUTCOME[status],
+                actor=self.actor,
+                patient_id=_single(self._patients) if self.matches else "",
+                study_uid=_uid_key(q, "StudyInstanceUID"),
+                chain_id=self.node.chain_id,
+                reason=reason or status,
+                details={
+                    "model": q.model,
+                    "level": q.level,
+                    "keys": q.describe(),
+                    "matches": self.matches,
+                    "status": status,
+                },
+            )
+        )
+
+
+def _uid_key(query: Query, keyword: str) -> str:
+    match = query.keys.get(keyword)
+    if match is not None and len(match.terms) == 1 and match.terms[0].kind == "equal":
+        return match.terms[0].low
+    return ""
+
+
+@dataclass(frozen=True)
+class RetrieveItem:
+    """One stored instance a retrieval will send."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    study_instance_uid: str
+    patient_id: str
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> RetrieveItem:
+        return cls(
+            path=values["_path"],
+            sop_class_uid=values["SOPClassUID"],
+            sop_instance_uid=values["SOPInstanceUID"],
+            transfer_syntax=values["_transfer_syntax"],
+            study_instance_uid=values["StudyInstanceUID"],
+            patient_id=values["PatientID"],
+        )
+
+
+@dataclass
+class RetrieveRun:
+    """A C-MOVE or C-GET: the instances to send, then the sub-operation counts on the record."""
+
+    node: Node
+    query: Query
+    kind: Literal["move", "get"]
+    actor: str
+    destination: str
+    items: list[RetrieveItem] = field(default_factory=list)
+    completed: int = 0
+    warnings: int = 0
+    failed: list[str] = field(default_factory=list)
+    _answered: set[str] = field(default_factory=set)
+    _finished: bool = False
+
+    def plan(self) -> list[RetrieveItem]:
+        """Every instance under the identifier's unique keys, in index order."""
+        self.items = [
+            RetrieveItem.from_values(v)
+            for v in self.node.ledger.search(replace(self.query, requested=()), level="IMAGE")
+        ]
+        return self.items
+
+    def sent(self, item: RetrieveItem, status: str) -> None:
+        """Count one sub-operation: "success", "warning" or "failure"."""
+        self._answered.add(item.sop_instance_uid)
+        if status == "success":
+            self.completed += 1
+        elif status == "warning":
+            self.warnings += 1
+        else:
+            self.failed.append(item.sop_instance_uid)
+
+    def finish(self, status: RunStatus, reason: str = "") -> None:
+        if self._finished:
+            return
+        self._finished = True
+        # a sub-operation the peer never answered (no context for it, file unreadable) failed
+        if status == "completed":
+            self.failed += [
+                i.sop_instance_uid for i in self.items if i.sop_instance_uid not in self._answered
+            ]
+        if status == "completed" and self.failed:
+            status = "partial" if self.completed or self.warnings else "failed"
+        studies = {i.study_instance_uid for i in self.items}
+        patients = {i.patient_id for i in self.items}
+        self.node.record(
+            EventDraft(
+                f"retrieve.{self.kind}",
+                outcome=_OUTCOME[status],
+                actor=self.actor,
+                patient_id=_single(patients),
+                study_uid=_single(studies) or _uid_key(self.query, "StudyInstanceUID"),
+                chain_id=self.node.chain_id,
+                reason=reason or status,
+                details={
+                    "model": self.query.model,
+                    "level": self.query.level,
+                    "keys": self.query.describe(),
+                    "destination": self.destination,
+                    "matched": len(self.items),
+                    "completed": self.completed,
+                    "warnings": self.warnings,
+                    "failed": len(self.failed),
+                    "failed_sop_uids": self.failed[:100],
+                    "studies": sorted(studies)[:100],
+                    "status": status,
+                },
+            )
+        )
+
+
+def record_refused(node: Node, event_type: str, actor: str, reason: str, **details: Any) -> None:
+    """A query or retrieval turned away before it ran (bad identifier, unknown destination)."""
+    node.record(
+        EventDraft(
+            event_type,
+            outcome=MINOR_FAILURE,
+            actor=actor,
+            chain_id=node.chain_id,
+            reason=reason,
+            details={"status": "refused", **details},
+        )
+    )
+
+
+def start_find(node: Node, identifier: Dataset, model: Model, actor: str, retrieve_ae_title: str) -> FindRun:
+    return FindRun(node, parse_query(identifier, model), actor, retrieve_ae_title)
+
+
+def start_retrieve(
+    node: Node, identifier: Dataset, model: Model, kind: Literal["move", "get"], actor: str, destination: str
+) -> RetrieveRun:
+    return RetrieveRun(node, parse_query(identifier, model, retrieve=True), kind, actor, destination)

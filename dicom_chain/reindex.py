@@ -1,0 +1,88 @@
+"""Rebuild the Query/Retrieve index from the stored files the ledger knows.
+
+For a ledger that predates the index, or an index that was lost or doubted. The newest version
+of every instance is read from disk and checked against its block on the way, so the index's
+verification state is fresh; an instance whose file is gone stays out of the index (a C-MOVE
+could not send it) and is counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import index
+from .block import utc_now
+from .errors import NotDicomError
+from .findings import Report
+from .ledger import StoredBlock
+from .node import Node, read_dataset
+from .verify import check_file
+
+WRITE_BATCH = 500  # instances per transaction: a long rebuild never holds the writer lock for long
+
+
+@dataclass
+class ReindexReport:
+    indexed: int = 0
+    altered: list[str] = field(default_factory=list)  # no longer matches its block (indexed if readable)
+    missing: list[str] = field(default_factory=list)  # not indexed: the file is gone
+
+
+def latest_versions(node: Node) -> list[StoredBlock]:
+    """The newest stored version of every SOP Instance UID, across every chain in the ledger."""
+    newest: dict[str, StoredBlock] = {}
+    for chain in node.ledger.chains():
+        for _height, stored in node.ledger.iter_blocks(chain.chain_id):
+            if isinstance(stored, str):
+                continue  # an undecodable row: verify reports it
+            sop = stored.block.header.sop_instance_uid
+            current = newest.get(sop)
+            if current is None or (stored.block.header.timestamp, stored.version) > (
+                current.block.header.timestamp,
+                current.version,
+            ):
+                newest[sop] = stored
+    return sorted(newest.values(), key=lambda s: (s.block.header.chain_id, s.block.header.height))
+
+
+def reindex(node: Node, advance: Callable[[int], None] = lambda _: None) -> ReindexReport:
+    report = ReindexReport()
+    todo = latest_versions(node)
+    with node.ledger.writing() as session:
+        index.clear(session)
+    for start in range(0, len(todo), WRITE_BATCH):
+        with node.ledger.writing() as session:
+            for stored in todo[start : start + WRITE_BATCH]:
+                path = node.storage.path(stored.path)
+                advance(1)
+                if not path.is_file():
+                    report.missing.append(stored.path)
+                    continue
+                findings = Report()
+                found = check_file(path, findings, None)
+                intact = found is not None and found.to_bytes() == stored.block.to_bytes() and findings.ok
+                try:
+                    ds = read_dataset(path)
+                except NotDicomError:
+                    report.altered.append(stored.path)  # nothing left to index it by
+                    continue
+                ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
+                index.write(
+                    session,
+                    index.IndexRecord.from_dataset(ds, ts),
+                    block=stored.block,
+                    path=stored.path,
+                    version=stored.version,
+                    verification="verified" if intact else "altered",
+                )
+                index.set_verification(
+                    session,
+                    stored.block.header.sop_instance_uid,
+                    "verified" if intact else "altered",
+                    utc_now(),
+                )
+                report.indexed += 1
+                if not intact:
+                    report.altered.append(stored.path)
+    return report

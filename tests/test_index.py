@@ -1,0 +1,332 @@
+"""The Query/Retrieve index: filled with the chain, searched by SQL that agrees with a brute-force
+filter over the stored files (the property test), on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+
+from dicom_chain import index
+from dicom_chain.config import Settings
+from dicom_chain.node import Node
+from dicom_chain.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, level_of, parse_query
+from dicom_chain.synthetic import StudySpec, ct_study
+
+from .conftest import SAMPLE_STUDY, pydicom_file
+
+PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"]
+# (seed, patient id, patient name, study date, study time, second series modality)
+SYNTHETIC = [
+    (11, "P-1", "DOE^JOHN", "20250101", "0815", "MR"),
+    (12, "P-1", "DOE^JOHN", "20250615", "143000.5", "CT"),
+    (13, "P-2", "Doe^Jane", "20260101", "0900", "PT"),
+    (14, "P-3", "SMITH^ANNA^^", "20260301", "1200", "MR"),
+    (15, "P-4", "MÜLLER^JÜRGEN", "20261231", "235959", "CT"),
+    (16, "P_5%", "O'BRIEN^PAT", "", "", "MR"),  # LIKE specials in the id, no date at all
+]
+
+
+def synthetic_study(seed: int, pid: str, name: str, date: str, time: str, modality2: str) -> list[Dataset]:
+    out = []
+    for ds in ct_study(
+        StudySpec(seed=seed, instances=4, rows=8, columns=8, series=2, patient_id=pid, patient_name=name)
+    ):
+        ds.StudyDate, ds.StudyTime = date, time
+        if ds.SeriesNumber == 2:
+            ds.Modality = modality2
+        out.append(ds)
+    return out
+
+
+def fill(node: Node) -> None:
+    for path in sorted(SAMPLE_STUDY.glob("*.dcm")):
+        node.ingest_file(path)
+    for name in PYDICOM_FILES:
+        node.ingest_file(pydicom_file(name))
+    for row in SYNTHETIC:
+        for ds in synthetic_study(*row):
+            node.ingest(ds)
+    changed = synthetic_study(*SYNTHETIC[0])[0]  # a new version of one instance: indexed once, newest
+    changed.SeriesDescription = "Axial 1 (corrected)"
+    node.ingest(changed)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    home = tmp_path_factory.mktemp("index")
+    node = Node.open(Settings(home=home))
+    fill(node)
+    yield node
+    node.close()
+
+
+# -- the brute-force oracle: every stored file read back, grouped per level --------------------------
+
+
+def _value(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def stored_entities(node: Node) -> dict[str, dict[str, dict[str, Any]]]:
+    """level -> unique key -> {keyword: value, "_modalities": set} from the newest stored files."""
+    newest: dict[str, tuple[int, Path]] = {}
+    for rel in node.storage.iter_files():
+        ds = pydicom.dcmread(node.storage.path(rel), stop_before_pixels=True)
+        version = int(rel.rsplit(".v", 1)[1].split(".")[0]) if ".v" in rel else 1
+        if ds.SOPInstanceUID not in newest or newest[ds.SOPInstanceUID][0] < version:
+            newest[ds.SOPInstanceUID] = (version, node.storage.path(rel))
+    entities: dict[str, dict[str, dict[str, Any]]] = {level: {} for level in LEVELS}
+    for _, path in newest.values():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        values = {kw: _value(ds, kw) for kw in ATTRIBUTES if not ATTRIBUTES[kw].computed}
+        for level in LEVELS:
+            key = values[UNIQUE_KEYS[level]]
+            entity = entities[level].setdefault(key, {**values, "_modalities": set()})
+            entity["_modalities"].add(values["Modality"])
+    for study in entities["STUDY"].values():  # each level also sees its study's modalities
+        for level in ("SERIES", "IMAGE"):
+            for e in entities[level].values():
+                if e["StudyInstanceUID"] == study["StudyInstanceUID"]:
+                    e["_modalities"] = study["_modalities"]
+    return entities
+
+
+def brute_force(entities, ds: Dataset, model: str) -> set[str]:
+    query = parse_query(ds, model)  # type: ignore[arg-type]
+    found = set()
+    for key, values in entities[query.level].items():
+        ok = True
+        for keyword, match in query.keys.items():
+            if keyword == "ModalitiesInStudy":
+                ok = any(match.matches(m) for m in values["_modalities"] if m)
+            else:
+                ok = match.matches(values[keyword])
+            if not ok:
+                break
+        if ok:
+            found.add(key)
+    return found
+
+
+def index_search(node: Node, ds: Dataset, model: str) -> set[str]:
+    query = parse_query(ds, model)  # type: ignore[arg-type]
+    unique = UNIQUE_KEYS[query.level]
+    results = [r[unique] for r in node.ledger.search(query)]
+    assert len(results) == len(set(results)), "an entity was answered twice"
+    return set(results)
+
+
+# -- fixed examples ---------------------------------------------------------------------------------
+
+
+def ident(level: str, **keys: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+EXAMPLES = [
+    ("STUDY", ident("STUDY", PatientName="doe*")),
+    ("STUDY", ident("STUDY", PatientName="DOE^JOHN")),
+    ("STUDY", ident("STUDY", PatientName="smith^anna")),
+    ("STUDY", ident("STUDY", PatientID="P_5%")),
+    ("STUDY", ident("STUDY", PatientID="P?1")),
+    ("STUDY", ident("STUDY", StudyDate="20250101-20251231")),
+    ("STUDY", ident("STUDY", StudyDate="-20050101")),
+    ("STUDY", ident("STUDY", StudyTime="0800-1230")),
+    ("STUDY", ident("STUDY", ModalitiesInStudy="MR")),
+    ("STUDY", ident("STUDY", ModalitiesInStudy="PT\\RTPLAN")),
+    ("STUDY", ident("STUDY", PatientName="*ller*")),
+    ("STUDY", ident("STUDY", PatientName="müller^jürgen")),
+    ("PATIENT", ident("PATIENT", PatientName="D*")),
+    ("STUDY", ident("STUDY", AccessionNumber="ACC00001?")),
+    ("STUDY", ident("STUDY", StudyDescription="Synthetic*", PatientSex="O")),
+]
+
+
+def test_examples_agree_with_the_stored_files(corpus: Node):
+    entities = stored_entities(corpus)
+    sizes = []
+    for model, ds in EXAMPLES:
+        expected = brute_force(entities, ds, model)
+        assert index_search(corpus, ds, model) == expected, ds
+        sizes.append(len(expected))
+    assert max(sizes) > 1 and min(sizes[:5]) >= 1  # the examples do select something
+
+
+def test_index_agrees_with_the_chain(corpus: Node):
+    sops = {b.block.header.sop_instance_uid for _, b in corpus.ledger.iter_blocks(corpus.chain_id)}
+    assert corpus.ledger.index_count() == len(sops)
+    q = parse_query(
+        ident(
+            "IMAGE",
+            StudyInstanceUID=synthetic_study(*SYNTHETIC[0])[0].StudyInstanceUID,
+            SeriesInstanceUID=synthetic_study(*SYNTHETIC[0])[0].SeriesInstanceUID,
+            SOPInstanceUID=synthetic_study(*SYNTHETIC[0])[0].SOPInstanceUID,
+        ),
+        "STUDY",
+    )
+    (row,) = list(corpus.ledger.search(q))
+    assert row["ChainHeight"] == corpus.ledger.chains()[0].head_height  # the newest version's block
+    assert row["SeriesDescription"] == "Axial 1 (corrected)" and row["_path"].endswith(".v2.dcm")
+    assert row["ChainVerificationState"] == "verified"
+
+
+def test_computed_attributes(corpus: Node):
+    q = parse_query(
+        ident(
+            "STUDY",
+            PatientID="P-1",
+            NumberOfStudyRelatedSeries="",
+            ModalitiesInStudy="",
+            NumberOfStudyRelatedInstances="",
+        ),
+        "STUDY",
+    )
+    rows = list(corpus.ledger.search(q))
+    assert len(rows) == 2
+    assert {tuple(r["ModalitiesInStudy"]) for r in rows} == {("CT", "MR"), ("CT",)}
+    assert all(r["NumberOfStudyRelatedSeries"] == 2 and r["NumberOfStudyRelatedInstances"] == 4 for r in rows)
+    p = parse_query(
+        ident(
+            "PATIENT",
+            PatientID="P-1",
+            NumberOfPatientRelatedStudies="",
+            NumberOfPatientRelatedSeries="",
+            NumberOfPatientRelatedInstances="",
+        ),
+        "PATIENT",
+    )
+    (patient,) = list(corpus.ledger.search(p))
+    assert (
+        patient["NumberOfPatientRelatedStudies"],
+        patient["NumberOfPatientRelatedSeries"],
+        patient["NumberOfPatientRelatedInstances"],
+    ) == (2, 4, 8)
+
+
+def test_paging_returns_every_match_once(corpus: Node, monkeypatch):
+    monkeypatch.setattr(index, "PAGE_ROWS", 3)
+    ds = ident("STUDY", PatientName="*")
+    expected = brute_force(stored_entities(corpus), ds, "STUDY")
+    assert len(expected) > 3 and index_search(corpus, ds, "STUDY") == expected
+
+
+# -- the property: any query the generator can build agrees with the brute force -------------------
+
+
+@st.composite
+def queries(draw, entities) -> tuple[str, Dataset]:
+    model = draw(st.sampled_from(["STUDY", "PATIENT"]))
+    level = draw(st.sampled_from(LEVELS if model == "PATIENT" else LEVELS[1:]))
+    instance = draw(st.sampled_from(sorted(entities["IMAGE"].values(), key=lambda e: e["SOPInstanceUID"])))
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    levels = LEVELS if model == "PATIENT" else LEVELS[1:]
+    for above in levels[: levels.index(level)]:
+        setattr(ds, UNIQUE_KEYS[above], instance[UNIQUE_KEYS[above]])
+    candidates = [
+        kw
+        for kw, a in ATTRIBUTES.items()
+        if a.matchable and LEVELS.index(level_of(kw, model)) <= LEVELS.index(level)  # type: ignore[arg-type]
+    ]
+    for keyword in draw(st.lists(st.sampled_from(candidates), max_size=3, unique=True)):
+        if keyword in ds:
+            continue
+        other = draw(st.sampled_from(sorted(entities["IMAGE"].values(), key=lambda e: e["SOPInstanceUID"])))
+        value = other["Modality"] if keyword == "ModalitiesInStudy" else other[keyword]
+        setattr(ds, keyword, draw(_variant(keyword, value)))
+    return model, ds
+
+
+@st.composite
+def _variant(draw, keyword: str, value: str) -> str:
+    vr = {"ModalitiesInStudy": "CS"}.get(keyword) or pydicom.datadict.dictionary_VR(keyword)
+    kinds = ["exact", "empty"]
+    if vr in ("PN", "LO", "SH", "CS") and value:
+        kinds += ["prefix", "single", "lower"]
+    if vr in ("DA", "TM"):
+        kinds += ["range", "from", "until"]
+    if vr == "UI":
+        kinds.append("list")
+    kind = draw(st.sampled_from(kinds))
+    if kind == "empty":
+        return ""
+    if kind == "prefix":
+        return value[: draw(st.integers(0, len(value)))] + "*"
+    if kind == "single":
+        i = draw(st.integers(0, len(value) - 1))
+        return value[:i] + "?" + value[i + 1 :]
+    if kind == "lower":
+        return value.lower()
+    if kind in ("range", "from", "until"):
+        other = draw(
+            st.sampled_from(
+                ["20250101", "20250615", "20260301", "19990101"]
+                if vr == "DA"
+                else ["08", "0900", "1200", "143000"]
+            )
+        )
+        low, high = sorted([value or other, other])
+        return {"range": f"{low}-{high}", "from": f"{low}-", "until": f"-{high}"}[kind]
+    if kind == "list":
+        return f"{value}\\1.2.3.4"
+    return value
+
+
+@pytest.fixture(scope="module")
+def entities(corpus: Node):
+    return stored_entities(corpus)
+
+
+def test_property_index_equals_brute_force(corpus: Node, entities):
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data):
+        model, ds = data.draw(queries(entities))
+        expected = brute_force(entities, ds, model)
+        assert index_search(corpus, ds, model) == expected
+        sizes.append(len(expected))
+
+    sizes: list[int] = []
+    check()
+    assert sum(1 for n in sizes if n) > len(sizes) // 4  # most generated queries select something
+
+
+# -- both databases --------------------------------------------------------------------------------
+
+
+def test_examples_on_each_database(db_url: str, tmp_path: Path):
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    try:
+        fill(node)
+        entities = stored_entities(node)
+        for model, ds in EXAMPLES:
+            assert index_search(node, ds, model) == brute_force(entities, ds, model), ds
+    finally:
+        node.close()
+
+
+def test_index_row_for_an_unreadable_attribute_is_empty_not_an_error(node: Node):
+    ds = next(iter(ct_study(StudySpec(seed=3, instances=1, rows=8, columns=8))))
+    ds = copy.deepcopy(ds)
+    ds.StudyDate = "not a date but long enough to overflow"
+    record = index.IndexRecord.from_dataset(ds, "1.2.840.10008.1.2.1")
+    assert len(record.study["study_date"]) <= 8
+    node.ingest(ds)
+    assert node.ledger.index_count() == 1
