@@ -132,9 +132,24 @@ def _text(value: object) -> str:
     return str(value)
 
 
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
 def _elements(identifier: Dataset) -> list[DataElement]:
+    """The identifier's elements in tag order; MalformedDatasetError for any that is cut short."""
     try:
-        return [identifier[tag] for tag in sorted(identifier.keys())]
+        out = []
+        for tag in sorted(identifier.keys()):
+            raw = identifier.get_item(tag)
+            length = getattr(raw, "length", UNDEFINED_LENGTH)
+            value = getattr(raw, "value", None)
+            if length != UNDEFINED_LENGTH and isinstance(value, bytes) and len(value) != length:
+                cut = f"{len(value)} of {length} bytes"
+                raise MalformedDatasetError(f"element {Tag(tag)} is cut short ({cut})")
+            out.append(identifier[tag])
+        return out
+    except MalformedDatasetError:
+        raise
     except Exception as exc:  # pydicom decodes raw elements lazily: garbage surfaces here
         raise MalformedDatasetError(f"identifier does not decode: {exc}") from exc
 
@@ -162,8 +177,9 @@ def parse_query(identifier: Dataset, model: Model, *, retrieve: bool = False) ->
     if retrieve:
         unique = UNIQUE_KEYS[level]  # type: ignore[index]
         elem = by_keyword.get(unique)
-        if elem is None or not _text(elem.value).strip():
-            raise IdentifierError(f"a {level} retrieve needs {unique} (PS3.4 C.4.2.2.1)")
+        value = _text(elem.value).strip() if elem is not None else ""
+        if not value or "*" in value or "?" in value:
+            raise IdentifierError(f"a {level} retrieve needs {unique}: one value or a list (PS3.4 C.4.2.2.1)")
     keys: dict[str, KeyMatch] = {}
     unsupported: list[str] = []
     private_slot = None

@@ -37,7 +37,18 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["serve"], ["forward"], ["verify"], ["ingest"], ["keys"], ["keys", "export"], ["status"], ["demo"]],
+    [
+        [],
+        ["serve"],
+        ["forward"],
+        ["verify"],
+        ["ingest"],
+        ["keys"],
+        ["keys", "export"],
+        ["status"],
+        ["demo"],
+        ["reindex"],
+    ],
     ids=" ".join,
 )
 def test_every_command_has_help(command, tmp_path):

@@ -12,7 +12,9 @@ from dicom_chain.block import Block
 from dicom_chain.canonical import content_hash
 from dicom_chain.embedding import read_block
 from dicom_chain.errors import DicomChainError
+from dicom_chain.index import IndexRecord
 from dicom_chain.node import Node, read_dataset
+from dicom_chain.query import parse_query, response
 from dicom_chain.verify import verify_files
 
 from .conftest import MALFORMED
@@ -38,6 +40,12 @@ def test_parsers_raise_only_named_errors(path: Path):
         for parse in (content_hash, read_block):
             with contextlib.suppress(DicomChainError):
                 parse(ds)
+        IndexRecord.from_dataset(ds, "")  # what does not decode indexes as empty: never an error
+        for level in ("PATIENT", "STUDY", "IMAGE"):  # the file's elements as a C-FIND identifier
+            ds.QueryRetrieveLevel = level
+            for model, retrieve in (("PATIENT", False), ("STUDY", False), ("STUDY", True)):
+                with contextlib.suppress(DicomChainError):
+                    response(parse_query(ds, model, retrieve=retrieve), {}, "GW")
     with contextlib.suppress(DicomChainError):
         Block.from_bytes(path.read_bytes())
 

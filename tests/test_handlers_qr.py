@@ -1,0 +1,370 @@
+"""The Query/Retrieve half of scp/handlers.py with in-process pynetdicom peers: C-FIND (with
+C-CANCEL and broken identifiers), C-MOVE to a configured destination, C-GET on one association."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicom_chain import qr
+from dicom_chain.config import Settings
+from dicom_chain.errors import LedgerError
+from dicom_chain.node import Node
+from dicom_chain.verify import verify_files
+from scp.server import start_server
+from scp.statuses import (
+    CANCELLED,
+    FIND_OUT_OF_RESOURCES,
+    IDENTIFIER_DOES_NOT_MATCH,
+    MOVE_DESTINATION_UNKNOWN,
+    PENDING,
+    PENDING_UNSUPPORTED_KEYS,
+    UNABLE_TO_PROCESS,
+)
+
+from .conftest import SAMPLE_STUDY
+from .peers import free_port
+
+STUDY_UID = pydicom.dcmread(next(SAMPLE_STUDY.glob("*.dcm"))).StudyInstanceUID
+
+
+class StoreSCP:
+    """A workstation that takes C-STOREs: the C-MOVE destination."""
+
+    def __init__(self) -> None:
+        self.received: list[Dataset] = []
+        self.port = free_port()
+        self.ae = AE(ae_title="WORKSTATION")
+        self.ae.add_supported_context(
+            CTImageStorage, ["1.2.840.10008.1.2"]
+        )  # implicit only: forces re-encoding
+        self.ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)]
+        )
+
+    def on_store(self, event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.received.append(ds)
+        return 0x0000
+
+
+@pytest.fixture
+def workstation() -> Iterator[StoreSCP]:
+    scp = StoreSCP()
+    yield scp
+    scp.ae.shutdown()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, workstation: StoreSCP) -> Iterator[tuple[Node, int]]:
+    settings = Settings(
+        home=tmp_path / "gw", move_destinations=(f"WORKSTATION@127.0.0.1:{workstation.port}",)
+    )
+    node = Node.open(settings)
+    for path in sorted(SAMPLE_STUDY.glob("*.dcm")):
+        node.ingest_file(path)
+    port = free_port()
+    ae = start_server(node, ae_title="DICOMCHAIN", host="127.0.0.1", port=port)
+    yield node, port
+    ae.shutdown()
+    node.close()
+
+
+def associate(port: int, *, get: bool = False):
+    scu = AE(ae_title="RADIOLOGIST")
+    for context in (
+        Verification,
+        PatientRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+        StudyRootQueryRetrieveInformationModelGet,
+    ):
+        scu.add_requested_context(context)
+    roles = []
+    handlers = []
+    received: list[Dataset] = []
+    if get:
+        scu.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2"])
+        roles = [build_role(CTImageStorage, scp_role=True)]
+
+        def on_store(event: evt.Event) -> int:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            received.append(ds)
+            return 0x0000
+
+        handlers = [(evt.EVT_C_STORE, on_store)]
+    assoc = scu.associate("127.0.0.1", port, ae_title="DICOMCHAIN", ext_neg=roles, evt_handlers=handlers)
+    assert assoc.is_established
+    return assoc, received
+
+
+def query(**keys: str) -> Dataset:
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def statuses(responses) -> list[tuple[int, Dataset | None]]:
+    return [(int(status.Status), identifier) for status, identifier in responses]
+
+
+def test_find_answers_every_match_then_success(gateway):
+    node, port = gateway
+    assoc, _ = associate(port)
+    try:
+        image = statuses(
+            assoc.send_c_find(
+                query(
+                    QueryRetrieveLevel="IMAGE",
+                    StudyInstanceUID=STUDY_UID,
+                    SeriesInstanceUID=pydicom.dcmread(
+                        sorted(SAMPLE_STUDY.glob("*.dcm"))[0]
+                    ).SeriesInstanceUID,
+                    SOPInstanceUID="",
+                    InstanceNumber="",
+                ),
+                StudyRootQueryRetrieveInformationModelFind,
+            )
+        )
+        study = statuses(
+            assoc.send_c_find(
+                query(
+                    QueryRetrieveLevel="STUDY",
+                    PatientName="chain*",
+                    StudyInstanceUID="",
+                    ModalitiesInStudy="",
+                    NumberOfStudyRelatedInstances="",
+                    PatientComments="ask",
+                ),
+                StudyRootQueryRetrieveInformationModelFind,
+            )
+        )
+    finally:
+        assoc.release()
+    assert [s for s, _ in image] == [PENDING] * 4 + [0x0000]  # the first series holds 4 of the 8
+    assert (
+        image[0][1][0x0071, 0x0010].value == "DICOM_CHAIN" and image[0][1][0x0071, 0x1020].value == "VERIFIED"
+    )
+    assert [s for s, _ in study] == [PENDING_UNSUPPORTED_KEYS, 0x0000]  # PatientComments was not matched on
+    answer = study[0][1]
+    assert answer.StudyInstanceUID == STUDY_UID and answer.NumberOfStudyRelatedInstances == 8
+    assert answer.ModalitiesInStudy == "CT"
+    events = [e for e in node.ledger.iter_events() if e.type == "query.find"]
+    assert [(e.actor, e.details["level"], e.details["matches"]) for e in events] == [
+        ("RADIOLOGIST", "IMAGE", 4),
+        ("RADIOLOGIST", "STUDY", 1),
+    ]
+
+
+def test_identifiers_the_model_refuses_get_a900_and_the_association_keeps_working(gateway):
+    node, port = gateway
+    assoc, _ = associate(port)
+    try:
+        (only,) = statuses(
+            assoc.send_c_find(
+                query(QueryRetrieveLevel="STUDY", PatientName="*"),
+                PatientRootQueryRetrieveInformationModelFind,
+            )
+        )
+        assert only[0] == IDENTIFIER_DOES_NOT_MATCH
+        (only,) = statuses(
+            assoc.send_c_find(query(QueryRetrieveLevel="WARD"), StudyRootQueryRetrieveInformationModelFind)
+        )
+        assert only[0] == IDENTIFIER_DOES_NOT_MATCH
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    refused = [e for e in node.ledger.iter_events() if e.type == "query.find"]
+    assert len(refused) == 2 and all(e.details["status"] == "refused" for e in refused)
+
+
+def test_an_identifier_that_does_not_decode_gets_c000(gateway):
+    _, port = gateway
+    assoc, _ = associate(port)
+    context = next(
+        cx
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
+    )
+    request = C_FIND()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+    request.Priority = 2
+    request.Identifier = BytesIO(b"\x08\x00\x52\x00\xff\xff\xff\x7fSTUDY")  # a length far past the end
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    try:
+        assert int(response.Status) == UNABLE_TO_PROCESS
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_c_cancel_stops_a_running_query(gateway, monkeypatch):
+    node, port = gateway
+    slow = qr.response
+
+    def slow_response(*args, **kwargs):
+        time.sleep(0.05)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(qr, "response", slow_response)
+    assoc, _ = associate(port)
+    try:
+        responses = assoc.send_c_find(
+            query(
+                QueryRetrieveLevel="IMAGE",
+                StudyInstanceUID=STUDY_UID,
+                SeriesInstanceUID=pydicom.dcmread(sorted(SAMPLE_STUDY.glob("*.dcm"))[-1]).SeriesInstanceUID,
+                SOPInstanceUID="",
+            ),
+            StudyRootQueryRetrieveInformationModelFind,
+            msg_id=9,
+        )
+        first = next(responses)
+        assert first[0].Status == PENDING
+        context = next(
+            cx
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
+        )
+        assoc.send_c_cancel(9, context.context_id)
+        rest = [int(s.Status) for s, _ in responses]
+    finally:
+        assoc.release()
+    assert rest[-1] == CANCELLED and len(rest) < 4
+    event = [e for e in node.ledger.iter_events() if e.type == "query.find"][-1]
+    assert event.details["status"] == "cancelled"
+
+
+def test_a_failing_index_gives_a700_not_a_dropped_association(gateway, monkeypatch):
+    node, port = gateway
+
+    def broken(*_args, **_kwargs):
+        raise LedgerError("database is locked")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(node.ledger, "search", broken)
+    assoc, _ = associate(port)
+    try:
+        (only,) = statuses(
+            assoc.send_c_find(
+                query(QueryRetrieveLevel="STUDY", PatientName="*"), StudyRootQueryRetrieveInformationModelFind
+            )
+        )
+        assert only[0] == FIND_OUT_OF_RESOURCES
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_move_sends_the_study_chained_to_the_configured_destination(gateway, workstation):
+    node, port = gateway
+    assoc, _ = associate(port)
+    try:
+        results = statuses(
+            assoc.send_c_move(
+                query(QueryRetrieveLevel="STUDY", StudyInstanceUID=STUDY_UID),
+                "WORKSTATION",
+                StudyRootQueryRetrieveInformationModelMove,
+            )
+        )
+        unknown = statuses(
+            assoc.send_c_move(
+                query(QueryRetrieveLevel="STUDY", StudyInstanceUID=STUDY_UID),
+                "STRANGER",
+                StudyRootQueryRetrieveInformationModelMove,
+            )
+        )
+    finally:
+        assoc.release()
+    assert results[-1][0] == 0x0000 and len(workstation.received) == 8
+    assert unknown[-1][0] == MOVE_DESTINATION_UNKNOWN
+    assert {str(ds.file_meta.TransferSyntaxUID) for ds in workstation.received} == {"1.2.840.10008.1.2"}
+    out = node.settings.home / "moved"
+    out.mkdir()
+    for i, ds in enumerate(workstation.received):
+        ds.save_as(out / f"{i}.dcm", enforce_file_format=True)
+    assert verify_files(sorted(out.glob("*.dcm"))).ok  # re-encoded on the way, still chained
+    moves = [e for e in node.ledger.iter_events() if e.type == "retrieve.move"]
+    assert [(e.details["status"], e.details.get("completed"), e.details["destination"]) for e in moves] == [
+        ("completed", 8, f"WORKSTATION@127.0.0.1:{workstation.port}"),
+        ("refused", None, "STRANGER"),
+    ]
+
+
+def test_get_sends_the_study_back_on_the_same_association(gateway):
+    node, port = gateway
+    assoc, received = associate(port, get=True)
+    try:
+        results = statuses(
+            assoc.send_c_get(
+                query(QueryRetrieveLevel="STUDY", StudyInstanceUID=STUDY_UID),
+                StudyRootQueryRetrieveInformationModelGet,
+            )
+        )
+        refused = statuses(
+            assoc.send_c_get(
+                query(QueryRetrieveLevel="STUDY", StudyInstanceUID="*"),
+                StudyRootQueryRetrieveInformationModelGet,
+            )
+        )
+    finally:
+        assoc.release()
+    assert results[-1][0] == 0x0000 and len(received) == 8
+    assert refused[-1][0] == IDENTIFIER_DOES_NOT_MATCH
+    gets = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"]
+    assert gets[0].details["completed"] == 8 and gets[0].actor == "RADIOLOGIST"
+    assert gets[1].details["status"] == "refused"
+
+
+def test_many_finds_at_once_each_get_their_answers(gateway):
+    node, port = gateway
+    counts: list[int] = []
+
+    def one() -> None:
+        assoc, _ = associate(port)
+        try:
+            answers = statuses(
+                assoc.send_c_find(
+                    query(QueryRetrieveLevel="STUDY", PatientID="DC-0001"),
+                    StudyRootQueryRetrieveInformationModelFind,
+                )
+            )
+            counts.append(sum(1 for s, _ in answers if s == PENDING))
+        finally:
+            assoc.release()
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts == [1] * 6
+    assert sum(1 for e in node.ledger.iter_events() if e.type == "query.find") == 6

@@ -1,0 +1,76 @@
+"""Rebuilding the index from the stored files: the same answers, and fresh verification states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from dicom_chain import index
+from dicom_chain.node import Node
+from dicom_chain.query import parse_query
+from dicom_chain.reindex import reindex
+
+from .conftest import SAMPLE_STUDY, pydicom_file
+from .test_cli import run
+
+VOLATILE = {"_pk", "ChainVerifiedAt"}
+
+
+def stocked(node: Node) -> Node:
+    for path in sorted(SAMPLE_STUDY.glob("*.dcm")):
+        node.ingest_file(path)
+    node.ingest_file(pydicom_file("MR_small.dcm"))
+    return node
+
+
+def image_rows(node: Node) -> dict[str, dict]:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    query = parse_query(ds, "STUDY")
+    return {r["SOPInstanceUID"]: r for r in node.ledger.search(query, level="IMAGE")}
+
+
+def strip(rows: dict[str, dict]) -> dict[str, dict]:
+    return {k: {f: v for f, v in r.items() if f not in VOLATILE} for k, r in rows.items()}
+
+
+def test_reindex_rebuilds_the_same_index(node: Node):
+    stocked(node)
+    before = image_rows(node)
+    with node.ledger.writing() as session:
+        index.clear(session)
+    assert node.ledger.index_count() == 0
+    report = reindex(node)
+    assert report.indexed == 9 and not report.altered and not report.missing
+    after = image_rows(node)
+    assert strip(after) == strip(before)
+
+
+def test_reindex_marks_altered_files_and_leaves_out_missing_ones(node: Node):
+    stocked(node)
+    rows = image_rows(node)
+    altered, missing = sorted(rows)[:2]
+    path = node.storage.path(rows[altered]["_path"])
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # one pixel byte
+    path.write_bytes(bytes(data))
+    node.storage.path(rows[missing]["_path"]).unlink()
+    report = reindex(node)
+    assert report.indexed == 8
+    assert report.altered == [rows[altered]["_path"]] and report.missing == [rows[missing]["_path"]]
+    after = image_rows(node)
+    assert after[altered]["ChainVerificationState"] == "altered" and missing not in after
+    assert {r["ChainVerificationState"] for k, r in after.items() if k != altered} == {"verified"}
+
+
+def test_reindex_command(tmp_path: Path):
+    result = run("ingest", *map(str, sorted(SAMPLE_STUDY.glob("*.dcm"))), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run("reindex", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "indexed 8 instances" in result.stdout
+    victim = next((tmp_path / "var" / "storage").rglob("*.dcm"))
+    victim.unlink()
+    result = run("reindex", cwd=tmp_path)
+    assert result.returncode == 1 and "missing from the store" in result.stdout
