@@ -315,6 +315,11 @@ def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal)."
 )
+@click.option(
+    "--update-index",
+    is_flag=True,
+    help="With --db: store each instance's result as its verification state (returned by C-FIND).",
+)
 def verify(
     paths: tuple[Path, ...],
     db: str | None,
@@ -322,6 +327,7 @@ def verify(
     public_keys: tuple[Path, ...],
     as_json: bool,
     progress: bool | None,
+    update_index: bool,
 ) -> None:
     """Check files (their blocks and the links between them) or, with --db, the whole node.
 
@@ -334,6 +340,8 @@ def verify(
         raise click.UsageError("give either files/folders to check, or --db URL --storage DIR")
     if db and storage is None:
         raise click.UsageError("--db needs --storage")
+    if update_index and not db:
+        raise click.UsageError("--update-index needs --db")
     try:
         trusted = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
         if db:
@@ -343,8 +351,16 @@ def verify(
             ledger = Ledger(db)
             try:
                 total = ledger.block_count() + ledger.event_count()
+                store = Storage(storage or Path())
                 with progress_bar(total, "verifying node", progress) as advance:
-                    report = verify_node(ledger, Storage(storage or Path()), trusted, advance)
+                    report = verify_node(ledger, store, trusted, advance)
+                if update_index:
+                    from . import index
+                    from .block import utc_now
+                    from .verify import index_states
+
+                    with ledger.writing() as session:
+                        index.record_verification(session, index_states(report, store), utc_now())
             finally:
                 ledger.close()
         else:

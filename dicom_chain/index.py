@@ -215,6 +215,19 @@ def set_verification(session: Session, sop_instance_uid: str, state: str, at: st
     )
 
 
+def record_verification(session: Session, problems: dict[str, str], at: str) -> int:
+    """After a whole-node verify: every indexed instance is "verified" at ``at`` unless its stored
+    path (relative, as the index holds it) is in ``problems`` (path -> "altered" | "missing")."""
+    session.execute(INSTANCES.update().values(verification="verified", verified_at=at))
+    changed = 0
+    for path, state in problems.items():
+        result = session.execute(
+            INSTANCES.update().where(INSTANCES.c.path == path).values(verification=state, verified_at=at)
+        )
+        changed += result.rowcount or 0
+    return changed
+
+
 # -- searching ----------------------------------------------------------------------------------
 
 

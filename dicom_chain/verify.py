@@ -257,3 +257,18 @@ def _check_event_log(ledger: Ledger, known_keys: set[bytes], report: Report, adv
             "event-head-mismatch",
             f"event log head says {head_seq}, the log ends at {expected_seq - 1}: events removed or added",
         )
+
+
+def index_states(report: Report, storage: Storage) -> dict[str, str]:
+    """What a node report says about stored files, as index verification states by relative path."""
+    root = storage.root.resolve()
+    states: dict[str, str] = {}
+    for finding in report.errors:
+        if not finding.path:
+            continue
+        try:
+            rel = Path(finding.path).resolve().relative_to(root).as_posix()
+        except ValueError:
+            continue
+        states[rel] = "missing" if finding.kind == "missing-file" else "altered"
+    return states

@@ -74,3 +74,32 @@ def test_reindex_command(tmp_path: Path):
     victim.unlink()
     result = run("reindex", cwd=tmp_path)
     assert result.returncode == 1 and "missing from the store" in result.stdout
+
+
+def test_verify_update_index_stores_what_verify_found(tmp_path: Path):
+    """C-FIND's verification state follows the last whole-node verify, when asked to."""
+    result = run("ingest", *map(str, sorted(SAMPLE_STUDY.glob("*.dcm"))), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "var" / "storage").rglob("*.dcm"))
+    data = bytearray(files[0].read_bytes())
+    data[-3] ^= 0x01
+    files[0].write_bytes(bytes(data))
+    files[1].unlink()
+    db = f"sqlite:///{tmp_path / 'var' / 'ledger.db'}"
+    storage = str(tmp_path / "var" / "storage")
+    assert run("verify", "--db", db, "--storage", storage, cwd=tmp_path).returncode == 1
+    from dicom_chain.config import Settings
+
+    node = Node.open(Settings(home=tmp_path / "var"))
+    try:
+        assert set(r["ChainVerificationState"] for r in image_rows(node).values()) == {"verified"}
+        result = run("verify", "--db", db, "--storage", storage, "--update-index", cwd=tmp_path)
+        assert result.returncode == 1
+        states = {
+            node.storage.path(r["_path"]).resolve(): r["ChainVerificationState"]
+            for r in image_rows(node).values()
+        }
+    finally:
+        node.close()
+    assert states.pop(files[0].resolve()) == "altered" and states.pop(files[1].resolve()) == "missing"
+    assert set(states.values()) == {"verified"} and len(states) == 6
