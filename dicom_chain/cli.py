@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
@@ -196,6 +197,18 @@ def main() -> None:
     help="An AE that C-MOVE may send to (repeatable); moves to any other AE are refused.",
 )
 @click.option(
+    "--audit-syslog",
+    envvar="DICOM_CHAIN_AUDIT_SYSLOG",
+    metavar="udp|tcp|tls://HOST:PORT",
+    help="Send every event, as it happens, to this audit record repository (RFC 5424, ATNA messages).",
+)
+@click.option(
+    "--audit-syslog-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DICOM_CHAIN_AUDIT_SYSLOG_CA",
+    help="CA certificate (PEM) the tls:// repository's certificate must chain to.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="DICOM_CHAIN_TLS_CERT",
@@ -221,6 +234,8 @@ def serve(
     forward_workers: int,
     allow: tuple[str, ...],
     move_destination: tuple[str, ...],
+    audit_syslog: str | None,
+    audit_syslog_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -239,6 +254,8 @@ def serve(
         tls_key=tls_key,
         tls_ca=tls_ca,
         forward_workers=forward_workers,
+        audit_syslog=audit_syslog,
+        audit_syslog_ca=audit_syslog_ca,
     )
     try:
         run_server(settings, options)
@@ -318,7 +335,14 @@ def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
 @click.option(
     "--update-index",
     is_flag=True,
-    help="With --db: store each instance's result as its verification state (returned by C-FIND).",
+    help="With --db: store each instance's result as its verification state (returned by C-FIND) "
+    "and record this verify run as an event signed with the node key.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DICOM_CHAIN_KEY_FILE",
+    help="With --update-index: the node key (default: beside the SQLite database).",
 )
 def verify(
     paths: tuple[Path, ...],
@@ -328,6 +352,7 @@ def verify(
     as_json: bool,
     progress: bool | None,
     update_index: bool,
+    key_file: Path | None,
 ) -> None:
     """Check files (their blocks and the links between them) or, with --db, the whole node.
 
@@ -361,6 +386,7 @@ def verify(
 
                     with ledger.writing() as session:
                         index.record_verification(session, index_states(report, store), utc_now())
+                    _record_verify(ledger, report, Settings(db=db, key_file=key_file).key_path)
             finally:
                 ledger.close()
         else:
@@ -371,6 +397,33 @@ def verify(
         raise click.ClickException(str(exc)) from exc
     _print_report(report, as_json)
     sys.exit(EXIT_OK if report.ok else EXIT_BROKEN)
+
+
+def _record_verify(ledger: Any, report: Report, key_path: Path) -> None:
+    """A whole-node verify on the record: outcome, counts, the first problems (a failure is an alert)."""
+    from .events import MAJOR_FAILURE, SUCCESS, EventDraft
+    from .keys import NodeKey
+
+    if not key_path.exists():
+        stderr.print(f"no node key at {key_path}: this verify run is not recorded as an event")
+        return
+    problems = [f"{f.kind}: {f.path or f.sop_instance_uid or f.chain_id}" for f in report.errors]
+    ledger.record(
+        NodeKey.load(key_path),
+        EventDraft(
+            "verify.node",
+            outcome=SUCCESS if report.ok else MAJOR_FAILURE,
+            actor=local_user(),
+            reason="intact" if report.ok else f"{len(problems)} problem(s) found",
+            details={
+                "blocks": report.blocks_checked,
+                "files": report.files_checked,
+                "events": report.events_checked,
+                "errors": len(problems),
+                "problems": problems[:50],
+            },
+        ),
+    )
 
 
 def _print_report(report: Report, as_json: bool) -> None:
@@ -499,6 +552,132 @@ def reindex(progress: bool | None, **kwargs: Any) -> None:
     for path in report.missing:
         click.echo(f"missing from the store, not indexed: {path}")
     sys.exit(EXIT_OK if not report.altered and not report.missing else EXIT_BROKEN)
+
+
+def local_user() -> str:
+    """Who runs this command, as an audit actor: user@host."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@main.group()
+def audit() -> None:
+    """Audit trails for compliance: export the event log, check an export offline."""
+
+
+@audit.command("export")
+@config_option
+@node_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv", "fhir", "atna"]),
+    required=True,
+    help="json: JSON Lines; csv; fhir: R4 Bundle of AuditEvent; atna: DICOM PS3.15 audit messages.",
+)
+@click.option("--since", help="Events at or after this ISO date or date-time (UTC unless it says otherwise).")
+@click.option("--until", help="Events before this date-time (a bare date: up to the end of that day).")
+@click.option("--patient", help="Only events about this Patient ID.")
+@click.option("--study", help="Only events about this Study Instance UID.")
+@click.option("--for-institution", "for_institution", help="Only events signed by this institution's node.")
+@click.option("--event", "event_types", multiple=True, help="Only events of this type (repeatable).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The export; its proof is written beside it as OUTPUT.proof.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal)."
+)
+def audit_export(
+    fmt: str,
+    since: str | None,
+    until: str | None,
+    patient: str | None,
+    study: str | None,
+    for_institution: str | None,
+    event_types: tuple[str, ...],
+    output: Path,
+    progress: bool | None,
+    **kwargs: Any,
+) -> None:
+    """Export events with a signed proof that the export is complete and unaltered."""
+    from .audit import AuditFilter, export, proof_path
+    from .node import Node
+
+    filters = AuditFilter(
+        since=since,
+        until=until,
+        patient=patient,
+        study=study,
+        institution=for_institution,
+        event_types=event_types,
+    )
+    try:
+        node = Node.open(settings_from(kwargs))
+        try:
+            total = node.ledger.event_count()
+            with progress_bar(total, f"exporting {fmt}", progress) as advance:
+                signed = export(
+                    node.ledger,
+                    node.key,
+                    fmt,
+                    output,
+                    filters,
+                    actor=local_user(),
+                    source_id=f"dicom-chain@{node.key.key_id}",
+                    advance=advance,
+                )
+        finally:
+            node.close()
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    statement = signed["statement"]
+    click.echo(f"{statement['count']} events ({statement['first_seq']}..{statement['last_seq']}) -> {output}")
+    click.echo(f"proof -> {proof_path(output)} (ledger head {statement['ledger_head']['seq']})")
+
+
+@audit.command("verify")
+@click.argument("export_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trust only this node key (repeatable; from 'keys export').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def audit_verify(export_file: Path, public_keys: tuple[Path, ...], as_json: bool) -> None:
+    """Check an export and its proof offline. Exit status: 0 intact, 1 broken, 2 usage error."""
+    from .audit import verify_export
+    from .keys import load_public_key
+
+    try:
+        pinned = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
+    except DicomChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    report, statement = verify_export(export_file, pinned)
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "statement": statement}, indent=2))
+    else:
+        for finding in report.findings:
+            click.echo(f"{finding.severity.upper():5} {finding.kind}: {finding.message}")
+        if report.ok:
+            click.echo(
+                f"OK: {statement['count']} events ({statement['first_seq']}..{statement['last_seq']}), "
+                f"{statement['skipped_count']} filtered out and accounted for; cut from ledger head "
+                f"{statement['ledger_head']['seq']}, signed by key {statement['key_id']}"
+            )
+        else:
+            click.echo(f"BROKEN: {len(report.errors)} problem(s)")
+    sys.exit(EXIT_OK if report.ok else EXIT_BROKEN)
 
 
 @main.group()

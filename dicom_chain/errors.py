@@ -49,3 +49,7 @@ class KeyFileError(DicomChainError):
 
 class ConfigError(DicomChainError):
     """A setting is missing, malformed or contradicts another."""
+
+
+class AuditExportError(DicomChainError):
+    """An audit export cannot be read, or what it shows disagrees with the records it carries."""

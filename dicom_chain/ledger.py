@@ -448,6 +448,26 @@ class Ledger:
         except OperationalError as exc:
             raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
 
+    def iter_event_rows(
+        self, since: str | None = None, until: str | None = None, max_seq: int | None = None
+    ) -> Iterator[Any]:
+        """Raw rows of ``events`` in sequence order (exports): ``since <= time < until``, streamed."""
+        stmt = select(EVENTS).order_by(EVENTS.c.seq)
+        if since:
+            stmt = stmt.where(EVENTS.c.time >= since)
+        if until:
+            stmt = stmt.where(EVENTS.c.time < until)
+        if max_seq is not None:
+            stmt = stmt.where(EVENTS.c.seq <= max_seq)
+        with self.engine.connect() as conn:
+            yield from conn.execution_options(yield_per=ITER_BATCH).execute(stmt)
+
+    def institutions(self) -> dict[str, str]:
+        """Key id -> institution of the chain that key signs."""
+        with Session(self.engine) as session:
+            rows = session.execute(select(CHAINS.c.key_id, CHAINS.c.institution))
+            return {r.key_id: r.institution for r in rows}
+
     def event_count(self) -> int:
         with Session(self.engine) as session:
             return int(session.scalar(select(func.count()).select_from(EventRow)) or 0)

@@ -23,6 +23,7 @@ from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 
 from .access import AccessList
+from .auditfeed import AuditFeed, SyslogTarget
 from .forwarder import WORKERS_PER_DESTINATION, Forwarder
 from .handlers import (
     FIND_MODELS,
@@ -46,6 +47,7 @@ MAX_ASSOCIATIONS = 32  # a department's modalities at once; beyond it peers get 
 ACSE_TIMEOUT_S = 30  # association set-up/release; a silent peer must not hold a slot
 DIMSE_TIMEOUT_S = 120  # one DIMSE message; a large multi-frame object over a slow link fits
 NETWORK_TIMEOUT_S = 300  # idle association; workstations keep associations open between sends
+AUDIT_CURSOR_FILE = "audit-feed.cursor"  # in the node's home: the last event sent to the repository
 DRAIN_TIMEOUT_S = 120  # on SIGTERM, how long in-flight associations may take to finish
 
 log = logging.getLogger("dicom_chain.scp")
@@ -64,6 +66,9 @@ class ServiceOptions:
     # Forward from a child process (``dicom-chain forward``): sending then runs on another core,
     # outside this process's GIL. In-process forwarding is for tests that watch the workers.
     forward_process: bool = False
+    # Live audit feed: every ledger event as a DICOM audit message over syslog (udp|tcp|tls://HOST:PORT).
+    audit_syslog: str | None = None
+    audit_syslog_ca: Path | None = None
 
 
 def tls_context(options: ServiceOptions) -> ssl.SSLContext | None:
@@ -110,6 +115,14 @@ class Gateway:
         self.ae = build_ae(options.ae_title)
         self.server: ThreadedAssociationServer | None = None
         self.forward_child: subprocess.Popen | None = None
+        self.audit_feed: AuditFeed | None = None
+        if options.audit_syslog:
+            self.audit_feed = AuditFeed(
+                node.ledger,
+                SyslogTarget(options.audit_syslog, options.audit_syslog_ca),
+                node.settings.home / AUDIT_CURSOR_FILE,
+                source_id=f"dicom-chain@{node.key.key_id}",
+            )
 
     def _spawn_forwarder(self) -> subprocess.Popen:
         return subprocess.Popen(_forward_command(self.node.settings, self.options))
@@ -129,6 +142,9 @@ class Gateway:
         ]
 
     def start(self) -> None:
+        if self.audit_feed is not None:
+            self.node.settings.home.mkdir(parents=True, exist_ok=True)
+            self.audit_feed.start()
         if self.options.forward_process and self.node.destinations:
             self.forward_child = self._spawn_forwarder()
         else:
@@ -176,6 +192,8 @@ class Gateway:
                 self.forward_child.kill()
         self.ae.shutdown()
         self.node.record(EventDraft("service.stop", actor=self.options.ae_title, chain_id=self.node.chain_id))
+        if self.audit_feed is not None:
+            self.audit_feed.stop()  # after service.stop, so the repository hears of it too
         log.info("stopped ae_title=%s", self.options.ae_title)
 
 

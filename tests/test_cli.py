@@ -160,3 +160,25 @@ def test_status_of_a_node_that_has_nothing_creates_nothing(tmp_path):
     result = run("status", "--home", "empty", cwd=tmp_path)
     assert result.returncode == 0 and "received nothing yet" in result.stdout
     assert not (tmp_path / "empty").exists()
+
+
+def test_audit_export_and_verify_commands(store: Path, tmp_path: Path):
+    result = run(
+        "audit", "export", "--format", "atna", "--patient", "4MR1", "--output", "out/mr.xml", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "mr.xml").is_file() and (tmp_path / "out" / "mr.xml.proof").is_file()
+    key = tmp_path / "node.pub"
+    key.write_text(run("keys", "export", cwd=tmp_path).stdout)
+    result = run("audit", "verify", "out/mr.xml", "--public-key", str(key), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: 1 events" in result.stdout
+    result = run("audit", "export", "--format", "json", "--output", "all.jsonl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()
+    (tmp_path / "all.jsonl").write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    result = run("audit", "verify", "all.jsonl", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "missing-event" in {f["kind"] for f in json.loads(result.stdout)["findings"]}
+    events = [json.loads(line) for line in lines]
+    assert [e["type"] for e in events].count("audit.export") == 1  # the first export is on the record

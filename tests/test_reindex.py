@@ -103,3 +103,9 @@ def test_verify_update_index_stores_what_verify_found(tmp_path: Path):
         node.close()
     assert states.pop(files[0].resolve()) == "altered" and states.pop(files[1].resolve()) == "missing"
     assert set(states.values()) == {"verified"} and len(states) == 6
+    node = Node.open(Settings(home=tmp_path / "var"))
+    try:
+        (event,) = [e for e in node.ledger.iter_events() if e.type == "verify.node"]  # only --update-index
+    finally:
+        node.close()
+    assert event.outcome == "major-failure" and event.details["errors"] == 2 and "@" in event.actor

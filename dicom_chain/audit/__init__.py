@@ -1,0 +1,7 @@
+"""Audit trails for compliance: exports in JSON Lines, CSV, FHIR AuditEvent and DICOM/ATNA,
+each with a signed proof that it is whole and unaltered, checked offline by ``verify_export``."""
+
+from .export import FORMATS, AuditFilter, export, proof_path
+from .verify import verify_export
+
+__all__ = ["FORMATS", "AuditFilter", "export", "proof_path", "verify_export"]

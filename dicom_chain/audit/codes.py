@@ -1,0 +1,82 @@
+"""The DICOM audit vocabulary (PS3.15 A.5, codes from PS3.16 CID 400-405) for our event types.
+
+One table says, for every event type the ledger holds, which EventID, EventTypeCode and action
+code it is reported as, in both the ATNA and the FHIR AuditEvent exports. Types that later issues
+add (consent, score, release) are listed already, so their events export correctly on day one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DCM = "DCM"  # coding scheme designator of DICOM's own codes (PS3.16)
+DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"  # the same scheme as a FHIR system URI
+LOCAL_SCHEME = "99DICOMCHAIN"  # PS3.16 8.2: a private coding scheme designator starts with 99
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    meaning: str
+    scheme: str = DCM
+
+
+@dataclass(frozen=True)
+class AuditKind:
+    event_id: Code
+    action: str  # EventActionCode: C create, R read, U update, D delete, E execute
+    subtype: Code | None = None
+
+
+APPLICATION_ACTIVITY = Code("110100", "Application Activity")
+INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
+INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
+EXPORT = Code("110106", "Export")
+IMPORT = Code("110107", "Import")
+QUERY = Code("110112", "Query")
+SECURITY_ALERT = Code("110113", "Security Alert")
+APPLICATION_START = Code("110120", "Application Start")
+APPLICATION_STOP = Code("110121", "Application Stop")
+NODE_AUTHENTICATION = Code("110126", "Node Authentication")
+RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
+OBJECT_SECURITY_CHANGED = Code("110135", "Object Security Attributes Changed")
+
+KINDS: dict[str, AuditKind] = {
+    "instance.received": AuditKind(INSTANCES_TRANSFERRED, "C"),
+    "instance.forwarded": AuditKind(INSTANCES_TRANSFERRED, "R"),
+    "retrieve.move": AuditKind(INSTANCES_TRANSFERRED, "R"),
+    "retrieve.get": AuditKind(INSTANCES_TRANSFERRED, "R"),
+    "query.find": AuditKind(QUERY, "E"),
+    "service.start": AuditKind(APPLICATION_ACTIVITY, "E", APPLICATION_START),
+    "service.stop": AuditKind(APPLICATION_ACTIVITY, "E", APPLICATION_STOP),
+    "association.rejected": AuditKind(SECURITY_ALERT, "E", NODE_AUTHENTICATION),
+    "storage.recovered": AuditKind(INSTANCES_ACCESSED, "D"),
+    "verify.node": AuditKind(SECURITY_ALERT, "E", OBJECT_SECURITY_CHANGED),
+    "audit.export": AuditKind(EXPORT, "R"),
+    # sharing across institutions (a later issue): the types its events will carry
+    "release.granted": AuditKind(EXPORT, "R"),
+    "release.denied": AuditKind(SECURITY_ALERT, "E", RESTRICTED_FUNCTION),
+    "consent.granted": AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
+    "consent.revoked": AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
+    "score.changed": AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
+}
+FALLBACK = AuditKind(APPLICATION_ACTIVITY, "E")
+
+
+def kind_of(event_type: str) -> AuditKind:
+    return KINDS.get(event_type, FALLBACK)
+
+
+# EventOutcomeIndicator (PS3.15 A.5.3): our outcome words are named after it (events.py).
+OUTCOME_CODES = {"success": "0", "minor-failure": "4", "serious-failure": "8", "major-failure": "12"}
+
+# RoleIDCode of active participants (CID 402)
+ROLE_SOURCE = Code("110153", "Source Role ID")
+ROLE_DESTINATION = Code("110152", "Destination Role ID")
+ROLE_APPLICATION = Code("110150", "Application")
+ROLE_LAUNCHER = Code("110151", "Application Launcher")
+# ParticipantObjectIDTypeCode (RFC 3881 / CID 404)
+ID_PATIENT = Code("2", "Patient Number", "RFC-3881")
+ID_STUDY = Code("110180", "Study Instance UID")
+ID_SOP = Code("110181", "SOP Class UID")
+ID_EVENT = Code("EVENT", "dicom-chain ledger event", LOCAL_SCHEME)

@@ -1,0 +1,179 @@
+"""Export the event log in an auditor's format, streamed, with a signed proof beside it.
+
+Memory stays flat whatever the size: rows are read in batches, each is written as it comes, and
+the hashes of filtered-out events between two exported ones wait in a spooled temp file.
+The export is cut at the log's head when it starts; events appended meanwhile are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ..block import utc_now
+from ..errors import ConfigError
+from ..events import EventDraft
+from ..keys import NodeKey
+from ..ledger import Ledger
+from . import atna, csvfile, fhir, jsonl, proof, record
+from .context import ExportContext
+
+FORMATS = {m.NAME: m for m in (jsonl, csvfile, fhir, atna)}
+PENDING_SPOOL_BYTES = 8 << 20  # skipped hashes held in memory before they spill to a temp file
+HASH_CHUNK = 1 << 20
+
+
+def proof_path(export: Path) -> Path:
+    return export.with_name(export.name + ".proof")
+
+
+def _bound(text: str | None, *, end: bool) -> str | None:
+    """An ISO date or date-time as the event log writes times; a bare date as --until means its end."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"{text!r} is not an ISO 8601 date or date-time") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if end and len(text) == 10:
+        moment += timedelta(days=1)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    since: str | None = None
+    until: str | None = None
+    patient: str | None = None
+    study: str | None = None
+    institution: str | None = None
+    event_types: tuple[str, ...] = ()
+
+    @property
+    def narrows(self) -> bool:
+        """Whether events inside the time range can be left out (then the proof lists them)."""
+        return bool(self.patient or self.study or self.institution or self.event_types)
+
+    def selects(self, rec: dict[str, Any], institutions: dict[str, str]) -> bool:
+        return (
+            (not self.patient or rec["patient_id"] == self.patient)
+            and (not self.study or rec["study_uid"] == self.study)
+            and (not self.institution or institutions.get(rec["key_id"]) == self.institution)
+            and (not self.event_types or rec["type"] in self.event_types)
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fp:
+        while chunk := fp.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _flush(pending: Any, tracker: proof.RangeTracker, skipped_file: Any) -> None:
+    """Events filtered out between two exported ones: into the proof's skipped list."""
+    pending.seek(0)
+    for line in pending:
+        seq, event_hash = line.split()
+        tracker.skipped(int(seq), event_hash)
+        skipped_file.write(proof.skipped_line(int(seq), event_hash) + "\n")
+    pending.seek(0)
+    pending.truncate()
+
+
+def export(
+    ledger: Ledger,
+    key: NodeKey,
+    fmt: str,
+    output: Path,
+    filters: AuditFilter,
+    *,
+    actor: str,
+    source_id: str,
+    advance: Callable[[int], None] = lambda _n: None,
+) -> dict[str, Any]:
+    """Write ``output`` and ``output.proof``; return the signed statement. Records an audit.export."""
+    module = FORMATS.get(fmt)
+    if module is None:
+        raise ConfigError(f"unknown audit format {fmt!r} (one of {', '.join(FORMATS)})")
+    head = ledger.event_head()
+    institutions = ledger.institutions()
+    context = ExportContext(exported_at=utc_now(), source_id=source_id, institutions=institutions)
+    since, until = _bound(filters.since, end=False), _bound(filters.until, end=True)
+    tracker = proof.RangeTracker()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    binary = fmt == atna.NAME
+    text_args: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
+    with (
+        tempfile.TemporaryFile("w+", encoding="ascii") as skipped_file,
+        tempfile.SpooledTemporaryFile(PENDING_SPOOL_BYTES, "w+", encoding="ascii") as pending,
+    ):
+        try:
+            with partial.open("wb" if binary else "w", **text_args) as fp:
+                writer = module.Writer(fp, context)
+                decode = module.DECODE_DETAILS
+                for row in ledger.iter_event_rows(since, until, max_seq=head[0]):
+                    advance(1)
+                    rec = record.from_row(row, decode_details=decode)
+                    if not filters.selects(rec, institutions):
+                        if tracker.first_seq is not None:
+                            pending.write(f"{rec['seq']} {rec['hash']}\n")
+                        continue
+                    if pending.tell():
+                        _flush(pending, tracker, skipped_file)
+                    writer.write(rec)
+                    tracker.exported(rec["seq"], rec["hash"], rec["prev_hash"])
+                writer.close()
+            body = proof.statement(
+                tracker,
+                fmt=fmt,
+                filters=filters.describe(),
+                file_name=output.name,
+                file_sha256=_sha256(partial),
+                head=head,
+                exported_at=context.exported_at,
+                exported_by=actor,
+            )
+            signed = proof.sign(body, key)
+            proof_partial = partial.with_name(partial.name + ".proof")
+            with proof_partial.open("w", encoding="utf-8") as fp:
+                skipped_file.seek(0)
+                for line in skipped_file:
+                    fp.write(line)
+                fp.write(record.dumps(signed) + "\n")
+            os.replace(partial, output)
+            os.replace(proof_partial, proof_path(output))
+        finally:
+            partial.unlink(missing_ok=True)
+    ledger.record(
+        key,
+        EventDraft(
+            "audit.export",
+            actor=actor,
+            patient_id=filters.patient or "",
+            study_uid=filters.study or "",
+            reason=f"{tracker.count} events exported as {fmt}",
+            details={
+                "format": fmt,
+                "file": output.name,
+                "filters": filters.describe(),
+                "count": tracker.count,
+                "first_seq": tracker.first_seq,
+                "last_seq": tracker.last_seq,
+            },
+        ),
+    )
+    return signed

@@ -1,0 +1,159 @@
+"""FHIR R4: a Bundle (type collection) of AuditEvent resources, one entry per line.
+
+Types and subtypes come from the DICOM audit vocabulary (codes.py). Each AuditEvent carries the
+full ledger record as an entity detail (base64 JSON), which ``read`` checks against everything
+the resource shows, so an edited outcome or patient is found even though the record is intact.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import AuditExportError
+from . import codes, record
+from .context import ExportContext
+from .participants import participants
+
+NAME = "fhir"
+DECODE_DETAILS = True  # rendering reads the details (destination, query keys)
+SUFFIX = ".fhir.json"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+NETWORK_TYPE_IP = "2"  # AuditEvent.agent.network.type: IP address
+RECORD_DETAIL = "dicom-chain-event"
+
+
+def _coding(code: codes.Code) -> dict[str, str]:
+    system = codes.DCM_SYSTEM if code.scheme == codes.DCM else f"urn:dicom-chain:{code.scheme}"
+    return {"system": system, "code": code.code, "display": code.meaning}
+
+
+def _entity(value: str, type_code: str, type_display: str, role: str, role_display: str) -> dict[str, Any]:
+    return {
+        "what": {"identifier": {"value": value}},
+        "type": {"system": ENTITY_TYPE, "code": type_code, "display": type_display},
+        "role": {"system": OBJECT_ROLE, "code": role, "display": role_display},
+    }
+
+
+def render(rec: dict[str, Any], context: ExportContext) -> dict[str, Any]:
+    kind = codes.kind_of(rec["type"])
+    institution = context.institutions.get(rec["key_id"], "")
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": rec["hash"][:64],
+        "type": _coding(kind.event_id),
+        "action": kind.action,
+        "recorded": rec["time"],
+        "outcome": codes.OUTCOME_CODES.get(rec["outcome"], "8"),
+    }
+    if kind.subtype is not None:
+        resource["subtype"] = [_coding(kind.subtype)]
+    if rec["reason"]:
+        resource["outcomeDesc"] = rec["reason"]
+    agents = []
+    for p in participants(rec, institution):
+        agent: dict[str, Any] = {"who": {"display": p.user_id}, "requestor": p.requestor}
+        if p.role is not None:
+            agent["type"] = {"coding": [_coding(p.role)]}
+        if p.name:
+            agent["name"] = p.name
+        if p.address:
+            agent["network"] = {"address": p.address, "type": NETWORK_TYPE_IP}
+        agents.append(agent)
+    resource["agent"] = agents
+    resource["source"] = {
+        "site": institution or context.source_id,
+        "observer": {"display": context.source_id},
+        "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}],
+    }
+    entities = []
+    if rec["patient_id"]:
+        entities.append(_entity(rec["patient_id"], "1", "Person", "1", "Patient"))
+    if rec["study_uid"]:
+        study = _entity(rec["study_uid"], "2", "System Object", "3", "Report")
+        study["what"]["identifier"]["system"] = "urn:dicom:uid"
+        entities.append(study)
+    if rec["type"] == "query.find" and isinstance(rec["details"], dict):
+        query = _entity(str(rec["details"].get("model", "")), "2", "System Object", "24", "Query")
+        query["query"] = base64.b64encode(
+            json.dumps(rec["details"].get("keys", {}), sort_keys=True, ensure_ascii=False).encode()
+        ).decode("ascii")
+        entities.append(query)
+    carrier = _entity(rec["hash"], "2", "System Object", "13", "Security Resource")
+    carrier["detail"] = [
+        {
+            "type": RECORD_DETAIL,
+            "valueBase64Binary": base64.b64encode(record.dumps(rec).encode()).decode("ascii"),
+        }
+    ]
+    entities.append(carrier)
+    resource["entity"] = entities
+    return resource
+
+
+def _entry(resource: dict[str, Any]) -> dict[str, Any]:
+    return {"fullUrl": f"urn:uuid:{uuid.UUID(resource['id'][:32])}", "resource": resource}
+
+
+class Writer:
+    def __init__(self, fp: TextIO, context: ExportContext) -> None:
+        self.fp = fp
+        self.context = context
+        self.first = True
+        head = {"resourceType": "Bundle", "type": "collection", "timestamp": context.exported_at}
+        fp.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "entry": [\n')
+
+    def write(self, rec: dict[str, Any]) -> None:
+        line = json.dumps(_entry(render(rec, self.context)), ensure_ascii=False, separators=(",", ":"))
+        self.fp.write(line if self.first else ",\n" + line)
+        self.first = False
+
+    def close(self) -> None:
+        self.fp.write("\n]}\n")
+
+
+def _context_of(resource: dict[str, Any], rec: dict[str, Any]) -> ExportContext:
+    source = resource.get("source", {})
+    observer = source.get("observer", {}).get("display", "")
+    site = source.get("site", "")
+    return ExportContext(
+        exported_at="", source_id=observer, institutions={rec["key_id"]: site} if site != observer else {}
+    )
+
+
+def record_of(resource: dict[str, Any]) -> dict[str, Any]:
+    for entity in resource.get("entity", []):
+        for detail in entity.get("detail", []):
+            if detail.get("type") == RECORD_DETAIL:
+                return json.loads(base64.b64decode(detail["valueBase64Binary"]))
+    raise AuditExportError(f"AuditEvent {resource.get('id')} carries no {RECORD_DETAIL} record")
+
+
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a bundle this module wrote, each checked against its own resource."""
+    with path.open(encoding="utf-8") as fp:
+        head = fp.readline()
+        if not head.startswith('{"resourceType": "Bundle"'):
+            raise AuditExportError(f"{path}: not a FHIR Bundle written by dicom-chain")
+        for number, line in enumerate(fp, 2):
+            line = line.strip().rstrip(",")
+            if not line or line == "]}":
+                continue
+            try:
+                entry = json.loads(line)
+                resource = entry["resource"]
+                rec = record_of(resource)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise AuditExportError(f"{path}:{number}: not an AuditEvent entry ({exc})") from exc
+            if _entry(render(rec, _context_of(resource, rec))) != entry:
+                raise AuditExportError(
+                    f"{path}:{number}: AuditEvent {rec.get('seq')} differs from its record"
+                )
+            yield rec
