@@ -108,7 +108,7 @@ class AuditFeed(threading.Thread):
                 return sent
             for row in rows:
                 rec = record.from_row(row)
-                payload = atna.to_bytes(atna.render(rec, context))
+                payload = atna.to_bytes(rec, context)
                 msg = framing.message(
                     payload,
                     timestamp=rec["time"],

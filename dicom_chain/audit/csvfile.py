@@ -7,10 +7,11 @@ leading apostrophe, as is text already starting with one, so the escape reads ba
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..errors import AuditExportError
 from . import record
@@ -31,16 +32,22 @@ def _uncell(text: str) -> str:
     return text[1:] if text.startswith("'") else text
 
 
-class Writer:
-    def __init__(self, fp: TextIO, context: ExportContext) -> None:
-        self.writer = csv.writer(fp, lineterminator="\r\n")
-        self.writer.writerow(record.FIELDS)
+SEPARATOR = ""
 
-    def write(self, rec: dict[str, Any]) -> None:
-        self.writer.writerow([_cell(rec[name]) for name in record.FIELDS])
 
-    def close(self) -> None:
-        pass
+def header(context: ExportContext) -> str:
+    return ",".join(record.FIELDS) + "\r\n"
+
+
+def render_batch(recs: list[dict[str, Any]], context: ExportContext) -> list[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerows([_cell(rec[name]) for name in record.FIELDS] for rec in recs)
+    return [buffer.getvalue()]
+
+
+def footer(context: ExportContext) -> str:
+    return ""
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:

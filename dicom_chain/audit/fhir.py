@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..errors import AuditExportError
 from . import codes, record
@@ -20,13 +20,14 @@ from .context import ExportContext
 from .participants import participants
 
 NAME = "fhir"
-DECODE_DETAILS = True  # rendering reads the details (destination, query keys)
+DECODE_DETAILS = False  # rendering decodes them itself; the embedded record splices their text
 SUFFIX = ".fhir.json"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 NETWORK_TYPE_IP = "2"  # AuditEvent.agent.network.type: IP address
 RECORD_DETAIL = "dicom-chain-event"
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: a million entries
 
 
 def _coding(code: codes.Code) -> dict[str, str]:
@@ -80,10 +81,11 @@ def render(rec: dict[str, Any], context: ExportContext) -> dict[str, Any]:
         study = _entity(rec["study_uid"], "2", "System Object", "3", "Report")
         study["what"]["identifier"]["system"] = "urn:dicom:uid"
         entities.append(study)
-    if rec["type"] == "query.find" and isinstance(rec["details"], dict):
-        query = _entity(str(rec["details"].get("model", "")), "2", "System Object", "24", "Query")
+    details = record.details_of(rec)
+    if rec["type"] == "query.find":
+        query = _entity(str(details.get("model", "")), "2", "System Object", "24", "Query")
         query["query"] = base64.b64encode(
-            json.dumps(rec["details"].get("keys", {}), sort_keys=True, ensure_ascii=False).encode()
+            json.dumps(details.get("keys", {}), sort_keys=True, ensure_ascii=False).encode()
         ).decode("ascii")
         entities.append(query)
     carrier = _entity(rec["hash"], "2", "System Object", "13", "Security Resource")
@@ -102,21 +104,20 @@ def _entry(resource: dict[str, Any]) -> dict[str, Any]:
     return {"fullUrl": f"urn:uuid:{uuid.UUID(resource['id'][:32])}", "resource": resource}
 
 
-class Writer:
-    def __init__(self, fp: TextIO, context: ExportContext) -> None:
-        self.fp = fp
-        self.context = context
-        self.first = True
-        head = {"resourceType": "Bundle", "type": "collection", "timestamp": context.exported_at}
-        fp.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "entry": [\n')
+SEPARATOR = ",\n"  # between entries: JSON allows no comma after the last
 
-    def write(self, rec: dict[str, Any]) -> None:
-        line = json.dumps(_entry(render(rec, self.context)), ensure_ascii=False, separators=(",", ":"))
-        self.fp.write(line if self.first else ",\n" + line)
-        self.first = False
 
-    def close(self) -> None:
-        self.fp.write("\n]}\n")
+def header(context: ExportContext) -> str:
+    head = {"resourceType": "Bundle", "type": "collection", "timestamp": context.exported_at}
+    return json.dumps(head, ensure_ascii=False)[:-1] + ', "entry": [\n'
+
+
+def render_batch(recs: list[dict[str, Any]], context: ExportContext) -> list[str]:
+    return [_ENCODER.encode(_entry(render(rec, context))) for rec in recs]
+
+
+def footer(context: ExportContext) -> str:
+    return "\n]}\n"
 
 
 def _context_of(resource: dict[str, Any], rec: dict[str, Any]) -> ExportContext:

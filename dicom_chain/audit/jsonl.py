@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..errors import AuditExportError
 from . import record
@@ -16,15 +16,19 @@ SUFFIX = ".jsonl"
 DECODE_DETAILS = False  # the row's canonical details text is spliced into the line as it is
 
 
-class Writer:
-    def __init__(self, fp: TextIO, context: ExportContext) -> None:
-        self.fp = fp
+SEPARATOR = ""
 
-    def write(self, rec: dict[str, Any]) -> None:
-        self.fp.write(record.dumps_raw_details(rec) + "\n")
 
-    def close(self) -> None:
-        pass
+def header(context: ExportContext) -> str:
+    return ""
+
+
+def render_batch(recs: list[dict[str, Any]], context: ExportContext) -> list[str]:
+    return [record.dumps(rec) + "\n" for rec in recs]
+
+
+def footer(context: ExportContext) -> str:
+    return ""
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:

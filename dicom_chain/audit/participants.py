@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import codes
+from . import codes, record
 from .codes import Code
 
 # The other side is the source of what we received, the destination of what we sent.
@@ -25,7 +25,7 @@ class Participant:
 def participants(rec: dict[str, Any], institution: str) -> list[Participant]:
     """The requesting party (calling AE, institution or local user), then this node."""
     node = Participant(f"dicom-chain@{rec['key_id']}", False, codes.ROLE_APPLICATION, name=institution)
-    details = rec["details"] if isinstance(rec["details"], dict) else {}
+    details = record.details_of(rec)
     if rec["type"] in _PEER_IS_DESTINATION:
         node = Participant(node.user_id, False, codes.ROLE_SOURCE, name=institution)
         target = str(details.get("destination") or rec["actor"])

@@ -94,18 +94,21 @@ def to_event(record: dict[str, Any]) -> Event:
 
 
 def dumps(record: dict[str, Any]) -> str:
-    """One record as one line of JSON (UTF-8 text, keys in a fixed order)."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-
-
-def dumps_raw_details(record: dict[str, Any]) -> str:
-    """The same line from a record whose details are still their canonical JSON text: spliced in,
-    not decoded and encoded again."""
+    """One record as one line of JSON, details last in their canonical form. Details may still be
+    the row's canonical text (spliced in, not decoded and encoded again) or already decoded: both
+    give the same bytes, which is what lets a reader re-render a message and compare."""
     details = record["details"]
-    head = json.dumps(
-        {k: v for k, v in record.items() if k != "details"}, ensure_ascii=False, separators=(",", ":")
-    )
-    return f'{head[:-1]},"details":{details}}}'
+    text = details if isinstance(details, str) else canonjson.dumps(details).decode("utf-8")
+    head = _ENCODER.encode({k: v for k, v in record.items() if k != "details"})
+    return f'{head[:-1]},"details":{text}}}'
+
+
+def details_of(record: dict[str, Any]) -> dict[str, Any]:
+    details = record["details"]
+    return canonjson.loads(details) if isinstance(details, str) else details
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 # Column order of ``events`` as the models declare it: from_row unpacks rows in this order.
