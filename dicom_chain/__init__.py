@@ -1,30 +1,85 @@
 """dicom-chain core: blocks, canonical hashing, embedding, ledger and verification. No networking."""
 
-from .block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader
-from .canonical import CANONICAL_VERSION, content_hash
-from .config import Settings
-from .embedding import embed_block, read_block
-from .errors import (
-    ConfigError,
-    ContentHashError,
-    DicomChainError,
-    KeyFileError,
-    LedgerError,
-    MalformedBlockError,
-    MalformedDatasetError,
-    NoBlockError,
-    NotDicomError,
-    SignatureError,
-    StorageError,
-)
-from .events import Event, EventDraft
-from .findings import Finding, Report
-from .keys import NodeKey, load_public_key
-from .ledger import Ledger
-from .node import IngestResult, Node
-from .privatetags import CHAIN_GROUP, PRIVATE_CREATOR
-from .storage import Storage
-from .verify import verify_files, verify_node
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader
+    from .canonical import CANONICAL_VERSION, content_hash
+    from .config import Settings
+    from .embedding import embed_block, read_block
+    from .errors import (
+        ConfigError,
+        ContentHashError,
+        DicomChainError,
+        KeyFileError,
+        LedgerError,
+        MalformedBlockError,
+        MalformedDatasetError,
+        NoBlockError,
+        NotDicomError,
+        SignatureError,
+        StorageError,
+    )
+    from .events import Event, EventDraft
+    from .findings import Finding, Report
+    from .keys import NodeKey, load_public_key
+    from .ledger import Ledger
+    from .node import IngestResult, Node
+    from .privatetags import CHAIN_GROUP, PRIVATE_CREATOR
+    from .storage import Storage
+    from .verify import verify_files, verify_node
+
+# The public API, imported on first use (PEP 562): a process that needs one corner of the core
+# (an export's render worker, the CLI's --help) does not pay for loading pydicom and SQLAlchemy.
+_LAZY = {
+    "Block": "block",
+    "BlockHeader": "block",
+    "CANONICAL_VERSION": "canonical",
+    "CHAIN_GROUP": "privatetags",
+    "ConfigError": "errors",
+    "ContentHashError": "errors",
+    "DicomChainError": "errors",
+    "Event": "events",
+    "EventDraft": "events",
+    "FORMAT_VERSION": "block",
+    "Finding": "findings",
+    "GENESIS_HASH": "block",
+    "IngestResult": "node",
+    "KeyFileError": "errors",
+    "Ledger": "ledger",
+    "LedgerError": "errors",
+    "MalformedBlockError": "errors",
+    "MalformedDatasetError": "errors",
+    "NoBlockError": "errors",
+    "Node": "node",
+    "NodeKey": "keys",
+    "NotDicomError": "errors",
+    "PRIVATE_CREATOR": "privatetags",
+    "Report": "findings",
+    "Settings": "config",
+    "SignatureError": "errors",
+    "Storage": "storage",
+    "StorageError": "errors",
+    "content_hash": "canonical",
+    "embed_block": "embedding",
+    "load_public_key": "keys",
+    "read_block": "embedding",
+    "verify_files": "verify",
+    "verify_node": "verify",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dicom_chain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "CANONICAL_VERSION",

@@ -74,7 +74,7 @@ def config_option(f: F) -> F:
     )(f)
 
 
-def node_options(f: F) -> F:
+def node_options(f: F, *, institution: bool = True) -> F:
     """Where the node lives: shared by every command that opens the node."""
     options = [
         click.option(
@@ -102,17 +102,24 @@ def node_options(f: F) -> F:
             envvar="DICOM_CHAIN_KEY_FILE",
             help="Ed25519 node key, made on first use (default: beside the database).",
         ),
-        click.option(
-            "--institution",
-            default=DEFAULT_INSTITUTION,
-            envvar="DICOM_CHAIN_INSTITUTION",
-            show_default=True,
-            help="Institution named in every block.",
-        ),
     ]
+    if institution:
+        options.append(
+            click.option(
+                "--institution",
+                default=DEFAULT_INSTITUTION,
+                envvar="DICOM_CHAIN_INSTITUTION",
+                show_default=True,
+                help="Institution named in every block.",
+            ),
+        )
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def node_options_without_institution(f: F) -> F:
+    return node_options(f, institution=False)
 
 
 def forward_options(f: F) -> F:
@@ -137,7 +144,7 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
         db=kwargs.pop("db"),
         storage=kwargs.pop("storage"),
         key_file=kwargs.pop("key_file"),
-        institution=kwargs.pop("institution"),
+        institution=kwargs.pop("institution", DEFAULT_INSTITUTION),
     )
 
 
@@ -573,7 +580,7 @@ def audit() -> None:
 
 @audit.command("export")
 @config_option
-@node_options
+@node_options_without_institution
 @click.option(
     "--format",
     "fmt",
@@ -585,7 +592,7 @@ def audit() -> None:
 @click.option("--until", help="Events before this date-time (a bare date: up to the end of that day).")
 @click.option("--patient", help="Only events about this Patient ID.")
 @click.option("--study", help="Only events about this Study Instance UID.")
-@click.option("--for-institution", "for_institution", help="Only events signed by this institution's node.")
+@click.option("--institution", "for_institution", help="Only events signed by this institution's node.")
 @click.option("--event", "event_types", multiple=True, help="Only events of this type (repeatable).")
 @click.option(
     "--output",
@@ -610,7 +617,8 @@ def audit_export(
 ) -> None:
     """Export events with a signed proof that the export is complete and unaltered."""
     from .audit import AuditFilter, export, proof_path
-    from .node import Node
+    from .keys import NodeKey
+    from .ledger import Ledger
 
     filters = AuditFilter(
         since=since,
@@ -620,23 +628,27 @@ def audit_export(
         institution=for_institution,
         event_types=event_types,
     )
+    settings = settings_from(kwargs)
     try:
-        node = Node.open(settings_from(kwargs))
+        if not settings.key_path.exists():  # the proof is signed with the node's own key
+            raise click.ClickException(f"no node key at {settings.key_path} (give --key-file)")
+        key = NodeKey.load(settings.key_path)
+        ledger = Ledger(settings.db_url)  # not the whole node: an export needs no DICOM libraries
         try:
-            total = node.ledger.event_count()
+            total = ledger.event_count()
             with progress_bar(total, f"exporting {fmt}", progress) as advance:
                 signed = export(
-                    node.ledger,
-                    node.key,
+                    ledger,
+                    key,
                     fmt,
                     output,
                     filters,
                     actor=local_user(),
-                    source_id=f"dicom-chain@{node.key.key_id}",
+                    source_id=f"dicom-chain@{key.key_id}",
                     advance=advance,
                 )
         finally:
-            node.close()
+            ledger.close()
     except DicomChainError as exc:
         raise click.ClickException(str(exc)) from exc
     statement = signed["statement"]

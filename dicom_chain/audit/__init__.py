@@ -1,5 +1,8 @@
 """Audit trails for compliance: exports in JSON Lines, CSV, FHIR AuditEvent and DICOM/ATNA,
-each with a signed proof that it is whole and unaltered, checked offline by ``verify_export``."""
+each with a signed proof that it is whole and unaltered, checked offline by ``verify_export``.
+
+Nothing here imports the database layer at module level: an export's render workers load only
+what rendering needs."""
 
 from .export import FORMATS, AuditFilter, export, proof_path
 from .verify import verify_export

@@ -11,6 +11,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
@@ -18,19 +19,21 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..block import utc_now
 from ..errors import ConfigError
 from ..events import EventDraft
 from ..keys import NodeKey
-from ..ledger import Ledger
 from . import atna, csvfile, fhir, jsonl, proof, record
 from .context import ExportContext
 
+if TYPE_CHECKING:
+    from ..ledger import Ledger
+
 FORMATS = {m.NAME: m for m in (jsonl, csvfile, fhir, atna)}
 PENDING_SPOOL_BYTES = 8 << 20  # skipped hashes held in memory before they spill to a temp file
-RENDER_BATCH = 2_000  # records per rendering task: large enough that handing it to a worker is cheap
+RENDER_BATCH = 500  # records per rendering task: handing it to a worker costs little, holding it little
 RENDER_WORKERS_MAX = 4  # worker processes at most (each holds a Python and lxml: ~40 MB)
 PARALLEL_FORMATS = frozenset({"fhir", "atna"})  # where rendering, not reading, sets the pace
 HASH_CHUNK = 1 << 20
@@ -113,6 +116,20 @@ class _Renderer:
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
+        main, saved = sys.modules["__main__"], self._saved_main
+        if saved is not None:
+            main.__file__, main.__spec__ = saved
+
+    _saved_main: tuple[Any, Any] | None = None
+
+    def _hide_main(self) -> None:
+        """Spawned workers import the parent's __main__ again (for the command line: click, rich,
+        SQLAlchemy, ~30 MB each) although rendering needs none of it; hidden while they start."""
+        main = sys.modules["__main__"]
+        if hasattr(main, "__file__"):
+            self._saved_main = (main.__file__, getattr(main, "__spec__", None))
+            del main.__file__
+            main.__spec__ = None
 
     def submit(self, batch: list[dict[str, Any]]) -> None:
         if not batch:
@@ -122,6 +139,7 @@ class _Renderer:
             self._write(self.module.render_batch(batch, self.context))
             return
         if self.pool is None:
+            self._hide_main()
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         self.in_flight.append(self.pool.submit(self.module.render_batch, batch, self.context))
         while len(self.in_flight) > 2 * self.workers:
