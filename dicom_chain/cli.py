@@ -307,7 +307,7 @@ def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
         with progress_bar(len(files), "chaining", None) as advance:
             for path in files:
                 try:
-                    result = node.ingest_file(path, actor="cli")
+                    result = node.ingest_file(path, actor=local_user())
                     click.echo(f"{result.outcome:<11} height {result.block.header.height:>6}  {path}")
                 except DicomChainError as exc:
                     failures += 1
@@ -342,14 +342,13 @@ def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
 @click.option(
     "--update-index",
     is_flag=True,
-    help="With --db: store each instance's result as its verification state (returned by C-FIND) "
-    "and record this verify run as an event signed with the node key.",
+    help="With --db: also store each instance's result as its verification state (returned by C-FIND).",
 )
 @click.option(
     "--key-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="DICOM_CHAIN_KEY_FILE",
-    help="With --update-index: the node key (default: beside the SQLite database).",
+    help="With --db: the node key that signs this run's event (default: beside the SQLite database).",
 )
 def verify(
     paths: tuple[Path, ...],
@@ -393,7 +392,7 @@ def verify(
 
                     with ledger.writing() as session:
                         index.record_verification(session, index_states(report, store), utc_now())
-                    _record_verify(ledger, report, Settings(db=db, key_file=key_file).key_path)
+                _record_verify(ledger, report, Settings(db=db, key_file=key_file).key_path)
             finally:
                 ledger.close()
         else:
@@ -408,15 +407,28 @@ def verify(
 
 def _record_verify(ledger: Any, report: Report, key_path: Path) -> None:
     """A whole-node verify on the record: outcome, counts, the first problems (a failure is an alert)."""
-    from .events import MAJOR_FAILURE, SUCCESS, EventDraft
     from .keys import NodeKey
 
     if not key_path.exists():
         stderr.print(f"no node key at {key_path}: this verify run is not recorded as an event")
         return
+    try:
+        key = NodeKey.load(key_path)
+    except DicomChainError as exc:
+        stderr.print(f"{exc}: this verify run is not recorded as an event")
+        return
     problems = [f"{f.kind}: {f.path or f.sop_instance_uid or f.chain_id}" for f in report.errors]
+    try:
+        _append_verify_event(ledger, key, report, problems)
+    except DicomChainError as exc:  # a read-only copy of a ledger can still be verified
+        stderr.print(f"this verify run is not recorded as an event: {exc}")
+
+
+def _append_verify_event(ledger: Any, key: Any, report: Report, problems: list[str]) -> None:
+    from .events import MAJOR_FAILURE, SUCCESS, EventDraft
+
     ledger.record(
-        NodeKey.load(key_path),
+        key,
         EventDraft(
             "verify.node",
             outcome=SUCCESS if report.ok else MAJOR_FAILURE,
