@@ -263,3 +263,18 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def exchange(assoc: object, request: object, context_id: int) -> object:
+    """Send one DIMSE request exactly as built (bytes a broken peer would send) and return the
+    response. The association's reactor is paused as pynetdicom's own senders do, or it may take
+    the response for itself ("unexpected ... service message")."""
+    assoc._reactor_checkpoint.clear()  # type: ignore[attr-defined]
+    while not assoc._is_paused:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    try:
+        assoc.dimse.send_msg(request, context_id)  # type: ignore[attr-defined]
+        _, response = assoc.dimse.get_msg(block=True)  # type: ignore[attr-defined]
+    finally:
+        assoc._reactor_checkpoint.set()  # type: ignore[attr-defined]
+    return response

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pydicom
@@ -16,7 +15,7 @@ from scp.server import start_server
 from scp.statuses import CANNOT_UNDERSTAND
 
 from .conftest import read
-from .peers import free_port
+from .peers import exchange, free_port
 
 
 @pytest.fixture
@@ -139,17 +138,7 @@ def send_raw(assoc, sop_class: str, sop_uid: str, dataset_bytes: bytes) -> int:
     request.AffectedSOPInstanceUID = sop_uid
     request.Priority = 2
     request.DataSet = BytesIO(dataset_bytes)
-    # Pause the association's reactor as pynetdicom's own send_c_store does, or it may take the
-    # response for itself ("unexpected C-STORE service message").
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.001)
-    try:
-        assoc.dimse.send_msg(request, context.context_id)
-        _, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    return int(response.Status)
+    return int(exchange(assoc, request, context.context_id).Status)
 
 
 def ct_context(assoc):

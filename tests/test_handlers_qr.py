@@ -40,7 +40,7 @@ from scp.statuses import (
 )
 
 from .conftest import SAMPLE_STUDY
-from .peers import free_port
+from .peers import exchange, free_port
 
 STUDY_UID = pydicom.dcmread(next(SAMPLE_STUDY.glob("*.dcm"))).StudyInstanceUID
 
@@ -211,14 +211,7 @@ def test_an_identifier_that_does_not_decode_gets_c000(gateway):
     request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
     request.Priority = 2
     request.Identifier = BytesIO(b"\x08\x00\x52\x00\xff\xff\xff\x7fSTUDY")  # a length far past the end
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.001)
-    try:
-        assoc.dimse.send_msg(request, context.context_id)
-        _, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
+    response = exchange(assoc, request, context.context_id)
     try:
         assert int(response.Status) == UNABLE_TO_PROCESS
         assert assoc.send_c_echo().Status == 0x0000
