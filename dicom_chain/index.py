@@ -237,6 +237,7 @@ def write(
     path: str,
     version: int,
     verification: str = "verified",
+    verified_at: str | None = None,
 ) -> None:
     """Index one stored instance (its newest version) inside the caller's transaction."""
     patient_pk = _upsert(session, PATIENTS, record.patient, ["patient_id", "issuer"])
@@ -256,7 +257,7 @@ def write(
             "path": path,
             "received_at": h.timestamp,
             "verification": verification,
-            "verified_at": h.timestamp,
+            "verified_at": verified_at or h.timestamp,
         },
         ["sop_instance_uid"],
     )
@@ -265,14 +266,6 @@ def write(
 def clear(session: Session) -> None:
     for table in (INSTANCES, SERIES, STUDIES, PATIENTS):
         session.execute(delete(table))
-
-
-def set_verification(session: Session, sop_instance_uid: str, state: str, at: str) -> None:
-    session.execute(
-        INSTANCES.update()
-        .where(INSTANCES.c.sop_instance_uid == sop_instance_uid)
-        .values(verification=state, verified_at=at)
-    )
 
 
 def record_verification(session: Session, problems: dict[str, str], at: str) -> int:

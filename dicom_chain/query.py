@@ -9,7 +9,7 @@ turns one matched entity back into an identifier.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -106,7 +106,6 @@ class Query:
     requested: tuple[DataElement, ...]  # the identifier's elements, answered in this order
     unsupported: tuple[str, ...] = ()  # keys sent with a value that we cannot match on (-> FF01)
     private_slot: int | None = None  # the slot the identifier gave our private creator, if any
-    levels: tuple[Level, ...] = field(default=())
 
     @property
     def depth(self) -> int:
@@ -212,7 +211,6 @@ def parse_query(identifier: Dataset, model: Model, *, retrieve: bool = False) ->
         requested=tuple(elements),
         unsupported=tuple(unsupported),
         private_slot=private_slot,
-        levels=levels[: depth + 1],
     )
 
 

@@ -75,12 +75,7 @@ def reindex(node: Node, advance: Callable[[int], None] = lambda _: None) -> Rein
                     path=stored.path,
                     version=stored.version,
                     verification="verified" if intact else "altered",
-                )
-                index.set_verification(
-                    session,
-                    stored.block.header.sop_instance_uid,
-                    "verified" if intact else "altered",
-                    utc_now(),
+                    verified_at=utc_now(),
                 )
                 report.indexed += 1
                 if not intact:

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.outbox import Destination, OutboxItem
 
+from .contexts import contexts_for
 from .handlers import no_delay
 from .logs import configure_logging
 from .statuses import forward_verdict
@@ -37,21 +37,6 @@ PARENT_CHECK_S = 1.0  # a forwarder process started by `serve` exits within this
 FORWARD_ACSE_TIMEOUT_S = 30  # association set-up with the PACS
 FORWARD_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a slow archive
 FORWARD_NETWORK_TIMEOUT_S = 60
-MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1-255
-
-
-def contexts_for(items: list[OutboxItem]) -> list:
-    """One context per (SOP class, stored syntax); uncompressed instances may also go re-encoded."""
-    wanted: dict[str, set[str]] = {}
-    for item in items:
-        wanted.setdefault(item.sop_class_uid, set()).add(item.transfer_syntax)
-    contexts = []
-    for sop_class, syntaxes in sorted(wanted.items()):
-        for syntax in sorted(syntaxes):
-            contexts.append(build_context(sop_class, [syntax]))
-        if any(not UID(s).is_compressed for s in syntaxes):
-            contexts.append(build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-    return contexts[:MAX_CONTEXTS]
 
 
 class DestinationWorker(threading.Thread):

@@ -24,6 +24,7 @@ from dicom_chain.query import Model
 from dicom_chain.splice import EncodedInstance
 
 from .access import AccessList
+from .contexts import contexts_for
 from .statuses import (
     CANCELLED,
     ERROR_COMMENT_MAX,
@@ -254,8 +255,6 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
         yield 1
         yield _failure(query_status(exc, retrieve=True), exc), None
         return
-    from .forwarder import contexts_for
-
     by_uid = {item.sop_instance_uid: item for item in items}
     yield (
         destination.host,

@@ -20,7 +20,7 @@ from dicom_chain.ledger import Ledger
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_files, verify_node
-from scp.forwarder import contexts_for
+from scp.contexts import contexts_for
 from scp.server import Gateway, ServiceOptions
 
 from .conftest import SAMPLE_STUDY
