@@ -164,6 +164,15 @@ def _failure(status: int, exc: BaseException) -> Dataset:
     return ds
 
 
+def _refused(node: Node, event_type: str, calling: str, reason: str, **details: Any) -> None:
+    """Put a turned-away query or retrieval on the record; if the ledger itself is what failed,
+    the peer still gets its failure status (the log keeps the reason)."""
+    try:
+        record_refused(node, event_type, calling, reason, **details)
+    except Exception:
+        log.exception("could not record a refused %s from %s", event_type, calling)
+
+
 def _identifier(event: evt.Event) -> Dataset:
     try:
         return event.identifier
@@ -178,7 +187,7 @@ def handle_find(event: evt.Event, node: Node, ae_title: str) -> Iterator[tuple[A
         run = node.find(_identifier(event), model, calling, ae_title)
     except Exception as exc:
         log.warning("c-find calling_ae=%s status=refused error=%r", calling, str(exc))
-        record_refused(node, "query.find", calling, str(exc), model=model)
+        _refused(node, "query.find", calling, str(exc), model=model)
         yield _failure(query_status(exc), exc), None
         return
     pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
@@ -241,8 +250,8 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
     destination = node.move_destinations.get(target)
     if destination is None:
         log.warning("c-move calling_ae=%s destination=%s status=unknown-destination", calling, target)
-        record_refused(node, "retrieve.move", calling, f"move destination {target!r} is not configured",
-                       destination=target)  # fmt: skip
+        reason = f"move destination {target!r} is not configured"
+        _refused(node, "retrieve.move", calling, reason, destination=target)
         yield None, None  # pynetdicom answers A801, Move Destination Unknown
         return
     try:
@@ -250,10 +259,15 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
         items = run.plan()
     except Exception as exc:
         log.warning("c-move calling_ae=%s status=refused error=%r", calling, str(exc))
-        record_refused(node, "retrieve.move", calling, str(exc), destination=target)
+        _refused(node, "retrieve.move", calling, str(exc), destination=target)
         yield destination.host, destination.port
         yield 1
         yield _failure(query_status(exc, retrieve=True), exc), None
+        return
+    if not items:  # pynetdicom answers Success with no sub-operations and never resumes us
+        run.finish("completed", "nothing matched")
+        yield destination.host, destination.port
+        yield 0
         return
     by_uid = {item.sop_instance_uid: item for item in items}
     yield (
@@ -286,9 +300,13 @@ def handle_get(event: evt.Event, node: Node) -> Iterator[Any]:
         items = run.plan()
     except Exception as exc:
         log.warning("c-get calling_ae=%s status=refused error=%r", calling, str(exc))
-        record_refused(node, "retrieve.get", calling, str(exc))
+        _refused(node, "retrieve.get", calling, str(exc))
         yield 1
         yield _failure(query_status(exc, retrieve=True), exc), None
+        return
+    if not items:
+        run.finish("completed", "nothing matched")
+        yield 0
         return
     counter = _counting(run, {item.sop_instance_uid: item for item in items})
     event.assoc.bind(evt.EVT_DIMSE_RECV, counter)

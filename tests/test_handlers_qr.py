@@ -361,3 +361,22 @@ def test_many_finds_at_once_each_get_their_answers(gateway):
         t.join()
     assert counts == [1] * 6
     assert sum(1 for e in node.ledger.iter_events() if e.type == "query.find") == 6
+
+
+def test_a_retrieve_that_matches_nothing_succeeds_and_is_on_the_record(gateway):
+    node, port = gateway
+    assoc, _ = associate(port, get=True)
+    nothing = query(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3.4.5.6.7")
+    try:
+        moved = statuses(
+            assoc.send_c_move(nothing, "WORKSTATION", StudyRootQueryRetrieveInformationModelMove)
+        )
+        got = statuses(assoc.send_c_get(nothing, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    assert moved[-1][0] == 0x0000 and got[-1][0] == 0x0000
+    events = [e for e in node.ledger.iter_events() if e.type.startswith("retrieve.")]
+    assert [(e.type, e.details["status"], e.details["matched"]) for e in events] == [
+        ("retrieve.move", "completed", 0),
+        ("retrieve.get", "completed", 0),
+    ]
