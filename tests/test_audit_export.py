@@ -337,3 +337,27 @@ def test_parallel_rendering_keeps_order_and_verifies(ran, tmp_path, fmt, monkeyp
     seqs = [r["seq"] for r in FORMATS[fmt].read(out)]
     assert seqs == sorted(seqs) and len(seqs) > 2 * 3 * 2
     assert verify_export(out, frozenset({node.key.public_key}))[0].ok
+
+
+@pytest.mark.parametrize("fmt", ["json", "atna"])
+def test_export_streams_from_each_database(db_url: str, tmp_path: Path, fmt: str):
+    from dicom_chain.events import EventDraft
+
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    try:
+        for i in range(25):
+            node.record(
+                EventDraft(
+                    "query.find",
+                    actor=f"WS{i % 3}",
+                    patient_id=f"P{i % 4}",
+                    details={"model": "STUDY", "keys": {"PatientID": f"P{i % 4}"}},
+                )
+            )
+        out = tmp_path / f"trail.{fmt}"
+        signed = export(node.ledger, node.key, fmt, out, AuditFilter(patient="P1"), actor="o", source_id="GW")
+        assert [r["patient_id"] for r in FORMATS[fmt].read(out)] == ["P1"] * 6
+        assert signed["statement"]["skipped_count"] == 15
+        assert verify_export(out, frozenset({node.key.public_key}))[0].ok
+    finally:
+        node.close()
