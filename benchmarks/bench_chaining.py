@@ -20,10 +20,10 @@ from pathlib import Path
 import pydicom
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
-from dicom_chain.canonical import content_hash
-from dicom_chain.embedding import embed_block
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import embed_block
+from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
 from dicom_chain.keys import NodeKey
-from dicom_chain.splice import EncodedInstance, spliced
 from dicom_chain.synthetic import StudySpec, ct_study
 
 TARGET_RATIO = 1.25

@@ -37,9 +37,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 from sqlalchemy import insert
 
 from dicom_chain.config import Settings
-from dicom_chain.index import INSTANCES, PATIENTS, SERIES, STUDIES
-from dicom_chain.matching import key_form
 from dicom_chain.node import Node
+from dicom_chain.qr.index import INSTANCES, PATIENTS, SERIES, STUDIES
+from dicom_chain.qr.matching import key_form
 from scp.handlers import no_delay
 
 INSTANCES_PER_SERIES = 50

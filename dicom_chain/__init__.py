@@ -4,11 +4,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader
-    from .canonical import CANONICAL_VERSION, content_hash
-    from .config import Settings
-    from .embedding import embed_block, read_block
-    from .errors import (
+    from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader
+    from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_hash
+    from dicom_chain.carriers.dicom.embedding import embed_block, read_block
+    from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, PRIVATE_CREATOR
+    from dicom_chain.config import Settings
+    from dicom_chain.errors import (
         ConfigError,
         ContentHashError,
         DicomChainError,
@@ -21,22 +22,21 @@ if TYPE_CHECKING:
         SignatureError,
         StorageError,
     )
-    from .events import Event, EventDraft
-    from .findings import Finding, Report
-    from .keys import NodeKey, load_public_key
-    from .ledger import Ledger
-    from .node import IngestResult, Node
-    from .privatetags import CHAIN_GROUP, PRIVATE_CREATOR
-    from .storage import Storage
-    from .verify import verify_files, verify_node
+    from dicom_chain.events import Event, EventDraft
+    from dicom_chain.findings import Finding, Report
+    from dicom_chain.keys import NodeKey, load_public_key
+    from dicom_chain.ledger import Ledger
+    from dicom_chain.node import IngestResult, Node
+    from dicom_chain.storage import Storage
+    from dicom_chain.verify import verify_files, verify_node
 
 # The public API, imported on first use (PEP 562): a process that needs one corner of the core
 # (an export's render worker, the CLI's --help) does not pay for loading pydicom and SQLAlchemy.
 _LAZY = {
     "Block": "block",
     "BlockHeader": "block",
-    "CANONICAL_VERSION": "canonical",
-    "CHAIN_GROUP": "privatetags",
+    "CANONICAL_VERSION": "carriers.dicom.canonical",
+    "CHAIN_GROUP": "carriers.dicom.privatetags",
     "ConfigError": "errors",
     "ContentHashError": "errors",
     "DicomChainError": "errors",
@@ -55,16 +55,16 @@ _LAZY = {
     "Node": "node",
     "NodeKey": "keys",
     "NotDicomError": "errors",
-    "PRIVATE_CREATOR": "privatetags",
+    "PRIVATE_CREATOR": "carriers.dicom.privatetags",
     "Report": "findings",
     "Settings": "config",
     "SignatureError": "errors",
     "Storage": "storage",
     "StorageError": "errors",
-    "content_hash": "canonical",
-    "embed_block": "embedding",
+    "content_hash": "carriers.dicom.canonical",
+    "embed_block": "carriers.dicom.embedding",
     "load_public_key": "keys",
-    "read_block": "embedding",
+    "read_block": "carriers.dicom.embedding",
     "verify_files": "verify",
     "verify_node": "verify",
 }

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-from . import canonjson
-from .errors import MalformedBlockError, SignatureError
-from .keys import NodeKey, key_id_for, verify_signature
+from dicom_chain import canonjson
+from dicom_chain.errors import MalformedBlockError, SignatureError
+from dicom_chain.keys import NodeKey, key_id_for, verify_signature
 
 FORMAT_VERSION = 1
 GENESIS_HASH = "0" * 64  # previous hash of height 0, and of index 0 within a study

@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .block import GENESIS_HASH, Block
-from .findings import Report
+from dicom_chain.block import GENESIS_HASH, Block
+from dicom_chain.findings import Report
 
 
 @dataclass(frozen=True)

@@ -11,27 +11,22 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from . import canonjson
-from .block import GENESIS_HASH, utc_now
-from .errors import MalformedBlockError
-from .keys import NodeKey, key_id_for, verify_signature
+from dicom_chain import canonjson
+from dicom_chain.block import GENESIS_HASH, utc_now
+from dicom_chain.errors import MalformedBlockError
+from dicom_chain.keys import NodeKey, key_id_for, verify_signature
+from dicom_chain.vocab import EventType, Outcome
 
 EVENT_DOMAIN = b"DICOM_CHAIN event v1\n"
 EVENT_SIGNATURE_DOMAIN = b"DICOM_CHAIN event signature v1\n"
-
-# Outcomes, named after DICOM audit EventOutcomeIndicator (PS3.15 A.5.3): later exports map them.
-SUCCESS = "success"
-MINOR_FAILURE = "minor-failure"
-SERIOUS_FAILURE = "serious-failure"
-MAJOR_FAILURE = "major-failure"
 
 
 @dataclass(frozen=True)
 class EventDraft:
     """What a caller knows about an event; the ledger adds sequence, time, links and signature."""
 
-    type: str
-    outcome: str = SUCCESS
+    type: EventType
+    outcome: Outcome = Outcome.SUCCESS
     actor: str = ""
     patient_id: str = ""
     study_uid: str = ""
@@ -39,6 +34,11 @@ class EventDraft:
     chain_id: str = ""
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A type or outcome outside the vocabulary is a programming error: fail here, not in an export.
+        object.__setattr__(self, "type", EventType(self.type))
+        object.__setattr__(self, "outcome", Outcome(self.outcome))
 
 
 @dataclass(frozen=True)

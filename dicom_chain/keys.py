@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import KeyFileError, SignatureError
+from dicom_chain.errors import KeyFileError, SignatureError
 
 KEY_FILE_MODE = 0o600  # owner read/write only: whoever reads the key can forge blocks
 KEY_ID_HEX_CHARS = 16  # 64 bits of the public key's SHA-256: names a key, is not trusted as one

@@ -20,13 +20,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import canonjson, index
-from .block import GENESIS_HASH, Block, utc_now
-from .errors import LedgerError
-from .events import Event, EventDraft
-from .keys import NodeKey
-from .models import BlockRow, ChainRow, EventLogHead, EventRow, OutboxRow
-from .query import Level, Query
+from dicom_chain import canonjson
+from dicom_chain.block import GENESIS_HASH, Block, utc_now
+from dicom_chain.db.models import BlockRow, ChainRow, EventLogHead, EventRow, OutboxRow
+from dicom_chain.errors import LedgerError
+from dicom_chain.events import Event, EventDraft
+from dicom_chain.keys import NodeKey
+from dicom_chain.qr import index
+from dicom_chain.qr.query import Level, Query
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue behind one lock; a minute outlasts any burst of stores
 PG_MIGRATION_LOCK = 0x44434D49  # advisory lock id ("DCMI"): one process migrates, the others wait
@@ -279,7 +280,7 @@ class Ledger:
         from alembic.config import Config as AlembicConfig
 
         cfg = AlembicConfig()
-        cfg.set_main_option("script_location", "dicom_chain:migrations")
+        cfg.set_main_option("script_location", "dicom_chain.db:migrations")
         return cfg
 
     def _migrate(self) -> None:

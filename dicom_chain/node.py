@@ -15,21 +15,22 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
-from .canonical import content_hash
-from .config import Settings
-from .embedding import embed_block
-from .errors import MalformedDatasetError, NotDicomError
-from .events import EventDraft
-from .index import IndexRecord
-from .keys import NodeKey
-from .ledger import Ledger
-from .outbox import Destination, Outbox
-from .qr import FindRun, RetrieveRun, start_find, start_retrieve
-from .query import Model
-from .splice import EncodedInstance, spliced
-from .storage import Storage, relative_path
-from .validation import check_pixel_data
+from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import embed_block
+from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
+from dicom_chain.carriers.dicom.validation import check_pixel_data
+from dicom_chain.config import Settings
+from dicom_chain.errors import MalformedDatasetError, NotDicomError
+from dicom_chain.events import EventDraft
+from dicom_chain.keys import NodeKey
+from dicom_chain.ledger import Ledger
+from dicom_chain.outbox import Destination, Outbox
+from dicom_chain.qr.index import IndexRecord
+from dicom_chain.qr.query import Model
+from dicom_chain.qr.runs import FindRun, RetrieveRun, start_find, start_retrieve
+from dicom_chain.storage import Storage, relative_path
+from dicom_chain.vocab import EventType
 
 UID_MAX_CHARS = 64  # PS3.5 9.1
 
@@ -121,7 +122,7 @@ class Node:
                 removed.append(relative)
                 self.record(
                     EventDraft(
-                        "storage.recovered",
+                        EventType.STORAGE_RECOVERED,
                         chain_id=self.chain_id,
                         reason="file written but never committed (process died); removed",
                         details={"path": relative},
@@ -240,7 +241,7 @@ class Node:
         self, ids: InstanceIds, block: Block, version: int, actor: str, outcome: IngestOutcome
     ) -> EventDraft:
         return EventDraft(
-            type="instance.received",
+            type=EventType.INSTANCE_RECEIVED,
             actor=actor,
             patient_id=ids.patient_id,
             study_uid=ids.study_instance_uid,

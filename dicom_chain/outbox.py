@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .errors import ConfigError
-from .events import MAJOR_FAILURE, SUCCESS, EventDraft
-from .keys import NodeKey
-from .ledger import Ledger, append_event
-from .models import OutboxRow
-from .storage import process_alive
+from dicom_chain.db.models import OutboxRow
+from dicom_chain.errors import ConfigError
+from dicom_chain.events import EventDraft
+from dicom_chain.keys import NodeKey
+from dicom_chain.ledger import Ledger, append_event
+from dicom_chain.storage import process_alive
+from dicom_chain.vocab import EventType, Outcome
 
 BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
 BACKOFF_MAX_S = 300.0  # never wait more than 5 minutes once the PACS is back
@@ -187,26 +188,28 @@ class Outbox:
                 row.lease_until, row.lease_owner = 0.0, ""
                 if verdict == "done":
                     row.state, row.done_at = DONE, now
-                    append_event(session, key, self._event(item, status, row.attempts, SUCCESS, ""))
+                    append_event(session, key, self._event(item, status, row.attempts, Outcome.SUCCESS, ""))
                 elif verdict == "refused" and row.attempts >= MAX_REFUSED_ATTEMPTS:
                     row.state = FAILED
                     append_event(
-                        session, self.key, self._event(item, status, row.attempts, MAJOR_FAILURE, error)
+                        session,
+                        self.key,
+                        self._event(item, status, row.attempts, Outcome.MAJOR_FAILURE, error),
                     )
                 else:
                     row.next_attempt_at = now + backoff_delay(row.attempts)
 
     def _event(
-        self, item: OutboxItem, status: int | None, attempts: int, outcome: str, error: str
+        self, item: OutboxItem, status: int | None, attempts: int, outcome: Outcome, error: str
     ) -> EventDraft:
         return EventDraft(
-            type="instance.forwarded",
+            type=EventType.INSTANCE_FORWARDED,
             outcome=outcome,
             actor=item.destination,
             patient_id=item.patient_id,
             study_uid=item.study_instance_uid,
             sop_uid=item.sop_instance_uid,
-            reason=error or ("stored by the PACS" if outcome == SUCCESS else ""),
+            reason=error or ("stored by the PACS" if outcome == Outcome.SUCCESS else ""),
             details={
                 "destination": item.destination,
                 "status": f"0x{status:04X}" if status is not None else None,

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import pydicom
 from pydicom.dataset import Dataset
 
-from .errors import StorageError
+from dicom_chain.errors import StorageError
 
 TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
 UID_PATH_MAX = 64  # PS3.5 9.1: UIDs never exceed 64 characters, so neither does a path part

@@ -10,16 +10,22 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .block import Block
-from .canonical import content_hash
-from .chain import Located, check_links
-from .embedding import read_block
-from .errors import DicomChainError, MalformedBlockError, NoBlockError, NotDicomError, SignatureError
-from .events import FIRST_PREV_HASH, FIRST_SEQ
-from .findings import Report
-from .ledger import Ledger
-from .node import read_dataset
-from .storage import TEMP_PREFIX, Storage
+from dicom_chain.block import Block
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import read_block
+from dicom_chain.chain import Located, check_links
+from dicom_chain.errors import (
+    DicomChainError,
+    MalformedBlockError,
+    NoBlockError,
+    NotDicomError,
+    SignatureError,
+)
+from dicom_chain.events import FIRST_PREV_HASH, FIRST_SEQ
+from dicom_chain.findings import Report
+from dicom_chain.ledger import Ledger
+from dicom_chain.node import read_dataset
+from dicom_chain.storage import TEMP_PREFIX, Storage
 
 Advance = Callable[[int], None]
 

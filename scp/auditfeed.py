@@ -23,6 +23,7 @@ from dicom_chain.audit import syslog as framing
 from dicom_chain.audit.context import ExportContext
 from dicom_chain.errors import ConfigError
 from dicom_chain.ledger import EVENTS, Ledger
+from dicom_chain.vocab import Outcome
 
 log = logging.getLogger("dicom_chain.audit")
 
@@ -114,7 +115,7 @@ class AuditFeed(threading.Thread):
                     timestamp=rec["time"],
                     hostname=self.hostname,
                     procid=str(os.getpid()),
-                    warning=rec["outcome"] != "success",
+                    warning=rec["outcome"] != Outcome.SUCCESS,
                 )
                 self.target.send(msg)
                 self.cursor = row.seq

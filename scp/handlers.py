@@ -16,12 +16,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
+from dicom_chain.carriers.dicom.splice import EncodedInstance
 from dicom_chain.errors import MalformedDatasetError
-from dicom_chain.events import MINOR_FAILURE, EventDraft
+from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
-from dicom_chain.qr import RetrieveItem, RetrieveRun, record_refused
-from dicom_chain.query import Model
-from dicom_chain.splice import EncodedInstance
+from dicom_chain.qr.query import Model
+from dicom_chain.qr.runs import RetrieveItem, RetrieveRun, record_refused
+from dicom_chain.vocab import EventType, Outcome
 
 from .access import AccessList
 from .contexts import contexts_for
@@ -88,8 +89,8 @@ def handle_requested(event: evt.Event, node: Node, access: AccessList) -> None:
     )
     node.record(  # on the record before the peer hears of it
         EventDraft(
-            "association.rejected",
-            outcome=MINOR_FAILURE,
+            EventType.ASSOCIATION_REJECTED,
+            outcome=Outcome.MINOR_FAILURE,
             actor=calling,
             reason="calling AE title or host not on the allow-list",
             details={"peer": requestor.address},
@@ -164,7 +165,7 @@ def _failure(status: int, exc: BaseException) -> Dataset:
     return ds
 
 
-def _refused(node: Node, event_type: str, calling: str, reason: str, **details: Any) -> None:
+def _refused(node: Node, event_type: EventType, calling: str, reason: str, **details: Any) -> None:
     """Put a turned-away query or retrieval on the record; if the ledger itself is what failed,
     the peer still gets its failure status (the log keeps the reason)."""
     try:
@@ -187,7 +188,7 @@ def handle_find(event: evt.Event, node: Node, ae_title: str) -> Iterator[tuple[A
         run = node.find(_identifier(event), model, calling, ae_title)
     except Exception as exc:
         log.warning("c-find calling_ae=%s status=refused error=%r", calling, str(exc))
-        _refused(node, "query.find", calling, str(exc), model=model)
+        _refused(node, EventType.QUERY_FIND, calling, str(exc), model=model)
         yield _failure(query_status(exc), exc), None
         return
     pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
@@ -251,7 +252,7 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
     if destination is None:
         log.warning("c-move calling_ae=%s destination=%s status=unknown-destination", calling, target)
         reason = f"move destination {target!r} is not configured"
-        _refused(node, "retrieve.move", calling, reason, destination=target)
+        _refused(node, EventType.RETRIEVE_MOVE, calling, reason, destination=target)
         yield None, None  # pynetdicom answers A801, Move Destination Unknown
         return
     try:
@@ -259,7 +260,7 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
         items = run.plan()
     except Exception as exc:
         log.warning("c-move calling_ae=%s status=refused error=%r", calling, str(exc))
-        _refused(node, "retrieve.move", calling, str(exc), destination=target)
+        _refused(node, EventType.RETRIEVE_MOVE, calling, str(exc), destination=target)
         yield destination.host, destination.port
         yield 1
         yield _failure(query_status(exc, retrieve=True), exc), None
@@ -300,7 +301,7 @@ def handle_get(event: evt.Event, node: Node) -> Iterator[Any]:
         items = run.plan()
     except Exception as exc:
         log.warning("c-get calling_ae=%s status=refused error=%r", calling, str(exc))
-        _refused(node, "retrieve.get", calling, str(exc))
+        _refused(node, EventType.RETRIEVE_GET, calling, str(exc))
         yield 1
         yield _failure(query_status(exc, retrieve=True), exc), None
         return

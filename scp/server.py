@@ -21,6 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_chain.config import Settings
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
+from dicom_chain.vocab import EventType
 
 from .access import AccessList
 from .auditfeed import AuditFeed, SyslogTarget
@@ -159,7 +160,7 @@ class Gateway:
         )
         self.node.record(
             EventDraft(
-                "service.start",
+                EventType.SERVICE_START,
                 actor=self.options.ae_title,
                 chain_id=self.node.chain_id,
                 details={"port": self.options.port, "forward": self.node.destinations},
@@ -193,7 +194,9 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.forward_child.kill()
         self.ae.shutdown()
-        self.node.record(EventDraft("service.stop", actor=self.options.ae_title, chain_id=self.node.chain_id))
+        self.node.record(
+            EventDraft(EventType.SERVICE_STOP, actor=self.options.ae_title, chain_id=self.node.chain_id)
+        )
         if self.audit_feed is not None:
             self.audit_feed.stop()  # after service.stop, so the repository hears of it too
         log.info("stopped ae_title=%s", self.options.ae_title)

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_chain.canonical import content_hash
+from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.errors import MalformedDatasetError
 
 from .conftest import TEST_FILES, read

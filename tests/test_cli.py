@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_chain.embedding import read_block
+from dicom_chain.carriers.dicom.embedding import read_block
 
 from .conftest import pydicom_file
 

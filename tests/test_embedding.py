@@ -11,11 +11,11 @@ import pydicom
 import pytest
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
-from dicom_chain.canonical import content_hash
-from dicom_chain.embedding import embed_block, read_block, remove_blocks
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import embed_block, read_block, remove_blocks
+from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, PRIVATE_CREATOR, chain_block_tags
 from dicom_chain.errors import MalformedBlockError, NoBlockError
 from dicom_chain.keys import NodeKey
-from dicom_chain.privatetags import CHAIN_GROUP, PRIVATE_CREATOR, chain_block_tags
 
 from .conftest import read
 from .peers import require_tool

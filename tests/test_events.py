@@ -10,6 +10,7 @@ from dicom_chain.block import GENESIS_HASH
 from dicom_chain.errors import SignatureError
 from dicom_chain.events import Event, EventDraft
 from dicom_chain.keys import NodeKey
+from dicom_chain.vocab import EventType, Outcome
 
 KEY = NodeKey.generate()
 
@@ -18,7 +19,7 @@ def test_seal_links_and_signs():
     first = Event.seal(
         EventDraft("instance.received", actor="CT1", details={"height": 0}), 1, GENESIS_HASH, KEY
     )
-    second = Event.seal(EventDraft("query", actor="WS1"), 2, first.hash, KEY)
+    second = Event.seal(EventDraft("query.find", actor="WS1"), 2, first.hash, KEY)
     assert second.prev_hash == first.hash
     first.verify_signature()
     second.verify_signature()
@@ -42,3 +43,20 @@ def test_any_change_breaks_hash_and_signature(field, value):
     assert changed.hash != event.hash
     with pytest.raises(SignatureError):
         changed.verify_signature()
+
+
+def test_every_event_type_has_its_audit_codes():
+    from dicom_chain.audit import codes
+    from dicom_chain.vocab import EventType
+
+    assert set(codes.KINDS) == set(EventType)
+    assert all(codes.kind_of(str(t)) is codes.KINDS[t] for t in EventType)
+
+
+def test_a_draft_outside_the_vocabulary_fails_where_it_is_made():
+    with pytest.raises(ValueError):
+        EventDraft("instance.recieved")
+    with pytest.raises(ValueError):
+        EventDraft("instance.received", outcome="fine")
+    draft = EventDraft("instance.received", outcome="minor-failure")
+    assert draft.type is EventType.INSTANCE_RECEIVED and draft.outcome is Outcome.MINOR_FAILURE

@@ -23,10 +23,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicom_chain import qr
 from dicom_chain.config import Settings
 from dicom_chain.errors import LedgerError
 from dicom_chain.node import Node
+from dicom_chain.qr import runs as qr
 from dicom_chain.verify import verify_files
 from scp.server import start_server
 from scp.statuses import (

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from dicom_chain import index
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
-from dicom_chain.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, level_of, parse_query
+from dicom_chain.qr import index
+from dicom_chain.qr.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, level_of, parse_query
 from dicom_chain.synthetic import StudySpec, ct_study
 
 from .conftest import SAMPLE_STUDY, pydicom_file

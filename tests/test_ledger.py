@@ -67,8 +67,8 @@ def test_migrations_reach_head_and_match_the_models(db_url: str):
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    from dicom_chain.db.models import Base
     from dicom_chain.ledger import HEAD_REVISION
-    from dicom_chain.models import Base
 
     ledger = Ledger(db_url)
     head = ScriptDirectory.from_config(ledger._alembic_config()).get_current_head()

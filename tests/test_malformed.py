@@ -9,12 +9,12 @@ import pydicom
 import pytest
 
 from dicom_chain.block import Block
-from dicom_chain.canonical import content_hash
-from dicom_chain.embedding import read_block
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import read_block
 from dicom_chain.errors import DicomChainError
-from dicom_chain.index import IndexRecord
 from dicom_chain.node import Node, read_dataset
-from dicom_chain.query import parse_query, response
+from dicom_chain.qr.index import IndexRecord
+from dicom_chain.qr.query import parse_query, response
 from dicom_chain.verify import verify_files
 
 from .conftest import MALFORMED

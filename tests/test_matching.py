@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicom_chain.matching import key_form, parse_key, sql_like
+from dicom_chain.qr.matching import key_form, parse_key, sql_like
 
 
 @pytest.mark.parametrize("raw", ["", "*", "  ", "CT\\*", "**"])

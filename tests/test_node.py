@@ -9,8 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicom_chain.carriers.dicom.embedding import read_block
 from dicom_chain.config import Settings
-from dicom_chain.embedding import read_block
 from dicom_chain.errors import LedgerError, MalformedDatasetError, StorageError
 from dicom_chain.ledger import Appender
 from dicom_chain.node import Node

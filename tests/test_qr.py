@@ -7,9 +7,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_chain.errors import IdentifierError
-from dicom_chain.events import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS
 from dicom_chain.node import Node
-from dicom_chain.qr import record_refused
+from dicom_chain.qr.runs import record_refused
+from dicom_chain.vocab import Outcome
 
 from .conftest import SAMPLE_STUDY, read
 
@@ -47,7 +47,7 @@ def test_find_answers_and_records_who_asked_what_and_how_many(stocked: Node):
     assert (event.type, event.actor, event.outcome, event.patient_id) == (
         "query.find",
         "WS1",
-        SUCCESS,
+        Outcome.SUCCESS,
         "DC-0001",
     )
     assert event.details["matches"] == 1 and event.details["keys"]["PatientID"] == "DC-0001"
@@ -69,7 +69,7 @@ def test_bad_identifiers_raise_before_anything_runs(stocked: Node):
         stocked.find(study_identifier(), "PATIENT", "WS1", "GW")  # Patient Root needs PatientID
     record_refused(stocked, "query.find", "WS1", "no PatientID")
     event = last_event(stocked)
-    assert event.outcome == MINOR_FAILURE and event.details["status"] == "refused"
+    assert event.outcome == Outcome.MINOR_FAILURE and event.details["status"] == "refused"
 
 
 def test_retrieve_plans_every_instance_and_counts_sub_operations(stocked: Node):
@@ -80,7 +80,7 @@ def test_retrieve_plans_every_instance_and_counts_sub_operations(stocked: Node):
     run.sent(item, "success")
     run.finish("completed")
     event = last_event(stocked)
-    assert event.type == "retrieve.move" and event.outcome == SUCCESS
+    assert event.type == "retrieve.move" and event.outcome == Outcome.SUCCESS
     assert (event.details["completed"], event.details["failed"], event.details["destination"]) == (
         1,
         0,
@@ -97,7 +97,7 @@ def test_unanswered_sub_operations_count_as_failures(stocked: Node):
     run.finish("completed")
     event = last_event(stocked)
     assert event.details["completed"] == 1 and event.details["failed"] == len(items) - 1
-    assert event.outcome == MINOR_FAILURE and event.details["status"] == "partial"
+    assert event.outcome == Outcome.MINOR_FAILURE and event.details["status"] == "partial"
 
 
 def test_a_retrieve_where_everything_failed_is_a_serious_failure(stocked: Node):
@@ -106,7 +106,7 @@ def test_a_retrieve_where_everything_failed_is_a_serious_failure(stocked: Node):
     (item,) = run.plan()
     run.sent(item, "failure")
     run.finish("completed")
-    assert last_event(stocked).outcome == SERIOUS_FAILURE
+    assert last_event(stocked).outcome == Outcome.SERIOUS_FAILURE
 
 
 def test_a_retrieve_of_everything_is_refused(stocked: Node):

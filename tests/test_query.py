@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from dicom_chain.errors import IdentifierError
-from dicom_chain.query import parse_query, response
+from dicom_chain.qr.query import parse_query, response
 
 
 def identifier(level: str | None, **keys: str) -> Dataset:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from dicom_chain import index
 from dicom_chain.node import Node
-from dicom_chain.query import parse_query
-from dicom_chain.reindex import reindex
+from dicom_chain.qr import index
+from dicom_chain.qr.query import parse_query
+from dicom_chain.qr.reindex import reindex
 
 from .conftest import SAMPLE_STUDY, pydicom_file
 from .test_cli import run

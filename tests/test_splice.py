@@ -10,11 +10,11 @@ import pydicom
 import pytest
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
-from dicom_chain.canonical import content_hash
-from dicom_chain.embedding import embed_block, read_block
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import embed_block, read_block
+from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
+from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
 from dicom_chain.keys import NodeKey
-from dicom_chain.privatetags import CHAIN_GROUP
-from dicom_chain.splice import EncodedInstance, spliced
 
 from .conftest import TEST_FILES, pydicom_file
 from .peers import require_tool

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom
 
-from dicom_chain.canonical import content_hash
+from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.synthetic import StudySpec, ct_study, uid_for
 
 SAMPLE = Path(__file__).parent.parent / "sample_data"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dicom_chain.carriers.dicom.validation import check_pixel_data
 from dicom_chain.errors import MalformedDatasetError
-from dicom_chain.validation import check_pixel_data
 
 from .conftest import read
 

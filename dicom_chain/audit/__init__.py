@@ -4,7 +4,7 @@ each with a signed proof that it is whole and unaltered, checked offline by ``ve
 Nothing here imports the database layer at module level: an export's render workers load only
 what rendering needs."""
 
-from .export import FORMATS, AuditFilter, export, proof_path
-from .verify import verify_export
+from dicom_chain.audit.export import FORMATS, AuditFilter, export, proof_path
+from dicom_chain.audit.verify import verify_export
 
 __all__ = ["FORMATS", "AuditFilter", "export", "proof_path", "verify_export"]

@@ -20,10 +20,11 @@ from typing import Any
 
 from lxml import etree
 
-from ..errors import AuditExportError
-from . import codes, record
-from .context import ExportContext
-from .participants import participants
+from dicom_chain.audit import codes, record
+from dicom_chain.audit.context import ExportContext
+from dicom_chain.audit.participants import participants
+from dicom_chain.errors import AuditExportError
+from dicom_chain.vocab import EventType
 
 NAME = "atna"
 DECODE_DETAILS = False  # rendering decodes them itself; the embedded record splices their text
@@ -86,7 +87,7 @@ def _fields(rec: dict[str, Any], context: ExportContext) -> tuple[tuple, dict[st
         values["patient"] = _xml(rec["patient_id"])
     if rec["study_uid"]:
         values["study"] = _xml(rec["study_uid"])
-    query = rec["type"] == "query.find"
+    query = rec["type"] == EventType.QUERY_FIND
     if query:
         details = record.details_of(rec)
         values["model"] = _xml(str(details.get("model", ""))) or "-"

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuditExportError
-from . import record
-from .context import ExportContext
+from dicom_chain.audit import record
+from dicom_chain.audit.context import ExportContext
+from dicom_chain.errors import AuditExportError
 
 NAME = "csv"
 SUFFIX = ".csv"

@@ -21,15 +21,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..block import utc_now
-from ..errors import ConfigError
-from ..events import EventDraft
-from ..keys import NodeKey
-from . import atna, csvfile, fhir, jsonl, proof, record
-from .context import ExportContext
+from dicom_chain.audit import atna, csvfile, fhir, jsonl, proof, record
+from dicom_chain.audit.context import ExportContext
+from dicom_chain.block import utc_now
+from dicom_chain.errors import ConfigError
+from dicom_chain.events import EventDraft
+from dicom_chain.keys import NodeKey
+from dicom_chain.vocab import EventType
 
 if TYPE_CHECKING:
-    from ..ledger import Ledger
+    from dicom_chain.ledger import Ledger
 
 FORMATS = {m.NAME: m for m in (jsonl, csvfile, fhir, atna)}
 PENDING_SPOOL_BYTES = 8 << 20  # skipped hashes held in memory before they spill to a temp file
@@ -243,7 +244,7 @@ def export(
     ledger.record(
         key,
         EventDraft(
-            "audit.export",
+            EventType.AUDIT_EXPORT,
             actor=actor,
             patient_id=filters.patient or "",
             study_uid=filters.study or "",

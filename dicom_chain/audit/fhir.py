@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuditExportError
-from . import codes, record
-from .context import ExportContext
-from .participants import participants
+from dicom_chain.audit import codes, record
+from dicom_chain.audit.context import ExportContext
+from dicom_chain.audit.participants import participants
+from dicom_chain.errors import AuditExportError
+from dicom_chain.vocab import EventType
 
 NAME = "fhir"
 DECODE_DETAILS = False  # rendering decodes them itself; the embedded record splices their text
@@ -82,7 +83,7 @@ def render(rec: dict[str, Any], context: ExportContext) -> dict[str, Any]:
         study["what"]["identifier"]["system"] = "urn:dicom:uid"
         entities.append(study)
     details = record.details_of(rec)
-    if rec["type"] == "query.find":
+    if rec["type"] == EventType.QUERY_FIND:
         query = _entity(str(details.get("model", "")), "2", "System Object", "24", "Query")
         query["query"] = base64.b64encode(
             json.dumps(details.get("keys", {}), sort_keys=True, ensure_ascii=False).encode()

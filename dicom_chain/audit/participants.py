@@ -5,12 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import codes, record
-from .codes import Code
+from dicom_chain.audit import codes, record
+from dicom_chain.audit.codes import Code
+from dicom_chain.vocab import EventType
 
 # The other side is the source of what we received, the destination of what we sent.
-_PEER_IS_SOURCE = {"instance.received"}
-_PEER_IS_DESTINATION = {"instance.forwarded", "retrieve.move", "retrieve.get", "release.granted"}
+_PEER_IS_SOURCE = {EventType.INSTANCE_RECEIVED}
+_PEER_IS_DESTINATION = {
+    EventType.INSTANCE_FORWARDED,
+    EventType.RETRIEVE_MOVE,
+    EventType.RETRIEVE_GET,
+    EventType.RELEASE_GRANTED,
+}
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import canonjson
-from ..errors import AuditExportError
-from ..keys import NodeKey, key_id_for, verify_signature
+from dicom_chain import canonjson
+from dicom_chain.errors import AuditExportError
+from dicom_chain.keys import NodeKey, key_id_for, verify_signature
 
 PROOF_DOMAIN = b"DICOM_CHAIN audit export v1\n"
 PROOF_VERSION = 1

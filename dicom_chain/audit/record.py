@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .. import canonjson
-from ..events import Event
+from dicom_chain import canonjson
+from dicom_chain.events import Event
 
 FIELDS = (
     "seq",

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import DicomChainError
-from ..findings import Report
-from . import proof, record
-from .export import FORMATS, _sha256, proof_path
+from dicom_chain.audit import proof, record
+from dicom_chain.audit.export import FORMATS, _sha256, proof_path
+from dicom_chain.errors import DicomChainError
+from dicom_chain.findings import Report
 
 
 def _merged(records: Iterator[dict[str, Any]], skipped: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:

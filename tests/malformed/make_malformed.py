@@ -14,10 +14,10 @@ from pathlib import Path
 import pydicom
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader
-from dicom_chain.canonical import content_hash
-from dicom_chain.embedding import embed_block
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import embed_block
+from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, PRIVATE_CREATOR
 from dicom_chain.keys import NodeKey
-from dicom_chain.privatetags import CHAIN_GROUP, PRIVATE_CREATOR
 
 HERE = Path(__file__).parent
 FILES = Path(pydicom.__file__).parent / "data" / "test_files"

@@ -18,10 +18,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from .block import iso_to_dt
-from .errors import IdentifierError, MalformedDatasetError
-from .matching import KeyMatch, parse_key
-from .privatetags import CHAIN_GROUP, ELEMENTS, PRIVATE_CREATOR, QUERY_ELEMENTS
+from dicom_chain.block import iso_to_dt
+from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, ELEMENTS, PRIVATE_CREATOR, QUERY_ELEMENTS
+from dicom_chain.errors import IdentifierError, MalformedDatasetError
+from dicom_chain.qr.matching import KeyMatch, parse_key
 
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 Model = Literal["PATIENT", "STUDY"]  # Patient Root, Study Root

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from dicom_chain.models import Base
+from dicom_chain.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import get_expected_length
 
-from .errors import MalformedDatasetError
+from dicom_chain.errors import MalformedDatasetError
 
 PIXEL_DATA = 0x7FE00010
 

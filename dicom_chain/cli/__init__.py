@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.engine import make_url
 
-from .config import DEFAULT_HOME, DEFAULT_INSTITUTION, Settings
-from .errors import DicomChainError
-from .findings import Report
+from dicom_chain.config import DEFAULT_HOME, DEFAULT_INSTITUTION, Settings
+from dicom_chain.errors import DicomChainError
+from dicom_chain.findings import Report
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROGRESS_MIN_ITEMS = 20  # below this a bar only flickers
@@ -294,8 +294,8 @@ def forward(
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
     """Chain and store local DICOM files, as if a modality had sent them."""
-    from .node import Node
-    from .verify import expand_paths
+    from dicom_chain.node import Node
+    from dicom_chain.verify import expand_paths
 
     files = expand_paths(paths)
     failures = 0
@@ -364,8 +364,8 @@ def verify(
 
     Exit status: 0 all intact, 1 something is broken, 2 usage error.
     """
-    from .keys import load_public_key
-    from .verify import expand_paths, verify_files, verify_node
+    from dicom_chain.keys import load_public_key
+    from dicom_chain.verify import expand_paths, verify_files, verify_node
 
     if bool(paths) == bool(db):
         raise click.UsageError("give either files/folders to check, or --db URL --storage DIR")
@@ -376,8 +376,8 @@ def verify(
     try:
         trusted = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
         if db:
-            from .ledger import Ledger
-            from .storage import Storage
+            from dicom_chain.ledger import Ledger
+            from dicom_chain.storage import Storage
 
             ledger = Ledger(db)
             try:
@@ -386,9 +386,9 @@ def verify(
                 with progress_bar(total, "verifying node", progress) as advance:
                     report = verify_node(ledger, store, trusted, advance)
                 if update_index:
-                    from . import index
-                    from .block import utc_now
-                    from .verify import index_states
+                    from dicom_chain.block import utc_now
+                    from dicom_chain.qr import index
+                    from dicom_chain.verify import index_states
 
                     with ledger.writing() as session:
                         index.record_verification(session, index_states(report, store), utc_now())
@@ -407,7 +407,7 @@ def verify(
 
 def _record_verify(ledger: Any, report: Report, key_path: Path) -> None:
     """A whole-node verify on the record: outcome, counts, the first problems (a failure is an alert)."""
-    from .keys import NodeKey
+    from dicom_chain.keys import NodeKey
 
     if not key_path.exists():
         stderr.print(f"no node key at {key_path}: this verify run is not recorded as an event")
@@ -425,13 +425,14 @@ def _record_verify(ledger: Any, report: Report, key_path: Path) -> None:
 
 
 def _append_verify_event(ledger: Any, key: Any, report: Report, problems: list[str]) -> None:
-    from .events import MAJOR_FAILURE, SUCCESS, EventDraft
+    from dicom_chain.events import EventDraft
+    from dicom_chain.vocab import EventType, Outcome
 
     ledger.record(
         key,
         EventDraft(
-            "verify.node",
-            outcome=SUCCESS if report.ok else MAJOR_FAILURE,
+            EventType.VERIFY_NODE,
+            outcome=Outcome.SUCCESS if report.ok else Outcome.MAJOR_FAILURE,
             actor=local_user(),
             reason="intact" if report.ok else f"{len(problems)} problem(s) found",
             details={
@@ -479,8 +480,8 @@ def status(as_json: bool, **kwargs: Any) -> None:
     """Chain height, event log head and each upstream PACS's queue: waiting, failed, last error."""
     import time
 
-    from .ledger import Ledger
-    from .outbox import Outbox
+    from dicom_chain.ledger import Ledger
+    from dicom_chain.outbox import Outbox
 
     settings = settings_from(kwargs)
     url = make_url(settings.db_url)
@@ -551,9 +552,9 @@ def demo(port: int, **kwargs: Any) -> None:
 )
 def reindex(progress: bool | None, **kwargs: Any) -> None:
     """Rebuild the query/retrieve index from the stored files, checking each against its block."""
-    from .node import Node
-    from .reindex import latest_versions
-    from .reindex import reindex as rebuild
+    from dicom_chain.node import Node
+    from dicom_chain.qr.reindex import latest_versions
+    from dicom_chain.qr.reindex import reindex as rebuild
 
     settings = settings_from(kwargs)
     try:
@@ -628,9 +629,9 @@ def audit_export(
     **kwargs: Any,
 ) -> None:
     """Export events with a signed proof that the export is complete and unaltered."""
-    from .audit import AuditFilter, export, proof_path
-    from .keys import NodeKey
-    from .ledger import Ledger
+    from dicom_chain.audit import AuditFilter, export, proof_path
+    from dicom_chain.keys import NodeKey
+    from dicom_chain.ledger import Ledger
 
     filters = AuditFilter(
         since=since,
@@ -680,8 +681,8 @@ def audit_export(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def audit_verify(export_file: Path, public_keys: tuple[Path, ...], as_json: bool) -> None:
     """Check an export and its proof offline. Exit status: 0 intact, 1 broken, 2 usage error."""
-    from .audit import verify_export
-    from .keys import load_public_key
+    from dicom_chain.audit import verify_export
+    from dicom_chain.keys import load_public_key
 
     try:
         pinned = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
@@ -718,7 +719,7 @@ def keys() -> None:
 )
 def keys_export(fmt: str, output: Path | None, **kwargs: Any) -> None:
     """Print the node's public key, for 'verify --public-key' elsewhere (made on first use)."""
-    from .keys import NodeKey
+    from dicom_chain.keys import NodeKey
 
     settings = settings_from(kwargs)
     try:
@@ -731,7 +732,3 @@ def keys_export(fmt: str, output: Path | None, **kwargs: Any) -> None:
         click.echo(f"public key {key.key_id} written to {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,8 +24,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_sequence
 from pydicom.filewriter import write_data_element
 
-from .errors import MalformedDatasetError
-from .privatetags import CHAIN_GROUP, chain_block_tags
+from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, chain_block_tags
+from dicom_chain.errors import MalformedDatasetError
 
 CANONICAL_VERSION = 1
 DOMAIN = b"DICOM_CHAIN content v1\n"

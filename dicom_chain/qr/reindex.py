@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import index
-from .block import utc_now
-from .errors import NotDicomError
-from .findings import Report
-from .ledger import StoredBlock
-from .node import Node, read_dataset
-from .verify import check_file
+from dicom_chain.block import utc_now
+from dicom_chain.errors import NotDicomError
+from dicom_chain.findings import Report
+from dicom_chain.ledger import StoredBlock
+from dicom_chain.node import Node, read_dataset
+from dicom_chain.qr import index
+from dicom_chain.verify import check_file
 
 WRITE_BATCH = 500  # instances per transaction: a long rebuild never holds the writer lock for long
 

@@ -13,9 +13,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from .block import Block, iso_to_dt
-from .errors import MalformedBlockError, MalformedDatasetError, NoBlockError
-from .privatetags import (
+from dicom_chain.block import Block, iso_to_dt
+from dicom_chain.carriers.dicom.privatetags import (
     CHAIN_GROUP,
     ELEMENTS,
     PRIVATE_CREATOR,
@@ -24,6 +23,7 @@ from .privatetags import (
     free_slot,
     register_private_dictionary,
 )
+from dicom_chain.errors import MalformedBlockError, MalformedDatasetError, NoBlockError
 
 register_private_dictionary()
 

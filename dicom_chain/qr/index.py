@@ -33,10 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .block import Block
-from .matching import SQL_LIKE_ESCAPE, KeyMatch, Term, key_form, sql_like
-from .models import InstanceRow, PatientRow, SeriesRow, StudyRow
-from .query import Level, Query
+from dicom_chain.block import Block
+from dicom_chain.db.models import InstanceRow, PatientRow, SeriesRow, StudyRow
+from dicom_chain.qr.matching import SQL_LIKE_ESCAPE, KeyMatch, Term, key_form, sql_like
+from dicom_chain.qr.query import Level, Query
 
 PATIENTS = PatientRow.__table__
 STUDIES = StudyRow.__table__

@@ -21,10 +21,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from .block import Block
-from .embedding import block_elements, encode_value
-from .errors import NotDicomError
-from .privatetags import CHAIN_GROUP
+from dicom_chain.block import Block
+from dicom_chain.carriers.dicom.embedding import block_elements, encode_value
+from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
+from dicom_chain.errors import NotDicomError
 
 # VRs with a 4-byte length (and 2 reserved bytes) in explicit VR encodings, PS3.5 7.1.2
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})

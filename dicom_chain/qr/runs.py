@@ -13,19 +13,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydicom.dataset import Dataset
 
-from .events import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, EventDraft
-from .query import Model, Query, parse_query, response
+from dicom_chain.events import EventDraft
+from dicom_chain.qr.query import Model, Query, parse_query, response
+from dicom_chain.vocab import EventType, Outcome
 
 if TYPE_CHECKING:
-    from .node import Node
+    from dicom_chain.node import Node
 
 RunStatus = Literal["completed", "cancelled", "failed", "refused", "partial"]
 _OUTCOME = {
-    "completed": SUCCESS,
-    "cancelled": SUCCESS,
-    "partial": MINOR_FAILURE,
-    "refused": MINOR_FAILURE,
-    "failed": SERIOUS_FAILURE,
+    "completed": Outcome.SUCCESS,
+    "cancelled": Outcome.SUCCESS,
+    "partial": Outcome.MINOR_FAILURE,
+    "refused": Outcome.MINOR_FAILURE,
+    "failed": Outcome.SERIOUS_FAILURE,
 }
 
 
@@ -59,7 +60,7 @@ class FindRun:
         q = self.query
         self.node.record(
             EventDraft(
-                "query.find",
+                EventType.QUERY_FIND,
                 outcome=_OUTCOME[status],
                 actor=self.actor,
                 patient_id=_single(self._patients) if self.matches else "",
@@ -156,7 +157,7 @@ class RetrieveRun:
         patients = {i.patient_id for i in self.items}
         self.node.record(
             EventDraft(
-                f"retrieve.{self.kind}",
+                EventType.RETRIEVE_MOVE if self.kind == "move" else EventType.RETRIEVE_GET,
                 outcome=_OUTCOME[status],
                 actor=self.actor,
                 patient_id=_single(patients),
@@ -180,12 +181,12 @@ class RetrieveRun:
         )
 
 
-def record_refused(node: Node, event_type: str, actor: str, reason: str, **details: Any) -> None:
+def record_refused(node: Node, event_type: EventType, actor: str, reason: str, **details: Any) -> None:
     """A query or retrieval turned away before it ran (bad identifier, unknown destination)."""
     node.record(
         EventDraft(
             event_type,
-            outcome=MINOR_FAILURE,
+            outcome=Outcome.MINOR_FAILURE,
             actor=actor,
             chain_id=node.chain_id,
             reason=reason,

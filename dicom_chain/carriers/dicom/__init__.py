@@ -1,0 +1,1 @@
+"""The DICOM carrier: canonical content hash, our private block, splicing into received bytes."""
