@@ -1,46 +1,93 @@
-"""Named exceptions for the whole core, so callers (CLI, SCP) can map each to one answer."""
+"""Named exceptions for the whole library, each saying whose fault it is and whether to retry.
+
+As h11 splits local from remote protocol errors, every error here carries ``fault`` (LOCAL: our
+disk, database, configuration or key; REMOTE: the input a peer or a user handed us) and
+``retryable`` (the same request may succeed later, unchanged). Whoever answers a peer (the SCP's
+status mapping, the CLI's exit codes) reads these two attributes, not an isinstance chain.
+"""
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import ClassVar
+
+
+class Fault(StrEnum):
+    LOCAL = "local"  # ours: fix the node (disk, database, key, settings)
+    REMOTE = "remote"  # theirs: the dataset, identifier or file given to us is at fault
+
 
 class DicomChainError(Exception):
-    """Base class: everything the core raises on purpose derives from this."""
+    """Base class: everything the library raises on purpose derives from this."""
+
+    fault: ClassVar[Fault] = Fault.LOCAL
+    retryable: ClassVar[bool] = False
 
 
 class NotDicomError(DicomChainError):
     """The input could not be parsed as a DICOM dataset."""
 
+    fault = Fault.REMOTE
+
 
 class MalformedDatasetError(DicomChainError):
     """The input is DICOM but lacks or garbles something the chain needs (e.g. SOP Instance UID)."""
+
+    fault = Fault.REMOTE
 
 
 class NoBlockError(DicomChainError):
     """The dataset carries no DICOM_CHAIN private block."""
 
+    fault = Fault.REMOTE
+
 
 class MalformedBlockError(DicomChainError):
     """A DICOM_CHAIN block is present but cannot be decoded or is internally inconsistent."""
+
+    fault = Fault.REMOTE
 
 
 class SignatureError(DicomChainError):
     """A block or event signature does not verify against the key it names."""
 
+    fault = Fault.REMOTE
+
 
 class ContentHashError(DicomChainError):
     """The dataset's content no longer matches the content hash recorded in its block."""
+
+    fault = Fault.REMOTE
 
 
 class IdentifierError(DicomChainError):
     """A query or retrieve identifier asks what its information model does not allow (PS3.4 C.4.1)."""
 
+    fault = Fault.REMOTE
+
 
 class LedgerError(DicomChainError):
-    """The ledger refused or failed an operation (constraint, lost race, unreachable database)."""
+    """The ledger refused or failed an operation."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The database cannot be reached, is locked past its timeout, or its pool is exhausted."""
+
+    retryable = True
+
+
+class LedgerConflict(LedgerError):
+    """A constraint refused a write (a lost race for a height, a duplicate row).
+
+    Retryable: the writer that lost re-reads the head and tries again."""
+
+    retryable = True
 
 
 class StorageError(DicomChainError):
     """Writing or reading the instance store failed (disk full, permissions, missing file)."""
+
+    retryable = True
 
 
 class KeyFileError(DicomChainError):
@@ -53,3 +100,5 @@ class ConfigError(DicomChainError):
 
 class AuditExportError(DicomChainError):
     """An audit export cannot be read, or what it shows disagrees with the records it carries."""
+
+    fault = Fault.REMOTE
