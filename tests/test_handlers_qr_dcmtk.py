@@ -7,7 +7,6 @@ the retrieved files with ``verify``: what arrives at a workstation is still chai
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from dicom_chain.verify import verify_files
 from scp.server import start_server
 
 from .conftest import SAMPLE_STUDY
-from .peers import free_port, require_tool
+from .peers import free_port, require_tool, wait_listening
 from .test_index import brute_force, fill, stored_entities
 
 DCMTK_TIMEOUT_S = 120
@@ -34,7 +33,7 @@ def workstation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
     out = tmp_path_factory.mktemp("workstation")
     port = free_port()
     proc = subprocess.Popen([storescp, "-aet", "WORKSTATION", "-od", str(out), str(port)])
-    time.sleep(0.3)
+    wait_listening(port, proc)
     yield port, out
     proc.terminate()
     proc.wait(10)

@@ -330,3 +330,16 @@ def test_index_row_for_an_unreadable_attribute_is_empty_not_an_error(node: Node)
     assert len(record.study["study_date"]) <= 8
     node.ingest(ds)
     assert node.ledger.index_count() == 1
+
+
+def test_every_declared_attribute_is_stored_or_computed_by_the_index():
+    from dicom_chain.db.indexschema import ATTRIBUTES as DECLARED
+    from dicom_chain.qr.index import _COUNTS, COLUMNS
+
+    computed = {a.keyword for a in DECLARED if a.computed}
+    assert computed == {*_COUNTS, "ModalitiesInStudy"}
+    assert {a.keyword for a in DECLARED if not a.computed} == set(COLUMNS)
+    for a in DECLARED:
+        if a.column is not None:  # the column exists in the table the declaration generated
+            assert COLUMNS[a.keyword][0].name == a.column
+            assert (COLUMNS[a.keyword][1] is not None) == (a.key_column is not None)

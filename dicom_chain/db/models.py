@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dicom_chain.db.indexschema import LEVEL_TABLES, Level, stored
 
 HASH = String(64)
 UID = String(64)  # PS3.5 9.1: a UID has at most 64 characters
@@ -130,13 +145,42 @@ class OutboxRow(Base):
 
 # -- Query/Retrieve index: one row per patient, study, series and (latest version of an) instance.
 # Filled in the receipt's transaction, so it never disagrees with the chain; `reindex` rebuilds it.
-# *_key columns hold the form matching compares (folded person names, padded times); the plain
-# columns hold the value as received, which is what C-FIND returns.
+# The attribute columns come from db/indexschema.py; *_key columns hold the form matching compares
+# (folded person names, padded times), the plain columns the value as received (what C-FIND returns).
+
+
+def _attribute_columns(level: Level) -> list[Column]:
+    columns = []
+    for a in stored(level):
+        assert a.column is not None
+        if a.integer:
+            kind: Any = Integer()
+        elif a.vr == "UL":
+            kind = BigInteger()
+        else:
+            kind = String(a.width) if a.width else Text()
+        columns.append(Column(a.column, kind, nullable=a.integer, unique=a.keyword in _UNIQUE))
+        if a.key_column and a.key_column != a.column:
+            columns.append(Column(a.key_column, kind, nullable=False))
+    return columns
+
+
+_UNIQUE = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}  # one row per entity (newest version)
+
+
+def _index_table(level: Level, *extra: Any) -> Table:
+    return Table(
+        LEVEL_TABLES[level],
+        Base.metadata,
+        Column("id", BIGID, primary_key=True, autoincrement=True),
+        *_attribute_columns(level),
+        *extra,
+    )
 
 
 class PatientRow(Base):
-    __tablename__ = "patients"
-    __table_args__ = (
+    __table__ = _index_table(
+        "PATIENT",
         UniqueConstraint("patient_id", "issuer", name="uq_patients_id_issuer"),
         Index(
             "ix_patients_name_key",
@@ -146,72 +190,36 @@ class PatientRow(Base):
         Index("ix_patients_birth_date", "birth_date"),
     )
 
-    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
-    patient_id: Mapped[str] = mapped_column(String(64))
-    issuer: Mapped[str] = mapped_column(String(64))
-    patient_name: Mapped[str] = mapped_column(Text)
-    patient_name_key: Mapped[str] = mapped_column(Text)
-    birth_date: Mapped[str] = mapped_column(String(8))
-    sex: Mapped[str] = mapped_column(String(16))
-
 
 class StudyRow(Base):
-    __tablename__ = "studies"
-    __table_args__ = (
+    __table__ = _index_table(
+        "STUDY",
+        Column("patient_pk", BIGID, ForeignKey("patients.id"), nullable=False),
         Index("ix_studies_patient", "patient_pk"),
         Index("ix_studies_date", "study_date"),
         Index("ix_studies_accession", "accession_number"),
     )
 
-    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
-    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"))
-    study_uid: Mapped[str] = mapped_column(UID, unique=True)
-    study_date: Mapped[str] = mapped_column(String(8))
-    study_time: Mapped[str] = mapped_column(String(32))
-    study_time_key: Mapped[str] = mapped_column(String(32))
-    accession_number: Mapped[str] = mapped_column(String(64))
-    study_id: Mapped[str] = mapped_column(String(64))
-    description: Mapped[str] = mapped_column(Text)
-    referring_physician: Mapped[str] = mapped_column(Text)
-    referring_physician_key: Mapped[str] = mapped_column(Text)
-
 
 class SeriesRow(Base):
-    __tablename__ = "series"
-    __table_args__ = (Index("ix_series_study", "study_pk"), Index("ix_series_modality", "modality"))
-
-    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
-    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"))
-    series_uid: Mapped[str] = mapped_column(UID, unique=True)
-    modality: Mapped[str] = mapped_column(String(16))
-    series_number: Mapped[str] = mapped_column(String(16))
-    description: Mapped[str] = mapped_column(Text)
-    series_date: Mapped[str] = mapped_column(String(8))
-    series_time: Mapped[str] = mapped_column(String(32))
-    series_time_key: Mapped[str] = mapped_column(String(32))
-    body_part: Mapped[str] = mapped_column(String(16))
+    __table__ = _index_table(
+        "SERIES",
+        Column("study_pk", BIGID, ForeignKey("studies.id"), nullable=False),
+        Index("ix_series_study", "study_pk"),
+        Index("ix_series_modality", "modality"),
+    )
 
 
 class InstanceRow(Base):
-    __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_series", "series_pk"),)
-
-    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
-    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"))
-    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
-    sop_class_uid: Mapped[str] = mapped_column(UID)
-    instance_number: Mapped[str] = mapped_column(String(16))
-    transfer_syntax: Mapped[str] = mapped_column(UID)
-    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    chain_id: Mapped[str] = mapped_column(String(36))
-    height: Mapped[int] = mapped_column(BigInteger)
-    block_hash: Mapped[str] = mapped_column(HASH)
-    version: Mapped[int] = mapped_column(Integer)
-    path: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[str] = mapped_column(String(32))
-    # "verified" when its block was checked (at receipt, by verify or reindex); "altered" / "missing"
-    # when verify last found it so. Returned by C-FIND in our private block.
-    verification: Mapped[str] = mapped_column(String(16))
-    verified_at: Mapped[str] = mapped_column(String(32))
+    # Beside the attributes: where the newest version's file is and how it is encoded. The
+    # verification state is "verified" when its block was checked (at receipt, by verify or
+    # reindex), "altered" / "missing" when verify last found it so.
+    __table__ = _index_table(
+        "IMAGE",
+        Column("series_pk", BIGID, ForeignKey("series.id"), nullable=False),
+        Column("transfer_syntax", UID, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("path", Text, nullable=False),
+        Column("received_at", String(32), nullable=False),
+        Index("ix_instances_series", "series_pk"),
+    )

@@ -34,9 +34,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import Block
+from dicom_chain.db.indexschema import ATTRIBUTES, FOLDED_VRS, LEVELS, UID_CHARS, Level
 from dicom_chain.db.models import InstanceRow, PatientRow, SeriesRow, StudyRow
 from dicom_chain.qr.matching import SQL_LIKE_ESCAPE, KeyMatch, Term, key_form, sql_like
-from dicom_chain.qr.query import Level, Query
+from dicom_chain.qr.query import Query
+from dicom_chain.vocab import VerificationState
 
 PATIENTS = PatientRow.__table__
 STUDIES = StudyRow.__table__
@@ -44,41 +46,18 @@ SERIES = SeriesRow.__table__
 INSTANCES = InstanceRow.__table__
 PAGE_ROWS = 500  # matches fetched per statement: bounded memory, and a C-CANCEL waits at most a page
 
-# keyword -> (value column, key column compared when matching, VR)
+_LEVEL_TABLE = {"PATIENT": PATIENTS, "STUDY": STUDIES, "SERIES": SERIES, "IMAGE": INSTANCES}
+# keyword -> (value column, key column compared when matching or None, VR), from the declaration
 COLUMNS: dict[str, tuple[Any, Any, str]] = {
-    "PatientName": (PATIENTS.c.patient_name, PATIENTS.c.patient_name_key, "PN"),
-    "PatientID": (PATIENTS.c.patient_id, PATIENTS.c.patient_id, "LO"),
-    "IssuerOfPatientID": (PATIENTS.c.issuer, PATIENTS.c.issuer, "LO"),
-    "PatientBirthDate": (PATIENTS.c.birth_date, PATIENTS.c.birth_date, "DA"),
-    "PatientSex": (PATIENTS.c.sex, PATIENTS.c.sex, "CS"),
-    "StudyInstanceUID": (STUDIES.c.study_uid, STUDIES.c.study_uid, "UI"),
-    "StudyDate": (STUDIES.c.study_date, STUDIES.c.study_date, "DA"),
-    "StudyTime": (STUDIES.c.study_time, STUDIES.c.study_time_key, "TM"),
-    "AccessionNumber": (STUDIES.c.accession_number, STUDIES.c.accession_number, "SH"),
-    "StudyID": (STUDIES.c.study_id, STUDIES.c.study_id, "SH"),
-    "StudyDescription": (STUDIES.c.description, STUDIES.c.description, "LO"),
-    "ReferringPhysicianName": (STUDIES.c.referring_physician, STUDIES.c.referring_physician_key, "PN"),
-    "SeriesInstanceUID": (SERIES.c.series_uid, SERIES.c.series_uid, "UI"),
-    "Modality": (SERIES.c.modality, SERIES.c.modality, "CS"),
-    "SeriesNumber": (SERIES.c.series_number, SERIES.c.series_number, "IS"),
-    "SeriesDescription": (SERIES.c.description, SERIES.c.description, "LO"),
-    "SeriesDate": (SERIES.c.series_date, SERIES.c.series_date, "DA"),
-    "SeriesTime": (SERIES.c.series_time, SERIES.c.series_time_key, "TM"),
-    "BodyPartExamined": (SERIES.c.body_part, SERIES.c.body_part, "CS"),
-    "SOPInstanceUID": (INSTANCES.c.sop_instance_uid, INSTANCES.c.sop_instance_uid, "UI"),
-    "SOPClassUID": (INSTANCES.c.sop_class_uid, INSTANCES.c.sop_class_uid, "UI"),
-    "InstanceNumber": (INSTANCES.c.instance_number, INSTANCES.c.instance_number, "IS"),
-    "Rows": (INSTANCES.c.rows, None, "US"),
-    "Columns": (INSTANCES.c.columns, None, "US"),
-    "NumberOfFrames": (INSTANCES.c.frames, None, "IS"),
-    "ChainID": (INSTANCES.c.chain_id, None, "LO"),
-    "ChainHeight": (INSTANCES.c.height, None, "UL"),
-    "ChainBlockHash": (INSTANCES.c.block_hash, None, "LO"),
-    "ChainVerificationState": (INSTANCES.c.verification, None, "CS"),
-    "ChainVerifiedAt": (INSTANCES.c.verified_at, None, "DT"),
+    a.keyword: (
+        _LEVEL_TABLE[a.level].c[a.column],
+        _LEVEL_TABLE[a.level].c[a.key_column] if a.key_column else None,
+        a.vr,
+    )
+    for a in ATTRIBUTES
+    if a.column is not None
 }
 _TABLES = {t.name: t for t in (PATIENTS, STUDIES, SERIES, INSTANCES)}
-_LEVEL_TABLE = {"PATIENT": PATIENTS, "STUDY": STUDIES, "SERIES": SERIES, "IMAGE": INSTANCES}
 _LEVEL_COLUMNS = {
     "PATIENT": PATIENTS.c,
     "STUDY": STUDIES.c,
@@ -153,54 +132,24 @@ class IndexRecord:
     @classmethod
     def from_dataset(cls, ds: Dataset, transfer_syntax: str) -> IndexRecord:
         charset = _encodings(ds)
+        rows: dict[Level, dict[str, Any]] = {level: {} for level in LEVELS}
+        for a in _FROM_DATASET:
+            row = rows[a.level]
+            assert a.column is not None
+            if a.integer:
+                row[a.column] = _int(ds, a.keyword)
+                continue
+            text = _text(ds, a.keyword, a.chars, charset)
+            if a.vr in FOLDED_VRS:
+                text = key_form(a.vr, text)[: a.width]
+            row[a.column] = text
+            if a.key_column and a.key_column != a.column:
+                row[a.key_column] = key_form(a.vr, text)[: a.width] if a.width else key_form(a.vr, text)
+        rows["IMAGE"]["transfer_syntax"] = transfer_syntax[:UID_CHARS]
+        return cls(rows["PATIENT"], rows["STUDY"], rows["SERIES"], rows["IMAGE"])
 
-        def text(keyword: str, limit: int) -> str:
-            return _text(ds, keyword, limit, charset)
 
-        name = text("PatientName", 320)
-        referring = text("ReferringPhysicianName", 320)
-        study_time = text("StudyTime", 32)
-        series_time = text("SeriesTime", 32)
-        return cls(
-            patient={
-                "patient_id": text("PatientID", 64),
-                "issuer": text("IssuerOfPatientID", 64),
-                "patient_name": name,
-                "patient_name_key": key_form("PN", name),
-                "birth_date": key_form("DA", text("PatientBirthDate", 10))[:8],
-                "sex": text("PatientSex", 16),
-            },
-            study={
-                "study_uid": text("StudyInstanceUID", 64),
-                "study_date": key_form("DA", text("StudyDate", 10))[:8],
-                "study_time": study_time,
-                "study_time_key": key_form("TM", study_time)[:32],
-                "accession_number": text("AccessionNumber", 64),
-                "study_id": text("StudyID", 64),
-                "description": text("StudyDescription", 1024),
-                "referring_physician": referring,
-                "referring_physician_key": key_form("PN", referring),
-            },
-            series={
-                "series_uid": text("SeriesInstanceUID", 64),
-                "modality": text("Modality", 16),
-                "series_number": text("SeriesNumber", 16),
-                "description": text("SeriesDescription", 1024),
-                "series_date": key_form("DA", text("SeriesDate", 10))[:8],
-                "series_time": series_time,
-                "series_time_key": key_form("TM", series_time)[:32],
-                "body_part": text("BodyPartExamined", 16),
-            },
-            instance={
-                "sop_instance_uid": text("SOPInstanceUID", 64),
-                "sop_class_uid": text("SOPClassUID", 64),
-                "instance_number": text("InstanceNumber", 16),
-                "transfer_syntax": transfer_syntax[:64],
-                "rows": _int(ds, "Rows"),
-                "columns": _int(ds, "Columns"),
-                "frames": _int(ds, "NumberOfFrames"),
-            },
-        )
+_FROM_DATASET = tuple(a for a in ATTRIBUTES if a.column is not None and not a.from_block)
 
 
 @lru_cache(maxsize=64)
@@ -236,7 +185,7 @@ def write(
     block: Block,
     path: str,
     version: int,
-    verification: str = "verified",
+    verification: VerificationState = VerificationState.VERIFIED,
     verified_at: str | None = None,
 ) -> None:
     """Index one stored instance (its newest version) inside the caller's transaction."""
@@ -268,10 +217,10 @@ def clear(session: Session) -> None:
         session.execute(delete(table))
 
 
-def record_verification(session: Session, problems: dict[str, str], at: str) -> int:
+def record_verification(session: Session, problems: dict[str, VerificationState], at: str) -> int:
     """After a whole-node verify: every indexed instance is "verified" at ``at`` unless its stored
     path (relative, as the index holds it) is in ``problems`` (path -> "altered" | "missing")."""
-    session.execute(INSTANCES.update().values(verification="verified", verified_at=at))
+    session.execute(INSTANCES.update().values(verification=VerificationState.VERIFIED, verified_at=at))
     changed = 0
     for path, state in problems.items():
         result = session.execute(
@@ -359,53 +308,50 @@ def _counts(session: Session, group_col: Any, count_col: Any, joined: Any, ids: 
     return {k: v for k, v in session.execute(stmt)}
 
 
+# Computed attributes: keyword -> (column grouped by: the level's own row id as seen from below,
+# the column counted distinct, the join that reaches it). ModalitiesInStudy is a list, below.
+_SERIES_INSTANCES = SERIES.join(INSTANCES, INSTANCES.c.series_pk == SERIES.c.id)
+_STUDIES_SERIES = STUDIES.join(SERIES, SERIES.c.study_pk == STUDIES.c.id)
+_COUNTS: dict[str, tuple[Any, Any, Any]] = {
+    "NumberOfPatientRelatedStudies": (STUDIES.c.patient_pk, STUDIES.c.id, STUDIES),
+    "NumberOfPatientRelatedSeries": (STUDIES.c.patient_pk, SERIES.c.id, _STUDIES_SERIES),
+    "NumberOfPatientRelatedInstances": (
+        STUDIES.c.patient_pk,
+        INSTANCES.c.id,
+        _STUDIES_SERIES.join(INSTANCES, INSTANCES.c.series_pk == SERIES.c.id),
+    ),
+    "NumberOfStudyRelatedSeries": (SERIES.c.study_pk, SERIES.c.id, SERIES),
+    "NumberOfStudyRelatedInstances": (SERIES.c.study_pk, INSTANCES.c.id, _SERIES_INSTANCES),
+    "NumberOfSeriesRelatedInstances": (INSTANCES.c.series_pk, INSTANCES.c.id, INSTANCES),
+}
+
+
+def _modalities(session: Session, ids: list[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    stmt = (
+        select(SERIES.c.study_pk, SERIES.c.modality)
+        .where(SERIES.c.study_pk.in_(ids), SERIES.c.modality != "")
+        .distinct()
+        .order_by(SERIES.c.study_pk, SERIES.c.modality)
+    )
+    for study_pk, modality in session.execute(stmt):
+        found.setdefault(study_pk, []).append(modality)
+    return found
+
+
 def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], wanted: set[str]) -> None:
+    """Fill the computed attributes the query asked for at ``level``, one grouped query each."""
     ids = [r["_pk"] for r in rows]
-    series_i = SERIES.join(INSTANCES, INSTANCES.c.series_pk == SERIES.c.id)
-    studies_s = STUDIES.join(SERIES, SERIES.c.study_pk == STUDIES.c.id)
-    found: dict[str, dict[int, Any]] = {}
-    if level == "PATIENT":
-        if "NumberOfPatientRelatedStudies" in wanted:
-            found["NumberOfPatientRelatedStudies"] = _counts(
-                session, STUDIES.c.patient_pk, STUDIES.c.id, STUDIES, ids
-            )
-        if "NumberOfPatientRelatedSeries" in wanted:
-            found["NumberOfPatientRelatedSeries"] = _counts(
-                session, STUDIES.c.patient_pk, SERIES.c.id, studies_s, ids
-            )
-        if "NumberOfPatientRelatedInstances" in wanted:
-            found["NumberOfPatientRelatedInstances"] = _counts(
-                session,
-                STUDIES.c.patient_pk,
-                INSTANCES.c.id,
-                studies_s.join(INSTANCES, INSTANCES.c.series_pk == SERIES.c.id),
-                ids,
-            )
-    elif level == "STUDY":
-        if "NumberOfStudyRelatedSeries" in wanted:
-            found["NumberOfStudyRelatedSeries"] = _counts(
-                session, SERIES.c.study_pk, SERIES.c.id, SERIES, ids
-            )
-        if "NumberOfStudyRelatedInstances" in wanted:
-            found["NumberOfStudyRelatedInstances"] = _counts(
-                session, SERIES.c.study_pk, INSTANCES.c.id, series_i, ids
-            )
-        if "ModalitiesInStudy" in wanted:
-            modalities: dict[int, list[str]] = {}
-            stmt = (
-                select(SERIES.c.study_pk, SERIES.c.modality)
-                .where(SERIES.c.study_pk.in_(ids), SERIES.c.modality != "")
-                .distinct()
-                .order_by(SERIES.c.study_pk, SERIES.c.modality)
-            )
-            for study_pk, modality in session.execute(stmt):
-                modalities.setdefault(study_pk, []).append(modality)
-            found["ModalitiesInStudy"] = modalities
-    elif level == "SERIES" and "NumberOfSeriesRelatedInstances" in wanted:
-        found["NumberOfSeriesRelatedInstances"] = _counts(
-            session, INSTANCES.c.series_pk, INSTANCES.c.id, INSTANCES, ids
-        )
-    for keyword, by_pk in found.items():
-        default: Any = [] if keyword == "ModalitiesInStudy" else 0
+    for a in _COMPUTED[level]:
+        if a.keyword not in wanted:
+            continue
+        if a.keyword == "ModalitiesInStudy":
+            by_pk: dict[int, Any] = _modalities(session, ids)
+            default: Any = []
+        else:
+            by_pk, default = _counts(session, *_COUNTS[a.keyword], ids), 0
         for row in rows:
-            row[keyword] = by_pk.get(row["_pk"], default)
+            row[a.keyword] = by_pk.get(row["_pk"], default)
+
+
+_COMPUTED = {level: tuple(a for a in ATTRIBUTES if a.computed and a.level == level) for level in LEVELS}

@@ -20,12 +20,12 @@ from pydicom.tag import Tag
 
 from dicom_chain.block import iso_to_dt
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, ELEMENTS, PRIVATE_CREATOR, QUERY_ELEMENTS
+from dicom_chain.db.indexschema import ATTRIBUTES as INDEX_ATTRIBUTES
+from dicom_chain.db.indexschema import LEVELS, PRIVATE_ANSWERS, IndexAttribute, Level
 from dicom_chain.errors import IdentifierError, MalformedDatasetError
 from dicom_chain.qr.matching import KeyMatch, parse_key
 
-Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 Model = Literal["PATIENT", "STUDY"]  # Patient Root, Study Root
-LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 MODEL_LEVELS: dict[Model, tuple[Level, ...]] = {"PATIENT": LEVELS, "STUDY": LEVELS[1:]}
 UNIQUE_KEYS: dict[Level, str] = {
     "PATIENT": "PatientID",
@@ -33,61 +33,8 @@ UNIQUE_KEYS: dict[Level, str] = {
     "SERIES": "SeriesInstanceUID",
     "IMAGE": "SOPInstanceUID",
 }
-
-
-@dataclass(frozen=True)
-class Attribute:
-    """An attribute the index holds or computes; ``matchable`` ones can narrow a query."""
-
-    keyword: str
-    level: Level
-    matchable: bool = True
-    computed: bool = False
-
-
-_ATTRIBUTES = [
-    Attribute("PatientName", "PATIENT"),
-    Attribute("PatientID", "PATIENT"),
-    Attribute("IssuerOfPatientID", "PATIENT"),
-    Attribute("PatientBirthDate", "PATIENT"),
-    Attribute("PatientSex", "PATIENT"),
-    Attribute("NumberOfPatientRelatedStudies", "PATIENT", matchable=False, computed=True),
-    Attribute("NumberOfPatientRelatedSeries", "PATIENT", matchable=False, computed=True),
-    Attribute("NumberOfPatientRelatedInstances", "PATIENT", matchable=False, computed=True),
-    Attribute("StudyInstanceUID", "STUDY"),
-    Attribute("StudyDate", "STUDY"),
-    Attribute("StudyTime", "STUDY"),
-    Attribute("AccessionNumber", "STUDY"),
-    Attribute("StudyID", "STUDY"),
-    Attribute("StudyDescription", "STUDY"),
-    Attribute("ReferringPhysicianName", "STUDY"),
-    Attribute("ModalitiesInStudy", "STUDY", computed=True),
-    Attribute("NumberOfStudyRelatedSeries", "STUDY", matchable=False, computed=True),
-    Attribute("NumberOfStudyRelatedInstances", "STUDY", matchable=False, computed=True),
-    Attribute("SeriesInstanceUID", "SERIES"),
-    Attribute("Modality", "SERIES"),
-    Attribute("SeriesNumber", "SERIES"),
-    Attribute("SeriesDescription", "SERIES"),
-    Attribute("SeriesDate", "SERIES"),
-    Attribute("SeriesTime", "SERIES"),
-    Attribute("BodyPartExamined", "SERIES"),
-    Attribute("NumberOfSeriesRelatedInstances", "SERIES", matchable=False, computed=True),
-    Attribute("SOPInstanceUID", "IMAGE"),
-    Attribute("SOPClassUID", "IMAGE"),
-    Attribute("InstanceNumber", "IMAGE"),
-    Attribute("Rows", "IMAGE", matchable=False),
-    Attribute("Columns", "IMAGE", matchable=False),
-    Attribute("NumberOfFrames", "IMAGE", matchable=False),
-]
-ATTRIBUTES: dict[str, Attribute] = {a.keyword: a for a in _ATTRIBUTES}
-# Our private block in IMAGE-level answers: offset -> the keyword the index fills it from.
-PRIVATE_ANSWERS: dict[int, str] = {
-    0x02: "ChainID",
-    0x03: "ChainHeight",
-    0x0B: "ChainBlockHash",
-    0x20: "ChainVerificationState",
-    0x21: "ChainVerifiedAt",
-}
+# The DICOM attributes a query may name (our private answers are keyed by tag, not keyword).
+ATTRIBUTES: dict[str, IndexAttribute] = {a.keyword: a for a in INDEX_ATTRIBUTES if a.private_offset is None}
 _PRIVATE_VR = {offset: (ELEMENTS | QUERY_ELEMENTS)[offset][0] for offset in PRIVATE_ANSWERS}
 _NOT_RETURNED = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
 
@@ -255,7 +202,8 @@ def response(query: Query, values: Mapping[str, object], retrieve_ae_title: str)
     if query.level == "IMAGE":
         slot = query.private_slot or 0x10
         ds.add(DataElement(Tag(CHAIN_GROUP, slot), "LO", PRIVATE_CREATOR))
-        for offset, keyword in PRIVATE_ANSWERS.items():
+        for offset, attribute in PRIVATE_ANSWERS.items():
+            keyword = attribute.keyword
             value = values.get(keyword)
             if keyword == "ChainVerificationState" and isinstance(value, str):
                 value = value.upper()  # CS: upper case

@@ -18,6 +18,7 @@ from dicom_chain.ledger import StoredBlock
 from dicom_chain.node import Node, read_dataset
 from dicom_chain.qr import index
 from dicom_chain.verify import check_file
+from dicom_chain.vocab import VerificationState
 
 WRITE_BATCH = 500  # instances per transaction: a long rebuild never holds the writer lock for long
 
@@ -74,7 +75,7 @@ def reindex(node: Node, advance: Callable[[int], None] = lambda _: None) -> Rein
                     block=stored.block,
                     path=stored.path,
                     version=stored.version,
-                    verification="verified" if intact else "altered",
+                    verification=VerificationState.VERIFIED if intact else VerificationState.ALTERED,
                     verified_at=utc_now(),
                 )
                 report.indexed += 1

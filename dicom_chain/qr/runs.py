@@ -15,18 +15,17 @@ from pydicom.dataset import Dataset
 
 from dicom_chain.events import EventDraft
 from dicom_chain.qr.query import Model, Query, parse_query, response
-from dicom_chain.vocab import EventType, Outcome
+from dicom_chain.vocab import EventType, Outcome, RunStatus
 
 if TYPE_CHECKING:
     from dicom_chain.node import Node
 
-RunStatus = Literal["completed", "cancelled", "failed", "refused", "partial"]
 _OUTCOME = {
-    "completed": Outcome.SUCCESS,
-    "cancelled": Outcome.SUCCESS,
-    "partial": Outcome.MINOR_FAILURE,
-    "refused": Outcome.MINOR_FAILURE,
-    "failed": Outcome.SERIOUS_FAILURE,
+    RunStatus.COMPLETED: Outcome.SUCCESS,
+    RunStatus.CANCELLED: Outcome.SUCCESS,
+    RunStatus.PARTIAL: Outcome.MINOR_FAILURE,
+    RunStatus.REFUSED: Outcome.MINOR_FAILURE,
+    RunStatus.FAILED: Outcome.SERIOUS_FAILURE,
 }
 
 
@@ -147,12 +146,13 @@ class RetrieveRun:
             return
         self._finished = True
         # a sub-operation the peer never answered (no context for it, file unreadable) failed
-        if status == "completed":
+        status = RunStatus(status)
+        if status is RunStatus.COMPLETED:
             self.failed += [
                 i.sop_instance_uid for i in self.items if i.sop_instance_uid not in self._answered
             ]
-        if status == "completed" and self.failed:
-            status = "partial" if self.completed or self.warnings else "failed"
+        if status is RunStatus.COMPLETED and self.failed:
+            status = RunStatus.PARTIAL if self.completed or self.warnings else RunStatus.FAILED
         studies = {i.study_instance_uid for i in self.items}
         patients = {i.patient_id for i in self.items}
         self.node.record(
@@ -190,7 +190,7 @@ def record_refused(node: Node, event_type: EventType, actor: str, reason: str, *
             actor=actor,
             chain_id=node.chain_id,
             reason=reason,
-            details={"status": "refused", **details},
+            details={"status": RunStatus.REFUSED, **details},
         )
     )
 
