@@ -1,34 +1,167 @@
-"""Node settings and where things live by default: everything under one home folder (./var)."""
+"""Every setting of a node and its gateway, declared once: name, type, default, help.
+
+The command line generates its options from these fields (``--field-name``, env
+``DICOM_CHAIN_FIELD_NAME``, the TOML keys of ``--config`` are the field names), and ``serve``
+hands them to its forward process as JSON, so a new setting is one field here. By default
+everything lives under one home folder (./var).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any, Literal
 
 from sqlalchemy.engine import make_url
+
+from dicom_chain.errors import ConfigError
 
 DEFAULT_HOME = Path("var")
 DEFAULT_INSTITUTION = "Unnamed institution"
 KEY_FILE_NAME = "node.key"
 DB_FILE_NAME = "ledger.db"
 STORAGE_DIR_NAME = "storage"
+ENV_PREFIX = "DICOM_CHAIN_"
+DEFAULT_AE_TITLE = "DICOMCHAIN"
+DEFAULT_PORT = 11112  # the IANA-registered DICOM port that needs no root (104 does)
+# Parallel associations per upstream PACS: a PACS with Nagle on answers each C-STORE ~45 ms late,
+# so a few associations in flight keep it busy; more only queue inside the PACS.
+DEFAULT_FORWARD_WORKERS = 4
+MAX_FORWARD_WORKERS = 32  # one association each; a PACS refuses beyond a few dozen from one AE
+MAX_PORT = 65535  # TCP
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How a field is shown to people: help text and the form of its option."""
+
+    help: str
+    metavar: str | None = None
+    show_default: bool = False
+    option: str | None = None  # the option's name when it differs from the field's (--move-destination)
+    bounds: tuple[int, int] | None = None  # inclusive, for integers
+    path: Literal["file", "dir"] | None = None  # for paths: what it must be
+    exists: bool = False  # a path that must exist when given (certificates)
+
+
+SETTING = "dicom_chain.setting"  # the field metadata key
+
+
+def about(help_text: str, **form: Any) -> dict[str, Setting]:
+    """A Settings field's metadata: its help and the form of its option (see ``Setting``)."""
+    return {SETTING: Setting(help_text, **form)}
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = DEFAULT_HOME
-    db: str | None = None
-    storage: Path | None = None
-    key_file: Path | None = None
-    institution: str = DEFAULT_INSTITUTION
-    forward: tuple[str, ...] = ()  # upstream PACS as AET@HOST:PORT; each gets its own queue
+    # -- where the node lives (every command that opens it) --
+    home: Path = field(
+        default=DEFAULT_HOME,
+        metadata=about("Folder for the default database, store and key.", path="dir", show_default=True),
+    )
+    db: str | None = field(
+        default=None,
+        metadata=about("SQLAlchemy URL of the ledger (default: SQLite in HOME; postgresql+psycopg://...)."),
+    )
+    storage: Path | None = field(
+        default=None, metadata=about("Folder of stored instances (default: HOME/storage).", path="dir")
+    )
+    key_file: Path | None = field(
+        default=None,
+        metadata=about("Ed25519 node key, made on first use (default: beside the database).", path="file"),
+    )
+    institution: str = field(
+        default=DEFAULT_INSTITUTION, metadata=about("Institution named in every block.", show_default=True)
+    )
+    # -- the gateway (serve; forward takes the first three) --
+    ae_title: str = field(
+        default=DEFAULT_AE_TITLE,
+        metadata=about("Our AE title (as modalities call us, and as the PACS sees us).", show_default=True),
+    )
+    # upstream PACS as AET@HOST:PORT; each gets its own queue
+    forward: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            "Upstream PACS to forward every stored instance to (repeatable).", metavar="AET@HOST:PORT"
+        ),
+    )
+    forward_workers: int = field(
+        default=DEFAULT_FORWARD_WORKERS,
+        metadata=about(
+            "Parallel associations per upstream PACS.", bounds=(1, MAX_FORWARD_WORKERS), show_default=True
+        ),
+    )
+    host: str = field(default="0.0.0.0", metadata=about("Address to listen on.", show_default=True))
+    port: int = field(
+        default=DEFAULT_PORT,
+        metadata=about("DICOM port to listen on.", bounds=(1, MAX_PORT), show_default=True),
+    )
+    allow: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            "Calling AE titles allowed to associate, optionally from one host (repeatable; none given: any).",
+            metavar="AET[@HOST]",
+        ),
+    )
     # C-MOVE destinations as AET@HOST:PORT: the only AEs instances may be moved to (until the
     # release rules for other institutions exist, a destination must be listed here).
-    move_destinations: tuple[str, ...] = ()
+    move_destinations: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            "An AE that C-MOVE may send to (repeatable); moves to any other AE are refused.",
+            metavar="AET@HOST:PORT",
+            option="move-destination",
+        ),
+    )
+    audit_syslog: str | None = field(
+        default=None,
+        metadata=about(
+            "Send every event, as it happens, to this audit record repository (RFC 5424, ATNA messages).",
+            metavar="udp|tcp|tls://HOST:PORT",
+        ),
+    )
+    audit_syslog_ca: Path | None = field(
+        default=None,
+        metadata=about(
+            "CA certificate (PEM) the tls:// repository's certificate must chain to.",
+            path="file",
+            exists=True,
+        ),
+    )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata=about("Serve DICOM over TLS with this certificate (PEM).", path="file", exists=True),
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=about("Private key of --tls-cert (PEM).", path="file", exists=True)
+    )
+    tls_ca: Path | None = field(
+        default=None,
+        metadata=about("Require peer certificates signed by this CA (PEM).", path="file", exists=True),
+    )
+
+    def __post_init__(self) -> None:
+        for spec in setting_fields():
+            value = getattr(self, spec.name)
+            if spec.bounds and isinstance(value, int) and not spec.bounds[0] <= value <= spec.bounds[1]:
+                low, high = spec.bounds
+                raise ConfigError(f"{spec.option} {value}: must be {low} to {high}")
 
     @property
     def db_url(self) -> str:
         return self.db or f"sqlite:///{self.home / DB_FILE_NAME}"
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The ledger's file when it is SQLite on disk (it may not exist yet), else None."""
+        url = make_url(self.db_url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return Path(url.database)
+        return None
 
     @property
     def storage_dir(self) -> Path:
@@ -39,7 +172,90 @@ class Settings:
         """Beside the database: the SQLite file's folder, else the home folder."""
         if self.key_file:
             return self.key_file
-        url = make_url(self.db_url)
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            return Path(url.database).parent / KEY_FILE_NAME
-        return self.home / KEY_FILE_NAME
+        sqlite_file = self.sqlite_file
+        return (sqlite_file.parent if sqlite_file else self.home) / KEY_FILE_NAME
+
+    def to_json(self) -> str:
+        """Every field as JSON (paths as text, lists for tuples): serve hands this to its forwarder."""
+        return json.dumps({spec.name: spec.plain(getattr(self, spec.name)) for spec in setting_fields()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"settings are not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("settings JSON must be an object")
+        specs = {spec.name: spec for spec in setting_fields()}
+        unknown = sorted(set(data) - set(specs))
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+        return cls(**{name: specs[name].typed(value) for name, value in data.items()})
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One Settings field, its type taken apart: what an option generator or a parser needs."""
+
+    name: str
+    kind: type  # str, int or Path: the type of one value
+    optional: bool  # None allowed (no value given)
+    repeatable: bool  # a tuple of values
+    default: Any
+    meta: Setting
+
+    @property
+    def option(self) -> str:
+        return "--" + (self.meta.option or self.name.replace("_", "-"))
+
+    @property
+    def envvar(self) -> str:
+        return ENV_PREFIX + self.option.removeprefix("--").replace("-", "_").upper()
+
+    @property
+    def bounds(self) -> tuple[int, int] | None:
+        return self.meta.bounds
+
+    def plain(self, value: Any) -> Any:
+        """The value as JSON holds it."""
+        if value is None:
+            return None
+        if self.repeatable:
+            return [str(v) if self.kind is Path else v for v in value]
+        return str(value) if self.kind is Path else value
+
+    def typed(self, value: Any) -> Any:
+        """A JSON or TOML value as this field holds it."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ConfigError(f"setting {self.name} needs a value")
+        if self.repeatable:
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list | tuple):
+                raise ConfigError(f"setting {self.name}: expected a list")
+            return tuple(self._one(v) for v in values)
+        return self._one(value)
+
+    def _one(self, value: Any) -> Any:
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"setting {self.name}: expected an integer, got {value!r}")
+        if self.kind is not int and not isinstance(value, str):
+            raise ConfigError(f"setting {self.name}: expected text, got {value!r}")
+        return Path(value) if self.kind is Path else value
+
+
+@cache
+def setting_fields() -> tuple[SettingField, ...]:
+    """The fields of Settings in declaration order (the order options are listed in)."""
+    hints = typing.get_type_hints(Settings)
+    specs = []
+    for f in dataclasses.fields(Settings):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = type(None) in typing.get_args(hint)
+        repeatable = typing.get_origin(hint) is tuple
+        kind = args[0] if (optional or repeatable) else hint
+        specs.append(SettingField(f.name, kind, optional, repeatable, f.default, f.metadata[SETTING]))
+    return tuple(specs)

@@ -1,88 +1,102 @@
-"""``dicom-chain demo``: a gateway on the embedded defaults, a study sent to it, verify, a picture."""
+"""``dicom-chain demo``: a gateway on the embedded defaults, a study sent to it, verify.
+
+It returns what happened (files sent, their statuses, the verify report, the newest blocks);
+the command line shows it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 
 from dicom_chain.config import Settings
+from dicom_chain.findings import Report
+from dicom_chain.ledger import StoredBlock
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_node
 
-from .server import Gateway, ServiceOptions
+from .server import Gateway
 
 SAMPLE_STUDY = Path(__file__).resolve().parent.parent / "sample_data" / "ct-demo"
 DEMO_AE = "DEMO_MODALITY"
+DEMO_HOST = "127.0.0.1"  # the demo talks to itself; nothing outside needs to reach it
+NEWEST_BLOCKS = 12  # enough rows to see heights and study links follow each other, fits a screen
+SUCCESS = 0x0000
 
 
-def _study_files(workdir: Path) -> list[Path]:
+@dataclass(frozen=True)
+class DemoRun:
+    host: str
+    port: int
+    chain_id: str
+    storage_dir: Path
+    files: list[Path]  # what was sent, in order
+    statuses: list[int]  # the gateway's C-STORE status for each file
+    report: Report  # verify of the whole node afterwards
+    newest: list[StoredBlock]  # the newest blocks, oldest first
+    total_blocks: int
+
+    @property
+    def acknowledged(self) -> int:
+        return self.statuses.count(SUCCESS)
+
+
+def study_files(workdir: Path) -> list[Path]:
+    """The sample study of the repository; installed without it, a study made in ``workdir``."""
     files = sorted(SAMPLE_STUDY.glob("*.dcm"))
     if files:
         return files
-    workdir.mkdir(parents=True, exist_ok=True)  # installed without the repository: make the study
+    workdir.mkdir(parents=True, exist_ok=True)
     for ds in ct_study(StudySpec(seed=2026, instances=8, rows=64, columns=64, series=2)):
         files.append(workdir / f"IMG{int(ds.InstanceNumber):04d}.dcm")
         ds.save_as(files[-1], enforce_file_format=True)
     return files
 
 
-def run_demo(settings: Settings, port: int, console: Console) -> bool:
-    """Returns whether the node verified intact."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((DEMO_HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def run_demo(
+    settings: Settings, files: list[Path], *, port: int = 0, advance: Callable[[int], None] = lambda _n: None
+) -> DemoRun:
+    """Serve on ``port`` (0: any free one), send ``files`` as DEMO_AE, stop, verify the node."""
+    settings = dataclasses.replace(settings, host=DEMO_HOST, port=port or free_port())
     node = Node.open(settings)
-    gateway = Gateway(node, ServiceOptions(host="127.0.0.1", port=port))
     try:
-        gateway.start()
-        files = _study_files(settings.home / "demo-study")
-        console.print(
-            f"[bold]gateway[/] listening on 127.0.0.1:{port}, chain {node.chain_id[:8]}, "
-            f"store {settings.storage_dir}"
-        )
-        scu = AE(ae_title=DEMO_AE)
-        scu.requested_contexts = StoragePresentationContexts
-        assoc = scu.associate("127.0.0.1", port, ae_title=gateway.options.ae_title)
-        statuses = []
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task(f"sending {len(files)} images as {DEMO_AE}", total=len(files))
+        gateway = Gateway(node)
+        try:
+            gateway.start()
+            scu = AE(ae_title=DEMO_AE)
+            scu.requested_contexts = StoragePresentationContexts
+            assoc = scu.associate(settings.host, settings.port, ae_title=settings.ae_title)
+            statuses = []
             for path in files:
-                statuses.append(assoc.send_c_store(dcmread(path)).Status)
-                progress.advance(task)
-        assoc.release()
-        console.print(f"[bold]sent[/] {len(files)} images from {files[0].parent}: "
-                      f"{statuses.count(0)} acknowledged with Success")  # fmt: skip
-    finally:
-        gateway.stop()
-    report = verify_node(node.ledger, node.storage)
-    _picture(node, console)
-    node.close()
-    if report.ok:
-        counts = f"{report.blocks_checked} blocks, {report.events_checked} events"
-        console.print(f"[green]verify: intact[/] - {counts}, every signature and link holds")
-    else:
-        console.print(f"[red]verify: {len(report.errors)} problem(s)[/]")
-        for finding in report.errors:
-            console.print(f"  {finding.kind}: {finding.message} {finding.path}")
-    console.print(
-        "next: [cyan]dicom-chain verify "
-        f"{settings.storage_dir}[/] checks the files alone; change a byte in one and run it again."
-    )
-    return report.ok
-
-
-def _picture(node: Node, console: Console, last: int = 12) -> None:
-    table = Table(title=f"chain {node.chain_id[:8]}: the newest {last} blocks", show_lines=False)
-    for column in ("height", "study", "index", "SOP", "block", "prev", "study prev"):
-        table.add_column(column, no_wrap=True)
-    rows = [stored for _, stored in node.ledger.iter_blocks(node.chain_id) if not isinstance(stored, str)]
-    for stored in rows[-last:]:
-        h = stored.block.header
-        table.add_row(
-            str(h.height), "…" + h.study_instance_uid[-6:], str(h.study_index), "…" + h.sop_instance_uid[-8:],
-            stored.block_hash[:8], h.prev_hash[:8], h.study_prev_hash[:8],
+                statuses.append(int(assoc.send_c_store(dcmread(path)).Status))
+                advance(1)
+            assoc.release()
+        finally:
+            gateway.stop()
+        report = verify_node(node.ledger, node.storage)
+        newest: deque[StoredBlock] = deque(maxlen=NEWEST_BLOCKS)
+        total = 0
+        for _, stored in node.ledger.iter_blocks(node.chain_id):
+            total += 1
+            if not isinstance(stored, str):  # a row that does not decode is verify's to report
+                newest.append(stored)
+        return DemoRun(
+            settings.host, settings.port, node.chain_id, settings.storage_dir, files, statuses, report,
+            list(newest), total,
         )  # fmt: skip
-    console.print(table)
+    finally:
+        node.close()

@@ -196,19 +196,20 @@ class Forwarder:
                 worker.join(timeout)
 
 
-def run_forwarder(settings: Settings, *, ae_title: str, workers: int, parent_pid: int | None = None) -> None:
-    """``dicom-chain forward``: only the forwarders, in a process of their own.
+def run_forwarder(settings: Settings, *, parent_pid: int | None = None) -> None:
+    """``dicom-chain forward``, and the process ``serve`` starts: only the forwarders of
+    ``settings`` (its forward list, AE title and workers per destination).
 
-    ``serve`` starts one so that sending (CPU-heavy in pynetdicom) runs on another core than
-    receiving, without sharing the GIL. It stops on SIGTERM/SIGINT, or when its parent is gone.
+    It stops on SIGTERM/SIGINT, or within PARENT_CHECK_S once ``parent_pid`` is no longer its parent.
     """
     configure_logging()
     node = Node.open(settings)
-    forwarder = Forwarder(node, ae_title=ae_title, workers_per_destination=workers)
+    forwarder = Forwarder(node, ae_title=settings.ae_title, workers_per_destination=settings.forward_workers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     forwarder.start()
+    workers = settings.forward_workers
     log.info("forwarding to %s with %d worker(s) each", ",".join(node.destinations) or "-", workers)
     try:
         while not stop.wait(PARENT_CHECK_S):

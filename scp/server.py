@@ -1,18 +1,13 @@
-"""Builds the Application Entity and runs the gateway; every limit is a named setting."""
+"""Builds the Application Entity and runs the gateway; every limit is a named constant."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -25,7 +20,7 @@ from dicom_chain.vocab import EventType
 
 from .access import AccessList
 from .auditfeed import AuditFeed, SyslogTarget
-from .forwarder import WORKERS_PER_DESTINATION, Forwarder
+from .forward_process import spawn_forward_process
 from .handlers import (
     FIND_MODELS,
     GET_MODELS,
@@ -55,32 +50,14 @@ DRAIN_TIMEOUT_S = 120  # on SIGTERM, how long in-flight associations may take to
 log = logging.getLogger("dicom_chain.scp")
 
 
-@dataclass(frozen=True)
-class ServiceOptions:
-    ae_title: str = "DICOMCHAIN"
-    host: str = "0.0.0.0"
-    port: int = 11112
-    allow: tuple[str, ...] = ()
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    forward_workers: int = WORKERS_PER_DESTINATION
-    # Forward from a child process (``dicom-chain forward``): sending then runs on another core,
-    # outside this process's GIL. In-process forwarding is for tests that watch the workers.
-    forward_process: bool = False
-    # Live audit feed: every ledger event as a DICOM audit message over syslog (udp|tcp|tls://HOST:PORT).
-    audit_syslog: str | None = None
-    audit_syslog_ca: Path | None = None
-
-
-def tls_context(options: ServiceOptions) -> ssl.SSLContext | None:
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """Server-side TLS; with a CA, peers must present a certificate it signed (mutual TLS)."""
-    if options.tls_cert is None:
+    if settings.tls_cert is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(options.tls_cert), str(options.tls_key) if options.tls_key else None)
-    if options.tls_ca is not None:
-        context.load_verify_locations(str(options.tls_ca))
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None)
+    if settings.tls_ca is not None:
+        context.load_verify_locations(str(settings.tls_ca))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -105,31 +82,32 @@ FORWARD_STOP_TIMEOUT_S = 60  # the forward process finishes its current batch, t
 
 
 class Gateway:
-    """The running service: listener, forwarder, node; start() and stop() are all a caller needs."""
+    """The running service: listener, forwarding, node; start() and stop() are all a caller needs.
 
-    def __init__(self, node: Node, options: ServiceOptions) -> None:
+    ``settings`` are the node's unless given (tests pick a port); forwarding runs in a child
+    process (``scp.forward_process``), so sending uses another core than receiving, outside this
+    process's GIL. ``start_forwarding``, ``notify_forwarding`` and ``stop_forwarding`` are the
+    seam a test overrides to forward in-process and watch the workers.
+    """
+
+    def __init__(self, node: Node, settings: Settings | None = None) -> None:
         self.node = node
-        self.options = options
-        self.access = AccessList.parse(options.allow)
-        self.forwarder = Forwarder(
-            node, ae_title=options.ae_title, workers_per_destination=options.forward_workers
-        )
-        self.ae = build_ae(options.ae_title)
+        self.settings = settings or node.settings
+        self.access = AccessList.parse(self.settings.allow)
+        self.ae = build_ae(self.settings.ae_title)
         self.server: ThreadedAssociationServer | None = None
         self.forward_child: subprocess.Popen | None = None
         self.audit_feed: AuditFeed | None = None
-        if options.audit_syslog:
+        if self.settings.audit_syslog:
             self.audit_feed = AuditFeed(
                 node.ledger,
-                SyslogTarget(options.audit_syslog, options.audit_syslog_ca),
+                SyslogTarget(self.settings.audit_syslog, self.settings.audit_syslog_ca),
                 node.settings.home / AUDIT_CURSOR_FILE,
                 source_id=f"dicom-chain@{node.key.key_id}",
             )
 
-    def _spawn_forwarder(self) -> subprocess.Popen:
-        return subprocess.Popen(_forward_command(self.node.settings, self.options))
-
     def handlers(self) -> list:
+        ae_title = self.settings.ae_title
         return [
             (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_PDU_RECV, quick_ack),
@@ -138,39 +116,53 @@ class Gateway:
             (evt.EVT_RELEASED, handle_released),
             (evt.EVT_ABORTED, handle_aborted),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.node, self.forwarder.notify]),
-            (evt.EVT_C_FIND, handle_find, [self.node, self.options.ae_title]),
-            (evt.EVT_C_MOVE, handle_move, [self.node, self.options.ae_title]),
+            (evt.EVT_C_STORE, handle_store, [self.node, self.notify_forwarding]),
+            (evt.EVT_C_FIND, handle_find, [self.node, ae_title]),
+            (evt.EVT_C_MOVE, handle_move, [self.node, ae_title]),
             (evt.EVT_C_GET, handle_get, [self.node]),
         ]
+
+    def start_forwarding(self) -> None:
+        if self.node.destinations:
+            self.forward_child = spawn_forward_process(self.settings)
+
+    def notify_forwarding(self) -> None:
+        """New work is queued; the forward process polls the queue, so nothing needs waking here."""
+
+    def stop_forwarding(self) -> None:
+        if self.forward_child is not None:
+            child, self.forward_child = self.forward_child, None
+            child.terminate()
+            try:
+                child.wait(FORWARD_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def start(self) -> None:
         if self.audit_feed is not None:
             self.node.settings.home.mkdir(parents=True, exist_ok=True)
             self.audit_feed.start()
-        if self.options.forward_process and self.node.destinations:
-            self.forward_child = self._spawn_forwarder()
-        else:
-            self.forwarder.start()
+        self.start_forwarding()
         self.server = self.ae.start_server(
-            (self.options.host, self.options.port),
+            (self.settings.host, self.settings.port),
             block=False,
             evt_handlers=self.handlers(),
-            ssl_context=tls_context(self.options),
+            ssl_context=tls_context(self.settings),
         )
         self.node.record(
             EventDraft(
                 EventType.SERVICE_START,
-                actor=self.options.ae_title,
+                actor=self.settings.ae_title,
                 chain_id=self.node.chain_id,
-                details={"port": self.options.port, "forward": self.node.destinations},
+                details={"port": self.settings.port, "forward": self.node.destinations},
             )
         )
         if self.access.open:
             log.warning("no allow-list: accepting any calling AE title")
         log.info(
             "listening ae_title=%s port=%d chain=%s storage=%s forward=%s",
-            self.options.ae_title, self.options.port, self.node.chain_id,
+            self.settings.ae_title, self.settings.port, self.node.chain_id,
             self.node.storage.root, ",".join(self.node.destinations) or "-",
         )  # fmt: skip
 
@@ -186,53 +178,29 @@ class Gateway:
                 time.sleep(0.05)
             for assoc in server.active_associations:
                 assoc.abort()
-        self.forwarder.stop()
-        if self.forward_child is not None:
-            self.forward_child.terminate()
-            try:
-                self.forward_child.wait(FORWARD_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.forward_child.kill()
+        self.stop_forwarding()
         self.ae.shutdown()
         self.node.record(
-            EventDraft(EventType.SERVICE_STOP, actor=self.options.ae_title, chain_id=self.node.chain_id)
+            EventDraft(EventType.SERVICE_STOP, actor=self.settings.ae_title, chain_id=self.node.chain_id)
         )
         if self.audit_feed is not None:
             self.audit_feed.stop()  # after service.stop, so the repository hears of it too
-        log.info("stopped ae_title=%s", self.options.ae_title)
+        log.info("stopped ae_title=%s", self.settings.ae_title)
 
 
-def _forward_command(settings: Settings, options: ServiceOptions) -> list[str]:
-    cmd = [
-        sys.executable, "-m", "dicom_chain.cli", "forward",
-        "--home", str(settings.home), "--db", settings.db_url, "--storage", str(settings.storage_dir),
-        "--key-file", str(settings.key_path), "--institution", settings.institution,
-        "--ae-title", options.ae_title, "--forward-workers", str(options.forward_workers),
-        "--parent-pid", str(os.getpid()),
-    ]  # fmt: skip
-    for destination in settings.forward:
-        cmd += ["--forward", destination]
-    return cmd
-
-
-def start_server(node: Node, *, ae_title: str, host: str, port: int) -> AE:
-    """Listen in background threads without forwarding (tests); the caller owns ``ae.shutdown()``."""
-    gateway = Gateway(node, ServiceOptions(ae_title=ae_title, host=host, port=port))
-    gateway.server = gateway.ae.start_server((host, port), block=False, evt_handlers=gateway.handlers())
-    return gateway.ae
-
-
-def run_server(settings: Settings, options: ServiceOptions) -> None:
+def run_server(settings: Settings) -> None:
     """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
     configure_logging()
     node = Node.open(settings)
-    gateway = Gateway(node, dataclasses.replace(options, forward_process=True))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     try:
-        gateway.start()
-        stop.wait()
+        gateway = Gateway(node)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            gateway.start()
+            stop.wait()
+        finally:
+            gateway.stop()
     finally:
-        gateway.stop()
         node.close()

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,25 @@ def require_tool(name: str, package: str) -> str:
     if path is None:
         missing_peer(name, f"apt-get install {package}")
     return path  # type: ignore[return-value]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (exited, waiting for its parent to reap it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status
 
 
 def free_port() -> int:
@@ -258,6 +278,28 @@ class GatewayProcess:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("gateway did not start listening")
+
+    def forward_children(self) -> list[int]:
+        """Pids of the forward processes serve started (its children running scp.forward_process)."""
+        from scp.forward_process import MODULE
+
+        assert self.proc is not None
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+            if parent == self.proc.pid and MODULE.encode() in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> bool:
+        return wait_until(lambda: text in self.log(), timeout)
 
     def log(self) -> str:
         path = self.home.parent / f"{self.home.name}-gateway.log"

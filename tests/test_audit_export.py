@@ -29,8 +29,8 @@ from dicom_chain.audit import syslog as framing
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
-from scp.server import Gateway, ServiceOptions
 
+from .gateways import InProcessGateway
 from .peers import free_port
 
 SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).parent / "schemas" / "dicom-audit-message.rng")))
@@ -90,23 +90,19 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, UdpRep
     pacs, workstation, repository = StoreSCP("PACS"), StoreSCP("WS"), UdpRepository()
     repository.start()
     home = tmp_path_factory.mktemp("audit")
+    port = free_port()
     settings = Settings(
         home=home,
         institution="St. Audit",
         forward=(f"PACS@127.0.0.1:{pacs.port}",),
         move_destinations=(f"WS@127.0.0.1:{workstation.port}",),
+        host="127.0.0.1",
+        port=port,
+        allow=("MODALITY", "RADIOLOGIST"),
+        audit_syslog=f"udp://127.0.0.1:{repository.port}",
     )
     node = Node.open(settings)
-    port = free_port()
-    gateway = Gateway(
-        node,
-        ServiceOptions(
-            host="127.0.0.1",
-            port=port,
-            allow=("MODALITY", "RADIOLOGIST"),
-            audit_syslog=f"udp://127.0.0.1:{repository.port}",
-        ),
-    )
+    gateway = InProcessGateway(node)
     gateway.start()
     try:
         study = list(ct_study(StudySpec(seed=31, instances=4, rows=8, columns=8, patient_id=ODD_PATIENT)))

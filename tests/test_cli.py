@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from click.testing import CliRunner
 
+import scp.forwarder
+import scp.server
 from dicom_chain.carriers.dicom.embedding import read_block
+from dicom_chain.cli import main
+from dicom_chain.config import Settings, setting_fields
+from dicom_chain.errors import ConfigError, LedgerUnavailable
 
 from .conftest import pydicom_file
 
@@ -150,6 +156,7 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     said = " ".join(result.stdout.split())  # the console wraps long lines
     assert "8 acknowledged with Success" in said and "verify: intact" in said
+    assert "all 8 blocks" in said  # the table says how many it shows, not a fixed 12
     assert (tmp_path / "var" / "ledger.db").exists()
     assert len(list((tmp_path / "var" / "storage").rglob("*.dcm"))) == 8
     again = run("verify", "var/storage", cwd=tmp_path)
@@ -182,3 +189,103 @@ def test_audit_export_and_verify_commands(store: Path, tmp_path: Path):
     assert "missing-event" in {f["kind"] for f in json.loads(result.stdout)["findings"]}
     events = [json.loads(line) for line in lines]
     assert [e["type"] for e in events].count("audit.export") == 1  # the first export is on the record
+
+
+@pytest.fixture
+def served(monkeypatch) -> list[Settings]:
+    """What serve and forward would run with, instead of running them."""
+    seen: list[Settings] = []
+    monkeypatch.setattr(scp.server, "run_server", seen.append)
+    monkeypatch.setattr(scp.forwarder, "run_forwarder", seen.append)
+    return seen
+
+
+def test_every_setting_is_an_option_of_serve_with_its_environment_variable():
+    result = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for field in setting_fields():
+        assert f"{field.option} " in result.output
+    forward = CliRunner().invoke(main, ["forward", "--help"]).output
+    assert "--forward-workers" in forward and "--allow" not in forward
+
+
+def test_serve_settings_come_from_file_environment_and_command_line(tmp_path: Path, served):
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        'ae_title = "FROM_FILE"\nport = 1111\n'
+        '[serve]\nmove_destination = ["WS1@10.0.0.21:104"]\nforward_workers = 3\n'
+    )
+    env = {
+        "DICOM_CHAIN_CONFIG": str(config),
+        "DICOM_CHAIN_PORT": "2222",
+        "DICOM_CHAIN_ALLOW": "CT1 MR1@10.0.0.7",
+    }
+    args = ["serve", "--home", str(tmp_path / "h"), "--forward", "P1@h:104", "--forward", "P2@h:104"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    [settings] = served
+    assert settings == Settings(
+        home=tmp_path / "h",
+        ae_title="FROM_FILE",
+        port=2222,  # the environment wins over the file
+        allow=("CT1", "MR1@10.0.0.7"),
+        move_destinations=("WS1@10.0.0.21:104",),
+        forward=("P1@h:104", "P2@h:104"),
+        forward_workers=3,
+    )
+    result = CliRunner().invoke(main, [*args, "--port", "3333"], env=env)  # the command line wins over both
+    assert result.exit_code == 0 and served[-1].port == 3333
+    config.write_text('move_destinations = ["WS2@10.0.0.22:104"]\n')  # the field's own name works too
+    assert CliRunner().invoke(main, args, env=env).exit_code == 0
+    assert served[-1].move_destinations == ("WS2@10.0.0.22:104",)
+
+
+def test_forward_runs_with_the_forwarding_settings(tmp_path: Path, served):
+    args = ["forward", "--home", str(tmp_path), "--ae-title", "GW", "--forward", "P@h:1"]
+    args += ["--forward-workers", "2"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    [settings] = served
+    assert (settings.ae_title, settings.forward, settings.forward_workers) == ("GW", ("P@h:1",), 2)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [(ConfigError("bad\nsetting"), 2), (LedgerUnavailable("down"), 1)]
+)
+def test_a_library_error_is_one_line_and_an_exit_code(monkeypatch, tmp_path: Path, error, code):
+    def fail(_settings: Settings) -> None:
+        raise error
+
+    monkeypatch.setattr(scp.server, "run_server", fail)
+    result = CliRunner().invoke(main, ["serve", "--home", str(tmp_path)])
+    assert result.exit_code == code
+    assert result.stderr == f"Error: {' '.join(str(error).split())}\n"
+
+
+def test_a_configuration_error_exits_2_without_a_traceback(tmp_path):
+    result = run("serve", "--forward", "not-a-destination", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr  # serve's log lines come first, then the one error line
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "Error: destination 'not-a-destination' is not AET@HOST:PORT"
+    missing = run("audit", "export", "--home", "nokey", "--format", "json", "--output", "x", cwd=tmp_path)
+    assert missing.returncode == 1 and missing.stderr.startswith("Error: no node key at")
+
+
+def test_the_library_does_not_import_its_application():
+    """dicom_chain (all but its cli package) never loads click, rich or the scp package."""
+    check = (
+        "import importlib, sys\n"
+        "from pathlib import Path\n"
+        "for p in sorted(Path('dicom_chain').rglob('*.py')):\n"
+        "    parts = p.with_suffix('').parts\n"
+        "    if parts[1] == 'cli' or parts[1:3] == ('db', 'migrations'):\n"
+        "        continue\n"
+        "    importlib.import_module('.'.join(parts[:-1] if parts[-1] == '__init__' else parts))\n"
+        "print(sorted(m for m in ('click', 'rich', 'scp') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -21,9 +21,9 @@ from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_files, verify_node
 from scp.contexts import contexts_for
-from scp.server import Gateway, ServiceOptions
 
 from .conftest import SAMPLE_STUDY
+from .gateways import InProcessGateway
 from .peers import GatewayProcess, OrthancServer, free_port, require_tool
 
 pytestmark = pytest.mark.dcmtk
@@ -35,14 +35,20 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr(outbox_module, "BACKOFF_MAX_S", 1.0)
 
 
-def gateway_for(tmp_path: Path, *destinations: str, workers: int = 2) -> Gateway:
-    node = Node.open(Settings(home=tmp_path / "gw", forward=destinations))
-    gateway = Gateway(node, ServiceOptions(host="127.0.0.1", port=free_port(), forward_workers=workers))
+def gateway_for(tmp_path: Path, *destinations: str, workers: int = 2) -> InProcessGateway:
+    settings = Settings(
+        home=tmp_path / "gw",
+        forward=destinations,
+        host="127.0.0.1",
+        port=free_port(),
+        forward_workers=workers,
+    )
+    gateway = InProcessGateway(Node.open(settings))
     gateway.start()
     return gateway
 
 
-def stop(gateway: Gateway) -> None:
+def stop(gateway: InProcessGateway) -> None:
     gateway.stop()
     gateway.node.close()
 
@@ -67,7 +73,7 @@ def test_study_from_storescu_arrives_in_orthanc_chained(tmp_path, orthanc: Ortha
     gateway = gateway_for(tmp_path, orthanc.destination)
     try:
         files = sorted(SAMPLE_STUDY.glob("*.dcm"))
-        storescu(gateway.options.port, files)
+        storescu(gateway.settings.port, files)
         assert orthanc.wait_for(len(files)) == len(files)
         assert wait_until(lambda: gateway.node.outbox.pending_count() == 0)
         downloaded = tmp_path / "from-orthanc"
@@ -88,10 +94,10 @@ def test_orthanc_stopped_while_the_study_arrives_then_restarted(tmp_path, fast_r
     gateway = gateway_for(tmp_path, pacs.destination)
     try:
         files = sorted(SAMPLE_STUDY.glob("*.dcm"))
-        storescu(gateway.options.port, files[:3])
+        storescu(gateway.settings.port, files[:3])
         assert pacs.wait_for(3) == 3
         pacs.stop()  # the PACS goes down in the middle of the study
-        storescu(gateway.options.port, files[3:])  # the modality still gets Success for every image
+        storescu(gateway.settings.port, files[3:])  # the modality still gets Success for every image
         assert gateway.node.ledger.block_count() == len(files)
         assert wait_until(lambda: gateway.node.outbox.stats()[0].last_error != "", 20)
         assert gateway.node.outbox.pending_count() == len(files) - 3
@@ -108,7 +114,7 @@ def test_a_pacs_that_is_down_holds_back_only_itself(tmp_path, orthanc: OrthancSe
     gateway = gateway_for(tmp_path, down, orthanc.destination)
     try:
         files = sorted(SAMPLE_STUDY.glob("*.dcm"))
-        storescu(gateway.options.port, files)
+        storescu(gateway.settings.port, files)
         assert orthanc.wait_for(len(files), timeout=30) == len(files)
 
         def stats() -> dict:
@@ -153,7 +159,7 @@ def test_busy_pacs_is_retried_until_it_stores(tmp_path, fast_retries):
         ds = next(ct_study(StudySpec(seed=5, instances=1, rows=8, columns=8)))
         scu = AE(ae_title="MOD")
         scu.add_requested_context(CTImageStorage)
-        assoc = scu.associate("127.0.0.1", gateway.options.port)
+        assoc = scu.associate("127.0.0.1", gateway.settings.port)
         assert assoc.send_c_store(ds).Status == 0
         assoc.release()
         assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)

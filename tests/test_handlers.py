@@ -11,10 +11,10 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  #
 
 from dicom_chain.node import Node
 from dicom_chain.verify import verify_files
-from scp.server import start_server
 from scp.statuses import CANNOT_UNDERSTAND
 
 from .conftest import read
+from .gateways import start_server
 from .peers import exchange, free_port
 
 

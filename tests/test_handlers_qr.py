@@ -28,7 +28,6 @@ from dicom_chain.errors import LedgerError
 from dicom_chain.node import Node
 from dicom_chain.qr import runs as qr
 from dicom_chain.verify import verify_files
-from scp.server import start_server
 from scp.statuses import (
     CANCELLED,
     FIND_OUT_OF_RESOURCES,
@@ -40,6 +39,7 @@ from scp.statuses import (
 )
 
 from .conftest import SAMPLE_STUDY
+from .gateways import start_server
 from .peers import exchange, free_port
 
 STUDY_UID = pydicom.dcmread(next(SAMPLE_STUDY.glob("*.dcm"))).StudyInstanceUID

@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.verify import verify_files
-from scp.server import start_server
 
 from .conftest import SAMPLE_STUDY
+from .gateways import start_server
 from .peers import free_port, require_tool, wait_listening
 from .test_index import brute_force, fill, stored_entities
 

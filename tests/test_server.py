@@ -7,7 +7,7 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,17 +22,17 @@ from dicom_chain.ledger import Ledger
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_node
-from scp.server import Gateway, ServiceOptions
+from scp.server import Gateway
 
-from .peers import GatewayProcess, free_port, require_tool
+from .peers import GatewayProcess, free_port, process_running, require_tool, wait_until
 
 
 @pytest.fixture
 def make_gateway(node: Node):
     gateways = []
 
-    def make(**options) -> Gateway:
-        gateway = Gateway(node, ServiceOptions(host="127.0.0.1", port=free_port(), **options))
+    def make(**settings) -> Gateway:
+        gateway = Gateway(node, replace(node.settings, host="127.0.0.1", port=free_port(), **settings))
         gateway.start()
         gateways.append(gateway)
         return gateway
@@ -46,7 +46,7 @@ def make_gateway(node: Node):
 def test_unknown_calling_ae_is_rejected_at_association(make_gateway, node: Node):
     echoscu = require_tool("echoscu", "dcmtk")
     gateway = make_gateway(allow=("CT_SCANNER", "WS1@127.0.0.1", "MR1@10.9.9.9"))
-    port = str(gateway.options.port)
+    port = str(gateway.settings.port)
 
     def echo(aet: str) -> subprocess.CompletedProcess:
         return subprocess.run([echoscu, "-aet", aet, "-aec", "DICOMCHAIN", "127.0.0.1", port],
@@ -91,11 +91,11 @@ def test_tls_associations_work_and_plain_ones_do_not(make_gateway, tmp_path):
     scu = AE(ae_title="TLS_SCU")
     scu.add_requested_context(Verification)
     scu.acse_timeout = scu.network_timeout = 5
-    assoc = scu.associate("127.0.0.1", gateway.options.port, tls_args=(client, "localhost"))
+    assoc = scu.associate("127.0.0.1", gateway.settings.port, tls_args=(client, "localhost"))
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
-    plain = scu.associate("127.0.0.1", gateway.options.port)
+    plain = scu.associate("127.0.0.1", gateway.settings.port)
     assert not plain.is_established
 
 
@@ -107,7 +107,7 @@ def test_many_associations_at_once_keep_heights_contiguous(make_gateway, node: N
     def send(seed: int) -> None:
         scu = AE(ae_title=f"MOD{seed}")
         scu.add_requested_context(CTImageStorage)
-        assoc = scu.associate("127.0.0.1", gateway.options.port, ae_title="DICOMCHAIN")
+        assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
         for ds in ct_study(StudySpec(seed=100 + seed, instances=per_sender, rows=16, columns=16)):
             statuses.append(assoc.send_c_store(ds).Status)
         assoc.release()
@@ -156,32 +156,12 @@ def test_the_forward_process_follows_serve_even_into_kill_9(tmp_path):
     home = tmp_path / "gw"
     home.mkdir()
     gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
-
-    def children() -> list[int]:
-        found = []
-        for proc in Path("/proc").iterdir():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"forward" in cmdline and str(gateway.proc.pid).encode() in cmdline:
-                found.append(int(proc.name))
-        return found
-
     try:
-        deadline = time.monotonic() + 30
-        while not children() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        [child] = children()
+        assert wait_until(gateway.forward_children, 30), gateway.log()[-3000:]
+        [child] = gateway.forward_children()
+        assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]  # it is watching serve
         gateway.kill9()
-        deadline = time.monotonic() + 15
-        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
-            status = Path(f"/proc/{child}/status")
-            if status.exists() and "zombie" in status.read_text():
-                break
-            time.sleep(0.1)
-        alive = Path(f"/proc/{child}/status")
-        assert not alive.exists() or "zombie" in alive.read_text()
+        assert wait_until(lambda: not process_running(child), 15), f"forward process {child} outlived serve"
     finally:
         gateway.stop()
 
@@ -191,11 +171,12 @@ def test_sigterm_with_forwarding_stops_the_forward_process_and_exits_0(tmp_path)
     home.mkdir()
     gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
     try:
-        time.sleep(1.0)  # let serve start its forward process
+        assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]  # the child is up
+        [child] = gateway.forward_children()
         gateway.proc.send_signal(signal.SIGTERM)
         assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
-        log = gateway.log()
-        assert "forwarding to NOBODY@" in log and "Traceback" not in log
+        assert not process_running(child)  # serve stopped it and waited for it
+        assert "Traceback" not in gateway.log()
         ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
         try:
             assert [e.type for e in ledger.iter_events()][-1] == "service.stop"

@@ -1,0 +1,35 @@
+"""``keys``: the node's signing key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
+
+
+@click.group()
+def keys() -> None:
+    """The node's signing key."""
+
+
+@keys.command("export")
+@config_option
+@settings_options(*NODE)
+@click.option("--format", "fmt", type=click.Choice(["pem", "hex"]), default="pem", show_default=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
+)
+def keys_export(fmt: str, output: Path | None, **kwargs: Any) -> None:
+    """Print the node's public key, for 'verify --public-key' elsewhere (made on first use)."""
+    from dicom_chain.keys import NodeKey
+
+    key = NodeKey.load_or_create(settings_from(kwargs).key_path)
+    text = key.public_pem() if fmt == "pem" else key.public_key.hex() + "\n"
+    if output:
+        output.write_text(text, encoding="ascii")
+        click.echo(f"public key {key.key_id} written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)

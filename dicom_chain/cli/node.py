@@ -1,0 +1,91 @@
+"""Commands on the local node: ``ingest`` files as if a modality sent them, ``status``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dicom_chain.cli.console import progress_bar
+from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
+from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
+from dicom_chain.errors import DicomChainError
+
+
+@click.command()
+@config_option
+@settings_options(*NODE)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
+    """Chain and store local DICOM files, as if a modality had sent them."""
+    from dicom_chain.actors import local_user
+    from dicom_chain.node import Node
+    from dicom_chain.verify import expand_paths
+
+    files = expand_paths(paths)
+    failures = 0
+    node = Node.open(settings_from(kwargs))
+    actor = local_user()
+    try:
+        with progress_bar(len(files), "chaining", None) as advance:
+            for path in files:
+                try:  # one file refused is one line: the others are still chained
+                    result = node.ingest_file(path, actor=actor)
+                    click.echo(f"{result.outcome:<11} height {result.block.header.height:>6}  {path}")
+                except DicomChainError as exc:
+                    failures += 1
+                    click.echo(f"{'refused':<11} {exc}", err=True)
+                advance(1)
+    finally:
+        node.close()
+    sys.exit(EXIT_BROKEN if failures else EXIT_OK)
+
+
+@click.command()
+@config_option
+@settings_options(*NODE)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(as_json: bool, **kwargs: Any) -> None:
+    """Chain height, event log head and each upstream PACS's queue: waiting, failed, last error."""
+    from dicom_chain.ledger import Ledger
+    from dicom_chain.outbox import Outbox
+
+    settings = settings_from(kwargs)
+    if settings.sqlite_file is not None and not settings.sqlite_file.exists():  # opening would create it
+        click.echo(f"no ledger at {settings.sqlite_file}: this node has received nothing yet")
+        return
+    ledger = Ledger(settings.db_url)
+    try:
+        chains = ledger.chains()
+        seq, head = ledger.event_head()
+        queues = Outbox(ledger, None).stats()
+    finally:
+        ledger.close()
+    now = time.time()
+    if as_json:
+        click.echo(json.dumps({
+            "chains": [{"chain_id": c.chain_id, "height": c.head_height, "head_hash": c.head_hash,
+                        "institution": c.institution, "key_id": c.key_id} for c in chains],
+            "events": {"count": seq, "head_hash": head},
+            "forward": [dataclasses.asdict(q) for q in queues],
+        }, indent=2))  # fmt: skip
+        return
+    if not chains:
+        click.echo("no chain yet: nothing has been received")
+    for c in chains:
+        click.echo(f"chain {c.chain_id}  height {c.head_height}  institution {c.institution}  key {c.key_id}")
+    click.echo(f"events {seq}  head {head[:16]}")
+    if not queues:
+        click.echo("forward: no upstream PACS has been queued for")
+    for q in queues:
+        waiting = ""
+        if q.oldest_waiting_since is not None:
+            waiting = f"  oldest waiting {now - q.oldest_waiting_since:.0f} s (SOP {q.oldest_waiting_sop})"
+        click.echo(f"forward {q.destination}  waiting {q.pending}  failed {q.failed}  done {q.done}{waiting}")
+        if q.last_error:
+            click.echo(f"  last error: {q.last_error}")

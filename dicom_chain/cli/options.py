@@ -1,0 +1,137 @@
+"""Options shared by the commands: ``--config``, and the Settings fields as generated options.
+
+Each option is made from its Settings field (``dicom_chain/config.py``): name ``--field-name``,
+environment variable ``DICOM_CHAIN_FIELD_NAME``, type, default and help; nothing is repeated here.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from dicom_chain.config import SettingField, Settings, setting_fields
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Which Settings fields each kind of command takes, in the order --help lists them.
+NODE = ("home", "db", "storage", "key_file", "institution")
+FORWARDING = ("ae_title", "forward", "forward_workers")
+SERVICE = (
+    *FORWARDING,
+    "host",
+    "port",
+    "allow",
+    "move_destinations",
+    "audit_syslog",
+    "audit_syslog_ca",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+)
+
+
+def _config_keys() -> dict[str, str]:
+    """TOML key -> parameter name: the field names, and the option's spelling where it differs
+    (``move_destination``, as files written before the fields were the source still say)."""
+    keys = {}
+    for spec in setting_fields():
+        keys[spec.option.removeprefix("--").replace("-", "_")] = spec.name
+        keys[spec.name] = spec.name
+    return keys
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Make the TOML file the defaults of this command (top-level keys and its own [table])."""
+    if not value:
+        return value
+    try:
+        data = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{value} is not valid TOML: {exc}") from exc
+    names = [c.info_name for c in _lineage(ctx) if c.info_name and c.parent is not None]
+    defaults = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    table: Any = data
+    for name in names:
+        table = table.get(name, {}) if isinstance(table, dict) else {}
+        if isinstance(table, dict):
+            defaults.update({k: v for k, v in table.items() if not isinstance(v, dict)})
+    keys = _config_keys()
+    ctx.default_map = {keys.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in defaults.items()}
+    return value
+
+
+def _lineage(ctx: click.Context) -> list[click.Context]:
+    chain = []
+    node: click.Context | None = ctx
+    while node is not None:
+        chain.append(node)
+        node = node.parent
+    return list(reversed(chain))
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        envvar="DICOM_CHAIN_CONFIG",
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="TOML file with defaults for these options (env: DICOM_CHAIN_CONFIG).",
+    )(f)
+
+
+def _click_type(spec: SettingField) -> click.ParamType:
+    if spec.kind is Path:
+        return click.Path(
+            file_okay=spec.meta.path != "dir",
+            dir_okay=spec.meta.path != "file",
+            exists=spec.meta.exists,
+            path_type=Path,
+        )
+    if spec.kind is int:
+        return click.IntRange(*spec.bounds) if spec.bounds else click.INT
+    return click.STRING
+
+
+def _option(spec: SettingField, help_text: str | None) -> Callable[[F], F]:
+    extra: dict[str, Any] = {"multiple": True} if spec.repeatable else {"default": spec.default}
+    if spec.meta.metavar:
+        extra["metavar"] = spec.meta.metavar
+    return click.option(
+        spec.option,
+        spec.name,
+        type=_click_type(spec),
+        envvar=spec.envvar,
+        show_default=spec.meta.show_default,
+        help=help_text or spec.meta.help,
+        **extra,
+    )
+
+
+def settings_options(*names: str, help_for: Mapping[str, str] | None = None) -> Callable[[F], F]:
+    """The options of these Settings fields, in this order; ``help_for`` words one differently for a
+    command where it means something narrower (verify's ``--db``)."""
+    specs = {spec.name: spec for spec in setting_fields()}
+    unknown = set(names) - set(specs) | set(help_for or {}) - set(names)
+    if unknown:
+        raise ValueError(f"not Settings fields of this command: {sorted(unknown)}")
+
+    def decorate(f: F) -> F:
+        for name in reversed(names):
+            f = _option(specs[name], (help_for or {}).get(name))(f)
+        return f
+
+    return decorate
+
+
+def settings_from(kwargs: dict[str, Any]) -> Settings:
+    """Take the Settings fields out of a command's keyword arguments; the rest stay for it."""
+    names = {spec.name for spec in setting_fields()}
+    return Settings(**{name: kwargs.pop(name) for name in list(kwargs) if name in names})

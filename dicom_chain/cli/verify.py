@@ -1,0 +1,123 @@
+"""``verify``: files on their own (blocks and the links between them), or the whole node.
+
+Exit status: 0 all intact, 1 something is broken, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from dicom_chain.cli.console import progress_bar
+from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
+from dicom_chain.cli.options import config_option, settings_options
+from dicom_chain.findings import Report
+from dicom_chain.vocab import Severity
+
+
+@click.command()
+@config_option
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@settings_options(
+    "db",
+    "storage",
+    help_for={
+        "db": "Check the whole node in this ledger (needs --storage).",
+        "storage": "The node's store of instances, with --db.",
+    },
+)
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trust only blocks signed by this key (repeatable; from 'keys export').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal)."
+)
+@click.option(
+    "--update-index",
+    is_flag=True,
+    help="With --db: also store each instance's result as its verification state (returned by C-FIND).",
+)
+@settings_options(
+    "key_file",
+    help_for={
+        "key_file": (
+            "With --db: the node key that signs this run's event (default: beside the SQLite database)."
+        )
+    },
+)
+def verify(
+    paths: tuple[Path, ...],
+    db: str | None,
+    storage: Path | None,
+    public_keys: tuple[Path, ...],
+    as_json: bool,
+    progress: bool | None,
+    update_index: bool,
+    key_file: Path | None,
+) -> None:
+    """Check files (their blocks and the links between them) or, with --db, the whole node.
+
+    Exit status: 0 all intact, 1 something is broken, 2 usage error.
+    """
+    from dicom_chain.config import Settings
+    from dicom_chain.keys import load_public_key
+    from dicom_chain.verify import expand_paths, verify_files
+    from dicom_chain.verifyrun import verify_whole_node
+
+    if bool(paths) == bool(db):
+        raise click.UsageError("give either files/folders to check, or --db URL --storage DIR")
+    if db and storage is None:
+        raise click.UsageError("--db needs --storage")
+    if update_index and not db:
+        raise click.UsageError("--update-index needs --db")
+    trusted = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
+    if db:
+        run = verify_whole_node(
+            Settings(db=db, storage=storage, key_file=key_file),
+            trusted,
+            update_index=update_index,
+            track=lambda total: progress_bar(total, "verifying node", progress),
+        )
+        if run.not_recorded:
+            click.echo(run.not_recorded, err=True)
+        report = run.report
+    else:
+        files = expand_paths(paths)
+        with progress_bar(len(files), "verifying files", progress) as advance:
+            report = verify_files(files, trusted, advance)
+    show_report(report, as_json)
+    sys.exit(EXIT_OK if report.ok else EXIT_BROKEN)
+
+
+def show_report(report: Report, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for f in report.findings:
+        where = " ".join(
+            part
+            for part in (
+                f.path,
+                f"SOP {f.sop_instance_uid}" if f.sop_instance_uid else "",
+                f"height {f.height}" if f.height is not None else "",
+            )
+            if part
+        )
+        label = "BROKEN" if f.severity == Severity.ERROR else "note"
+        click.echo(f"{label:<6} {f.kind:<17} {f.message}" + (f"  [{where}]" if where else ""))
+    summary = (
+        f"{report.files_checked} file(s), {report.blocks_checked} block(s), "
+        f"{report.events_checked} event(s) checked"
+    )
+    if report.ok:
+        click.echo(f"OK: {summary}; every block, signature and link holds.")
+    else:
+        click.echo(f"BROKEN: {len(report.errors)} problem(s); {summary}.")

@@ -1,0 +1,106 @@
+"""A whole-node verify run on the record: the report, the index states it implies, its event.
+
+``verify.py`` says what holds; this module is what a run does about it: store each instance's
+state in the query index (returned by C-FIND) and append a ``verify.node`` event signed with the
+node key, so that a failed check is an alert in the audit trail and not only a line on a screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_chain.actors import local_user
+from dicom_chain.block import utc_now
+from dicom_chain.config import Settings
+from dicom_chain.errors import DicomChainError
+from dicom_chain.events import EventDraft
+from dicom_chain.findings import Report
+from dicom_chain.keys import NodeKey
+from dicom_chain.ledger import Ledger
+from dicom_chain.qr import index
+from dicom_chain.storage import Storage
+from dicom_chain.verify import index_states, verify_node
+from dicom_chain.vocab import EventType, Outcome
+
+MAX_PROBLEMS_IN_EVENT = 50  # the first problems name where to look; the count says how many in all
+
+Advance = Callable[[int], None]
+# Given the number of steps, a context that yields the callback verification advances (a bar).
+Tracker = Callable[[int], AbstractContextManager[Advance]]
+
+
+@contextmanager
+def untracked(_total: int) -> Iterator[Advance]:
+    yield lambda _n: None
+
+
+@dataclass(frozen=True)
+class NodeVerification:
+    report: Report
+    not_recorded: str = ""  # why the run is not on the record as an event; "" when it is
+
+
+def verify_whole_node(
+    settings: Settings,
+    trusted_keys: frozenset[bytes] | None = None,
+    *,
+    update_index: bool = False,
+    track: Tracker = untracked,
+) -> NodeVerification:
+    """Check the ledger at ``settings.db_url`` against ``settings.storage_dir``, then put the run
+    on the record (and, with ``update_index``, every instance's state in the query index)."""
+    ledger = Ledger(settings.db_url)
+    try:
+        store = Storage(settings.storage_dir)
+        with track(ledger.block_count() + ledger.event_count()) as advance:
+            report = verify_node(ledger, store, trusted_keys, advance)
+        if update_index:
+            record_index_states(ledger, report, store)
+        return NodeVerification(report, record_run(ledger, report, settings.key_path))
+    finally:
+        ledger.close()
+
+
+def record_index_states(ledger: Ledger, report: Report, store: Storage) -> None:
+    """Every indexed instance verified now, except those the report found altered or missing."""
+    with ledger.writing() as session:
+        index.record_verification(session, index_states(report, store), utc_now())
+
+
+def verify_event(report: Report, actor: str) -> EventDraft:
+    """The ``verify.node`` event of a run: outcome, counts, the first problems (a failure alerts)."""
+    problems = [f"{f.kind}: {f.path or f.sop_instance_uid or f.chain_id}" for f in report.errors]
+    return EventDraft(
+        EventType.VERIFY_NODE,
+        outcome=Outcome.SUCCESS if report.ok else Outcome.MAJOR_FAILURE,
+        actor=actor,
+        reason="intact" if report.ok else f"{len(problems)} problem(s) found",
+        details={
+            "blocks": report.blocks_checked,
+            "files": report.files_checked,
+            "events": report.events_checked,
+            "errors": len(problems),
+            "problems": problems[:MAX_PROBLEMS_IN_EVENT],
+        },
+    )
+
+
+def record_run(ledger: Ledger, report: Report, key_path: Path) -> str:
+    """Append the run's event signed with the node key; returns why it was not recorded, or "".
+
+    Verifying never needs the key: a copy of a ledger without its key, or a read-only one, is
+    still checked, and the caller is told the run left no trace."""
+    if not key_path.exists():
+        return f"no node key at {key_path}: this verify run is not recorded as an event"
+    try:
+        key = NodeKey.load(key_path)
+    except DicomChainError as exc:
+        return f"{exc}: this verify run is not recorded as an event"
+    try:
+        ledger.record(key, verify_event(report, local_user()))
+    except DicomChainError as exc:
+        return f"this verify run is not recorded as an event: {exc}"
+    return ""
