@@ -135,7 +135,7 @@ class Node:
                     series_instance_uid=ids.series_id,
                 )
                 tx.enqueue(
-                    self.destinations,
+                    self.destinations if item.carrier.forwarded else [],
                     block,
                     path=rel,
                     sop_class_uid=ids.item_class,

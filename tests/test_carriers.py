@@ -155,6 +155,19 @@ def test_a_new_format_is_chained_stored_and_verified_by_its_carrier_alone(
     assert {f.kind for f in verify_files([stored[0], stored[2]]).errors} == {FindingKind.MISSING_INSTANCE}
 
 
+def test_a_format_dicom_peers_cannot_take_is_not_queued_for_them(tmp_path: Path, toy: ToyCarrier):
+    from dicom_chain.config import Settings
+
+    node = Node.open(Settings(home=tmp_path / "node", forward=("PACS@127.0.0.1:104",)))
+    try:
+        node.ingest_file(toy_file(tmp_path, "photo", b"pixels"))
+        assert node.outbox.pending_count() == 0
+        node.ingest(item_from_dataset(read("CT_small.dcm")))
+        assert node.outbox.pending_count() == 1
+    finally:
+        node.close()
+
+
 def test_without_its_carrier_a_format_is_not_read(tmp_path: Path):
     report = verify_files([toy_file(tmp_path, "a", b"x")])
     assert [f.kind for f in report.errors] == [FindingKind.NOT_DICOM]

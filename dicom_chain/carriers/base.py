@@ -111,6 +111,7 @@ class Carrier(ABC):
     suffix: ClassVar[str]  # the file name suffix in the store, e.g. ".dcm"
     block_format: ClassVar[int]  # the block header format this carrier writes (1: DICOM only, 2: any)
     magic_length: ClassVar[int]  # how many leading bytes ``recognises`` needs
+    forwarded: ClassVar[bool] = False  # whether DICOM peers (the --forward PACS) take its items
 
     @abstractmethod
     def recognises(self, head: bytes) -> bool:

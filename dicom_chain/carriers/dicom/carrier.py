@@ -37,6 +37,7 @@ class DicomCarrier(Carrier):
     suffix = ".dcm"
     block_format = FORMAT_VERSION  # what every DICOM block so far is: their hashes must not move
     magic_length = PART10_MAGIC_AT + len(PART10_MAGIC)
+    forwarded = True
 
     def recognises(self, head: bytes) -> bool:
         # pydicom refuses a file without the magic unless forced, so this is exactly what it reads
