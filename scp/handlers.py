@@ -90,7 +90,7 @@ def answers_failures(
 ) -> Callable[[Handler], Handler]:
     """An exception inside the handler becomes its failure status, logged; never a dropped association.
 
-    Like pynetdicom's own handler-error handling, with our statuses instead of its generic C-x11:
+    Like pynetdicom's own handler-error handling, with our statuses instead of its generic Cx11:
     a plain handler returns the status; a generator handler yields ``(failure, None)`` as its final
     response, after what ``prelude`` says pynetdicom still expects when the handler failed before
     yielding it (C-GET: the number of sub-operations; C-MOVE: the destination first).
