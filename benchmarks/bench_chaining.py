@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pydicom
 
-from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
-from dicom_chain.carriers.dicom.canonical import content_hash
-from dicom_chain.carriers.dicom.embedding import embed_block
-from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
+from dicom_chain.block import GENESIS_HASH, Block, BlockHeader, utc_now
+from dicom_chain.carriers.dicom.carrier import DICOM
 from dicom_chain.keys import NodeKey
 from dicom_chain.synthetic import StudySpec, ct_study
 
@@ -36,35 +34,32 @@ def plain(files: list[Path], out: Path) -> None:
 
 
 def chained(files: list[Path], out: Path, key: NodeKey, splice: bool = True) -> None:
-    """What Node.ingest does for each file, minus the ledger and fsync: the chaining work itself.
+    """What Node.ingest does for each file, minus the ledger and fsync: the chaining work itself,
+    through the DICOM carrier as the node calls it (parse, hash, identity and checks, block in).
 
     ``splice=False`` forces the fallback (pydicom re-encodes the dataset), to show what splicing saves.
     """
     prev, study_prev = GENESIS_HASH, GENESIS_HASH
     for i, path in enumerate(files):
-        ds, encoded = EncodedInstance.from_part10(path.read_bytes())
+        carried = DICOM.open(path.read_bytes())
+        item = (carried if splice else DICOM.dataset(carried.dataset)).item()
         header = BlockHeader(
-            version=FORMAT_VERSION,
+            version=item.carrier.block_format,
             chain_id="bench",
             height=i,
             prev_hash=prev,
-            content_hash=content_hash(ds),
+            content_hash=item.content_hash,
             timestamp=utc_now(),
             institution="Benchmark Hospital",
             key_id=key.key_id,
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
+            sop_instance_uid=item.identity.item_id,
+            study_instance_uid=item.identity.group_id,
             study_index=i,
             study_prev_hash=study_prev,
         )
         block = Block.sign(header, key)
-        pieces = spliced(ds, encoded, block) if encoded is not None and splice else None
-        if pieces is None:  # the same fallback as the node's
-            embed_block(ds, block)
-            pydicom.dcmwrite(out / f"{i}.dcm", ds, enforce_file_format=True)
-        else:
-            with open(out / f"{i}.dcm", "wb") as fp:
-                fp.writelines(pieces)
+        with open(out / f"{i}.dcm", "wb") as fp:
+            fp.writelines(item.with_block(block))
         prev = study_prev = block.hash
 
 

@@ -1,7 +1,12 @@
-"""The imagechain block: a signed header that links one instance to the chain and to its study.
+"""The imagechain block: a signed header that links one item to the chain and to its group.
 
-Pure: no files, no database. The same block goes into DICOM private tags today and into
-PNG/JPEG/TIFF metadata later, so it knows nothing of DICOM beyond two UIDs.
+Pure: no files, no database. The same block goes into DICOM private tags and, through other
+carriers (dicom_chain/carriers), into PNG/JPEG/TIFF metadata, so it knows no file format. Two
+header formats (docs/design.md 2.1 and 2.4): format 1, what DICOM writes, names its item with
+``sop_instance_uid`` and ``study_instance_uid``; format 2 names any carrier's item with
+``carrier``, ``item_id`` and ``group_id``. Readers accept both. In Python both are the same
+attributes (``sop_instance_uid`` holds the item id), so links, ledger rows and verification need
+not know which format a block has.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ from dicom_chain import canonjson
 from dicom_chain.errors import MalformedBlockError, SignatureError
 from dicom_chain.keys import NodeKey, key_id_for, verify_signature
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what the DICOM carrier writes: every block chained so far, hashes unchanged
+ITEM_FORMAT_VERSION = 2  # names the carrier and its item: what any other carrier writes
+FORMAT_VERSIONS = (FORMAT_VERSION, ITEM_FORMAT_VERSION)
+IMPLIED_CARRIER = "dicom"  # format 1 has no carrier field: its items are DICOM instances
 GENESIS_HASH = "0" * 64  # previous hash of height 0, and of index 0 within a study
 BLOCK_DOMAIN = b"DICOM_CHAIN block v1\n"
 SIGNATURE_DOMAIN = b"DICOM_CHAIN block signature v1\n"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
+CARRIER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # short, lowercase: it is part of signed bytes
 
 
 def iso_to_dt(timestamp: str) -> str:
@@ -53,14 +62,26 @@ class BlockHeader:
     study_instance_uid: str
     study_index: int
     study_prev_hash: str
+    carrier: str = IMPLIED_CARRIER  # format 2 only; format 1 implies "dicom" and does not serialise it
+
+    @property
+    def item_id(self) -> str:
+        """The item the block covers, in its carrier's terms (DICOM: the SOP Instance UID)."""
+        return self.sop_instance_uid
+
+    @property
+    def group_id(self) -> str:
+        """The group whose links the block joins (DICOM: the Study Instance UID)."""
+        return self.study_instance_uid
 
     @cached_property
     def _canonical(self) -> bytes:
         return canonjson.dumps(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat fields as a dict (dataclasses.asdict deep-copies: too slow on the ingest path)."""
-        return {name: getattr(self, name) for name in _HEADER_FIELDS}
+        """The header as its format names it (dataclasses.asdict deep-copies: too slow on ingest)."""
+        names = _NAMES.get(self.version, _NAMES[FORMAT_VERSION])  # an unknown version fails check()
+        return {key: getattr(self, name) for key, name in names.items()}
 
     def canonical_bytes(self) -> bytes:
         return self._canonical
@@ -73,24 +94,31 @@ class BlockHeader:
     def from_dict(cls, data: Any) -> BlockHeader:
         if not isinstance(data, dict):
             raise MalformedBlockError("block header is not an object")
-        names = {f.name: f.type for f in fields(cls)}
+        version = data.get("version")
+        if type(version) is not int or version not in _NAMES:
+            raise MalformedBlockError(f"unknown block format version {version!r}")
+        names = _NAMES[version]
         if set(data) != set(names):
             missing, extra = set(names) - set(data), set(data) - set(names)
             raise MalformedBlockError(
                 f"block header fields differ: missing {sorted(missing)}, extra {sorted(extra)}"
             )
-        for name, kind in names.items():
-            want = int if kind in ("int", int) else str
-            if type(data[name]) is not want:
-                raise MalformedBlockError(f"block header field {name!r} is not {want.__name__}")
-        header = cls(**data)
+        for key, name in names.items():
+            want = int if _TYPES[name] in ("int", int) else str
+            if type(data[key]) is not want:
+                raise MalformedBlockError(f"block header field {key!r} is not {want.__name__}")
+        header = cls(**{name: data[key] for key, name in names.items()})
         header.check()
         return header
 
     def check(self) -> None:
         """Shape rules a forged or garbled header would break."""
-        if self.version != FORMAT_VERSION:
+        if self.version not in FORMAT_VERSIONS:
             raise MalformedBlockError(f"unknown block format version {self.version}")
+        if self.version == FORMAT_VERSION and self.carrier != IMPLIED_CARRIER:
+            raise MalformedBlockError(f"format {FORMAT_VERSION} blocks cover DICOM instances only")
+        if not CARRIER_NAME.fullmatch(self.carrier):
+            raise MalformedBlockError("carrier is not a short lowercase name")
         if self.height < 0 or self.study_index < 0:
             raise MalformedBlockError("negative height or study index")
         for name in ("prev_hash", "content_hash", "study_prev_hash"):
@@ -104,7 +132,26 @@ class BlockHeader:
             raise MalformedBlockError("only study index 0 may (and must) follow the genesis hash")
 
 
-_HEADER_FIELDS = tuple(f.name for f in fields(BlockHeader))
+_TYPES = {f.name: f.type for f in fields(BlockHeader)}
+_COMMON = ("version", "chain_id", "height", "prev_hash", "content_hash", "timestamp", "institution", "key_id")
+# serialised key -> attribute, per format; format 1's keys are frozen: its block hashes depend on them
+_NAMES: dict[int, dict[str, str]] = {
+    FORMAT_VERSION: {
+        **{name: name for name in _COMMON},
+        "sop_instance_uid": "sop_instance_uid",
+        "study_instance_uid": "study_instance_uid",
+        "study_index": "study_index",
+        "study_prev_hash": "study_prev_hash",
+    },
+    ITEM_FORMAT_VERSION: {
+        **{name: name for name in _COMMON},
+        "carrier": "carrier",
+        "item_id": "sop_instance_uid",
+        "group_id": "study_instance_uid",
+        "group_index": "study_index",
+        "group_prev_hash": "study_prev_hash",
+    },
+}
 
 
 @dataclass(frozen=True)

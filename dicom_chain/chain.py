@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from dicom_chain.block import GENESIS_HASH, Block
 from dicom_chain.findings import Report
+from dicom_chain.vocab import FindingKind, Severity
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ def _distinct(items: list[Located], report: Report, what: str, chain_id: str) ->
     for other in items[1:]:
         fork = other.block.hash != first.block.hash
         report.add(
-            "error" if fork else "info",
-            "fork" if fork else "copy",
+            Severity.ERROR if fork else Severity.INFO,
+            FindingKind.FORK if fork else FindingKind.COPY,
             f"{what} is claimed by two different blocks ({first.where} and {other.where})"
             if fork
             else f"{what}: the same block is in {first.where} and {other.where}",
@@ -61,7 +62,7 @@ def _check_sequence(
     chain_id: str, heights: dict[int, list[Located]], report: Report, *, gaps_are_errors: bool
 ) -> None:
     previous: Located | None = None
-    gap_severity = "error" if gaps_are_errors else "info"
+    gap_severity = Severity.ERROR if gaps_are_errors else Severity.INFO
     for height in sorted(heights):
         item = _distinct(heights[height], report, f"height {height}", chain_id)
         h = item.block.header
@@ -69,15 +70,15 @@ def _check_sequence(
         if height > expected_prev and (previous is not None or gaps_are_errors):
             report.add(
                 gap_severity,
-                "gap",
+                FindingKind.GAP,
                 f"chain {chain_id[:8]}: height(s) {_span(expected_prev, height - 1)} missing",
                 chain_id=chain_id,
                 height=expected_prev,
             )
         if previous is not None and height == expected_prev and h.prev_hash != previous.block.hash:
             report.add(
-                "error",
-                "broken-link",
+                Severity.ERROR,
+                FindingKind.BROKEN_LINK,
                 f"block {height} does not follow block {height - 1}: "
                 "a file was replaced, re-ordered or forged",
                 path=item.where,
@@ -86,7 +87,12 @@ def _check_sequence(
                 chain_id=chain_id,
             )
         if height == 0 and h.prev_hash != GENESIS_HASH:  # pragma: no cover - BlockHeader.check forbids it
-            report.add("error", "broken-link", "height 0 does not start from genesis", path=item.where)
+            report.add(
+                Severity.ERROR,
+                FindingKind.BROKEN_LINK,
+                "height 0 does not start from genesis",
+                path=item.where,
+            )
         previous = item
 
 
@@ -99,16 +105,16 @@ def _check_study(chain_id: str, study_uid: str, indices: dict[int, list[Located]
         if index > expected:
             where = "from the start" if previous is None else "from the middle"
             report.add(
-                "error",
-                "missing-instance",
+                Severity.ERROR,
+                FindingKind.MISSING_INSTANCE,
                 f"study {study_uid}: instance(s) at index {_span(expected, index - 1)} missing {where}",
                 path=item.where,
                 chain_id=chain_id,
             )
         elif previous is not None and h.study_prev_hash != previous.block.hash:
             report.add(
-                "error",
-                "broken-study-link",
+                Severity.ERROR,
+                FindingKind.BROKEN_STUDY_LINK,
                 f"study {study_uid}: index {index} does not follow index {index - 1}",
                 path=item.where,
                 sop_instance_uid=h.sop_instance_uid,

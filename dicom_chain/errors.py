@@ -30,6 +30,12 @@ class NotDicomError(DicomChainError):
     fault = Fault.REMOTE
 
 
+class UnknownFormatError(NotDicomError):
+    """No carrier recognises the input by its first bytes: not DICOM, nor any other format chained.
+
+    A NotDicomError, so that whoever handled "not DICOM" before carriers existed still does."""
+
+
 class MalformedDatasetError(DicomChainError):
     """The input is DICOM but lacks or garbles something the chain needs (e.g. SOP Instance UID)."""
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Severity = Literal["error", "info"]
+from dicom_chain.vocab import FindingKind, Severity
 
 
 @dataclass(frozen=True)
 class Finding:
     severity: Severity
-    kind: str
+    kind: FindingKind
     message: str
     path: str = ""
     sop_instance_uid: str = ""
@@ -28,14 +28,14 @@ class Report:
 
     @property
     def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
+        return [f for f in self.findings if f.severity == Severity.ERROR]
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
-    def add(self, severity: Severity, kind: str, message: str, **where: Any) -> None:
-        self.findings.append(Finding(severity, kind, message, **where))
+    def add(self, severity: Severity, kind: FindingKind, message: str, **where: Any) -> None:
+        self.findings.append(Finding(Severity(severity), FindingKind(kind), message, **where))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,8 @@
-"""The instance store: one Part 10 file per instance version, written atomically.
+"""The store: one file per item version, written atomically from the bytes its carrier hands over.
 
-Layout ``<study>/<series>/<sop>.dcm`` (``<sop>.v<N>.dcm`` for later versions), so a person can
-find a file from its UIDs. A file is either absent or complete: temp file, fsync, rename, fsync
-of the directory.
+Layout ``<group>/<series>/<item><suffix>`` (``<item>.v<N><suffix>`` for later versions; for DICOM
+``<study>/<series>/<sop>.dcm``), so a person can find a file from its UIDs. A file is either absent
+or complete: temp file, fsync, rename, fsync of the directory. No file format is known here.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
-import pydicom
-from pydicom.dataset import Dataset
-
-from dicom_chain.errors import StorageError
+from dicom_chain.errors import DicomChainError, StorageError
 
 TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
 UID_PATH_MAX = 64  # PS3.5 9.1: UIDs never exceed 64 characters, so neither does a path part
@@ -34,9 +30,10 @@ def path_part(uid: str) -> str:
     return safe
 
 
-def relative_path(study_uid: str, series_uid: str, sop_uid: str, version: int) -> str:
-    name = path_part(sop_uid) + (".dcm" if version == 1 else f".v{version}.dcm")
-    return f"{path_part(study_uid)}/{path_part(series_uid)}/{name}"
+def relative_path(group_id: str, series_id: str, item_id: str, version: int, *, suffix: str) -> str:
+    """Where version ``version`` of an item goes; ``suffix`` is its carrier's (".dcm")."""
+    name = path_part(item_id) + (suffix if version == 1 else f".v{version}{suffix}")
+    return f"{path_part(group_id)}/{path_part(series_id)}/{name}"
 
 
 class Storage:
@@ -79,22 +76,15 @@ class Storage:
     def exists(self, relative: str) -> bool:
         return self.path(relative).is_file()
 
-    def write(self, ds: Dataset, relative: str) -> Path:
-        """Write ``ds`` as a Part 10 file at ``relative``; on any failure nothing is left behind."""
-        return self._atomic(relative, lambda fp: pydicom.dcmwrite(fp, ds, enforce_file_format=True))
-
-    def write_pieces(self, relative: str, pieces: list[bytes]) -> Path:
-        """Write already encoded bytes (see splice.py) at ``relative``, as atomically as ``write``."""
-        return self._atomic(relative, lambda fp: fp.writelines(pieces))
-
-    def _atomic(self, relative: str, fill: Callable[[BinaryIO], object]) -> Path:
+    def write(self, relative: str, pieces: Iterable[bytes]) -> Path:
+        """Write ``pieces`` in order as the file at ``relative``; on any failure nothing is left behind."""
         target = self.path(relative)
         tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
             with os.fdopen(fd, "wb") as fp:
-                fill(fp)
+                fp.writelines(pieces)
                 fp.flush()
                 os.fsync(fp.fileno())
             os.replace(tmp, target)
@@ -102,7 +92,9 @@ class Storage:
             _fsync_dir(target.parent)
         except OSError as exc:
             raise StorageError(f"cannot store {relative}: {exc.strerror or exc}") from exc
-        except Exception as exc:  # pydicom refuses datasets it cannot encode
+        except DicomChainError:
+            raise
+        except Exception as exc:  # pieces may be encoded as they are written, and an encoder may refuse
             raise StorageError(f"cannot encode {relative}: {exc}") from exc
         finally:
             if tmp is not None:

@@ -1,7 +1,10 @@
 """Verification of files on their own, and of a whole node (ledger + store).
 
-Every problem becomes a Finding naming the file and SOP Instance UID; nothing here raises on
-bad input, because a verifier that stops at the first broken file hides the others.
+Every problem becomes a Finding naming the file and its item (a DICOM file's SOP Instance UID);
+nothing here raises on bad input, because a verifier that stops at the first broken file hides
+the others. Files are read through their carrier (``carriers.registry``), so any format a carrier
+reads is verified alike. Checking files alone loads no database code: ``verify FILES`` runs where
+SQLAlchemy is not even installed.
 """
 
 from __future__ import annotations
@@ -9,23 +12,30 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dicom_chain.block import Block
-from dicom_chain.carriers.dicom.canonical import content_hash
-from dicom_chain.carriers.dicom.embedding import read_block
+from dicom_chain.carriers.registry import open_file
 from dicom_chain.chain import Located, check_links
 from dicom_chain.errors import (
+    ContentHashError,
     DicomChainError,
     MalformedBlockError,
     NoBlockError,
     NotDicomError,
     SignatureError,
+    UnknownFormatError,
 )
 from dicom_chain.events import FIRST_PREV_HASH, FIRST_SEQ
 from dicom_chain.findings import Report
-from dicom_chain.ledger import Ledger
-from dicom_chain.node import read_dataset
-from dicom_chain.storage import TEMP_PREFIX, Storage
+from dicom_chain.storage import TEMP_PREFIX
+from dicom_chain.vocab import FindingKind, Severity, VerificationState
+
+if TYPE_CHECKING:
+    from dicom_chain.ledger import Ledger
+    from dicom_chain.storage import Storage
+
+ERROR = Severity.ERROR
 
 Advance = Callable[[int], None]
 
@@ -54,46 +64,44 @@ def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None
     """
     where = str(path)
     try:
-        ds = read_dataset(path)
+        carried = open_file(path)
+    except UnknownFormatError:
+        report.add(ERROR, FindingKind.NOT_DICOM, "not DICOM, nor any format a carrier reads", path=where)
+        return None
     except NotDicomError:
-        report.add("error", "not-dicom", "not a DICOM file", path=where)
+        report.add(ERROR, FindingKind.NOT_DICOM, "not a DICOM file", path=where)
         return None
     except OSError as exc:
-        report.add("error", "unreadable", f"cannot read: {exc.strerror}", path=where)
+        report.add(ERROR, FindingKind.UNREADABLE, f"cannot read: {exc.strerror}", path=where)
         return None
-    sop = str(ds.get("SOPInstanceUID", "") or "")
+    item_id = carried.item_id_hint
     try:
-        block = read_block(ds)
+        block = carried.read_block()
     except NoBlockError:
-        report.add(
-            "error", "no-block", "DICOM file without a DICOM_CHAIN block", path=where, sop_instance_uid=sop
-        )
+        message = f"{carried.carrier.name.upper()} file without a DICOM_CHAIN block"
+        report.add(ERROR, FindingKind.NO_BLOCK, message, path=where, sop_instance_uid=item_id)
         return None
     except MalformedBlockError as exc:
-        report.add("error", "malformed-block", str(exc), path=where, sop_instance_uid=sop)
-        return None
-    except Exception as exc:  # a garbled private element can fail inside pydicom
-        report.add("error", "malformed-block", f"block unreadable: {exc}", path=where, sop_instance_uid=sop)
+        report.add(ERROR, FindingKind.MALFORMED_BLOCK, str(exc), path=where, sop_instance_uid=item_id)
         return None
     h = block.header
-    loc = {
+    loc: dict[str, Any] = {
         "path": where,
-        "sop_instance_uid": sop or h.sop_instance_uid,
+        "sop_instance_uid": item_id or h.item_id,
         "height": h.height,
         "chain_id": h.chain_id,
     }
     try:
         block.verify_signature(trusted_keys)
     except SignatureError as exc:
-        report.add("error", "bad-signature", str(exc), **loc)
+        report.add(ERROR, FindingKind.BAD_SIGNATURE, str(exc), **loc)
         return None
     try:
-        actual = content_hash(ds)
+        carried.check_content(block)
+    except ContentHashError as exc:
+        report.add(ERROR, FindingKind.ALTERED, str(exc), **loc)
     except DicomChainError as exc:
-        report.add("error", "altered", f"content cannot be hashed: {exc}", **loc)
-        return block
-    if actual != h.content_hash:
-        report.add("error", "altered", "content changed since it was chained (content hash differs)", **loc)
+        report.add(ERROR, FindingKind.ALTERED, f"content cannot be hashed: {exc}", **loc)
     return block  # authentic block: it still takes part in the link checks
 
 
@@ -125,8 +133,8 @@ def verify_node(
         known_keys.add(chain.public_key)
         if trusted_keys is not None and chain.public_key not in trusted_keys:
             report.add(
-                "error",
-                "untrusted-key",
+                ERROR,
+                FindingKind.UNTRUSTED_KEY,
                 f"chain {chain.chain_id} is signed by untrusted key {chain.key_id}",
                 chain_id=chain.chain_id,
             )
@@ -139,8 +147,8 @@ def verify_node(
             last is not None and last.hash != chain.head_hash
         ):
             report.add(
-                "error",
-                "head-mismatch",
+                ERROR,
+                FindingKind.HEAD_MISMATCH,
                 f"chain head says height {chain.head_height}, the blocks end at "
                 f"{last.header.height if last else 'nothing'}: blocks were removed or added",
                 chain_id=chain.chain_id,
@@ -166,33 +174,35 @@ def _ledger_blocks(
         advance(1)
         report.blocks_checked += 1
         if isinstance(stored, str):
-            report.add("error", "ledger-altered", stored, height=height, chain_id=chain_id)
+            report.add(ERROR, FindingKind.LEDGER_ALTERED, stored, height=height, chain_id=chain_id)
             continue
         block = stored.block
         h = block.header
-        loc = {"sop_instance_uid": h.sop_instance_uid, "height": height, "chain_id": chain_id}
+        loc = {"sop_instance_uid": h.item_id, "height": height, "chain_id": chain_id}
         if block.hash != stored.block_hash or h.height != height or h.chain_id != chain_id:
-            report.add("error", "ledger-altered", "ledger row does not match its own block", **loc)
+            report.add(ERROR, FindingKind.LEDGER_ALTERED, "ledger row does not match its own block", **loc)
             continue
         if block.public_key != public_key:
-            report.add("error", "bad-signature", "block signed by another key than its chain's", **loc)
+            report.add(
+                ERROR, FindingKind.BAD_SIGNATURE, "block signed by another key than its chain's", **loc
+            )
             continue
         try:
             block.verify_signature()
         except SignatureError as exc:
-            report.add("error", "bad-signature", f"ledger block: {exc}", **loc)
+            report.add(ERROR, FindingKind.BAD_SIGNATURE, f"ledger block: {exc}", **loc)
             continue
         yield Located(block, f"ledger height {height}")
         _check_stored_file(storage, stored.path, block, report, loc)
         referenced.add(stored.path)
 
 
-def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report, loc: dict) -> None:
+def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report, loc: dict[str, Any]) -> None:
     path = storage.path(rel)
     where = {**loc, "path": str(path)}
     report.files_checked += 1
     if not path.is_file():
-        report.add("error", "missing-file", "file of this block is missing from the store", **where)
+        report.add(ERROR, FindingKind.MISSING_FILE, "file of this block is missing from the store", **where)
         return
     file_report = Report()
     found = check_file(path, file_report, None)
@@ -203,8 +213,8 @@ def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report,
     if found.to_bytes() != block.to_bytes():
         other = found.header
         report.add(
-            "error",
-            "re-ordered" if other.chain_id == block.header.chain_id else "replaced",
+            ERROR,
+            FindingKind.RE_ORDERED if other.chain_id == block.header.chain_id else FindingKind.REPLACED,
             f"file holds block {other.height} of chain {other.chain_id[:8]}, ledger expects block "
             f"{block.header.height}",
             **where,
@@ -212,23 +222,24 @@ def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report,
 
 
 def _report_foreign(report: Report, path: Path) -> None:
-    """A file the ledger does not know: named by path, and by SOP Instance UID when it has one."""
+    """A file the ledger does not know: named by path, and by its item id when it has one."""
     where = {"path": str(path)}
     try:
-        ds = read_dataset(path)
-    except DicomChainError:
-        report.add(
-            "error", "foreign-file", "file in the store that the ledger does not know (not DICOM)", **where
-        )
+        carried = open_file(path)
+    except (DicomChainError, OSError):
+        what = "file in the store that the ledger does not know (not DICOM)"
+        report.add(ERROR, FindingKind.FOREIGN_FILE, what, **where)
         return
-    where["sop_instance_uid"] = str(ds.get("SOPInstanceUID", "") or "")
+    where["sop_instance_uid"] = carried.item_id_hint
     try:
-        block = read_block(ds)
-    except Exception:
+        block = carried.read_block()
+    except DicomChainError:
         what = "no valid block"
     else:
         what = f"block {block.header.height} of chain {block.header.chain_id[:8]}"
-    report.add("error", "foreign-file", f"file in the store that the ledger does not know ({what})", **where)
+    report.add(
+        ERROR, FindingKind.FOREIGN_FILE, f"file in the store that the ledger does not know ({what})", **where
+    )
 
 
 def _check_event_log(ledger: Ledger, known_keys: set[bytes], report: Report, advance: Advance) -> None:
@@ -239,36 +250,45 @@ def _check_event_log(ledger: Ledger, known_keys: set[bytes], report: Report, adv
         where = {"height": None, "sop_instance_uid": event.sop_uid}
         if event.seq != expected_seq:
             report.add(
-                "error", "event-gap", f"event log jumps from {expected_seq - 1} to {event.seq}", **where
+                ERROR,
+                FindingKind.EVENT_GAP,
+                f"event log jumps from {expected_seq - 1} to {event.seq}",
+                **where,
             )
         if event.prev_hash != prev_hash:
             report.add(
-                "error", "event-broken-link", f"event {event.seq} does not follow its predecessor", **where
+                ERROR,
+                FindingKind.EVENT_BROKEN_LINK,
+                f"event {event.seq} does not follow its predecessor",
+                **where,
             )
         if event.hash != stored_hash:
             report.add(
-                "error", "event-altered", f"event {event.seq} was changed after it was written", **where
+                ERROR,
+                FindingKind.EVENT_ALTERED,
+                f"event {event.seq} was changed after it was written",
+                **where,
             )
         try:
             event.verify_signature()
             if event.public_key not in known_keys:
                 raise SignatureError("signed by a key of no chain in this ledger")
         except (SignatureError, MalformedBlockError) as exc:
-            report.add("error", "event-bad-signature", f"event {event.seq}: {exc}", **where)
+            report.add(ERROR, FindingKind.EVENT_BAD_SIGNATURE, f"event {event.seq}: {exc}", **where)
         expected_seq, prev_hash = event.seq + 1, stored_hash
     head_seq, head_hash = ledger.event_head()
     if head_seq != expected_seq - 1 or head_hash != prev_hash:
         report.add(
-            "error",
-            "event-head-mismatch",
+            ERROR,
+            FindingKind.EVENT_HEAD_MISMATCH,
             f"event log head says {head_seq}, the log ends at {expected_seq - 1}: events removed or added",
         )
 
 
-def index_states(report: Report, storage: Storage) -> dict[str, str]:
+def index_states(report: Report, storage: Storage) -> dict[str, VerificationState]:
     """What a node report says about stored files, as index verification states by relative path."""
     root = storage.root.resolve()
-    states: dict[str, str] = {}
+    states: dict[str, VerificationState] = {}
     for finding in report.errors:
         if not finding.path:
             continue
@@ -276,5 +296,6 @@ def index_states(report: Report, storage: Storage) -> dict[str, str]:
             rel = Path(finding.path).resolve().relative_to(root).as_posix()
         except ValueError:
             continue
-        states[rel] = "missing" if finding.kind == "missing-file" else "altered"
+        missing = finding.kind == FindingKind.MISSING_FILE
+        states[rel] = VerificationState.MISSING if missing else VerificationState.ALTERED
     return states

@@ -123,3 +123,10 @@ class FindingKind(StrEnum):
     EVENT_ALTERED = "event-altered"
     EVENT_BAD_SIGNATURE = "event-bad-signature"
     EVENT_HEAD_MISMATCH = "event-head-mismatch"
+    # audit exports checked against their proof (audit/verify.py)
+    BAD_PROOF = "bad-proof"
+    OUTSIDE_RANGE = "outside-range"
+    MISSING_EVENT = "missing-event"
+    FILE_ALTERED = "file-altered"
+    COUNT_MISMATCH = "count-mismatch"
+    KEY_NOT_PINNED = "key-not-pinned"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from enum import StrEnum
 from typing import Protocol
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -29,3 +30,35 @@ def contexts_for(items: Iterable[Stored]) -> list[PresentationContext]:
         if any(not UID(s).is_compressed for s in syntaxes):
             contexts.append(build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
     return contexts[:MAX_CONTEXTS]
+
+
+class Sending(StrEnum):
+    """How a stored instance goes out on an association."""
+
+    AS_STORED = "as-stored"  # its file's bytes, in the syntax it was stored in
+    RE_ENCODED = "re-encoded"  # decoded, then re-encoded by pynetdicom to an accepted syntax
+
+
+def sending(accepted: Collection[tuple[str, str]], sop_class: str, syntax: str) -> Sending | None:
+    """How ``(sop_class, syntax)`` can go over a peer's ``accepted`` (SOP class, syntax) pairs; None
+    when it cannot. The rule is pynetdicom's own (``Association._get_valid_context``): the exact
+    syntax, else an uncompressed one of the same byte order (explicit/implicit VR, deflated or
+    not); compressed pixels are never converted."""
+    if (sop_class, syntax) in accepted:
+        return Sending.AS_STORED
+    stored = UID(syntax)
+    if not _convertible(stored):
+        return None
+    for accepted_class, accepted_syntax in accepted:
+        other = UID(accepted_syntax)
+        if accepted_class != sop_class or not _convertible(other):
+            continue
+        if other.is_little_endian == stored.is_little_endian:  # pynetdicom never swaps byte order
+            return Sending.RE_ENCODED
+    return None
+
+
+def _convertible(syntax: UID) -> bool:
+    """Uncompressed (deflate counts as uncompressed): pydicom can re-encode it. A private or
+    unknown syntax is not, since nothing says what its bytes are."""
+    return syntax.is_transfer_syntax and not syntax.is_compressed

@@ -1,39 +1,48 @@
-"""Event handlers: each translates one DICOM event into one core call and back, and stays tiny.
+"""Event handlers: each translates one DICOM event into one library call and back, and stays tiny.
 
-Log lines are ``key=value`` pairs, one per association and one per instance, so that a hospital's
+Failures are answered in one place, ``answers_failures``: whatever a handler raises is logged and
+answered with the status statuses.py reads from the error, and the association stays up. Log
+lines are ``key=value`` pairs, one per association and one per instance, so that a hospital's
 log tooling can filter by AE title or UID without parsing prose.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pynetdicom import StoragePresentationContexts, build_context, evt
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_chain.carriers.dicom.splice import EncodedInstance
-from dicom_chain.errors import MalformedDatasetError
+from dicom_chain.carriers.base import Item
+from dicom_chain.carriers.dicom.carrier import DICOM, read_dataset
+from dicom_chain.errors import DicomChainError, MalformedDatasetError
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.qr.query import Model
-from dicom_chain.qr.runs import RetrieveItem, RetrieveRun, record_refused
-from dicom_chain.vocab import EventType, Outcome
+from dicom_chain.qr.runs import FindRun, RetrieveItem, RetrieveRun, record_refused, start_find, start_retrieve
+from dicom_chain.sharing.policy import MoveDecision
+from dicom_chain.vocab import EventType, IngestOutcome, Outcome, RunStatus, SubOperation
 
 from .access import AccessList
-from .contexts import contexts_for
+from .contexts import MAX_CONTEXTS, contexts_for
 from .statuses import (
     CANCELLED,
     ERROR_COMMENT_MAX,
     PENDING,
     PENDING_UNSUPPORTED_KEYS,
     SUCCESS,
-    query_status,
+    find_status,
+    retrieve_status,
     store_status,
+    sub_operation,
 )
 
 log = logging.getLogger("dicom_chain.scp")
@@ -50,30 +59,104 @@ def _peer(event: evt.Event) -> str:
     return f"calling_ae={requestor.ae_title.strip()} peer={requestor.address}:{requestor.port}"
 
 
+def _calling(event: evt.Event) -> str:
+    return event.assoc.requestor.ae_title.strip()
+
+
+def _failure(status: int, exc: BaseException) -> Dataset:
+    """A failure status with the reason in Error Comment, for the peer's log."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = str(exc).replace("\\", "/")[:ERROR_COMMENT_MAX]
+    return ds
+
+
+def _answered(operation: str, event: evt.Event, exc: BaseException, status: int) -> None:
+    line = "%s calling_ae=%s status=0x%04X error=%r"
+    if isinstance(exc, DicomChainError):  # named and expected: one line says it all
+        log.warning(line, operation, _calling(event), status, str(exc))
+    else:  # a bug: the traceback is what will fix it
+        log.error(line, operation, _calling(event), status, str(exc), exc_info=exc)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+# What a generator handler that failed early still owes pynetdicom before its final status:
+# given how many values it yielded, the event and the handler's bound arguments.
+Prelude = Callable[..., Iterator[Any]]
+
+
+def answers_failures(
+    operation: str, status_for: Callable[[BaseException], int], prelude: Prelude | None = None
+) -> Callable[[Handler], Handler]:
+    """An exception inside the handler becomes its failure status, logged; never a dropped association.
+
+    Like pynetdicom's own handler-error handling, with our statuses instead of its generic Cx11:
+    a plain handler returns the status; a generator handler yields ``(failure, None)`` as its final
+    response, after what ``prelude`` says pynetdicom still expects when the handler failed before
+    yielding it (C-GET: the number of sub-operations; C-MOVE: the destination first).
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        if inspect.isgeneratorfunction(handler):
+
+            @functools.wraps(handler)
+            def generator(event: evt.Event, *args: Any) -> Iterator[Any]:
+                inner = handler(event, *args)
+                yielded = 0
+                try:
+                    for value in inner:
+                        yield value
+                        yielded += 1
+                except Exception as exc:
+                    status = status_for(exc)
+                    _answered(operation, event, exc, status)
+                    if prelude is not None:
+                        yield from prelude(yielded, event, *args)
+                    yield _failure(status, exc), None
+                finally:
+                    inner.close()  # pynetdicom stopped asking: the handler's own clean-up runs now
+
+            return generator  # type: ignore[return-value]
+
+        @functools.wraps(handler)
+        def plain(event: evt.Event, *args: Any) -> Any:
+            try:
+                return handler(event, *args)
+            except Exception as exc:
+                status = status_for(exc)
+                _answered(operation, event, exc, status)
+                return status
+
+        return plain  # type: ignore[return-value]
+
+    return decorate
+
+
 def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, node: Node, stored: Callable[[], None]) -> int:
-    calling = event.assoc.requestor.ae_title.strip()
+def _received(event: evt.Event) -> Item:
+    """The C-STORE's dataset as an item of the DICOM carrier, with the bytes it came in."""
     try:
-        try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            encoded = EncodedInstance.from_network(ds, event.request.DataSet.getvalue())
-        except Exception as exc:  # pynetdicom decodes lazily; garbage surfaces here
-            raise MalformedDatasetError(f"dataset does not decode: {exc}") from exc
-        result = node.ingest(ds, actor=calling, encoded=encoded)
-    except Exception as exc:
-        status = store_status(exc)
-        log.warning("c-store calling_ae=%s status=0x%04X error=%r", calling, status, str(exc))
-        return status
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        carried = DICOM.received(ds, event.request.DataSet.getvalue())
+    except Exception as exc:  # pynetdicom decodes lazily; garbage surfaces here
+        raise MalformedDatasetError(f"dataset does not decode: {exc}") from exc
+    return carried.item()
+
+
+@answers_failures("c-store", store_status)
+def handle_store(event: evt.Event, node: Node, stored: Callable[[], None]) -> int:
+    calling = _calling(event)
+    result = node.ingest(_received(event), actor=calling)
     h = result.block.header
     log.info(
         "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d",
-        calling, h.sop_instance_uid, h.study_instance_uid, result.outcome, h.height,
+        calling, h.item_id, h.group_id, result.outcome, h.height,
     )  # fmt: skip
-    if result.outcome in ("stored", "new-version"):
+    if result.outcome in (IngestOutcome.STORED, IngestOutcome.NEW_VERSION):
         stored()
     return SUCCESS
 
@@ -157,14 +240,6 @@ GET_MODELS: dict[str, Model] = {
 }
 
 
-def _failure(status: int, exc: BaseException) -> Dataset:
-    """A failure status with the reason in Error Comment, for the peer's log."""
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = str(exc).replace("\\", "/")[:ERROR_COMMENT_MAX]
-    return ds
-
-
 def _refused(node: Node, event_type: EventType, calling: str, reason: str, **details: Any) -> None:
     """Put a turned-away query or retrieval on the record; if the ledger itself is what failed,
     the peer still gets its failure status (the log keeps the reason)."""
@@ -181,31 +256,45 @@ def _identifier(event: evt.Event) -> Dataset:
         raise MalformedDatasetError(f"identifier does not decode: {exc}") from exc
 
 
-def handle_find(event: evt.Event, node: Node, ae_title: str) -> Iterator[tuple[Any, Dataset | None]]:
-    calling = event.assoc.requestor.ae_title.strip()
-    model = FIND_MODELS[event.request.AffectedSOPClassUID]
+@contextlib.contextmanager
+def _refusal_recorded(node: Node, event_type: EventType, calling: str, **details: Any) -> Iterator[None]:
+    """A query or retrieval turned away before it ran goes on the record; the error goes on to
+    ``answers_failures``, which answers it."""
     try:
-        run = node.find(_identifier(event), model, calling, ae_title)
+        yield
     except Exception as exc:
-        log.warning("c-find calling_ae=%s status=refused error=%r", calling, str(exc))
-        _refused(node, EventType.QUERY_FIND, calling, str(exc), model=model)
-        yield _failure(query_status(exc), exc), None
-        return
-    pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
+        _refused(node, event_type, calling, str(exc), **details)
+        raise
+
+
+@contextlib.contextmanager
+def _run_recorded(run: FindRun | RetrieveRun, what: str) -> Iterator[None]:
+    """A run that did not finish goes on the record as failed: in the error's words when one ended
+    it, else because the association ended (pynetdicom stopped asking). ``finish`` counts once."""
     try:
+        yield
+    except Exception as exc:
+        run.finish(RunStatus.FAILED, str(exc))
+        raise
+    finally:
+        run.finish(RunStatus.FAILED, f"association ended during the {what}")
+
+
+@answers_failures("c-find", find_status)
+def handle_find(event: evt.Event, node: Node, ae_title: str) -> Iterator[tuple[Any, Dataset | None]]:
+    calling = _calling(event)
+    model = FIND_MODELS[event.request.AffectedSOPClassUID]
+    with _refusal_recorded(node, EventType.QUERY_FIND, calling, model=model):
+        run = start_find(node, _identifier(event), model, calling, ae_title)
+    pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
+    with _run_recorded(run, "query"):
         for answer in run.answers():
             if event.is_cancelled:
-                run.finish("cancelled")
+                run.finish(RunStatus.CANCELLED)
                 yield CANCELLED, None
                 return
             yield pending, answer
-        run.finish("completed")
-    except Exception as exc:
-        run.finish("failed", str(exc))
-        yield _failure(query_status(exc), exc), None
-        return
-    finally:
-        run.finish("failed", "association ended during the query")  # no-op once finished
+        run.finish(RunStatus.COMPLETED)
     log.info("c-find calling_ae=%s level=%s matches=%d", calling, run.query.level, run.matches)
     yield SUCCESS, None
 
@@ -214,14 +303,14 @@ def _counting(run: RetrieveRun, by_uid: dict[str, Any]) -> Callable[[evt.Event],
     """An EVT_DIMSE_RECV handler that hands each C-STORE-RSP of the sub-operations to ``run``."""
 
     def on_message(event: evt.Event) -> None:
-        cs = event.message.command_set
-        if int(cs.get("CommandField", 0)) != 0x8001:  # C-STORE-RSP, PS3.7 E.1
+        if not isinstance(event.message, C_STORE_RSP):
             return
+        cs = event.message.command_set
         item = by_uid.get(str(cs.get("AffectedSOPInstanceUID", "")))
         if item is None:
             return
-        status = int(cs.get("Status", 0xC000))
-        run.sent(item, "success" if status == 0 else "warning" if status >> 12 == 0xB else "failure")
+        status = cs.get("Status")
+        run.sent(item, SubOperation.FAILURE if status is None else sub_operation(int(status)))
 
     return on_message
 
@@ -231,42 +320,68 @@ def _sub_operations(event: evt.Event, run: RetrieveRun, items: list[RetrieveItem
     re-encode each for whatever context the peer accepted (uncompressed syntaxes convert)."""
     for item in items:
         if event.is_cancelled:
-            run.finish("cancelled")
+            run.finish(RunStatus.CANCELLED)
             yield CANCELLED, None
             return
         try:
-            payload = dcmread(run.node.storage.path(item.path))
-        except Exception as exc:  # the file is gone or unreadable: this one sub-operation fails
+            payload = read_dataset(run.node.storage.path(item.path))
+        except (DicomChainError, OSError) as exc:  # gone or unreadable: this one sub-operation fails
             log.warning("retrieve sop=%s cannot be read: %r", item.sop_instance_uid, str(exc))
             yield PENDING, Dataset()  # pynetdicom counts a dataset it cannot send as a failure
             continue
         yield PENDING, payload
-    run.finish("completed")
+    run.finish(RunStatus.COMPLETED)
 
 
+def _move_decision(event: evt.Event, node: Node) -> MoveDecision:
+    return node.sharing.move((event.move_destination or "").strip())
+
+
+# Proposed to a move destination only to hand a peer our final failure status (``_move_prelude``):
+# Verification and pynetdicom's 120 common storage classes, within PS3.8's 128 contexts.
+FAILURE_ONLY_CONTEXTS = [build_context(Verification), *StoragePresentationContexts][:MAX_CONTEXTS]
+
+
+def _move_prelude(yielded: int, event: evt.Event, node: Node, _ae_title: str) -> Iterator[Any]:
+    """What a C-MOVE that failed before naming its destination and count still owes pynetdicom.
+
+    pynetdicom takes a final status only once it has associated with the destination; before
+    that, any failure is its own C51x, not the status we chose. So the destination gets an
+    association proposing what a storage SCP accepts, released at once with nothing sent. The
+    policy is pure: asking it again here is safe.
+    """
+    if yielded == 0:
+        peer = _move_decision(event, node).destination
+        if peer is None:
+            yield None, None
+            return
+        yield peer.host, peer.port, {"contexts": FAILURE_ONLY_CONTEXTS}
+    if yielded <= 1:
+        yield 1
+
+
+def _get_prelude(yielded: int, _event: evt.Event, _node: Node) -> Iterator[Any]:
+    if yielded == 0:
+        yield 1  # the number of sub-operations, before the final status
+
+
+@answers_failures("c-move", retrieve_status, prelude=_move_prelude)
 def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
-    calling = event.assoc.requestor.ae_title.strip()
+    calling = _calling(event)
     model = MOVE_MODELS[event.request.AffectedSOPClassUID]
     target = (event.move_destination or "").strip()
-    destination = node.move_destinations.get(target)
-    if destination is None:
+    decision = _move_decision(event, node)
+    if decision.destination is None:
         log.warning("c-move calling_ae=%s destination=%s status=unknown-destination", calling, target)
-        reason = f"move destination {target!r} is not configured"
-        _refused(node, EventType.RETRIEVE_MOVE, calling, reason, destination=target)
+        _refused(node, EventType.RETRIEVE_MOVE, calling, decision.reason, destination=target)
         yield None, None  # pynetdicom answers A801, Move Destination Unknown
         return
-    try:
-        run = node.retrieve(_identifier(event), model, "move", calling, str(destination))
+    destination = decision.destination
+    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target):
+        run = start_retrieve(node, _identifier(event), model, "move", calling, str(destination))
         items = run.plan()
-    except Exception as exc:
-        log.warning("c-move calling_ae=%s status=refused error=%r", calling, str(exc))
-        _refused(node, EventType.RETRIEVE_MOVE, calling, str(exc), destination=target)
-        yield destination.host, destination.port
-        yield 1
-        yield _failure(query_status(exc, retrieve=True), exc), None
-        return
     if not items:  # pynetdicom answers Success with no sub-operations and never resumes us
-        run.finish("completed", "nothing matched")
+        run.finish(RunStatus.COMPLETED, "nothing matched")
         yield destination.host, destination.port
         yield 0
         return
@@ -284,38 +399,33 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
     )
     yield len(items)
     try:
-        yield from _sub_operations(event, run, items)
+        with _run_recorded(run, "move"):
+            yield from _sub_operations(event, run, items)
     finally:
-        run.finish("failed", "association ended during the move")
         log.info(
             "c-move calling_ae=%s destination=%s matched=%d completed=%d failed=%d",
             calling, target, len(items), run.completed, len(run.failed),
         )  # fmt: skip
 
 
+@answers_failures("c-get", retrieve_status, prelude=_get_prelude)
 def handle_get(event: evt.Event, node: Node) -> Iterator[Any]:
-    calling = event.assoc.requestor.ae_title.strip()
+    calling = _calling(event)
     model = GET_MODELS[event.request.AffectedSOPClassUID]
-    try:
-        run = node.retrieve(_identifier(event), model, "get", calling, calling)
+    with _refusal_recorded(node, EventType.RETRIEVE_GET, calling):
+        run = start_retrieve(node, _identifier(event), model, "get", calling, calling)
         items = run.plan()
-    except Exception as exc:
-        log.warning("c-get calling_ae=%s status=refused error=%r", calling, str(exc))
-        _refused(node, EventType.RETRIEVE_GET, calling, str(exc))
-        yield 1
-        yield _failure(query_status(exc, retrieve=True), exc), None
-        return
     if not items:
-        run.finish("completed", "nothing matched")
+        run.finish(RunStatus.COMPLETED, "nothing matched")
         yield 0
         return
     counter = _counting(run, {item.sop_instance_uid: item for item in items})
     event.assoc.bind(evt.EVT_DIMSE_RECV, counter)
     yield len(items)
     try:
-        yield from _sub_operations(event, run, items)
+        with _run_recorded(run, "get"):
+            yield from _sub_operations(event, run, items)
     finally:
         event.assoc.unbind(evt.EVT_DIMSE_RECV, counter)
-        run.finish("failed", "association ended during the get")
         log.info("c-get calling_ae=%s matched=%d completed=%d failed=%d",
                  calling, len(items), run.completed, len(run.failed))  # fmt: skip

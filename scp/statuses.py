@@ -1,72 +1,110 @@
-"""Our errors as DICOM statuses: the one place that decides what a peer is told."""
+"""DICOM statuses both ways, in one place: what we answer for our errors, what a peer's answers mean.
+
+Outgoing statuses read the error, not its class: every library error says whose fault it is
+(``fault``: LOCAL or REMOTE) and whether the same request may succeed later (``retryable``).
+Incoming statuses are read with pynetdicom's own classification (``code_to_category``), so a
+peer's warnings and failures are told apart as PS3.7 Annex C defines them, not by bit masks here.
+"""
 
 from __future__ import annotations
 
-from dicom_chain.errors import (
-    ContentHashError,
-    IdentifierError,
-    LedgerError,
-    MalformedDatasetError,
-    NotDicomError,
-    StorageError,
-)
+from pynetdicom.status import STATUS_SUCCESS, STATUS_UNKNOWN, STATUS_WARNING, Status, code_to_category
 
-SUCCESS = 0x0000
+from dicom_chain.errors import Fault, IdentifierError
+from dicom_chain.vocab import ForwardVerdict, SubOperation
+
+SUCCESS = int(Status.SUCCESS)
 # C-STORE, PS3.4 Annex B.2.3 (Table B.2-1)
 OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources - the disk or ledger cannot take it now; retry later
 CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - the dataset itself is at fault; do not retry as is
 # PS3.7 Annex C.4: general failure for anything we did not foresee
 PROCESSING_FAILURE = 0x0110
 
-
-def store_status(exc: BaseException) -> int:
-    """Retryable trouble on our side is A700; a dataset we cannot chain is C000; the rest 0110."""
-    if isinstance(exc, StorageError | LedgerError | MemoryError):
-        return OUT_OF_RESOURCES
-    if isinstance(exc, MalformedDatasetError | NotDicomError | ContentHashError):
-        return CANNOT_UNDERSTAND
-    return PROCESSING_FAILURE
-
-
-# C-STORE responses from an upstream PACS, PS3.4 Annex B.2.3
-STORE_WARNINGS = (0xB000, 0xB006, 0xB007)  # coercion / elements discarded / dataset mismatch: stored
-
-
-def forward_verdict(status: int | None) -> tuple[str, str]:
-    """What a PACS's answer means for the outbox: ("done" | "retry" | "refused", reason).
-
-    No answer and A7xx (out of resources) are passing trouble: retry for as long as it takes.
-    Any other failure is the PACS refusing this instance: retried a few times, then final.
-    """
-    if status is None:
-        return "retry", "no response: association aborted or timed out"
-    if status == SUCCESS:
-        return "done", ""
-    if status in STORE_WARNINGS:
-        return "done", f"stored with warning 0x{status:04X}"
-    if 0xA700 <= status <= 0xA7FF:
-        return "retry", f"PACS out of resources (0x{status:04X})"
-    return "refused", f"PACS refused the instance with 0x{status:04X}"
-
-
 # Query/Retrieve, PS3.4 C.4.1.1.4 (C-FIND, Table C.4-1), C.4.2.1.5 (C-MOVE, C.4-2), C.4.3.1.4 (C-GET, C.4-3)
-PENDING = 0xFF00  # a match, every key supported
+PENDING = int(Status.PENDING)  # a match, every key supported
 PENDING_UNSUPPORTED_KEYS = 0xFF01  # a match, but an optional key sent with a value was not matched on
-CANCELLED = 0xFE00  # matching or sub-operations terminated by C-CANCEL
+CANCELLED = int(Status.CANCEL)  # matching or sub-operations terminated by C-CANCEL
 FIND_OUT_OF_RESOURCES = 0xA700
 RETRIEVE_OUT_OF_RESOURCES = 0xA701  # unable to calculate the number of matches
-MOVE_DESTINATION_UNKNOWN = 0xA801
+MOVE_DESTINATION_UNKNOWN = int(Status.MOVE_DESTINATION_UNKNOWN)  # 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # identifier does not match SOP class (level, unique keys)
 UNABLE_TO_PROCESS = 0xC000  # the identifier does not decode
 UNEXPECTED_FAILURE = 0xC001  # anything we did not foresee: still an answer, never a dropped association
 ERROR_COMMENT_MAX = 64  # PS3.7 C.4: Error Comment is LO
 
 
-def query_status(exc: BaseException, *, retrieve: bool = False) -> int:
+def _fault(exc: BaseException) -> Fault:
+    return getattr(exc, "fault", Fault.LOCAL)  # not ours on purpose: a bug here, so our fault
+
+
+def _retryable(exc: BaseException) -> bool:
+    # Not ours on purpose either: only running out of memory may pass by itself.
+    return bool(getattr(exc, "retryable", isinstance(exc, MemoryError)))
+
+
+def store_status(exc: BaseException) -> int:
+    """C-STORE: trouble that may pass is A700 (the modality retries); a dataset we cannot chain
+    is C000 (retrying it unchanged is useless); anything else 0110."""
+    if _retryable(exc):
+        return OUT_OF_RESOURCES
+    if _fault(exc) is Fault.REMOTE:
+        return CANNOT_UNDERSTAND
+    return PROCESSING_FAILURE
+
+
+def find_status(exc: BaseException) -> int:
+    return _query_status(exc, FIND_OUT_OF_RESOURCES)
+
+
+def retrieve_status(exc: BaseException) -> int:
+    return _query_status(exc, RETRIEVE_OUT_OF_RESOURCES)
+
+
+def _query_status(exc: BaseException, out_of_resources: int) -> int:
+    """An identifier the model refuses is A900; one that does not decode (the peer's fault) C000;
+    trouble that may pass A700 (C-FIND) or A701 (C-MOVE, C-GET); anything else C001."""
     if isinstance(exc, IdentifierError):
         return IDENTIFIER_DOES_NOT_MATCH
-    if isinstance(exc, MalformedDatasetError | NotDicomError):
+    if _fault(exc) is Fault.REMOTE:
         return UNABLE_TO_PROCESS
-    if isinstance(exc, LedgerError | MemoryError):
-        return RETRIEVE_OUT_OF_RESOURCES if retrieve else FIND_OUT_OF_RESOURCES
+    if _retryable(exc):
+        return out_of_resources
     return UNEXPECTED_FAILURE
+
+
+# C-STORE responses from a peer, PS3.4 Annex B.2.3: A7xx is out of resources, worth waiting for.
+PEER_OUT_OF_RESOURCES = range(0xA700, 0xA800)
+
+
+def _category(status: int) -> str:
+    """pynetdicom's category (Success, Warning, Failure, ...); Unknown for a garbled status."""
+    return code_to_category(status) if status >= 0 else STATUS_UNKNOWN
+
+
+def sub_operation(status: int) -> SubOperation:
+    """A C-STORE sub-operation of our C-MOVE/C-GET as the peer answered it (PS3.4 C.4.2.3.1)."""
+    category = _category(status)
+    if category == STATUS_SUCCESS:
+        return SubOperation.SUCCESS
+    if category == STATUS_WARNING:
+        return SubOperation.WARNING
+    return SubOperation.FAILURE
+
+
+def forward_verdict(status: int | None) -> tuple[ForwardVerdict, str]:
+    """What a PACS's answer to a forwarded instance means for the outbox, with the reason.
+
+    Success and warnings (PS3.4 B.2.3: the instance is stored) are done. No answer and A7xx (out
+    of resources) are passing trouble: retry for as long as it takes. Any other failure is the
+    PACS refusing this instance: retried a few times, then final.
+    """
+    if status is None:
+        return ForwardVerdict.RETRY, "no response: association aborted or timed out"
+    category = _category(status)
+    if category == STATUS_SUCCESS:
+        return ForwardVerdict.DONE, ""
+    if category == STATUS_WARNING:
+        return ForwardVerdict.DONE, f"stored with warning 0x{status:04X}"
+    if status in PEER_OUT_OF_RESOURCES:
+        return ForwardVerdict.RETRY, f"PACS out of resources (0x{status:04X})"
+    return ForwardVerdict.REFUSED, f"PACS refused the instance with 0x{status:04X}"

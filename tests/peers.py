@@ -323,8 +323,20 @@ class GatewayProcess:
 
 def exchange(assoc: object, request: object, context_id: int) -> object:
     """Send one DIMSE request exactly as built (bytes a broken peer would send) and return the
-    response. The association's reactor is paused as pynetdicom's own senders do, or it may take
-    the response for itself ("unexpected ... service message")."""
+    response.
+
+    Only for requests no ``send_c_*`` call can make: ``send_c_find`` and friends always encode a
+    pydicom Dataset, which cannot hold an element whose length runs past the end. (Raw C-STORE
+    bytes need none of this: ``send_c_store(path)`` sends a file's dataset undecoded, see
+    test_handlers.py.) Why pynetdicom's private reactor pause and not public API: the request can
+    go out through the public ``assoc.dimse.send_msg``, and EVT_DIMSE_RECV even shows the
+    response, but the association's reactor thread polls the same queue (``_run_reactor``:
+    ``dimse.get_msg(block=False)``), so whether it swallows the response ("Received unexpected
+    ... service message") or leaves it for the next ``send_c_echo`` to misread is a race (tried:
+    the echo got the C-FIND's C000). Every public ``send_c_*`` in pynetdicom 3.0 pauses the reactor
+    exactly like this (association.py: ``_reactor_checkpoint.clear()``, wait for ``_is_paused``,
+    send, ``get_msg``, ``set()``); no public call does it alone.
+    """
     assoc._reactor_checkpoint.clear()  # type: ignore[attr-defined]
     while not assoc._is_paused:  # type: ignore[attr-defined]
         time.sleep(0.001)

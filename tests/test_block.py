@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
+from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, utc_now
 from dicom_chain.errors import MalformedBlockError, SignatureError
 from dicom_chain.keys import NodeKey
 
@@ -58,9 +58,59 @@ def test_hash_covers_every_header_field():
         "study_index": 3,
         "study_prev_hash": "ee" * 32,
     }
-    assert set(variants) | {"version"} == {f.name for f in dataclasses.fields(BlockHeader)}
+    # format 1 serialises no carrier (it is always "dicom"); format 2's test covers it
+    assert set(variants) | {"version", "carrier"} == {f.name for f in dataclasses.fields(BlockHeader)}
     for name, value in variants.items():
         assert dataclasses.replace(base, **{name: value}).block_hash != base.block_hash, name
+    item = header(version=ITEM_FORMAT_VERSION, carrier="png")
+    for name, value in {**variants, "carrier": "jpeg"}.items():
+        assert dataclasses.replace(item, **{name: value}).block_hash != item.block_hash, name
+
+
+def test_format_1_hashes_do_not_move():
+    """A fixed format 1 header and its hash, computed before format 2 existed: every block already
+    chained must keep verifying."""
+    fixed = header(
+        height=3,
+        prev_hash="cd" * 32,
+        timestamp="2026-11-24T13:34:04.123456Z",
+        key_id="0123456789abcdef",
+        study_index=1,
+        study_prev_hash="ef" * 32,
+    )
+    assert fixed.block_hash == "749009ac360bc02023089fdaabfebd2b656c09f51c30623cb74af9a0ec6874ea"
+    assert "carrier" not in fixed.to_dict() and "sop_instance_uid" in fixed.to_dict()
+
+
+def test_format_2_names_the_carrier_and_its_item_and_reads_back():
+    block = Block.sign(header(version=ITEM_FORMAT_VERSION, carrier="png", sop_instance_uid="photo-1"), KEY)
+    names = block.header.to_dict()
+    assert (names["carrier"], names["item_id"], names["group_id"]) == ("png", "photo-1", "1.2.3")
+    assert {"sop_instance_uid", "study_instance_uid", "study_index"}.isdisjoint(names)
+    again = Block.from_bytes(block.to_bytes())
+    assert again == block and again.header.item_id == "photo-1" and again.header.group_id == "1.2.3"
+    again.verify_signature()
+
+
+@pytest.mark.parametrize(
+    "version, changes",
+    [
+        (FORMAT_VERSION, {"carrier": "png"}),  # format 1 has no carrier field at all
+        (ITEM_FORMAT_VERSION, {"sop_instance_uid": "1.2"}),  # format 1's names in a format 2 header
+        (ITEM_FORMAT_VERSION, {"carrier": "PNG files"}),
+        (ITEM_FORMAT_VERSION, {"version": 1}),  # format 2's names under format 1
+    ],
+)
+def test_headers_mixing_formats_are_refused(version, changes):
+    data = Block.sign(header(version=version, carrier="png" if version == 2 else "dicom"), KEY).to_dict()
+    data["header"].update(changes)
+    with pytest.raises(MalformedBlockError):
+        Block.from_bytes(json.dumps(data).encode())
+
+
+def test_format_1_cannot_be_built_for_another_carrier():
+    with pytest.raises(MalformedBlockError):
+        header(carrier="png").check()
 
 
 def test_tampered_header_fails_signature():

@@ -15,6 +15,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicom_chain import outbox as outbox_module
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.ledger import Ledger
 from dicom_chain.node import Node
@@ -180,7 +181,7 @@ def test_refusing_pacs_fails_for_good_with_its_status(tmp_path, fast_retries):
     gateway = gateway_for(tmp_path, pacs.destination, workers=1)
     try:
         ds = next(ct_study(StudySpec(seed=6, instances=1, rows=8, columns=8)))
-        gateway.node.ingest(ds)
+        gateway.node.ingest(item_from_dataset(ds))
         gateway.forwarder.notify()
         assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
         [event] = [e for e in gateway.node.ledger.iter_events() if e.type == "instance.forwarded"]

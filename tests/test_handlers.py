@@ -15,7 +15,7 @@ from scp.statuses import CANNOT_UNDERSTAND
 
 from .conftest import read
 from .gateways import start_server
-from .peers import exchange, free_port
+from .peers import free_port
 
 
 @pytest.fixture
@@ -77,12 +77,12 @@ def test_broken_datasets_get_failure_and_service_keeps_answering(gateway):
 
 def test_stored_file_is_the_received_bytes_plus_our_block(gateway, monkeypatch):
     """The network path splices too: every element but ours is stored exactly as sent."""
-    from dicom_chain.storage import Storage
+    from dicom_chain.carriers.dicom import carrier
 
     def no_reencoding(*args, **kwargs):
         raise AssertionError("pydicom re-encoded a received dataset")
 
-    monkeypatch.setattr(Storage, "write", no_reencoding)
+    monkeypatch.setattr(carrier, "dcmwrite", no_reencoding)
     node, port = gateway
     sent = read("MR_small_bigendian.dcm")
     assoc = associate(port)
@@ -124,21 +124,27 @@ def test_dcmtk_storescu_study_arrives_chained(gateway):
     assert {e.actor for e in node.ledger.iter_events()} == {"CT_SCANNER"}
 
 
-def send_raw(assoc, sop_class: str, sop_uid: str, dataset_bytes: bytes) -> int:
-    """A C-STORE whose dataset bytes are sent exactly as given: what a broken modality does."""
-    from io import BytesIO
+def send_raw(assoc, sop_class: str, sop_uid: str, dataset_bytes: bytes, tmp_path) -> int:
+    """A C-STORE whose dataset bytes are sent exactly as given: what a broken modality does.
 
-    from pynetdicom.dimse_primitives import C_STORE
+    Public pynetdicom API: with STORE_SEND_CHUNKED_DATASET on (scp/__init__.py sets it),
+    ``send_c_store(path)`` sends the bytes after the file meta as they are, never decoding them."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import _config
 
-    context = ct_context(assoc)
-    send_raw.message_id = getattr(send_raw, "message_id", 100) + 1
-    request = C_STORE()
-    request.MessageID = send_raw.message_id
-    request.AffectedSOPClassUID = sop_class
-    request.AffectedSOPInstanceUID = sop_uid
-    request.Priority = 2
-    request.DataSet = BytesIO(dataset_bytes)
-    return int(exchange(assoc, request, context.context_id).Status)
+    assert _config.STORE_SEND_CHUNKED_DATASET  # else pynetdicom would decode and re-encode the bytes
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ct_context(assoc).transfer_syntax[0]
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_file_meta_info(header, meta)
+    path = tmp_path / f"raw-{len(list(tmp_path.iterdir()))}.dcm"
+    path.write_bytes(b"\x00" * 128 + b"DICM" + header.getvalue() + dataset_bytes)
+    return int(assoc.send_c_store(path).Status)
 
 
 def ct_context(assoc):
@@ -156,7 +162,7 @@ def encode_body(ds, syntax) -> bytes:
     return fp.getvalue()
 
 
-def test_truncated_and_uidless_datasets_on_the_wire_get_failures(gateway):
+def test_truncated_and_uidless_datasets_on_the_wire_get_failures(gateway, tmp_path):
     """Bytes as a broken modality sends them: cut inside the pixels, and without (0008,0018)."""
     node, port = gateway
     assoc = associate(port)
@@ -166,15 +172,15 @@ def test_truncated_and_uidless_datasets_on_the_wire_get_failures(gateway):
     sop_uid = no_uid.SOPInstanceUID
     del no_uid.SOPInstanceUID
     try:
-        assert send_raw(assoc, CTImageStorage, sop_uid, whole[: len(whole) - 3000]) == CANNOT_UNDERSTAND
+        cut = whole[: len(whole) - 3000]
+        assert send_raw(assoc, CTImageStorage, sop_uid, cut, tmp_path) == CANNOT_UNDERSTAND
         assert assoc.send_c_echo().Status == 0x0000
-        assert send_raw(assoc, CTImageStorage, sop_uid, encode_body(no_uid, syntax)) == CANNOT_UNDERSTAND
+        no_uid_body = encode_body(no_uid, syntax)
+        assert send_raw(assoc, CTImageStorage, sop_uid, no_uid_body, tmp_path) == CANNOT_UNDERSTAND
         assert assoc.send_c_echo().Status == 0x0000
-        assert (
-            send_raw(assoc, CTImageStorage, sop_uid, b"\x08\x00\x18\x00UI\xff\xffgarbage")
-            == CANNOT_UNDERSTAND
-        )
-        assert send_raw(assoc, CTImageStorage, sop_uid, whole) == 0x0000
+        garbage = b"\x08\x00\x18\x00UI\xff\xffgarbage"
+        assert send_raw(assoc, CTImageStorage, sop_uid, garbage, tmp_path) == CANNOT_UNDERSTAND
+        assert send_raw(assoc, CTImageStorage, sop_uid, whole, tmp_path) == 0x0000
     finally:
         assoc.release()
     assert node.ledger.block_count() == 1 and len(list(node.storage.iter_files())) == 1
@@ -203,3 +209,56 @@ def test_quick_ack_is_rearmed_on_the_association_socket():
     finally:
         for s in (client, conn, server):
             s.close()
+
+
+def _event(ae_title: str = "PEER "):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=ae_title)))
+
+
+def test_a_handler_that_raises_answers_the_status_its_error_calls_for(caplog):
+    from dicom_chain.errors import MalformedDatasetError, StorageError
+    from scp.handlers import answers_failures
+    from scp.statuses import OUT_OF_RESOURCES, PROCESSING_FAILURE, store_status
+
+    @answers_failures("c-store", store_status)
+    def store(event, error: Exception) -> int:
+        raise error
+
+    assert store(_event(), StorageError("disk full")) == OUT_OF_RESOURCES
+    assert store(_event(), MalformedDatasetError("no SOPInstanceUID")) == CANNOT_UNDERSTAND
+    assert "c-store calling_ae=PEER status=0xC000 error='no SOPInstanceUID'" in caplog.text
+    assert "Traceback" not in caplog.text  # named errors: one line
+    assert store(_event(), KeyError("a bug")) == PROCESSING_FAILURE
+    assert "Traceback" in caplog.text  # a bug: its traceback is logged
+
+
+def test_a_generator_handler_that_raises_yields_its_failure_after_what_it_still_owes():
+    from dicom_chain.errors import LedgerUnavailable
+    from scp.handlers import answers_failures
+    from scp.statuses import RETRIEVE_OUT_OF_RESOURCES, retrieve_status
+
+    cleaned_up: list[int] = []
+
+    def prelude(yielded: int, event, _fail_after: int) -> Iterator[int]:
+        if yielded == 0:
+            yield 1  # as C-GET: the number of sub-operations comes before any status
+
+    @answers_failures("c-get", retrieve_status, prelude=prelude)
+    def get(event, fail_after: int) -> Iterator[object]:
+        try:
+            yield from range(fail_after)
+            raise LedgerUnavailable("database is locked")
+        finally:
+            cleaned_up.append(fail_after)
+
+    early = list(get(_event(), 0))
+    assert early[0] == 1 and early[1][1] is None
+    assert (early[1][0].Status, early[1][0].ErrorComment) == (RETRIEVE_OUT_OF_RESOURCES, "database is locked")
+    late = list(get(_event(), 2))
+    assert late[:2] == [0, 1] and late[2][0].Status == RETRIEVE_OUT_OF_RESOURCES and len(late) == 3
+    stopped = get(_event(), 5)
+    assert next(stopped) == 0
+    stopped.close()  # pynetdicom stops asking (the association ended): the handler's clean-up runs
+    assert cleaned_up == [0, 2, 5]

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_chain.config import Settings
-from dicom_chain.errors import LedgerError
+from dicom_chain.errors import LedgerUnavailable
 from dicom_chain.node import Node
 from dicom_chain.qr import runs as qr
 from dicom_chain.verify import verify_files
@@ -35,7 +35,9 @@ from scp.statuses import (
     MOVE_DESTINATION_UNKNOWN,
     PENDING,
     PENDING_UNSUPPORTED_KEYS,
+    RETRIEVE_OUT_OF_RESOURCES,
     UNABLE_TO_PROCESS,
+    UNEXPECTED_FAILURE,
 )
 
 from .conftest import SAMPLE_STUDY
@@ -260,7 +262,7 @@ def test_a_failing_index_gives_a700_not_a_dropped_association(gateway, monkeypat
     node, port = gateway
 
     def broken(*_args, **_kwargs):
-        raise LedgerError("database is locked")
+        raise LedgerUnavailable("database is locked")
         yield  # a generator, as the real one
 
     monkeypatch.setattr(node.ledger, "search", broken)
@@ -380,3 +382,65 @@ def test_a_retrieve_that_matches_nothing_succeeds_and_is_on_the_record(gateway):
         ("retrieve.move", "completed", 0),
         ("retrieve.get", "completed", 0),
     ]
+
+
+def test_a_move_turned_away_or_failing_answers_its_status_and_keeps_the_association(gateway, monkeypatch):
+    node, port = gateway
+    assoc, _ = associate(port)
+    everything = query(QueryRetrieveLevel="STUDY", StudyInstanceUID="*")
+    study = query(QueryRetrieveLevel="STUDY", StudyInstanceUID=STUDY_UID)
+    try:
+        refused = statuses(
+            assoc.send_c_move(everything, "WORKSTATION", StudyRootQueryRetrieveInformationModelMove)
+        )
+
+        def locked(*_args, **_kwargs):
+            raise LedgerUnavailable("database is locked")
+            yield  # a generator, as the real one
+
+        monkeypatch.setattr(node.ledger, "search", locked)
+        busy = statuses(assoc.send_c_move(study, "WORKSTATION", StudyRootQueryRetrieveInformationModelMove))
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    assert refused[-1][0] == IDENTIFIER_DOES_NOT_MATCH and busy[-1][0] == RETRIEVE_OUT_OF_RESOURCES
+    moves = [e for e in node.ledger.iter_events() if e.type == "retrieve.move"]
+    assert [(e.details["status"], e.reason) for e in moves] == [
+        ("refused", "a STUDY retrieve needs StudyInstanceUID: one value or a list (PS3.4 C.4.2.2.1)"),
+        ("refused", "database is locked"),
+    ]
+
+
+def test_an_unforeseen_error_during_a_get_ends_it_with_c001_on_the_record(gateway, monkeypatch):
+    """A bug half-way through the sub-operations: the peer gets a final failure, the ledger a
+    failed retrieval in the error's words, and the association stays up."""
+    from scp import handlers
+
+    node, port = gateway
+    read_so_far: list[Path] = []
+
+    def buggy(path: Path) -> Dataset:
+        read_so_far.append(path)
+        if len(read_so_far) == 3:
+            raise RuntimeError("a bug while reading")
+        return pydicom.dcmread(path)
+
+    monkeypatch.setattr(handlers, "read_dataset", buggy)
+    assoc, received = associate(port, get=True)
+    try:
+        results = statuses(
+            assoc.send_c_get(
+                query(QueryRetrieveLevel="STUDY", StudyInstanceUID=STUDY_UID),
+                StudyRootQueryRetrieveInformationModelGet,
+            )
+        )
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    assert results[-1][0] == UNEXPECTED_FAILURE and len(received) == 2
+    [get] = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"]
+    assert (get.details["status"], get.reason, get.details["completed"]) == (
+        "failed",
+        "a bug while reading",
+        2,
+    )

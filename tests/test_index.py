@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.qr import index
@@ -53,10 +54,10 @@ def fill(node: Node) -> None:
         node.ingest_file(pydicom_file(name))
     for row in SYNTHETIC:
         for ds in synthetic_study(*row):
-            node.ingest(ds)
+            node.ingest(item_from_dataset(ds))
     changed = synthetic_study(*SYNTHETIC[0])[0]  # a new version of one instance: indexed once, newest
     changed.SeriesDescription = "Axial 1 (corrected)"
-    node.ingest(changed)
+    node.ingest(item_from_dataset(changed))
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +329,7 @@ def test_index_row_for_an_unreadable_attribute_is_empty_not_an_error(node: Node)
     ds.StudyDate = "not a date but long enough to overflow"
     record = index.IndexRecord.from_dataset(ds, "1.2.840.10008.1.2.1")
     assert len(record.study["study_date"]) <= 8
-    node.ingest(ds)
+    node.ingest(item_from_dataset(ds))
     assert node.ledger.index_count() == 1
 
 

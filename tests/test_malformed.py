@@ -10,9 +10,11 @@ import pytest
 
 from dicom_chain.block import Block
 from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.carrier import read_dataset
 from dicom_chain.carriers.dicom.embedding import read_block
+from dicom_chain.carriers.registry import open_file
 from dicom_chain.errors import DicomChainError
-from dicom_chain.node import Node, read_dataset
+from dicom_chain.node import Node
 from dicom_chain.qr.index import IndexRecord
 from dicom_chain.qr.query import parse_query, response
 from dicom_chain.verify import verify_files
@@ -48,6 +50,12 @@ def test_parsers_raise_only_named_errors(path: Path):
                     response(parse_query(ds, model, retrieve=retrieve), {}, "GW")
     with contextlib.suppress(DicomChainError):
         Block.from_bytes(path.read_bytes())
+    with contextlib.suppress(DicomChainError):  # the carrier interface, as verify and ingest use it
+        carried = open_file(path)
+        for step in (carried.content_hash, carried.read_block, carried.identity, carried.check):
+            with contextlib.suppress(DicomChainError):
+                step()
+        assert isinstance(carried.item_id_hint, str)
 
 
 @pytest.mark.parametrize("path", INPUTS, ids=lambda p: p.name)

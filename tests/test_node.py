@@ -9,6 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.carriers.dicom.embedding import read_block
 from dicom_chain.config import Settings
 from dicom_chain.errors import LedgerError, MalformedDatasetError, StorageError
@@ -19,7 +20,7 @@ from .conftest import fresh, read
 
 
 def test_ingest_stores_a_chained_file_and_records_receipt(node: Node):
-    result = node.ingest(read("CT_small.dcm"), actor="CT1")
+    result = node.ingest(item_from_dataset(read("CT_small.dcm")), actor="CT1")
     assert result.outcome == "stored" and result.version == 1
     on_disk = pydicom.dcmread(result.path)
     assert read_block(on_disk) == result.block
@@ -30,7 +31,7 @@ def test_ingest_stores_a_chained_file_and_records_receipt(node: Node):
 
 
 def test_study_links_follow_arrival_order(node: Node, small_study):
-    blocks = [node.ingest(fresh(ds)).block for ds in small_study]
+    blocks = [node.ingest(item_from_dataset(fresh(ds))).block for ds in small_study]
     assert [b.header.height for b in blocks] == list(range(len(small_study)))
     assert [b.header.study_index for b in blocks] == list(range(len(small_study)))
     for prev, cur in itertools.pairwise(blocks):
@@ -38,18 +39,20 @@ def test_study_links_follow_arrival_order(node: Node, small_study):
 
 
 def test_same_content_again_is_acknowledged_without_a_new_block(node: Node):
-    first = node.ingest(read("MR_small.dcm"))
-    again = node.ingest(read("MR_small_bigendian.dcm"))  # same instance, another transfer syntax
+    first = node.ingest(item_from_dataset(read("MR_small.dcm")))
+    again = node.ingest(
+        item_from_dataset(read("MR_small_bigendian.dcm"))
+    )  # same instance, another transfer syntax
     assert again.outcome == "duplicate" and again.block == first.block
     assert node.ledger.block_count() == 1
     assert [e.reason for e in node.ledger.iter_events()] == ["stored", "duplicate"]
 
 
 def test_changed_content_becomes_a_new_version_never_an_overwrite(node: Node):
-    first = node.ingest(read("MR_small.dcm"))
+    first = node.ingest(item_from_dataset(read("MR_small.dcm")))
     changed = read("MR_small.dcm")
     changed.PatientName = "CORRECTED^NAME"
-    second = node.ingest(changed)
+    second = node.ingest(item_from_dataset(changed))
     assert second.outcome == "new-version" and second.version == 2
     assert second.path != first.path and first.path.exists()
     assert read_block(pydicom.dcmread(first.path)) == first.block
@@ -57,9 +60,9 @@ def test_changed_content_becomes_a_new_version_never_an_overwrite(node: Node):
 
 
 def test_lost_file_of_a_known_instance_is_restored_from_the_ledger(node: Node):
-    first = node.ingest(read("CT_small.dcm"))
+    first = node.ingest(item_from_dataset(read("CT_small.dcm")))
     first.path.unlink()
-    again = node.ingest(read("CT_small.dcm"))
+    again = node.ingest(item_from_dataset(read("CT_small.dcm")))
     assert again.outcome == "restored"
     assert read_block(pydicom.dcmread(first.path)) == first.block
 
@@ -68,7 +71,7 @@ def test_dataset_without_sop_instance_uid_is_refused(node: Node):
     ds = read("CT_small.dcm")
     del ds.SOPInstanceUID
     with pytest.raises(MalformedDatasetError, match="SOPInstanceUID"):
-        node.ingest(ds)
+        node.ingest(item_from_dataset(ds))
     assert node.ledger.block_count() == 0
 
 
@@ -78,7 +81,7 @@ def test_ledger_failure_after_the_write_leaves_no_file(node: Node, monkeypatch):
 
     monkeypatch.setattr(Appender, "add_block", refuse)
     with pytest.raises(LedgerError):
-        node.ingest(read("CT_small.dcm"))
+        node.ingest(item_from_dataset(read("CT_small.dcm")))
     assert list(node.storage.iter_files()) == []
     assert node.ledger.block_count() == 0 and node.ledger.event_count() == 0
 
@@ -90,7 +93,7 @@ def test_unwritable_store_is_a_storage_error_and_nothing_is_recorded(settings: S
     settings.storage_dir.write_bytes(b"not a folder")
     try:
         with pytest.raises(StorageError):
-            node.ingest(read("CT_small.dcm"))
+            node.ingest(item_from_dataset(read("CT_small.dcm")))
         assert node.ledger.block_count() == 0 and node.ledger.event_count() == 0
     finally:
         node.close()
@@ -109,7 +112,7 @@ def test_full_disk_is_a_storage_error_and_nothing_is_recorded(node: Node, monkey
 
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(StorageError, match="No space"):
-        node.ingest(read("CT_small.dcm"))
+        node.ingest(item_from_dataset(read("CT_small.dcm")))
     monkeypatch.undo()
     assert list(node.storage.iter_files()) == []
     assert not [p for p in Path(node.storage.root).rglob("*") if p.is_file()]
@@ -126,6 +129,7 @@ _DIE_AFTER_RENAME = """
 import os, sys
 from pathlib import Path
 import pydicom
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.ledger import Appender
 from dicom_chain.node import Node
@@ -135,7 +139,7 @@ def die(*args, **kwargs):
 
 Appender.add_block = die
 node = Node.open(Settings(home=Path(sys.argv[1])))
-node.ingest(pydicom.dcmread(sys.argv[2]))
+node.ingest(item_from_dataset(pydicom.dcmread(sys.argv[2])))
 """
 
 
@@ -163,7 +167,9 @@ def test_a_write_cut_off_by_a_dying_process_is_undone_on_restart(tmp_path):
         assert list(node.storage.iter_files()) == []
         assert verify_node(node.ledger, node.storage).ok
         assert [e.type for e in node.ledger.iter_events()] == ["storage.recovered"]
-        assert node.ingest(read("CT_small.dcm")).outcome == "stored"  # the re-send is stored normally
+        assert (
+            node.ingest(item_from_dataset(read("CT_small.dcm"))).outcome == "stored"
+        )  # the re-send is stored normally
     finally:
         node.close()
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.errors import ConfigError
 from dicom_chain.node import Node
@@ -29,7 +30,7 @@ def queued(db_url, tmp_path):
     studies = [list(ct_study(StudySpec(seed=s, instances=3, rows=8, columns=8))) for s in (1, 2)]
     for i in range(3):
         for study in studies:
-            node.ingest(study[i])
+            node.ingest(item_from_dataset(study[i]))
     yield node
     node.close()
 
@@ -41,7 +42,7 @@ def test_every_stored_instance_is_queued_for_every_destination(queued):
 
 def test_duplicates_are_not_queued_again(queued):
     again = next(ct_study(StudySpec(seed=1, instances=3, rows=8, columns=8)))
-    assert queued.ingest(again).outcome == "duplicate"
+    assert queued.ingest(item_from_dataset(again)).outcome == "duplicate"
     assert queued.outbox.pending_count() == 12
 
 

@@ -6,10 +6,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.errors import IdentifierError
 from dicom_chain.node import Node
-from dicom_chain.qr.runs import record_refused
-from dicom_chain.vocab import Outcome
+from dicom_chain.qr.runs import record_refused, start_find, start_retrieve
+from dicom_chain.vocab import Outcome, SubOperation
 
 from .conftest import SAMPLE_STUDY, read
 
@@ -18,7 +19,7 @@ from .conftest import SAMPLE_STUDY, read
 def stocked(node: Node) -> Node:
     for path in sorted(SAMPLE_STUDY.glob("*.dcm")):
         node.ingest_file(path)
-    node.ingest(read("CT_small.dcm"))
+    node.ingest(item_from_dataset(read("CT_small.dcm")))
     return node
 
 
@@ -39,7 +40,9 @@ def last_event(node: Node):
 
 
 def test_find_answers_and_records_who_asked_what_and_how_many(stocked: Node):
-    run = stocked.find(study_identifier(PatientID="DC-0001", StudyInstanceUID=""), "STUDY", "WS1", "GW")
+    run = start_find(
+        stocked, study_identifier(PatientID="DC-0001", StudyInstanceUID=""), "STUDY", "WS1", "GW"
+    )
     answers = list(run.answers())
     run.finish("completed")
     assert len(answers) == 1 and answers[0].PatientID == "DC-0001"
@@ -57,7 +60,7 @@ def test_find_answers_and_records_who_asked_what_and_how_many(stocked: Node):
 
 
 def test_a_cancelled_find_is_recorded_as_cancelled(stocked: Node):
-    run = stocked.find(study_identifier(PatientName="*"), "STUDY", "WS1", "GW")
+    run = start_find(stocked, study_identifier(PatientName="*"), "STUDY", "WS1", "GW")
     next(iter(run.answers()))
     run.finish("cancelled")
     event = last_event(stocked)
@@ -66,7 +69,7 @@ def test_a_cancelled_find_is_recorded_as_cancelled(stocked: Node):
 
 def test_bad_identifiers_raise_before_anything_runs(stocked: Node):
     with pytest.raises(IdentifierError):
-        stocked.find(study_identifier(), "PATIENT", "WS1", "GW")  # Patient Root needs PatientID
+        start_find(stocked, study_identifier(), "PATIENT", "WS1", "GW")  # Patient Root needs PatientID
     record_refused(stocked, "query.find", "WS1", "no PatientID")
     event = last_event(stocked)
     assert event.outcome == Outcome.MINOR_FAILURE and event.details["status"] == "refused"
@@ -74,10 +77,10 @@ def test_bad_identifiers_raise_before_anything_runs(stocked: Node):
 
 def test_retrieve_plans_every_instance_and_counts_sub_operations(stocked: Node):
     study = read("CT_small.dcm").StudyInstanceUID
-    run = stocked.retrieve(study_identifier(StudyInstanceUID=study), "STUDY", "move", "WS1", "ARCHIVE")
+    run = start_retrieve(stocked, study_identifier(StudyInstanceUID=study), "STUDY", "move", "WS1", "ARCHIVE")
     (item,) = run.plan()
     assert stocked.storage.path(item.path).is_file() and item.study_instance_uid == study
-    run.sent(item, "success")
+    run.sent(item, SubOperation.SUCCESS)
     run.finish("completed")
     event = last_event(stocked)
     assert event.type == "retrieve.move" and event.outcome == Outcome.SUCCESS
@@ -90,10 +93,10 @@ def test_retrieve_plans_every_instance_and_counts_sub_operations(stocked: Node):
 
 def test_unanswered_sub_operations_count_as_failures(stocked: Node):
     studies = "\\".join(sorted({read("CT_small.dcm").StudyInstanceUID, read_sample().StudyInstanceUID}))
-    run = stocked.retrieve(study_identifier(StudyInstanceUID=studies), "STUDY", "get", "WS1", "WS1")
+    run = start_retrieve(stocked, study_identifier(StudyInstanceUID=studies), "STUDY", "get", "WS1", "WS1")
     items = run.plan()
     assert len(items) == 9  # a list of UIDs: both studies
-    run.sent(items[0], "success")
+    run.sent(items[0], SubOperation.SUCCESS)
     run.finish("completed")
     event = last_event(stocked)
     assert event.details["completed"] == 1 and event.details["failed"] == len(items) - 1
@@ -101,10 +104,10 @@ def test_unanswered_sub_operations_count_as_failures(stocked: Node):
 
 
 def test_a_retrieve_where_everything_failed_is_a_serious_failure(stocked: Node):
-    run = stocked.retrieve(study_identifier(StudyInstanceUID=read("CT_small.dcm").StudyInstanceUID), "STUDY",
-                           "get", "WS1", "WS1")  # fmt: skip
+    identifier = study_identifier(StudyInstanceUID=read("CT_small.dcm").StudyInstanceUID)
+    run = start_retrieve(stocked, identifier, "STUDY", "get", "WS1", "WS1")
     (item,) = run.plan()
-    run.sent(item, "failure")
+    run.sent(item, SubOperation.FAILURE)
     run.finish("completed")
     assert last_event(stocked).outcome == Outcome.SERIOUS_FAILURE
 
@@ -112,4 +115,6 @@ def test_a_retrieve_where_everything_failed_is_a_serious_failure(stocked: Node):
 def test_a_retrieve_of_everything_is_refused(stocked: Node):
     for value in ("*", "1.2.*", ""):
         with pytest.raises(IdentifierError, match="StudyInstanceUID"):
-            stocked.retrieve(study_identifier(StudyInstanceUID=value), "STUDY", "move", "WS1", "ARCHIVE")
+            start_retrieve(
+                stocked, study_identifier(StudyInstanceUID=value), "STUDY", "move", "WS1", "ARCHIVE"
+            )

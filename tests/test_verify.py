@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
@@ -30,9 +32,9 @@ def chained_node(settings: Settings, studies: int = 2, per_study: int = 5) -> tu
     paths = []
     for i in range(per_study):
         for stream in streams:
-            paths.append(node.ingest(stream[i]).path)
-    paths.append(node.ingest(read("CT_small.dcm")).path)
-    paths.append(node.ingest(read("MR_small_bigendian.dcm")).path)
+            paths.append(node.ingest(item_from_dataset(stream[i])).path)
+    paths.append(node.ingest(item_from_dataset(read("CT_small.dcm"))).path)
+    paths.append(node.ingest(item_from_dataset(read("MR_small_bigendian.dcm"))).path)
     return node, paths
 
 
@@ -204,7 +206,7 @@ def test_removing_any_middle_file_of_a_study_is_detected(tmp_path_factory, per_s
     node = Node.open(settings_)
     try:
         paths = [
-            node.ingest(fresh(ds)).path
+            node.ingest(item_from_dataset(fresh(ds))).path
             for ds in ct_study(StudySpec(seed=3, instances=per_study, rows=8, columns=8))
         ]
         victim = data.draw(st.integers(1, per_study - 2))
@@ -282,3 +284,23 @@ def test_any_one_value_change_in_a_chained_file_fails_verify(chained_real_files,
     ds.save_as(out)
     report = verify_files([out])
     assert [f.kind for f in report.errors] == ["altered"], (tag, report.findings)
+
+
+_FILES_ONLY = """
+import sys
+from pathlib import Path
+from dicom_chain.verify import verify_files
+report = verify_files([Path(p) for p in sys.argv[1:]])
+loaded = sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "alembic", "psycopg"})
+print(report.ok, report.blocks_checked, ",".join(loaded) or "-")
+"""
+
+
+def test_verifying_files_loads_no_database_code(chained):
+    """``verify FILES`` runs where no database driver is installed: nothing of SQLAlchemy loads."""
+    _, paths = chained
+    result = subprocess.run(
+        [sys.executable, "-c", _FILES_ONLY, *map(str, paths)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", str(len(paths)), "-"]

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dicom_chain.block import utc_now
+from dicom_chain.carriers.dicom.carrier import read_dataset
 from dicom_chain.errors import NotDicomError
 from dicom_chain.findings import Report
 from dicom_chain.ledger import StoredBlock
-from dicom_chain.node import Node, read_dataset
+from dicom_chain.node import Node
 from dicom_chain.qr import index
 from dicom_chain.verify import check_file
 from dicom_chain.vocab import VerificationState

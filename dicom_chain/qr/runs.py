@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 
 from dicom_chain.events import EventDraft
+from dicom_chain.node import Node  # the node no longer imports this module: no cycle to break
 from dicom_chain.qr.query import Model, Query, parse_query, response
-from dicom_chain.vocab import EventType, Outcome, RunStatus
-
-if TYPE_CHECKING:
-    from dicom_chain.node import Node
+from dicom_chain.vocab import EventType, Outcome, RunStatus, SubOperation
 
 _OUTCOME = {
     RunStatus.COMPLETED: Outcome.SUCCESS,
@@ -131,12 +129,12 @@ class RetrieveRun:
         ]
         return self.items
 
-    def sent(self, item: RetrieveItem, status: str) -> None:
-        """Count one sub-operation: "success", "warning" or "failure"."""
+    def sent(self, item: RetrieveItem, status: SubOperation) -> None:
+        """Count one sub-operation as the peer answered it."""
         self._answered.add(item.sop_instance_uid)
-        if status == "success":
+        if status == SubOperation.SUCCESS:
             self.completed += 1
-        elif status == "warning":
+        elif status == SubOperation.WARNING:
             self.warnings += 1
         else:
             self.failed.append(item.sop_instance_uid)

@@ -1,0 +1,122 @@
+"""The carrier interface: what the node, the store and the verifier ask of a kind of file.
+
+A carrier knows one format (DICOM first; PNG, JPEG and TIFF later, as siblings): how to tell it by
+its first bytes, what names an item in it, how to hash its content so that the hash survives what
+a hop may legitimately rewrite, and where a block lives inside it. Everything above this package
+speaks only this interface: ``Node.ingest`` takes an ``Item``, ``verify`` opens files through the
+registry (``carriers.registry``), the store writes the bytes an item hands it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from dicom_chain.block import Block
+from dicom_chain.errors import ContentHashError
+
+if TYPE_CHECKING:
+    from dicom_chain.qr.index import IndexRecord
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What names an item, in the node's terms; each carrier says what its own terms map to."""
+
+    item_id: str  # DICOM: SOP Instance UID. Versions of one item share it; the block names it
+    group_id: str  # DICOM: Study Instance UID. The block's group links run within it
+    series_id: str  # DICOM: Series Instance UID. A folder level of the store
+    item_class: str  # DICOM: SOP Class UID. What a receiver must support to take the item
+    patient_id: str  # may be empty: not every item names a patient
+    encoding: str  # DICOM: the transfer syntax as stored. Forwarding chooses contexts by it
+
+
+class Carried(ABC):
+    """One file of a carrier's format, parsed. It may hold no block, or lack what chaining needs:
+    verification reads broken files too, so only ``item()`` insists on a complete identity."""
+
+    carrier: ClassVar[Carrier]
+
+    @property
+    @abstractmethod
+    def item_id_hint(self) -> str:
+        """The item id when the file names one, else "": findings on broken files still name it."""
+
+    @abstractmethod
+    def content_hash(self) -> str:
+        """Hex SHA-256 of the carrier's canonical content (its block left out); MalformedDatasetError
+        when the content cannot be canonicalised."""
+
+    @abstractmethod
+    def read_block(self) -> Block:
+        """The block the file carries: NoBlockError, or MalformedBlockError for anything garbled."""
+
+    @abstractmethod
+    def identity(self) -> Identity:
+        """MalformedDatasetError when the file lacks or garbles what names an item."""
+
+    @abstractmethod
+    def with_block(self, block: Block) -> Iterable[bytes]:
+        """The file with ``block`` in it (any block it held replaced), as pieces to write in order.
+
+        May be lazy: an error while encoding then surfaces while the store writes (StorageError)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Checks before chaining (MalformedDatasetError), so that a block never vouches for a
+        broken file; a format whose parser already refuses broken files checks nothing more."""
+
+    def index_record(self) -> IndexRecord | None:
+        """What the Query/Retrieve index keeps of the item; None for formats without a query model."""
+        return None
+
+    def check_content(self, block: Block) -> None:
+        """ContentHashError unless the content still hashes to what ``block`` recorded."""
+        if self.content_hash() != block.header.content_hash:
+            raise ContentHashError("content changed since it was chained (content hash differs)")
+
+    def item(self) -> Item:
+        """The file as something to chain: hashed, named and checked, or a named error."""
+        digest = self.content_hash()  # first: a parser decoding values lazily has decoded nothing yet
+        identity = self.identity()
+        self.check()
+        return Item(self, identity, digest)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to chain, ready: all ``Node.ingest`` needs, and nothing of its format."""
+
+    carried: Carried
+    identity: Identity
+    content_hash: str
+
+    @property
+    def carrier(self) -> Carrier:
+        return self.carried.carrier
+
+    def with_block(self, block: Block) -> Iterable[bytes]:
+        return self.carried.with_block(block)
+
+    def index_record(self) -> IndexRecord | None:
+        return self.carried.index_record()
+
+
+class Carrier(ABC):
+    """One format. Registered carriers are asked in turn whether they recognise a file's first bytes."""
+
+    name: ClassVar[str]  # lowercase; format 2 block headers carry it (docs/design.md 2.4)
+    suffix: ClassVar[str]  # the file name suffix in the store, e.g. ".dcm"
+    block_format: ClassVar[int]  # the block header format this carrier writes (1: DICOM only, 2: any)
+    magic_length: ClassVar[int]  # how many leading bytes ``recognises`` needs
+    forwarded: ClassVar[bool] = False  # whether DICOM peers (the --forward PACS) take its items
+
+    @abstractmethod
+    def recognises(self, head: bytes) -> bool:
+        """Whether ``head`` (the first ``magic_length`` bytes, or fewer for a short file) is ours."""
+
+    @abstractmethod
+    def open(self, data: bytes) -> Carried:
+        """Parse a whole file; NotDicomError (or the carrier's subclass of it) when it does not parse."""

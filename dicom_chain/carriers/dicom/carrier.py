@@ -1,0 +1,129 @@
+"""The DICOM carrier: Part 10 files and received datasets, with the block in private group 0071.
+
+The first implementation of ``carriers.base``: content hash (canonical.py), block in a private
+block (embedding.py), spliced into the bytes as received when they are at hand (splice.py), checks
+before chaining (validation.py), identity from the four UIDs (identity.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pydicom
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset
+
+from dicom_chain.block import FORMAT_VERSION, Block
+from dicom_chain.carriers.base import Carried, Carrier, Identity, Item
+from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.embedding import embed_block, read_block
+from dicom_chain.carriers.dicom.identity import instance_identity, transfer_syntax
+from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
+from dicom_chain.carriers.dicom.validation import check_pixel_data
+from dicom_chain.errors import DicomChainError, MalformedBlockError, NotDicomError
+
+if TYPE_CHECKING:
+    from dicom_chain.qr.index import IndexRecord
+
+PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
+PART10_MAGIC_AT = 128
+
+
+class DicomCarrier(Carrier):
+    name = "dicom"
+    suffix = ".dcm"
+    block_format = FORMAT_VERSION  # what every DICOM block so far is: their hashes must not move
+    magic_length = PART10_MAGIC_AT + len(PART10_MAGIC)
+    forwarded = True
+
+    def recognises(self, head: bytes) -> bool:
+        # pydicom refuses a file without the magic unless forced, so this is exactly what it reads
+        return head[PART10_MAGIC_AT : self.magic_length] == PART10_MAGIC
+
+    def open(self, data: bytes) -> DicomCarried:
+        ds, encoded = EncodedInstance.from_part10(data)
+        return DicomCarried(ds, encoded)
+
+    def received(self, ds: Dataset, body: bytes) -> DicomCarried:
+        """A dataset as a C-STORE carried it: ``body`` is its encoding without file meta."""
+        return DicomCarried(ds, EncodedInstance.from_network(ds, body))
+
+    def dataset(self, ds: Dataset) -> DicomCarried:
+        """A dataset without its bytes: pydicom writes it when it is stored."""
+        return DicomCarried(ds)
+
+
+DICOM = DicomCarrier()
+
+
+class DicomCarried(Carried):
+    carrier = DICOM
+
+    def __init__(self, ds: Dataset, encoded: EncodedInstance | None = None) -> None:
+        self.dataset = ds
+        self.encoded = encoded  # the bytes ``ds`` was parsed from, when at hand
+
+    @property
+    def item_id_hint(self) -> str:
+        try:
+            return str(self.dataset.get("SOPInstanceUID", "") or "")
+        except Exception:  # a garbled UID still leaves the file worth naming by its path
+            return ""
+
+    def content_hash(self) -> str:
+        return content_hash(self.dataset)
+
+    def read_block(self) -> Block:
+        try:
+            return read_block(self.dataset)
+        except DicomChainError:
+            raise
+        except Exception as exc:  # a garbled private element can fail inside pydicom
+            raise MalformedBlockError(f"block unreadable: {exc}") from exc
+
+    def identity(self) -> Identity:
+        return instance_identity(self.dataset)
+
+    def check(self) -> None:
+        check_pixel_data(self.dataset)
+
+    def with_block(self, block: Block) -> Iterable[bytes]:
+        """The received bytes with the block spliced in; else pydicom writes the dataset."""
+        if self.encoded is not None:
+            pieces = spliced(self.dataset, self.encoded, block)
+            if pieces is not None:
+                return pieces
+        embed_block(self.dataset, block)  # now: a dataset with no room for it is the sender's fault
+        return self._written_by_pydicom()
+
+    def _written_by_pydicom(self) -> Iterator[bytes]:
+        """Encoded as the store writes it, so that what pydicom refuses is a StorageError as ever."""
+        buffer = BytesIO()
+        dcmwrite(buffer, self.dataset, enforce_file_format=True)
+        yield buffer.getvalue()
+
+    def index_record(self) -> IndexRecord:
+        # Imported here: the index module brings SQLAlchemy, which verifying files never needs.
+        from dicom_chain.qr.index import IndexRecord
+
+        return IndexRecord.from_dataset(self.dataset, transfer_syntax(self.dataset))
+
+
+def item_from_dataset(ds: Dataset) -> Item:
+    """A decoded dataset as something to chain (hashed, named, checked); pydicom writes it."""
+    return DICOM.dataset(ds).item()
+
+
+def read_dataset(path: Path) -> Dataset:
+    """A Part 10 file as a dataset, or NotDicomError naming it; OSError passes through."""
+    try:
+        return pydicom.dcmread(path)
+    except IsADirectoryError as exc:
+        raise NotDicomError(f"{path}: is a directory") from exc
+    except OSError:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise NotDicomError(f"{path}: not a readable DICOM file ({exc})") from exc

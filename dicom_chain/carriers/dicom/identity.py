@@ -1,0 +1,46 @@
+"""What names a DICOM instance on the chain: its four UIDs, its patient, its transfer syntax."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+from dicom_chain.carriers.base import Identity
+from dicom_chain.errors import MalformedDatasetError
+
+UID_MAX_CHARS = 64  # PS3.5 9.1
+# keyword -> what it is to the node: the block names the first two, the store files by three
+REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def instance_identity(ds: Dataset) -> Identity:
+    """The instance's Identity; MalformedDatasetError naming the UID that is missing or garbled."""
+    values = {}
+    for keyword in REQUIRED_UIDS:
+        try:
+            value = ds.get(keyword)
+        except Exception as exc:  # pydicom raises many types on garbled values
+            raise MalformedDatasetError(f"{keyword} cannot be decoded: {exc}") from exc
+        text = str(value).strip(" \x00") if value is not None else ""
+        if not text:
+            raise MalformedDatasetError(f"dataset has no {keyword}")
+        if len(text) > UID_MAX_CHARS:
+            raise MalformedDatasetError(f"{keyword} is longer than {UID_MAX_CHARS} characters")
+        values[keyword] = text
+    try:
+        patient_id = str(ds.get("PatientID", "") or "")
+    except Exception:  # an undecodable patient ID does not stop chaining: the receipt names none
+        patient_id = ""
+    return Identity(
+        item_id=values["SOPInstanceUID"],
+        group_id=values["StudyInstanceUID"],
+        series_id=values["SeriesInstanceUID"],
+        item_class=values["SOPClassUID"],
+        patient_id=patient_id,
+        encoding=transfer_syntax(ds),
+    )
+
+
+def transfer_syntax(ds: Dataset) -> str:
+    """The transfer syntax the file meta names, "" without one."""
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
