@@ -238,7 +238,8 @@ def test_kill_9_mid_study_loses_nothing(tmp_path, orthanc: OrthancServer):
         response = assoc.send_c_store(ds)
         if response is not None and getattr(response, "Status", None) == 0x0000:
             acknowledged.append(ds.SOPInstanceUID)
-    assert killed.wait(60) and 80 <= len(acknowledged) < 200
+    # One instance at a time: the 80th block may have committed with its Success still in flight.
+    assert killed.wait(60) and 79 <= len(acknowledged) < 200
     gateway = GatewayProcess(home, gateway.port, args).start()  # restart on the same home
     try:
         assoc = scu.associate("127.0.0.1", gateway.port, ae_title="DICOMCHAIN")
