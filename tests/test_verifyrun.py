@@ -9,6 +9,7 @@ import pydicom
 from sqlalchemy import select
 
 from dicom_chain.actors import local_user
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.qr.index import INSTANCES
@@ -37,7 +38,7 @@ def _verify_events(settings: Settings) -> list:
 
 
 def test_an_intact_node_records_success_as_the_local_user(node: Node, settings: Settings):
-    node.ingest(read("CT_small.dcm"))
+    node.ingest(item_from_dataset(read("CT_small.dcm")))
     steps: list[int] = []
 
     def track(total: int):
@@ -55,8 +56,8 @@ def test_an_intact_node_records_success_as_the_local_user(node: Node, settings: 
 
 
 def test_an_altered_file_is_a_failure_event_and_an_altered_index_state(node: Node, settings: Settings):
-    altered = node.ingest(read("CT_small.dcm")).path
-    kept = node.ingest(read("MR_small.dcm")).path
+    altered = node.ingest(item_from_dataset(read("CT_small.dcm"))).path
+    kept = node.ingest(item_from_dataset(read("MR_small.dcm"))).path
     ds = pydicom.dcmread(altered)
     ds.PatientName = "SOMEONE^ELSE"
     ds.save_as(altered)
@@ -72,7 +73,7 @@ def test_an_altered_file_is_a_failure_event_and_an_altered_index_state(node: Nod
 
 
 def test_without_the_node_key_the_run_is_checked_but_not_recorded(node: Node, settings: Settings):
-    node.ingest(read("CT_small.dcm"))
+    node.ingest(item_from_dataset(read("CT_small.dcm")))
     elsewhere = dataclasses.replace(settings, key_file=settings.home / "absent.key")
     run = verify_whole_node(elsewhere)
     assert run.report.ok and "no node key" in run.not_recorded
