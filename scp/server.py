@@ -122,7 +122,6 @@ class Gateway:
             self.audit_feed = AuditFeed(
                 node.ledger,
                 SyslogTarget(options.audit_syslog, options.audit_syslog_ca),
-                node.settings.home / AUDIT_CURSOR_FILE,
                 source_id=f"dicom-chain@{node.key.key_id}",
             )
 

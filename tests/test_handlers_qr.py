@@ -263,7 +263,7 @@ def test_a_failing_index_gives_a700_not_a_dropped_association(gateway, monkeypat
         raise LedgerError("database is locked")
         yield  # a generator, as the real one
 
-    monkeypatch.setattr(node.ledger, "search", broken)
+    monkeypatch.setattr(qr.index, "find", broken)
     assoc, _ = associate(port)
     try:
         (only,) = statuses(

@@ -33,3 +33,26 @@ def test_iter_files_skips_temp_files(tmp_path: Path):
     (tmp_path / "a" / "f.dcm").write_bytes(b"x")
     (tmp_path / "a" / ".incoming-123").write_bytes(b"x")
     assert list(store.iter_files()) == ["a/f.dcm"]
+
+
+def test_an_intent_covers_every_version_of_its_instance_and_nothing_else(tmp_path: Path):
+    store = Storage(tmp_path)
+    folder, stem = store.covering("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert (folder, stem) == ("1.2.3/1.2.3.4", "1.2.3.4.5")
+    (tmp_path / folder).mkdir(parents=True)
+    for name in ("1.2.3.4.5.dcm", "1.2.3.4.5.v2.dcm", "1.2.3.4.5.6.dcm", "1.2.3.4.55.dcm", ".incoming-x"):
+        (tmp_path / folder / name).write_bytes(b"x")
+    assert store.versions(folder, stem) == [f"{folder}/1.2.3.4.5.dcm", f"{folder}/1.2.3.4.5.v2.dcm"]
+    assert store.versions("no/such", stem) == []
+
+
+@given(st.text(max_size=80))
+def test_the_first_version_of_any_uid_is_covered(uid):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Storage(Path(tmp))
+        relative = relative_path(uid, uid, uid, 1)
+        store.path(relative).parent.mkdir(parents=True, exist_ok=True)
+        store.path(relative).write_bytes(b"x")
+        assert store.versions(*store.covering(uid, uid, uid)) == [relative]

@@ -390,7 +390,7 @@ def verify(
                     from dicom_chain.qr import index
                     from dicom_chain.verify import index_states
 
-                    with ledger.writing() as session:
+                    with ledger.db.writing() as session:
                         index.record_verification(session, index_states(report, store), utc_now())
                 _record_verify(ledger, report, Settings(db=db, key_file=key_file).key_path)
             finally:
