@@ -30,6 +30,7 @@ INTENT_EXPIRY_S = 24 * 3600.0
 
 INTENTS = IntentRow.__table__
 _DROP = delete(INTENTS).where(INTENTS.c.id.in_(bindparam("ids", expanding=True)))
+_DROP_ONE = delete(INTENTS).where(INTENTS.c.id == bindparam("id"))  # the usual case, once per instance
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ class Intents:
     def note(self, folder: str, item: str) -> int:
         """Record, and commit, that this process is about to write a file of ``folder``/``item``."""
         me = owners.current()
-        with self.db.writing(durable=False) as session:
-            result = session.execute(
+        with self.db.writing_connection(durable=False) as conn:
+            result = conn.execute(
                 insert(INTENTS),
                 {
                     "host": me.host,
@@ -71,7 +72,10 @@ class Intents:
         with self._lock:
             ids = [intent_id, *self._stale]
             self._stale.clear()
-        session.execute(_DROP, {"ids": ids})
+        if len(ids) == 1:
+            session.connection().execute(_DROP_ONE, {"id": intent_id})
+        else:
+            session.execute(_DROP, {"ids": ids})
         return ids
 
     def forget(self, *intent_ids: int) -> None:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -36,7 +36,9 @@ POOL_KEPT = 16  # kept open between bursts; beyond, connections close on return 
 # max_connections is shared by every process on the server)
 POOL_TIMEOUT_S = SQLITE_BUSY_TIMEOUT_MS / 1000  # as patient as the lock: past it, overload (A700)
 
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+# PostgreSQL's relaxed engine: commits return before the WAL reaches the disk (a server crash may
+# lose the last ones; a killed client loses nothing), set once per connection, not per transaction.
+PG_ASYNC_COMMIT = "-c synchronous_commit=off"
 _open: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -60,13 +62,14 @@ class Database:
         try:
             self.engine = self._make_engine(immediate=False)
             self.is_sqlite = self.engine.dialect.name == "sqlite"
+            # Relaxed durability (writing(durable=False)): committed without waiting for the disk, so
+            # it survives a killed process, not a power cut. For rows that matter only until then.
             if self.is_sqlite:
                 self.writer = self._make_engine(immediate=True)
-                # Relaxed durability (writing(durable=False)): committed to the WAL without an fsync, so
-                # it survives a killed process, not a power cut. For rows that matter only until then.
-                self.relaxed = self._make_engine(immediate=True, synchronous="NORMAL")
+                self.relaxed = self._make_engine(immediate=True, durable=False)
             else:
-                self.writer = self.relaxed = self.engine
+                self.writer = self.engine
+                self.relaxed = self._make_engine(immediate=True, durable=False)
             migrate.upgrade(self.engine, self.writer)
         except SQLAlchemyError as exc:
             error = translate(exc)
@@ -84,14 +87,20 @@ class Database:
         """One write transaction: commits on exit, rolls back on any exception.
 
         ``durable=False`` commits without waiting for the disk (SQLite ``synchronous=NORMAL``,
-        PostgreSQL ``synchronous_commit = off``): the row survives a killed process but maybe not
+        PostgreSQL ``synchronous_commit=off``): the row survives a killed process but maybe not
         a power cut, which is all a write intent or a feed's cursor needs, at a fraction of the cost.
         """
         engine = self.writer if durable else self.relaxed
         with translated(), Session(engine, expire_on_commit=False) as session, session.begin():
-            if not durable and not self.is_sqlite:
-                session.execute(_ASYNC_COMMIT)
             yield session
+
+    @contextmanager
+    def writing_connection(self, *, durable: bool = True) -> Iterator[Connection]:
+        """``writing`` without the ORM session's bookkeeping, for the statements that run once
+        per received instance (a write intent): a Core connection in one transaction."""
+        engine = self.writer if durable else self.relaxed
+        with translated(), engine.begin() as conn:
+            yield conn
 
     def schema_revision(self) -> str | None:
         with translated():
@@ -108,10 +117,12 @@ class Database:
         for engine in {self.engine, self.writer, self.relaxed}:
             engine.dispose(close=False)
 
-    def _make_engine(self, *, immediate: bool, synchronous: str = "FULL") -> Engine:
+    def _make_engine(self, *, immediate: bool, durable: bool = True) -> Engine:
         parsed = make_url(self.url)
         if parsed.get_backend_name() != "sqlite":
-            return create_engine(self.url, pool_pre_ping=True, **self._pool)
+            relaxed = {} if durable else {"connect_args": {"options": PG_ASYNC_COMMIT}}
+            return create_engine(self.url, pool_pre_ping=True, **relaxed, **self._pool)
+        synchronous = "FULL" if durable else "NORMAL"
         in_memory = not parsed.database or parsed.database == ":memory:"
         if not in_memory:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
