@@ -3,7 +3,8 @@ schema brought up to date on open, and sessions whose errors arrive as ours (tra
 
 SQLite takes one writer at a time: write sessions begin with ``BEGIN IMMEDIATE``, so a writer
 queues for the lock before it reads what it will change (a chain's head), never after.
-PostgreSQL writers lock rows instead (``SELECT ... FOR UPDATE``), on the one engine.
+PostgreSQL writers lock rows instead (``SELECT ... FOR UPDATE``). On both, a second writing
+engine commits without waiting for the disk, for rows that only need to survive a killed process.
 """
 
 from __future__ import annotations
