@@ -257,7 +257,7 @@ def test_c_cancel_stops_a_running_query(gateway, monkeypatch):
 
 
 def test_a_failing_index_gives_a700_not_a_dropped_association(gateway, monkeypatch):
-    node, port = gateway
+    _, port = gateway
 
     def broken(*_args, **_kwargs):
         raise LedgerError("database is locked")
