@@ -152,7 +152,7 @@ def fill(node: Node, first_study: int, studies: int, rng: random.Random) -> list
                     }
                 )
         made.append((pid, surname, date_of(day)))
-    with node.ledger.writing() as session:
+    with node.db.writing() as session:
         for table, rows in ((PATIENTS, patients), (STUDIES, study_rows), (SERIES, series_rows)):
             if rows:
                 session.execute(insert(table), rows)

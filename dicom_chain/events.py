@@ -2,13 +2,20 @@
 
 Every receipt, forward, query, release, consent and policy decision becomes one Event. Each
 carries the previous event's hash, so a removed, inserted or rewritten event breaks the links.
+
+``EVENT_FIELDS`` declares the stored event once: the ledger's table (db/models.py), the row
+written per event, the record every audit export carries (audit/record.py) and the reading of
+rows and records back into events are derived from it. Its order is the order of an exported
+record, so it is part of the export formats: changing it changes every export.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any
 
 from dicom_chain import canonjson
@@ -19,6 +26,49 @@ from dicom_chain.vocab import EventType, Outcome
 
 EVENT_DOMAIN = b"DICOM_CHAIN event v1\n"
 EVENT_SIGNATURE_DOMAIN = b"DICOM_CHAIN event signature v1\n"
+
+
+class Stored(StrEnum):
+    """How a field's value is stored (and exported): the event holds the decoded form."""
+
+    TEXT = "text"  # a string as it is
+    INTEGER = "integer"
+    HEX = "hex"  # bytes as lowercase hex
+    JSON = "json"  # a dict as canonical JSON text (canonjson)
+
+
+@dataclass(frozen=True)
+class EventField:
+    name: str
+    stored: Stored = Stored.TEXT
+    size: int | None = None  # characters at most; None: unbounded text
+    unique: bool = False
+    key: bool = False  # the table's primary key
+    signed: bool = True  # covered by the event's hash (its body); False for the hash and the signer's proof
+
+
+HASH_CHARS = 64  # hex SHA-256
+UID_CHARS = 64  # PS3.5 9.1
+
+EVENT_FIELDS: tuple[EventField, ...] = (
+    EventField("seq", Stored.INTEGER, key=True),
+    EventField("hash", size=HASH_CHARS, unique=True, signed=False),
+    EventField("prev_hash", size=HASH_CHARS, unique=True),
+    EventField("time", size=32),  # utc_now(): YYYY-MM-DDTHH:MM:SS.ffffffZ
+    EventField("type", size=64),  # an EventType
+    EventField("outcome", size=16),  # an Outcome
+    EventField("actor"),  # calling AE, destination, user@host: free text
+    EventField("patient_id", size=64),  # LO
+    EventField("study_uid", size=UID_CHARS),
+    EventField("sop_uid", size=UID_CHARS),
+    EventField("chain_id", size=36),  # a UUID
+    EventField("reason"),
+    EventField("details", Stored.JSON),
+    EventField("key_id", size=16),
+    EventField("public_key", Stored.HEX, size=64, signed=False),  # Ed25519: 32 bytes
+    EventField("signature", Stored.HEX, size=128, signed=False),  # Ed25519: 64 bytes
+)
+FIELD_NAMES = tuple(f.name for f in EVENT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -43,10 +93,11 @@ class EventDraft:
 
 @dataclass(frozen=True)
 class Event:
+    """A sealed event: the fields of EVENT_FIELDS but its hash, which is computed, never held."""
+
     seq: int
     prev_hash: str
     time: str
-    key_id: str
     type: str
     outcome: str
     actor: str
@@ -56,6 +107,7 @@ class Event:
     chain_id: str
     reason: str
     details: dict[str, Any]
+    key_id: str
     public_key: bytes = b""
     signature: bytes = b""
 
@@ -98,7 +150,38 @@ class Event:
             raise MalformedBlockError(f"event {self.seq}: public key does not match key id")
         verify_signature(self.public_key, self.signature, EVENT_SIGNATURE_DOMAIN + self.hash.encode("ascii"))
 
+    def stored(self) -> dict[str, Any]:
+        """The event as stored and exported: every field of EVENT_FIELDS, in order, encoded."""
+        out: dict[str, Any] = {}
+        for f in EVENT_FIELDS:
+            value = self.hash if f.name == "hash" else getattr(self, f.name)
+            if f.stored is Stored.HEX:
+                value = value.hex()
+            elif f.stored is Stored.JSON:
+                value = canonjson.dumps(value).decode("utf-8")
+            out[f.name] = value
+        return out
 
-_BODY_FIELDS = tuple(f.name for f in fields(Event) if f.name not in ("public_key", "signature"))
+    @classmethod
+    def from_stored(cls, values: Mapping[str, Any]) -> Event:
+        """An event from a stored row or an exported record (details as JSON text or decoded); its
+        stored hash is left out: ``hash`` recomputes it, which is what verification compares."""
+        kwargs: dict[str, Any] = {}
+        for f in _EVENT_ONLY:
+            value = values[f.name]
+            if f.stored is Stored.HEX:
+                value = bytes.fromhex(value)
+            elif f.stored is Stored.JSON and isinstance(value, str | bytes):
+                value = canonjson.loads(value)
+            elif f.stored is Stored.INTEGER:
+                value = int(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+
+_EVENT_ONLY = tuple(f for f in EVENT_FIELDS if f.name != "hash")
+_BODY_FIELDS = tuple(f.name for f in EVENT_FIELDS if f.signed)
+if tuple(f.name for f in fields(Event)) != tuple(f.name for f in _EVENT_ONLY):
+    raise TypeError("Event's fields must be EVENT_FIELDS (hash aside), in that order")
 FIRST_SEQ = 1
 FIRST_PREV_HASH = GENESIS_HASH

@@ -1,38 +1,32 @@
-"""The ledger: chains of blocks and the hash-linked event log, in SQLite or PostgreSQL.
+"""The ledger: chains of blocks and the hash-linked event log, on a Database (db/).
 
 Appends are serialised per chain by locking the chain's head row (``SELECT ... FOR UPDATE`` on
 PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and the unique constraints back that up: two writers,
 in one process or several, can never hand out the same height or event sequence number.
+Everything else the database holds (the query index, the forward queue, process state) belongs
+to its own module; a receipt puts them in one transaction (receipt.py).
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, text, update
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from dicom_chain import canonjson
 from dicom_chain.block import GENESIS_HASH, Block, utc_now
-from dicom_chain.db.models import BlockRow, ChainRow, EventLogHead, EventRow, OutboxRow
-from dicom_chain.errors import LedgerError
+from dicom_chain.db.database import Database
+from dicom_chain.db.models import BlockRow, ChainRow, EventLogHead, EventRow
+from dicom_chain.errors import LedgerConflict, LedgerError
 from dicom_chain.events import Event, EventDraft
 from dicom_chain.keys import NodeKey
-from dicom_chain.qr import index
-from dicom_chain.qr.query import Level, Query
 
-SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue behind one lock; a minute outlasts any burst of stores
-PG_MIGRATION_LOCK = 0x44434D49  # advisory lock id ("DCMI"): one process migrates, the others wait
 ITER_BATCH = 1_000  # rows fetched at a time when walking a whole chain or log
-HEAD_REVISION = "0003"  # the newest migration; a test holds it equal to the migrations folder
+ENSURE_CHAIN_ATTEMPTS = 2  # a lost race to register the chain is retried once: the winner's row is there
 
 
 @dataclass(frozen=True)
@@ -68,54 +62,6 @@ class ChainInfo:
     institution: str
     head_height: int
     head_hash: str
-
-
-def _event_from_row(row: EventRow) -> Event:
-    return Event(
-        seq=row.seq,
-        prev_hash=row.prev_hash,
-        time=row.time,
-        key_id=row.key_id,
-        type=row.type,
-        outcome=row.outcome,
-        actor=row.actor,
-        patient_id=row.patient_id,
-        study_uid=row.study_uid,
-        sop_uid=row.sop_uid,
-        chain_id=row.chain_id,
-        reason=row.reason,
-        details=canonjson.loads(row.details),
-        public_key=bytes.fromhex(row.public_key),
-        signature=bytes.fromhex(row.signature),
-    )
-
-
-def _make_engine(url: str, immediate: bool) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's own is deferred)
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = FULL")  # an acknowledged instance survives power loss
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute(
-            "PRAGMA case_sensitive_like = ON"
-        )  # C-FIND wildcards are case-sensitive, as in PostgreSQL
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
 
 
 class Appender:
@@ -172,47 +118,6 @@ class Appender:
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
         return append_event(self.session, key, draft)
 
-    def add_to_index(self, record: index.IndexRecord, block: Block, *, path: str, version: int) -> None:
-        index.write(self.session, record, block=block, path=path, version=version)
-
-    def enqueue(
-        self,
-        destinations: Iterable[str],
-        block: Block,
-        *,
-        path: str,
-        sop_class_uid: str,
-        transfer_syntax: str,
-        patient_id: str,
-    ) -> None:
-        """Queue the new block's instance for every upstream PACS, in the receipt's transaction."""
-        rows = [
-            {
-                "destination": destination,
-                "block_hash": block.hash,
-                "chain_id": block.header.chain_id,
-                "height": block.header.height,
-                "sop_instance_uid": block.header.sop_instance_uid,
-                "sop_class_uid": sop_class_uid,
-                "transfer_syntax": transfer_syntax,
-                "study_instance_uid": block.header.study_instance_uid,
-                "patient_id": patient_id,
-                "path": path,
-                "state": "pending",
-                "attempts": 0,
-                "created_at": time.time(),
-                "next_attempt_at": time.time(),
-                "lease_until": 0.0,
-                "lease_owner": "",
-                "last_status": None,
-                "last_error": "",
-                "done_at": None,
-            }
-            for destination in destinations
-        ]
-        if rows:
-            self.session.execute(insert(OutboxRow.__table__), rows)
-
 
 BLOCKS = BlockRow.__table__
 CHAINS = ChainRow.__table__
@@ -231,6 +136,11 @@ _STUDY_HEAD = (
     .order_by(BLOCKS.c.study_index.desc())
     .limit(1)
 )
+_HEAD_LOCKED = (
+    select(CHAINS.c.head_height, CHAINS.c.head_hash)
+    .where(CHAINS.c.chain_id == bindparam("chain"))
+    .with_for_update()
+)
 _MOVE_HEAD = (
     update(CHAINS)
     .where(CHAINS.c.chain_id == bindparam("chain"))
@@ -240,70 +150,31 @@ _EVENT_HEAD_LOCKED = select(EVENT_HEAD.c.seq, EVENT_HEAD.c.hash).where(EVENT_HEA
 _MOVE_EVENT_HEAD = (
     update(EVENT_HEAD).where(EVENT_HEAD.c.id == 1).values(seq=bindparam("seq"), hash=bindparam("hash"))
 )
+_EVENTS_AFTER = (
+    select(EVENTS).where(EVENTS.c.seq > bindparam("seq")).order_by(EVENTS.c.seq).limit(bindparam("limit"))
+)
 
 
 def append_event(session: Session, key: NodeKey, draft: EventDraft) -> Event:
     """Seal ``draft`` after the log's head, inside the caller's transaction (head row locked)."""
     seq, prev = session.execute(_EVENT_HEAD_LOCKED).one()
     sealed = Event.seal(draft, seq + 1, prev, key)
-    row = sealed.body()
-    row.update(
-        hash=sealed.hash,
-        public_key=sealed.public_key.hex(),
-        details=canonjson.dumps(sealed.details).decode("utf-8"),
-        signature=sealed.signature.hex(),
-    )
-    session.execute(insert(EVENTS), row)
+    session.execute(insert(EVENTS), sealed.stored())
     session.execute(_MOVE_EVENT_HEAD, {"seq": sealed.seq, "hash": sealed.hash})
     return sealed
 
 
 class Ledger:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        try:
-            self.engine = _make_engine(url, immediate=False)
-            self.is_sqlite = self.engine.dialect.name == "sqlite"
-            self.writer = _make_engine(url, immediate=True) if self.is_sqlite else self.engine
-            self._migrate()
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open ledger {make_url(url).render_as_string()}: {exc}") from exc
+    """Chains, blocks and events on ``db`` (a Database, or a URL to open one that the ledger then
+    owns and closes)."""
+
+    def __init__(self, db: Database | str) -> None:
+        self._owns_db = not isinstance(db, Database)
+        self.db = Database(db) if isinstance(db, str) else db
 
     def close(self) -> None:
-        self.engine.dispose()
-        if self.writer is not self.engine:
-            self.writer.dispose()
-
-    # -- schema ---------------------------------------------------------------------------------
-
-    def _alembic_config(self) -> Any:
-        from alembic.config import Config as AlembicConfig
-
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", "dicom_chain.db:migrations")
-        return cfg
-
-    def _migrate(self) -> None:
-        """Bring the schema to HEAD_REVISION. The check is one query; Alembic itself (a tenth of a
-        process's memory) is loaded only when there is something to migrate."""
-        if self.schema_revision() == HEAD_REVISION:
-            return
-        from alembic import command
-
-        cfg = self._alembic_config()
-        with self.writer.begin() as conn:
-            if not self.is_sqlite:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-
-    def schema_revision(self) -> str | None:
-        with self.engine.connect() as conn:
-            try:
-                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            except SQLAlchemyError:  # no such table yet: an empty database
-                conn.rollback()
-                return None
+        if self._owns_db:
+            self.db.close()
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -313,9 +184,9 @@ class Ledger:
         Processes starting together may race to make it: the unique public key lets one win,
         and the others read the winner's row.
         """
-        for _attempt in range(2):
+        for _attempt in range(ENSURE_CHAIN_ATTEMPTS):
             try:
-                with Session(self.writer) as session, session.begin():
+                with self.db.writing() as session:
                     row = session.scalars(
                         select(ChainRow).where(ChainRow.public_key == key.public_key.hex())
                     ).first()
@@ -334,42 +205,33 @@ class Ledger:
                         )
                     )
                 return chain_id
-            except IntegrityError:
+            except LedgerConflict:
                 continue
         raise LedgerError("could not register this node's chain")
 
     @contextmanager
     def append(self, chain_id: str) -> Iterator[Appender]:
         """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
-        try:
-            with Session(self.writer, expire_on_commit=False) as session, session.begin():
-                head = session.execute(
-                    select(CHAINS.c.head_height, CHAINS.c.head_hash)
-                    .where(CHAINS.c.chain_id == chain_id)
-                    .with_for_update()
-                ).first()
-                if head is None:
-                    raise LedgerError(f"no chain {chain_id} in this ledger")
-                yield Appender(session, chain_id, head[0], head[1])
-        except IntegrityError as exc:
-            raise LedgerError(f"append refused by a ledger constraint: {exc.orig}") from exc
-        except OperationalError as exc:
-            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
+        with self.db.writing() as session:
+            head = session.execute(_HEAD_LOCKED, {"chain": chain_id}).first()
+            if head is None:
+                raise LedgerError(f"no chain {chain_id} in this ledger")
+            yield Appender(session, chain_id, head[0], head[1])
+
+    def lock_heads(self, session: Session) -> None:
+        """Lock every chain's head in ``session``: no append is between its file and its commit
+        until this transaction ends (recovery decides what a file without a block is)."""
+        session.execute(select(CHAINS.c.chain_id).with_for_update()).all()
 
     def record(self, key: NodeKey, draft: EventDraft) -> Event:
         """Append one event on its own (service start, query, policy decision, ...)."""
-        try:
-            with Session(self.writer, expire_on_commit=False) as session, session.begin():
-                return append_event(session, key, draft)
-        except IntegrityError as exc:
-            raise LedgerError(f"event refused by a ledger constraint: {exc.orig}") from exc
-        except OperationalError as exc:
-            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
+        with self.db.writing() as session:
+            return append_event(session, key, draft)
 
     # -- reading --------------------------------------------------------------------------------
 
     def chains(self) -> list[ChainInfo]:
-        with Session(self.engine) as session:
+        with self.db.reading() as session:
             return [
                 ChainInfo(
                     r.chain_id,
@@ -384,7 +246,7 @@ class Ledger:
 
     def iter_blocks(self, chain_id: str) -> Iterator[tuple[int, StoredBlock | str]]:
         """(height, block) in height order; a row that no longer decodes yields its error text."""
-        with Session(self.engine) as session:
+        with self.db.reading() as session:
             rows = session.scalars(
                 select(BlockRow)
                 .where(BlockRow.chain_id == chain_id)
@@ -397,67 +259,38 @@ class Ledger:
                 except Exception as exc:
                     yield row.height, f"ledger row at height {row.height} does not decode: {exc}"
 
-    def has_path(self, chain_id: str, path: str) -> bool:
-        with Session(self.engine) as session:
-            return (
-                session.scalar(
-                    select(func.count())
-                    .select_from(BLOCKS)
-                    .where(BLOCKS.c.chain_id == chain_id, BLOCKS.c.path == path)
-                )
-                > 0
-            )
+    def has_file(self, session: Session, path: str) -> bool:
+        """Whether a block of any chain names ``path`` (read in the caller's transaction)."""
+        return session.scalar(select(func.count()).select_from(BLOCKS).where(BLOCKS.c.path == path)) > 0
 
     def block_count(self, chain_id: str | None = None) -> int:
-        with Session(self.engine) as session:
+        with self.db.reading() as session:
             query = select(func.count()).select_from(BlockRow)
             if chain_id is not None:
                 query = query.where(BlockRow.chain_id == chain_id)
             return int(session.scalar(query) or 0)
 
     def event_head(self) -> tuple[int, str]:
-        with Session(self.engine) as session:
-            head = session.scalars(select(EventLogHead).where(EventLogHead.id == 1)).one()
-            return head.seq, head.hash
+        with self.db.reading() as session:
+            seq, head = session.execute(
+                select(EVENT_HEAD.c.seq, EVENT_HEAD.c.hash).where(EVENT_HEAD.c.id == 1)
+            ).one()
+            return seq, head
 
     def iter_events_with_hash(self) -> Iterator[tuple[Event, str]]:
         """Events in sequence order, each with the hash its row stores (verify recomputes it)."""
-        with Session(self.engine) as session:
-            rows = session.scalars(
-                select(EventRow).order_by(EventRow.seq).execution_options(yield_per=ITER_BATCH)
-            )
-            for row in rows:
-                yield _event_from_row(row), row.hash
+        for row in self.iter_event_rows():
+            yield Event.from_stored(row._mapping), row.hash
 
     def iter_events(self) -> Iterator[Event]:
         for item, _ in self.iter_events_with_hash():
             yield item
 
-    def search(self, query: Query, level: Level | None = None) -> Iterator[dict[str, Any]]:
-        """C-FIND matches from the index (see ``index.search``), read on the reader engine."""
-        try:
-            with Session(self.engine) as session:
-                yield from index.search(session, query, level)
-        except OperationalError as exc:
-            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
-
-    def index_count(self) -> int:
-        with Session(self.engine) as session:
-            return int(session.scalar(select(func.count()).select_from(index.INSTANCES)) or 0)
-
-    @contextmanager
-    def writing(self) -> Iterator[Session]:
-        """A write transaction outside any chain append (reindex, verification states)."""
-        try:
-            with Session(self.writer, expire_on_commit=False) as session, session.begin():
-                yield session
-        except OperationalError as exc:
-            raise LedgerError(f"ledger unavailable: {exc.orig}") from exc
-
     def iter_event_rows(
         self, since: str | None = None, until: str | None = None, max_seq: int | None = None
     ) -> Iterator[Any]:
-        """Raw rows of ``events`` in sequence order (exports): ``since <= time < until``, streamed."""
+        """Raw rows of ``events`` in sequence order, columns as events.EVENT_FIELDS (exports):
+        ``since <= time < until``, streamed."""
         stmt = select(EVENTS).order_by(EVENTS.c.seq)
         if since:
             stmt = stmt.where(EVENTS.c.time >= since)
@@ -465,15 +298,20 @@ class Ledger:
             stmt = stmt.where(EVENTS.c.time < until)
         if max_seq is not None:
             stmt = stmt.where(EVENTS.c.seq <= max_seq)
-        with self.engine.connect() as conn:
-            yield from conn.execution_options(yield_per=ITER_BATCH).execute(stmt)
+        with self.db.reading() as session:
+            yield from session.connection().execution_options(yield_per=ITER_BATCH).execute(stmt)
+
+    def events_after(self, seq: int, limit: int) -> list[Any]:
+        """Up to ``limit`` rows of ``events`` after ``seq``, in order (columns as EVENT_FIELDS)."""
+        with self.db.reading() as session:
+            return list(session.execute(_EVENTS_AFTER, {"seq": seq, "limit": limit}))
 
     def institutions(self) -> dict[str, str]:
         """Key id -> institution of the chain that key signs."""
-        with Session(self.engine) as session:
+        with self.db.reading() as session:
             rows = session.execute(select(CHAINS.c.key_id, CHAINS.c.institution))
             return {r.key_id: r.institution for r in rows}
 
     def event_count(self) -> int:
-        with Session(self.engine) as session:
-            return int(session.scalar(select(func.count()).select_from(EventRow)) or 0)
+        with self.db.reading() as session:
+            return int(session.scalar(select(func.count()).select_from(EVENTS)) or 0)

@@ -15,11 +15,14 @@ from dicom_chain.block import GENESIS_HASH, Block, BlockHeader, utc_now
 from dicom_chain.carriers.base import Identity, Item
 from dicom_chain.carriers.registry import open_file
 from dicom_chain.config import Settings
+from dicom_chain.db.database import Database
 from dicom_chain.errors import NotDicomError
 from dicom_chain.events import EventDraft
+from dicom_chain.intents import Intents
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
+from dicom_chain.receipt import Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.storage import Storage, relative_path
 from dicom_chain.vocab import EventType, IngestOutcome
@@ -38,42 +41,30 @@ class Node:
         self.settings = settings
         self.key = key
         self.ledger = ledger
+        self.db = ledger.db
         self.storage = storage
         self.chain_id = ledger.ensure_chain(key, settings.institution)
         self.destinations = [str(Destination.parse(d)) for d in settings.forward]
         self.sharing = SharingPolicy.of(Destination.parse(text) for text in settings.move_destinations)
         self.outbox = Outbox(ledger, key)
+        self.intents = Intents(self.db)
+        self.receipts = Receipts(ledger, self.outbox, self.intents, storage)
 
     @classmethod
     def open(cls, settings: Settings) -> Node:
         key = NodeKey.load_or_create(settings.key_path)
-        node = cls(settings, key, Ledger(settings.db_url), Storage(settings.storage_dir))
+        node = cls(settings, key, Ledger(Database(settings.db_url)), Storage(settings.storage_dir))
         node.recover()
         return node
 
     def recover(self) -> list[str]:
-        """Undo writes a killed process left between renaming a file and committing its block.
-
-        The sender got no Success for those, so the file goes (it will send again); a file whose
-        block did commit stays. Each removal is an event."""
-        removed = []
-        for intent, relative in self.storage.open_intents():
-            if not self.ledger.has_path(self.chain_id, relative) and self.storage.exists(relative):
-                self.storage.remove(relative)
-                removed.append(relative)
-                self.record(
-                    EventDraft(
-                        EventType.STORAGE_RECOVERED,
-                        chain_id=self.chain_id,
-                        reason="file written but never committed (process died); removed",
-                        details={"path": relative},
-                    )
-                )
-            self.storage.done(intent)
-        return removed
+        """Undo writes a killed process left between renaming a file and committing its block
+        (receipt.py); returns the files removed, each also a ``storage.recovered`` event."""
+        return self.receipts.recover(self.key, self.chain_id)
 
     def close(self) -> None:
-        self.ledger.close()
+        self.intents.flush()
+        self.db.close()
 
     def record(self, draft: EventDraft) -> None:
         self.ledger.record(self.key, draft)
@@ -91,9 +82,8 @@ class Node:
         ids = item.identity
         digest = item.content_hash
         written: str | None = None
-        intent: Path | None = None
         try:
-            with self.ledger.append(self.chain_id) as tx:
+            with self.receipts.open(self.chain_id, ids) as tx:
                 latest = tx.latest_version(ids.item_id)
                 if latest is not None and latest.block.header.content_hash == digest:
                     outcome = IngestOutcome.DUPLICATE
@@ -125,7 +115,6 @@ class Node:
                 )
                 pieces = item.with_block(block)
                 written = rel
-                intent = self.storage.intend(rel)
                 self.storage.write(rel, pieces)
                 tx.add_block(
                     block,
@@ -152,8 +141,6 @@ class Node:
         finally:
             if written is not None:
                 self.storage.remove(written)
-            if intent is not None:
-                self.storage.done(intent)
 
     def _receipt(
         self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome

@@ -1,41 +1,38 @@
 """The store-and-forward queue: what each upstream PACS still has to receive.
 
-Rows are queued in the receipt's own transaction (see ``Appender.enqueue``), so nothing a
-modality got Success for can be missing from it. Workers *lease* a batch (one study at a time),
+Rows are queued in the receipt's own transaction (``Outbox.enqueue``, called by receipt.py), so
+nothing a modality got Success for can be missing from it. Workers *lease* a batch (one study at a time),
 send it, then settle each row: done, retry later with exponential back-off, or failed for good.
 Leases expire, so a worker that dies (or a process killed with -9) gives its rows back.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from dicom_chain.block import Block
+from dicom_chain.db import owners
 from dicom_chain.db.models import OutboxRow
 from dicom_chain.errors import ConfigError
 from dicom_chain.events import EventDraft
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger, append_event
-from dicom_chain.storage import process_alive
-from dicom_chain.vocab import EventType, Outcome
+from dicom_chain.vocab import EventType, ForwardVerdict, OutboxState, Outcome
 
 BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
 BACKOFF_MAX_S = 300.0  # never wait more than 5 minutes once the PACS is back
 BACKOFF_JITTER = 0.2  # +-20%, so many workers do not retry in lock step
 LEASE_S = 120.0  # longer than any batch takes; a dead worker's rows come back after this at the latest
-OWNER = (
-    f"{socket.gethostname()}:{os.getpid()}"  # who holds a lease: a restart on this host frees a dead pid's
-)
 MAX_REFUSED_ATTEMPTS = 5  # a PACS that keeps refusing an instance (not "busy") fails it for good
 
-PENDING, DONE, FAILED = "pending", "done", "failed"
+OUTBOX = OutboxRow.__table__
 _DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 
 
@@ -106,21 +103,66 @@ def _item(row: OutboxRow) -> OutboxItem:
 
 
 class Outbox:
+    """The queue's rows, on the ledger's database; forward events go to the ledger in the same
+    transaction as the settle that causes them."""
+
     def __init__(self, ledger: Ledger, key: NodeKey | None) -> None:
         """``key`` signs the forward events; a read-only user (``status``) passes None."""
         self.ledger = ledger
+        self.db = ledger.db
         self.key = key
+
+    def enqueue(
+        self,
+        session: Session,
+        destinations: Iterable[str],
+        block: Block,
+        *,
+        path: str,
+        sop_class_uid: str,
+        transfer_syntax: str,
+        patient_id: str,
+    ) -> None:
+        """Queue the new block's instance for every upstream PACS, in the receipt's transaction."""
+        now = time.time()
+        rows = [
+            {
+                "destination": destination,
+                "block_hash": block.hash,
+                "chain_id": block.header.chain_id,
+                "height": block.header.height,
+                "sop_instance_uid": block.header.sop_instance_uid,
+                "sop_class_uid": sop_class_uid,
+                "transfer_syntax": transfer_syntax,
+                "study_instance_uid": block.header.study_instance_uid,
+                "patient_id": patient_id,
+                "path": path,
+                "state": OutboxState.PENDING,
+                "attempts": 0,
+                "created_at": now,
+                "next_attempt_at": now,
+                "lease_until": 0.0,
+                "lease_owner": "",
+                "last_status": None,
+                "last_error": "",
+                "done_at": None,
+            }
+            for destination in destinations
+        ]
+        if rows:
+            session.execute(insert(OUTBOX), rows)
 
     def claim(self, destination: str, limit: int, now: float | None = None) -> list[OutboxItem]:
         """Lease up to ``limit`` due rows of one study (the oldest due row's) for ``destination``."""
         now = time.time() if now is None else now
         due = (
             (OutboxRow.destination == destination)
-            & (OutboxRow.state == PENDING)
+            & (OutboxRow.state == OutboxState.PENDING)
             & (OutboxRow.next_attempt_at <= now)
             & (OutboxRow.lease_until <= now)
         )
-        with Session(self.ledger.writer) as session, session.begin():
+        owner = str(owners.current())  # per process, so right after a fork too
+        with self.db.writing() as session:
             first = session.scalars(
                 select(OutboxRow).where(due).order_by(OutboxRow.id).limit(1).with_for_update(skip_locked=True)
             ).first()
@@ -137,64 +179,59 @@ class Outbox:
             )
             for row in rows:
                 row.lease_until = now + LEASE_S
-                row.lease_owner = OWNER
+                row.lease_owner = owner
             return [_item(row) for row in rows]
 
     def free_dead_leases(self) -> int:
-        """Give back rows leased by processes of this host that no longer run (kill -9, crash).
-
-        Other hosts' leases are left to expire: from here we cannot tell whether they live.
-        """
-        host = OWNER.rsplit(":", 1)[0]
-        with Session(self.ledger.writer) as session, session.begin():
-            owners = session.scalars(
+        """Give back rows leased by processes that no longer run (kill -9, crash), judged as
+        owners.py judges: on this host and boot only. Other leases are left to expire."""
+        with self.db.writing() as session:
+            holders = session.scalars(
                 select(OutboxRow.lease_owner)
-                .where(OutboxRow.state == PENDING, OutboxRow.lease_owner.like(f"{host}:%"))
+                .where(OutboxRow.state == OutboxState.PENDING, OutboxRow.lease_owner != "")
                 .distinct()
             ).all()
-            dead = [o for o in owners if o != OWNER and not process_alive(int(o.rsplit(":", 1)[1]))]
+            dead = [h for h in holders if (owner := owners.Owner.parse(h)) is not None and owners.dead(owner)]
             if not dead:
                 return 0
             result = session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.state == PENDING, OutboxRow.lease_owner.in_(dead))
+                .where(OutboxRow.state == OutboxState.PENDING, OutboxRow.lease_owner.in_(dead))
                 .values(lease_until=0.0, lease_owner="")
             )
             return int(result.rowcount or 0)
 
     def settle(
         self,
-        results: list[tuple[OutboxItem, int | None, str, str]],
+        results: list[tuple[OutboxItem, int | None, str, ForwardVerdict | str]],
         now: float | None = None,
     ) -> None:
         """Record each item's fate in one transaction: (item, status, error, verdict).
 
-        verdict is "done", "retry" (busy or unreachable: try again, forever) or "refused" (the PACS
-        said no: try again up to MAX_REFUSED_ATTEMPTS, then fail for good). Every done or final
-        failure is an event in the ledger.
+        The verdict (a ForwardVerdict) is DONE, RETRY (busy or unreachable: try again, forever) or
+        REFUSED (the PACS said no: try again up to MAX_REFUSED_ATTEMPTS, then fail for good). Every
+        done or final failure is an event in the ledger.
         """
         if self.key is None:
             raise ValueError("settling needs the node key")
         key = self.key
         now = time.time() if now is None else now
-        with Session(self.ledger.writer) as session, session.begin():
+        with self.db.writing() as session:
             for item, status, error, verdict in results:
                 row = session.get(OutboxRow, item.id, with_for_update=True)
-                if row is None or row.state != PENDING:
+                if row is None or row.state != OutboxState.PENDING:
                     continue
                 row.attempts += 1
                 row.last_status = status
                 row.last_error = error
                 row.lease_until, row.lease_owner = 0.0, ""
-                if verdict == "done":
-                    row.state, row.done_at = DONE, now
+                if verdict == ForwardVerdict.DONE:
+                    row.state, row.done_at = OutboxState.DONE, now
                     append_event(session, key, self._event(item, status, row.attempts, Outcome.SUCCESS, ""))
-                elif verdict == "refused" and row.attempts >= MAX_REFUSED_ATTEMPTS:
-                    row.state = FAILED
+                elif verdict == ForwardVerdict.REFUSED and row.attempts >= MAX_REFUSED_ATTEMPTS:
+                    row.state = OutboxState.FAILED
                     append_event(
-                        session,
-                        self.key,
-                        self._event(item, status, row.attempts, Outcome.MAJOR_FAILURE, error),
+                        session, key, self._event(item, status, row.attempts, Outcome.MAJOR_FAILURE, error)
                     )
                 else:
                     row.next_attempt_at = now + backoff_delay(row.attempts)
@@ -220,15 +257,15 @@ class Outbox:
 
     def release(self, items: list[OutboxItem]) -> None:
         """Give leased rows back untouched (shutting down mid-batch)."""
-        with Session(self.ledger.writer) as session, session.begin():
+        with self.db.writing() as session:
             session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id.in_([i.id for i in items]), OutboxRow.state == PENDING)
+                .where(OutboxRow.id.in_([i.id for i in items]), OutboxRow.state == OutboxState.PENDING)
                 .values(lease_until=0.0, lease_owner="")
             )
 
     def stats(self) -> list[QueueStats]:
-        with Session(self.ledger.engine) as session:
+        with self.db.reading() as session:
             counts: dict[str, dict[str, int]] = {}
             for destination, state, count in session.execute(
                 select(OutboxRow.destination, OutboxRow.state, func.count()).group_by(
@@ -240,7 +277,7 @@ class Outbox:
             for destination in sorted(counts):
                 oldest = session.execute(
                     select(OutboxRow.created_at, OutboxRow.sop_instance_uid)
-                    .where(OutboxRow.destination == destination, OutboxRow.state == PENDING)
+                    .where(OutboxRow.destination == destination, OutboxRow.state == OutboxState.PENDING)
                     .order_by(OutboxRow.id)
                     .limit(1)
                 ).first()
@@ -254,9 +291,9 @@ class Outbox:
                 out.append(
                     QueueStats(
                         destination,
-                        c.get(PENDING, 0),
-                        c.get(FAILED, 0),
-                        c.get(DONE, 0),
+                        c.get(OutboxState.PENDING, 0),
+                        c.get(OutboxState.FAILED, 0),
+                        c.get(OutboxState.DONE, 0),
                         oldest[0] if oldest else None,
                         oldest[1] if oldest else "",
                         last_error or "",
@@ -265,8 +302,8 @@ class Outbox:
             return out
 
     def pending_count(self, destination: str | None = None) -> int:
-        with Session(self.ledger.engine) as session:
-            query = select(func.count()).select_from(OutboxRow).where(OutboxRow.state == PENDING)
+        with self.db.reading() as session:
+            query = select(func.count()).select_from(OutboxRow).where(OutboxRow.state == OutboxState.PENDING)
             if destination is not None:
                 query = query.where(OutboxRow.destination == destination)
             return int(session.scalar(query) or 0)

@@ -20,6 +20,7 @@ from dicom_chain.errors import DicomChainError, StorageError
 TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
 UID_PATH_MAX = 64  # PS3.5 9.1: UIDs never exceed 64 characters, so neither does a path part
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
+_VERSION_SUFFIX = r"(\.v[0-9]+)?\.[A-Za-z0-9]+"  # after the stem: ".dcm", ".v2.dcm" (relative_path)
 
 
 def path_part(uid: str) -> str:
@@ -37,38 +38,23 @@ def relative_path(group_id: str, series_id: str, item_id: str, version: int, *, 
 
 
 class Storage:
-    def __init__(self, root: Path, journal: Path | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        # Intents: "this path is being written, not yet in the ledger". Kept beside the store, not
-        # in it, so that a store scan never mistakes them for instances.
-        self.journal = Path(journal) if journal else self.root.parent / f"{self.root.name}-journal"
 
-    def intend(self, relative: str) -> Path:
-        """Note that ``relative`` is about to be written, so a crash before the ledger commit can
-        be undone (``open_intents``). Not fsynced: it guards against a killed process, whose
-        page cache survives, and costs ~50 us instead of an fsync."""
-        self.journal.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.journal, prefix=f"intent-{os.getpid()}-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fp:
-            fp.write(relative)
-        return Path(name)
+    def covering(self, group_id: str, series_id: str, item_id: str) -> tuple[str, str]:
+        """(folder, stem) of every version's file of an item, whatever its carrier's suffix: what a
+        write intent names."""
+        folder, stem = relative_path(group_id, series_id, item_id, 1, suffix="").rsplit("/", 1)
+        return folder, stem
 
-    def done(self, intent: Path) -> None:
-        with contextlib.suppress(OSError):
-            intent.unlink()
-
-    def open_intents(self) -> list[tuple[Path, str]]:
-        """(intent, relative path) of writes begun by processes that no longer run."""
-        if not self.journal.is_dir():
+    def versions(self, folder: str, stem: str) -> list[str]:
+        """The files of ``folder`` that a write intent for ``stem`` covers, as relative paths."""
+        try:
+            names = sorted(p.name for p in (self.root / folder).iterdir())
+        except OSError:
             return []
-        out = []
-        for intent in sorted(self.journal.glob("intent-*")):
-            pid = intent.name.split("-")[1]
-            if pid.isdigit() and process_alive(int(pid)):
-                continue  # still writing (another process of this node, e.g. the forwarder's host)
-            with contextlib.suppress(OSError):
-                out.append((intent, intent.read_text(encoding="utf-8")))
-        return out
+        pattern = re.compile(re.escape(stem) + _VERSION_SUFFIX)
+        return [f"{folder}/{name}" for name in names if pattern.fullmatch(name)]
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -115,16 +101,6 @@ class Storage:
             for name in sorted(filenames):
                 if not name.startswith(TEMP_PREFIX):
                     yield Path(dirpath, name).relative_to(self.root).as_posix()
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, belongs to someone else
-    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,9 +1,10 @@
 """The live audit feed: every ledger event, as it lands, to an audit record repository by syslog.
 
 It tails the event log by sequence number (so events of every process sharing the database go
-out, the forwarder's included), sends each as a DICOM audit message, and keeps its place in a
-small cursor file: a repository that was down gets what it missed once it is back (at least
-once; its records carry the event hash, so duplicates are recognisable).
+out, the forwarder's included), sends each as a DICOM audit message, and keeps its place in the
+database per target (audit/feedcursor.py): a repository that was down gets what it missed once it
+is back (at least once; its records carry the event hash, so duplicates are recognisable), and of
+several processes on one database only the one holding the target's lease sends.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
-
 from dicom_chain.audit import atna, record
 from dicom_chain.audit import syslog as framing
 from dicom_chain.audit.context import ExportContext
-from dicom_chain.errors import ConfigError
-from dicom_chain.ledger import EVENTS, Ledger
+from dicom_chain.audit.feedcursor import FeedCursor
+from dicom_chain.errors import ConfigError, DicomChainError
+from dicom_chain.ledger import Ledger
 from dicom_chain.vocab import Outcome
 
 log = logging.getLogger("dicom_chain.audit")
@@ -44,6 +44,10 @@ class SyslogTarget:
             raise ConfigError(f"audit syslog target {url!r}: expected udp|tcp|tls://HOST:PORT")
         self.scheme, self.host, self.port, self.ca = parts.scheme, parts.hostname, parts.port, ca
         self.sock: socket.socket | None = None
+
+    def __str__(self) -> str:
+        """The target's name, under which the database keeps the feed's place."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def send(self, msg: bytes) -> None:
         if self.scheme == "udp":
@@ -71,56 +75,49 @@ class SyslogTarget:
 
 
 class AuditFeed(threading.Thread):
-    def __init__(self, ledger: Ledger, target: SyslogTarget, cursor_file: Path, source_id: str) -> None:
+    def __init__(self, ledger: Ledger, target: SyslogTarget, source_id: str) -> None:
         super().__init__(name="audit-feed", daemon=True)
         self.ledger = ledger
         self.target = target
-        self.cursor_file = cursor_file
         self.source_id = source_id
         self.stopping = threading.Event()
         self.hostname = socket.gethostname()
-        self.cursor = self._load_cursor()
-
-    def _load_cursor(self) -> int:
-        try:
-            return int(self.cursor_file.read_text().strip())
-        except (OSError, ValueError):
-            return self.ledger.event_head()[0]  # first start: from now on, not the whole history
-
-    def _save_cursor(self) -> None:
-        tmp = self.cursor_file.with_name(self.cursor_file.name + ".tmp")
-        tmp.write_text(str(self.cursor))
-        os.replace(tmp, self.cursor_file)
+        self.cursor = FeedCursor(ledger.db, str(target))
+        self.head_at_start = ledger.event_head()[0]  # a first start sends what follows, not the history
+        self.failures = 0  # rounds that ended in an error (the repository or the database was down)
+        self.last_error = ""
 
     def send_pending(self) -> int:
-        """Send what the log holds past the cursor; returns how many went out."""
+        """Send what the log holds past the cursor, if this process holds the target's lease;
+        returns how many went out."""
+        position = self.cursor.acquire(lambda: self.head_at_start)
+        if position is None:
+            return 0  # another process sends
         sent = 0
         context = ExportContext(
             exported_at="", source_id=self.source_id, institutions=self.ledger.institutions()
         )
-        while True:
-            with self.ledger.engine.connect() as conn:
-                rows = list(
-                    conn.execute(
-                        select(EVENTS).where(EVENTS.c.seq > self.cursor).order_by(EVENTS.c.seq).limit(BATCH)
+        while rows := self.ledger.events_after(position, BATCH):
+            start = position
+            try:
+                for row in rows:
+                    rec = record.from_row(row)
+                    payload = atna.to_bytes(rec, context)
+                    msg = framing.message(
+                        payload,
+                        timestamp=rec["time"],
+                        hostname=self.hostname,
+                        procid=str(os.getpid()),
+                        warning=rec["outcome"] != Outcome.SUCCESS,
                     )
-                )
-            if not rows:
-                return sent
-            for row in rows:
-                rec = record.from_row(row)
-                payload = atna.to_bytes(rec, context)
-                msg = framing.message(
-                    payload,
-                    timestamp=rec["time"],
-                    hostname=self.hostname,
-                    procid=str(os.getpid()),
-                    warning=rec["outcome"] != Outcome.SUCCESS,
-                )
-                self.target.send(msg)
-                self.cursor = row.seq
-                sent += 1
-            self._save_cursor()
+                    self.target.send(msg)
+                    position = rec["seq"]
+                    sent += 1
+            finally:
+                held = position == start or self.cursor.advance(position)
+            if not held:
+                return sent  # the lease went to another process meanwhile: it goes on from here
+        return sent
 
     def run(self) -> None:
         delay = POLL_S
@@ -128,22 +125,31 @@ class AuditFeed(threading.Thread):
             try:
                 self.send_pending()
                 delay = POLL_S
-            except OSError as exc:
-                self._save_cursor()
-                log.warning("audit feed to %s:%d failed: %s", self.target.host, self.target.port, exc)
+            except (OSError, DicomChainError) as exc:
+                self._failed(str(exc))
+                log.warning("audit feed to %s failed: %s", self.target, exc)
                 delay = min(delay * 2, RETRY_MAX_S)
-            except Exception:
+            except Exception as exc:
+                self._failed(repr(exc))
                 log.exception("audit feed: unexpected error")
                 delay = min(delay * 2, RETRY_MAX_S)
             self.stopping.wait(delay)
 
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+
     def stop(self) -> None:
-        """Send what is left (service.stop included), then end."""
+        """Send what is left (service.stop included), give the lease back, then end."""
         self.stopping.set()
         if self.is_alive():
             self.join(timeout=CONNECT_TIMEOUT_S)
         try:
             self.send_pending()
-        except OSError as exc:
+        except (OSError, DicomChainError) as exc:
             log.warning("audit feed: %s; the rest goes out at the next start", exc)
+        try:
+            self.cursor.release()
+        except DicomChainError as exc:
+            log.warning("audit feed: lease not given back (%s); it runs out in time", exc)
         self.target.close()

@@ -44,7 +44,6 @@ MAX_ASSOCIATIONS = 32  # a department's modalities at once; beyond it peers get 
 ACSE_TIMEOUT_S = 30  # association set-up/release; a silent peer must not hold a slot
 DIMSE_TIMEOUT_S = 120  # one DIMSE message; a large multi-frame object over a slow link fits
 NETWORK_TIMEOUT_S = 300  # idle association; workstations keep associations open between sends
-AUDIT_CURSOR_FILE = "audit-feed.cursor"  # in the node's home: the last event sent to the repository
 DRAIN_TIMEOUT_S = 120  # on SIGTERM, how long in-flight associations may take to finish
 
 log = logging.getLogger("dicom_chain.scp")
@@ -102,7 +101,6 @@ class Gateway:
             self.audit_feed = AuditFeed(
                 node.ledger,
                 SyslogTarget(self.settings.audit_syslog, self.settings.audit_syslog_ca),
-                node.settings.home / AUDIT_CURSOR_FILE,
                 source_id=f"dicom-chain@{node.key.key_id}",
             )
 

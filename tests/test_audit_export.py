@@ -72,6 +72,13 @@ class UdpRepository(threading.Thread):
                 continue
 
 
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert predicate()
+
+
 def _scu(ae_title: str, port: int):
     scu = AE(ae_title=ae_title)
     for context in (
@@ -117,15 +124,15 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, UdpRep
         assert moved[-1][0].Status == 0
         assoc.release()
         assert not _scu("STRANGER", port).is_established
-        deadline = time.monotonic() + 60
-        while node.outbox.pending_count() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: node.outbox.pending_count() == 0, timeout=60)  # forwarded and settled
         assert pacs.count == 4 and workstation.count == 4
     finally:
         gateway.stop()
         pacs.ae.shutdown()
         workstation.ae.shutdown()
-    time.sleep(0.3)
+    assert gateway.audit_feed is not None
+    fed = node.ledger.event_head()[0] - gateway.audit_feed.head_at_start  # service.start to service.stop
+    wait_for(lambda: len(repository.messages) == fed)  # sent by stop(); received by the thread soon after
     repository.running = False
     yield node, repository
     node.close()

@@ -78,16 +78,19 @@ def types_of(messages: list[bytes]) -> list[str]:
     return [atna.record_of(etree.fromstring(framing.parse(m)[1]))["type"] for m in messages]
 
 
-def test_tcp_feed_sends_each_event_once_and_catches_up_after_an_outage(node: Node, tmp_path: Path):
+def seqs_of(messages: list[bytes]) -> list[int]:
+    return [atna.record_of(etree.fromstring(framing.parse(m)[1]))["seq"] for m in messages]
+
+
+def test_tcp_feed_sends_each_event_once_and_catches_up_after_an_outage(node: Node):
     port = free_port()
-    cursor = tmp_path / "cursor"
     node.record(EventDraft("service.start", actor="GW"))
-    feed = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), cursor, "GW")
+    feed = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW")
     feed.start()  # first start: from the head on, the event above is history
     try:
         node.record(EventDraft("query.find", actor="WS1"))  # the repository is not there yet
-        time.sleep(1.0)
-        assert not cursor.exists() or int(cursor.read_text()) == 1
+        wait_for(lambda: feed.failures >= 1)
+        assert feed.cursor.position() == 1  # nothing went out, so the place is kept
         repository = TcpRepository(port)
         repository.start()
         node.record(EventDraft("retrieve.move", actor="WS1"))
@@ -95,24 +98,82 @@ def test_tcp_feed_sends_each_event_once_and_catches_up_after_an_outage(node: Nod
         assert types_of(repository.messages) == ["query.find", "retrieve.move"]
     finally:
         feed.stop()
-    assert int(cursor.read_text()) == 3
+    assert feed.cursor.position() == 3
     repository.close()
 
 
-def test_a_restarted_feed_resumes_at_its_cursor(node: Node, tmp_path: Path):
+def test_a_restarted_feed_resumes_at_its_cursor(node: Node):
     port = free_port()
     repository = TcpRepository(port)
     repository.start()
-    cursor = tmp_path / "cursor"
-    cursor.write_text("0")
-    node.record(EventDraft("service.start", actor="GW"))
+    first = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW")
+    first.send_pending()  # first start on an empty log: its place is 0
+    first.stop()
+    node.record(EventDraft("service.start", actor="GW"))  # while no feed runs
     node.record(EventDraft("service.stop", actor="GW"))
-    feed = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), cursor, "GW")
+    feed = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW")
     feed.start()
     feed.stop()
     wait_for(lambda: len(repository.messages) == 2)
     assert types_of(repository.messages) == ["service.start", "service.stop"]
     repository.close()
+
+
+def test_feeds_of_several_processes_send_each_event_once(db_url: str, tmp_path: Path, monkeypatch):
+    """Two feeds on one database (two gateway processes): one holds the target's lease and sends;
+    the other takes over when the holder stops, or at once when the holder is judged dead."""
+    from dataclasses import replace
+
+    from sqlalchemy import update
+
+    from dicom_chain.config import Settings
+    from dicom_chain.db import owners
+    from dicom_chain.db.models import FeedCursorRow
+    from scp import auditfeed
+
+    monkeypatch.setattr(auditfeed, "POLL_S", 0.05)
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    port = free_port()
+    repository = TcpRepository(port)
+    repository.start()
+    feeds = [AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW") for _ in range(2)]
+    try:
+        for feed in feeds:
+            feed.start()
+        for i in range(6):
+            node.record(EventDraft("query.find", actor=f"WS{i}"))
+        wait_for(lambda: len(repository.messages) == 6)
+        [holder] = [f for f in feeds if f.cursor.holder == _lease_owner(node, str(f.target))]
+        [other] = [f for f in feeds if f is not holder]
+        holder.stop()  # gives the lease back
+        for i in range(3):
+            node.record(EventDraft("retrieve.move", actor=f"WS{i}"))
+        wait_for(lambda: len(repository.messages) == 9)
+        assert _lease_owner(node, str(other.target)) == other.cursor.holder
+        other.stopping.set()  # "killed": its thread ends, its lease stays in the database
+        other.join()
+        dead = f"{replace(owners.current(), pid=999_999_999)}/{other.cursor.instance}"
+        with node.db.writing() as session:
+            session.execute(update(FeedCursorRow).values(lease_owner=dead))
+        successor = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW")
+        node.record(EventDraft("retrieve.get", actor="WS9"))
+        assert successor.send_pending() == 1  # a dead holder's lease is taken at once, not after it runs out
+        wait_for(lambda: len(repository.messages) == 10)
+        assert seqs_of(repository.messages) == list(range(1, 11))  # each event once, in order
+    finally:
+        for feed in feeds:
+            feed.stop()
+        node.close()
+        repository.close()
+
+
+def _lease_owner(node: Node, target: str) -> str:
+    from sqlalchemy import select
+
+    from dicom_chain.db.models import FeedCursorRow
+
+    with node.db.reading() as session:
+        return session.scalar(select(FeedCursorRow.lease_owner).where(FeedCursorRow.target == target))
 
 
 def _certificate(tmp_path: Path) -> tuple[Path, Path]:
@@ -148,11 +209,10 @@ def test_tls_feed_verifies_the_repository_certificate(node: Node, tmp_path: Path
     port = free_port()
     repository = TcpRepository(port, context)
     repository.start()
-    cursor = tmp_path / "cursor"
-    cursor.write_text("0")
+    feed = AuditFeed(node.ledger, SyslogTarget(f"tls://localhost:{port}", ca=cert), "GW")
+    feed.send_pending()  # its place: the head of the (empty) log
     node.record(EventDraft("association.rejected", actor="STRANGER", outcome="minor-failure"))
-    feed = AuditFeed(node.ledger, SyslogTarget(f"tls://localhost:{port}", ca=cert), cursor, "GW")
-    feed.send_pending()
+    assert feed.send_pending() == 1
     feed.stop()
     wait_for(lambda: len(repository.messages) == 1)
     header, _ = framing.parse(repository.messages[0])

@@ -259,13 +259,13 @@ def test_c_cancel_stops_a_running_query(gateway, monkeypatch):
 
 
 def test_a_failing_index_gives_a700_not_a_dropped_association(gateway, monkeypatch):
-    node, port = gateway
+    _, port = gateway
 
     def broken(*_args, **_kwargs):
         raise LedgerUnavailable("database is locked")
         yield  # a generator, as the real one
 
-    monkeypatch.setattr(node.ledger, "search", broken)
+    monkeypatch.setattr(qr.index, "find", broken)
     assoc, _ = associate(port)
     try:
         (only,) = statuses(
@@ -398,7 +398,7 @@ def test_a_move_turned_away_or_failing_answers_its_status_and_keeps_the_associat
             raise LedgerUnavailable("database is locked")
             yield  # a generator, as the real one
 
-        monkeypatch.setattr(node.ledger, "search", locked)
+        monkeypatch.setattr(qr.index, "find", locked)
         busy = statuses(assoc.send_c_move(study, "WORKSTATION", StudyRootQueryRetrieveInformationModelMove))
         assert assoc.send_c_echo().Status == 0x0000
     finally:

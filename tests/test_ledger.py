@@ -67,13 +67,13 @@ def test_migrations_reach_head_and_match_the_models(db_url: str):
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    from dicom_chain.db.migrate import HEAD_REVISION, alembic_config
     from dicom_chain.db.models import Base
-    from dicom_chain.ledger import HEAD_REVISION
 
     ledger = Ledger(db_url)
-    head = ScriptDirectory.from_config(ledger._alembic_config()).get_current_head()
-    assert ledger.schema_revision() == head == HEAD_REVISION  # the constant the fast check compares with
-    with ledger.engine.connect() as conn:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert ledger.db.schema_revision() == head == HEAD_REVISION  # the constant the fast check compares with
+    with ledger.db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     ledger.close()
     Ledger(db_url).close()  # second open: already at head
@@ -134,7 +134,7 @@ def test_constraints_refuse_a_second_block_at_a_height(db_url: str):
     ledger, key = Ledger(db_url), NodeKey.generate()
     chain_id = ledger.ensure_chain(key, "H")
     append_one(ledger, key, chain_id, "1.1")
-    with pytest.raises(IntegrityError), ledger.engine.begin() as conn:
+    with pytest.raises(IntegrityError), ledger.db.engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO blocks (chain_id, height, block_hash, prev_hash, content_hash,"
@@ -167,6 +167,22 @@ def test_standalone_events_extend_the_same_log(db_url: str):
     ledger.close()
 
 
-def test_unreachable_database_is_a_named_error():
-    with pytest.raises(LedgerError):
-        Ledger("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+def test_events_after_a_sequence_number_come_in_order_and_in_pages(db_url: str):
+    from dicom_chain.audit import record
+
+    ledger, key = Ledger(db_url), NodeKey.generate()
+    for i in range(5):
+        ledger.record(key, EventDraft("query.find", actor=f"WS{i}"))
+    page = ledger.events_after(1, limit=3)
+    assert [row.seq for row in page] == [2, 3, 4]
+    assert [record.from_row(row)["actor"] for row in page] == ["WS1", "WS2", "WS3"]
+    assert ledger.events_after(5, limit=3) == []
+    ledger.close()
+
+
+def test_rows_read_back_as_the_events_that_were_sealed(db_url: str):
+    ledger, key = Ledger(db_url), NodeKey.generate()
+    sealed = ledger.record(key, EventDraft("retrieve.move", actor="WS1", details={"n": 1, "uids": ["1.2"]}))
+    [(event, stored_hash)] = list(ledger.iter_events_with_hash())
+    assert event == sealed and stored_hash == sealed.hash
+    ledger.close()

@@ -183,7 +183,83 @@ def _open_parts(home):
     return NodeKey.load_or_create(settings.key_path), Ledger(settings.db_url), Storage(settings.storage_dir)
 
 
-def test_intents_of_a_living_process_are_left_alone(node: Node):
-    intent = node.storage.intend("some/file.dcm")  # ours, this process is alive
-    assert node.storage.open_intents() == []
-    node.storage.done(intent)
+def _leave_intent(node: Node, owner, relative: str, age_s: float = 0.0) -> None:
+    """A file written for an instance and an intent for it by ``owner``, as a process that was
+    cut off between its file and its commit leaves them."""
+    import time
+
+    from sqlalchemy import insert
+
+    from dicom_chain.intents import INTENTS
+
+    node.storage.path(relative).parent.mkdir(parents=True, exist_ok=True)
+    node.storage.path(relative).write_bytes(b"written, never committed")
+    folder, name = relative.rsplit("/", 1)
+    with node.db.writing() as session:
+        session.execute(
+            insert(INTENTS),
+            {
+                "host": owner.host,
+                "boot": owner.boot,
+                "pid": owner.pid,
+                "started": owner.started,
+                "folder": folder,
+                "item": name.split(".v")[0].removesuffix(".dcm"),
+                "created_at": time.time() - age_s,
+            },
+        )
+
+
+def _intent_count(node: Node) -> int:
+    from sqlalchemy import func, select
+
+    from dicom_chain.intents import INTENTS
+
+    with node.db.reading() as session:
+        return int(session.scalar(select(func.count()).select_from(INTENTS)))
+
+
+def test_only_intents_judged_dead_here_are_undone(node: Node):
+    """A dead process of this host and boot, and a reused pid (this very pid, another start time):
+    undone. This living process, and another host (its pids mean nothing here): left alone."""
+    from dataclasses import replace
+
+    from dicom_chain.db import owners
+
+    me = owners.current()
+    _leave_intent(node, replace(me, pid=999_999_999), "1.2/1.2.3/1.2.3.4.dcm")
+    _leave_intent(node, replace(me, started=me.started + 1), "1.2/1.2.3/1.2.3.5.v2.dcm")
+    _leave_intent(node, me, "1.2/1.2.3/1.2.3.6.dcm")
+    _leave_intent(node, replace(me, host="other-host", pid=1), "1.2/1.2.3/1.2.3.7.dcm")
+    assert sorted(node.recover()) == ["1.2/1.2.3/1.2.3.4.dcm", "1.2/1.2.3/1.2.3.5.v2.dcm"]
+    assert sorted(node.storage.iter_files()) == ["1.2/1.2.3/1.2.3.6.dcm", "1.2/1.2.3/1.2.3.7.dcm"]
+    assert _intent_count(node) == 2
+    recovered = [e.details["path"] for e in node.ledger.iter_events() if e.type == "storage.recovered"]
+    assert sorted(recovered) == ["1.2/1.2.3/1.2.3.4.dcm", "1.2/1.2.3/1.2.3.5.v2.dcm"]
+
+
+def test_another_host_s_intent_is_taken_over_only_past_its_expiry(node: Node):
+    from dataclasses import replace
+
+    from dicom_chain.db import owners
+    from dicom_chain.intents import INTENT_EXPIRY_S
+
+    other = replace(owners.current(), host="other-host", pid=1)
+    _leave_intent(node, other, "9/9.1/9.1.1.dcm", age_s=INTENT_EXPIRY_S - 60)
+    assert node.recover() == [] and _intent_count(node) == 1
+    _leave_intent(node, other, "9/9.1/9.1.2.dcm", age_s=INTENT_EXPIRY_S + 60)
+    assert node.recover() == ["9/9.1/9.1.2.dcm"] and _intent_count(node) == 1
+
+
+def test_a_dead_process_s_committed_file_stays(node: Node):
+    from dataclasses import replace
+
+    from dicom_chain.db import owners
+
+    # committed, then (say) killed before the intent went
+    result = node.ingest(item_from_dataset(read("CT_small.dcm")))
+    relative = result.path.relative_to(node.storage.root).as_posix()
+    second = relative.removesuffix(".dcm") + ".v2.dcm"
+    _leave_intent(node, replace(owners.current(), pid=999_999_999), second)
+    assert node.recover() == [second]  # its uncommitted second version goes, the first stays
+    assert list(node.storage.iter_files()) == [relative] and _intent_count(node) == 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+from dataclasses import replace
 
 import pytest
 
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
+from dicom_chain.db import owners
 from dicom_chain.errors import ConfigError
 from dicom_chain.node import Node
 from dicom_chain.outbox import (
@@ -131,20 +134,66 @@ def test_bad_destinations_are_config_errors(text):
         Destination.parse(text)
 
 
-def test_leases_of_a_dead_process_on_this_host_are_freed(queued):
-    from sqlalchemy import text
+def _lease_to(node, owner: str, items) -> None:
+    from sqlalchemy import update
 
-    from dicom_chain.outbox import OWNER
+    from dicom_chain.db.models import OutboxRow
 
-    now = 1e12
-    items = queued.outbox.claim(PACS_A, limit=10, now=now)
-    dead_owner = OWNER.rsplit(":", 1)[0] + ":999999999"  # no such pid
-    with queued.ledger.engine.begin() as conn:
-        conn.execute(
-            text("UPDATE outbox SET lease_owner = :o WHERE lease_owner = :me"), {"o": dead_owner, "me": OWNER}
+    with node.db.writing() as session:
+        session.execute(
+            update(OutboxRow).where(OutboxRow.id.in_([i.id for i in items])).values(lease_owner=owner)
         )
+
+
+def test_leases_of_a_dead_process_on_this_host_are_freed(queued):
+    now = 1e12
+    me = owners.current()
+    items = queued.outbox.claim(PACS_A, limit=10, now=now)
+    _lease_to(queued, str(replace(me, pid=999_999_999)), items)  # no such pid
     other = queued.outbox.claim(PACS_A, limit=10, now=now + 1)  # leased by this (living) process
     assert other[0].study_instance_uid != items[0].study_instance_uid
     assert queued.outbox.free_dead_leases() == len(items)  # only the dead pid's rows
     again = queued.outbox.claim(PACS_A, limit=10, now=now + 2)
     assert {i.id for i in again} == {i.id for i in items}
+
+
+def test_a_reused_pid_does_not_keep_a_dead_owner_s_lease(queued):
+    me = owners.current()
+    items = queued.outbox.claim(PACS_A, limit=10, now=1e12)
+    _lease_to(queued, str(replace(me, started=me.started + 1)), items)  # our pid, an earlier process
+    assert queued.outbox.free_dead_leases() == len(items)
+
+
+def test_leases_of_other_hosts_and_of_the_living_are_left_to_expire(queued):
+    me = owners.current()
+    first = queued.outbox.claim(PACS_A, limit=10, now=1e12)
+    _lease_to(queued, str(replace(me, host="other-host", pid=999_999_999)), first)
+    queued.outbox.claim(PACS_A, limit=10, now=1e12)  # ours
+    assert queued.outbox.free_dead_leases() == 0
+
+
+def _claim_in_child(node, destination: str) -> None:
+    code = 1
+    try:
+        code = 0 if node.outbox.claim(destination, limit=10) else 2
+    finally:
+        os._exit(code)
+
+
+def test_a_forked_child_leases_under_its_own_name(queued):
+    """The lease owner is computed per process, not at import: a forked worker's rows are its own,
+    and given back once it is gone."""
+    from sqlalchemy import select
+
+    from dicom_chain.db.models import OutboxRow
+
+    pid = os.fork()
+    if pid == 0:
+        _claim_in_child(queued, PACS_B)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with queued.db.reading() as session:
+        holders = set(session.scalars(select(OutboxRow.lease_owner).where(OutboxRow.lease_owner != "")))
+    [holder] = [owners.Owner.parse(h) for h in holders]
+    assert holder is not None and holder.pid == pid != owners.current().pid
+    assert queued.outbox.free_dead_leases() == 3  # the child has exited: its study comes back

@@ -28,7 +28,7 @@ def image_rows(node: Node) -> dict[str, dict]:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     query = parse_query(ds, "STUDY")
-    return {r["SOPInstanceUID"]: r for r in node.ledger.search(query, level="IMAGE")}
+    return {r["SOPInstanceUID"]: r for r in index.find(node.db, query, level="IMAGE")}
 
 
 def strip(rows: dict[str, dict]) -> dict[str, dict]:
@@ -38,9 +38,9 @@ def strip(rows: dict[str, dict]) -> dict[str, dict]:
 def test_reindex_rebuilds_the_same_index(node: Node):
     stocked(node)
     before = image_rows(node)
-    with node.ledger.writing() as session:
+    with node.db.writing() as session:
         index.clear(session)
-    assert node.ledger.index_count() == 0
+    assert index.count(node.db) == 0
     report = reindex(node)
     assert report.indexed == 9 and not report.altered and not report.missing
     after = image_rows(node)

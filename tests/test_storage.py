@@ -53,3 +53,26 @@ def test_a_write_is_whole_or_absent(tmp_path: Path):
     with pytest.raises(StorageError, match=r"cannot encode g/s/two\.x"):
         store.write("g/s/two.x", refused_half_way())
     assert list(store.iter_files()) == ["g/s/one.x"] and not list((tmp_path / "store" / "g" / "s").glob(".*"))
+
+
+def test_an_intent_covers_every_version_of_its_instance_and_nothing_else(tmp_path: Path):
+    store = Storage(tmp_path)
+    folder, stem = store.covering("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert (folder, stem) == ("1.2.3/1.2.3.4", "1.2.3.4.5")
+    (tmp_path / folder).mkdir(parents=True)
+    for name in ("1.2.3.4.5.dcm", "1.2.3.4.5.v2.dcm", "1.2.3.4.5.6.dcm", "1.2.3.4.55.dcm", ".incoming-x"):
+        (tmp_path / folder / name).write_bytes(b"x")
+    assert store.versions(folder, stem) == [f"{folder}/1.2.3.4.5.dcm", f"{folder}/1.2.3.4.5.v2.dcm"]
+    assert store.versions("no/such", stem) == []
+
+
+@given(st.text(max_size=80))
+def test_the_first_version_of_any_uid_is_covered(uid):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Storage(Path(tmp))
+        relative = relative_path(uid, uid, uid, 1, suffix=".dcm")
+        store.path(relative).parent.mkdir(parents=True, exist_ok=True)
+        store.path(relative).write_bytes(b"x")
+        assert store.versions(*store.covering(uid, uid, uid)) == [relative]

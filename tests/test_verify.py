@@ -44,7 +44,7 @@ def kinds(report, severity="error"):
 
 def tamper(node: Node, sql: str, **params) -> set[str]:
     """Change the ledger behind the node's back, then return what verify finds."""
-    with node.ledger.engine.begin() as conn:
+    with node.db.engine.begin() as conn:
         conn.execute(text(sql), params)
     return set(kinds(verify_node(node.ledger, node.storage)))
 

@@ -22,7 +22,7 @@ from .conftest import read
 def _states(settings: Settings) -> dict[str, str]:
     node = Node.open(settings)
     try:
-        with node.ledger.writing() as session:
+        with node.db.writing() as session:
             rows = session.execute(select(INSTANCES.c.path, INSTANCES.c.verification)).all()
         return {path: state for path, state in rows}
     finally:

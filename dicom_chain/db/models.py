@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dicom_chain.db.indexschema import LEVEL_TABLES, Level, stored
+from dicom_chain.events import EVENT_FIELDS, EventField, Stored
 
 HASH = String(64)
 UID = String(64)  # PS3.5 9.1: a UID has at most 64 characters
@@ -81,31 +82,23 @@ class EventLogHead(Base):
     hash: Mapped[str] = mapped_column(HASH)
 
 
+def _event_column(f: EventField) -> Column:
+    kind: Any = BigInteger() if f.stored is Stored.INTEGER else String(f.size) if f.size else Text()
+    return Column(f.name, kind, primary_key=f.key, autoincrement=False, unique=f.unique, nullable=False)
+
+
 class EventRow(Base):
-    __tablename__ = "events"
-    __table_args__ = (
+    """One event of the log; its columns are events.EVENT_FIELDS (details: canonical JSON text)."""
+
+    __table__ = Table(
+        "events",
+        Base.metadata,
+        *(_event_column(f) for f in EVENT_FIELDS),
         Index("ix_events_type", "type"),
         Index("ix_events_patient", "patient_id"),
         Index("ix_events_study", "study_uid"),
         Index("ix_events_time", "time"),
     )
-
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    prev_hash: Mapped[str] = mapped_column(HASH, unique=True)
-    hash: Mapped[str] = mapped_column(HASH, unique=True)
-    time: Mapped[str] = mapped_column(String(32))
-    key_id: Mapped[str] = mapped_column(String(16))
-    public_key: Mapped[str] = mapped_column(String(64))
-    type: Mapped[str] = mapped_column(String(64))
-    outcome: Mapped[str] = mapped_column(String(16))
-    actor: Mapped[str] = mapped_column(Text)
-    patient_id: Mapped[str] = mapped_column(String(64))
-    study_uid: Mapped[str] = mapped_column(UID)
-    sop_uid: Mapped[str] = mapped_column(UID)
-    chain_id: Mapped[str] = mapped_column(String(36))
-    reason: Mapped[str] = mapped_column(Text)
-    details: Mapped[str] = mapped_column(Text)  # canonical JSON
-    signature: Mapped[str] = mapped_column(String(128))
 
 
 class OutboxRow(Base):
@@ -137,10 +130,42 @@ class OutboxRow(Base):
     created_at: Mapped[float] = mapped_column(Float)  # epoch seconds: compared, never shown raw
     next_attempt_at: Mapped[float] = mapped_column(Float)
     lease_until: Mapped[float] = mapped_column(Float)
-    lease_owner: Mapped[str] = mapped_column(String(128))  # "host:pid" of the worker holding it
+    lease_owner: Mapped[str] = mapped_column(String(128))  # owners.Owner of the worker holding it
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str] = mapped_column(Text)
     done_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# -- Process state shared through the database, so that several processes (on several hosts) can
+# share one ledger: whose write is in flight, who sends the audit feed. Owners are db/owners.py's.
+
+
+class IntentRow(Base):
+    """A file about to be written for an instance, noted before the receipt's transaction and
+    deleted in it: what is left belongs to a process that died between the file and the commit."""
+
+    __tablename__ = "intents"
+    __table_args__ = (Index("ix_intents_owner", "host", "boot", "pid"),)
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(64))
+    boot: Mapped[str] = mapped_column(String(16))  # boot id and pid namespace, hashed (owners.py)
+    pid: Mapped[int] = mapped_column(BigInteger)
+    started: Mapped[int] = mapped_column(BigInteger)  # process start time, clock ticks after boot
+    folder: Mapped[str] = mapped_column(Text)  # the instance's folder in the store
+    item: Mapped[str] = mapped_column(Text)  # its file name stem: covers every version's file
+    created_at: Mapped[float] = mapped_column(Float)  # epoch seconds
+
+
+class FeedCursorRow(Base):
+    """Where the live audit feed to one target stands, and which process sends it (a lease)."""
+
+    __tablename__ = "feed_cursors"
+
+    target: Mapped[str] = mapped_column(String(255), primary_key=True)  # udp|tcp|tls://host:port
+    seq: Mapped[int] = mapped_column(BigInteger)  # the last event sent
+    lease_owner: Mapped[str] = mapped_column(String(160))  # owner and feed instance; "" when free
+    lease_until: Mapped[float] = mapped_column(Float)  # epoch seconds
 
 
 # -- Query/Retrieve index: one row per patient, study, series and (latest version of an) instance.

@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import Block
+from dicom_chain.db.database import Database
 from dicom_chain.db.indexschema import ATTRIBUTES, FOLDED_VRS, LEVELS, UID_CHARS, Level
 from dicom_chain.db.models import InstanceRow, PatientRow, SeriesRow, StudyRow
 from dicom_chain.qr.matching import SQL_LIKE_ESCAPE, KeyMatch, Term, key_form, sql_like
@@ -296,6 +297,18 @@ def search(session: Session, query: Query, level: Level | None = None) -> Iterat
         yield from rows
         if len(rows) < PAGE_ROWS:
             return
+
+
+def find(db: Database, query: Query, level: Level | None = None) -> Iterator[dict[str, Any]]:
+    """``search`` on a read session of its own (C-FIND answers, retrieval plans); errors as ours."""
+    with db.reading() as session:
+        yield from search(session, query, level)
+
+
+def count(db: Database) -> int:
+    """Instances in the index."""
+    with db.reading() as session:
+        return int(session.scalar(select(func.count()).select_from(INSTANCES)) or 0)
 
 
 def _counts(session: Session, group_col: Any, count_col: Any, joined: Any, ids: list[int]) -> dict[int, int]:

@@ -51,10 +51,10 @@ def latest_versions(node: Node) -> list[StoredBlock]:
 def reindex(node: Node, advance: Callable[[int], None] = lambda _: None) -> ReindexReport:
     report = ReindexReport()
     todo = latest_versions(node)
-    with node.ledger.writing() as session:
+    with node.db.writing() as session:
         index.clear(session)
     for start in range(0, len(todo), WRITE_BATCH):
-        with node.ledger.writing() as session:
+        with node.db.writing() as session:
             for stored in todo[start : start + WRITE_BATCH]:
                 path = node.storage.path(stored.path)
                 advance(1)

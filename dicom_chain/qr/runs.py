@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node  # the node no longer imports this module: no cycle to break
+from dicom_chain.qr import index
 from dicom_chain.qr.query import Model, Query, parse_query, response
 from dicom_chain.vocab import EventType, Outcome, RunStatus, SubOperation
 
@@ -44,7 +45,7 @@ class FindRun:
         self._finished = False
 
     def answers(self) -> Iterator[Dataset]:
-        for values in self.node.ledger.search(self.query):
+        for values in index.find(self.node.db, self.query):
             self.matches += 1
             if len(self._patients) < 2:
                 self._patients.add(str(values.get("PatientID") or ""))
@@ -125,7 +126,7 @@ class RetrieveRun:
         """Every instance under the identifier's unique keys, in index order."""
         self.items = [
             RetrieveItem.from_values(v)
-            for v in self.node.ledger.search(replace(self.query, requested=()), level="IMAGE")
+            for v in index.find(self.node.db, replace(self.query, requested=()), level="IMAGE")
         ]
         return self.items
 

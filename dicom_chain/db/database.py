@@ -1,0 +1,159 @@
+"""One database (SQLite or PostgreSQL): its engines, their pool limits, SQLite's pragmas, the
+schema brought up to date on open, and sessions whose errors arrive as ours (translate.py).
+
+SQLite takes one writer at a time: write sessions begin with ``BEGIN IMMEDIATE``, so a writer
+queues for the lock before it reads what it will change (a chain's head), never after.
+PostgreSQL writers lock rows instead (``SELECT ... FOR UPDATE``). On both, a second writing
+engine commits without waiting for the disk, for rows that only need to survive a killed process.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from dicom_chain.db import migrate
+from dicom_chain.db.translate import translate, translated
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue behind one lock; a minute outlasts any burst of stores
+# Pool limits, per engine and process. At peak every association's handler holds one connection
+# (a C-STORE's receipt or a C-FIND's paged answers; never two at once), every forward worker one
+# while it leases or settles, and a few more serve the audit feed, service events and recovery.
+# Below that peak a request waited for a connection and, after SQLAlchemy's default 30 s, failed.
+ASSOCIATIONS_MAX = 32  # scp/server.py MAX_ASSOCIATIONS: peers beyond it are rejected before any query
+FORWARD_WORKERS_MAX = 16  # forward workers of one process: four per destination by default
+POOL_MARGIN = 8  # audit feed, service start/stop events, recovery, status readers
+POOL_MAX = ASSOCIATIONS_MAX + FORWARD_WORKERS_MAX + POOL_MARGIN  # 56: nobody waits for a connection
+POOL_KEPT = 16  # kept open between bursts; beyond, connections close on return (PostgreSQL's
+# max_connections is shared by every process on the server)
+POOL_TIMEOUT_S = SQLITE_BUSY_TIMEOUT_MS / 1000  # as patient as the lock: past it, overload (A700)
+
+# PostgreSQL's relaxed engine: commits return before the WAL reaches the disk (a server crash may
+# lose the last ones; a killed client loses nothing), set once per connection, not per transaction.
+PG_ASYNC_COMMIT = "-c synchronous_commit=off"
+_open: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class Database:
+    """Engines and sessions for one URL; ``reading()`` and ``writing()`` are all callers need."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_kept: int = POOL_KEPT,
+        pool_max: int = POOL_MAX,
+        pool_timeout_s: float = POOL_TIMEOUT_S,
+    ) -> None:
+        self.url = url
+        self._pool = {
+            "pool_size": pool_kept,
+            "max_overflow": pool_max - pool_kept,
+            "pool_timeout": pool_timeout_s,
+        }
+        try:
+            self.engine = self._make_engine(immediate=False)
+            self.is_sqlite = self.engine.dialect.name == "sqlite"
+            # Relaxed durability (writing(durable=False)): committed without waiting for the disk, so
+            # it survives a killed process, not a power cut. For rows that matter only until then.
+            if self.is_sqlite:
+                self.writer = self._make_engine(immediate=True)
+                self.relaxed = self._make_engine(immediate=True, durable=False)
+            else:
+                self.writer = self.engine
+                self.relaxed = self._make_engine(immediate=True, durable=False)
+            migrate.upgrade(self.engine, self.writer)
+        except SQLAlchemyError as exc:
+            error = translate(exc)
+            raise type(error)(f"cannot open ledger {make_url(url).render_as_string()}: {error}") from exc
+        _open.add(self)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads; on SQLite it takes no lock until it reads."""
+        with translated(), Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def writing(self, *, durable: bool = True) -> Iterator[Session]:
+        """One write transaction: commits on exit, rolls back on any exception.
+
+        ``durable=False`` commits without waiting for the disk (SQLite ``synchronous=NORMAL``,
+        PostgreSQL ``synchronous_commit=off``): the row survives a killed process but maybe not
+        a power cut, which is all a write intent or a feed's cursor needs, at a fraction of the cost.
+        """
+        engine = self.writer if durable else self.relaxed
+        with translated(), Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def writing_connection(self, *, durable: bool = True) -> Iterator[Connection]:
+        """``writing`` without the ORM session's bookkeeping, for the statements that run once
+        per received instance (a write intent): a Core connection in one transaction."""
+        engine = self.writer if durable else self.relaxed
+        with translated(), engine.begin() as conn:
+            yield conn
+
+    def schema_revision(self) -> str | None:
+        with translated():
+            return migrate.schema_revision(self.engine)
+
+    def close(self) -> None:
+        for engine in {self.engine, self.writer, self.relaxed}:
+            engine.dispose()
+        _open.discard(self)
+
+    def _forget_connections(self) -> None:
+        """In a forked child: drop the parent's pooled connections without closing them (they are
+        the parent's), so the child opens its own."""
+        for engine in {self.engine, self.writer, self.relaxed}:
+            engine.dispose(close=False)
+
+    def _make_engine(self, *, immediate: bool, durable: bool = True) -> Engine:
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() != "sqlite":
+            relaxed = {} if durable else {"connect_args": {"options": PG_ASYNC_COMMIT}}
+            return create_engine(self.url, pool_pre_ping=True, **relaxed, **self._pool)
+        synchronous = "FULL" if durable else "NORMAL"
+        in_memory = not parsed.database or parsed.database == ":memory:"
+        if not in_memory:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        pool = {} if in_memory else self._pool  # an in-memory database lives in its single connection
+        engine = create_engine(self.url, connect_args={"check_same_thread": False}, **pool)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's own is deferred)
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            # FULL: an acknowledged instance survives power loss; NORMAL only on the relaxed engine.
+            cur.execute(f"PRAGMA synchronous = {synchronous}")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.execute(
+                "PRAGMA case_sensitive_like = ON"
+            )  # C-FIND wildcards are case-sensitive, as in PostgreSQL
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_open):
+        database._forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

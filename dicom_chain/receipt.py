@@ -1,0 +1,167 @@
+"""The receipt of one instance as one unit of work: block, event, query index rows and forward
+queue rows in one transaction, guarded by a write intent noted just before it.
+
+``Receipts.open`` is what ``Node.ingest`` opens (``with ... as tx``); the ``Receipt`` it yields
+composes the ledger's appender (head, blocks, events), the index writer and the outbox, each of
+which owns its rows. ``Receipts.recover`` undoes what receipts of dead processes left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from dicom_chain.block import Block
+from dicom_chain.errors import DicomChainError
+from dicom_chain.events import Event, EventDraft
+from dicom_chain.intents import Intents
+from dicom_chain.keys import NodeKey
+from dicom_chain.ledger import Appender, Ledger, StoredBlock, append_event
+from dicom_chain.outbox import Outbox
+from dicom_chain.qr import index
+from dicom_chain.storage import Storage
+from dicom_chain.vocab import EventType
+
+
+class ItemNames(Protocol):
+    """What names an item's files in the store (a carrier's ``Identity`` has it)."""
+
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def series_id(self) -> str: ...
+    @property
+    def item_id(self) -> str: ...
+
+
+class Receipt:
+    """One open receipt transaction; the chain's head is locked until it ends."""
+
+    def __init__(self, appender: Appender, outbox: Outbox) -> None:
+        self.appender = appender
+        self.session = appender.session
+        self.outbox = outbox
+
+    @property
+    def head_height(self) -> int:
+        return self.appender.head_height
+
+    @property
+    def head_hash(self) -> str:
+        return self.appender.head_hash
+
+    def latest_version(self, sop_instance_uid: str) -> StoredBlock | None:
+        return self.appender.latest_version(sop_instance_uid)
+
+    def study_head(self, study_instance_uid: str) -> tuple[int, str] | None:
+        return self.appender.study_head(study_instance_uid)
+
+    def add_block(
+        self, block: Block, *, path: str, version: int, sop_class_uid: str, series_instance_uid: str
+    ) -> None:
+        self.appender.add_block(
+            block,
+            path=path,
+            version=version,
+            sop_class_uid=sop_class_uid,
+            series_instance_uid=series_instance_uid,
+        )
+
+    def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
+        return self.appender.add_event(key, draft)
+
+    def add_to_index(self, record: index.IndexRecord, block: Block, *, path: str, version: int) -> None:
+        index.write(self.session, record, block=block, path=path, version=version)
+
+    def enqueue(
+        self,
+        destinations: Iterable[str],
+        block: Block,
+        *,
+        path: str,
+        sop_class_uid: str,
+        transfer_syntax: str,
+        patient_id: str,
+    ) -> None:
+        self.outbox.enqueue(
+            self.session,
+            destinations,
+            block,
+            path=path,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax=transfer_syntax,
+            patient_id=patient_id,
+        )
+
+
+class Receipts:
+    def __init__(self, ledger: Ledger, outbox: Outbox, intents: Intents, storage: Storage) -> None:
+        self.ledger = ledger
+        self.outbox = outbox
+        self.intents = intents
+        self.storage = storage
+
+    @contextmanager
+    def open(self, chain_id: str, ids: ItemNames) -> Iterator[Receipt]:
+        """Note the intent (committed on its own), then lock the chain for the receipt; commits
+        on exit and deletes the intent in that commit; on any exception rolls back, and first
+        removes the uncommitted files the intent covers while the chain is still locked."""
+        folder, stem = self.storage.covering(ids.group_id, ids.series_id, ids.item_id)
+        intent = self.intents.note(folder, stem)
+        dropped = [intent]
+        try:
+            with self.ledger.append(chain_id) as appender:
+                try:
+                    yield Receipt(appender, self.outbox)
+                except BaseException:
+                    self._undo(folder, stem)
+                    raise
+                dropped = self.intents.drop(appender.session, intent)
+        except BaseException:
+            self.intents.forget(*dropped)
+            raise
+
+    def _undo(self, folder: str, stem: str) -> None:
+        """Remove the files of a failing receipt that no block names: no other writer can be
+        between its file and its commit while this one holds the lock, so they are this one's.
+        Read on another connection, which sees what is committed, not this transaction's rows."""
+        try:
+            with self.ledger.db.reading() as session:
+                leftovers = [
+                    p for p in self.storage.versions(folder, stem) if not self.ledger.has_file(session, p)
+                ]
+        except DicomChainError:
+            return  # the ledger cannot tell now: the caller removes the file it wrote
+        for relative in leftovers:
+            self.storage.remove(relative)
+
+    def recover(self, key: NodeKey, chain_id: str) -> list[str]:
+        """Undo writes that processes now dead left between renaming a file and committing its
+        block (their senders got no Success and will send again); a file whose block committed
+        stays. One transaction with every chain locked, so no live writer's file can be taken for
+        a leftover; each removal is a ``storage.recovered`` event, and the intents go."""
+        abandoned = self.intents.abandoned()
+        if not abandoned:
+            return []
+        removed = []
+        with self.ledger.db.writing() as session:
+            self.ledger.lock_heads(session)
+            for intent in abandoned:
+                for relative in self.storage.versions(intent.folder, intent.item):
+                    if self.ledger.has_file(session, relative):
+                        continue
+                    self.storage.remove(relative)
+                    removed.append(relative)
+                    append_event(
+                        session,
+                        key,
+                        EventDraft(
+                            EventType.STORAGE_RECOVERED,
+                            chain_id=chain_id,
+                            reason="file written but never committed (process died); removed",
+                            details={"path": relative},
+                        ),
+                    )
+            self.intents.remove(session, [i.id for i in abandoned])
+        return removed

@@ -1,0 +1,129 @@
+"""The database layer on SQLite and PostgreSQL: SQLAlchemy's errors arrive as ours (a constraint
+is a conflict, an exhausted pool or an unreachable server is unavailable, so a peer gets A700),
+writes commit or roll back whole, and relaxed writes are still committed."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from dicom_chain.db.database import POOL_MAX, POOL_TIMEOUT_S, SQLITE_BUSY_TIMEOUT_MS, Database
+from dicom_chain.db.migrate import HEAD_REVISION
+from dicom_chain.db.models import EventLogHead, FeedCursorRow
+from dicom_chain.errors import LedgerConflict, LedgerError, LedgerUnavailable
+
+CURSORS = FeedCursorRow.__table__
+
+
+def _cursor(target: str) -> dict:
+    return {"target": target, "seq": 0, "lease_owner": "", "lease_until": 0.0}
+
+
+def _count(db: Database) -> int:
+    with db.reading() as session:
+        return int(session.scalar(select(func.count()).select_from(CURSORS)))
+
+
+def test_a_refused_constraint_is_a_conflict_and_nothing_of_the_transaction_stays(db_url: str):
+    db = Database(db_url)
+    with pytest.raises(LedgerConflict) as caught, db.writing() as session:
+        session.execute(insert(CURSORS), _cursor("udp://a:1"))
+        session.execute(insert(CURSORS), _cursor("udp://a:1"))  # same primary key
+    assert caught.value.retryable
+    assert _count(db) == 0  # the first insert went with the second
+    db.close()
+
+
+def test_an_exhausted_pool_is_unavailable_not_an_unforeseen_error(db_url: str):
+    db = Database(db_url, pool_kept=1, pool_max=1, pool_timeout_s=0.2)
+    with db.reading() as held:
+        held.execute(text("SELECT 1"))  # the one connection is checked out until this block ends
+        with pytest.raises(LedgerUnavailable) as caught, db.reading() as second:
+            second.execute(text("SELECT 1"))
+    assert caught.value.retryable
+    with db.reading() as again:  # given back: the pool serves again
+        assert again.execute(text("SELECT 1")).scalar() == 1
+    db.close()
+
+
+@pytest.mark.postgres
+def test_an_unreachable_server_is_unavailable():
+    with pytest.raises(LedgerUnavailable) as caught:
+        Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    assert caught.value.retryable and "127.0.0.1" in str(caught.value)
+
+
+def test_a_statement_the_database_rejects_is_a_plain_ledger_error(db_url: str):
+    db = Database(db_url)
+    with pytest.raises(LedgerError) as caught, db.reading() as session:
+        session.execute(text("SELECT no_such_column FROM event_log_head"))
+    assert type(caught.value) is LedgerError and not caught.value.retryable
+    db.close()
+
+
+def test_relaxed_writes_are_committed_and_seen_by_every_connection(db_url: str):
+    db = Database(db_url)
+    with db.writing(durable=False) as session:
+        session.execute(insert(CURSORS), _cursor("tcp://b:2"))
+    other = Database(db_url)  # another process's view
+    assert _count(other) == 1
+    other.close()
+    db.close()
+
+
+def test_a_new_database_is_migrated_once_to_the_head(db_url: str):
+    first = Database(db_url)
+    assert first.schema_revision() == HEAD_REVISION
+    with first.reading() as session:  # 0001 made the event log's head row
+        assert session.scalar(select(EventLogHead.seq)) == 0
+    second = Database(db_url)  # already at the head: nothing to do
+    assert second.schema_revision() == HEAD_REVISION
+    second.close()
+    first.close()
+
+
+def test_the_pool_outlasts_every_association_and_waits_as_long_as_the_lock():
+    from scp.server import MAX_ASSOCIATIONS
+
+    assert POOL_MAX > MAX_ASSOCIATIONS
+    assert POOL_TIMEOUT_S * 1000 >= SQLITE_BUSY_TIMEOUT_MS
+
+
+def test_a_forked_child_opens_its_own_connections(db_url: str):
+    import os
+
+    db = Database(db_url)
+    with db.reading() as session:  # a pooled connection the child must not use
+        session.execute(text("SELECT 1"))
+    pid = os.fork()
+    if pid == 0:  # the child: write through its own connection, report by exit code
+        code = 1
+        try:
+            with db.writing() as session:
+                session.execute(insert(CURSORS), _cursor(f"udp://child:{os.getpid()}"))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _count(db) == 1  # and the parent's pooled connection still works
+    db.close()
+
+
+def test_a_locked_sqlite_database_is_unavailable(tmp_path):
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from dicom_chain.db.translate import translate
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError) as raw:
+        waiter.execute("BEGIN IMMEDIATE")
+    error = translate(OperationalError("BEGIN IMMEDIATE", {}, raw.value))
+    assert isinstance(error, LedgerUnavailable) and "locked" in str(error)
+    holder.close()
+    waiter.close()
