@@ -70,6 +70,19 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class Settled:
+    """What became of one forwarded item: the PACS's status (None: no answer), why, and the verdict."""
+
+    item: OutboxItem
+    status: int | None
+    reason: str
+    verdict: ForwardVerdict
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verdict", ForwardVerdict(self.verdict))
+
+
+@dataclass(frozen=True)
 class QueueStats:
     destination: str
     pending: int
@@ -201,12 +214,8 @@ class Outbox:
             )
             return int(result.rowcount or 0)
 
-    def settle(
-        self,
-        results: list[tuple[OutboxItem, int | None, str, ForwardVerdict | str]],
-        now: float | None = None,
-    ) -> None:
-        """Record each item's fate in one transaction: (item, status, error, verdict).
+    def settle(self, results: list[Settled], now: float | None = None) -> None:
+        """Record each item's fate in one transaction.
 
         The verdict (a ForwardVerdict) is DONE, RETRY (busy or unreachable: try again, forever) or
         REFUSED (the PACS said no: try again up to MAX_REFUSED_ATTEMPTS, then fail for good). Every
@@ -217,22 +226,22 @@ class Outbox:
         key = self.key
         now = time.time() if now is None else now
         with self.db.writing() as session:
-            for item, status, error, verdict in results:
+            for result in results:
+                item, status = result.item, result.status
                 row = session.get(OutboxRow, item.id, with_for_update=True)
                 if row is None or row.state != OutboxState.PENDING:
                     continue
                 row.attempts += 1
                 row.last_status = status
-                row.last_error = error
+                row.last_error = result.reason
                 row.lease_until, row.lease_owner = 0.0, ""
-                if verdict == ForwardVerdict.DONE:
+                if result.verdict is ForwardVerdict.DONE:
                     row.state, row.done_at = OutboxState.DONE, now
                     append_event(session, key, self._event(item, status, row.attempts, Outcome.SUCCESS, ""))
-                elif verdict == ForwardVerdict.REFUSED and row.attempts >= MAX_REFUSED_ATTEMPTS:
+                elif result.verdict is ForwardVerdict.REFUSED and row.attempts >= MAX_REFUSED_ATTEMPTS:
                     row.state = OutboxState.FAILED
-                    append_event(
-                        session, key, self._event(item, status, row.attempts, Outcome.MAJOR_FAILURE, error)
-                    )
+                    failure = self._event(item, status, row.attempts, Outcome.MAJOR_FAILURE, result.reason)
+                    append_event(session, key, failure)
                 else:
                     row.next_attempt_at = now + backoff_delay(row.attempts)
 

@@ -20,7 +20,7 @@ from pynetdicom.association import Association
 
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
-from dicom_chain.outbox import Destination, OutboxItem
+from dicom_chain.outbox import Destination, OutboxItem, Settled
 from dicom_chain.vocab import ForwardVerdict
 
 from .contexts import Sending, contexts_for, sending
@@ -30,7 +30,6 @@ from .statuses import forward_verdict
 
 log = logging.getLogger("dicom_chain.forward")
 
-Settled = tuple[OutboxItem, int | None, str, ForwardVerdict]  # (item, PACS status, reason, verdict)
 
 BATCH_SIZE = 50  # instances leased at once: one study's worth for most series, small enough to share
 WORKERS_PER_DESTINATION = 4  # parallel associations: a PACS with Nagle on answers ~45 ms late each
@@ -77,7 +76,9 @@ class DestinationWorker(threading.Thread):
         assoc = self.associate(items)
         if assoc is None:
             reason = f"association with {self.key} failed"
-            self.forwarder.node.outbox.settle([(item, None, reason, ForwardVerdict.RETRY) for item in items])
+            self.forwarder.node.outbox.settle(
+                [Settled(item, None, reason, ForwardVerdict.RETRY) for item in items]
+            )
             log.warning("forward to %s: %s; %d instance(s) wait", self.key, reason, len(items))
             return False
         results = []
@@ -88,11 +89,11 @@ class DestinationWorker(threading.Thread):
             results.append(self.send(assoc, item))
             if not assoc.is_established:
                 reason = "association lost"
-                results += [(rest, None, reason, ForwardVerdict.RETRY) for rest in items[number + 1 :]]
+                results += [Settled(rest, None, reason, ForwardVerdict.RETRY) for rest in items[number + 1 :]]
                 self.close()
                 break
         self.forwarder.node.outbox.settle(results)
-        done = sum(1 for r in results if r[3] == ForwardVerdict.DONE)
+        done = sum(1 for r in results if r.verdict is ForwardVerdict.DONE)
         log.info(
             "forward to %s: %d/%d of study %s stored",
             self.key,
@@ -128,27 +129,25 @@ class DestinationWorker(threading.Thread):
         }
         return assoc
 
-    def send(
-        self, assoc: Association, item: OutboxItem
-    ) -> tuple[OutboxItem, int | None, str, ForwardVerdict]:
+    def send(self, assoc: Association, item: OutboxItem) -> Settled:
         path = self.forwarder.node.storage.path(item.path)
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         how = sending(accepted, item.sop_class_uid, item.transfer_syntax)
         if how is None:  # decided before sending, as pynetdicom would: nothing here is worth a retry
             reason = f"{self.key} accepted no context for {item.sop_class_uid} in {item.transfer_syntax}"
-            return item, None, reason, ForwardVerdict.REFUSED
+            return Settled(item, None, reason, ForwardVerdict.REFUSED)
         try:
             if how is Sending.AS_STORED:
                 response = assoc.send_c_store(Path(path))  # the file as stored, no decode
             else:
                 response = assoc.send_c_store(pydicom.dcmread(path))  # re-encoded by pynetdicom
         except FileNotFoundError:
-            return item, None, f"stored file missing: {path}", ForwardVerdict.REFUSED
+            return Settled(item, None, f"stored file missing: {path}", ForwardVerdict.REFUSED)
         except (ValueError, RuntimeError) as exc:  # the association broke under the send
-            return item, None, str(exc), ForwardVerdict.RETRY
+            return Settled(item, None, str(exc), ForwardVerdict.RETRY)
         status = int(getattr(response, "Status", -1)) if response is not None and len(response) else None
         verdict, reason = forward_verdict(status)
-        return item, status, reason, verdict
+        return Settled(item, status, reason, verdict)
 
     def close(self) -> None:
         if self.assoc is not None:

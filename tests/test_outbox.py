@@ -19,6 +19,7 @@ from dicom_chain.outbox import (
     LEASE_S,
     MAX_REFUSED_ATTEMPTS,
     Destination,
+    Settled,
     backoff_delay,
 )
 from dicom_chain.synthetic import StudySpec, ct_study
@@ -64,14 +65,14 @@ def test_a_claim_is_one_study_and_leased(queued):
 def test_destinations_have_separate_queues(queued):
     now = 1e12
     items = queued.outbox.claim(PACS_A, limit=10, now=now)
-    queued.outbox.settle([(i, None, "down", "retry") for i in items], now=now)
+    queued.outbox.settle([Settled(i, None, "down", "retry") for i in items], now=now)
     assert len(queued.outbox.claim(PACS_B, limit=10, now=now)) == 3
 
 
 def test_done_is_final_and_recorded(queued):
     now = 1e12
     items = queued.outbox.claim(PACS_A, limit=10, now=now)
-    queued.outbox.settle([(i, 0x0000, "", "done") for i in items], now=now)
+    queued.outbox.settle([Settled(i, 0x0000, "", "done") for i in items], now=now)
     events = [e for e in queued.ledger.iter_events() if e.type == "instance.forwarded"]
     assert [(e.outcome, e.actor) for e in events] == [("success", PACS_A)] * 3
     assert {e.sop_uid for e in events} == {i.sop_instance_uid for i in items}
@@ -84,7 +85,7 @@ def test_retry_waits_with_back_off_and_never_gives_up(queued):
     items = queued.outbox.claim(PACS_A, limit=10, now=now)
     ids = {i.id for i in items}
     for _ in range(12):  # far more than MAX_REFUSED_ATTEMPTS: busy or down is never final
-        queued.outbox.settle([(i, 0xA700, "busy", "retry") for i in items], now=now)
+        queued.outbox.settle([Settled(i, 0xA700, "busy", "retry") for i in items], now=now)
         soon = queued.outbox.claim(PACS_A, limit=10, now=now + 0.5)
         assert not ids & {i.id for i in soon}  # not before its back-off
         queued.outbox.release(soon)
@@ -99,7 +100,7 @@ def test_refusal_fails_for_good_after_a_few_attempts(queued):
     now = 1e12
     items = queued.outbox.claim(PACS_A, limit=1, now=now)
     for _ in range(MAX_REFUSED_ATTEMPTS):
-        queued.outbox.settle([(items[0], 0xC000, "refused with 0xC000", "refused")], now=now)
+        queued.outbox.settle([Settled(items[0], 0xC000, "refused with 0xC000", "refused")], now=now)
         now += BACKOFF_MAX_S * 2
         retry = queued.outbox.claim(PACS_A, limit=1, now=now)
         if retry and retry[0].id == items[0].id:
