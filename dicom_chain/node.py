@@ -131,9 +131,9 @@ class Node:
                     transfer_syntax=ids.encoding,
                     patient_id=ids.patient_id,
                 )
-                record = item.index_record()
-                if record is not None:  # formats without a query model are not in the index
-                    tx.add_to_index(record, block, path=rel, version=version)
+                values = item.index_values()
+                if values is not None:  # formats without a query model are not in the index
+                    tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
                 tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome))
             written = None  # committed: the file is the ledger's now

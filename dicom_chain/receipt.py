@@ -8,9 +8,9 @@ which owns its rows. ``Receipts.recover`` undoes what receipts of dead processes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from dicom_chain.block import Block
 from dicom_chain.errors import DicomChainError
@@ -71,7 +71,11 @@ class Receipt:
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
         return self.appender.add_event(key, draft)
 
-    def add_to_index(self, record: index.IndexRecord, block: Block, *, path: str, version: int) -> None:
+    def add_to_index(
+        self, values: Mapping[str, Any], encoding: str, block: Block, *, path: str, version: int
+    ) -> None:
+        """Index rows from what the item's carrier read (``Carried.index_values``)."""
+        record = index.IndexRecord.from_values(values, encoding)
         index.write(self.session, record, block=block, path=path, version=version)
 
     def enqueue(

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
+from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.qr import index
@@ -327,7 +328,7 @@ def test_index_row_for_an_unreadable_attribute_is_empty_not_an_error(node: Node)
     ds = next(iter(ct_study(StudySpec(seed=3, instances=1, rows=8, columns=8))))
     ds = copy.deepcopy(ds)
     ds.StudyDate = "not a date but long enough to overflow"
-    record = index.IndexRecord.from_dataset(ds, "1.2.840.10008.1.2.1")
+    record = index.IndexRecord.from_values(index_values(ds), "1.2.840.10008.1.2.1")
     assert len(record.study["study_date"]) <= 8
     node.ingest(item_from_dataset(ds))
     assert index.count(node.db) == 1

@@ -10,15 +10,12 @@ registry (``carriers.registry``), the store writes the bytes an item hands it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 from dicom_chain.block import Block
 from dicom_chain.errors import ContentHashError
-
-if TYPE_CHECKING:
-    from dicom_chain.qr.index import IndexRecord
 
 
 @dataclass(frozen=True)
@@ -68,8 +65,9 @@ class Carried(ABC):
         """Checks before chaining (MalformedDatasetError), so that a block never vouches for a
         broken file; a format whose parser already refuses broken files checks nothing more."""
 
-    def index_record(self) -> IndexRecord | None:
-        """What the Query/Retrieve index keeps of the item; None for formats without a query model."""
+    def index_values(self) -> Mapping[str, Any] | None:
+        """The Query/Retrieve index's attributes of the item (db/indexschema.py), keyword -> value
+        as read; None for formats without a query model."""
         return None
 
     def check_content(self, block: Block) -> None:
@@ -100,8 +98,8 @@ class Item:
     def with_block(self, block: Block) -> Iterable[bytes]:
         return self.carried.with_block(block)
 
-    def index_record(self) -> IndexRecord | None:
-        return self.carried.index_record()
+    def index_values(self) -> Mapping[str, Any] | None:
+        return self.carried.index_values()
 
 
 class Carrier(ABC):

@@ -8,15 +8,11 @@ between pages) and adds the computed attributes per page with grouped counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -69,61 +65,9 @@ _TABLE_LEVEL = {PATIENTS: "PATIENT", STUDIES: "STUDY", SERIES: "SERIES", INSTANC
 _DEPTH = {"PATIENT": 0, "STUDY": 1, "SERIES": 2, "IMAGE": 3}
 
 
-_CHARSET_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})  # decoded per Specific Character Set
-_PN_DELIMITERS = {0x5C, 0x3D, 0x5E}  # \ = ^: each component group / component decodes on its own
-_TEXT_DELIMITERS = {0x5C}
-
-
-@lru_cache(maxsize=64)
-def _tag(keyword: str) -> int:
-    return int(tag_for_keyword(keyword) or 0)
-
-
-def _text(ds: Dataset, keyword: str, limit: int, encodings: list[str]) -> str:
-    """An attribute as text, cut to its column; what does not decode indexes as empty.
-
-    Raw values are decoded here, without pydicom's conversion (which validates every value, and
-    cost a millisecond per instance for the two dozen attributes the index keeps)."""
-    tag = _tag(keyword)
-    try:
-        elem = ds.get_item(tag)
-        if elem is None:
-            return ""
-        value = elem.value
-        if isinstance(value, bytes):
-            vr = elem.VR or dictionary_VR(tag)
-            if vr in _CHARSET_VRS:
-                delimiters = _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS
-                value = decode_bytes(value, encodings, delimiters)
-            else:
-                value = value.decode("latin-1", "replace")
-    except Exception:
-        return ""
-    if value is None:
-        return ""
-    if isinstance(value, list | MultiValue):
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip(" \x00")[:limit]
-
-
-def _encodings(ds: Dataset) -> list[str]:
-    try:
-        return list(convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6"))
-    except Exception:
-        return ["iso8859"]
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except Exception:
-        return None
-
-
 @dataclass(frozen=True)
 class IndexRecord:
-    """What the index keeps of one instance, read once from its dataset."""
+    """What the index keeps of one item: its patient, study, series and instance rows."""
 
     patient: dict[str, Any]
     study: dict[str, Any]
@@ -131,16 +75,18 @@ class IndexRecord:
     instance: dict[str, Any]
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, transfer_syntax: str) -> IndexRecord:
-        charset = _encodings(ds)
+    def from_values(cls, values: Mapping[str, Any], transfer_syntax: str) -> IndexRecord:
+        """The four rows of one item from what its carrier read (``Carried.index_values``):
+        dates folded, person names and times with their key forms beside them."""
         rows: dict[Level, dict[str, Any]] = {level: {} for level in LEVELS}
-        for a in _FROM_DATASET:
+        for a in _STORED:
             row = rows[a.level]
             assert a.column is not None
+            value = values.get(a.keyword)
             if a.integer:
-                row[a.column] = _int(ds, a.keyword)
+                row[a.column] = value if isinstance(value, int) else None
                 continue
-            text = _text(ds, a.keyword, a.chars, charset)
+            text = str(value or "")[: a.chars]
             if a.vr in FOLDED_VRS:
                 text = key_form(a.vr, text)[: a.width]
             row[a.column] = text
@@ -150,7 +96,7 @@ class IndexRecord:
         return cls(rows["PATIENT"], rows["STUDY"], rows["SERIES"], rows["IMAGE"])
 
 
-_FROM_DATASET = tuple(a for a in ATTRIBUTES if a.column is not None and not a.from_block)
+_STORED = tuple(a for a in ATTRIBUTES if a.column is not None and not a.from_block)
 
 
 @lru_cache(maxsize=64)

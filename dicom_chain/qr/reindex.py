@@ -10,18 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dicom_chain.block import utc_now
-from dicom_chain.carriers.dicom.carrier import read_dataset
-from dicom_chain.errors import NotDicomError
+from dicom_chain.carriers.registry import open_file
+from dicom_chain.db.database import Database
+from dicom_chain.errors import DicomChainError
 from dicom_chain.findings import Report
-from dicom_chain.ledger import StoredBlock
-from dicom_chain.node import Node
+from dicom_chain.ledger import Ledger, StoredBlock
 from dicom_chain.qr import index
+from dicom_chain.storage import Storage
 from dicom_chain.verify import check_file
 from dicom_chain.vocab import VerificationState
 
 WRITE_BATCH = 500  # instances per transaction: a long rebuild never holds the writer lock for long
+
+
+class ReindexHost(Protocol):
+    """What a rebuild needs of the node (a ``Node`` is one): its ledger, database and store."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def storage(self) -> Storage: ...
 
 
 @dataclass
@@ -31,7 +44,7 @@ class ReindexReport:
     missing: list[str] = field(default_factory=list)  # not indexed: the file is gone
 
 
-def latest_versions(node: Node) -> list[StoredBlock]:
+def latest_versions(node: ReindexHost) -> list[StoredBlock]:
     """The newest stored version of every SOP Instance UID, across every chain in the ledger."""
     newest: dict[str, StoredBlock] = {}
     for chain in node.ledger.chains():
@@ -48,7 +61,7 @@ def latest_versions(node: Node) -> list[StoredBlock]:
     return sorted(newest.values(), key=lambda s: (s.block.header.chain_id, s.block.header.height))
 
 
-def reindex(node: Node, advance: Callable[[int], None] = lambda _: None) -> ReindexReport:
+def reindex(node: ReindexHost, advance: Callable[[int], None] = lambda _: None) -> ReindexReport:
     report = ReindexReport()
     todo = latest_versions(node)
     with node.db.writing() as session:
@@ -65,14 +78,17 @@ def reindex(node: Node, advance: Callable[[int], None] = lambda _: None) -> Rein
                 found = check_file(path, findings, None)
                 intact = found is not None and found.to_bytes() == stored.block.to_bytes() and findings.ok
                 try:
-                    ds = read_dataset(path)
-                except NotDicomError:
+                    carried = open_file(path)
+                    values = carried.index_values()
+                    encoding = carried.identity().encoding
+                except (OSError, DicomChainError):
+                    values = None
+                if values is None:
                     report.altered.append(stored.path)  # nothing left to index it by
                     continue
-                ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
                 index.write(
                     session,
-                    index.IndexRecord.from_dataset(ds, ts),
+                    index.IndexRecord.from_values(values, encoding),
                     block=stored.block,
                     path=stored.path,
                     version=stored.version,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydicom.dataset import Dataset
 
+from dicom_chain.db.database import Database
 from dicom_chain.events import EventDraft
-from dicom_chain.node import Node  # the node no longer imports this module: no cycle to break
 from dicom_chain.qr import index
 from dicom_chain.qr.query import Model, Query, parse_query, response
 from dicom_chain.vocab import EventType, Outcome, RunStatus, SubOperation
@@ -28,6 +28,18 @@ _OUTCOME = {
 }
 
 
+class RunHost(Protocol):
+    """What a run needs of the node (a ``Node`` is one): the database its index lives in, the
+    chain its events name, and a way to record them. A protocol, so this room never imports the
+    node above it."""
+
+    @property
+    def db(self) -> Database: ...
+    @property
+    def chain_id(self) -> str: ...
+    def record(self, draft: EventDraft) -> None: ...
+
+
 def _single(values: set[str]) -> str:
     return next(iter(values)) if len(values) == 1 else ""
 
@@ -35,7 +47,7 @@ def _single(values: set[str]) -> str:
 class FindRun:
     """A C-FIND: ``answers()`` yields one identifier per match; ``finish`` records the query."""
 
-    def __init__(self, node: Node, query: Query, actor: str, retrieve_ae_title: str) -> None:
+    def __init__(self, node: RunHost, query: Query, actor: str, retrieve_ae_title: str) -> None:
         self.node = node
         self.query = query
         self.actor = actor
@@ -110,7 +122,7 @@ class RetrieveItem:
 class RetrieveRun:
     """A C-MOVE or C-GET: the instances to send, then the sub-operation counts on the record."""
 
-    node: Node
+    node: RunHost
     query: Query
     kind: Literal["move", "get"]
     actor: str
@@ -180,7 +192,7 @@ class RetrieveRun:
         )
 
 
-def record_refused(node: Node, event_type: EventType, actor: str, reason: str, **details: Any) -> None:
+def record_refused(node: RunHost, event_type: EventType, actor: str, reason: str, **details: Any) -> None:
     """A query or retrieval turned away before it ran (bad identifier, unknown destination)."""
     node.record(
         EventDraft(
@@ -194,11 +206,18 @@ def record_refused(node: Node, event_type: EventType, actor: str, reason: str, *
     )
 
 
-def start_find(node: Node, identifier: Dataset, model: Model, actor: str, retrieve_ae_title: str) -> FindRun:
+def start_find(
+    node: RunHost, identifier: Dataset, model: Model, actor: str, retrieve_ae_title: str
+) -> FindRun:
     return FindRun(node, parse_query(identifier, model), actor, retrieve_ae_title)
 
 
 def start_retrieve(
-    node: Node, identifier: Dataset, model: Model, kind: Literal["move", "get"], actor: str, destination: str
+    node: RunHost,
+    identifier: Dataset,
+    model: Model,
+    kind: Literal["move", "get"],
+    actor: str,
+    destination: str,
 ) -> RetrieveRun:
     return RetrieveRun(node, parse_query(identifier, model, retrieve=True), kind, actor, destination)

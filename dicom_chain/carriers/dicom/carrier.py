@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pydicom
 from pydicom import dcmwrite
@@ -20,13 +20,11 @@ from dicom_chain.block import FORMAT_VERSION, Block
 from dicom_chain.carriers.base import Carried, Carrier, Identity, Item
 from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
-from dicom_chain.carriers.dicom.identity import instance_identity, transfer_syntax
+from dicom_chain.carriers.dicom.identity import instance_identity
+from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
 from dicom_chain.carriers.dicom.validation import check_pixel_data
 from dicom_chain.errors import DicomChainError, MalformedBlockError, NotDicomError
-
-if TYPE_CHECKING:
-    from dicom_chain.qr.index import IndexRecord
 
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
 PART10_MAGIC_AT = 128
@@ -105,11 +103,8 @@ class DicomCarried(Carried):
         dcmwrite(buffer, self.dataset, enforce_file_format=True)
         yield buffer.getvalue()
 
-    def index_record(self) -> IndexRecord:
-        # Imported here: the index module brings SQLAlchemy, which verifying files never needs.
-        from dicom_chain.qr.index import IndexRecord
-
-        return IndexRecord.from_dataset(self.dataset, transfer_syntax(self.dataset))
+    def index_values(self) -> dict[str, Any]:
+        return index_values(self.dataset)
 
 
 def item_from_dataset(ds: Dataset) -> Item:
