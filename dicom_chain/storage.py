@@ -62,7 +62,7 @@ class Storage:
     def exists(self, relative: str) -> bool:
         return self.path(relative).is_file()
 
-    def write(self, relative: str, pieces: Iterable[bytes]) -> Path:
+    def write(self, relative: str, pieces: Iterable[bytes | memoryview]) -> Path:
         """Write ``pieces`` in order as the file at ``relative``; on any failure nothing is left behind."""
         target = self.path(relative)
         tmp: str | None = None

@@ -19,6 +19,7 @@ from dicom_chain.audit import proof, record
 from dicom_chain.audit.export import FORMATS, _sha256, proof_path
 from dicom_chain.errors import DicomChainError
 from dicom_chain.findings import Report
+from dicom_chain.vocab import FindingKind, Severity
 
 
 def _merged(records: Iterator[dict[str, Any]], skipped: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
@@ -36,17 +37,19 @@ def verify_export(path: Path, pinned: frozenset[bytes] | None = None) -> tuple[R
             skipped, signed = proof.read_proof(iter(fp))
         proof.check_signature(signed, pinned)
     except (OSError, DicomChainError, KeyError, ValueError) as exc:
-        report.add("error", "bad-proof", f"{proof_file}: {exc}", path=str(path))
+        report.add(Severity.ERROR, FindingKind.BAD_PROOF, f"{proof_file}: {exc}", path=str(path))
         return report, {}
     statement = signed["statement"]
     module = FORMATS.get(statement.get("format", ""))
     if module is None:
-        report.add("error", "bad-proof", f"proof names unknown format {statement.get('format')!r}")
+        report.add(
+            Severity.ERROR, FindingKind.BAD_PROOF, f"proof names unknown format {statement.get('format')!r}"
+        )
         return report, statement
     if pinned is None:
         report.add(
-            "info",
-            "key-not-pinned",
+            Severity.INFO,
+            FindingKind.KEY_NOT_PINNED,
             "signature checked against the key in the proof; give --public-key to check it is the node's",
             path=str(path),
         )
@@ -58,10 +61,16 @@ def verify_export(path: Path, pinned: frozenset[bytes] | None = None) -> tuple[R
         for seq, (rec, gap_hash) in _merged(module.read(path), skipped):
             report.events_checked += 1
             if expected_seq is None or seq < expected_seq:
-                report.add("error", "outside-range", f"event {seq} is outside the proven range or repeated")
+                report.add(
+                    Severity.ERROR,
+                    FindingKind.OUTSIDE_RANGE,
+                    f"event {seq} is outside the proven range or repeated",
+                )
                 continue
             if seq > expected_seq:
-                report.add("error", "missing-event", f"events {expected_seq}..{seq - 1} are missing")
+                report.add(
+                    Severity.ERROR, FindingKind.MISSING_EVENT, f"events {expected_seq}..{seq - 1} are missing"
+                )
             if gap_hash is not None:
                 prev, expected_seq = gap_hash, seq + 1
                 continue
@@ -69,23 +78,31 @@ def verify_export(path: Path, pinned: frozenset[bytes] | None = None) -> tuple[R
             _check_record(rec, prev, pinned, report)
             prev, last_hash, expected_seq = rec["hash"], rec["hash"], seq + 1
     except DicomChainError as exc:
-        report.add("error", "unreadable", str(exc), path=str(path))
+        report.add(Severity.ERROR, FindingKind.UNREADABLE, str(exc), path=str(path))
         return report, statement
     if statement["count"] and expected_seq != statement["last_seq"] + 1:
         report.add(
-            "error",
-            "missing-event",
+            Severity.ERROR,
+            FindingKind.MISSING_EVENT,
             f"the export ends at {expected_seq - 1}, the proof at {statement['last_seq']}",
         )
     if count != statement["count"] or last_hash != statement["last_hash"]:
         report.add(
-            "error", "count-mismatch", f"{count} events in the file, {statement['count']} in the proof"
+            Severity.ERROR,
+            FindingKind.COUNT_MISMATCH,
+            f"{count} events in the file, {statement['count']} in the proof",
         )
     digest = "".join(f"{seq} {h}\n" for seq, h in skipped)
     if _sha(digest) != statement["skipped_sha256"] or len(skipped) != statement["skipped_count"]:
-        report.add("error", "bad-proof", "the skipped events differ from what the proof signed")
+        report.add(
+            Severity.ERROR, FindingKind.BAD_PROOF, "the skipped events differ from what the proof signed"
+        )
     if _sha256(path) != statement["file_sha256"]:
-        report.add("error", "file-altered", "the export file is not the one the proof was signed for")
+        report.add(
+            Severity.ERROR,
+            FindingKind.FILE_ALTERED,
+            "the export file is not the one the proof was signed for",
+        )
     return report, statement
 
 
@@ -98,21 +115,29 @@ def _check_record(rec: dict[str, Any], prev: str, pinned: frozenset[bytes] | Non
     try:
         event = record.to_event(rec)
     except (KeyError, ValueError, TypeError) as exc:
-        report.add("error", "unreadable", f"event {seq}: {exc}")
+        report.add(Severity.ERROR, FindingKind.UNREADABLE, f"event {seq}: {exc}")
         return
     if event.hash != rec["hash"]:
         report.add(
-            "error", "altered", f"event {seq} does not hash to the hash it carries: its content changed"
+            Severity.ERROR,
+            FindingKind.ALTERED,
+            f"event {seq} does not hash to the hash it carries: its content changed",
         )
         return
     if event.prev_hash != prev:
-        report.add("error", "broken-link", f"event {seq} does not follow the event before it")
+        report.add(
+            Severity.ERROR, FindingKind.BROKEN_LINK, f"event {seq} does not follow the event before it"
+        )
     if pinned is not None and event.public_key not in pinned:
-        report.add("error", "untrusted-key", f"event {seq} is signed by key {event.key_id}, not a given key")
+        report.add(
+            Severity.ERROR,
+            FindingKind.UNTRUSTED_KEY,
+            f"event {seq} is signed by key {event.key_id}, not a given key",
+        )
     try:
         event.verify_signature()
     except DicomChainError as exc:
-        report.add("error", "bad-signature", f"event {seq}: {exc}")
+        report.add(Severity.ERROR, FindingKind.BAD_SIGNATURE, f"event {seq}: {exc}")
 
 
 def statement_summary(statement: dict[str, Any]) -> str:

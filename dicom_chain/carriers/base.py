@@ -55,7 +55,7 @@ class Carried(ABC):
         """MalformedDatasetError when the file lacks or garbles what names an item."""
 
     @abstractmethod
-    def with_block(self, block: Block) -> Iterable[bytes]:
+    def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         """The file with ``block`` in it (any block it held replaced), as pieces to write in order.
 
         May be lazy: an error while encoding then surfaces while the store writes (StorageError)."""
@@ -95,7 +95,7 @@ class Item:
     def carrier(self) -> Carrier:
         return self.carried.carrier
 
-    def with_block(self, block: Block) -> Iterable[bytes]:
+    def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         return self.carried.with_block(block)
 
     def index_values(self) -> Mapping[str, Any] | None:

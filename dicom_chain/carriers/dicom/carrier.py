@@ -88,7 +88,7 @@ class DicomCarried(Carried):
     def check(self) -> None:
         check_pixel_data(self.dataset)
 
-    def with_block(self, block: Block) -> Iterable[bytes]:
+    def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         """The received bytes with the block spliced in; else pydicom writes the dataset."""
         if self.encoded is not None:
             pieces = spliced(self.dataset, self.encoded, block)
@@ -97,11 +97,12 @@ class DicomCarried(Carried):
         embed_block(self.dataset, block)  # now: a dataset with no room for it is the sender's fault
         return self._written_by_pydicom()
 
-    def _written_by_pydicom(self) -> Iterator[bytes]:
-        """Encoded as the store writes it, so that what pydicom refuses is a StorageError as ever."""
+    def _written_by_pydicom(self) -> Iterator[memoryview]:
+        """Encoded as the store writes it, so that what pydicom refuses is a StorageError as ever;
+        handed over as a view of pydicom's buffer, not a copy of it."""
         buffer = BytesIO()
         dcmwrite(buffer, self.dataset, enforce_file_format=True)
-        yield buffer.getvalue()
+        yield buffer.getbuffer()
 
     def index_values(self) -> dict[str, Any]:
         return index_values(self.dataset)

@@ -110,7 +110,7 @@ def _encoding_as_read(ds: Dataset) -> tuple[bool, bool] | None:
     return None
 
 
-def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> list[bytes] | None:
+def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> list[bytes | memoryview] | None:
     """The chained file as pieces to write in order, or None when only pydicom can write it."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     if syntax is None or syntax == DeflatedExplicitVRLittleEndian:
@@ -128,4 +128,5 @@ def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> list[bytes] 
         if data is None:
             return None
         ours.append(_element(tag, vr, data, implicit, little))
-    return [encoded.prefix, encoded.body[:at], b"".join(ours), encoded.body[at:]]
+    body = memoryview(encoded.body)  # slices of a view: the 0.5 MB of pixels are not copied twice
+    return [encoded.prefix, body[:at], b"".join(ours), body[at:]]
