@@ -199,7 +199,7 @@ class OrthancServer:
         binary = shutil.which("Orthanc") or ORTHANC_DEBIAN_PATH
         env = dict(_os.environ)
         if self.nodelay:
-            env["TCP_NODELAY"] = "1"  # Debian's DCMTK keeps Nagle on without it (peers.md)
+            env["TCP_NODELAY"] = "1"  # Debian's DCMTK keeps Nagle on without it
         log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([binary, str(self.write_config())], stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S

@@ -17,6 +17,7 @@ from dicom_chain.db.database import Database
 from dicom_chain.events import EventDraft
 from dicom_chain.qr import index
 from dicom_chain.qr.query import Model, Query, parse_query, response
+from dicom_chain.storage import Storage
 from dicom_chain.vocab import EventType, Outcome, RunStatus, SubOperation
 
 _OUTCOME = {
@@ -37,6 +38,8 @@ class RunHost(Protocol):
     def db(self) -> Database: ...
     @property
     def chain_id(self) -> str: ...
+    @property
+    def storage(self) -> Storage: ...  # where a retrieval's files are read from (by the handlers)
     def record(self, draft: EventDraft) -> None: ...
 
 
