@@ -26,11 +26,19 @@ class EventType(StrEnum):
     VERIFY_NODE = "verify.node"
     AUDIT_EXPORT = "audit.export"
     # sharing across institutions
+    INSTITUTION_ADDED = "institution.added"
+    INSTITUTION_REMOVED = "institution.removed"
+    POLICY_CHANGED = "policy.changed"  # the sharing policy in force changed (its hash and text)
     RELEASE_GRANTED = "release.granted"
     RELEASE_DENIED = "release.denied"
+    RELEASE_RECEIVED = "release.received"  # instances another institution released to us, accepted
+    RELEASE_REFUSED = "release.refused"  # ... refused: their block did not verify (a security event)
     CONSENT_GRANTED = "consent.granted"
     CONSENT_REVOKED = "consent.revoked"
     SCORE_CHANGED = "score.changed"
+    PATIENT_RESEARCH_OPT_IN = "patient.research-opt-in"
+    PATIENT_RESEARCH_OPT_OUT = "patient.research-opt-out"
+    RESEARCH_EXPORT = "research.export"  # a de-identified copy of a study left for research
 
 
 class Outcome(StrEnum):

@@ -40,6 +40,7 @@ SECURITY_ALERT = Code("110113", "Security Alert")
 APPLICATION_START = Code("110120", "Application Start")
 APPLICATION_STOP = Code("110121", "Application Stop")
 NODE_AUTHENTICATION = Code("110126", "Node Authentication")
+SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
 RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
 OBJECT_SECURITY_CHANGED = Code("110135", "Object Security Attributes Changed")
 
@@ -55,11 +56,19 @@ KINDS: dict[EventType, AuditKind] = {
     EventType.STORAGE_RECOVERED: AuditKind(INSTANCES_ACCESSED, "D"),
     EventType.VERIFY_NODE: AuditKind(SECURITY_ALERT, "E", OBJECT_SECURITY_CHANGED),
     EventType.AUDIT_EXPORT: AuditKind(EXPORT, "R"),
+    EventType.INSTITUTION_ADDED: AuditKind(SECURITY_ALERT, "C", SECURITY_CONFIGURATION),
+    EventType.INSTITUTION_REMOVED: AuditKind(SECURITY_ALERT, "D", SECURITY_CONFIGURATION),
+    EventType.POLICY_CHANGED: AuditKind(SECURITY_ALERT, "U", SECURITY_CONFIGURATION),
     EventType.RELEASE_GRANTED: AuditKind(EXPORT, "R"),
     EventType.RELEASE_DENIED: AuditKind(SECURITY_ALERT, "E", RESTRICTED_FUNCTION),
+    EventType.RELEASE_RECEIVED: AuditKind(IMPORT, "C"),
+    EventType.RELEASE_REFUSED: AuditKind(SECURITY_ALERT, "E", NODE_AUTHENTICATION),
     EventType.CONSENT_GRANTED: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
     EventType.CONSENT_REVOKED: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
     EventType.SCORE_CHANGED: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
+    EventType.PATIENT_RESEARCH_OPT_IN: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
+    EventType.PATIENT_RESEARCH_OPT_OUT: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
+    EventType.RESEARCH_EXPORT: AuditKind(EXPORT, "R"),
 }
 # Only for a type this version does not know (an export from a newer node read here): every
 # member of EventType has its own entry above (a test holds the two equal).
