@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicom_chain import canonjson
 from dicom_chain.audit import atna, csvfile, fhir, jsonl, proof, record
 from dicom_chain.audit.context import ExportContext
 from dicom_chain.block import utc_now
@@ -75,7 +76,7 @@ class AuditFilter:
 
     def selects(self, rec: dict[str, Any], institutions: dict[str, str]) -> bool:
         return (
-            (not self.patient or rec["patient_id"] == self.patient)
+            (not self.patient or _about_patient(rec, self.patient))
             and (not self.study or rec["study_uid"] == self.study)
             and (not self.institution or institutions.get(rec["key_id"]) == self.institution)
             and (not self.event_types or rec["type"] in self.event_types)
@@ -83,6 +84,21 @@ class AuditFilter:
 
     def describe(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v}
+
+
+def _about_patient(rec: dict[str, Any], patient: str) -> bool:
+    """The event's patient column, or the patients its details say it disclosed (a query's
+    answers, a retrieval spanning patients: ``"patients": [...]``). The details stay undecoded
+    text unless they name the patient at all, so a million-event export decodes a handful."""
+    if rec["patient_id"] == patient:
+        return True
+    details = rec["details"]
+    if isinstance(details, str):
+        if '"patients":' not in details or json.dumps(patient, ensure_ascii=False)[1:-1] not in details:
+            return False
+        details = canonjson.loads(details)
+    listed = details.get("patients")
+    return isinstance(listed, list) and patient in listed
 
 
 def _sha256(path: Path) -> str:

@@ -27,6 +27,10 @@ _OUTCOME = {
     RunStatus.REFUSED: Outcome.MINOR_FAILURE,
     RunStatus.FAILED: Outcome.SERIOUS_FAILURE,
 }
+# Patient IDs a query.find event lists by name: every patient of an ordinary query (a worklist
+# page, a name search) fits, and the event stays small when a wildcard sweeps a whole index;
+# the patients beyond it are counted ("patients_beyond"), not named.
+DISCLOSED_PATIENTS_MAX = 200
 
 
 class RunHost(Protocol):
@@ -47,8 +51,16 @@ def _single(values: set[str]) -> str:
     return next(iter(values)) if len(values) == 1 else ""
 
 
+def disclosed(patients: set[str]) -> dict[str, Any]:
+    """The ``patients`` (sorted, at most DISCLOSED_PATIENTS_MAX) and ``patients_beyond`` details
+    of an event that disclosed these patients: queries count as access to each of them."""
+    listed = sorted(patients)[:DISCLOSED_PATIENTS_MAX]
+    return {"patients": listed, "patients_beyond": len(patients) - len(listed)}
+
+
 class FindRun:
-    """A C-FIND: ``answers()`` yields one identifier per match; ``finish`` records the query."""
+    """A C-FIND: ``answers()`` yields one identifier per match; ``finish`` records the query and
+    every patient its answers disclosed (a wildcard search reveals each patient it returns)."""
 
     def __init__(self, node: RunHost, query: Query, actor: str, retrieve_ae_title: str) -> None:
         self.node = node
@@ -62,8 +74,8 @@ class FindRun:
     def answers(self) -> Iterator[Dataset]:
         for values in index.find(self.node.db, self.query):
             self.matches += 1
-            if len(self._patients) < 2:
-                self._patients.add(str(values.get("PatientID") or ""))
+            # bounded by the index's patients; only the first DISCLOSED_PATIENTS_MAX are named
+            self._patients.add(str(values.get("PatientID") or ""))
             yield response(self.query, values, self.retrieve_ae_title)
 
     def finish(self, status: RunStatus, reason: str = "") -> None:
@@ -86,6 +98,7 @@ class FindRun:
                     "keys": q.describe(),
                     "matches": self.matches,
                     "status": status,
+                    **disclosed(self._patients - {""}),
                 },
             )
         )
@@ -190,6 +203,7 @@ class RetrieveRun:
                     "failed_sop_uids": self.failed[:100],
                     "studies": sorted(studies)[:100],
                     "status": status,
+                    **disclosed(patients - {""}),
                 },
             )
         )
