@@ -387,6 +387,36 @@ def test_the_proof_verifies_with_audit_verify_and_an_edited_record_is_caught(
     assert broken.returncode == 1 and "BROKEN" in broken.stdout
 
 
+def test_the_command_writes_the_log_and_its_proof(ran: Node, tmp_path: Path):
+    cli = [sys.executable, "-m", "dicom_chain.cli"]
+    home = ["--home", str(ran.settings.home)]
+    result = subprocess.run(
+        [*cli, "patient", "access-log", PATIENT, "--format", "html", "--output", "out/log.html", *home],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "out" / "log.html").read_text(encoding="utf-8")
+    assert "retrieved your CT scan of 2026-01-01" in page and "log.html.events.jsonl" in page
+    assert "audit verify out/log.html.events.jsonl" in result.stdout
+    public = tmp_path / "node.pub"
+    public.write_text(subprocess.run([*cli, "keys", "export", *home], capture_output=True, text=True).stdout)
+    verified = subprocess.run(
+        [*cli, "audit", "verify", "out/log.html.events.jsonl", "--public-key", str(public)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0 and "OK:" in verified.stdout, verified.stdout
+    default = subprocess.run(
+        [*cli, "patient", "access-log", PATIENT, *home], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert default.returncode == 0 and (tmp_path / f"access-log-{PATIENT}.txt").is_file()
+
+
 def test_the_log_renders_events_of_every_sharing_kind_without_a_network():
     """Pure rendering: records in, sentences out, with the consent they were made under."""
     base = {"outcome": "success", "actor": "x", "study_uid": "", "reason": "", "hash": "h", "patient_id": "P"}

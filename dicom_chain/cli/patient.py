@@ -1,0 +1,82 @@
+"""``patient``: what a patient may ask of the node about themselves (their access log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dicom_chain.cli.options import config_option, settings_from, settings_options
+
+# The access log reads the ledger and the query index and signs its proof: no storage, no institution.
+LOG_SETTINGS = ("home", "db", "key_file")
+SUFFIXES = {"text": ".txt", "json": ".json", "fhir": ".fhir.json", "html": ".html"}
+
+
+@click.group()
+def patient() -> None:
+    """Patients: their access log, their research choices."""
+
+
+@patient.command("access-log")
+@config_option
+@settings_options(*LOG_SETTINGS)
+@click.argument("patient_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(SUFFIXES)),
+    default="text",
+    show_default=True,
+    help="text or html: for the patient; json: the same entries for programs; "
+    "fhir: the patient's audit export as an R4 Bundle of AuditEvent.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write it (default: access-log-PATIENT_ID with the format's suffix). "
+    "The proof goes beside it (see the log's last lines).",
+)
+def access_log(patient_id: str, fmt: str, output: Path | None, **kwargs: Any) -> None:
+    """Everything that touched PATIENT_ID's studies, in plain words, with the proof it is complete.
+
+    Queries whose answers disclosed the patient count as access. text, json and html are
+    rendered from the JSON Lines audit export written beside them (OUTPUT.events.jsonl, with
+    its .proof); fhir is that audit export itself (OUTPUT.proof). Check either with
+    'dicom-chain audit verify'.
+    """
+    from dicom_chain.actors import local_user
+    from dicom_chain.audit import accesslog, proof_path
+    from dicom_chain.block import utc_now
+    from dicom_chain.errors import KeyFileError
+    from dicom_chain.keys import NodeKey
+    from dicom_chain.ledger import Ledger
+
+    settings = settings_from(kwargs)
+    if not settings.key_path.exists():  # the proof is signed with the node's own key
+        raise KeyFileError(f"no node key at {settings.key_path} (give --key-file)")
+    if output is None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in patient_id)
+        output = Path(f"access-log-{safe}{SUFFIXES[fmt]}")
+    key = NodeKey.load(settings.key_path)
+    ledger = Ledger(settings.db_url)
+    try:
+        signed = accesslog.write(
+            ledger,
+            key,
+            patient_id,
+            output,
+            fmt,
+            actor=local_user(),
+            source_id=f"dicom-chain@{key.key_id}",
+            now=utc_now(),
+        )
+    finally:
+        ledger.close()
+    statement = signed["statement"]
+    checked = output if fmt == "fhir" else accesslog.events_path(output)
+    click.echo(f"{statement['count']} events about {patient_id} -> {output}")
+    click.echo(
+        f"export {checked}, proof {proof_path(checked)}: check with 'dicom-chain audit verify {checked}'"
+    )
