@@ -426,7 +426,11 @@ def test_the_log_renders_events_of_every_sharing_kind_without_a_network():
                      "until": "2026-12-01T00:00:00Z", "studies": ["1.2"], "purpose": "treatment"}},
         {**base, "seq": 2, "time": "2026-11-20T09:00:00.000000Z", "type": "retrieve.move", "actor": "RAD1",
          "study_uid": "1.2", "details": {"destination": "RAD1", "completed": 3}},
-        {**base, "seq": 3, "time": "2026-12-02T09:00:00.000000Z", "type": "retrieve.move", "actor": "RAD1",
+        {**base, "seq": 3, "time": "2026-12-01T00:00:00.500000Z", "type": "retrieve.move", "actor": "RAD1",
+         "study_uid": "1.2", "details": {"destination": "RAD1", "completed": 3}},
+        {**base, "seq": 4, "time": "2026-11-21T09:00:00.000000Z", "type": "consent.revoked",
+         "details": {"consent_id": "c1", "institution": "Hospital B", "reason": ""}},
+        {**base, "seq": 5, "time": "2026-11-22T09:00:00.000000Z", "type": "retrieve.move", "actor": "RAD1",
          "study_uid": "1.2", "details": {"destination": "RAD1", "completed": 3}},
     ]  # fmt: skip
     studies = {"1.2": accesslog.StudyFacts(modalities=("CT",), date="2026-11-02")}
@@ -437,4 +441,6 @@ def test_the_log_renders_events_of_every_sharing_kind_without_a_network():
         "Hospital B's workstation RAD1 retrieved your CT scan of 2026-11-02 on 2026-11-20 (3 images), "
         "under your consent of 2026-11-01 until 2026-12-01."
     )
-    assert "under your consent" not in lines[2].text  # after it ended
+    assert "under your consent" not in lines[2].text  # half a second after it ended
+    assert lines[3].text == "Your consent of 2026-11-01 for Hospital B was withdrawn on 2026-11-21."
+    assert "under your consent" not in lines[4].text and "retrieved your CT scan" in lines[4].text

@@ -20,6 +20,7 @@ import html
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,16 @@ def _consent_words(consent: dict[str, Any] | None) -> str:
     return f", under your consent of {_day(consent.get('from', ''))} until {_day(consent.get('until', ''))}"
 
 
+def _moment(iso: str) -> datetime:
+    """An ISO 8601 time as an aware datetime (compared as text, "...00Z" and "...00.5Z" would not
+    order); what does not parse is taken as the end of time, so it never makes a consent apply."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return datetime.max.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _ae(destination: str) -> str:
     """The AE title of a destination as events name it (``AE@host:port``)."""
     return destination.split("@", 1)[0]
@@ -132,7 +143,7 @@ class _Story:
         self.studies = studies
         self.parties = parties  # by AE title
         self.consents: dict[str, dict[str, Any]] = {}
-        self.revoked: dict[str, str] = {}  # consent id -> time revoked
+        self.revoked: dict[str, datetime] = {}  # consent id -> when it was revoked
 
     def _where(self, ae_title: str, role: str) -> str:
         party = self.parties.get(ae_title)
@@ -141,11 +152,13 @@ class _Story:
     def _consent_for(self, institution: str, study: str, time: str) -> dict[str, Any] | None:
         """The consent in force for ``institution`` at ``time`` covering ``study``, if one was recorded."""
         for cid, c in reversed(list(self.consents.items())):
-            if c.get("institution") != institution or (cid in self.revoked and self.revoked[cid] <= time):
+            at = _moment(time)
+            if c.get("institution") != institution or (cid in self.revoked and self.revoked[cid] <= at):
                 continue
             if c.get("studies") and study and study not in c["studies"]:
                 continue
-            if str(c.get("from", "")) <= time < str(c.get("until", "~")):
+            start, end = _moment(str(c.get("from", ""))), _moment(str(c.get("until", "")))
+            if start <= at < end:
                 return c
         return None
 
@@ -216,7 +229,7 @@ class _Story:
             )
         if kind == EventType.CONSENT_REVOKED:
             cid = str(d.get("consent_id", ""))
-            self.revoked[cid] = rec["time"]
+            self.revoked[cid] = _moment(rec["time"])
             given = self.consents.get(cid)
             since = f" of {_day(given.get('from', ''))}" if given else ""
             why = f": {d['reason']}" if d.get("reason") else ""
