@@ -444,3 +444,41 @@ def test_the_log_renders_events_of_every_sharing_kind_without_a_network():
     assert "under your consent" not in lines[2].text  # half a second after it ended
     assert lines[3].text == "Your consent of 2026-11-01 for Hospital B was withdrawn on 2026-11-21."
     assert "under your consent" not in lines[4].text and "retrieved your CT scan" in lines[4].text
+
+
+def test_the_log_and_the_disclosing_query_on_each_database(db_url: str, tmp_path: Path):
+    """No network: the sample study and another patient's CT, a wildcard query run through
+    ``qr.runs``, then the log, on SQLite and on a real PostgreSQL."""
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+    from dicom_chain.qr.runs import start_find
+    from dicom_chain.vocab import RunStatus
+
+    from .conftest import read
+
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url, institution="Hospital A"))
+    try:
+        for path in sorted(SAMPLE_STUDY.glob("*.dcm")):
+            node.ingest_file(path, actor="CT1")
+        node.ingest(item_from_dataset(read("CT_small.dcm")), actor="CT2")
+        ds = Dataset()
+        ds.QueryRetrieveLevel, ds.PatientID = "STUDY", "*"
+        run = start_find(node, ds, "STUDY", "WS1", "GW")
+        assert len(list(run.answers())) == 2
+        run.finish(RunStatus.COMPLETED)
+        out = tmp_path / "log.json"
+        signed = accesslog.write(
+            node.ledger, node.key, PATIENT, out, "json", actor="desk", source_id="GW", now=NOW
+        )
+        doc = json.loads(out.read_text(encoding="utf-8"))
+        texts = [e["text"] for e in doc["entries"]]
+        assert (
+            texts[0].startswith("Your CT scan of 2026-01-01 was received from the device CT1")
+            and "(8 images)" in texts[0]
+        )
+        assert (
+            texts[1].startswith("The workstation WS1 searched the records") and "1 other patient." in texts[1]
+        )
+        assert len(texts) == 2 and signed["statement"]["count"] == 9
+        assert verify_export(accesslog.events_path(out), frozenset({node.key.public_key}))[0].ok
+    finally:
+        node.close()
