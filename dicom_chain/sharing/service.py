@@ -21,7 +21,7 @@ from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger, append_event
 from dicom_chain.sharing import consent as consents
 from dicom_chain.sharing import facts as facts_io
-from dicom_chain.sharing import policyfile, scores, times
+from dicom_chain.sharing import fhirconsent, policyfile, scores, times
 from dicom_chain.sharing.policy import ReleaseDecision, ReleaseRequest, decide
 from dicom_chain.sharing.policyfile import Policy
 from dicom_chain.sharing.registry import Registry
@@ -165,6 +165,35 @@ def revoke_consent(host: SharingHost, consent_id: str, *, actor: str, reason: st
             details={"consent_id": consent_id, "institution": found.institution, "reason": reason},
         ))  # fmt: skip
     return consents.Consent.from_event_revoked(found, event.time, reason)
+
+
+def import_consents(host: SharingHost, text: str, *, actor: str, now: str) -> list[consents.Consent]:
+    """Record the consents of a FHIR Consent (or Bundle); one already recorded (same id) is skipped,
+    so importing the same export twice changes nothing. An inactive one is recorded and revoked."""
+    recorded = consents.fold(facts_io.load(host.ledger).events)
+    done = []
+    for terms in fhirconsent.read(text):
+        if terms.consent_id and terms.consent_id in recorded:
+            continue
+        consent = grant_consent(
+            host, patient_id=terms.patient_id, to=terms.institution, until=terms.until, start=terms.start,
+            studies=terms.studies, purpose=terms.purpose, issuer=terms.issuer, actor=actor, now=now,
+            source="fhir", consent_id=_as_uuid(terms.consent_id),
+        )  # fmt: skip
+        if not terms.active:
+            consent = revoke_consent(
+                host, consent.consent_id, actor=actor, reason="inactive in the FHIR import"
+            )
+        done.append(consent)
+    return done
+
+
+def _as_uuid(text: str | None) -> str | None:
+    """A FHIR id kept as the consent's id when it is a UUID (ours are); else a new one is made."""
+    try:
+        return str(uuid.UUID(text)) if text else None
+    except ValueError:
+        return None
 
 
 def all_consents(host: SharingHost, patient_id: str | None = None) -> list[consents.Consent]:
