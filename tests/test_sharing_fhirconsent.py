@@ -50,7 +50,7 @@ def test_a_round_trip_keeps_every_term(purpose):
 
 
 def test_a_revoked_consent_is_inactive_and_reads_back_so():
-    revoked = Consent.from_event_revoked(CONSENT, "2026-11-05T00:00:00Z", "asked")
+    revoked = CONSENT.revoked("2026-11-05T00:00:00Z", "asked")
     resource = fhirconsent.to_fhir(revoked)
     assert FhirConsent.model_validate(resource).status == "inactive"
     assert fhirconsent.read(json.dumps(fhirconsent.bundle([revoked])))[0].active is False

@@ -53,9 +53,9 @@ class Consent:
             granted_at=event.time,
         )
 
-    @classmethod
-    def from_event_revoked(cls, consent: Consent, at: str, reason: str) -> Consent:
-        return replace(consent, revoked_at=at, revoke_reason=reason)
+    def revoked(self, at: str, reason: str) -> Consent:
+        """This consent as a revocation recorded at ``at`` leaves it."""
+        return replace(self, revoked_at=at, revoke_reason=reason)
 
 
 def fold(events: Iterable[Event]) -> dict[str, Consent]:
@@ -69,7 +69,7 @@ def fold(events: Iterable[Event]) -> dict[str, Consent]:
             cid = str(event.details.get("consent_id", ""))
             if cid in consents and consents[cid].revoked_at is None:
                 reason = str(event.details.get("reason", ""))
-                consents[cid] = Consent.from_event_revoked(consents[cid], event.time, reason)
+                consents[cid] = consents[cid].revoked(event.time, reason)
     return consents
 
 

@@ -164,7 +164,7 @@ def revoke_consent(host: SharingHost, consent_id: str, *, actor: str, reason: st
             type=EventType.CONSENT_REVOKED, actor=actor, patient_id=found.patient_id, reason=reason,
             details={"consent_id": consent_id, "institution": found.institution, "reason": reason},
         ))  # fmt: skip
-    return consents.Consent.from_event_revoked(found, event.time, reason)
+    return found.revoked(event.time, reason)
 
 
 def import_consents(host: SharingHost, text: str, *, actor: str, now: str) -> list[consents.Consent]:
