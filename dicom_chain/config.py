@@ -77,6 +77,14 @@ class Settings:
     institution: str = field(
         default=DEFAULT_INSTITUTION, metadata=about("Institution named in every block.", show_default=True)
     )
+    policy: Path | None = field(
+        default=None,
+        metadata=about(
+            "Sharing policy (TOML) releases to other institutions are decided by (default: the shipped one).",
+            path="file",
+            exists=True,
+        ),
+    )
     # -- the gateway (serve; forward takes the first three) --
     ae_title: str = field(
         default=DEFAULT_AE_TITLE,

@@ -108,3 +108,10 @@ class AuditExportError(DicomChainError):
     """An audit export cannot be read, or what it shows disagrees with the records it carries."""
 
     fault = Fault.REMOTE
+
+
+class SharingError(DicomChainError):
+    """A sharing request names what is not there (an institution, a consent, a study) or
+    contradicts what is (an institution registered twice, a consent that ends before it starts)."""
+
+    fault = Fault.REMOTE

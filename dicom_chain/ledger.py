@@ -10,7 +10,7 @@ to its own module; a receipt puts them in one transaction (receipt.py).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -311,6 +311,26 @@ class Ledger:
         with self.db.reading() as session:
             rows = session.execute(select(CHAINS.c.key_id, CHAINS.c.institution))
             return {r.key_id: r.institution for r in rows}
+
+    def events_of_types(
+        self, types: Iterable[str], session: Session | None = None, before_seq: int | None = None
+    ) -> list[Event]:
+        """Events of these types in sequence order (``seq < before_seq`` when given), read in
+        ``session`` when given: the sharing rules fold them, and a decision reads them in the
+        transaction that records it, so that what it saw is exactly the events before it."""
+        stmt = select(EVENTS).where(EVENTS.c.type.in_([str(t) for t in types])).order_by(EVENTS.c.seq)
+        if before_seq is not None:
+            stmt = stmt.where(EVENTS.c.seq < before_seq)
+        if session is not None:
+            return [Event.from_stored(row._mapping) for row in session.execute(stmt)]
+        with self.db.reading() as own:
+            return [Event.from_stored(row._mapping) for row in own.execute(stmt)]
+
+    def lock_event_head(self, session: Session) -> tuple[int, str]:
+        """Lock the event log's head in ``session`` (until it ends, no event is appended by another
+        transaction) and return it: read, decide and record as one step."""
+        seq, head = session.execute(_EVENT_HEAD_LOCKED).one()
+        return int(seq), str(head)
 
     def event_count(self) -> int:
         with self.db.reading() as session:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_chain.actors import local_user
 from dicom_chain.block import GENESIS_HASH, Block, BlockHeader, utc_now
 from dicom_chain.carriers.base import Identity, Item
 from dicom_chain.carriers.registry import open_file
@@ -24,6 +25,7 @@ from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
 from dicom_chain.receipt import Receipts
 from dicom_chain.sharing.policy import SharingPolicy
+from dicom_chain.sharing.service import adopt_policy
 from dicom_chain.storage import Storage, relative_path
 from dicom_chain.vocab import EventType, IngestOutcome
 
@@ -46,6 +48,8 @@ class Node:
         self.chain_id = ledger.ensure_chain(key, settings.institution)
         self.destinations = [str(Destination.parse(d)) for d in settings.forward]
         self.sharing = SharingPolicy.of(Destination.parse(text) for text in settings.move_destinations)
+        # the release rules in force; a new one is recorded (policy.changed) before it decides anything
+        self.policy = adopt_policy(ledger, key, settings.policy, local_user())
         self.outbox = Outbox(ledger, key)
         self.intents = Intents(self.db)
         self.receipts = Receipts(ledger, self.outbox, self.intents, storage)

@@ -16,6 +16,7 @@ EVERY_FIELD_SET = Settings(
     storage=Path("s"),
     key_file=Path("k/node.key"),
     institution="St. Élise",
+    policy=Path("policy.toml"),
     ae_title="GW",
     forward=("PACS@10.0.0.1:104", "ARCH@10.0.0.2:11112"),
     forward_workers=7,

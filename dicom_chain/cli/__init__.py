@@ -18,6 +18,7 @@ from dicom_chain.cli.node import ingest, status
 from dicom_chain.cli.options import config_option
 from dicom_chain.cli.patient import patient
 from dicom_chain.cli.serve import demo, forward, serve
+from dicom_chain.cli.sharing import consent, institution, policy_group
 from dicom_chain.cli.verify import verify
 
 
@@ -30,5 +31,19 @@ def main() -> None:
     """dicom-chain: a DICOM gateway that chains every image it stores and records every act on it."""
 
 
-for command in (serve, forward, ingest, verify, status, demo, reindex, audit, keys, patient):
+for command in (
+    serve,
+    forward,
+    ingest,
+    verify,
+    status,
+    demo,
+    reindex,
+    audit,
+    keys,
+    institution,
+    consent,
+    policy_group,
+    patient,
+):
     main.add_command(command)

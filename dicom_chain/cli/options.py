@@ -18,7 +18,7 @@ from dicom_chain.config import SettingField, Settings, setting_fields
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Which Settings fields each kind of command takes, in the order --help lists them.
-NODE = ("home", "db", "storage", "key_file", "institution")
+NODE = ("home", "db", "storage", "key_file", "institution", "policy")
 FORWARDING = ("ae_title", "forward", "forward_workers")
 SERVICE = (
     *FORWARDING,

@@ -248,3 +248,25 @@ class InstanceRow(Base):
         Column("received_at", String(32), nullable=False),
         Index("ix_instances_series", "series_pk"),
     )
+
+
+# -- Sharing: the institutions this node shares with (dicom_chain/sharing/registry.py). Written in
+# the transaction of their institution.added / .removed event; a removed one keeps its row.
+
+
+class InstitutionRow(Base):
+    __tablename__ = "institutions"
+    __table_args__ = (
+        Index("ix_institutions_ae", "ae_title"),
+        Index("ix_institutions_key", "key_id"),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16))  # PS3.5 AE: 16 characters
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[str] = mapped_column(String(64))  # hex, Ed25519: 32 bytes
+    tls_cert: Mapped[str] = mapped_column(Text)  # PEM, or "" when the link is not TLS
+    added_at: Mapped[str] = mapped_column(String(32))
+    removed_at: Mapped[str | None] = mapped_column(String(32), nullable=True)  # None while registered
