@@ -108,3 +108,9 @@ class AuditExportError(DicomChainError):
     """An audit export cannot be read, or what it shows disagrees with the records it carries."""
 
     fault = Fault.REMOTE
+
+
+class ResearchExportRefused(DicomChainError):
+    """A research export is not allowed (the patient has not opted in, the study is not here, ...)."""
+
+    fault = Fault.REMOTE  # the request is at fault; the same request succeeds once the patient opts in

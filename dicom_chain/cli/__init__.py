@@ -16,6 +16,7 @@ from dicom_chain.cli.index import reindex
 from dicom_chain.cli.keys import keys
 from dicom_chain.cli.node import ingest, status
 from dicom_chain.cli.options import config_option
+from dicom_chain.cli.research import patient, research_export
 from dicom_chain.cli.serve import demo, forward, serve
 from dicom_chain.cli.verify import verify
 
@@ -29,5 +30,5 @@ def main() -> None:
     """dicom-chain: a DICOM gateway that chains every image it stores and records every act on it."""
 
 
-for command in (serve, forward, ingest, verify, status, demo, reindex, audit, keys):
+for command in (serve, forward, ingest, verify, status, demo, reindex, audit, keys, patient, research_export):
     main.add_command(command)
