@@ -296,8 +296,13 @@ def test_command_line_refuses_then_exports_a_verifiable_copy(tmp_path: Path):
     exported = _run("research-export", "--study", study_uid, "--output", str(out), cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert len(list(out.glob("*.dcm"))) == len(list(SAMPLE_STUDY.glob("*.dcm")))
-    verified = _run("verify", str(out), cwd=tmp_path)
+    key = _run("keys", "export", "--key-file", "var/research.key", cwd=tmp_path)  # the research chain's
+    assert key.returncode == 0, key.stderr
+    (tmp_path / "research.pub").write_text(key.stdout)
+    verified = _run("verify", "--public-key", "research.pub", str(out), cwd=tmp_path)
     assert verified.returncode == 0, verified.stdout
+    node = _run("verify", "--db", "sqlite:///var/ledger.db", "--storage", "var/storage", cwd=tmp_path)
+    assert node.returncode == 0, node.stdout  # both chains, and the event log with the export
 
     _run("patient", "research", patient_id, "--opt-out", cwd=tmp_path)
     again = _run("research-export", "--study", study_uid, "--output", str(tmp_path / "again"), cwd=tmp_path)
