@@ -34,7 +34,7 @@ from dicom_chain.carriers.base import Item
 from dicom_chain.config import Settings
 from dicom_chain.db.database import Database
 from dicom_chain.db.models import EventRow
-from dicom_chain.errors import ResearchExportRefused
+from dicom_chain.errors import ResearchExportRefused, StorageError
 from dicom_chain.events import Event, EventDraft
 from dicom_chain.qr import index
 from dicom_chain.qr.matching import parse_key
@@ -204,6 +204,14 @@ def check_export(db: Database, study_uid: str, now: str) -> tuple[list[StudyInst
     return instances, decision
 
 
+def _read(storage: Storage, instance: StudyInstance) -> bytes:
+    try:
+        return storage.path(instance.path).read_bytes()
+    except OSError as exc:  # the index names a file the store lost: verify --db says more
+        what = f"{instance.sop_instance_uid}: cannot read {instance.path} ({exc.strerror})"
+        raise StorageError(what) from exc
+
+
 def export_study(
     host: ExportHost,
     chainer: Chainer,
@@ -220,7 +228,7 @@ def export_study(
     instances, _ = check_export(host.db, study_uid, now)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ResearchExportRefused(f"{output} exists and is not an empty directory")
-    copies = [deidentifier.copy(host.storage.path(i.path).read_bytes()) for i in instances]
+    copies = [deidentifier.copy(_read(host.storage, i)) for i in instances]
     chained = [chainer.ingest(c.item, actor=actor) for c in copies]
     output.mkdir(parents=True, exist_ok=True)
     files = []

@@ -26,7 +26,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 from dicom_chain.carriers.base import Item
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.carriers.dicom.embedding import read_block
-from dicom_chain.errors import DicomChainError, MalformedDatasetError, NotDicomError
+from dicom_chain.errors import MalformedDatasetError, NotDicomError
 
 PROFILES = ("basic",)  # PS3.15 Annex E Basic Application Level Confidentiality Profile; the only one yet
 
@@ -109,8 +109,6 @@ class StudyDeidentifier:
             ds.remove_private_tags()  # our block too: re-issued for the copy by whoever chains it
             _remove_profile_elements(ds)
             self._anonymizer.anonymize(ds)
-        except DicomChainError:
-            raise
         except Exception as exc:  # an element pydicom cannot decode while walking
             raise MalformedDatasetError(f"{source_uid}: cannot de-identify ({exc})") from exc
         _mark(ds)
