@@ -115,3 +115,9 @@ class SharingError(DicomChainError):
     contradicts what is (an institution registered twice, a consent that ends before it starts)."""
 
     fault = Fault.REMOTE
+
+
+class ResearchExportRefused(DicomChainError):
+    """A research export is not allowed (the patient has not opted in, the study is not here, ...)."""
+
+    fault = Fault.REMOTE  # the request is at fault; the same request succeeds once the patient opts in

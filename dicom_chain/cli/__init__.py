@@ -17,6 +17,7 @@ from dicom_chain.cli.keys import keys
 from dicom_chain.cli.node import ingest, status
 from dicom_chain.cli.options import config_option
 from dicom_chain.cli.patient import patient
+from dicom_chain.cli.research import research_export
 from dicom_chain.cli.serve import demo, forward, serve
 from dicom_chain.cli.sharing import consent, institution, policy_group
 from dicom_chain.cli.verify import verify
@@ -45,5 +46,6 @@ for command in (
     consent,
     policy_group,
     patient,
+    research_export,
 ):
     main.add_command(command)

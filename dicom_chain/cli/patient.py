@@ -1,4 +1,5 @@
-"""``patient``: what a patient may ask of the node about themselves (their access log)."""
+"""``patient``: what concerns one patient: their access log here; ``research`` (cli/research.py) adds
+itself to this group."""
 
 from __future__ import annotations
 
