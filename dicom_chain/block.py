@@ -47,6 +47,31 @@ def utc_now() -> str:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a received item's block came from: the registered institution that released it, the key
+    that signed its block there, and that block's hash (kept in our ledger beside the receipt)."""
+
+    institution: str
+    key_id: str
+    block_hash: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"institution": self.institution, "key_id": self.key_id, "block_hash": self.block_hash}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Origin:
+        if not isinstance(data, dict) or set(data) != set(ORIGIN_KEYS):
+            raise MalformedBlockError(f"block origin needs exactly {', '.join(ORIGIN_KEYS)}")
+        if any(type(data[k]) is not str for k in ORIGIN_KEYS):
+            raise MalformedBlockError("block origin fields are text")
+        return cls(data["institution"], data["key_id"], data["block_hash"])
+
+
+ORIGIN_KEYS = ("institution", "key_id", "block_hash")
+ORIGIN_KEY = "origin"  # the optional format 2 header key
+
+
+@dataclass(frozen=True)
 class BlockHeader:
     """Everything the block hash covers."""
 
@@ -63,6 +88,8 @@ class BlockHeader:
     study_index: int
     study_prev_hash: str
     carrier: str = IMPLIED_CARRIER  # format 2 only; format 1 implies "dicom" and does not serialise it
+    origin: Origin | None = None  # format 2 only, optional: the sender's block of an item received from
+    # another institution (docs/design.md 10.6); absent, the header serialises exactly as before
 
     @property
     def item_id(self) -> str:
@@ -81,7 +108,10 @@ class BlockHeader:
     def to_dict(self) -> dict[str, Any]:
         """The header as its format names it (dataclasses.asdict deep-copies: too slow on ingest)."""
         names = _NAMES.get(self.version, _NAMES[FORMAT_VERSION])  # an unknown version fails check()
-        return {key: getattr(self, name) for key, name in names.items()}
+        out: dict[str, Any] = {key: getattr(self, name) for key, name in names.items()}
+        if self.origin is not None:
+            out[ORIGIN_KEY] = self.origin.to_dict()
+        return out
 
     def canonical_bytes(self) -> bytes:
         return self._canonical
@@ -98,8 +128,9 @@ class BlockHeader:
         if type(version) is not int or version not in _NAMES:
             raise MalformedBlockError(f"unknown block format version {version!r}")
         names = _NAMES[version]
-        if set(data) != set(names):
-            missing, extra = set(names) - set(data), set(data) - set(names)
+        optional = {ORIGIN_KEY} if version == ITEM_FORMAT_VERSION else set()
+        if not set(names) <= set(data) <= set(names) | optional:
+            missing, extra = set(names) - set(data), set(data) - set(names) - optional
             raise MalformedBlockError(
                 f"block header fields differ: missing {sorted(missing)}, extra {sorted(extra)}"
             )
@@ -107,7 +138,8 @@ class BlockHeader:
             want = int if _TYPES[name] in ("int", int) else str
             if type(data[key]) is not want:
                 raise MalformedBlockError(f"block header field {key!r} is not {want.__name__}")
-        header = cls(**{name: data[key] for key, name in names.items()})
+        origin = Origin.from_dict(data[ORIGIN_KEY]) if ORIGIN_KEY in data else None
+        header = cls(**{name: data[key] for key, name in names.items()}, origin=origin)
         header.check()
         return header
 
@@ -117,6 +149,13 @@ class BlockHeader:
             raise MalformedBlockError(f"unknown block format version {self.version}")
         if self.version == FORMAT_VERSION and self.carrier != IMPLIED_CARRIER:
             raise MalformedBlockError(f"format {FORMAT_VERSION} blocks cover DICOM instances only")
+        if self.origin is not None:
+            if self.version != ITEM_FORMAT_VERSION:
+                raise MalformedBlockError(f"only format {ITEM_FORMAT_VERSION} blocks carry an origin")
+            if not _HEX64.fullmatch(self.origin.block_hash) or not _HEX16.fullmatch(self.origin.key_id):
+                raise MalformedBlockError("origin names a block hash and a key id in lowercase hex")
+            if not self.origin.institution:
+                raise MalformedBlockError("origin names no institution")
         if not CARRIER_NAME.fullmatch(self.carrier):
             raise MalformedBlockError("carrier is not a short lowercase name")
         if self.height < 0 or self.study_index < 0:
@@ -132,7 +171,7 @@ class BlockHeader:
             raise MalformedBlockError("only study index 0 may (and must) follow the genesis hash")
 
 
-_TYPES = {f.name: f.type for f in fields(BlockHeader)}
+_TYPES = {f.name: f.type for f in fields(BlockHeader) if f.name != ORIGIN_KEY}
 _COMMON = ("version", "chain_id", "height", "prev_hash", "content_hash", "timestamp", "institution", "key_id")
 # serialised key -> attribute, per format; format 1's keys are frozen: its block hashes depend on them
 _NAMES: dict[int, dict[str, str]] = {

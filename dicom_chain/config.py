@@ -85,6 +85,15 @@ class Settings:
             exists=True,
         ),
     )
+    # The clock release decisions read (decide_release's ``now``): a test or an audit replaying a day
+    # sets it, so that "after the consent ends" needs no waiting. Normal use leaves it unset.
+    policy_now: str | None = field(
+        default=None,
+        metadata=about(
+            "For tests and audits: decide releases as at this time (ISO 8601 UTC; default: the clock).",
+            metavar="ISO8601",
+        ),
+    )
     # -- the gateway (serve; forward takes the first three) --
     ae_title: str = field(
         default=DEFAULT_AE_TITLE,

@@ -117,6 +117,11 @@ class SharingError(DicomChainError):
     fault = Fault.REMOTE
 
 
+class ReleaseDenied(SharingError):
+    """The sharing rules deny a release (a C-MOVE to another institution); the reasons are the
+    recorded ``release.denied`` event's. The request is at fault, not the node: not retryable as is."""
+
+
 class ResearchExportRefused(DicomChainError):
     """A research export is not allowed (the patient has not opted in, the study is not here, ...)."""
 

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_chain.actors import local_user
-from dicom_chain.block import GENESIS_HASH, Block, BlockHeader, utc_now
+from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, Origin, utc_now
 from dicom_chain.carriers.base import Identity, Item
 from dicom_chain.carriers.registry import open_file
 from dicom_chain.config import Settings
 from dicom_chain.db.database import Database
-from dicom_chain.errors import NotDicomError
+from dicom_chain.errors import (
+    ContentHashError,
+    DicomChainError,
+    MalformedBlockError,
+    NoBlockError,
+    NotDicomError,
+    SignatureError,
+)
 from dicom_chain.events import EventDraft
 from dicom_chain.intents import Intents
 from dicom_chain.keys import NodeKey
@@ -25,9 +32,18 @@ from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
 from dicom_chain.receipt import Receipts
 from dicom_chain.sharing.policy import SharingPolicy
+from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import adopt_policy
 from dicom_chain.storage import Storage, relative_path
-from dicom_chain.vocab import EventType, IngestOutcome
+from dicom_chain.vocab import EventType, IngestOutcome, Outcome
+
+
+@dataclass(frozen=True)
+class Sender:
+    """A registered institution whose block an incoming item carries, checked (docs/design.md 10.6)."""
+
+    institution: Institution
+    block: Block
 
 
 @dataclass(frozen=True)
@@ -82,9 +98,11 @@ class Node:
         return self.ingest(carried.item(), actor=actor)
 
     def ingest(self, item: Item, actor: str = "") -> IngestResult:
-        """Chain and store one item; idempotent per content."""
+        """Chain and store one item; idempotent per content. An item carrying a registered
+        institution's block is checked first (``sender``) and chained with a link to that block."""
         ids = item.identity
         digest = item.content_hash
+        sender = self.sender(item, actor)
         written: str | None = None
         try:
             with self.receipts.open(self.chain_id, ids) as tx:
@@ -98,8 +116,11 @@ class Node:
                     return IngestResult(outcome, latest.block, self.storage.path(latest.path), latest.version)
                 version = latest.version + 1 if latest else 1
                 study_head = tx.study_head(ids.group_id)
+                origin = None
+                if sender is not None:  # format 2 carries the link (2.4, 10.6); DICOM says so by name
+                    origin = Origin(sender.institution.name, sender.block.header.key_id, sender.block.hash)
                 header = BlockHeader(
-                    version=item.carrier.block_format,
+                    version=item.carrier.block_format if origin is None else ITEM_FORMAT_VERSION,
                     chain_id=self.chain_id,
                     height=tx.head_height + 1,
                     prev_hash=tx.head_hash,
@@ -112,6 +133,7 @@ class Node:
                     study_index=study_head[0] + 1 if study_head else 0,
                     study_prev_hash=study_head[1] if study_head else GENESIS_HASH,
                     carrier=item.carrier.name,
+                    origin=origin,
                 )
                 block = Block.sign(header, self.key)
                 rel = relative_path(
@@ -140,11 +162,76 @@ class Node:
                     tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
                 tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome))
+                if sender is not None:
+                    tx.add_origin(block, sender.institution.name, sender.block)
+                    tx.add_event(self.key, self._release_received(ids, block, sender, actor))
             written = None  # committed: the file is the ledger's now
             return IngestResult(outcome, block, self.storage.path(rel), version)
         finally:
             if written is not None:
                 self.storage.remove(written)
+
+    def sender(self, item: Item, actor: str) -> Sender | None:
+        """The registered institution whose block ``item`` carries, once that block is checked: signed
+        by the institution's registered key (pinned) and recording the item's content hash. A failed
+        check is recorded (``release.refused``, naming the sender) and raised as the sender's fault,
+        so the item is refused and nothing is kept. Items with no block, a garbled one, or one whose
+        key is no registered institution's are not anyone's release: their blocks are replaced."""
+        try:
+            block = item.carried.read_block()
+        except (NoBlockError, MalformedBlockError):
+            return None
+        institution = Registry(self.ledger, None).by_key_id(block.header.key_id)
+        if institution is None:
+            return None
+        try:
+            block.verify_signature(frozenset({institution.public_key}))
+            if block.header.content_hash != item.content_hash:
+                raise ContentHashError("content differs from what its block recorded (altered on the way)")
+        except DicomChainError as exc:
+            reason = f"block from {institution.name} refused: {exc}"
+            self.record(self._release_refused(item.identity, block, institution, actor, reason))
+            if isinstance(exc, SignatureError):
+                raise SignatureError(reason) from exc
+            raise ContentHashError(reason) from exc
+        return Sender(institution, block)
+
+    def _release_refused(
+        self, ids: Identity, block: Block, institution: Institution, actor: str, reason: str
+    ) -> EventDraft:
+        return EventDraft(
+            type=EventType.RELEASE_REFUSED,
+            outcome=Outcome.MAJOR_FAILURE,
+            actor=actor,
+            patient_id=ids.patient_id,
+            study_uid=ids.group_id,
+            sop_uid=ids.item_id,
+            chain_id=self.chain_id,
+            reason=reason,
+            details={
+                "from": institution.name,
+                "reason": reason,
+                "sop_instance_uid": ids.item_id,
+                "block_hash": block.hash,
+            },
+        )
+
+    def _release_received(self, ids: Identity, block: Block, sender: Sender, actor: str) -> EventDraft:
+        return EventDraft(
+            type=EventType.RELEASE_RECEIVED,
+            actor=actor,
+            patient_id=ids.patient_id,
+            study_uid=ids.group_id,
+            sop_uid=ids.item_id,
+            chain_id=self.chain_id,
+            reason=f"from {sender.institution.name}, its block verified",
+            details={
+                "from": sender.institution.name,
+                "sender_block": sender.block.hash,
+                "sop_instance_uid": ids.item_id,
+                "height": block.header.height,
+            },
+        )
 
     def _receipt(
         self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome

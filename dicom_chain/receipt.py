@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from dicom_chain.block import Block
+from dicom_chain.db.models import OriginBlockRow
 from dicom_chain.errors import DicomChainError
 from dicom_chain.events import Event, EventDraft
 from dicom_chain.intents import Intents
@@ -66,6 +67,17 @@ class Receipt:
             version=version,
             sop_class_uid=sop_class_uid,
             series_instance_uid=series_instance_uid,
+        )
+
+    def add_origin(self, block: Block, institution: str, sender_block: Block) -> None:
+        """Keep the sender's block of a received item beside our block that names it (10.6)."""
+        self.session.add(
+            OriginBlockRow(
+                block_hash=block.hash,
+                institution=institution,
+                sender_block_hash=sender_block.hash,
+                block=sender_block.to_bytes().decode("utf-8"),
+            )
         )
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:

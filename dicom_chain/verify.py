@@ -129,6 +129,7 @@ def verify_node(
     report = Report()
     referenced: set[str] = set()
     known_keys: set[bytes] = set()
+    received: list[Block] = []  # blocks of items another institution released to us (10.6)
     for chain in ledger.chains():
         known_keys.add(chain.public_key)
         if trusted_keys is not None and chain.public_key not in trusted_keys:
@@ -141,6 +142,7 @@ def verify_node(
         located = list(
             _ledger_blocks(ledger, storage, chain.chain_id, chain.public_key, report, referenced, advance)
         )
+        received += [found.block for found in located if found.block.header.origin is not None]
         check_links(located, report, gaps_are_errors=True)
         last = located[-1].block if located else None
         if (last.header.height if last else -1) != chain.head_height or (
@@ -157,8 +159,56 @@ def verify_node(
         if rel not in referenced:
             report.files_checked += 1
             _report_foreign(report, storage.path(rel))
+    _check_origins(ledger, received, report)
     _check_event_log(ledger, known_keys, report, advance)
     return report
+
+
+def _check_origins(ledger: Ledger, received: list[Block], report: Report) -> None:
+    """Each block naming an ``origin`` (an item another institution released to us, 10.6): the
+    sender's block kept in the ledger hashes to ``origin.block_hash``, is signed by the registered
+    key of ``origin.institution`` (removed since or not) and records the same content hash."""
+    if not received:
+        return
+    from sqlalchemy import select
+
+    from dicom_chain.db.models import OriginBlockRow
+    from dicom_chain.sharing.registry import Registry
+
+    with ledger.db.reading() as session:
+        kept = {row.block_hash: row.block for row in session.scalars(select(OriginBlockRow))}
+    registry = Registry(ledger, None)
+    for block in received:
+        h = block.header
+        origin = h.origin
+        assert origin is not None  # only blocks with an origin are collected
+        loc = {"sop_instance_uid": h.item_id, "height": h.height, "chain_id": h.chain_id}
+        text = kept.get(block.hash)
+        if text is None:
+            report.add(ERROR, FindingKind.BROKEN_ORIGIN, "the sender's block is not in the ledger", **loc)
+            continue
+        try:
+            sender = Block.from_bytes(text.encode("utf-8"))
+        except MalformedBlockError as exc:
+            report.add(ERROR, FindingKind.BROKEN_ORIGIN, f"the sender's block is garbled: {exc}", **loc)
+            continue
+        institution = registry.by_name(origin.institution, include_removed=True)
+        problem = None
+        if sender.hash != origin.block_hash:
+            problem = "the kept sender's block does not hash to the origin's block hash"
+        elif institution is None:
+            problem = f"origin names {origin.institution}, never registered here"
+        elif sender.header.key_id != origin.key_id or institution.key_id != origin.key_id:
+            problem = f"origin key {origin.key_id} is not {origin.institution}'s registered key"
+        elif sender.header.content_hash != h.content_hash:
+            problem = "the sender's block records another content hash than ours"
+        else:
+            try:
+                sender.verify_signature(frozenset({institution.public_key}))
+            except SignatureError as exc:
+                problem = f"the sender's block: {exc}"
+        if problem is not None:
+            report.add(ERROR, FindingKind.BROKEN_ORIGIN, problem, **loc)
 
 
 def _ledger_blocks(

@@ -131,6 +131,7 @@ class FindingKind(StrEnum):
     EVENT_ALTERED = "event-altered"
     EVENT_BAD_SIGNATURE = "event-bad-signature"
     EVENT_HEAD_MISMATCH = "event-head-mismatch"
+    BROKEN_ORIGIN = "broken-origin"  # a received block's link to the sender's block does not hold (10.6)
     # audit exports checked against their proof (audit/verify.py)
     BAD_PROOF = "bad-proof"
     OUTSIDE_RANGE = "outside-range"

@@ -28,11 +28,12 @@ from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.qr.query import Model
 from dicom_chain.qr.runs import FindRun, RetrieveItem, RetrieveRun, record_refused, start_find, start_retrieve
-from dicom_chain.sharing.policy import MoveDecision
+from dicom_chain.sharing.policy import MoveDecision, Peer
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome, RunStatus, SubOperation
 
 from .access import AccessList
 from .contexts import MAX_CONTEXTS, contexts_for
+from .release import decide_move, institution_at
 from .statuses import (
     CANCELLED,
     ERROR_COMMENT_MAX,
@@ -338,6 +339,13 @@ def _move_decision(event: evt.Event, node: Node) -> MoveDecision:
     return node.sharing.move((event.move_destination or "").strip())
 
 
+def _destination(event: evt.Event, node: Node) -> Peer | None:
+    """Where a C-MOVE's sub-operations would go: a configured move destination (this institution's
+    workstations, no release rules), else a registered institution's gateway (the rules decide)."""
+    configured = _move_decision(event, node).destination
+    return configured or institution_at(node, (event.move_destination or "").strip())
+
+
 # Proposed to a move destination only to hand a peer our final failure status (``_move_prelude``):
 # Verification and pynetdicom's 120 common storage classes, within PS3.8's 128 contexts.
 FAILURE_ONLY_CONTEXTS = [build_context(Verification), *StoragePresentationContexts][:MAX_CONTEXTS]
@@ -352,7 +360,7 @@ def _move_prelude(yielded: int, event: evt.Event, node: Node, _ae_title: str) ->
     policy is pure: asking it again here is safe.
     """
     if yielded == 0:
-        peer = _move_decision(event, node).destination
+        peer = _destination(event, node)
         if peer is None:
             yield None, None
             return
@@ -372,15 +380,19 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
     model = MOVE_MODELS[event.request.AffectedSOPClassUID]
     target = (event.move_destination or "").strip()
     decision = _move_decision(event, node)
-    if decision.destination is None:
+    institution = None if decision.destination is not None else institution_at(node, target)
+    destination = decision.destination or institution
+    if destination is None:
         log.warning("c-move calling_ae=%s destination=%s status=unknown-destination", calling, target)
         _refused(node, EventType.RETRIEVE_MOVE, calling, decision.reason, destination=target)
         yield None, None  # pynetdicom answers A801, Move Destination Unknown
         return
-    destination = decision.destination
+    address = f"{destination.ae_title}@{destination.host}:{destination.port}"
     with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target):
-        run = start_retrieve(node, _identifier(event), model, "move", calling, str(destination))
+        run = start_retrieve(node, _identifier(event), model, "move", calling, address)
         items = run.plan()
+        if institution is not None:  # another institution: the release rules decide (0124 if denied)
+            decide_move(node, institution, items, calling)
     if not items:  # pynetdicom answers Success with no sub-operations and never resumes us
         run.finish(RunStatus.COMPLETED, "nothing matched")
         yield destination.host, destination.port

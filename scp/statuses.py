@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pynetdicom.status import STATUS_SUCCESS, STATUS_UNKNOWN, STATUS_WARNING, Status, code_to_category
 
-from dicom_chain.errors import Fault, IdentifierError
+from dicom_chain.errors import Fault, IdentifierError, ReleaseDenied
 from dicom_chain.vocab import ForwardVerdict, SubOperation
 
 SUCCESS = int(Status.SUCCESS)
@@ -29,6 +29,9 @@ RETRIEVE_OUT_OF_RESOURCES = 0xA701  # unable to calculate the number of matches
 MOVE_DESTINATION_UNKNOWN = int(Status.MOVE_DESTINATION_UNKNOWN)  # 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # identifier does not match SOP class (level, unique keys)
 UNABLE_TO_PROCESS = 0xC000  # the identifier does not decode
+# PS3.7 Annex C (general status codes, C.5: 0124H "Refused: Not authorized"): the peer may not
+# have what it asked for; a C-MOVE to another institution that the sharing rules deny (design 10.6)
+NOT_AUTHORIZED = 0x0124
 UNEXPECTED_FAILURE = 0xC001  # anything we did not foresee: still an answer, never a dropped association
 ERROR_COMMENT_MAX = 64  # PS3.7 C.4: Error Comment is LO
 
@@ -57,6 +60,9 @@ def find_status(exc: BaseException) -> int:
 
 
 def retrieve_status(exc: BaseException) -> int:
+    """As for C-FIND, and a release the sharing rules deny (a C-MOVE to another institution) is 0124."""
+    if isinstance(exc, ReleaseDenied):
+        return NOT_AUTHORIZED
     return _query_status(exc, RETRIEVE_OUT_OF_RESOURCES)
 
 

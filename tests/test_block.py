@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, utc_now
+from dicom_chain.block import (
+    FORMAT_VERSION,
+    GENESIS_HASH,
+    ITEM_FORMAT_VERSION,
+    Block,
+    BlockHeader,
+    Origin,
+    utc_now,
+)
 from dicom_chain.errors import MalformedBlockError, SignatureError
 from dicom_chain.keys import NodeKey
 
@@ -59,7 +67,9 @@ def test_hash_covers_every_header_field():
         "study_prev_hash": "ee" * 32,
     }
     # format 1 serialises no carrier (it is always "dicom"); format 2's test covers it
-    assert set(variants) | {"version", "carrier"} == {f.name for f in dataclasses.fields(BlockHeader)}
+    # format 1 carries no origin either: format 2 only (test_origin_*)
+    every = {f.name for f in dataclasses.fields(BlockHeader)}
+    assert set(variants) | {"version", "carrier", "origin"} == every
     for name, value in variants.items():
         assert dataclasses.replace(base, **{name: value}).block_hash != base.block_hash, name
     item = header(version=ITEM_FORMAT_VERSION, carrier="png")
@@ -186,3 +196,51 @@ def test_chained_headers_link_by_hash():
     )
     assert second.header.prev_hash == first.hash
     assert first.hash != second.hash
+
+
+ORIGIN = Origin("HOSPITAL_A", "0123456789abcdef", "fe" * 32)
+
+
+def test_origin_is_signed_and_reads_back_on_format_2():
+    received = header(version=ITEM_FORMAT_VERSION, origin=ORIGIN)
+    block = Block.sign(received, KEY)
+    again = Block.from_bytes(block.to_bytes())
+    assert again.header.origin == ORIGIN
+    assert again.to_bytes() == block.to_bytes()
+    again.verify_signature()
+    assert json.loads(block.to_bytes())["header"]["origin"]["institution"] == "HOSPITAL_A"
+    plain = header(version=ITEM_FORMAT_VERSION)
+    assert plain.block_hash != received.block_hash  # the link is covered by the hash and signature
+    assert "origin" not in plain.to_dict()  # absent: format 2 serialises exactly as before
+
+
+def test_origin_tampered_fails_signature():
+    block = Block.sign(header(version=ITEM_FORMAT_VERSION, origin=ORIGIN), KEY)
+    other = dataclasses.replace(ORIGIN, block_hash="ee" * 32)
+    forged = dataclasses.replace(block, header=dataclasses.replace(block.header, origin=other))
+    with pytest.raises(SignatureError):
+        forged.verify_signature()
+
+
+@pytest.mark.parametrize(
+    "version, origin",
+    [
+        (FORMAT_VERSION, ORIGIN),  # format 1 is frozen: no origin
+        (ITEM_FORMAT_VERSION, Origin("", "0123456789abcdef", "fe" * 32)),
+        (ITEM_FORMAT_VERSION, Origin("A", "XYZ", "fe" * 32)),
+        (ITEM_FORMAT_VERSION, Origin("A", "0123456789abcdef", "short")),
+    ],
+)
+def test_malformed_origins_are_refused(version, origin):
+    with pytest.raises(MalformedBlockError):
+        header(version=version, origin=origin).check()
+
+
+def test_origin_of_the_wrong_shape_is_refused():
+    data = header(version=ITEM_FORMAT_VERSION, origin=ORIGIN).to_dict()
+    data["origin"] = {"institution": "A", "key_id": "0123456789abcdef"}
+    with pytest.raises(MalformedBlockError):
+        BlockHeader.from_dict(data)
+    data["origin"] = "A"
+    with pytest.raises(MalformedBlockError):
+        BlockHeader.from_dict(data)

@@ -17,6 +17,7 @@ EVERY_FIELD_SET = Settings(
     key_file=Path("k/node.key"),
     institution="St. Élise",
     policy=Path("policy.toml"),
+    policy_now="2026-12-01T00:00:00Z",
     ae_title="GW",
     forward=("PACS@10.0.0.1:104", "ARCH@10.0.0.2:11112"),
     forward_workers=7,

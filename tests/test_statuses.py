@@ -22,6 +22,7 @@ from scp.statuses import (
     CANNOT_UNDERSTAND,
     FIND_OUT_OF_RESOURCES,
     IDENTIFIER_DOES_NOT_MATCH,
+    NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     RETRIEVE_OUT_OF_RESOURCES,
@@ -76,6 +77,7 @@ def test_query_statuses_follow_ps34():
     assert find_status(LedgerUnavailable("locked")) == FIND_OUT_OF_RESOURCES == 0xA700
     assert retrieve_status(LedgerUnavailable("locked")) == RETRIEVE_OUT_OF_RESOURCES == 0xA701
     assert retrieve_status(ValueError("bug")) == UNEXPECTED_FAILURE == 0xC001
+    assert retrieve_status(errors.ReleaseDenied("no consent")) == NOT_AUTHORIZED == 0x0124  # PS3.7 C.5
 
 
 @pytest.mark.parametrize(

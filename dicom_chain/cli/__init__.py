@@ -17,6 +17,7 @@ from dicom_chain.cli.keys import keys
 from dicom_chain.cli.node import ingest, status
 from dicom_chain.cli.options import config_option
 from dicom_chain.cli.patient import patient
+from dicom_chain.cli.release import release
 from dicom_chain.cli.research import research_export
 from dicom_chain.cli.serve import demo, forward, serve
 from dicom_chain.cli.sharing import consent, institution, policy_group
@@ -47,5 +48,6 @@ for command in (
     policy_group,
     patient,
     research_export,
+    release,
 ):
     main.add_command(command)

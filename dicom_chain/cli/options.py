@@ -31,6 +31,7 @@ SERVICE = (
     "tls_cert",
     "tls_key",
     "tls_ca",
+    "policy_now",
 )
 
 

@@ -270,3 +270,16 @@ class InstitutionRow(Base):
     tls_cert: Mapped[str] = mapped_column(Text)  # PEM, or "" when the link is not TLS
     added_at: Mapped[str] = mapped_column(String(32))
     removed_at: Mapped[str | None] = mapped_column(String(32), nullable=True)  # None while registered
+
+
+class OriginBlockRow(Base):
+    """The sender's block of an item received from another institution, as received (docs/design.md
+    10.6): kept here, never in the stored file, so the file keeps one block and ``verify --db``
+    can check our block's ``origin`` against it. Written in the receipt's transaction."""
+
+    __tablename__ = "origin_blocks"
+
+    block_hash: Mapped[str] = mapped_column(HASH, primary_key=True)  # our block: the one naming the origin
+    institution: Mapped[str] = mapped_column(String(64))  # the sender, as registered
+    sender_block_hash: Mapped[str] = mapped_column(HASH)
+    block: Mapped[str] = mapped_column(Text)  # the sender's canonical serialised block, signature included
