@@ -196,28 +196,42 @@ def _store(port: int, calling: str, called: str, datasets: list[pydicom.Dataset]
         assoc.release()
 
 
-def _score(name: str, at: str, cwd: Path, home: str) -> float:
-    line = _ok("institution", "score", name, "--at", at, "--home", home, cwd=cwd).strip().splitlines()[-1]
+def _score(name: str, at: str, cwd: Path, home: tuple[str, ...]) -> float:
+    line = _ok("institution", "score", name, "--at", at, *home, cwd=cwd).strip().splitlines()[-1]
     return float(line.split()[-1])
 
 
-def _gateway(tmp_path: Path, home: str, port: int, *args: str) -> GatewayProcess:
-    return GatewayProcess(tmp_path / home, port, args=args)
+def _gateway(tmp_path: Path, home: tuple[str, ...], port: int, *args: str) -> GatewayProcess:
+    return GatewayProcess(tmp_path / home[1], port, args=(*home[2:], *args))
 
 
-def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def homes(request: pytest.FixtureRequest) -> dict[str, tuple[str, ...]]:
+    """Each gateway's node options: its home, and on PostgreSQL its own database on the server."""
+    if request.param == "sqlite":
+        return {"a": ("--home", "a"), "b": ("--home", "b")}
+    server = request.getfixturevalue("postgres")
+    return {name: ("--home", name, "--db", server.create_database()) for name in ("a", "b")}
+
+
+def _db_url(tmp_path: Path, home: tuple[str, ...]) -> str:
+    return home[3] if len(home) > 2 else f"sqlite:///{tmp_path}/{home[1]}/ledger.db"
+
+
+def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path, homes):
     files = sorted(SAMPLE_STUDY.glob("*.dcm"))
     study = pydicom.dcmread(files[0])
     study_uid, patient = study.StudyInstanceUID, study.PatientID
     port_a, port_b = free_port(), free_port()
-    _ok("keys", "export", "--home", "a", "--output", "a.pem", cwd=tmp_path)
-    _ok("keys", "export", "--home", "b", "--output", "b.pem", cwd=tmp_path)
+    home_a, home_b = homes["a"], homes["b"]
+    _ok("keys", "export", *home_a, "--output", "a.pem", cwd=tmp_path)
+    _ok("keys", "export", *home_b, "--output", "b.pem", cwd=tmp_path)
     for home, name, ae, port, pem in (
-        ("a", "HOSPITAL_B", "HB_GW", port_b, "b.pem"),
-        ("b", "HOSPITAL_A", "HA_GW", port_a, "a.pem"),
+        (home_a, "HOSPITAL_B", "HB_GW", port_b, "b.pem"),
+        (home_b, "HOSPITAL_A", "HA_GW", port_a, "a.pem"),
     ):
         _ok("institution", "add", name, "--ae", ae, "--host", "127.0.0.1", "--port", str(port),
-            "--public-key", pem, "--home", home, cwd=tmp_path)  # fmt: skip
+            "--public-key", pem, *home, cwd=tmp_path)  # fmt: skip
     today = datetime.now(UTC)
     before, until, after = (
         _iso(today + timedelta(days=1)),
@@ -225,8 +239,8 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path):
         today + timedelta(days=3),
     )
     a_args = ("--ae-title", "HA_GW", "--institution", "HOSPITAL_A")
-    b = _gateway(tmp_path, "b", port_b, "--ae-title", "HB_GW", "--institution", "HOSPITAL_B").start()
-    a = _gateway(tmp_path, "a", port_a, *a_args, "--policy-now", before).start()
+    b = _gateway(tmp_path, home_b, port_b, "--ae-title", "HB_GW", "--institution", "HOSPITAL_B").start()
+    a = _gateway(tmp_path, home_a, port_a, *a_args, "--policy-now", before).start()
     try:
         # a modality sends the study to A
         assert set(_store(port_a, "MODALITY", "HA_GW", [pydicom.dcmread(f) for f in files])) == {0}
@@ -235,8 +249,7 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path):
         status, comment, _ = _move(port_a, study_uid, "HB_GW")
         assert status == NOT_AUTHORIZED
         assert "not authorized" in comment and "no consent" in comment
-        assert "0/0 instance" not in comment
-        assert "HOSPITAL_B" not in (tmp_path / "b-gateway.log").read_text()  # B never heard of it
+        assert not list((tmp_path / "b" / "storage").rglob("*.dcm"))  # nothing sent
 
         # the patient consents until T: the same C-MOVE delivers the study
         _ok(
@@ -247,37 +260,34 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path):
             "HOSPITAL_B",
             "--until",
             _iso(until),
-            "--home",
-            "a",
+            *home_a,
             cwd=tmp_path,
         )
         status, comment, completed = _move(port_a, study_uid, "HB_GW")
         assert (status, completed) == (0, len(files)), comment
-        verified = _cli(
-            "verify", "--db", f"sqlite:///{tmp_path}/b/ledger.db", "--storage", "b/storage", cwd=tmp_path
-        )
+        verified = _cli("verify", "--db", _db_url(tmp_path, home_b), "--storage", "b/storage", cwd=tmp_path)
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
         # after T: refused again, and B's score on A drops
-        score_before = _score("HOSPITAL_B", _iso(after), tmp_path, "a")
+        score_before = _score("HOSPITAL_B", _iso(after), tmp_path, home_a)
         a.terminate()
-        a = _gateway(tmp_path, "a", port_a, *a_args, "--policy-now", _iso(after)).start()
+        a = _gateway(tmp_path, home_a, port_a, *a_args, "--policy-now", _iso(after)).start()
         status, comment, _ = _move(port_a, study_uid, "HB_GW")
         assert status == NOT_AUTHORIZED and "ended" in comment
-        assert _score("HOSPITAL_B", _iso(after), tmp_path, "a") < score_before
+        assert _score("HOSPITAL_B", _iso(after), tmp_path, home_a) < score_before
 
         # an instance altered on its way to B, carrying A's block and calling as A: refused there
         stored_a = sorted((tmp_path / "a" / "storage").rglob("*.dcm"))[0]
-        score_a_on_b = _score("HOSPITAL_A", _iso(after), tmp_path, "b")
+        score_a_on_b = _score("HOSPITAL_A", _iso(after), tmp_path, home_b)
         altered = pydicom.dcmread(io.BytesIO(_altered(stored_a.read_bytes())))
         assert _store(port_b, "HA_GW", "HB_GW", [altered]) == [0xC000]
-        assert _score("HOSPITAL_A", _iso(after), tmp_path, "b") < score_a_on_b - 20
+        assert _score("HOSPITAL_A", _iso(after), tmp_path, home_b) < score_a_on_b - 20
     finally:
         a.stop()
         b.stop()
 
     # A's access log tells the story: the denial, the consent, the release, the second denial
-    _ok("patient", "access-log", patient, "--home", "a", "--output", "log.txt", cwd=tmp_path)
+    _ok("patient", "access-log", patient, *home_a, "--output", "log.txt", cwd=tmp_path)
     story = (tmp_path / "log.txt").read_text()
     denial = story.index("HOSPITAL_B asked for")
     consent = story.index("You allowed HOSPITAL_B")
@@ -289,7 +299,7 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path):
     # consent, release and denial events in every audit export format, each verifying
     for fmt in ("json", "csv", "fhir", "atna"):
         out = tmp_path / f"a-audit.{fmt}"
-        _ok("audit", "export", "--home", "a", "--format", fmt, "--output", str(out), cwd=tmp_path)
+        _ok("audit", "export", *home_a, "--format", fmt, "--output", str(out), cwd=tmp_path)
         checked = _cli("audit", "verify", str(out), "--public-key", "a.pem", cwd=tmp_path)
         assert checked.returncode == 0, checked.stdout + checked.stderr
         exported = out.read_text()
@@ -297,6 +307,52 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path):
             for kind in ("consent.granted", "release.granted", "release.denied"):
                 assert kind in exported, (fmt, kind)
     received_b = tmp_path / "b-audit.json"
-    _ok("audit", "export", "--home", "b", "--format", "json", "--output", str(received_b), cwd=tmp_path)
+    _ok("audit", "export", *home_b, "--format", "json", "--output", str(received_b), cwd=tmp_path)
     assert received_b.read_text().count('"release.received"') == len(files)
     assert '"release.refused"' in received_b.read_text()
+
+
+def test_release_command_sends_the_study_as_stored_when_allowed(tmp_path):
+    files = sorted(SAMPLE_STUDY.glob("*.dcm"))
+    first = pydicom.dcmread(files[0])
+    study_uid, patient = first.StudyInstanceUID, first.PatientID
+    port_b = free_port()
+    _ok("keys", "export", "--home", "a", "--output", "a.pem", cwd=tmp_path)
+    _ok("keys", "export", "--home", "b", "--output", "b.pem", cwd=tmp_path)
+    _ok("institution", "add", "HOSPITAL_B", "--ae", "HB_GW", "--host", "127.0.0.1", "--port", str(port_b),
+        "--public-key", "b.pem", "--home", "a", cwd=tmp_path)  # fmt: skip
+    _ok("institution", "add", "HOSPITAL_A", "--ae", "HA_GW", "--host", "127.0.0.1", "--port", "1",
+        "--public-key", "a.pem", "--home", "b", cwd=tmp_path)  # fmt: skip
+    _ok("ingest", "--home", "a", "--institution", "HOSPITAL_A", *map(str, files), cwd=tmp_path)
+    release = ("release", study_uid, "--to", "HOSPITAL_B", "--home", "a", "--ae-title", "HA_GW")
+    b = _gateway(tmp_path, ("--home", "b"), port_b, "--ae-title", "HB_GW").start()
+    try:
+        denied = _cli(*release, cwd=tmp_path)
+        assert denied.returncode == 1 and "denied" in denied.stderr
+        assert f"no consent of patient {patient} for HOSPITAL_B" in denied.stderr
+        assert not list((tmp_path / "b" / "storage").rglob("*.dcm"))
+        _ok(
+            "consent",
+            "grant",
+            patient,
+            "--to",
+            "HOSPITAL_B",
+            "--until",
+            "2099-01-01",
+            "--home",
+            "a",
+            cwd=tmp_path,
+        )
+        sent = _cli(*release, cwd=tmp_path)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert f"{len(files)}/{len(files)} instance(s) stored by HOSPITAL_B" in sent.stdout
+        assert sent.stdout.count("  success  0x0000") == len(files)
+    finally:
+        b.stop()
+    b_db = _db_url(tmp_path, ("--home", "b"))
+    verified = _cli("verify", "--db", b_db, "--storage", "b/storage", cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # each stored file on B links to A's block for it, which B keeps
+    for path in (tmp_path / "b" / "storage").rglob("*.dcm"):
+        origin = DICOM.open(path.read_bytes()).read_block().header.origin
+        assert origin is not None and origin.institution == "HOSPITAL_A"
