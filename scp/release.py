@@ -37,7 +37,7 @@ from .statuses import sub_operation
 MOVE_PURPOSE = "treatment"  # a C-MOVE carries no purpose: another institution's retrieval is for care
 RELEASE_ACSE_TIMEOUT_S = 30  # association set-up with the other institution's gateway
 RELEASE_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a slow archive
-RELEASE_NETWORK_TIMEOUT_S = 60
+RELEASE_NETWORK_TIMEOUT_S = 60  # silence on the socket before giving up on a gateway that vanished
 
 
 def decision_time(node: Node) -> str:
