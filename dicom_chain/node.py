@@ -33,7 +33,7 @@ from dicom_chain.outbox import Destination, Outbox
 from dicom_chain.receipt import Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
-from dicom_chain.sharing.service import adopt_policy
+from dicom_chain.sharing.service import adopt_policy, record_refusal
 from dicom_chain.storage import Storage, relative_path
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome
 
@@ -190,7 +190,8 @@ class Node:
                 raise ContentHashError("content differs from what its block recorded (altered on the way)")
         except DicomChainError as exc:
             reason = f"block from {institution.name} refused: {exc}"
-            self.record(self._release_refused(item.identity, block, institution, actor, reason))
+            refused = self._release_refused(item.identity, block, institution, actor, reason)
+            record_refusal(self, refused, institution.name)
             if isinstance(exc, SignatureError):
                 raise SignatureError(reason) from exc
             raise ContentHashError(reason) from exc

@@ -296,20 +296,21 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path, homes
     assert denial < consent < release < second
     assert "no consent" in story[denial:consent] and "ended" in story[second:]
 
-    # consent, release and denial events in every audit export format, each verifying
+    # consent, release, denial and score events in every audit export format, each verifying
+    from dicom_chain.audit.export import FORMATS
+
     for fmt in ("json", "csv", "fhir", "atna"):
         out = tmp_path / f"a-audit.{fmt}"
         _ok("audit", "export", *home_a, "--format", fmt, "--output", str(out), cwd=tmp_path)
         checked = _cli("audit", "verify", str(out), "--public-key", "a.pem", cwd=tmp_path)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-        exported = out.read_text()
-        if fmt in ("json", "csv"):
-            for kind in ("consent.granted", "release.granted", "release.denied"):
-                assert kind in exported, (fmt, kind)
+        kinds = {record["type"] for record in FORMATS[fmt].read(out)}
+        assert {"consent.granted", "release.granted", "release.denied", "score.changed"} <= kinds, fmt
     received_b = tmp_path / "b-audit.json"
     _ok("audit", "export", *home_b, "--format", "json", "--output", str(received_b), cwd=tmp_path)
     assert received_b.read_text().count('"release.received"') == len(files)
     assert '"release.refused"' in received_b.read_text()
+    assert '"score.changed"' in received_b.read_text()  # A's score on B moved with the refusal
 
 
 def test_release_command_sends_the_study_as_stored_when_allowed(tmp_path):

@@ -210,3 +210,41 @@ def test_replaying_the_ledger_gives_every_recorded_decision_again(tmp_path_facto
         assert all(r.agrees for r in replayed), [(r.event.details, r.recomputed) for r in replayed]
     finally:
         node.close()
+
+
+def test_a_decision_that_moves_a_score_leaves_a_notice_the_scores_never_read(hospital, small_study):
+    study, patient = small_study[0].StudyInstanceUID, small_study[0].PatientID
+    denied = service.decide_release(
+        hospital,
+        study_uid=study,
+        to="HOSPITAL_B",
+        purpose="treatment",
+        actor="HB_WS",
+        via="c-move",
+        now=at(2),
+    )
+    assert denied.denied
+    events = list(hospital.ledger.iter_events())
+    cause = next(e for e in events if e.type == EventType.RELEASE_DENIED)
+    notices = {
+        (e.details["party"], e.details["name"]): e for e in events if e.type == EventType.SCORE_CHANGED
+    }
+    assert set(notices) == {("institution", "HOSPITAL_B"), ("patient", patient)}  # both lost points
+    for (party, name), notice in notices.items():
+        assert notice.details["cause_seq"] == cause.seq and notice.seq > cause.seq
+        assert notice.details["from"] > notice.details["to"]
+        recomputed = service.score(hospital, party, name, cause.time).value
+        assert round(recomputed, 3) == notice.details["to"]  # the notice says what recomputing says
+    assert (
+        next(e for e in events if e.details.get("party") == "patient").patient_id == patient
+    )  # a patient's export and access log find it
+    # the notices change nothing: scores are the same with or without them
+    without = [e for e in events if e.type != EventType.SCORE_CHANGED]
+    from dicom_chain.sharing import scores
+
+    for party, name in notices:
+        assert (
+            scores.compute(hospital.policy, without, party, name, at(2)).value
+            == scores.compute(hospital.policy, events, party, name, at(2)).value
+        )
+    assert all(r.agrees for r in replay(hospital.ledger.iter_events()))

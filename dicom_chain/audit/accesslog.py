@@ -249,6 +249,13 @@ class _Story:
             )
         if kind == EventType.AUDIT_EXPORT:
             return f"A record of who accessed your images was exported by {actor} on {when}."
+        if kind == EventType.SCORE_CHANGED:
+            moved = f"{float(d.get('from', 0)):g} to {float(d.get('to', 0)):g}"
+            return (
+                f"Your safeguard score went from {moved} on {when}: it falls when your images are "
+                "asked for without your consent, and while it is low an institution needs a higher "
+                "score of its own to receive them."
+            )
         outcome = "" if not _failed(rec) else f" ({rec['outcome']}{reason})"
         return f"{kind} by {actor} on {when}{outcome}."
 

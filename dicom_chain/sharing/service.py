@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from dicom_chain.db.database import Database
 from dicom_chain.errors import SharingError
-from dicom_chain.events import EventDraft
+from dicom_chain.events import Event, EventDraft
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger, append_event
 from dicom_chain.sharing import consent as consents
@@ -104,7 +104,7 @@ def decide_release(
         record_policy(host.ledger, host.key, session, host.policy, actor)
         request = ReleaseRequest(study.patient_id, study_uid, to, purpose, study.modalities)
         decision = decide(host.policy, facts_io.load(host.ledger, session), request, now)
-        append_event(session, host.key, EventDraft(
+        event = append_event(session, host.key, EventDraft(
             type=EventType.RELEASE_GRANTED if decision.allowed else EventType.RELEASE_DENIED,
             outcome=Outcome.SUCCESS if decision.allowed else Outcome.MINOR_FAILURE,
             actor=actor, patient_id=study.patient_id, study_uid=study_uid, reason=decision.reason,
@@ -115,7 +115,61 @@ def decide_release(
                 "grounds": list(decision.grounds), "scores": dict(decision.scores),
             },
         ))  # fmt: skip
+        parties = [(scores.INSTITUTION, to), (scores.PATIENT, study.patient_id)]
+        note_score_changes(host, session, event, parties, actor=actor)
     return decision
+
+
+def record_refusal(host: SharingHost, draft: EventDraft, sender: str) -> None:
+    """A release refused on receipt (``release.refused``, naming ``sender``), with the notice of
+    the sender's score change it causes, in one transaction."""
+    with host.db.writing() as session:
+        host.ledger.lock_event_head(session)
+        event = append_event(session, host.key, draft)
+        note_score_changes(host, session, event, [(scores.INSTITUTION, sender)], actor=draft.actor)
+
+
+SCORE_NOTICE_PLACES = 1  # a notice is recorded when the score as shown (one decimal) moves
+
+
+def note_score_changes(
+    host: SharingHost,
+    session: Session,
+    cause: Event,
+    parties: Sequence[tuple[str, str]],
+    *,
+    actor: str,
+) -> list[Event]:
+    """Record a ``score.changed`` notice for each party whose score ``cause`` moved.
+
+    A notice is derived, never a source: scores are always recomputed from the events the policy
+    names (``score.changed`` is not one of them), and the notice says from what, to what and
+    because of which event, so an auditor reading an export sees scores move where they move.
+    Both scores are taken at the moment the cause was recorded."""
+    before = facts_io.load(host.ledger, session, before_seq=cause.seq).events
+    now = cause.time
+    notices = []
+    for party, name in parties:
+        if not name:
+            continue
+        old = scores.compute(host.policy, before, party, name, now).value
+        new = scores.compute(host.policy, [*before, cause], party, name, now).value
+        if round(old, SCORE_NOTICE_PLACES) == round(new, SCORE_NOTICE_PLACES):
+            continue
+        moved = f"{scores.shown(old)} -> {scores.shown(new)}"
+        notices.append(append_event(session, host.key, EventDraft(
+            type=EventType.SCORE_CHANGED,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            patient_id=name if party == scores.PATIENT else "",
+            study_uid=cause.study_uid,
+            reason=f"{party} {name}: {moved} ({cause.type}, event {cause.seq})",
+            details={
+                "party": party, "name": name, "from": round(old, 3), "to": round(new, 3),
+                "cause_seq": cause.seq, "cause_type": cause.type, "policy_hash": host.policy.hash, "at": now,
+            },
+        )))  # fmt: skip
+    return notices
 
 
 def grant_consent(
