@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import struct
 import subprocess
 from pathlib import Path
 
@@ -221,3 +222,50 @@ def test_private_sequence_that_lost_its_vr_hashes_as_a_sequence():
     ds = read("priv_SQ.dcm")
     explicit = rewrite(ds, ExplicitVRLittleEndian)
     assert content_hash(explicit) == content_hash(ds)
+
+
+def _explicit_big_endian_with_un_sequences(ds: Dataset) -> bytes:
+    """``ds`` as a Part 10 file in explicit VR big endian, each public SQ written as UN: its value
+    implicit VR little endian, as PS3.5 6.2.2 says and as a tool that lacks the tag would write it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element, write_file_meta_info
+    from pydicom.uid import ExplicitVRBigEndian
+
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = False, False
+    for tag in sorted(map(int, ds.keys())):
+        elem = ds[tag]
+        if elem.VR != "SQ" or elem.tag.is_private:
+            write_data_element(body, elem)
+            continue
+        un = DicomBytesIO()
+        un.is_little_endian, un.is_implicit_VR = True, True
+        write_data_element(un, elem)
+        value = un.getvalue()[8:]
+        body.write(struct.pack(">HH", tag >> 16, tag & 0xFFFF) + b"UN\0\0" + struct.pack(">I", len(value)))
+        body.write(value)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    file_meta = copy.deepcopy(ds.file_meta)
+    file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    write_file_meta_info(meta, file_meta, enforce_standard=True)
+    return b"\0" * 128 + b"DICM" + meta.getvalue() + body.getvalue()
+
+
+def test_public_sequence_written_as_un_in_big_endian_hashes_as_in_little_endian():
+    ds = read("CT_small.dcm")
+    del ds.PixelData  # pydicom writes OW unswapped in big endian; the sequence is what is tested here
+    assert any(ds[t].VR == "SQ" and not t.is_private for t in ds.keys())
+    back = pydicom.dcmread(io.BytesIO(_explicit_big_endian_with_un_sequences(ds)))
+    assert back.get_item(0x00101002).VR == "UN" and back.original_encoding == (False, False)
+    assert content_hash(back) == content_hash(ds)
+
+
+def test_public_sequence_written_as_un_that_is_not_items_is_a_named_error():
+    ds = read("CT_small.dcm")
+    del ds.PixelData
+    data = bytearray(_explicit_big_endian_with_un_sequences(ds))
+    at = data.index(b"\x00\x10\x10\x02UN")  # (0010,1002) as written big endian
+    data[at + 12 : at + 16] = b"junk"  # the first item tag
+    with pytest.raises(MalformedDatasetError):
+        content_hash(pydicom.dcmread(io.BytesIO(bytes(data))))

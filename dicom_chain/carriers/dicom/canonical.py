@@ -180,6 +180,15 @@ def _sequence_items(ds: Dataset, tag: int, raw: RawDataElement | DataElement) ->
         if raw.VR == "UN" and isinstance(raw.value, bytes):
             return _parse_un_sequence(raw.value, ds)
         return None
+    if raw.VR == "UN" and raw.length != UNDEFINED_LENGTH and isinstance(raw.value, bytes):
+        # A UN value is implicit VR little endian whatever the transfer syntax (PS3.5 6.2.2);
+        # pydicom would parse a public SQ written as UN in the file's byte order.
+        items = _parse_un_sequence(raw.value, ds)
+        if items is None and vr == "SQ":
+            if raw.value:
+                raise MalformedDatasetError(f"element {_fmt(tag)} should be a sequence")
+            return []
+        return items
     if vr == "SQ" or raw.VR == "SQ" or (raw.VR in (None, "UN") and raw.length == UNDEFINED_LENGTH):
         element = ds[tag]
         if element.VR == "SQ":
