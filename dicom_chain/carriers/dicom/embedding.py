@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from pydicom import config as pydicom_config
+from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
@@ -28,6 +28,10 @@ from dicom_chain.errors import MalformedBlockError, MalformedDatasetError, NoBlo
 register_private_dictionary()
 
 LO_MAX_CHARS = 64  # PS3.5 6.2: LO holds at most 64 characters; the canonical block keeps the rest
+# Specific Character Set terms that mean the default repertoire, ISO-IR 6 (ASCII) only, PS3.3 C.12.1.1.2.
+# pydicom decodes the default as Latin-1; the copies keep to ASCII so that every reader agrees.
+DEFAULT_REPERTOIRE = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+UNENCODABLE = "?"  # stands in a readable copy for a character the data set's character set lacks
 
 
 def _readable(block: Block) -> dict[int, object]:
@@ -49,6 +53,43 @@ def _lo(text: str) -> str:
     return text.replace("\\", "/")[:LO_MAX_CHARS]
 
 
+def character_set(ds: Dataset) -> list[str]:
+    """The data set's Specific Character Set terms, ``[""]`` when absent (the default repertoire)."""
+    value = ds.get("SpecificCharacterSet")
+    if value is None or value == "":
+        return [""]
+    return [str(value)] if isinstance(value, str) else [str(term) for term in value]
+
+
+def _encodable(char: str, charset: list[str]) -> bool:
+    if char.isascii():
+        return char.isprintable()
+    for term in charset:
+        if term.strip() in DEFAULT_REPERTOIRE:
+            continue
+        try:
+            char.encode(convert_encodings([term])[0])
+        except (UnicodeError, LookupError):
+            continue
+        return True
+    return False
+
+
+def readable_text(text: str, charset: list[str]) -> str:
+    """The text a readable copy holds in a data set of ``charset``: each character the character
+    set cannot encode becomes ``?``. The canonical block keeps the exact text; a copy is for people."""
+    return "".join(char if _encodable(char, charset) else UNENCODABLE for char in text)
+
+
+def encode_text(text: str, charset: list[str]) -> bytes:
+    """``text`` (already through ``readable_text``) in the data set's character set."""
+    return encode_string(text, convert_encodings(charset))
+
+
+def decode_text(data: bytes, charset: list[str]) -> str:
+    return decode_bytes(data, convert_encodings(charset), set())
+
+
 def remove_blocks(ds: Dataset) -> None:
     for tag in chain_block_tags(ds):
         del ds[tag]
@@ -63,14 +104,11 @@ def block_elements(block: Block, slot: int) -> list[tuple[int, str, str | int | 
     return elements
 
 
-def encode_value(vr: str, value: str | int | bytes, little: bool) -> bytes | None:
-    """Our values as they go into a file (padded to even length); None for non-ASCII text,
-    whose bytes depend on the dataset's character set."""
+def encode_value(vr: str, value: str | int | bytes, little: bool, charset: list[str]) -> bytes:
+    """Our values as they go into a file (padded to even length); text in the data set's
+    character set, ``?`` for what it cannot encode."""
     if isinstance(value, str):
-        try:
-            data = value.encode("ascii")
-        except UnicodeEncodeError:
-            return None
+        data = encode_text(readable_text(value, charset), charset)
         return data + b" " * (len(data) % 2)
     if isinstance(value, int):
         return struct.pack("<I" if little else ">I", value)
@@ -84,15 +122,13 @@ def embed_block(ds: Dataset, block: Block) -> None:
     if slot is None:
         raise MalformedDatasetError(f"all 240 private creator slots of group {CHAIN_GROUP:04X} are taken")
     implicit, little = target_encoding(ds)
+    charset = character_set(ds)
     creator, *rest = block_elements(block, slot)
     # The creator goes in last: while it is absent pydicom stores the raw elements as they are,
     # instead of decoding each one to tag it with its creator.
     for tag, vr, value in [*rest, creator]:
-        data = encode_value(vr, value, little)
-        if data is None:
-            ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
-        else:
-            ds[tag] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little, True, False)
+        data = encode_value(vr, value, little, charset)
+        ds[tag] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little, True, False)
 
 
 def target_encoding(ds: Dataset) -> tuple[bool, bool]:
@@ -116,37 +152,46 @@ def read_block(ds: Dataset) -> Block:
     if canonical is None or not isinstance(canonical.value, bytes):
         raise MalformedBlockError("DICOM_CHAIN block has no canonical block element")
     block = Block.from_bytes(canonical.value)
+    charset = character_set(ds)
     for offset, expected in _readable(block).items():
         elem = ds.get_item(base | offset)
         if elem is None:
             continue  # a reader may drop copies; the canonical block still decides
         vr = ELEMENTS[offset][0]
-        if _copy_value(elem, vr) != _normalise(expected, vr):
+        if isinstance(expected, str):  # the copy as written: through the character set and back
+            expected = decode_text(encode_text(readable_text(expected, charset), charset), charset)
+        if _copy_value(elem, vr, charset) not in _candidates(expected, vr):
             raise MalformedBlockError(
                 f"readable field {ELEMENTS[offset][3]} differs from the canonical block"
             )
     return block
 
 
-def _copy_value(elem: RawDataElement | DataElement, vr: str) -> object:
-    """A readable copy's value, whatever a hop did to its VR.
-
-    After an implicit VR hop a tool that does not know our dictionary keeps the element as UN,
-    and UN bytes stay in the byte order they were first written in (little endian, implicit VR),
-    even in a big endian file.
-    """
+def _copy_value(elem: RawDataElement | DataElement, vr: str, charset: list[str]) -> object:
+    """A readable copy's value, whatever a hop did to its VR; text decoded with the data set's
+    character set. A UL copy whose VR a hop lost (UN) comes back as its raw 4 bytes."""
     if not isinstance(elem, RawDataElement):
-        return _normalise(elem.value, vr)
+        return _normalise(elem.value, vr, charset)
     data = bytes(elem.value or b"")
     if vr == "UL" and len(data) == 4:
-        little = elem.is_little_endian or elem.VR in (None, "UN")
-        return struct.unpack("<I" if little else ">I", data)[0]
-    return _normalise(data, vr)
+        if elem.VR in (None, "UN"):
+            return data
+        return struct.unpack("<I" if elem.is_little_endian else ">I", data)[0]
+    return _normalise(data, vr, charset)
 
 
-def _normalise(value: object, vr: str) -> object:
+def _candidates(expected: object, vr: str) -> list[object]:
+    """What a copy of ``expected`` may read as. A UL copy left UN by a hop keeps the byte order
+    it was written in, which a reader cannot know (a tool that lacks our dictionary does not
+    swap it when it changes the byte order): either order is accepted."""
+    if vr == "UL" and isinstance(expected, int):
+        return [expected, struct.pack("<I", expected), struct.pack(">I", expected)]
+    return [_normalise(expected, vr, [""])]
+
+
+def _normalise(value: object, vr: str, charset: list[str]) -> object:
     if vr in ("UL", "OB"):
         return bytes(value) if isinstance(value, bytearray) else value
     if isinstance(value, bytes):
-        value = value.decode("latin-1")
+        value = decode_text(value, charset)
     return str(value).strip(" \x00")

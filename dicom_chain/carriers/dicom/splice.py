@@ -4,7 +4,7 @@ Re-encoding a whole dataset with pydicom costs more than hashing and signing it,
 bytes we have no reason to touch. When the instance's encoded bytes are at hand (from the network
 or a file) and nothing of ours is in them yet, the block's elements are encoded here and inserted
 at their place in tag order; everything else is written byte for byte. Anything unusual (deflate,
-elements already in our group, non-ASCII institution) returns None and the caller falls back to
+elements already in our group) returns None and the caller falls back to
 pydicom's writer.
 """
 
@@ -22,7 +22,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_chain.block import Block
-from dicom_chain.carriers.dicom.embedding import block_elements, encode_value
+from dicom_chain.carriers.dicom.embedding import block_elements, character_set, encode_value
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
 from dicom_chain.errors import NotDicomError
 
@@ -122,11 +122,10 @@ def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> list[bytes |
     at = _insertion_point(ds, encoded, implicit, little)
     if at is None:
         return None
-    ours = []
-    for tag, vr, value in block_elements(block, FIRST_SLOT):
-        data = encode_value(vr, value, little)
-        if data is None:
-            return None
-        ours.append(_element(tag, vr, data, implicit, little))
+    charset = character_set(ds)
+    ours = [
+        _element(tag, vr, encode_value(vr, value, little, charset), implicit, little)
+        for tag, vr, value in block_elements(block, FIRST_SLOT)
+    ]
     body = memoryview(encoded.body)  # slices of a view: the 0.5 MB of pixels are not copied twice
     return [encoded.prefix, body[:at], b"".join(ours), body[at:]]
