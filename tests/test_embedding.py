@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import struct
 import subprocess
 from pathlib import Path
 
@@ -149,3 +150,24 @@ def test_missing_and_doubled_blocks_are_named_errors():
     ds.add_new((CHAIN_GROUP << 16) | 0x00FE, "LO", PRIVATE_CREATOR)
     with pytest.raises(MalformedBlockError, match="2 DICOM_CHAIN"):
         read_block(ds)
+
+
+@pytest.mark.parametrize("order", ["<I", ">I"])
+def test_ul_copy_left_un_is_read_in_either_byte_order(order: str):
+    """A tool that lacks our dictionary rewrites a big endian file's UL copy as UN, bytes unswapped."""
+    ds = read("MR_small_bigendian.dcm")
+    block = make_block(ds, height=258)  # 0x102: a value whose two byte orders differ
+    embed_block(ds, block)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    written = buf.getvalue()
+    as_ul = b"\x00\x71\x10\x03UL\x00\x04" + struct.pack(">I", 258)  # (0071,1003) ChainHeight
+    assert written.count(as_ul) == 1
+
+    def with_un(value: int) -> pydicom.Dataset:
+        as_un = b"\x00\x71\x10\x03UN\x00\x00" + struct.pack(">I", 4) + struct.pack(order, value)
+        return pydicom.dcmread(io.BytesIO(written.replace(as_ul, as_un)))
+
+    assert read_block(with_un(258)) == block
+    with pytest.raises(MalformedBlockError, match="ChainHeight"):
+        read_block(with_un(259))
