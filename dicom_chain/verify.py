@@ -92,9 +92,13 @@ def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None
         "chain_id": h.chain_id,
     }
     try:
-        block.verify_signature(trusted_keys)
+        block.verify_signature()
     except SignatureError as exc:
         report.add(ERROR, FindingKind.BAD_SIGNATURE, str(exc), **loc)
+        return None
+    if trusted_keys is not None and block.public_key not in trusted_keys:
+        message = f"signed by an unknown key {h.key_id} (untrusted key: none of the pinned signers)"
+        report.add(ERROR, FindingKind.UNTRUSTED_KEY, message, **loc)
         return None
     try:
         carried.check_content(block)
@@ -109,7 +113,14 @@ def verify_files(
     paths: Iterable[Path], trusted_keys: frozenset[bytes] | None = None, advance: Advance = _noop
 ) -> Report:
     """A set of files as a slice of a chain: each block, and every link between the files given."""
-    report = Report()
+    report = Report(signers_checked=trusted_keys is not None)
+    if trusted_keys is None:
+        report.add(
+            Severity.INFO,
+            FindingKind.KEY_NOT_PINNED,
+            "signer not checked: each signature was checked against the key its block carries; pin "
+            "the node's key (--public-key, or a node home) to check who signed",
+        )
     located: list[Located] = []
     for path in expand_paths(paths):
         block = check_file(path, report, trusted_keys)
@@ -126,7 +137,7 @@ def verify_node(
     ledger: Ledger, storage: Storage, trusted_keys: frozenset[bytes] | None = None, advance: Advance = _noop
 ) -> Report:
     """The whole node: ledger blocks against their files, contiguous heights, the event log."""
-    report = Report()
+    report = Report()  # signers are checked: each chain's key is on the record, and pinned if given
     referenced: set[str] = set()
     known_keys: set[bytes] = set()
     received: list[Block] = []  # blocks of items another institution released to us (10.6)

@@ -153,7 +153,7 @@ def test_untrusted_key_is_refused(chained, tmp_path):
     node, _ = chained
     stranger = NodeKey.generate()
     report = verify_files([node.storage.root], trusted_keys=frozenset({stranger.public_key}))
-    assert kinds(report) == ["bad-signature"]
+    assert kinds(report) == ["untrusted-key"]
     assert verify_files([node.storage.root], trusted_keys=frozenset({node.key.public_key})).ok
 
 
@@ -304,3 +304,51 @@ def test_verifying_files_loads_no_database_code(chained):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", str(len(paths)), "-"]
+
+
+def _resign_head(path: Path, key) -> None:
+    """Re-sign a chained file's block with another key, the content left as it is (a forged head)."""
+    from dataclasses import replace
+
+    from dicom_chain.block import Block
+    from dicom_chain.carriers.dicom.embedding import embed_block, read_block
+
+    ds = pydicom.dcmread(path)
+    block = read_block(ds)
+    embed_block(ds, Block.sign(replace(block.header, key_id=key.key_id), key))
+    ds.save_as(path)
+
+
+def test_forged_head_is_caught_by_a_pinned_key_and_unchecked_without_one(chained):
+    from dicom_chain.keys import NodeKey
+
+    node, paths = chained
+    study = paths[:10:2]  # the first study, in chain order
+    head = study[-1]
+    _resign_head(head, NodeKey.generate())
+    pinned = verify_files(study, trusted_keys=frozenset({node.key.public_key}))
+    assert kinds(pinned) == ["untrusted-key"]
+    [finding] = pinned.errors
+    assert finding.path == str(head) and "unknown key" in finding.message
+    unpinned = verify_files(study)
+    assert unpinned.ok and not unpinned.signers_checked  # exit 3 in the CLI: signer not checked
+    assert "key-not-pinned" in kinds(unpinned, "info")
+    assert pinned.signers_checked
+
+
+def test_cli_pins_the_node_home_key_and_exits_3_without_one(chained, tmp_path):
+    from dicom_chain.keys import NodeKey
+
+    node, paths = chained
+    study = [str(p) for p in paths[:10:2]]
+    cli = [sys.executable, "-m", "dicom_chain.cli", "verify"]
+    key_dir = node.settings.home
+    nowhere = str(tmp_path / "none")
+    unpinned = subprocess.run([*cli, "--home", nowhere, *study], capture_output=True, text=True)
+    assert unpinned.returncode == 3, unpinned.stdout + unpinned.stderr
+    assert "SIGNER NOT CHECKED" in unpinned.stdout
+    on_home = subprocess.run([*cli, "--home", str(key_dir), *study], capture_output=True, text=True)
+    assert on_home.returncode == 0, on_home.stdout + on_home.stderr
+    _resign_head(Path(study[-1]), NodeKey.generate())
+    forged = subprocess.run([*cli, "--home", str(key_dir), *study], capture_output=True, text=True)
+    assert forged.returncode == 1 and "untrusted-key" in forged.stdout
