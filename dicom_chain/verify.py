@@ -10,6 +10,7 @@ SQLAlchemy is not even installed.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,8 +61,22 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None) -> Block | None:
     """Check one file on its own: block decodes, signature holds, content unchanged.
 
-    Returns the block whenever it is authentic (even on altered content), else None.
+    Returns the block whenever it is authentic (even on altered content), else None. What the
+    parser warns about becomes information on this file instead of lines on stderr.
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        block = _check_file(path, report, trusted_keys)
+    said: set[str] = set()
+    for warning in caught:
+        text = " ".join(str(warning.message).split())
+        if text not in said:
+            said.add(text)
+            report.add(Severity.INFO, FindingKind.PARSER_WARNING, f"parser: {text}", path=str(path))
+    return block
+
+
+def _check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None) -> Block | None:
     where = str(path)
     try:
         carried = open_file(path)
@@ -122,14 +137,18 @@ def verify_files(
             "the node's key (--public-key, or a node home) to check who signed",
         )
     located: list[Located] = []
+    unplaced = 0  # files whose block is malformed: present, but their place in the chain is unknown
     for path in expand_paths(paths):
+        before = len(report.findings)
         block = check_file(path, report, trusted_keys)
         report.files_checked += 1
         if block is not None:
             located.append(Located(block, str(path)))
             report.blocks_checked += 1
+        elif any(f.kind == FindingKind.MALFORMED_BLOCK for f in report.findings[before:]):
+            unplaced += 1
         advance(1)
-    check_links(located, report, gaps_are_errors=False)
+    check_links(located, report, gaps_are_errors=False, unplaced=unplaced)
     return report
 
 

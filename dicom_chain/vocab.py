@@ -113,6 +113,7 @@ class FindingKind(StrEnum):
     MALFORMED_BLOCK = "malformed-block"
     BAD_SIGNATURE = "bad-signature"
     UNTRUSTED_KEY = "untrusted-key"
+    PARSER_WARNING = "parser-warning"
     ALTERED = "altered"
     GAP = "gap"
     BROKEN_LINK = "broken-link"

@@ -352,3 +352,26 @@ def test_cli_pins_the_node_home_key_and_exits_3_without_one(chained, tmp_path):
     _resign_head(Path(study[-1]), NodeKey.generate())
     forged = subprocess.run([*cli, "--home", str(key_dir), *study], capture_output=True, text=True)
     assert forged.returncode == 1 and "untrusted-key" in forged.stdout
+
+
+def test_instance_after_a_malformed_block_is_not_reported_missing(chained):
+    _node, paths = chained
+    study = paths[:10:2]
+    ds = pydicom.dcmread(study[2])
+    for elem in ds.iterall():
+        if elem.tag.group == 0x0071 and elem.VR in ("OB", "UN") and b'"header"' in bytes(elem.value):
+            elem.value = b"{not json" + bytes(elem.value)[9:]
+    ds.save_as(study[2])
+    report = verify_files(study)
+    assert kinds(report) == ["malformed-block"]  # the one real problem, and no "missing" beside it
+    [note] = [f for f in report.findings if f.kind == "missing-instance"]
+    assert note.severity == "info" and note.sop_instance_uid == pydicom.dcmread(study[3]).SOPInstanceUID
+
+
+def test_pydicom_warnings_do_not_leak_to_stderr(tmp_path):
+    malformed = Path(__file__).parent / "malformed" / "uid_too_long.dcm"
+    cli = [sys.executable, "-W", "always", "-m", "dicom_chain.cli", "verify", "--home", str(tmp_path)]
+    result = subprocess.run([*cli, str(malformed)], capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout
+    assert "Warning" not in result.stderr and "pydicom" not in result.stderr, result.stderr
+    assert "parser-warning" in result.stdout  # captured and shown as a note on the file instead
