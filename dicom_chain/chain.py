@@ -29,8 +29,16 @@ def _span(lo: int, hi: int) -> str:
 
 
 def check_links(
-    items: Iterable[Located], report: Report, *, gaps_are_errors: bool, unplaced: int = 0
+    items: Iterable[Located],
+    report: Report,
+    *,
+    gaps_are_errors: bool,
+    unplaced: int = 0,
+    complete: bool = True,
 ) -> None:
+    """``complete`` False: the items are part of a study (one instance from a PACS, the newest
+    versions after a re-send), so an index whose predecessor is absent is an unchecked link (info),
+    not a removal."""
     by_chain: dict[str, dict[int, list[Located]]] = defaultdict(lambda: defaultdict(list))
     by_study: dict[tuple[str, str], dict[int, list[Located]]] = defaultdict(lambda: defaultdict(list))
     for item in items:
@@ -40,7 +48,7 @@ def check_links(
     for chain_id, heights in by_chain.items():
         _check_sequence(chain_id, heights, report, gaps_are_errors=gaps_are_errors)
     for (chain_id, study_uid), indices in by_study.items():
-        _check_study(chain_id, study_uid, indices, report, unplaced)
+        _check_study(chain_id, study_uid, indices, report, unplaced, complete)
 
 
 def _distinct(items: list[Located], report: Report, what: str, chain_id: str) -> Located:
@@ -113,7 +121,12 @@ def _check_sequence(
 
 
 def _check_study(
-    chain_id: str, study_uid: str, indices: dict[int, list[Located]], report: Report, unplaced: int
+    chain_id: str,
+    study_uid: str,
+    indices: dict[int, list[Located]],
+    report: Report,
+    unplaced: int,
+    complete: bool,
 ) -> None:
     previous: Located | None = None
     for index in sorted(indices):
@@ -123,6 +136,19 @@ def _check_study(
         if index > expected:
             where = "from the start" if previous is None else "from the middle"
             fillable = index - expected <= unplaced
+            if not complete and not fillable:
+                report.add(
+                    Severity.INFO,
+                    FindingKind.UNCHECKED_LINK,
+                    f"study {study_uid}: index {index}'s predecessor(s) {_span(expected, index - 1)} "
+                    "not among the files given: link unchecked (--complete demands the whole study)",
+                    path=item.where,
+                    sop_instance_uid=h.sop_instance_uid,
+                    height=h.height,
+                    chain_id=chain_id,
+                )
+                previous = item
+                continue
             report.add(
                 Severity.INFO if fillable else Severity.ERROR,
                 FindingKind.MISSING_INSTANCE,

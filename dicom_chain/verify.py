@@ -125,9 +125,15 @@ def _check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | Non
 
 
 def verify_files(
-    paths: Iterable[Path], trusted_keys: frozenset[bytes] | None = None, advance: Advance = _noop
+    paths: Iterable[Path],
+    trusted_keys: frozenset[bytes] | None = None,
+    advance: Advance = _noop,
+    *,
+    complete: bool = False,
 ) -> Report:
-    """A set of files as a slice of a chain: each block, and every link between the files given."""
+    """A set of files as a slice of a chain: each block, and every link between the files given.
+
+    A subset of a study is not a removal: a missing index is an error only with ``complete``."""
     report = Report(signers_checked=trusted_keys is not None)
     if trusted_keys is None:
         report.add(
@@ -148,7 +154,7 @@ def verify_files(
         elif any(f.kind == FindingKind.MALFORMED_BLOCK for f in report.findings[before:]):
             unplaced += 1
         advance(1)
-    check_links(located, report, gaps_are_errors=False, unplaced=unplaced)
+    check_links(located, report, gaps_are_errors=False, unplaced=unplaced, complete=complete)
     return report
 
 

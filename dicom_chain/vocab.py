@@ -114,6 +114,7 @@ class FindingKind(StrEnum):
     BAD_SIGNATURE = "bad-signature"
     UNTRUSTED_KEY = "untrusted-key"
     PARSER_WARNING = "parser-warning"
+    UNCHECKED_LINK = "unchecked-link"
     ALTERED = "altered"
     GAP = "gap"
     BROKEN_LINK = "broken-link"

@@ -28,9 +28,10 @@ def build(studies: list[str], salt: int = 0) -> list[Block]:
     return blocks
 
 
-def run(blocks, gaps_are_errors=False) -> Report:
+def run(blocks, gaps_are_errors=False, complete=True) -> Report:
     report = Report()
-    check_links([Located(b, f"f{b.header.height}") for b in blocks], report, gaps_are_errors=gaps_are_errors)
+    located = [Located(b, f"f{b.header.height}") for b in blocks]
+    check_links(located, report, gaps_are_errors=gaps_are_errors, complete=complete)
     return report
 
 
@@ -111,3 +112,14 @@ def test_a_gap_that_an_unplaced_file_may_fill_is_not_missing():
     report = Report()
     check_links([Located(blocks[2], "f2")], report, gaps_are_errors=False, unplaced=1)
     assert kinds(report) == ["missing-instance"]  # two missing, one unplaced file: still a removal
+
+
+def test_a_subset_of_a_study_is_unchecked_not_missing_unless_complete():
+    blocks = build(["A", "A", "A"])
+    newest = run([blocks[2]], complete=False)  # one instance downloaded from a PACS
+    assert newest.errors == [] and kinds(newest, "info") == ["unchecked-link"]
+    [note] = newest.findings
+    assert note.sop_instance_uid == "1.2.2" and "0..1" in note.message
+    middle = run([blocks[0], blocks[2]], complete=False)
+    assert middle.errors == [] and "unchecked-link" in kinds(middle, "info")
+    assert kinds(run([blocks[0], blocks[2]], complete=True)) == ["missing-instance"]

@@ -102,8 +102,9 @@ def test_removed_middle_instance_is_found_without_the_ledger(chained):
     victim = paths[4]  # third instance of the first study
     assert victim in study
     victim.unlink()
-    report = verify_files([study_dir])
+    report = verify_files([study_dir], complete=True)
     assert kinds(report) == ["missing-instance"]
+    assert verify_files([study_dir]).ok  # a subset of a study is not a removal unless --complete
     node_report = verify_node(node.ledger, node.storage)
     assert kinds(node_report) == ["missing-file"]
     assert node_report.errors[0].path == str(victim)
@@ -211,7 +212,7 @@ def test_removing_any_middle_file_of_a_study_is_detected(tmp_path_factory, per_s
         ]
         victim = data.draw(st.integers(1, per_study - 2))
         paths[victim].unlink()
-        report = verify_files([node.storage.root])
+        report = verify_files([node.storage.root], complete=True)
         assert [f.kind for f in report.errors] == ["missing-instance"]
     finally:
         node.close()
@@ -375,3 +376,14 @@ def test_pydicom_warnings_do_not_leak_to_stderr(tmp_path):
     assert result.returncode == 1, result.stdout
     assert "Warning" not in result.stderr and "pydicom" not in result.stderr, result.stderr
     assert "parser-warning" in result.stdout  # captured and shown as a note on the file instead
+
+
+def test_one_instance_from_a_pacs_is_not_a_removal_but_complete_demands_the_study(chained, tmp_path):
+    _node, paths = chained
+    study = paths[:10:2]
+    alone = verify_files([study[-1]])
+    assert alone.ok and kinds(alone, "info").count("unchecked-link") == 1
+    cli = [sys.executable, "-m", "dicom_chain.cli", "verify", "--home", str(_node.settings.home)]
+    assert subprocess.run([*cli, str(study[-1])], capture_output=True, text=True).returncode == 0
+    strict = subprocess.run([*cli, "--complete", str(study[-1])], capture_output=True, text=True)
+    assert strict.returncode == 1 and "missing-instance" in strict.stdout

@@ -42,6 +42,11 @@ from dicom_chain.vocab import Severity
         "own key and its registered institutions' keys."
     ),
 )
+@click.option(
+    "--complete",
+    is_flag=True,
+    help="Files: the studies given are whole; a missing instance is an error (default: a subset is fine).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal)."
@@ -65,6 +70,7 @@ def verify(
     db: str | None,
     storage: Path | None,
     public_keys: tuple[Path, ...],
+    complete: bool,
     as_json: bool,
     progress: bool | None,
     update_index: bool,
@@ -109,7 +115,7 @@ def verify(
     else:
         files = expand_paths(paths)
         with progress_bar(len(files), "verifying files", progress) as advance:
-            report = verify_files(files, trusted, advance)
+            report = verify_files(files, trusted, advance, complete=complete)
     show_report(report, as_json)
     sys.exit(EXIT_BROKEN if not report.ok else EXIT_OK if report.signers_checked else EXIT_UNCHECKED)
 
