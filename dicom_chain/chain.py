@@ -2,7 +2,9 @@
 
 Two chains of links: by height across the node, and by index within each study. A missing
 height is a gap (an error when the whole node is checked, information for a slice of files);
-a missing study index is always an error, since a study's files alone must reveal a removal.
+a missing study index is an error, since a study's files alone must reveal a removal, unless
+files whose block could not be read (``unplaced``) may fill it: their block is already an error,
+and calling a present file "missing" would name the wrong problem.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ def _span(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}..{hi}"
 
 
-def check_links(items: Iterable[Located], report: Report, *, gaps_are_errors: bool) -> None:
+def check_links(
+    items: Iterable[Located],
+    report: Report,
+    *,
+    gaps_are_errors: bool,
+    unplaced: int = 0,
+    complete: bool = True,
+) -> None:
+    """``complete`` False: the items are part of a study (one instance from a PACS, the newest
+    versions after a re-send), so an index whose predecessor is absent is an unchecked link (info),
+    not a removal."""
     by_chain: dict[str, dict[int, list[Located]]] = defaultdict(lambda: defaultdict(list))
     by_study: dict[tuple[str, str], dict[int, list[Located]]] = defaultdict(lambda: defaultdict(list))
     for item in items:
@@ -36,14 +48,26 @@ def check_links(items: Iterable[Located], report: Report, *, gaps_are_errors: bo
     for chain_id, heights in by_chain.items():
         _check_sequence(chain_id, heights, report, gaps_are_errors=gaps_are_errors)
     for (chain_id, study_uid), indices in by_study.items():
-        _check_study(chain_id, study_uid, indices, report)
+        _check_study(chain_id, study_uid, indices, report, unplaced, complete)
 
 
 def _distinct(items: list[Located], report: Report, what: str, chain_id: str) -> Located:
-    """One block per position; two different blocks at one position is a fork, the same one a copy."""
+    """One block per position; two different blocks at one position is a fork, the same one a copy.
+
+    A fork is reported once per file that claims the position, so that each file is named."""
     first = items[0]
     for other in items[1:]:
         fork = other.block.hash != first.block.hash
+        if fork and other is items[1]:
+            report.add(
+                Severity.ERROR,
+                FindingKind.FORK,
+                f"{what} is claimed by two different blocks ({first.where} and {other.where})",
+                path=first.where,
+                sop_instance_uid=first.block.header.sop_instance_uid,
+                height=first.block.header.height,
+                chain_id=chain_id,
+            )
         report.add(
             Severity.ERROR if fork else Severity.INFO,
             FindingKind.FORK if fork else FindingKind.COPY,
@@ -96,7 +120,14 @@ def _check_sequence(
         previous = item
 
 
-def _check_study(chain_id: str, study_uid: str, indices: dict[int, list[Located]], report: Report) -> None:
+def _check_study(
+    chain_id: str,
+    study_uid: str,
+    indices: dict[int, list[Located]],
+    report: Report,
+    unplaced: int,
+    complete: bool,
+) -> None:
     previous: Located | None = None
     for index in sorted(indices):
         item = _distinct(indices[index], report, f"study {study_uid} index {index}", chain_id)
@@ -104,11 +135,33 @@ def _check_study(chain_id: str, study_uid: str, indices: dict[int, list[Located]
         expected = previous.block.header.study_index + 1 if previous else 0
         if index > expected:
             where = "from the start" if previous is None else "from the middle"
+            fillable = index - expected <= unplaced
+            if not complete and not fillable:
+                report.add(
+                    Severity.INFO,
+                    FindingKind.UNCHECKED_LINK,
+                    f"study {study_uid}: index {index}'s predecessor(s) {_span(expected, index - 1)} "
+                    "not among the files given: link unchecked (--complete demands the whole study)",
+                    path=item.where,
+                    sop_instance_uid=h.sop_instance_uid,
+                    height=h.height,
+                    chain_id=chain_id,
+                )
+                previous = item
+                continue
             report.add(
-                Severity.ERROR,
+                Severity.INFO if fillable else Severity.ERROR,
                 FindingKind.MISSING_INSTANCE,
-                f"study {study_uid}: instance(s) at index {_span(expected, index - 1)} missing {where}",
+                f"study {study_uid}: instance(s) at index {_span(expected, index - 1)} "
+                + (
+                    "not placed: a file given with an unreadable block may hold them"
+                    if fillable
+                    else f"missing {where}"
+                )
+                + f" (seen from the next instance, SOP {h.sop_instance_uid}, index {index})",
                 path=item.where,
+                sop_instance_uid=h.sop_instance_uid,
+                height=h.height,
                 chain_id=chain_id,
             )
         elif previous is not None and h.study_prev_hash != previous.block.hash:

@@ -25,6 +25,9 @@ class Report:
     files_checked: int = 0
     blocks_checked: int = 0
     events_checked: int = 0
+    # False when no signer key was pinned: signatures then prove only self-consistency, not who
+    # signed, and an intact report must say so (exit 3, not 0).
+    signers_checked: bool = True
 
     @property
     def errors(self) -> list[Finding]:
@@ -43,6 +46,7 @@ class Report:
             "files_checked": self.files_checked,
             "blocks_checked": self.blocks_checked,
             "events_checked": self.events_checked,
+            "signers_checked": self.signers_checked,
             "errors": len(self.errors),
             "findings": [asdict(f) for f in self.findings],
         }

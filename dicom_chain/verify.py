@@ -10,6 +10,7 @@ SQLAlchemy is not even installed.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,8 +61,22 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None) -> Block | None:
     """Check one file on its own: block decodes, signature holds, content unchanged.
 
-    Returns the block whenever it is authentic (even on altered content), else None.
+    Returns the block whenever it is authentic (even on altered content), else None. What the
+    parser warns about becomes information on this file instead of lines on stderr.
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        block = _check_file(path, report, trusted_keys)
+    said: set[str] = set()
+    for warning in caught:
+        text = " ".join(str(warning.message).split())
+        if text not in said:
+            said.add(text)
+            report.add(Severity.INFO, FindingKind.PARSER_WARNING, f"parser: {text}", path=str(path))
+    return block
+
+
+def _check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None) -> Block | None:
     where = str(path)
     try:
         carried = open_file(path)
@@ -92,9 +107,13 @@ def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None
         "chain_id": h.chain_id,
     }
     try:
-        block.verify_signature(trusted_keys)
+        block.verify_signature()
     except SignatureError as exc:
         report.add(ERROR, FindingKind.BAD_SIGNATURE, str(exc), **loc)
+        return None
+    if trusted_keys is not None and block.public_key not in trusted_keys:
+        message = f"signed by an unknown key {h.key_id} (untrusted key: none of the pinned signers)"
+        report.add(ERROR, FindingKind.UNTRUSTED_KEY, message, **loc)
         return None
     try:
         carried.check_content(block)
@@ -106,19 +125,36 @@ def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None
 
 
 def verify_files(
-    paths: Iterable[Path], trusted_keys: frozenset[bytes] | None = None, advance: Advance = _noop
+    paths: Iterable[Path],
+    trusted_keys: frozenset[bytes] | None = None,
+    advance: Advance = _noop,
+    *,
+    complete: bool = False,
 ) -> Report:
-    """A set of files as a slice of a chain: each block, and every link between the files given."""
-    report = Report()
+    """A set of files as a slice of a chain: each block, and every link between the files given.
+
+    A subset of a study is not a removal: a missing index is an error only with ``complete``."""
+    report = Report(signers_checked=trusted_keys is not None)
+    if trusted_keys is None:
+        report.add(
+            Severity.INFO,
+            FindingKind.KEY_NOT_PINNED,
+            "signer not checked: each signature was checked against the key its block carries; pin "
+            "the node's key (--public-key, or a node home) to check who signed",
+        )
     located: list[Located] = []
+    unplaced = 0  # files whose block is malformed: present, but their place in the chain is unknown
     for path in expand_paths(paths):
+        before = len(report.findings)
         block = check_file(path, report, trusted_keys)
         report.files_checked += 1
         if block is not None:
             located.append(Located(block, str(path)))
             report.blocks_checked += 1
+        elif any(f.kind == FindingKind.MALFORMED_BLOCK for f in report.findings[before:]):
+            unplaced += 1
         advance(1)
-    check_links(located, report, gaps_are_errors=False)
+    check_links(located, report, gaps_are_errors=False, unplaced=unplaced, complete=complete)
     return report
 
 
@@ -126,7 +162,7 @@ def verify_node(
     ledger: Ledger, storage: Storage, trusted_keys: frozenset[bytes] | None = None, advance: Advance = _noop
 ) -> Report:
     """The whole node: ledger blocks against their files, contiguous heights, the event log."""
-    report = Report()
+    report = Report()  # signers are checked: each chain's key is on the record, and pinned if given
     referenced: set[str] = set()
     known_keys: set[bytes] = set()
     received: list[Block] = []  # blocks of items another institution released to us (10.6)

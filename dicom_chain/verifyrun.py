@@ -32,6 +32,30 @@ Advance = Callable[[int], None]
 Tracker = Callable[[int], AbstractContextManager[Advance]]
 
 
+def pinned_keys(settings: Settings, given: frozenset[bytes] | None) -> frozenset[bytes] | None:
+    """The signers ``verify FILES`` accepts: the keys given, else the node's own key (when the home
+    or the database given has one beside it) and, from its ledger, the keys of the node's chains
+    (the research chain has its own) and of every institution ever registered (removed ones too:
+    files they signed before removal stay theirs). None when nothing is pinned: a signature then
+    proves only that a file is self-consistent, not who signed it."""
+    if given:
+        return given
+    keys: set[bytes] = set()
+    if settings.key_path.is_file():
+        keys.add(NodeKey.load(settings.key_path).public_key)
+    sqlite_file = settings.sqlite_file
+    if settings.db is not None or (sqlite_file is not None and sqlite_file.is_file()):
+        from dicom_chain.sharing.registry import Registry
+
+        ledger = Ledger(settings.db_url)
+        try:
+            keys.update(chain.public_key for chain in ledger.chains())
+            keys.update(inst.public_key for inst in Registry(ledger, None).all(include_removed=True))
+        finally:
+            ledger.close()
+    return frozenset(keys) or None
+
+
 @contextmanager
 def untracked(_total: int) -> Iterator[Advance]:
     yield lambda _n: None

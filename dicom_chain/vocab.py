@@ -113,6 +113,8 @@ class FindingKind(StrEnum):
     MALFORMED_BLOCK = "malformed-block"
     BAD_SIGNATURE = "bad-signature"
     UNTRUSTED_KEY = "untrusted-key"
+    PARSER_WARNING = "parser-warning"
+    UNCHECKED_LINK = "unchecked-link"
     ALTERED = "altered"
     GAP = "gap"
     BROKEN_LINK = "broken-link"

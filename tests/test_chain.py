@@ -28,9 +28,10 @@ def build(studies: list[str], salt: int = 0) -> list[Block]:
     return blocks
 
 
-def run(blocks, gaps_are_errors=False) -> Report:
+def run(blocks, gaps_are_errors=False, complete=True) -> Report:
     report = Report()
-    check_links([Located(b, f"f{b.header.height}") for b in blocks], report, gaps_are_errors=gaps_are_errors)
+    located = [Located(b, f"f{b.header.height}") for b in blocks]
+    check_links(located, report, gaps_are_errors=gaps_are_errors, complete=complete)
     return report
 
 
@@ -81,3 +82,44 @@ def test_the_same_block_twice_is_only_a_copy():
     report = run([*blocks, blocks[1]])
     assert kinds(report) == []
     assert "copy" in kinds(report, "info")
+
+
+def test_a_fork_names_both_files():
+    a, b = build(["A", "A"]), build(["A", "B"])
+    report = run([*a, b[1]])
+    forks = [f for f in report.findings if f.kind == "fork"]
+    assert {f.path for f in forks} == {"f1"} and len(forks) == 2  # both blocks claim height 1
+    assert {f.sop_instance_uid for f in forks} == {"1.2.1"}
+    located = [Located(a[0], "first"), Located(a[1], "one"), Located(b[1], "other")]
+    report = Report()
+    check_links(located, report, gaps_are_errors=False)
+    assert {f.path for f in report.findings if f.kind == "fork"} == {"one", "other"}
+
+
+def test_missing_instance_names_the_next_instance_that_reveals_it():
+    blocks = build(["A", "A", "A"])
+    [finding] = run([blocks[0], blocks[2]]).errors
+    assert finding.kind == "missing-instance" and finding.sop_instance_uid == "1.2.2"
+    assert "next instance" in finding.message and finding.path == "f2"
+
+
+def test_a_gap_that_an_unplaced_file_may_fill_is_not_missing():
+    blocks = build(["A", "A", "A"])
+    report = Report()
+    located = [Located(blocks[0], "f0"), Located(blocks[2], "f2")]
+    check_links(located, report, gaps_are_errors=False, unplaced=1)
+    assert report.errors == [] and "missing-instance" in kinds(report, "info")
+    report = Report()
+    check_links([Located(blocks[2], "f2")], report, gaps_are_errors=False, unplaced=1)
+    assert kinds(report) == ["missing-instance"]  # two missing, one unplaced file: still a removal
+
+
+def test_a_subset_of_a_study_is_unchecked_not_missing_unless_complete():
+    blocks = build(["A", "A", "A"])
+    newest = run([blocks[2]], complete=False)  # one instance downloaded from a PACS
+    assert newest.errors == [] and kinds(newest, "info") == ["unchecked-link"]
+    [note] = newest.findings
+    assert note.sop_instance_uid == "1.2.2" and "0..1" in note.message
+    middle = run([blocks[0], blocks[2]], complete=False)
+    assert middle.errors == [] and "unchecked-link" in kinds(middle, "info")
+    assert kinds(run([blocks[0], blocks[2]], complete=True)) == ["missing-instance"]

@@ -102,8 +102,9 @@ def test_removed_middle_instance_is_found_without_the_ledger(chained):
     victim = paths[4]  # third instance of the first study
     assert victim in study
     victim.unlink()
-    report = verify_files([study_dir])
+    report = verify_files([study_dir], complete=True)
     assert kinds(report) == ["missing-instance"]
+    assert verify_files([study_dir]).ok  # a subset of a study is not a removal unless --complete
     node_report = verify_node(node.ledger, node.storage)
     assert kinds(node_report) == ["missing-file"]
     assert node_report.errors[0].path == str(victim)
@@ -153,7 +154,7 @@ def test_untrusted_key_is_refused(chained, tmp_path):
     node, _ = chained
     stranger = NodeKey.generate()
     report = verify_files([node.storage.root], trusted_keys=frozenset({stranger.public_key}))
-    assert kinds(report) == ["bad-signature"]
+    assert kinds(report) == ["untrusted-key"]
     assert verify_files([node.storage.root], trusted_keys=frozenset({node.key.public_key})).ok
 
 
@@ -211,7 +212,7 @@ def test_removing_any_middle_file_of_a_study_is_detected(tmp_path_factory, per_s
         ]
         victim = data.draw(st.integers(1, per_study - 2))
         paths[victim].unlink()
-        report = verify_files([node.storage.root])
+        report = verify_files([node.storage.root], complete=True)
         assert [f.kind for f in report.errors] == ["missing-instance"]
     finally:
         node.close()
@@ -304,3 +305,85 @@ def test_verifying_files_loads_no_database_code(chained):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", str(len(paths)), "-"]
+
+
+def _resign_head(path: Path, key) -> None:
+    """Re-sign a chained file's block with another key, the content left as it is (a forged head)."""
+    from dataclasses import replace
+
+    from dicom_chain.block import Block
+    from dicom_chain.carriers.dicom.embedding import embed_block, read_block
+
+    ds = pydicom.dcmread(path)
+    block = read_block(ds)
+    embed_block(ds, Block.sign(replace(block.header, key_id=key.key_id), key))
+    ds.save_as(path)
+
+
+def test_forged_head_is_caught_by_a_pinned_key_and_unchecked_without_one(chained):
+    from dicom_chain.keys import NodeKey
+
+    node, paths = chained
+    study = paths[:10:2]  # the first study, in chain order
+    head = study[-1]
+    _resign_head(head, NodeKey.generate())
+    pinned = verify_files(study, trusted_keys=frozenset({node.key.public_key}))
+    assert kinds(pinned) == ["untrusted-key"]
+    [finding] = pinned.errors
+    assert finding.path == str(head) and "unknown key" in finding.message
+    unpinned = verify_files(study)
+    assert unpinned.ok and not unpinned.signers_checked  # exit 3 in the CLI: signer not checked
+    assert "key-not-pinned" in kinds(unpinned, "info")
+    assert pinned.signers_checked
+
+
+def test_cli_pins_the_node_home_key_and_exits_3_without_one(chained, tmp_path):
+    from dicom_chain.keys import NodeKey
+
+    node, paths = chained
+    study = [str(p) for p in paths[:10:2]]
+    cli = [sys.executable, "-m", "dicom_chain.cli", "verify"]
+    key_dir = node.settings.home
+    nowhere = str(tmp_path / "none")
+    unpinned = subprocess.run([*cli, "--home", nowhere, *study], capture_output=True, text=True)
+    assert unpinned.returncode == 3, unpinned.stdout + unpinned.stderr
+    assert "SIGNER NOT CHECKED" in unpinned.stdout
+    on_home = subprocess.run([*cli, "--home", str(key_dir), *study], capture_output=True, text=True)
+    assert on_home.returncode == 0, on_home.stdout + on_home.stderr
+    _resign_head(Path(study[-1]), NodeKey.generate())
+    forged = subprocess.run([*cli, "--home", str(key_dir), *study], capture_output=True, text=True)
+    assert forged.returncode == 1 and "untrusted-key" in forged.stdout
+
+
+def test_instance_after_a_malformed_block_is_not_reported_missing(chained):
+    _node, paths = chained
+    study = paths[:10:2]
+    ds = pydicom.dcmread(study[2])
+    for elem in ds.iterall():
+        if elem.tag.group == 0x0071 and elem.VR in ("OB", "UN") and b'"header"' in bytes(elem.value):
+            elem.value = b"{not json" + bytes(elem.value)[9:]
+    ds.save_as(study[2])
+    report = verify_files(study)
+    assert kinds(report) == ["malformed-block"]  # the one real problem, and no "missing" beside it
+    [note] = [f for f in report.findings if f.kind == "missing-instance"]
+    assert note.severity == "info" and note.sop_instance_uid == pydicom.dcmread(study[3]).SOPInstanceUID
+
+
+def test_pydicom_warnings_do_not_leak_to_stderr(tmp_path):
+    malformed = Path(__file__).parent / "malformed" / "uid_too_long.dcm"
+    cli = [sys.executable, "-W", "always", "-m", "dicom_chain.cli", "verify", "--home", str(tmp_path)]
+    result = subprocess.run([*cli, str(malformed)], capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout
+    assert "Warning" not in result.stderr and "pydicom" not in result.stderr, result.stderr
+    assert "parser-warning" in result.stdout  # captured and shown as a note on the file instead
+
+
+def test_one_instance_from_a_pacs_is_not_a_removal_but_complete_demands_the_study(chained, tmp_path):
+    _node, paths = chained
+    study = paths[:10:2]
+    alone = verify_files([study[-1]])
+    assert alone.ok and kinds(alone, "info").count("unchecked-link") == 1
+    cli = [sys.executable, "-m", "dicom_chain.cli", "verify", "--home", str(_node.settings.home)]
+    assert subprocess.run([*cli, str(study[-1])], capture_output=True, text=True).returncode == 0
+    strict = subprocess.run([*cli, "--complete", str(study[-1])], capture_output=True, text=True)
+    assert strict.returncode == 1 and "missing-instance" in strict.stdout

@@ -78,3 +78,32 @@ def test_without_the_node_key_the_run_is_checked_but_not_recorded(node: Node, se
     run = verify_whole_node(elsewhere)
     assert run.report.ok and "no node key" in run.not_recorded
     assert _verify_events(settings) == []
+
+
+def test_pinned_keys_are_the_node_its_chains_and_its_registered_institutions(settings, tmp_path):
+    from dicom_chain.keys import NodeKey
+    from dicom_chain.sharing.registry import Registry
+    from dicom_chain.verifyrun import pinned_keys
+
+    assert pinned_keys(Settings(home=tmp_path / "no-node"), None) is None  # nothing to pin
+    partner = NodeKey.generate()
+    (tmp_path / "partner.pub").write_text(partner.public_pem())
+    node = Node.open(settings)
+    try:
+        node.ingest(item_from_dataset(read("CT_small.dcm")))
+        Registry(node.ledger, node.key).add(
+            "Partner",
+            ae_title="PARTNER",
+            host="127.0.0.1",
+            port=11112,
+            public_key_file=tmp_path / "partner.pub",
+            actor="test",
+            now="2026-01-01T00:00:00Z",
+        )
+        own = node.key.public_key
+    finally:
+        node.close()
+    pinned = pinned_keys(settings, None)
+    assert pinned is not None and {own, partner.public_key} <= pinned
+    given = frozenset({b"k" * 32})
+    assert pinned_keys(settings, given) == given  # keys given replace the defaults, as before

@@ -11,6 +11,7 @@ from dicom_chain.errors import ConfigError, DicomChainError
 EXIT_OK = 0  # everything holds
 EXIT_BROKEN = 1  # something is broken, or the command failed at run time
 EXIT_USAGE = 2  # the command line or the configuration is wrong (as click's own usage errors)
+EXIT_UNCHECKED = 3  # verify: intact, but no signer key was pinned, so who signed was not checked
 
 
 class CommandFailed(click.ClickException):

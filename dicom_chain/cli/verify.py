@@ -1,6 +1,7 @@
 """``verify``: files on their own (blocks and the links between them), or the whole node.
 
-Exit status: 0 all intact, 1 something is broken, 2 usage error.
+Exit status: 0 all intact, 1 something is broken, 2 usage error, 3 intact but no signer key was
+pinned (who signed was not checked).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import click
 
 from dicom_chain.cli.console import progress_bar
-from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
+from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK, EXIT_UNCHECKED
 from dicom_chain.cli.options import config_option, settings_options
 from dicom_chain.findings import Report
 from dicom_chain.vocab import Severity
@@ -22,9 +23,11 @@ from dicom_chain.vocab import Severity
 @config_option
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @settings_options(
+    "home",
     "db",
     "storage",
     help_for={
+        "home": "Node home whose key (and registered institutions) pin the signers of files.",
         "db": "Check the whole node in this ledger (needs --storage).",
         "storage": "The node's store of instances, with --db.",
     },
@@ -34,7 +37,15 @@ from dicom_chain.vocab import Severity
     "public_keys",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Trust only blocks signed by this key (repeatable; from 'keys export').",
+    help=(
+        "Trust only blocks signed by this key (repeatable; from 'keys export'). Default: the node's "
+        "own key and its registered institutions' keys."
+    ),
+)
+@click.option(
+    "--complete",
+    is_flag=True,
+    help="Files: the studies given are whole; a missing instance is an error (default: a subset is fine).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
@@ -55,9 +66,11 @@ from dicom_chain.vocab import Severity
 )
 def verify(
     paths: tuple[Path, ...],
+    home: Path,
     db: str | None,
     storage: Path | None,
     public_keys: tuple[Path, ...],
+    complete: bool,
     as_json: bool,
     progress: bool | None,
     update_index: bool,
@@ -65,12 +78,18 @@ def verify(
 ) -> None:
     """Check files (their blocks and the links between them) or, with --db, the whole node.
 
-    Exit status: 0 all intact, 1 something is broken, 2 usage error.
+    Signers are pinned: the keys given with --public-key, else the node's own key (from --home, or
+    beside the SQLite database given) and its registered institutions' keys; a block signed by any
+    other key is broken. With no key to pin, the signer is not checked and the exit status says so.
+
+    \b
+    Exit status: 0 all intact, 1 something is broken, 2 usage error,
+    3 intact, but signers not checked (no key pinned).
     """
     from dicom_chain.config import Settings
     from dicom_chain.keys import load_public_key
     from dicom_chain.verify import expand_paths, verify_files
-    from dicom_chain.verifyrun import verify_whole_node
+    from dicom_chain.verifyrun import pinned_keys, verify_whole_node
 
     if bool(paths) == bool(db):
         raise click.UsageError("give either files/folders to check, or --db URL --storage DIR")
@@ -78,10 +97,14 @@ def verify(
         raise click.UsageError("--db needs --storage")
     if update_index and not db:
         raise click.UsageError("--update-index needs --db")
-    trusted = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
+    given = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
+    settings = Settings(home=home, db=db, storage=storage, key_file=key_file)
+    # A whole node holds several chains (research exports have their own key), each key on the
+    # record: only the keys given are pinned there. Files alone carry their key: pin by default.
+    trusted = given if db else pinned_keys(settings, given)
     if db:
         run = verify_whole_node(
-            Settings(db=db, storage=storage, key_file=key_file),
+            settings,
             trusted,
             update_index=update_index,
             track=lambda total: progress_bar(total, "verifying node", progress),
@@ -92,9 +115,9 @@ def verify(
     else:
         files = expand_paths(paths)
         with progress_bar(len(files), "verifying files", progress) as advance:
-            report = verify_files(files, trusted, advance)
+            report = verify_files(files, trusted, advance, complete=complete)
     show_report(report, as_json)
-    sys.exit(EXIT_OK if report.ok else EXIT_BROKEN)
+    sys.exit(EXIT_BROKEN if not report.ok else EXIT_OK if report.signers_checked else EXIT_UNCHECKED)
 
 
 def show_report(report: Report, as_json: bool) -> None:
@@ -117,7 +140,12 @@ def show_report(report: Report, as_json: bool) -> None:
         f"{report.files_checked} file(s), {report.blocks_checked} block(s), "
         f"{report.events_checked} event(s) checked"
     )
-    if report.ok:
+    if report.ok and report.signers_checked:
         click.echo(f"OK: {summary}; every block, signature and link holds.")
+    elif report.ok:
+        click.echo(
+            f"INTACT, SIGNER NOT CHECKED: {summary}; every block, signature and link holds, but no key "
+            "was pinned (--public-key, or a node home with its key), so who signed was not checked."
+        )
     else:
         click.echo(f"BROKEN: {len(report.errors)} problem(s); {summary}.")
