@@ -197,53 +197,45 @@ class Node:
             raise ContentHashError(reason) from exc
         return Sender(institution, block)
 
-    def _release_refused(
-        self, ids: Identity, block: Block, institution: Institution, actor: str, reason: str
+    def _item_event(
+        self, kind: EventType, ids: Identity, actor: str, reason: str, details: dict, outcome: Outcome
     ) -> EventDraft:
+        """An event about one received item: who, which patient, study and item, on our chain."""
         return EventDraft(
-            type=EventType.RELEASE_REFUSED,
-            outcome=Outcome.MAJOR_FAILURE,
+            type=kind,
+            outcome=outcome,
             actor=actor,
             patient_id=ids.patient_id,
             study_uid=ids.group_id,
             sop_uid=ids.item_id,
             chain_id=self.chain_id,
             reason=reason,
-            details={
-                "from": institution.name,
-                "reason": reason,
-                "sop_instance_uid": ids.item_id,
-                "block_hash": block.hash,
-            },
+            details=details,
         )
 
+    def _release_refused(
+        self, ids: Identity, block: Block, institution: Institution, actor: str, reason: str
+    ) -> EventDraft:
+        details = {
+            "from": institution.name,
+            "reason": reason,
+            "sop_instance_uid": ids.item_id,
+            "block_hash": block.hash,
+        }
+        return self._item_event(EventType.RELEASE_REFUSED, ids, actor, reason, details, Outcome.MAJOR_FAILURE)
+
     def _release_received(self, ids: Identity, block: Block, sender: Sender, actor: str) -> EventDraft:
-        return EventDraft(
-            type=EventType.RELEASE_RECEIVED,
-            actor=actor,
-            patient_id=ids.patient_id,
-            study_uid=ids.group_id,
-            sop_uid=ids.item_id,
-            chain_id=self.chain_id,
-            reason=f"from {sender.institution.name}, its block verified",
-            details={
-                "from": sender.institution.name,
-                "sender_block": sender.block.hash,
-                "sop_instance_uid": ids.item_id,
-                "height": block.header.height,
-            },
-        )
+        details = {
+            "from": sender.institution.name,
+            "sender_block": sender.block.hash,
+            "sop_instance_uid": ids.item_id,
+            "height": block.header.height,
+        }
+        reason = f"from {sender.institution.name}, its block verified"
+        return self._item_event(EventType.RELEASE_RECEIVED, ids, actor, reason, details, Outcome.SUCCESS)
 
     def _receipt(
         self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome
     ) -> EventDraft:
-        return EventDraft(
-            type=EventType.INSTANCE_RECEIVED,
-            actor=actor,
-            patient_id=ids.patient_id,
-            study_uid=ids.group_id,
-            sop_uid=ids.item_id,
-            chain_id=self.chain_id,
-            reason=outcome,
-            details={"height": block.header.height, "block_hash": block.hash, "version": version},
-        )
+        details = {"height": block.header.height, "block_hash": block.hash, "version": version}
+        return self._item_event(EventType.INSTANCE_RECEIVED, ids, actor, outcome, details, Outcome.SUCCESS)

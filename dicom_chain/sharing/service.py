@@ -103,7 +103,8 @@ def decide_release(
             raise SharingError(f"no study {study_uid} on this node")
         record_policy(host.ledger, host.key, session, host.policy, actor)
         request = ReleaseRequest(study.patient_id, study_uid, to, purpose, study.modalities)
-        decision = decide(host.policy, facts_io.load(host.ledger, session), request, now)
+        facts = facts_io.load(host.ledger, session)
+        decision = decide(host.policy, facts, request, now)
         event = append_event(session, host.key, EventDraft(
             type=EventType.RELEASE_GRANTED if decision.allowed else EventType.RELEASE_DENIED,
             outcome=Outcome.SUCCESS if decision.allowed else Outcome.MINOR_FAILURE,
@@ -116,7 +117,7 @@ def decide_release(
             },
         ))  # fmt: skip
         parties = [(scores.INSTITUTION, to), (scores.PATIENT, study.patient_id)]
-        note_score_changes(host, session, event, parties, actor=actor)
+        note_score_changes(host, session, facts.events, event, parties, actor=actor)
     return decision
 
 
@@ -126,7 +127,8 @@ def record_refusal(host: SharingHost, draft: EventDraft, sender: str) -> None:
     with host.db.writing() as session:
         host.ledger.lock_event_head(session)
         event = append_event(session, host.key, draft)
-        note_score_changes(host, session, event, [(scores.INSTITUTION, sender)], actor=draft.actor)
+        before = facts_io.load(host.ledger, session, before_seq=event.seq).events
+        note_score_changes(host, session, before, event, [(scores.INSTITUTION, sender)], actor=draft.actor)
 
 
 SCORE_NOTICE_PLACES = 1  # a notice is recorded when the score as shown (one decimal) moves
@@ -135,6 +137,7 @@ SCORE_NOTICE_PLACES = 1  # a notice is recorded when the score as shown (one dec
 def note_score_changes(
     host: SharingHost,
     session: Session,
+    before: Sequence[Event],
     cause: Event,
     parties: Sequence[tuple[str, str]],
     *,
@@ -145,8 +148,8 @@ def note_score_changes(
     A notice is derived, never a source: scores are always recomputed from the events the policy
     names (``score.changed`` is not one of them), and the notice says from what, to what and
     because of which event, so an auditor reading an export sees scores move where they move.
-    Both scores are taken at the moment the cause was recorded."""
-    before = facts_io.load(host.ledger, session, before_seq=cause.seq).events
+    Both scores are taken at the moment the cause was recorded; ``before`` are the facts the cause
+    was appended after (the caller has them already, read in the same transaction)."""
     now = cause.time
     notices = []
     for party, name in parties:
