@@ -442,16 +442,14 @@ def study_facts(db: Database, uids: Iterable[str]) -> dict[str, StudyFacts]:
 
 
 def parties(ledger: Ledger, max_seq: int) -> dict[str, Party]:
-    """Registered institutions by AE title, from their added/removed events (latest wins)."""
+    """Registered institutions by AE title, from their added/removed events (latest wins); read
+    by type through the ledger's index, not by walking the whole log."""
     found: dict[str, Party] = {}
-    names = {EventType.INSTITUTION_ADDED, EventType.INSTITUTION_REMOVED}
-    for row in ledger.iter_event_rows(max_seq=max_seq):
-        rec = record.from_row(row, decode_details=False)
-        if rec["type"] not in names:
-            continue
-        d = record.details_of(rec)
+    names = (EventType.INSTITUTION_ADDED, EventType.INSTITUTION_REMOVED)
+    for event in ledger.events_of_types(names, before_seq=max_seq + 1):
+        d = event.details
         ae = str(d.get("ae_title", ""))
-        if rec["type"] == EventType.INSTITUTION_ADDED and ae:
+        if event.type == EventType.INSTITUTION_ADDED and ae:
             found[ae] = Party(name=str(d.get("name", ae)), ae_title=ae)
         else:
             found = {k: v for k, v in found.items() if v.name != d.get("name") and k != ae}
