@@ -69,6 +69,11 @@ class Origin:
 
 ORIGIN_KEYS = ("institution", "key_id", "block_hash")
 ORIGIN_KEY = "origin"  # the optional format 2 header key
+# Optional in both formats (docs/design.md 2.1): which canonical encoding the content hash used
+# (absent: 1) and, from version 2 of DICOM's, the hash of every attribute but the pixels.
+CANONICAL_KEY = "canonical"
+ATTRIBUTES_KEY = "attributes_hash"
+IMPLIED_CANONICAL = 1
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class BlockHeader:
     carrier: str = IMPLIED_CARRIER  # format 2 only; format 1 implies "dicom" and does not serialise it
     origin: Origin | None = None  # format 2 only, optional: the sender's block of an item received from
     # another institution (docs/design.md 10.6); absent, the header serialises exactly as before
+    canonical: int = IMPLIED_CANONICAL  # the content hash's canonical version; 1 is not serialised
+    attributes_hash: str = ""  # canonical 2 and later: the attributes hash (1.6); "" is not serialised
 
     @property
     def item_id(self) -> str:
@@ -111,6 +118,10 @@ class BlockHeader:
         out: dict[str, Any] = {key: getattr(self, name) for key, name in names.items()}
         if self.origin is not None:
             out[ORIGIN_KEY] = self.origin.to_dict()
+        if self.canonical != IMPLIED_CANONICAL:
+            out[CANONICAL_KEY] = self.canonical
+        if self.attributes_hash:
+            out[ATTRIBUTES_KEY] = self.attributes_hash
         return out
 
     def canonical_bytes(self) -> bytes:
@@ -128,7 +139,9 @@ class BlockHeader:
         if type(version) is not int or version not in _NAMES:
             raise MalformedBlockError(f"unknown block format version {version!r}")
         names = _NAMES[version]
-        optional = {ORIGIN_KEY} if version == ITEM_FORMAT_VERSION else set()
+        optional = {CANONICAL_KEY, ATTRIBUTES_KEY} | (
+            {ORIGIN_KEY} if version == ITEM_FORMAT_VERSION else set()
+        )
         if not set(names) <= set(data) <= set(names) | optional:
             missing, extra = set(names) - set(data), set(data) - set(names) - optional
             raise MalformedBlockError(
@@ -139,7 +152,18 @@ class BlockHeader:
             if type(data[key]) is not want:
                 raise MalformedBlockError(f"block header field {key!r} is not {want.__name__}")
         origin = Origin.from_dict(data[ORIGIN_KEY]) if ORIGIN_KEY in data else None
-        header = cls(**{name: data[key] for key, name in names.items()}, origin=origin)
+        canonical = data.get(CANONICAL_KEY, IMPLIED_CANONICAL)
+        if CANONICAL_KEY in data and (type(canonical) is not int or canonical <= IMPLIED_CANONICAL):
+            raise MalformedBlockError(f"canonical version {canonical!r}: absent means 1, else an int above")
+        attributes = data.get(ATTRIBUTES_KEY, "")
+        if ATTRIBUTES_KEY in data and (type(attributes) is not str or not attributes):
+            raise MalformedBlockError("attributes_hash is not text")
+        header = cls(
+            **{name: data[key] for key, name in names.items()},
+            origin=origin,
+            canonical=canonical,
+            attributes_hash=attributes,
+        )
         header.check()
         return header
 
@@ -156,6 +180,10 @@ class BlockHeader:
                 raise MalformedBlockError("origin names a block hash and a key id in lowercase hex")
             if not self.origin.institution:
                 raise MalformedBlockError("origin names no institution")
+        if self.attributes_hash and (
+            self.canonical == IMPLIED_CANONICAL or not _HEX64.fullmatch(self.attributes_hash)
+        ):
+            raise MalformedBlockError("attributes_hash is 64 lowercase hex digits, from canonical 2 on")
         if not CARRIER_NAME.fullmatch(self.carrier):
             raise MalformedBlockError("carrier is not a short lowercase name")
         if self.height < 0 or self.study_index < 0:
@@ -171,7 +199,9 @@ class BlockHeader:
             raise MalformedBlockError("only study index 0 may (and must) follow the genesis hash")
 
 
-_TYPES = {f.name: f.type for f in fields(BlockHeader) if f.name != ORIGIN_KEY}
+_TYPES = {
+    f.name: f.type for f in fields(BlockHeader) if f.name not in (ORIGIN_KEY, CANONICAL_KEY, ATTRIBUTES_KEY)
+}
 _COMMON = ("version", "chain_id", "height", "prev_hash", "content_hash", "timestamp", "institution", "key_id")
 # serialised key -> attribute, per format; format 1's keys are frozen: its block hashes depend on them
 _NAMES: dict[int, dict[str, str]] = {

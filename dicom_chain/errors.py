@@ -66,6 +66,11 @@ class ContentHashError(DicomChainError):
     fault = Fault.REMOTE
 
 
+class LossyReencodingError(ContentHashError):
+    """Only the pixels differ, and the file says they were re-encoded lossily: a hop's damage,
+    told apart from tampering, yet still not the image that was chained."""
+
+
 class IdentifierError(DicomChainError):
     """A query or retrieve identifier asks what its information model does not allow (PS3.4 C.4.1)."""
 

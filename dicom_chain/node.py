@@ -107,7 +107,7 @@ class Node:
         try:
             with self.receipts.open(self.chain_id, ids) as tx:
                 latest = tx.latest_version(ids.item_id)
-                if latest is not None and latest.block.header.content_hash == digest:
+                if latest is not None and item.same_content(latest.block):
                     outcome = IngestOutcome.DUPLICATE
                     if not self.storage.exists(latest.path):  # the ledger has it, the disk lost it
                         self.storage.write(latest.path, item.with_block(latest.block))
@@ -125,6 +125,8 @@ class Node:
                     height=tx.head_height + 1,
                     prev_hash=tx.head_hash,
                     content_hash=digest,
+                    canonical=item.canonical,
+                    attributes_hash=item.attributes_hash,
                     timestamp=utc_now(),
                     institution=self.settings.institution,
                     key_id=self.key.key_id,
@@ -186,7 +188,7 @@ class Node:
             return None
         try:
             block.verify_signature(frozenset({institution.public_key}))
-            if block.header.content_hash != item.content_hash:
+            if not item.same_content(block):
                 raise ContentHashError("content differs from what its block recorded (altered on the way)")
         except DicomChainError as exc:
             reason = f"block from {institution.name} refused: {exc}"

@@ -21,6 +21,7 @@ from dicom_chain.chain import Located, check_links
 from dicom_chain.errors import (
     ContentHashError,
     DicomChainError,
+    LossyReencodingError,
     MalformedBlockError,
     NoBlockError,
     NotDicomError,
@@ -117,6 +118,8 @@ def _check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | Non
         return None
     try:
         carried.check_content(block)
+    except LossyReencodingError as exc:  # not tampering, yet not the image chained either
+        report.add(ERROR, FindingKind.LOSSY_REENCODED, str(exc), **loc)
     except ContentHashError as exc:
         report.add(ERROR, FindingKind.ALTERED, str(exc), **loc)
     except DicomChainError as exc:

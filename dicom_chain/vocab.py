@@ -116,6 +116,7 @@ class FindingKind(StrEnum):
     PARSER_WARNING = "parser-warning"
     UNCHECKED_LINK = "unchecked-link"
     ALTERED = "altered"
+    LOSSY_REENCODED = "lossy-reencoded"  # only the pixels differ, re-encoded lossily on a hop (1.6)
     GAP = "gap"
     BROKEN_LINK = "broken-link"
     FORK = "fork"

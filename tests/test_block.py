@@ -69,9 +69,13 @@ def test_hash_covers_every_header_field():
     # format 1 serialises no carrier (it is always "dicom"); format 2's test covers it
     # format 1 carries no origin either: format 2 only (test_origin_*)
     every = {f.name for f in dataclasses.fields(BlockHeader)}
-    assert set(variants) | {"version", "carrier", "origin"} == every
+    assert set(variants) | {"version", "carrier", "origin", "canonical", "attributes_hash"} == every
     for name, value in variants.items():
         assert dataclasses.replace(base, **{name: value}).block_hash != base.block_hash, name
+    v2 = dataclasses.replace(base, canonical=2, attributes_hash="12" * 32)
+    assert v2.block_hash != base.block_hash
+    for name, value in {"canonical": 3, "attributes_hash": "13" * 32}.items():
+        assert dataclasses.replace(v2, **{name: value}).block_hash != v2.block_hash, name
     item = header(version=ITEM_FORMAT_VERSION, carrier="png")
     for name, value in {**variants, "carrier": "jpeg"}.items():
         assert dataclasses.replace(item, **{name: value}).block_hash != item.block_hash, name
@@ -90,6 +94,39 @@ def test_format_1_hashes_do_not_move():
     )
     assert fixed.block_hash == "749009ac360bc02023089fdaabfebd2b656c09f51c30623cb74af9a0ec6874ea"
     assert "carrier" not in fixed.to_dict() and "sop_instance_uid" in fixed.to_dict()
+
+
+def test_canonical_version_and_attributes_hash_are_serialised_only_when_not_implied():
+    """A version 1 header keeps its bytes (no new keys); a version 2 one names its version and
+    attributes hash, and reads back in either format."""
+    assert {"canonical", "attributes_hash"}.isdisjoint(header().to_dict())
+    for version, carrier in ((FORMAT_VERSION, "dicom"), (ITEM_FORMAT_VERSION, "png")):
+        block = Block.sign(
+            header(version=version, carrier=carrier, canonical=2, attributes_hash="34" * 32), KEY
+        )
+        names = block.header.to_dict()
+        assert (names["canonical"], names["attributes_hash"]) == (2, "34" * 32)
+        again = Block.from_bytes(block.to_bytes())
+        assert again == block and again.header.canonical == 2
+        again.verify_signature()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"canonical": 1},  # implied: writing it would give one header two encodings
+        {"canonical": "2"},
+        {"canonical": 0},
+        {"attributes_hash": "34" * 32},  # without a canonical version that has one
+        {"canonical": 2, "attributes_hash": "XYZ"},
+        {"canonical": 2, "attributes_hash": ""},
+    ],
+)
+def test_bad_canonical_fields_are_refused(changes):
+    data = Block.sign(header(), KEY).to_dict()
+    data["header"].update(changes)
+    with pytest.raises(MalformedBlockError):
+        Block.from_bytes(json.dumps(data).encode())
 
 
 def test_format_2_names_the_carrier_and_its_item_and_reads_back():

@@ -70,7 +70,7 @@ class ToyCarried(Carried):
     def item_id_hint(self) -> str:
         return str(self.names.get("item", ""))
 
-    def content_hash(self) -> str:
+    def content_hash(self, version: int | None = None) -> str:
         return hashlib.sha256(self.content).hexdigest()
 
     def read_block(self) -> Block:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dicom_chain.block import Block
-from dicom_chain.errors import ContentHashError
+from dicom_chain.errors import ContentHashError, DicomChainError
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,14 @@ class Carried(ABC):
         """The item id when the file names one, else "": findings on broken files still name it."""
 
     @abstractmethod
-    def content_hash(self) -> str:
-        """Hex SHA-256 of the carrier's canonical content (its block left out); MalformedDatasetError
-        when the content cannot be canonicalised."""
+    def content_hash(self, version: int | None = None) -> str:
+        """Hex SHA-256 of the carrier's canonical content (its block left out), by canonical
+        ``version`` (None: the carrier's newest); MalformedDatasetError when the content cannot be
+        canonicalised, or the version is not one the carrier knows."""
+
+    def digests(self) -> Digests:
+        """What a new block records of the content: by default the content hash alone."""
+        return Digests(self.carrier.canonical_version, self.content_hash(), "")
 
     @abstractmethod
     def read_block(self) -> Block:
@@ -71,16 +76,27 @@ class Carried(ABC):
         return None
 
     def check_content(self, block: Block) -> None:
-        """ContentHashError unless the content still hashes to what ``block`` recorded."""
-        if self.content_hash() != block.header.content_hash:
+        """ContentHashError unless the content still hashes, by the canonical version ``block``
+        names, to what it recorded."""
+        if self.content_hash(block.header.canonical) != block.header.content_hash:
             raise ContentHashError("content changed since it was chained (content hash differs)")
 
     def item(self) -> Item:
         """The file as something to chain: hashed, named and checked, or a named error."""
-        digest = self.content_hash()  # first: a parser decoding values lazily has decoded nothing yet
+        digests = self.digests()  # first: a parser decoding values lazily has decoded nothing yet
         identity = self.identity()
         self.check()
-        return Item(self, identity, digest)
+        return Item(self, identity, digests.content, digests.version, digests.attributes)
+
+
+@dataclass(frozen=True)
+class Digests:
+    """What a block records of an item's content (docs/design.md 1): the canonical version used,
+    the content hash, and (DICOM from version 2) the hash of every attribute but the pixels."""
+
+    version: int
+    content: str
+    attributes: str = ""  # "" when the version has none
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,17 @@ class Item:
     carried: Carried
     identity: Identity
     content_hash: str
+    canonical: int = 1  # the canonical version content_hash used
+    attributes_hash: str = ""  # DICOM from canonical 2: every attribute but the pixels (1.6)
+
+    def same_content(self, block: Block) -> bool:
+        """Whether ``block`` recorded this content, by whichever canonical version it used."""
+        if block.header.canonical == self.canonical:
+            return block.header.content_hash == self.content_hash
+        try:
+            return self.carried.content_hash(block.header.canonical) == block.header.content_hash
+        except DicomChainError:
+            return False
 
     @property
     def carrier(self) -> Carrier:
@@ -108,6 +135,7 @@ class Carrier(ABC):
     name: ClassVar[str]  # lowercase; format 2 block headers carry it (docs/design.md 2.4)
     suffix: ClassVar[str]  # the file name suffix in the store, e.g. ".dcm"
     block_format: ClassVar[int]  # the block header format this carrier writes (1: DICOM only, 2: any)
+    canonical_version: ClassVar[int] = 1  # the canonical encoding its new blocks use (docs/design.md 1)
     magic_length: ClassVar[int]  # how many leading bytes ``recognises`` needs
     forwarded: ClassVar[bool] = False  # whether DICOM peers (the --forward PACS) take its items
 

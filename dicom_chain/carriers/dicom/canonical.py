@@ -1,42 +1,83 @@
 """The content hash: SHA-256 over a canonical encoding of a dataset.
 
-A PACS may re-encode an instance between uncompressed transfer syntaxes or rewrite its file
-meta; the hash must not move when that happens, yet move when any value changes. So we hash
-values in one fixed byte order, never the VR or the length encoding a syntax chose, and skip
-what a hop may legitimately rewrite (file meta, group lengths, trailing padding, our own block).
-The exact definition is in docs/design.md; keep the two in step (CANONICAL_VERSION).
+A PACS may re-encode an instance between transfer syntaxes, compress its pixels losslessly or
+rewrite its file meta; the hash must not move when that happens, yet move when any value changes.
+So we hash values in one fixed byte order, never the VR or the length encoding a syntax chose,
+pixels by their values where a lossless syntax lets us decode them, and skip what a hop may
+legitimately rewrite (file meta, group lengths, trailing padding, our own block). The exact
+definitions of both versions are in docs/design.md section 1; keep the two in step.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from io import BytesIO
 from typing import Any
 
 import numpy as np
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_sequence
 from pydicom.filewriter import write_data_element
 
+from dicom_chain.carriers.base import Digests
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, chain_block_tags
 from dicom_chain.errors import MalformedDatasetError
 
-CANONICAL_VERSION = 1
-DOMAIN = b"DICOM_CHAIN content v1\n"
+CANONICAL_VERSION = 2  # what the node writes now; blocks say which version they used
+CANONICAL_VERSIONS = (1, 2)  # what verify reads
+DOMAINS = {1: b"DICOM_CHAIN content v1\n", 2: b"DICOM_CHAIN content v2\n"}
+ATTRIBUTES_DOMAIN = b"DICOM_CHAIN attributes v2\n"
+DICTIONARY_EDITION = "2024c"  # the data dictionary every VR decision uses, frozen (1.2)
 
 PIXEL_DATA = 0x7FE00010
+PHOTOMETRIC = 0x00280004
+PLANAR_CONFIGURATION = 0x00280006
+DERIVATION_DESCRIPTION = 0x00082111
 TRAILING_PADDING = 0xFFFCFFFC
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
 ITEM = 0xFFFEE000
 BATCH_LIMIT = 4096  # values below this are joined with their neighbours before hashing
 SEQUENCE_DELIMITER = 0xFFFEE0DD
+
+# Version 2, top level only: left out of the content hash because a lossless re-encoding rewrites
+# them (DCMTK's lossless JPEG compressors append their settings to Derivation Description; the
+# pixel layout Planar Configuration describes is made canonical instead, 1.5).
+V2_EXCLUDED = frozenset({PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION})
+# Version 2: what a lossy re-encoding may rewrite besides the pixels; the attributes hash leaves
+# them out, so that verify can tell a lossy hop (every other attribute intact) from tampering.
+LOSSY_DESCRIPTION = frozenset({
+    PIXEL_DATA, PHOTOMETRIC, PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION,
+    0x00282110,  # Lossy Image Compression
+    0x00282112,  # Lossy Image Compression Ratio
+    0x00282114,  # Lossy Image Compression Method
+})  # fmt: skip
+# Transfer syntaxes whose pixel values survive encoding exactly: hashed by decoded value (1.5).
+LOSSLESS_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Process 14
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, Process 14, SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.201",  # HTJ2K (Lossless Only)
+    "1.2.840.10008.1.2.4.202",  # HTJ2K with RPCL Options (Lossless Only)
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+})  # fmt: skip
+NATIVE_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
+})  # fmt: skip
+# Version 2: a value of an element the dictionary does not know loses trailing spaces and NULs
+# only if what remains is text: printable bytes, high bytes (other character sets), TAB, LF, FF,
+# CR and ESC (ISO 2022). Any other control byte means binary, kept as it is.
+TEXT_BYTES = bytes(range(0x20, 0x100)) + b"\t\n\x0c\r\x1b"
+SUBSAMPLED = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"})
 
 # Width of the unit to byte-swap when a value comes from a big endian dataset.
 SWAP_WIDTH = {
@@ -52,22 +93,69 @@ TEXT_VRS = {
 }  # fmt: skip
 
 
-def content_hash(ds: Dataset) -> str:
+def content_hash(ds: Dataset, version: int = CANONICAL_VERSION) -> str:
     """Hex SHA-256 of the canonical encoding of ``ds`` (file meta and our block excluded)."""
-    h = hashlib.sha256(DOMAIN)
+    return content_digests(ds, version).content
+
+
+def content_digests(ds: Dataset, version: int = CANONICAL_VERSION) -> Digests:
+    if version not in CANONICAL_VERSIONS:
+        raise MalformedDatasetError(f"unknown canonical encoding version {version}")
+    h = hashlib.sha256(DOMAINS[version])
+    attrs = hashlib.sha256(ATTRIBUTES_DOMAIN) if version >= 2 else None
     try:
-        _feed_dataset(h, ds, exclude=chain_block_tags(ds))
+        rules = _Rules(version, _transfer_syntax(ds))
+        _feed_dataset(h, ds, rules, exclude=chain_block_tags(ds), attrs=attrs)
     except MalformedDatasetError:
         raise
     except Exception as exc:  # pydicom raises many types on garbled values
         raise MalformedDatasetError(f"cannot canonicalise dataset: {exc}") from exc
-    return h.hexdigest()
+    return Digests(version, h.hexdigest(), attrs.hexdigest() if attrs is not None else "")
 
 
-def _feed_dataset(h: Any, ds: Dataset, exclude: frozenset[int] = frozenset()) -> None:
-    """Stream the canonical form into ``h``; small pieces are batched into one update."""
+def lossy_pixels(ds: Dataset) -> str:
+    """Why the pixels of ``ds`` are not those of the original ("" when nothing says they differ):
+    a lossy transfer syntax, or Lossy Image Compression 01 (a lossy hop, then decompressed)."""
+    syntax = _transfer_syntax(ds)
+    raw = ds.get_item(PIXEL_DATA) if PIXEL_DATA in ds else None
+    if raw is not None and _is_undefined_length(raw) and syntax not in LOSSLESS_SYNTAXES:
+        return f"transfer syntax {syntax or 'unknown'} is lossy"
+    flag = ds.get("LossyImageCompression", "")
+    if str(flag).strip() == "01":
+        return "Lossy Image Compression is 01"
+    return ""
+
+
+@dataclass(frozen=True)
+class _Rules:
+    version: int
+    syntax: str | None
+
+    @property
+    def v2(self) -> bool:
+        return self.version >= 2
+
+
+def _transfer_syntax(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(uid).strip("\x00 ") if uid else None
+
+
+def _feed_dataset(
+    h: Any,
+    ds: Dataset,
+    rules: _Rules,
+    exclude: frozenset[int] = frozenset(),
+    attrs: Any = None,
+) -> None:
+    """Stream the canonical form into ``h`` (and, at the top level of version 2, every attribute
+    but the pixels into ``attrs``); small pieces are batched into one update."""
     little = _dataset_is_little_endian(ds)
+    top = attrs is not None
+    v2 = rules.v2
     parts: list[bytes] = []
+    attr_parts: list[bytes] = []
     pack = struct.pack
 
     def flush() -> None:
@@ -77,8 +165,18 @@ def _feed_dataset(h: Any, ds: Dataset, exclude: frozenset[int] = frozenset()) ->
     for tag in sorted(map(int, ds.keys())):  # plain ints: BaseTag compares in Python, slowly
         if tag >> 16 == 0x0002 or not tag & 0xFFFF or tag == TRAILING_PADDING or tag in exclude:
             continue
+        if top and tag in V2_EXCLUDED:
+            continue
         raw = ds.get_item(tag)
+        start = len(parts)
         parts.append(pack("<HH", tag >> 16, tag & 0xFFFF))
+        if top and tag == PIXEL_DATA:
+            pixels = _canonical_pixels(ds, raw, little, rules)
+            if pixels is not None:
+                parts.append(b"V" + pack("<Q", len(pixels)))
+                flush()
+                h.update(pixels)
+                continue
         if tag == PIXEL_DATA and _is_undefined_length(raw):
             fragments = list(_fragments(_value_bytes(raw)))
             parts.append(b"F" + pack("<I", len(fragments)))
@@ -88,21 +186,32 @@ def _feed_dataset(h: Any, ds: Dataset, exclude: frozenset[int] = frozenset()) ->
                 h.update(fragment)
             continue
         items = _sequence_items(ds, tag, raw)
-        if items is not None:
+        if items is not None and (items or not v2):
             parts.append(b"S" + pack("<I", len(items)))
             for item in items:
                 sub = hashlib.sha256()
-                _feed_dataset(sub, item)
+                _feed_dataset(sub, item, rules)
                 parts.append(sub.digest())
-            continue
-        value = _canonical_value(raw, tag, little)
-        parts.append(b"V" + pack("<Q", len(value)))
-        if len(value) >= BATCH_LIMIT:
-            flush()
-            h.update(value)  # large values (pixels) go straight in, uncopied
+        elif items is not None:  # v2: no items and an empty value are one thing after any hop
+            parts.append(b"V" + pack("<Q", 0))
         else:
+            value = _canonical_value(raw, tag, little, rules)
+            if top and tag == PHOTOMETRIC and value == b"YBR_RCT":
+                value = b"RGB"  # the decoder undoes the reversible colour transform (1.5)
+            parts.append(b"V" + pack("<Q", len(value)))
+            if len(value) >= BATCH_LIMIT:
+                if top and tag not in LOSSY_DESCRIPTION:
+                    attr_parts.extend(parts[start:])
+                    attr_parts.append(value)
+                flush()
+                h.update(value)  # large values go straight in, uncopied
+                continue
             parts.append(value)
+        if top and tag not in LOSSY_DESCRIPTION:
+            attr_parts.extend(parts[start:])
     flush()
+    if top:
+        attrs.update(b"".join(attr_parts))
 
 
 def _dataset_is_little_endian(ds: Dataset) -> bool:
@@ -152,16 +261,37 @@ def _is_private(tag: int) -> bool:
     return bool((tag >> 16) & 1)
 
 
+@lru_cache(maxsize=1)
+def _dictionary() -> tuple[dict[int, str], tuple[tuple[int, int, str], ...]]:
+    """The frozen data dictionary (DICOM 2024c, as pydicom 3.0 shipped it): tag -> VR, and the
+    repeating groups as (mask, value, VR). Frozen so that a pydicom upgrade cannot move a hash."""
+    text = resources.files(__package__).joinpath(f"dictionary_{DICTIONARY_EDITION}.json").read_text()
+    data = json.loads(text)
+    tags = {int(key, 16): vr for key, vr in data["tags"].items()}
+    repeaters = tuple(
+        (int("".join("0" if c == "x" else "F" for c in key), 16), int(key.replace("x", "0"), 16), vr)
+        for key, vr in data["repeaters"].items()
+    )
+    return tags, repeaters
+
+
 @lru_cache(maxsize=4096)
-def _public_vr(tag: int) -> str | None:
-    """The public dictionary's single VR for ``tag`` (None: private, unknown or ambiguous)."""
+def _dictionary_vr(tag: int) -> str | None:
+    """The frozen public dictionary's VR for ``tag``, ambiguous ones ("US or SS") included; None
+    for private tags and tags the dictionary does not know."""
     if _is_private(tag):
         return None
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return None
-    return vr if " or " not in vr else None
+    tags, repeaters = _dictionary()
+    vr = tags.get(tag)
+    if vr is None:
+        vr = next((vr for mask, value, vr in repeaters if tag & mask == value), None)
+    return vr
+
+
+def _public_vr(tag: int) -> str | None:
+    """The public dictionary's single VR for ``tag`` (None: private, unknown or ambiguous)."""
+    vr = _dictionary_vr(tag)
+    return vr if vr is not None and " or " not in vr else None
 
 
 def _resolved_vr(tag: int, raw: RawDataElement | DataElement) -> str:
@@ -220,7 +350,28 @@ def _parse_un_sequence(value: bytes, ds: Dataset) -> list[Dataset] | None:
         return None
 
 
-def _canonical_value(raw: RawDataElement | DataElement, tag: int, little: bool) -> bytes:
+def _canonical_value(raw: RawDataElement | DataElement, tag: int, little: bool, rules: _Rules) -> bytes:
+    value = _value_le(raw, tag, little)
+    vr = _dictionary_vr(tag)
+    if vr in TEXT_VRS:
+        return value.rstrip(b" \x00")
+    if vr is None and rules.v2:
+        return _unknown_padding(value)
+    return value
+
+
+def _unknown_padding(value: bytes) -> bytes:
+    """Version 2: an element the dictionary does not know (private, or newer than it) keeps no
+    trailing spaces or NULs when the rest is text, since a tool that knew it as text may drop
+    or rewrite them (DCMTK drops extra spaces, pydicom writes NUL padding as a space)."""
+    stripped = value.rstrip(b" \x00")
+    if stripped and len(stripped) != len(value) and not stripped.translate(None, TEXT_BYTES):
+        return stripped
+    return value
+
+
+def _value_le(raw: RawDataElement | DataElement, tag: int, little: bool) -> bytes:
+    """The value bytes, little endian (1.2)."""
     if isinstance(raw, RawDataElement):
         value = bytes(raw.value or b"")
         if raw.length != UNDEFINED_LENGTH and len(value) != raw.length:
@@ -229,11 +380,119 @@ def _canonical_value(raw: RawDataElement | DataElement, tag: int, little: bool) 
             )
         if not raw.is_little_endian:
             value = _swap(value, raw.VR)
-    else:
-        value = _encode_element(raw, little)
-    if _public_vr(tag) in TEXT_VRS:
-        value = value.rstrip(b" \x00")
-    return value
+        return value
+    return _encode_element(raw, little)
+
+
+def _canonical_pixels(
+    ds: Dataset, raw: RawDataElement | DataElement, little: bool, rules: _Rules
+) -> bytes | memoryview | None:
+    """Version 2, top-level Pixel Data: its values in the canonical native layout (1.5), or None
+    where they are hashed as encoded (lossy or undecodable fragments, layouts we do not normalise)."""
+    if not rules.v2:
+        return None
+    try:
+        shape = _PixelShape.of(ds)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        shape = None
+    if _is_undefined_length(raw):
+        if shape is None or rules.syntax not in LOSSLESS_SYNTAXES or not shape.normalisable:
+            return None
+        try:
+            array = _decode(ds, rules.syntax)
+        except Exception:  # undecodable: hashed as its fragments, exactly as encoded (1.5)
+            return None
+        kind = "i" if array.dtype.kind == "i" else "u"
+        array = array.astype(f"<{kind}{shape.bytes_per_sample}", copy=False)
+        return shape.normalise(array.reshape(-1).view(f"<u{shape.bytes_per_sample}"))
+    value = _value_le(raw, PIXEL_DATA, little)
+    if shape is None or not shape.normalisable or len(value) < shape.size:
+        return value
+    samples = np.frombuffer(
+        value, dtype=f"<u{shape.bytes_per_sample}", count=shape.size // shape.bytes_per_sample
+    )
+    if shape.planar:
+        samples = samples.reshape(shape.frames, shape.samples, shape.rows, shape.columns)
+        samples = samples.transpose(0, 2, 3, 1).reshape(-1)
+    return shape.normalise(samples)
+
+
+def _decode(ds: Dataset, syntax: str) -> np.ndarray:
+    """All frames, as the codec gives them: samples interleaved, no colour space conversion."""
+    from pydicom.pixels import get_decoder  # the codec machinery loads only when needed
+
+    decoder = get_decoder(syntax)
+    array, _ = decoder.as_array(ds, raw=True)
+    return np.ascontiguousarray(array)
+
+
+@dataclass(frozen=True)
+class _PixelShape:
+    rows: int
+    columns: int
+    samples: int
+    frames: int
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    signed: bool
+    planar: bool  # native only: stored colour-by-plane
+    photometric: str
+
+    @classmethod
+    def of(cls, ds: Dataset) -> _PixelShape:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        return cls(
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            samples=samples,
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            bits_allocated=int(ds.BitsAllocated),
+            bits_stored=int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated),
+            high_bit=int(ds.get("HighBit", int(ds.get("BitsStored", ds.BitsAllocated)) - 1)),
+            signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
+            planar=samples > 1 and int(ds.get("PlanarConfiguration", 0) or 0) == 1,
+            photometric=str(ds.get("PhotometricInterpretation", "")).strip(),
+        )
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return self.bits_allocated // 8
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.columns * self.samples * self.frames * self.bytes_per_sample
+
+    @property
+    def normalisable(self) -> bool:
+        """Whole-byte samples, every sample stored (not subsampled), bits that make sense."""
+        return (
+            self.bits_allocated in (8, 16, 32, 64)
+            and 0 < self.bits_stored <= self.bits_allocated
+            and self.bits_stored - 1 <= self.high_bit < self.bits_allocated
+            and self.photometric not in SUBSAMPLED
+            and self.size > 0
+        )
+
+    def normalise(self, samples: np.ndarray) -> bytes | memoryview:
+        """Each sample as its Bits Stored value (bits outside them are no part of it, and a
+        lossless codec drops them), sign-extended when signed, little endian."""
+        if len(samples) * self.bytes_per_sample != self.size:
+            raise MalformedDatasetError(
+                f"pixel data holds {len(samples)} samples, "
+                f"its attributes say {self.size // self.bytes_per_sample}"
+            )
+        if self.bits_stored < self.bits_allocated:
+            dtype = samples.dtype
+            shift = self.high_bit + 1 - self.bits_stored
+            mask = dtype.type((1 << self.bits_stored) - 1)
+            samples = (samples >> dtype.type(shift)) & mask if shift else samples & mask
+            if self.signed:
+                sign = dtype.type(1 << (self.bits_stored - 1))
+                samples = (samples ^ sign) - sign  # wraps: two's complement in Bits Allocated
+        return memoryview(
+            np.ascontiguousarray(samples).astype(samples.dtype.newbyteorder("<"), copy=False)
+        ).cast("B")
 
 
 def _encode_element(elem: DataElement, little: bool) -> bytes:
@@ -258,4 +517,7 @@ def _swap(value: bytes, vr: str | None) -> bytes:
     return np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
 
 
-__all__ = ["CANONICAL_VERSION", "CHAIN_GROUP", "content_hash"]
+__all__ = [
+    "CANONICAL_VERSION", "CANONICAL_VERSIONS", "CHAIN_GROUP", "Digests",
+    "content_digests", "content_hash", "lossy_pixels",
+]  # fmt: skip

@@ -17,14 +17,20 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
 from dicom_chain.block import FORMAT_VERSION, Block
-from dicom_chain.carriers.base import Carried, Carrier, Identity, Item
-from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.base import Carried, Carrier, Digests, Identity, Item
+from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_digests, lossy_pixels
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
 from dicom_chain.carriers.dicom.validation import check_pixel_data
-from dicom_chain.errors import DicomChainError, MalformedBlockError, NotDicomError
+from dicom_chain.errors import (
+    ContentHashError,
+    DicomChainError,
+    LossyReencodingError,
+    MalformedBlockError,
+    NotDicomError,
+)
 
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
 PART10_MAGIC_AT = 128
@@ -34,6 +40,7 @@ class DicomCarrier(Carrier):
     name = "dicom"
     suffix = ".dcm"
     block_format = FORMAT_VERSION  # what every DICOM block so far is: their hashes must not move
+    canonical_version = CANONICAL_VERSION
     magic_length = PART10_MAGIC_AT + len(PART10_MAGIC)
     forwarded = True
 
@@ -71,8 +78,26 @@ class DicomCarried(Carried):
         except Exception:  # a garbled UID still leaves the file worth naming by its path
             return ""
 
-    def content_hash(self) -> str:
-        return content_hash(self.dataset)
+    def content_hash(self, version: int | None = None) -> str:
+        return content_digests(self.dataset, version or CANONICAL_VERSION).content
+
+    def digests(self) -> Digests:
+        return content_digests(self.dataset, CANONICAL_VERSION)
+
+    def check_content(self, block: Block) -> None:
+        """A lossy re-encoding of the pixels (every other attribute intact, and the file saying
+        it is lossy) is named as such, apart from tampering (docs/design.md 1.6)."""
+        header = block.header
+        found = content_digests(self.dataset, header.canonical)
+        if found.content == header.content_hash:
+            return
+        lossy = lossy_pixels(self.dataset)
+        if lossy and header.attributes_hash and found.attributes == header.attributes_hash:
+            raise LossyReencodingError(
+                f"pixels re-encoded lossily ({lossy}): their values differ from those chained and "
+                "cannot be checked; every other attribute is intact"
+            )
+        raise ContentHashError("content changed since it was chained (content hash differs)")
 
     def read_block(self) -> Block:
         try:
