@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicom_chain.block import Block
+from dicom_chain.carriers.base import Carried
 from dicom_chain.carriers.registry import open_file
 from dicom_chain.chain import Located, check_links
 from dicom_chain.errors import (
@@ -124,7 +125,25 @@ def _check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | Non
         report.add(ERROR, FindingKind.ALTERED, str(exc), **loc)
     except DicomChainError as exc:
         report.add(ERROR, FindingKind.ALTERED, f"content cannot be hashed: {exc}", **loc)
+    else:  # the names are content too: only a block copied onto identical content gets this far
+        _check_names(carried, block, report, loc)
     return block  # authentic block: it still takes part in the link checks
+
+
+def _check_names(carried: Carried, block: Block, report: Report, loc: dict[str, Any]) -> None:
+    """A block names its item: on another file (a block copied over) it vouches for nothing there,
+    even when the two contents hash the same (docs/design.md 3)."""
+    try:
+        ids = carried.identity()
+    except DicomChainError:
+        return  # a file without names: its content check has spoken
+    h = block.header
+    if (ids.item_id, ids.group_id) != (h.item_id, h.group_id):
+        message = (
+            f"the block names instance {h.item_id} of study {h.group_id}; "
+            f"the file is instance {ids.item_id} of study {ids.group_id}"
+        )
+        report.add(ERROR, FindingKind.ALTERED, message, **loc)
 
 
 def verify_files(

@@ -17,10 +17,15 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.canonical import (
+    CANONICAL_VERSION,
+    content_digests,
+    content_hash,
+    lossy_pixels,
+)
 from dicom_chain.errors import MalformedDatasetError
 
-from .conftest import TEST_FILES, read
+from .conftest import TEST_FILES, pydicom_file, read
 from .peers import require_tool
 
 # The same data in several transfer syntaxes, as shipped by pydicom. (rtdose_expb*.dcm is left
@@ -269,3 +274,194 @@ def test_public_sequence_written_as_un_that_is_not_items_is_a_named_error():
     data[at + 12 : at + 16] = b"junk"  # the first item tag
     with pytest.raises(MalformedDatasetError):
         content_hash(pydicom.dcmread(io.BytesIO(bytes(data))))
+
+
+# --- version 1 stays put; version 2 (docs/design.md 1.4-1.6) -------------------------------------
+
+# Computed with version 1 before version 2 existed: blocks chained by version 1 must keep verifying.
+V1_FIXED = {
+    "CT_small.dcm": "c8c582df0c76e5ca610fff2a9e189a10965de44287893a8d7cadcd99d913e0a0",
+    "MR_small.dcm": "4391c2136cf60edae1f1a2dbb42e31d59e79e1cabd076cbc77789af039622a17",
+    "rtplan.dcm": "be5e573f43e83ac8234ea4836b5e01c5ba372bef75aac1fd5e6f38c0619b8ab9",
+    "priv_SQ.dcm": "e304208608e7fc1e6e76483adc36e070d073fad6ab3c733e6849be198f4f0319",
+    "JPEG2000.dcm": "417150de8995f65e6d4263662cac4814715655360f2a4f23ff94a034f1e24ee8",
+    "SC_rgb_rle.dcm": "ec735cab1fa6a7667cd55afe7336f3a35f4a56636e577caa339a4531f1e12697",
+    "UN_sequence.dcm": "1ee8454f1251dd2158f825d772479761c8d715070f1e7f9f6f87cef6fa257bda",
+    "test-SR.dcm": "2902c33c74008d1ba0fe7d1ffaf4ed2d2528be5ee6475b0ff44c46e6c83f760f",
+}
+
+
+@pytest.mark.parametrize("name", sorted(V1_FIXED))
+def test_version_1_hashes_do_not_move(name):
+    assert content_hash(read(name), version=1) == V1_FIXED[name]
+
+
+def test_versions_differ_and_unknown_ones_are_refused():
+    ds = read("CT_small.dcm")
+    assert content_hash(ds) == content_hash(ds, version=CANONICAL_VERSION) != content_hash(ds, version=1)
+    with pytest.raises(MalformedDatasetError):
+        content_hash(ds, version=9)
+
+
+def private_text_dataset(sh: bytes, lo: bytes, ob: bytes = b"\x01\x02\x00\x00") -> Dataset:
+    ds = read("MR_small.dcm")
+    ds.add_new(0x00091010, "LO", "ACME 1.0")
+    ds.add_new(0x00091011, "SH", sh)
+    ds.add_new(0x00091012, "LO", lo)
+    ds.add_new(0x00091013, "OB", ob)
+    return ds
+
+
+def through_file(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    buf = io.BytesIO()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return pydicom.dcmread(buf)
+
+
+def test_v2_private_text_padding_is_hop_stable():
+    """DCMTK drops extra trailing spaces of a private SH, pydicom writes NUL padding as a space:
+    version 1 saw a change, version 2 does not; binary values keep their NULs."""
+    original = through_file(private_text_dataset(b"ab  ", b"abc\x00"))
+    hopped = through_file(private_text_dataset(b"ab", b"abc "), ImplicitVRLittleEndian)
+    assert content_hash(original) == content_hash(hopped)
+    assert content_hash(original, version=1) != content_hash(hopped, version=1)
+    for sh, lo, ob in ((b"ab  ", b"abd\x00", b"\x01\x02\x00\x00"), (b"ab  ", b"abc\x00", b"\x01\x02")):
+        changed = through_file(private_text_dataset(sh, lo, ob))
+        assert content_hash(changed) != content_hash(original), (sh, lo, ob)
+
+
+def test_v2_private_text_padding_survives_dcmtk(tmp_path):
+    dcmconv = require_tool("dcmconv", "dcmtk")
+    src, out = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    through_file(private_text_dataset(b"ab  ", b"abc\x00")).save_as(src)
+    subprocess.run([dcmconv, "+te", str(src), str(out)], check=True, capture_output=True)
+    raw = pydicom.dcmread(out)
+    assert raw[0x00091011].value != b"ab  " or raw[0x00091012].value != b"abc\x00"  # DCMTK did rewrite
+    assert content_hash(raw) == content_hash(pydicom.dcmread(src))
+
+
+def test_v2_empty_private_sequence_equals_its_implicit_vr_hop():
+    ds = read("MR_small.dcm")
+    ds.add_new(0x00091010, "LO", "ACME 1.0")
+    ds.add_new(0x00091011, "SQ", [])
+    explicit = through_file(ds)
+    implicit = through_file(copy.deepcopy(ds), ImplicitVRLittleEndian)
+    assert explicit[0x00091011].VR == "SQ" and implicit.get_item(0x00091011).value in (b"", None)
+    assert content_hash(explicit) == content_hash(implicit)
+    assert content_hash(explicit, version=1) != content_hash(implicit, version=1)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "examples_rgb_color.dcm"])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"], ids=["rle", "j2k"])
+def test_v2_lossless_compression_keeps_the_hash(name, syntax):
+    original = read(name)
+    compressed = copy.deepcopy(original)
+    compressed.compress(syntax, generate_instance_uid=False)
+    compressed = through_file(compressed, syntax)
+    assert compressed.file_meta.TransferSyntaxUID == syntax and compressed["PixelData"].is_undefined_length
+    assert content_hash(compressed) == content_hash(original)
+    assert content_hash(compressed, version=1) != content_hash(original, version=1)
+
+
+@pytest.mark.parametrize(
+    "tool, options",
+    [("dcmcjpls", []), ("dcmcjpeg", ["+e1"]), ("dcmcjpeg", ["+el"]), ("dcmcrle", [])],
+    ids=["jpeg-ls", "jpeg-sv1", "jpeg-lossless", "rle"],
+)
+def test_v2_dcmtk_lossless_compression_keeps_the_hash(tmp_path, tool, options):
+    exe = require_tool(tool, "dcmtk")
+    for name in ("CT_small.dcm", "SC_rgb_small_odd.dcm"):
+        out = tmp_path / f"{tool}-{name}"
+        subprocess.run([exe, *options, str(pydicom_file(name)), str(out)], check=True, capture_output=True)
+        hopped = pydicom.dcmread(out)
+        assert hopped.file_meta.TransferSyntaxUID.is_compressed
+        assert content_hash(hopped) == content_hash(read(name)), name
+
+
+def ct_like(stored: np.ndarray, *, bits_stored: int = 12, signed: bool = True) -> Dataset:
+    ds = read("CT_small.dcm")
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, int(signed)
+    ds.PixelData = stored.astype("<u2").tobytes()
+    return ds
+
+
+def test_v2_bits_outside_bits_stored_are_no_part_of_the_value():
+    values = np.random.default_rng(5).integers(-2048, 2048, size=128 * 128)
+    clean = values.astype(np.int16).view(np.uint16)
+    garbage = (clean & 0x0FFF) | 0x5000  # high bits hold something else (an old overlay, say)
+    assert content_hash(ct_like(clean)) == content_hash(ct_like(garbage))
+    changed = clean.copy()
+    changed[77] ^= 0x0001
+    assert content_hash(ct_like(changed)) != content_hash(ct_like(clean))
+    assert content_hash(ct_like(clean), version=1) != content_hash(ct_like(garbage), version=1)
+
+
+def test_v2_planar_configuration_is_a_layout_not_a_value():
+    ds = read("SC_rgb_small_odd.dcm")
+    pixels = np.frombuffer(ds.PixelData[: 3 * 3 * 3], np.uint8).reshape(3, 3, 3)
+    planar = copy.deepcopy(ds)
+    planar.PlanarConfiguration = 1
+    planar.PixelData = pixels.transpose(2, 0, 1).tobytes() + b"\x00"
+    assert content_hash(planar) == content_hash(ds)
+    reread = copy.deepcopy(ds)
+    reread.PlanarConfiguration = 1  # the same bytes read by plane: other pixel values
+    assert content_hash(reread) != content_hash(ds)
+
+
+def test_v2_reversible_colour_transform_hashes_as_rgb():
+    ds = read("examples_rgb_color.dcm")
+    compressed = copy.deepcopy(ds)
+    compressed.compress("1.2.840.10008.1.2.4.90", generate_instance_uid=False)
+    compressed.PhotometricInterpretation = "YBR_RCT"
+    assert content_hash(through_file(compressed, "1.2.840.10008.1.2.4.90")) == content_hash(ds)
+
+
+def test_v2_undecodable_lossless_pixels_hash_as_their_fragments():
+    ds = read("SC_rgb_rle.dcm")
+    frames = list(generate_frames(ds.PixelData, number_of_frames=1))
+    broken = copy.deepcopy(ds)
+    broken.PixelData = encapsulate([frames[0][:64] + b"\xff" * (len(frames[0]) - 64)])
+    digest = content_hash(broken)  # no exception: the fragments stand for the pixels
+    assert digest != content_hash(ds)
+    broken.PixelData = encapsulate([frames[0][:64] + b"\xfe" * (len(frames[0]) - 64)])
+    assert content_hash(broken) != digest
+
+
+def test_v2_attributes_hash_leaves_out_pixels_and_their_encoding_only():
+    ds = read("CT_small.dcm")
+    base = content_digests(ds)
+    assert base.version == 2 and len(base.attributes) == 64
+    pixels = copy.deepcopy(ds)
+    pixels.PixelData = bytes(len(ds.PixelData))
+    pixels.LossyImageCompression = "01"
+    pixels.DerivationDescription = "lossy JPEG"
+    again = content_digests(pixels)
+    assert again.attributes == base.attributes and again.content != base.content
+    other = copy.deepcopy(ds)
+    other.PatientName = "SOMEONE^ELSE"
+    assert content_digests(other).attributes != base.attributes
+    assert content_digests(ds, version=1).attributes == ""
+
+
+def test_v2_lossy_pixels_are_named():
+    assert lossy_pixels(read("CT_small.dcm")) == ""
+    assert lossy_pixels(read("MR_small_RLE.dcm")) == ""
+    assert "lossy" in lossy_pixels(read("SC_rgb_jpeg_dcmtk.dcm"))
+    flagged = read("CT_small.dcm")
+    flagged.LossyImageCompression = "01"
+    assert "01" in lossy_pixels(flagged)
+
+
+def test_frozen_dictionary_is_the_one_pydicom_shipped_when_version_2_was_defined():
+    """The VR decisions use DICOM 2024c whatever pydicom is installed; this pins that the frozen
+    copy holds what pydicom 3.0 had, so a difference is a decision, not an accident."""
+    from pydicom.datadict import dictionary_VR
+
+    from dicom_chain.carriers.dicom.canonical import DICTIONARY_EDITION, _dictionary_vr
+
+    assert DICTIONARY_EDITION == "2024c"
+    for tag in (0x00100010, 0x7FE00010, 0x00081140, 0x60003000, 0x50000010, 0x00280106):
+        assert _dictionary_vr(tag) == dictionary_VR(tag)
+    assert _dictionary_vr(0x00091010) is None and _dictionary_vr(0x00990010) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from dicom_chain.block import Block
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
+from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
@@ -387,3 +390,39 @@ def test_one_instance_from_a_pacs_is_not_a_removal_but_complete_demands_the_stud
     assert subprocess.run([*cli, str(study[-1])], capture_output=True, text=True).returncode == 0
     strict = subprocess.run([*cli, "--complete", str(study[-1])], capture_output=True, text=True)
     assert strict.returncode == 1 and "missing-instance" in strict.stdout
+
+
+def test_lossy_reencoding_is_named_apart_from_tampering(settings, tmp_path):
+    """A PACS that compresses lossily changes pixel values: that is `lossy-reencoded`, with every
+    other attribute shown intact; the same hop after a changed attribute is `altered`."""
+    dcmcjpeg, dcmdjpeg = require_tool("dcmcjpeg", "dcmtk"), require_tool("dcmdjpeg", "dcmtk")
+    node = Node.open(settings)
+    try:
+        chained = node.ingest_file(pydicom_file("examples_rgb_color.dcm")).path
+        lossy, back, tampered = tmp_path / "lossy.dcm", tmp_path / "back.dcm", tmp_path / "tampered.dcm"
+        subprocess.run([dcmcjpeg, "+eb", str(chained), str(lossy)], check=True, capture_output=True)
+        subprocess.run([dcmdjpeg, str(lossy), str(back)], check=True, capture_output=True)
+        for hopped in (lossy, back):
+            report = verify_files([hopped])
+            [finding] = report.errors
+            assert finding.kind == "lossy-reencoded" and finding.path == str(hopped), report.findings
+            assert "every other attribute is intact" in finding.message
+        ds = pydicom.dcmread(lossy)
+        ds.PatientName = "SOMEONE^ELSE"
+        ds.save_as(tampered)
+        assert kinds(verify_files([tampered])) == ["altered"]
+    finally:
+        node.close()
+
+
+def test_a_block_naming_another_instance_is_altered_even_when_the_content_matches(chained, tmp_path):
+    """Only the signer can make such a block; verify still refuses it for this file."""
+    node, paths = chained
+    ds = pydicom.dcmread(paths[0])
+    block = read_block(ds)
+    other = dataclasses.replace(block.header, sop_instance_uid="1.2.3.999")
+    embed_block(ds, Block.sign(other, node.key))
+    out = tmp_path / "renamed.dcm"
+    ds.save_as(out)
+    [finding] = verify_files([out], trusted_keys=frozenset({node.key.public_key})).errors
+    assert finding.kind == "altered" and "1.2.3.999" in finding.message

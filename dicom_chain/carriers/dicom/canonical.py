@@ -54,8 +54,14 @@ SEQUENCE_DELIMITER = 0xFFFEE0DD
 V2_EXCLUDED = frozenset({PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION})
 # Version 2: what a lossy re-encoding may rewrite besides the pixels; the attributes hash leaves
 # them out, so that verify can tell a lossy hop (every other attribute intact) from tampering.
+# PS3.3 C.7.6.1.1.5 makes a lossy copy a derived image: DCMTK's dcmcjpeg gives it a new SOP
+# Instance UID, DERIVED in Image Type, a Source Image and a Derivation Code Sequence.
 LOSSY_DESCRIPTION = frozenset({
     PIXEL_DATA, PHOTOMETRIC, PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION,
+    0x00080008,  # Image Type
+    0x00080018,  # SOP Instance UID
+    0x00082112,  # Source Image Sequence
+    0x00089215,  # Derivation Code Sequence
     0x00282110,  # Lossy Image Compression
     0x00282112,  # Lossy Image Compression Ratio
     0x00282114,  # Lossy Image Compression Method

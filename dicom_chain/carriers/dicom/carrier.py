@@ -93,9 +93,11 @@ class DicomCarried(Carried):
             return
         lossy = lossy_pixels(self.dataset)
         if lossy and header.attributes_hash and found.attributes == header.attributes_hash:
+            uid = str(self.dataset.get("SOPInstanceUID", ""))
+            derived = f", as a new instance {uid}" if uid != header.sop_instance_uid else ""
             raise LossyReencodingError(
-                f"pixels re-encoded lossily ({lossy}): their values differ from those chained and "
-                "cannot be checked; every other attribute is intact"
+                f"pixels re-encoded lossily ({lossy}){derived}: their values differ from those "
+                "chained and cannot be checked; every other attribute is intact"
             )
         raise ContentHashError("content changed since it was chained (content hash differs)")
 
