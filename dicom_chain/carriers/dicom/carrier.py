@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from dicom_chain.block import FORMAT_VERSION, Block
 from dicom_chain.carriers.base import Carried, Carrier, Identity, Item
-from dicom_chain.carriers.dicom.canonical import content_hash
+from dicom_chain.carriers.dicom.canonical import content_hash, is_big_endian_part10, un_lengths_defined
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
@@ -28,6 +28,7 @@ from dicom_chain.errors import DicomChainError, MalformedBlockError, NotDicomErr
 
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
 PART10_MAGIC_AT = 128
+HEAD_BYTES = 65536  # enough for any file meta we have seen; a longer one reads as before
 
 
 class DicomCarrier(Carrier):
@@ -114,9 +115,19 @@ def item_from_dataset(ds: Dataset) -> Item:
 
 
 def read_dataset(path: Path) -> Dataset:
-    """A Part 10 file as a dataset, or NotDicomError naming it; OSError passes through."""
+    """A Part 10 file as a dataset, or NotDicomError naming it; OSError passes through.
+
+    Big endian files are read whole first, so that a UN of undefined length reads (see
+    un_lengths_defined); any other file is read by pydicom from the path, as it always was.
+    """
     try:
-        return pydicom.dcmread(path)
+        with path.open("rb") as fp:
+            head = fp.read(HEAD_BYTES)
+        if not is_big_endian_part10(head):
+            return pydicom.dcmread(path)
+        ds = pydicom.dcmread(BytesIO(un_lengths_defined(path.read_bytes())))
+        ds.filename = str(path)
+        return ds
     except IsADirectoryError as exc:
         raise NotDicomError(f"{path}: is a directory") from exc
     except OSError:
