@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import struct
@@ -23,10 +24,15 @@ from dicom_chain.carriers.dicom.canonical import (
     content_hash,
     lossy_pixels,
 )
-from dicom_chain.errors import MalformedDatasetError
+from dicom_chain.carriers.dicom.carrier import DICOM, read_dataset
+from dicom_chain.carriers.dicom.unlengths import un_lengths_defined
+from dicom_chain.errors import MalformedDatasetError, NotDicomError
+from dicom_chain.node import Node
+from dicom_chain.verify import verify_files
 
 from .conftest import TEST_FILES, pydicom_file, read
 from .peers import require_tool
+from .un_sequences import add_sequences, un_header, undefined_un
 
 # The same data in several transfer syntaxes, as shipped by pydicom. (rtdose_expb*.dcm is left
 # out: it orders 32-bit pixels per pixel, where PS3.5 and DCMTK swap OW per 16-bit word; see
@@ -465,3 +471,137 @@ def test_frozen_dictionary_is_the_one_pydicom_shipped_when_version_2_was_defined
     for tag in (0x00100010, 0x7FE00010, 0x00081140, 0x60003000, 0x50000010, 0x00280106):
         assert _dictionary_vr(tag) == dictionary_VR(tag)
     assert _dictionary_vr(0x00091010) is None and _dictionary_vr(0x00990010) is None
+
+
+SEQUENCE_DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _undefined_length_un_files() -> tuple[Dataset, bytes, int]:
+    """MR_small with a public and a private sequence (nested ones inside), and the same data as
+    explicit VR big endian with both sequences written as UN of undefined length; the private tag."""
+    little = read("MR_small.dcm")
+    private = add_sequences(little)
+    big = read("MR_small_bigendian.dcm")  # its pixels already big endian, as the file must hold them
+    add_sequences(big)
+    return little, undefined_un(big), private
+
+
+def test_undefined_length_un_in_big_endian_hashes_as_in_little_endian(tmp_path: Path):
+    """PS3.5 6.2.2: the items are implicit VR little endian whatever the syntax; pydicom alone
+    reads them in the file's byte order, so the carrier reads such files through un_lengths_defined."""
+    little, data, private = _undefined_length_un_files()
+    expected = content_hash(little)
+    assert content_hash(rewrite(little, ImplicitVRLittleEndian)) == expected
+    assert content_hash(rewrite(little, ExplicitVRLittleEndian)) == expected
+    assert DICOM.open(data).content_hash() == expected  # how verify and ingest read bytes
+    path = tmp_path / "big.dcm"
+    path.write_bytes(data)
+    ds = read_dataset(path)
+    assert ds.original_encoding == (False, False)
+    assert ds.get_item(0x00081140).VR == "UN" and ds.get_item(private).VR == "UN"
+    assert content_hash(ds) == expected
+
+
+def test_undefined_length_un_in_big_endian_is_still_hashed_by_value():
+    little, data, _ = _undefined_length_un_files()
+    for text in (b"private text", b"Localizer"):  # in the private and in the nested public item
+        at = data.index(text)
+        changed = data[:at] + b"X" + data[at + 1 :]
+        assert DICOM.open(changed).content_hash() != content_hash(little), text
+
+
+def test_only_undefined_length_un_in_big_endian_is_touched():
+    """Every other file goes to pydicom byte for byte, so no other hash can move."""
+    for path in sorted(TEST_FILES.glob("*.dcm")):
+        data = path.read_bytes()
+        assert un_lengths_defined(data) is data, path.name
+    little, data, _ = _undefined_length_un_files()
+    le = undefined_un(little, little=True)  # pydicom reads explicit VR little endian UN items itself
+    assert un_lengths_defined(le) is le
+    fixed = un_lengths_defined(data)
+    assert len(fixed) == len(data) and fixed.replace(b"\xff\xff\xff\xff", b"") != data
+
+
+def test_undefined_length_un_in_big_endian_chains_and_verifies(tmp_path: Path, node: Node):
+    """Ingest splices the block into the bytes as received; the stored file reads and verifies."""
+    little, data, _ = _undefined_length_un_files()
+    path = tmp_path / "big.dcm"
+    path.write_bytes(data)
+    result = node.ingest_file(path)
+    assert result.block.header.content_hash == content_hash(little)
+    stored = result.path.read_bytes()
+    assert un_header(0x00081140) in stored  # written as received, not re-encoded
+    assert verify_files([result.path]).ok
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_reencoding_of_undefined_length_un_keeps_hash(tmp_path: Path):
+    """DCMTK reads such a UN as a sequence (CP-246) and writes it as SQ, the private one too
+    (with its unknown elements as UN); whatever the syntax, the hash stays."""
+    dcmconv = require_tool("dcmconv", "dcmtk")
+    little, data, private = _undefined_length_un_files()
+    expected = content_hash(little)
+    sources = {"big": data, "little": undefined_un(little, little=True)}
+    for name, source in sources.items():
+        original = tmp_path / f"{name}.dcm"
+        original.write_bytes(source)
+        for option in ("+tb", "+te", "+ti"):
+            out = tmp_path / f"{name}{option[1:]}.dcm"
+            subprocess.run([dcmconv, option, str(original), str(out)], check=True, capture_output=True)
+            ds = read_dataset(out)
+            assert content_hash(ds) == expected, (name, option)
+            if option != "+ti":
+                assert ds.get_item(0x00081140).VR == "SQ" and ds.get_item(private).VR == "SQ"
+        back = tmp_path / f"{name}back.dcm"
+        subprocess.run([dcmconv, "+tb", str(tmp_path / f"{name}ti.dcm"), str(back)], check=True)
+        assert content_hash(read_dataset(back)) == expected, name
+
+
+def _broken_undefined_length_un() -> dict[str, bytes]:
+    """Item structures inside a big endian file's UN that do not hold together."""
+    _, data, private = _undefined_length_un_files()
+    public_at = data.index(un_header(0x00081140)) + 12
+    private_at = data.index(un_header(private)) + 12
+    pixels_at = data.index(b"\x7f\xe0\x00\x10OW")
+    last = data.rindex(SEQUENCE_DELIMITER_LE, private_at, pixels_at)  # the private sequence's own
+    nested_item_end = data.index(b"\xfe\xff\x0d\xe0\x00\x00\x00\x00", private_at)
+    overrun = bytearray(data)
+    assert overrun[public_at : public_at + 4] == b"\xfe\xff\x00\xe0"
+    struct.pack_into("<I", overrun, public_at + 4, 0xFFFFFFF0)
+    short_item = bytearray(data)
+    struct.pack_into("<I", short_item, public_at + 4, 7)  # ends inside the item's first element
+    return {
+        "item overruns the file": bytes(overrun),
+        "item ends inside an element": bytes(short_item),
+        "private sequence delimiter missing": data[:last] + data[last + 8 :],
+        "nested item delimiter missing": data[:nested_item_end] + data[nested_item_end + 8 :],
+        "file ends inside the items": data[: private_at + 20],
+        "file ends before the delimiter": data[:last],
+    }
+
+
+@pytest.mark.parametrize("name", list(_broken_undefined_length_un()))
+def test_broken_undefined_length_un_is_a_named_error(name: str):
+    data = _broken_undefined_length_un()[name]
+    carried = DICOM.open(data)  # reads: what does not end is a truncated element
+    with pytest.raises(MalformedDatasetError):
+        carried.content_hash()
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_garbled_undefined_length_un_never_escapes_as_another_error(data):
+    _, good, private = _undefined_length_un_files()
+    start = good.index(un_header(0x00081140))
+    end = good.index(SEQUENCE_DELIMITER_LE, good.index(un_header(private))) + 16
+    raw = bytearray(good)
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(start, end))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.one_of(st.none(), st.integers(start, len(raw))))
+    garbled = bytes(raw if cut is None else raw[:cut])
+    try:
+        carried = DICOM.open(garbled)
+    except NotDicomError:
+        return
+    with contextlib.suppress(MalformedDatasetError):
+        carried.content_hash()

@@ -109,6 +109,7 @@ def main() -> None:
     out["pixel_length_lie.dcm"] = bytes(raw2)
 
     out["big_endian_odd_us.dcm"] = _odd_us_big_endian((FILES / "MR_small_bigendian.dcm").read_bytes())
+    out["big_endian_un_no_delimiter.dcm"] = _un_without_delimiter_big_endian()
 
     for name, data in out.items():
         (HERE / name).write_bytes(data)
@@ -122,6 +123,19 @@ def _odd_us_big_endian(data: bytes) -> bytes:
         raise SystemExit("Rows not found")
     raw[at + 6 : at + 8] = b"\x00\x03"
     return bytes(raw[: at + 10]) + b"\x00" + bytes(raw[at + 10 :])
+
+
+def _un_without_delimiter_big_endian() -> bytes:
+    """A private sequence written as UN of undefined length in explicit VR big endian, its
+    implicit VR little endian items never closed: the sequence delimiter is left out."""
+    from tests.un_sequences import add_sequences, un_header, undefined_un
+
+    ds = pydicom.dcmread(FILES / "MR_small_bigendian.dcm")
+    private = add_sequences(ds)
+    data = undefined_un(ds)
+    start = data.index(un_header(private)) + 12
+    last = data.rindex(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", start, data.index(b"\x7f\xe0\x00\x10OW"))
+    return data[:last] + data[last + 8 :]
 
 
 if __name__ == "__main__":

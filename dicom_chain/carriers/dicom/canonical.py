@@ -319,6 +319,10 @@ def _sequence_items(ds: Dataset, tag: int, raw: RawDataElement | DataElement) ->
     if raw.VR == "UN" and raw.length != UNDEFINED_LENGTH and isinstance(raw.value, bytes):
         # A UN value is implicit VR little endian whatever the transfer syntax (PS3.5 6.2.2);
         # pydicom would parse a public SQ written as UN in the file's byte order.
+        if len(raw.value) != raw.length:  # items cut short must not hash as the items left
+            raise MalformedDatasetError(
+                f"element {_fmt(tag)} is truncated: {len(raw.value)} of {raw.length} bytes"
+            )
         items = _parse_un_sequence(raw.value, ds)
         if items is None and vr == "SQ":
             if raw.value:

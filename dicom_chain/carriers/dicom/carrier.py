@@ -23,6 +23,7 @@ from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
+from dicom_chain.carriers.dicom.unlengths import is_big_endian_part10, un_lengths_defined
 from dicom_chain.carriers.dicom.validation import check_pixel_data
 from dicom_chain.errors import (
     ContentHashError,
@@ -34,6 +35,7 @@ from dicom_chain.errors import (
 
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
 PART10_MAGIC_AT = 128
+HEAD_BYTES = 65536  # enough for any file meta we have seen; a longer one reads as before
 
 
 class DicomCarrier(Carrier):
@@ -141,9 +143,19 @@ def item_from_dataset(ds: Dataset) -> Item:
 
 
 def read_dataset(path: Path) -> Dataset:
-    """A Part 10 file as a dataset, or NotDicomError naming it; OSError passes through."""
+    """A Part 10 file as a dataset, or NotDicomError naming it; OSError passes through.
+
+    Big endian files are read whole first, so that a UN of undefined length reads (see
+    un_lengths_defined); any other file is read by pydicom from the path, as it always was.
+    """
     try:
-        return pydicom.dcmread(path)
+        with path.open("rb") as fp:
+            head = fp.read(HEAD_BYTES)
+        if not is_big_endian_part10(head):
+            return pydicom.dcmread(path)
+        ds = pydicom.dcmread(BytesIO(un_lengths_defined(path.read_bytes())))
+        ds.filename = str(path)
+        return ds
     except IsADirectoryError as exc:
         raise NotDicomError(f"{path}: is a directory") from exc
     except OSError:

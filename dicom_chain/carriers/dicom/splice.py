@@ -24,6 +24,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from dicom_chain.block import Block
 from dicom_chain.carriers.dicom.embedding import block_elements, character_set, encode_value
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
+from dicom_chain.carriers.dicom.unlengths import un_lengths_defined
 from dicom_chain.errors import NotDicomError
 
 # VRs with a 4-byte length (and 2 reserved bytes) in explicit VR encodings, PS3.5 7.1.2
@@ -43,9 +44,13 @@ class EncodedInstance:
 
     @classmethod
     def from_part10(cls, data: bytes) -> tuple[Dataset, EncodedInstance | None]:
-        """Parse a Part 10 file; its encoded form too when the file meta says where the dataset starts."""
+        """Parse a Part 10 file; its encoded form too when the file meta says where the dataset starts.
+
+        The encoded form keeps ``data`` as it is: un_lengths_defined only gives pydicom a copy
+        it can read, with every offset unchanged.
+        """
         try:
-            ds = pydicom.dcmread(BytesIO(data))
+            ds = pydicom.dcmread(BytesIO(un_lengths_defined(data)))
         except Exception as exc:
             raise NotDicomError(f"not a readable DICOM file ({exc})") from exc
         meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
