@@ -387,3 +387,36 @@ def test_one_instance_from_a_pacs_is_not_a_removal_but_complete_demands_the_stud
     assert subprocess.run([*cli, str(study[-1])], capture_output=True, text=True).returncode == 0
     strict = subprocess.run([*cli, "--complete", str(study[-1])], capture_output=True, text=True)
     assert strict.returncode == 1 and "missing-instance" in strict.stdout
+
+
+def _canonical_block_element(ds: pydicom.Dataset) -> pydicom.DataElement:
+    return next(
+        e for e in ds if e.tag.group == 0x0071 and e.VR in ("OB", "UN") and b'"header"' in bytes(e.value)
+    )
+
+
+def test_serialised_block_in_another_form_is_malformed(chained):
+    """A hex digit of the signature in upper case decodes to the same bytes: only the canonical
+    form is accepted, or the file would change with no check seeing it."""
+    _node, paths = chained
+    ds = pydicom.dcmread(paths[0])
+    elem = _canonical_block_element(ds)
+    value = bytes(elem.value)
+    at = value.index(b'"signature":"') + len(b'"signature":"')
+    at += next(i for i, c in enumerate(value[at:]) if c in b"abcdef")
+    elem.value = value[:at] + value[at : at + 1].upper() + value[at + 1 :]
+    ds.save_as(paths[0])
+    report = verify_files([paths[0]])
+    assert kinds(report) == ["malformed-block"] and "canonical" in report.errors[0].message
+
+
+def test_element_hidden_in_our_private_block_is_found(chained):
+    """Our block is outside the content hash: an element the format does not define there would
+    be data no hash or signature covers."""
+    node, paths = chained
+    ds = pydicom.dcmread(paths[0])
+    slot = _canonical_block_element(ds).tag.element >> 8
+    ds.add_new(0x00710000 | slot << 8 | 0x01, "LO", "hidden")
+    ds.save_as(paths[0])
+    report = verify_files([paths[0]], trusted_keys=frozenset({node.key.public_key}))
+    assert kinds(report) == ["malformed-block"] and f"(0071,{slot:02X}01)" in report.errors[0].message
