@@ -375,7 +375,7 @@ class Mutator:
                 return "public element in a sequence item"
             if where == 2:
                 block = ds.private_block(0x0009, "ACME 1.0")
-                offset = rng.choice([o for o in range(0x04, 0x100)])
+                offset = rng.randrange(0x04, 0x100)
                 block.add_new(offset, "LO", value)
                 return f"element at offset {offset:02X} of another vendor's private block"
             if where == 3:
@@ -396,9 +396,8 @@ class Mutator:
         rng = self.rng
 
         def change(ds: Dataset) -> str:
-            copies = {t for t in chain_block_tags(ds) if t & 0xFF in ELEMENTS and t & 0xFF != BLOCK_OB} - {
-                (CHAIN_GROUP << 16) | s for s in creator_slots(ds)
-            }
+            # our block's elements but its creator (offset byte 00) and the serialised block
+            copies = {t for t in chain_block_tags(ds) if t >> 8 & 0xFF and t & 0xFF != BLOCK_OB}
             choices = [
                 (container, int(tag))
                 for container in self._datasets(ds)
