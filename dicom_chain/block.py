@@ -260,8 +260,11 @@ class Block:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Block:
+        """The block, from its canonical bytes (trailing padding aside) and no other form: a
+        variant that decodes alike (a hex digit in upper case) would be a change no check sees."""
+        text = data.rstrip(b"\x00 ")
         try:
-            obj = canonjson.loads(data.rstrip(b"\x00 ").decode("utf-8"))
+            obj = canonjson.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise MalformedBlockError("canonical block is not UTF-8 JSON") from exc
         if not isinstance(obj, dict) or set(obj) != {"header", "public_key", "signature"}:
@@ -274,4 +277,7 @@ class Block:
             raise MalformedBlockError("public key or signature is not hex") from exc
         if len(public_key) != 32 or len(signature) != 64:
             raise MalformedBlockError("Ed25519 keys have 32 bytes and signatures 64")
-        return cls(header, public_key, signature)
+        block = cls(header, public_key, signature)
+        if block.to_bytes() != text:
+            raise MalformedBlockError("serialised block is not in canonical form")
+        return block

@@ -26,6 +26,7 @@ from dicom_chain.events import Event, EventDraft
 from dicom_chain.keys import NodeKey
 
 ITER_BATCH = 1_000  # rows fetched at a time when walking a whole chain or log
+LOOKUP_BATCH = 500  # values in one IN (...) list: well below every database's limit on parameters
 ENSURE_CHAIN_ATTEMPTS = 2  # a lost race to register the chain is retried once: the winner's row is there
 
 
@@ -258,6 +259,36 @@ class Ledger:
                     yield row.height, StoredBlock.from_row(row)
                 except Exception as exc:
                     yield row.height, f"ledger row at height {row.height} does not decode: {exc}"
+
+    def block_hashes(self, chain_id: str, heights: Iterable[int]) -> dict[int, str]:
+        """The recorded block hash at each of ``heights`` the chain has (verify FILES checks the
+        links whose predecessor is not among the files given against these)."""
+        wanted = sorted(set(heights))
+        found: dict[int, str] = {}
+        with self.db.reading() as session:
+            for at in range(0, len(wanted), LOOKUP_BATCH):
+                rows = session.execute(
+                    select(BLOCKS.c.height, BLOCKS.c.block_hash).where(
+                        BLOCKS.c.chain_id == chain_id, BLOCKS.c.height.in_(wanted[at : at + LOOKUP_BATCH])
+                    )
+                )
+                found.update({row.height: row.block_hash for row in rows})
+        return found
+
+    def study_block_hashes(self, chain_id: str, study_uids: Iterable[str]) -> dict[tuple[str, int], str]:
+        """The recorded block hash of every block of these studies, by (study UID, index)."""
+        wanted = sorted(set(study_uids))
+        found: dict[tuple[str, int], str] = {}
+        with self.db.reading() as session:
+            for at in range(0, len(wanted), LOOKUP_BATCH):
+                rows = session.execute(
+                    select(BLOCKS.c.study_instance_uid, BLOCKS.c.study_index, BLOCKS.c.block_hash).where(
+                        BLOCKS.c.chain_id == chain_id,
+                        BLOCKS.c.study_instance_uid.in_(wanted[at : at + LOOKUP_BATCH]),
+                    )
+                )
+                found.update({(row.study_instance_uid, row.study_index): row.block_hash for row in rows})
+        return found
 
     def has_file(self, session: Session, path: str) -> bool:
         """Whether a block of any chain names ``path`` (read in the caller's transaction)."""

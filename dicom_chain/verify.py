@@ -152,10 +152,13 @@ def verify_files(
     advance: Advance = _noop,
     *,
     complete: bool = False,
+    ledger: Ledger | None = None,
 ) -> Report:
     """A set of files as a slice of a chain: each block, and every link between the files given.
 
-    A subset of a study is not a removal: a missing index is an error only with ``complete``."""
+    A subset of a study is not a removal: a missing index is an error only with ``complete``.
+    With the node's ``ledger``, a link whose predecessor is not among the files is checked against
+    the block the ledger records there instead of being left unchecked."""
     report = Report(signers_checked=trusted_keys is not None)
     if trusted_keys is None:
         report.add(
@@ -177,7 +180,69 @@ def verify_files(
             unplaced += 1
         advance(1)
     check_links(located, report, gaps_are_errors=False, unplaced=unplaced, complete=complete)
+    if ledger is not None:
+        _check_links_in_ledger(located, ledger, report)
     return report
+
+
+def _check_links_in_ledger(located: list[Located], ledger: Ledger, report: Report) -> None:
+    """Each link whose predecessor (height - 1, study index - 1) is not among the files given:
+    the hash the block names must be the one the ledger records there. A study link that holds is
+    no longer unchecked; one that does not, or names a block the ledger lacks, is broken. Blocks
+    of chains the ledger does not hold (another node's) stay as they were: unchecked."""
+    heights = {(f.block.header.chain_id, f.block.header.height) for f in located}
+    indices = {
+        (f.block.header.chain_id, f.block.header.study_instance_uid, f.block.header.study_index)
+        for f in located
+    }
+    known = {chain.chain_id for chain in ledger.chains()}
+    open_links: list[tuple[Located, bool, bool]] = []
+    need_heights: dict[str, set[int]] = {}
+    need_studies: dict[str, set[str]] = {}
+    for found in located:
+        h = found.block.header
+        if h.chain_id not in known:
+            continue
+        by_height = h.height > 0 and (h.chain_id, h.height - 1) not in heights
+        by_study = h.study_index > 0 and (h.chain_id, h.study_instance_uid, h.study_index - 1) not in indices
+        if by_height:
+            need_heights.setdefault(h.chain_id, set()).add(h.height - 1)
+        if by_study:
+            need_studies.setdefault(h.chain_id, set()).add(h.study_instance_uid)
+        if by_height or by_study:
+            open_links.append((found, by_height, by_study))
+    at_height = {chain: ledger.block_hashes(chain, wanted) for chain, wanted in need_heights.items()}
+    in_study = {chain: ledger.study_block_hashes(chain, wanted) for chain, wanted in need_studies.items()}
+    settled: set[str] = set()
+    for found, by_height, by_study in open_links:
+        h = found.block.header
+        loc = {"path": found.where, "sop_instance_uid": h.item_id, "height": h.height, "chain_id": h.chain_id}
+        if by_height:
+            recorded = at_height[h.chain_id].get(h.height - 1)
+            if recorded != h.prev_hash:
+                report.add(
+                    ERROR,
+                    FindingKind.BROKEN_LINK,
+                    f"block {h.height} does not follow block {h.height - 1} "
+                    + ("the ledger records" if recorded else "(the ledger records no such block)"),
+                    **loc,
+                )
+        if by_study:
+            recorded = in_study[h.chain_id].get((h.study_instance_uid, h.study_index - 1))
+            if recorded == h.study_prev_hash:
+                settled.add(found.where)
+            else:
+                report.add(
+                    ERROR,
+                    FindingKind.BROKEN_STUDY_LINK,
+                    f"study {h.study_instance_uid}: index {h.study_index} does not follow index "
+                    f"{h.study_index - 1} "
+                    + ("the ledger records" if recorded else "(the ledger records no such block)"),
+                    **loc,
+                )
+    report.findings = [
+        f for f in report.findings if not (f.kind == FindingKind.UNCHECKED_LINK and f.path in settled)
+    ]
 
 
 def verify_node(

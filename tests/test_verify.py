@@ -426,3 +426,83 @@ def test_a_block_naming_another_instance_is_altered_even_when_the_content_matche
     ds.save_as(out)
     [finding] = verify_files([out], trusted_keys=frozenset({node.key.public_key})).errors
     assert finding.kind == "altered" and "1.2.3.999" in finding.message
+
+
+def _canonical_block_element(ds: pydicom.Dataset) -> pydicom.DataElement:
+    return next(
+        e for e in ds if e.tag.group == 0x0071 and e.VR in ("OB", "UN") and b'"header"' in bytes(e.value)
+    )
+
+
+def test_serialised_block_in_another_form_is_malformed(chained):
+    """A hex digit of the signature in upper case decodes to the same bytes: only the canonical
+    form is accepted, or the file would change with no check seeing it."""
+    _node, paths = chained
+    ds = pydicom.dcmread(paths[0])
+    elem = _canonical_block_element(ds)
+    value = bytes(elem.value)
+    at = value.index(b'"signature":"') + len(b'"signature":"')
+    at += next(i for i, c in enumerate(value[at:]) if c in b"abcdef")
+    elem.value = value[:at] + value[at : at + 1].upper() + value[at + 1 :]
+    ds.save_as(paths[0])
+    report = verify_files([paths[0]])
+    assert kinds(report) == ["malformed-block"] and "canonical" in report.errors[0].message
+
+
+def test_element_hidden_in_our_private_block_is_found(chained):
+    """Our block is outside the content hash: an element the format does not define there would
+    be data no hash or signature covers."""
+    node, paths = chained
+    ds = pydicom.dcmread(paths[0])
+    slot = _canonical_block_element(ds).tag.element >> 8
+    ds.add_new(0x00710000 | slot << 8 | 0x01, "LO", "hidden")
+    ds.save_as(paths[0])
+    report = verify_files([paths[0]], trusted_keys=frozenset({node.key.public_key}))
+    assert kinds(report) == ["malformed-block"] and f"(0071,{slot:02X}01)" in report.errors[0].message
+
+
+def test_part_of_a_study_is_checked_against_the_ledger(chained, tmp_path):
+    node, paths = chained
+    study = paths[:10:2]  # the first study, in chain order
+    part = study[2:]  # index 2 onwards: the predecessor of index 2 is not among the files
+    assert kinds(verify_files(part), "info").count("unchecked-link") == 1
+    checked = verify_files(part, ledger=node.ledger)
+    assert checked.ok and "unchecked-link" not in kinds(checked, "info"), checked.findings
+    found = tamper(node, "UPDATE blocks SET block_hash = :h WHERE height = 2", h="f" * 64)
+    assert found >= {"ledger-altered"}  # what the ledger's own check says; files checked against it:
+    report = verify_files(part, ledger=node.ledger)
+    [error] = report.errors
+    assert error.kind == "broken-study-link" and error.path == str(part[0]), report.findings
+    with node.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM blocks WHERE height = 2"))
+    [error] = verify_files(part, ledger=node.ledger).errors
+    assert error.path == str(part[0]) and "no such block" in error.message
+
+
+def test_a_chain_the_ledger_does_not_hold_stays_unchecked(chained, tmp_path):
+    node, _ = chained
+    other = Node.open(Settings(home=tmp_path / "other"))
+    try:
+        last = [
+            other.ingest(item_from_dataset(fresh(ds))).path
+            for ds in ct_study(StudySpec(seed=9, instances=3, rows=8, columns=8))
+        ][-1]
+    finally:
+        other.close()
+    report = verify_files([last], ledger=node.ledger)
+    assert report.ok and kinds(report, "info").count("unchecked-link") == 1
+
+
+def test_cli_checks_links_of_files_against_the_ledger_given_with_db(chained, tmp_path):
+    node, paths = chained
+    last = str(paths[8])  # the first study's last instance
+    cli = [sys.executable, "-m", "dicom_chain.cli", "verify", "--home", str(tmp_path / "none")]
+    db = ["--db", node.settings.db_url]
+    alone = subprocess.run([*cli, *db, last], capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stdout + alone.stderr  # signers pinned by the ledger's chains
+    assert "unchecked-link" not in alone.stdout
+    assert "unchecked-link" in subprocess.run([*cli, last], capture_output=True, text=True).stdout
+    assert subprocess.run([*cli, *db, "--update-index", last], capture_output=True).returncode == 2
+    tamper(node, "UPDATE blocks SET block_hash = :h WHERE height = 6", h="e" * 64)
+    broken = subprocess.run([*cli, *db, last], capture_output=True, text=True)
+    assert broken.returncode == 1 and "broken-study-link" in broken.stdout and last in broken.stdout

@@ -28,8 +28,11 @@ from dicom_chain.vocab import Severity
     "storage",
     help_for={
         "home": "Node home whose key (and registered institutions) pin the signers of files.",
-        "db": "Check the whole node in this ledger (needs --storage).",
-        "storage": "The node's store of instances, with --db.",
+        "db": (
+            "Check the whole node in this ledger (needs --storage); with files, check against it "
+            "each link whose predecessor is not among them."
+        ),
+        "storage": "The node's store of instances, with --db and no files.",
     },
 )
 @click.option(
@@ -54,7 +57,10 @@ from dicom_chain.vocab import Severity
 @click.option(
     "--update-index",
     is_flag=True,
-    help="With --db: also store each instance's result as its verification state (returned by C-FIND).",
+    help=(
+        "With --db and no files: also store each instance's result as its verification state "
+        "(returned by C-FIND)."
+    ),
 )
 @settings_options(
     "key_file",
@@ -76,7 +82,10 @@ def verify(
     update_index: bool,
     key_file: Path | None,
 ) -> None:
-    """Check files (their blocks and the links between them) or, with --db, the whole node.
+    """Check files (their blocks and the links between them) or, with --db alone, the whole node.
+
+    Files given with --db: each link whose predecessor is not among them (part of a study) is
+    checked against the block that ledger records there, instead of being left unchecked.
 
     Signers are pinned: the keys given with --public-key, else the node's own key (from --home, or
     beside the SQLite database given) and its registered institutions' keys; a block signed by any
@@ -91,18 +100,19 @@ def verify(
     from dicom_chain.verify import expand_paths, verify_files
     from dicom_chain.verifyrun import pinned_keys, verify_whole_node
 
-    if bool(paths) == bool(db):
-        raise click.UsageError("give either files/folders to check, or --db URL --storage DIR")
-    if db and storage is None:
-        raise click.UsageError("--db needs --storage")
-    if update_index and not db:
-        raise click.UsageError("--update-index needs --db")
+    if not paths and not db:
+        raise click.UsageError("give files/folders to check, or --db URL --storage DIR for the whole node")
+    whole_node = not paths
+    if whole_node and storage is None:
+        raise click.UsageError("--db needs --storage (or files to check against the ledger)")
+    if update_index and not whole_node:
+        raise click.UsageError("--update-index needs --db and no files")
     given = frozenset(load_public_key(p) for p in public_keys) if public_keys else None
     settings = Settings(home=home, db=db, storage=storage, key_file=key_file)
     # A whole node holds several chains (research exports have their own key), each key on the
     # record: only the keys given are pinned there. Files alone carry their key: pin by default.
-    trusted = given if db else pinned_keys(settings, given)
-    if db:
+    trusted = given if whole_node else pinned_keys(settings, given)
+    if whole_node:
         run = verify_whole_node(
             settings,
             trusted,
@@ -114,8 +124,17 @@ def verify(
         report = run.report
     else:
         files = expand_paths(paths)
-        with progress_bar(len(files), "verifying files", progress) as advance:
-            report = verify_files(files, trusted, advance, complete=complete)
+        ledger = None
+        if db:
+            from dicom_chain.ledger import Ledger
+
+            ledger = Ledger(settings.db_url)
+        try:
+            with progress_bar(len(files), "verifying files", progress) as advance:
+                report = verify_files(files, trusted, advance, complete=complete, ledger=ledger)
+        finally:
+            if ledger is not None:
+                ledger.close()
     show_report(report, as_json)
     sys.exit(EXIT_BROKEN if not report.ok else EXIT_OK if report.signers_checked else EXIT_UNCHECKED)
 

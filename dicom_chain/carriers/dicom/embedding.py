@@ -148,6 +148,11 @@ def read_block(ds: Dataset) -> Block:
     if len(slots) > 1:
         raise MalformedBlockError(f"{len(slots)} DICOM_CHAIN private blocks; expected one")
     base = (CHAIN_GROUP << 16) | (slots[0] << 8)
+    for tag in chain_block_tags(ds):
+        if tag >> 8 == base >> 8 and tag & 0xFF not in ELEMENTS:  # covered by no hash nor signature
+            raise MalformedBlockError(
+                f"element (0071,{tag & 0xFFFF:04X}) is not part of the DICOM_CHAIN block format"
+            )
     canonical = ds.get_item(base | 0x10)
     if canonical is None or not isinstance(canonical.value, bytes):
         raise MalformedBlockError("DICOM_CHAIN block has no canonical block element")
