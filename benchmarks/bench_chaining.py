@@ -282,11 +282,11 @@ def compressed(rounds: int, calls: int, frames: int) -> None:
         " for the multi-frame) on freshly parsed datasets"
     )
     print(
-        f"{'instance':26} {'syntax':19} {'ratio':>5}  {'hash v2 ms':>19}  {'decode ms':>19}  "
+        f"{'instance':26} {'syntax':19} {'compr':>5}  {'hash v2 ms':>19}  {'decode ms':>19}  "
         f"{'hash/decode':>19}  {'hash/uncompr. v2':>19}  {'hash/v1 fragments':>21}"
     )
     for i, case in enumerate(cases):
-        ratio = len(case.native) / len(case.encoded)
+        ratio = len(case.native) / len(case.encoded)  # compression ratio, whole files
         hash_t, decode_t = times[i, "hash"], times[i, "decode"]
         per_round = [
             [h / d for h, d in zip(hash_t, times[i, other], strict=True)]
