@@ -414,17 +414,17 @@ def _canonical_pixels(
             return None
         kind = "i" if array.dtype.kind == "i" else "u"
         array = array.astype(f"<{kind}{shape.bytes_per_sample}", copy=False)
-        return shape.normalise(array.reshape(-1).view(f"<u{shape.bytes_per_sample}"))
+        return shape.normalise(array.reshape(-1).view(f"<u{shape.bytes_per_sample}"), in_place=True)
     value = _value_le(raw, PIXEL_DATA, little)
     if shape is None or not shape.normalisable or len(value) < shape.size:
         return value
     samples = np.frombuffer(
         value, dtype=f"<u{shape.bytes_per_sample}", count=shape.size // shape.bytes_per_sample
     )
-    if shape.planar:
+    if shape.planar:  # interleaved into a new array: ours to normalise in place
         samples = samples.reshape(shape.frames, shape.samples, shape.rows, shape.columns)
-        samples = samples.transpose(0, 2, 3, 1).reshape(-1)
-    return shape.normalise(samples)
+        samples = _interleaved(samples.transpose(0, 2, 3, 1)).reshape(-1)
+    return shape.normalise(samples, in_place=shape.planar)
 
 
 def _decode(ds: Dataset, syntax: str) -> np.ndarray:
@@ -433,7 +433,21 @@ def _decode(ds: Dataset, syntax: str) -> np.ndarray:
 
     decoder = get_decoder(syntax)
     array, _ = decoder.as_array(ds, raw=True)
-    return np.ascontiguousarray(array)
+    return _interleaved(array)
+
+
+def _interleaved(array: np.ndarray) -> np.ndarray:
+    """``array`` C-contiguous: samples of a pixel side by side. A codec that decodes colour by plane
+    (RLE) hands back a view of its planes; copying that one sample at a time costs several times
+    what ``np.ascontiguousarray`` pays for its strided walk (more than the RLE decode itself)."""
+    if array.flags.c_contiguous:
+        return array
+    if array.ndim < 3 or not 1 < array.shape[-1] <= 4:
+        return np.ascontiguousarray(array)
+    out = np.empty(array.shape, array.dtype)
+    for sample in range(array.shape[-1]):
+        out[..., sample] = array[..., sample]
+    return out
 
 
 @dataclass(frozen=True)
@@ -484,9 +498,13 @@ class _PixelShape:
             and self.size > 0
         )
 
-    def normalise(self, samples: np.ndarray) -> bytes | memoryview:
+    def normalise(self, samples: np.ndarray, in_place: bool = False) -> bytes | memoryview:
         """Each sample as its Bits Stored value (bits outside them are no part of it, and a
-        lossless codec drops them), sign-extended when signed, little endian."""
+        lossless codec drops them), sign-extended when signed, little endian.
+
+        ``in_place``: ``samples`` is ours to overwrite (a decoded array), so no new array is made
+        for each step; on a large multi-frame, allocating them cost more than the arithmetic.
+        """
         if len(samples) * self.bytes_per_sample != self.size:
             raise MalformedDatasetError(
                 f"pixel data holds {len(samples)} samples, "
@@ -496,10 +514,15 @@ class _PixelShape:
             dtype = samples.dtype
             shift = self.high_bit + 1 - self.bits_stored
             mask = dtype.type((1 << self.bits_stored) - 1)
-            samples = (samples >> dtype.type(shift)) & mask if shift else samples & mask
+            out = samples if in_place and samples.flags.writeable else None
+            if shift:
+                samples = np.right_shift(samples, dtype.type(shift), out=out)
+                out = samples
+            samples = np.bitwise_and(samples, mask, out=out)
             if self.signed:
                 sign = dtype.type(1 << (self.bits_stored - 1))
-                samples = (samples ^ sign) - sign  # wraps: two's complement in Bits Allocated
+                samples = np.bitwise_xor(samples, sign, out=samples)  # ours now, either way
+                samples = np.subtract(samples, sign, out=samples)  # wraps: two's complement
         return memoryview(
             np.ascontiguousarray(samples).astype(samples.dtype.newbyteorder("<"), copy=False)
         ).cast("B")
