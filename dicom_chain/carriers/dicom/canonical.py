@@ -170,7 +170,7 @@ def _feed_dataset(
         raw = ds.get_item(tag)
         start = len(parts)
         parts.append(pack("<HH", tag >> 16, tag & 0xFFFF))
-        if top and tag == PIXEL_DATA:
+        if tag == PIXEL_DATA:  # in items too: DCMTK's compressors also encode an icon's pixels
             pixels = _canonical_pixels(ds, raw, little, rules)
             if pixels is not None:
                 parts.append(b"V" + pack("<Q", len(pixels)))
@@ -387,8 +387,9 @@ def _value_le(raw: RawDataElement | DataElement, tag: int, little: bool) -> byte
 def _canonical_pixels(
     ds: Dataset, raw: RawDataElement | DataElement, little: bool, rules: _Rules
 ) -> bytes | memoryview | None:
-    """Version 2, top-level Pixel Data: its values in the canonical native layout (1.5), or None
-    where they are hashed as encoded (lossy or undecodable fragments, layouts we do not normalise)."""
+    """Version 2, Pixel Data of the dataset or of an item with its own Image Pixel module (an icon):
+    its values in the canonical native layout (1.5), or None where they are hashed as encoded (lossy
+    or undecodable fragments, layouts we do not normalise)."""
     if not rules.v2:
         return None
     try:
