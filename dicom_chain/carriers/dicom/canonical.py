@@ -54,8 +54,15 @@ SEQUENCE_DELIMITER = 0xFFFEE0DD
 V2_EXCLUDED = frozenset({PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION})
 # Version 2: what a lossy re-encoding may rewrite besides the pixels; the attributes hash leaves
 # them out, so that verify can tell a lossy hop (every other attribute intact) from tampering.
+# DCMTK's lossy compressors also set Image Type value 1 to DERIVED, add a Derivation Code
+# Sequence item "113040 Lossy Compression" (PS3.3 C.7.6.1.1.5) and drop the pixel value extremes,
+# which the changed pixels no longer have.
 LOSSY_DESCRIPTION = frozenset({
     PIXEL_DATA, PHOTOMETRIC, PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION,
+    0x00080008,  # Image Type
+    0x00089215,  # Derivation Code Sequence
+    0x00280106, 0x00280107,  # Smallest / Largest Image Pixel Value
+    0x00280108, 0x00280109,  # Smallest / Largest Pixel Value in Series
     0x00282110,  # Lossy Image Compression
     0x00282112,  # Lossy Image Compression Ratio
     0x00282114,  # Lossy Image Compression Method
