@@ -522,6 +522,15 @@ def assert_matrix(outcome: Outcome, minimum: int) -> None:
 # -- Orthanc as a PACS that transcodes on ingest ------------------------------------------------
 
 
+# storescu's option that proposes each syntax first (JPEG lossless: SV1, .70, only).
+STORESCU_PROPOSES = {
+    "1.2.840.10008.1.2": "-xi", "1.2.840.10008.1.2.1": "-xe", "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd", "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.5": "-xr",
+}  # fmt: skip
+
+
 def _orthanc_call(server: OrthancServer, method: str, path: str, body: bytes = b"") -> bytes:
     import urllib.request
 
@@ -534,37 +543,31 @@ def _orthanc_call(server: OrthancServer, method: str, path: str, body: bytes = b
 def through_orthanc(
     server: OrthancServer, chained: Chained, work: Path
 ) -> tuple[dict[str, Path], dict[str, str]]:
-    """Each chained file stored into Orthanc, downloaded (GET /instances/{id}/file), then deleted
-    there, since several inputs share a SOP Instance UID. Returns the files downloaded, and why
-    each other input was not stored."""
+    """Each chained file sent with DCMTK's storescu (as a modality would; pynetdicom's chunked
+    sending, which the gateway turns on, takes the SOP Instance UID from the file meta, and two of
+    pydicom's files disagree there), downloaded (GET /instances/{id}/file), then deleted there,
+    since several inputs share a SOP Instance UID. Returns the files downloaded, and why each
+    other input was not stored."""
     import json
 
-    from pynetdicom import AE
-
+    storescu = require_tool("storescu", "dcmtk")
     out: dict[str, Path] = {}
     refused: dict[str, str] = {}
     for name, path in chained.files.items():
-        ds = chained.info[name]
-        ae = AE(ae_title="HOPS")
-        ae.add_requested_context(str(ds.SOPClassUID), _syntax(ds))
-        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.ae_title)
-        if not assoc.is_established:
-            refused[name] = "Orthanc accepts no association for its syntax"
+        propose = STORESCU_PROPOSES.get(_syntax(chained.info[name]))
+        if propose is None:
+            refused[name] = "not stored: storescu cannot propose its syntax"
             continue
-        try:
-            status = assoc.send_c_store(path)
-        except ValueError as exc:  # pynetdicom cannot send it as it is
-            refused[name] = f"pynetdicom cannot send it: {exc}"
-            continue
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        # The file's own syntax first: it goes as stored, unconverted.
+        cmd = [storescu, propose, "-aec", server.ae_title, "127.0.0.1", str(server.dicom_port), str(path)]
+        sent = _run(cmd)
         if server.proc is not None and server.proc.poll() is not None:
             refused[name] = f"Orthanc crashed transcoding it (exit {server.proc.returncode}), restarted"
             server.start()
             continue
-        if not status or status.Status != 0:
-            refused[name] = f"Orthanc refused it: status {getattr(status, 'Status', None)}"
+        if sent.returncode or not json.loads(_orthanc_call(server, "GET", "/instances")):
+            last = (sent.stderr.strip().splitlines() or ["?"])[-1]
+            refused[name] = f"not stored: {last}"
             continue
         # The only instance there (each is deleted once downloaded): a lossy transcoding gives
         # it a new SOP Instance UID, so it is not looked up by the one sent.
@@ -581,6 +584,7 @@ def through_orthanc(
 # Pairs verified when these tests were written (pydicom 3.0, DCMTK 3.6.7, Orthanc 1.10): a hop
 # that starts refusing files, or inputs that go missing, must not pass as "nothing failed".
 MIN_VERIFIED = {"pydicom": 250, "dcmtk": 530, "lossy": 35, "orthanc": 75}
+MAX_NOT_STORED = 8  # inputs per Orthanc: 5 storescu cannot send, 2 its JPEG-LS encoder aborts on
 # Orthanc transcodes on ingest only what its DCMTK codecs take: this many came back re-encoded.
 ORTHANC_TRANSCODED = {"1.2.840.10008.1.2.4.80": 55, "1.2.840.10008.1.2.4.70": 60}
 ORTHANC_LOSSY = "1.2.840.10008.1.2.4.50"
@@ -651,9 +655,9 @@ def test_orthanc_ingest_transcoding_verifies(
     assert not failures, "\n".join([summary, *failures])
     assert len(downloaded) >= MIN_VERIFIED["orthanc"], summary
     assert transcoded >= ORTHANC_TRANSCODED.get(syntax, 10), summary
-    assert all(
-        reason.startswith(("pynetdicom cannot send", "Orthanc crashed")) for reason in refused.values()
-    )
+    # storescu sends not every file (liver: a SOP class it does not propose; rtdose_rle: 32-bit RLE;
+    # SC_rgb_jpeg), and Orthanc's JPEG-LS encoder aborts on signed 12-bit samples: see the summary.
+    assert len(refused) <= MAX_NOT_STORED, summary
 
 
 # -- controls: the matrix could fail ------------------------------------------------------------
