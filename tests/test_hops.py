@@ -632,6 +632,7 @@ def orthanc_transcoded(
         server.destroy()
 
 
+@pytest.mark.dcmtk  # storescu sends the files
 def test_orthanc_ingest_transcoding_verifies(
     orthanc_transcoded: tuple[str, dict[str, Path], dict[str, str]], chained: Chained
 ) -> None:
