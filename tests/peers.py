@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -161,17 +161,19 @@ class OrthancServer:
     nodelay: bool
     ae_title: str = "ORTHANC"
     proc: subprocess.Popen | None = None
+    # Settings merged over the defaults below (e.g. IngestTranscoding: a PACS that re-encodes).
+    config: dict[str, object] = field(default_factory=dict)
 
     @property
     def destination(self) -> str:
         return f"{self.ae_title}@127.0.0.1:{self.dicom_port}"
 
     @classmethod
-    def create(cls, nodelay: bool = True) -> OrthancServer:
+    def create(cls, nodelay: bool = True, config: dict[str, object] | None = None) -> OrthancServer:
         if not (shutil.which("Orthanc") or Path(ORTHANC_DEBIAN_PATH).exists()):
             missing_peer("Orthanc", "apt-get install orthanc")
         root = Path(tempfile.mkdtemp(prefix="dicomchain-orthanc-"))
-        return cls(root, free_port(), free_port(), nodelay)
+        return cls(root, free_port(), free_port(), nodelay, config=dict(config or {}))
 
     def write_config(self) -> Path:
         import json
@@ -188,6 +190,7 @@ class OrthancServer:
             "DicomCheckCalledAet": False,
             "Plugins": [],
             "DicomModalities": {},
+            **self.config,
         }
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(config))

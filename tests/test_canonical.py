@@ -605,3 +605,15 @@ def test_garbled_undefined_length_un_never_escapes_as_another_error(data):
         return
     with contextlib.suppress(MalformedDatasetError):
         carried.content_hash()
+
+
+@pytest.mark.dcmtk
+def test_icon_pixels_compressed_with_the_image_hash_by_value(tmp_path: Path):
+    """DCMTK's compressors encode an Icon Image Sequence's Pixel Data too (examples_overlay.dcm
+    has one): in version 2 an item's pixels, like the image's, are hashed by value."""
+    compressed = tmp_path / "rle.dcm"
+    original = TEST_FILES / "examples_overlay.dcm"
+    subprocess.run([require_tool("dcmcrle", "dcmtk"), str(original), str(compressed)], check=True)
+    ds = pydicom.dcmread(compressed)
+    assert ds.IconImageSequence[0]["PixelData"].is_undefined_length  # the icon was compressed too
+    assert content_hash(ds) == content_hash(pydicom.dcmread(original))

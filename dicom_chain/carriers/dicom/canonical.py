@@ -54,14 +54,24 @@ SEQUENCE_DELIMITER = 0xFFFEE0DD
 V2_EXCLUDED = frozenset({PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION})
 # Version 2: what a lossy re-encoding may rewrite besides the pixels; the attributes hash leaves
 # them out, so that verify can tell a lossy hop (every other attribute intact) from tampering.
-# PS3.3 C.7.6.1.1.5 makes a lossy copy a derived image: DCMTK's dcmcjpeg gives it a new SOP
-# Instance UID, DERIVED in Image Type, a Source Image and a Derivation Code Sequence.
+# PS3.3 C.7.6.1.1.5 makes a lossy copy a derived image: DCMTK's dcmcjpeg and Orthanc give it a
+# new SOP Instance UID, DERIVED in Image Type, a Source Image Sequence and a Derivation Code
+# Sequence item "113040 Lossy Compression", and drop the pixel value extremes, which the changed
+# pixels no longer have.
 LOSSY_DESCRIPTION = frozenset({
     PIXEL_DATA, PHOTOMETRIC, PLANAR_CONFIGURATION, DERIVATION_DESCRIPTION,
     0x00080008,  # Image Type
     0x00080018,  # SOP Instance UID
     0x00082112,  # Source Image Sequence
     0x00089215,  # Derivation Code Sequence
+    0x00280106, 0x00280107,  # Smallest / Largest Image Pixel Value
+    0x00280108, 0x00280109,  # Smallest / Largest Pixel Value in Series
+    # a lossy encoder turns PALETTE COLOR into colour (Orthanc does) and drops the palette
+    0x00280002,  # Samples per Pixel
+    0x00281101, 0x00281102, 0x00281103,  # Red / Green / Blue Palette Color LUT Descriptor
+    0x00281199,  # Palette Color Lookup Table UID
+    0x00281201, 0x00281202, 0x00281203,  # Red / Green / Blue Palette Color LUT Data
+    0x00281221, 0x00281222, 0x00281223,  # Segmented Red / Green / Blue Palette Color LUT Data
     0x00282110,  # Lossy Image Compression
     0x00282112,  # Lossy Image Compression Ratio
     0x00282114,  # Lossy Image Compression Method
@@ -176,7 +186,7 @@ def _feed_dataset(
         raw = ds.get_item(tag)
         start = len(parts)
         parts.append(pack("<HH", tag >> 16, tag & 0xFFFF))
-        if top and tag == PIXEL_DATA:
+        if tag == PIXEL_DATA:  # in items too: DCMTK's compressors also encode an icon's pixels
             pixels = _canonical_pixels(ds, raw, little, rules)
             if pixels is not None:
                 parts.append(b"V" + pack("<Q", len(pixels)))
@@ -397,8 +407,9 @@ def _value_le(raw: RawDataElement | DataElement, tag: int, little: bool) -> byte
 def _canonical_pixels(
     ds: Dataset, raw: RawDataElement | DataElement, little: bool, rules: _Rules
 ) -> bytes | memoryview | None:
-    """Version 2, top-level Pixel Data: its values in the canonical native layout (1.5), or None
-    where they are hashed as encoded (lossy or undecodable fragments, layouts we do not normalise)."""
+    """Version 2, Pixel Data of the dataset or of an item with its own Image Pixel module (an icon):
+    its values in the canonical native layout (1.5), or None where they are hashed as encoded (lossy
+    or undecodable fragments, layouts we do not normalise)."""
     if not rules.v2:
         return None
     try:
