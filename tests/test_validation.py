@@ -33,3 +33,9 @@ def test_pixel_module_that_does_not_decode_is_refused():
 
 def test_instances_without_pixels_pass():
     check_pixel_data(read("rtplan.dcm"))
+
+
+def test_pixel_module_with_values_of_the_wrong_type_is_a_named_error():
+    """badVR.dcm's Image Pixel values read as text: a named error, never a TypeError."""
+    with pytest.raises(MalformedDatasetError, match="Image Pixel module"):
+        check_pixel_data(read("badVR.dcm"))

@@ -24,5 +24,7 @@ def check_pixel_data(ds: Dataset) -> None:
         expected = get_expected_length(ds, unit="bytes")
     except Exception as exc:  # pydicom raises many types on garbled pixel module values
         raise MalformedDatasetError(f"pixel data without a usable Image Pixel module: {exc}") from exc
+    if not isinstance(expected, int):  # a garbled module (badVR.dcm: Rows as text) gives no length
+        raise MalformedDatasetError("pixel data without a usable Image Pixel module")
     if length not in (expected, expected + 1):
         raise MalformedDatasetError(f"pixel data holds {length} bytes, the image needs {expected}")
