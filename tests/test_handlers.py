@@ -262,3 +262,25 @@ def test_a_generator_handler_that_raises_yields_its_failure_after_what_it_still_
     assert next(stopped) == 0
     stopped.close()  # pynetdicom stops asking (the association ended): the handler's clean-up runs
     assert cleaned_up == [0, 2, 5]
+
+
+def test_instances_whose_names_once_collided_are_each_kept_through_the_gateway(gateway):
+    """Sent by a peer: a UID with a space beside one spelled like its sanitised name, and a SOP
+    named like version 2 of another; every one is acknowledged, kept, and the node verifies."""
+    from dicom_chain.verify import verify_node
+
+    node, port = gateway
+    sends = [("1.2.840.99999.1 7", ""), ("1.2.840.99999.1_7_c62e6b8eb456", "")]
+    sends += [("1.2.840.99999.1", ""), ("1.2.840.99999.1", "CORRECTED^NAME"), ("1.2.840.99999.1.v2", "")]
+    assoc = associate(port)
+    try:
+        for sop_uid, name in sends:
+            ds = read("CT_small.dcm")
+            ds.SOPInstanceUID = sop_uid
+            ds.PatientName = name or ds.PatientName
+            assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    assert len(list(node.storage.iter_files())) == node.ledger.block_count() == len(sends)
+    report = verify_node(node.ledger, node.storage)
+    assert report.ok, report.findings
