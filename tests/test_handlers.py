@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -370,3 +372,72 @@ def test_every_instance_answered_success_verifies(gateway, tmp_path):
     assert len(files) == node.ledger.block_count()
     report = verify_files(files)
     assert report.ok, (answered, report.errors)
+
+
+FULL_DISK_BYTES = 4 * 1024 * 1024  # room for a node home and a few small instances, filled at will
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A real file system of FULL_DISK_BYTES (tmpfs), to be filled to its last byte."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_BYTES}", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write until the kernel says ENOSPC, down to single bytes: 0 bytes free."""
+    import os
+
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    assert os.statvfs(disk).f_bfree == 0
+    return filler
+
+
+@pytest.mark.parametrize("full", ["home", "storage"])
+def test_a_disk_with_0_bytes_free_is_a700_and_the_gateway_recovers(small_disk, tmp_path, full):
+    """Everything on the full disk (intent, ledger, file), or only the store: A700 (retry later),
+    never 0110; nothing half-written is left, and once there is room the same instance is stored."""
+    from dicom_chain.config import Settings
+    from dicom_chain.verify import verify_node
+    from scp.statuses import OUT_OF_RESOURCES
+
+    if full == "home":
+        settings = Settings(home=small_disk / "node", institution="Test Hospital")
+    else:
+        settings = Settings(home=tmp_path / "node", storage=small_disk / "store", institution="Test Hospital")
+    node = Node.open(settings)
+    port = free_port()
+    ae = start_server(node, ae_title="DICOMCHAIN", host="127.0.0.1", port=port)
+    try:
+        assoc = associate(port)
+        assert assoc.send_c_store(read("MR_small.dcm")).Status == 0x0000
+        filler = _fill(small_disk)
+        assert [assoc.send_c_store(read("CT_small.dcm")).Status for _ in range(2)] == [OUT_OF_RESOURCES] * 2
+        assert assoc.send_c_echo().Status == 0x0000
+        filler.unlink()
+        assert assoc.send_c_store(read("CT_small.dcm")).Status == 0x0000
+        assoc.release()
+        assert node.ledger.block_count() == len(list(node.storage.iter_files())) == 2
+        assert verify_node(node.ledger, node.storage).ok
+    finally:
+        ae.shutdown()
+        node.close()
