@@ -25,22 +25,25 @@ UID_PATH_MAX = 64  # PS3.5 9.1: UIDs never exceed 64 characters, so neither does
 # hashes do; 12 hex digits (48 bits, names written before) left that within a forger's reach.
 NAME_HASH_HEX = 32
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
-# PS3.5 9.1: a UID is digits in dot-separated components. Only such a name is kept verbatim: it
-# has no "_", no "v", no empty component, so it can be neither a hashed name nor a version's name.
-_PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+# Kept verbatim: dot-separated components of lower-case letters, digits and "-" (every UID,
+# PS3.5 9.1, and ids like "photo-0"), not ending in a ".v<N>" component. No "_", so never a hashed
+# name; never a version's name; no empty component, so never "." or ".."; lower case only, so two
+# plain names differ on a case-insensitive file system too.
+_PLAIN = re.compile(r"[0-9a-z-]+(\.[0-9a-z-]+)*")
+_ENDS_LIKE_A_VERSION = re.compile(r".*\.v[0-9]+")
 _VERSION_SUFFIX = r"(\.v[0-9]+)?\.[A-Za-z0-9]+"  # after the stem: ".dcm", ".v2.dcm" (relative_path)
 
 
 def path_part(uid: str) -> str:
-    """A UID as a file name part, injectively: a plain UID as it is; anything else made harmless
-    (and readable where it can be) and suffixed with ``_`` and a hash of the whole value, which no
-    plain UID contains and which ends in hex digits, so no ``.v<N>`` version name either.
+    """An id as a file name part, injectively: a plain one (``_PLAIN``) as it is; anything else
+    made harmless (and readable where it can be) and suffixed with ``_`` and a hash of the whole
+    value: no plain name contains ``_``, and a name ending in hex digits is no version's name.
 
     Before, any name of ``[0-9A-Za-z._-]`` was kept verbatim, so ``X.v2`` (a SOP so named) and
     version 2 of ``X`` shared a file, as did ``A B`` and ``A_B_<its hash>``. Paths the ledger
     recorded under that rule stay valid (it names each block's file); new writes use this one.
     """
-    if len(uid) <= UID_PATH_MAX and _PLAIN_UID.fullmatch(uid):
+    if len(uid) <= UID_PATH_MAX and _PLAIN.fullmatch(uid) and not _ENDS_LIKE_A_VERSION.fullmatch(uid):
         return uid
     readable = _UNSAFE.sub("_", uid)[:UID_PATH_MAX].strip(".") or "x"
     return f"{readable}_{hashlib.sha256(uid.encode('utf-8', 'surrogatepass')).hexdigest()[:NAME_HASH_HEX]}"

@@ -86,7 +86,7 @@ def test_names_that_collided_before_are_distinct():
     assert version_2 != relative_path("1.2", "1.2.3", "1.2.3.4.v2", 1, suffix=".dcm")
 
 
-names = st.text(max_size=70) | st.from_regex(r"[0-9._v a-f]{1,70}", fullmatch=True)
+names = st.text(max_size=70) | st.from_regex(r"[0-9._v a-fA-F-]{1,70}", fullmatch=True)
 
 
 @given(names, st.integers(1, 12), names, st.integers(1, 12))
@@ -107,3 +107,8 @@ def test_a_write_never_replaces_a_file(tmp_path: Path):
         store.write("g/s/one.x", [b"second"])
     assert store.path("g/s/one.x").read_bytes() == b"first"
     assert list(store.iter_files()) == ["g/s/one.x"] and not list((tmp_path / "g" / "s").glob(".*"))
+
+
+def test_plain_ids_stay_readable_and_case_cannot_merge_two_names():
+    assert path_part("photo-0") == "photo-0" and path_part("1.2.840.10008.1") == "1.2.840.10008.1"
+    assert path_part("Photo-0").lower() != path_part("photo-0").lower()
