@@ -42,6 +42,11 @@ class MalformedDatasetError(DicomChainError):
     fault = Fault.REMOTE
 
 
+class UnfaithfulFileError(MalformedDatasetError):
+    """The item, written with its block, would not verify: it is refused rather than stored with
+    a block that vouches for nothing (a malformed element the block's insertion disturbs)."""
+
+
 class NoBlockError(DicomChainError):
     """The dataset carries no DICOM_CHAIN private block."""
 
@@ -99,6 +104,14 @@ class StorageError(DicomChainError):
     """Writing or reading the instance store failed (disk full, permissions, missing file)."""
 
     retryable = True
+
+
+class PathTakenError(StorageError):
+    """A file is already where a new one was to be written: never replaced. Store names are
+    injective, so this is a leftover no block names (removed by the caller, then retried) or a
+    name an older naming rule gave; retrying the same item meets the same file."""
+
+    retryable = False
 
 
 class KeyFileError(DicomChainError):

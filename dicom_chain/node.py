@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dicom_chain.actors import local_user
 from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, Origin, utc_now
-from dicom_chain.carriers.base import Identity, Item
+from dicom_chain.carriers.base import Identity, Item, encoded
 from dicom_chain.carriers.registry import open_file
 from dicom_chain.config import Settings
 from dicom_chain.db.database import Database
@@ -23,6 +23,7 @@ from dicom_chain.errors import (
     MalformedBlockError,
     NoBlockError,
     NotDicomError,
+    PathTakenError,
     SignatureError,
 )
 from dicom_chain.events import EventDraft
@@ -30,7 +31,7 @@ from dicom_chain.intents import Intents
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
-from dicom_chain.receipt import Receipts
+from dicom_chain.receipt import Receipt, Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import adopt_policy, record_refusal
@@ -110,7 +111,7 @@ class Node:
                 if latest is not None and item.same_content(latest.block):
                     outcome = IngestOutcome.DUPLICATE
                     if not self.storage.exists(latest.path):  # the ledger has it, the disk lost it
-                        self.storage.write(latest.path, item.with_block(latest.block))
+                        self.storage.write(latest.path, [self._confirmed(item, latest.block)])
                         outcome = IngestOutcome.RESTORED
                     tx.add_event(self.key, self._receipt(ids, latest.block, latest.version, actor, outcome))
                     return IngestResult(outcome, latest.block, self.storage.path(latest.path), latest.version)
@@ -141,9 +142,9 @@ class Node:
                 rel = relative_path(
                     ids.group_id, ids.series_id, ids.item_id, version, suffix=item.carrier.suffix
                 )
-                pieces = item.with_block(block)
+                data = self._confirmed(item, block)
+                self._write_new(tx, rel, data)
                 written = rel
-                self.storage.write(rel, pieces)
                 tx.add_block(
                     block,
                     path=rel,
@@ -172,6 +173,28 @@ class Node:
         finally:
             if written is not None:
                 self.storage.remove(written)
+
+    def _confirmed(self, item: Item, block: Block) -> bytes:
+        """The file to store, encoded now and read back as ``verify`` reads a file (the carrier's
+        ``confirm``): Success is never said of a file the node could not vouch for. Checked in
+        memory, before the write: reading the file back would return these same bytes from the
+        page cache, so it would prove nothing more and cost a second copy."""
+        data = encoded(item.with_block(block))
+        item.carrier.confirm(data, block)
+        return data
+
+    def _write_new(self, tx: Receipt, rel: str, data: bytes) -> None:
+        """Write a new version's file, never over another. Names are injective, so a file already
+        there is one no block names (a receipt that never committed: removed, as recovery would,
+        while this receipt holds the chain's lock) or one an older naming rule gave another item:
+        then PathTakenError, and it stays."""
+        try:
+            self.storage.write(rel, [data])
+        except PathTakenError:
+            if self.ledger.has_file(tx.session, rel):
+                raise
+            self.storage.remove(rel)
+            self.storage.write(rel, [data])
 
     def sender(self, item: Item, actor: str) -> Sender | None:
         """The registered institution whose block ``item`` carries, once that block is checked: signed

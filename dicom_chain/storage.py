@@ -1,8 +1,10 @@
 """The store: one file per item version, written atomically from the bytes its carrier hands over.
 
 Layout ``<group>/<series>/<item><suffix>`` (``<item>.v<N><suffix>`` for later versions; for DICOM
-``<study>/<series>/<sop>.dcm``), so a person can find a file from its UIDs. A file is either absent
-or complete: temp file, fsync, rename, fsync of the directory. No file format is known here.
+``<study>/<series>/<sop>.dcm``), so a person can find a file from its UIDs. Names are injective
+(``path_part``): two items never share a path. A file is either absent or complete, and a write
+never replaces a file: temp file, fsync, hard link to its name (refused if the name is taken),
+fsync of the directory. No file format is known here.
 """
 
 from __future__ import annotations
@@ -15,20 +17,36 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from dicom_chain.errors import DicomChainError, StorageError
+from dicom_chain.errors import DicomChainError, MalformedDatasetError, PathTakenError, StorageError
 
 TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
 UID_PATH_MAX = 64  # PS3.5 9.1: UIDs never exceed 64 characters, so neither does a path part
+# 128 bits of SHA-256 in every name that is not a plain UID: two such names collide only if the
+# hashes do; 12 hex digits (48 bits, names written before) left that within a forger's reach.
+NAME_HASH_HEX = 32
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
+# Kept verbatim: dot-separated components of lower-case letters, digits and "-" (every UID,
+# PS3.5 9.1, and ids like "photo-0"), not ending in a ".v<N>" component. No "_", so never a hashed
+# name; never a version's name; no empty component, so never "." or ".."; lower case only, so two
+# plain names differ on a case-insensitive file system too.
+_PLAIN = re.compile(r"[0-9a-z-]+(\.[0-9a-z-]+)*")
+_ENDS_LIKE_A_VERSION = re.compile(r".*\.v[0-9]+")
 _VERSION_SUFFIX = r"(\.v[0-9]+)?\.[A-Za-z0-9]+"  # after the stem: ".dcm", ".v2.dcm" (relative_path)
 
 
 def path_part(uid: str) -> str:
-    """A UID as a file name part; anything that is not a plain UID is made harmless and unique."""
-    safe = _UNSAFE.sub("_", uid)[:UID_PATH_MAX]
-    if safe != uid or safe in ("", ".", ".."):
-        safe = f"{safe.strip('.') or 'x'}_{hashlib.sha256(uid.encode()).hexdigest()[:12]}"
-    return safe
+    """An id as a file name part, injectively: a plain one (``_PLAIN``) as it is; anything else
+    made harmless (and readable where it can be) and suffixed with ``_`` and a hash of the whole
+    value: no plain name contains ``_``, and a name ending in hex digits is no version's name.
+
+    Before, any name of ``[0-9A-Za-z._-]`` was kept verbatim, so ``X.v2`` (a SOP so named) and
+    version 2 of ``X`` shared a file, as did ``A B`` and ``A_B_<its hash>``. Paths the ledger
+    recorded under that rule stay valid (it names each block's file); new writes use this one.
+    """
+    if len(uid) <= UID_PATH_MAX and _PLAIN.fullmatch(uid) and not _ENDS_LIKE_A_VERSION.fullmatch(uid):
+        return uid
+    readable = _UNSAFE.sub("_", uid)[:UID_PATH_MAX].strip(".") or "x"
+    return f"{readable}_{hashlib.sha256(uid.encode('utf-8', 'surrogatepass')).hexdigest()[:NAME_HASH_HEX]}"
 
 
 def relative_path(group_id: str, series_id: str, item_id: str, version: int, *, suffix: str) -> str:
@@ -63,7 +81,8 @@ class Storage:
         return self.path(relative).is_file()
 
     def write(self, relative: str, pieces: Iterable[bytes | memoryview]) -> Path:
-        """Write ``pieces`` in order as the file at ``relative``; on any failure nothing is left behind."""
+        """Write ``pieces`` in order as a new file at ``relative``; on any failure nothing is left
+        behind. PathTakenError if a file is there already: it is never replaced."""
         target = self.path(relative)
         tmp: str | None = None
         try:
@@ -73,15 +92,17 @@ class Storage:
                 fp.writelines(pieces)
                 fp.flush()
                 os.fsync(fp.fileno())
-            os.replace(tmp, target)
-            tmp = None
+            os.link(tmp, target)  # atomic like rename, but refuses (EEXIST) where rename replaces
             _fsync_dir(target.parent)
+        except FileExistsError as exc:
+            raise PathTakenError(f"cannot store {relative}: a file is there already") from exc
         except OSError as exc:
             raise StorageError(f"cannot store {relative}: {exc.strerror or exc}") from exc
-        except DicomChainError:
+        except (DicomChainError, MemoryError):
             raise
-        except Exception as exc:  # pieces may be encoded as they are written, and an encoder may refuse
-            raise StorageError(f"cannot encode {relative}: {exc}") from exc
+        except Exception as exc:  # pieces may be encoded as they are written: the item's fault, for
+            # retrying the same item fails the same way (a full disk is an OSError, above)
+            raise MalformedDatasetError(f"cannot encode {relative}: {exc}") from exc
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)

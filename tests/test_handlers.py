@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pydicom
 import pytest
+from hypothesis import strategies as st
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -262,3 +266,178 @@ def test_a_generator_handler_that_raises_yields_its_failure_after_what_it_still_
     assert next(stopped) == 0
     stopped.close()  # pynetdicom stops asking (the association ended): the handler's clean-up runs
     assert cleaned_up == [0, 2, 5]
+
+
+def test_instances_whose_names_once_collided_are_each_kept_through_the_gateway(gateway):
+    """Sent by a peer: a UID with a space beside one spelled like its sanitised name, and a SOP
+    named like version 2 of another; every one is acknowledged, kept, and the node verifies."""
+    from dicom_chain.verify import verify_node
+
+    node, port = gateway
+    sends = [("1.2.840.99999.1 7", ""), ("1.2.840.99999.1_7_c62e6b8eb456", "")]
+    sends += [("1.2.840.99999.1", ""), ("1.2.840.99999.1", "CORRECTED^NAME"), ("1.2.840.99999.1.v2", "")]
+    assoc = associate(port)
+    try:
+        for sop_uid, name in sends:
+            ds = read("CT_small.dcm")
+            ds.SOPInstanceUID = sop_uid
+            ds.PatientName = name or ds.PatientName
+            assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    assert len(list(node.storage.iter_files())) == node.ledger.block_count() == len(sends)
+    report = verify_node(node.ledger, node.storage)
+    assert report.ok, report.findings
+
+
+def _elements(body: bytes) -> list[tuple[int, int]]:
+    """(offset, header length) of each top-level element of an explicit VR little endian body."""
+    out, at = [], 0
+    long_vrs = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+    while at + 8 <= len(body):
+        vr = body[at + 4 : at + 6]
+        if vr in long_vrs:
+            length, header = int.from_bytes(body[at + 8 : at + 12], "little"), 12
+        else:
+            length, header = int.from_bytes(body[at + 6 : at + 8], "little"), 8
+        out.append((at, header))
+        if length == 0xFFFFFFFF:
+            break  # an undefined length: the walk stops, the elements before it are enough
+        at += header + length
+    return out
+
+
+VRS = [b"SQ", b"UN", b"OB", b"LO", b"UL", b"US", b"DS", b"UI", b"AT", b"\x00\x00"]
+
+
+@st.composite
+def mutations(draw) -> tuple[str, int, bytes]:
+    """One element-level change: a VR replaced, a length changed, the body cut inside an element,
+    bytes inserted at an element boundary (an orphan element of our group among them)."""
+    kind = draw(st.sampled_from(["vr", "length", "cut", "insert"]))
+    index = draw(st.integers(0, 10_000))
+    if kind == "vr":
+        return kind, index, draw(st.sampled_from(VRS))
+    if kind == "length":
+        return kind, index, draw(st.integers(0, 0xFFFF)).to_bytes(2, "little")
+    if kind == "cut":
+        return kind, index, draw(st.integers(1, 11)).to_bytes(1, "little")
+    element = draw(st.sampled_from([b"\x01\x10", b"\x10\x10", b"\x10\x00"]))
+    orphan = b"\x71\x00" + element + b"LO\x06\x00ORPHAN"
+    return kind, index, draw(st.sampled_from([orphan, b"\x00", b"\xfe\xff\x00\xe0", b"\xe0\x7f\x10\x00OW"]))
+
+
+def _mutated(body: bytes, elements: list[tuple[int, int]], change: tuple[str, int, bytes]) -> bytes:
+    kind, index, value = change
+    at, header = elements[index % len(elements)]
+    if kind == "vr":
+        return body[: at + 4] + value + body[at + 6 :]
+    if kind == "length":
+        where = at + (8 if header == 12 else 6)
+        return body[:where] + value + body[where + 2 :]
+    if kind == "cut":
+        return body[: at + value[0]]
+    return body[:at] + value + body[at:]
+
+
+def test_every_instance_answered_success_verifies(gateway, tmp_path):
+    """Element-level mutations of a valid instance on the wire: whatever is acknowledged, the node's
+    own ``verify`` accepts (the fuzzing that found 48 acknowledged files failing it, bounded)."""
+    from hypothesis import HealthCheck, given, settings
+
+    node, port = gateway
+    scu = AE(ae_title="FUZZSCU")
+    scu.add_requested_context(Verification)
+    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)  # the VRs are on the wire
+    assoc = scu.associate("127.0.0.1", port, ae_title="DICOMCHAIN")
+    assert assoc.is_established
+    body = encode_body(read("CT_small.dcm"), ExplicitVRLittleEndian)
+    elements = _elements(body)
+    answered: dict[int, int] = {}
+
+    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(mutations(), st.integers(0, 10**9))
+    def send(change, serial):
+        data = _mutated(body, elements, change)
+        status = send_raw(assoc, CTImageStorage, f"1.2.826.0.1.3680043.10.511.2.{serial}", data, tmp_path)
+        answered[status] = answered.get(status, 0) + 1
+        assert status in (0x0000, CANNOT_UNDERSTAND, 0xB000, 0xB007, 0xB006), hex(status)
+
+    try:
+        send()
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    files = [node.storage.path(p) for p in node.storage.iter_files()]
+    assert len(files) == node.ledger.block_count()
+    report = verify_files(files)
+    assert report.ok, (answered, report.errors)
+
+
+FULL_DISK_BYTES = 4 * 1024 * 1024  # room for a node home and a few small instances, filled at will
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A real file system of FULL_DISK_BYTES (tmpfs), to be filled to its last byte."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_BYTES}", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write until the kernel says ENOSPC, down to single bytes: 0 bytes free."""
+    import os
+
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    assert os.statvfs(disk).f_bfree == 0
+    return filler
+
+
+@pytest.mark.parametrize("full", ["home", "storage"])
+def test_a_disk_with_0_bytes_free_is_a700_and_the_gateway_recovers(small_disk, tmp_path, full):
+    """Everything on the full disk (intent, ledger, file), or only the store: A700 (retry later),
+    never 0110; nothing half-written is left, and once there is room the same instance is stored."""
+    from dicom_chain.config import Settings
+    from dicom_chain.verify import verify_node
+    from scp.statuses import OUT_OF_RESOURCES
+
+    if full == "home":
+        settings = Settings(home=small_disk / "node", institution="Test Hospital")
+    else:
+        settings = Settings(home=tmp_path / "node", storage=small_disk / "store", institution="Test Hospital")
+    node = Node.open(settings)
+    port = free_port()
+    ae = start_server(node, ae_title="DICOMCHAIN", host="127.0.0.1", port=port)
+    try:
+        assoc = associate(port)
+        assert assoc.send_c_store(read("MR_small.dcm")).Status == 0x0000
+        filler = _fill(small_disk)
+        assert [assoc.send_c_store(read("CT_small.dcm")).Status for _ in range(2)] == [OUT_OF_RESOURCES] * 2
+        assert assoc.send_c_echo().Status == 0x0000
+        filler.unlink()
+        assert assoc.send_c_store(read("CT_small.dcm")).Status == 0x0000
+        assoc.release()
+        assert node.ledger.block_count() == len(list(node.storage.iter_files())) == 2
+        assert verify_node(node.ledger, node.storage).ok
+    finally:
+        ae.shutdown()
+        node.close()

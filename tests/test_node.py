@@ -263,3 +263,122 @@ def test_a_dead_process_s_committed_file_stays(node: Node):
     _leave_intent(node, replace(owners.current(), pid=999_999_999), second)
     assert node.recover() == [second]  # its uncommitted second version goes, the first stays
     assert list(node.storage.iter_files()) == [relative] and _intent_count(node) == 0
+
+
+def _named(sop_uid: str, name: str = "") -> pydicom.Dataset:
+    ds = read("CT_small.dcm")
+    ds.SOPInstanceUID = sop_uid
+    if name:
+        ds.PatientName = name
+    return ds
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [_named("1.2.840.99999.1 7"), _named("1.2.840.99999.1_7_c62e6b8eb456")],  # sanitised alike
+        [_named("1.2.840.99999.1"), _named("1.2.840.99999.1", "NEW^VERSION"), _named("1.2.840.99999.1.v2")],
+    ],
+    ids=["sanitised-name", "version-name"],
+)
+def test_items_whose_names_once_collided_each_keep_their_file(node: Node, sent):
+    """Each stored instance keeps its own file, and the node verifies afterwards (before, the
+    later write replaced the earlier file and ``verify --db`` called the earlier block re-ordered)."""
+    from dicom_chain.verify import verify_node
+
+    results = [node.ingest(item_from_dataset(ds)) for ds in sent]
+    assert [r.outcome for r in results][-1] == "stored" and len({r.path for r in results}) == len(sent)
+    for result in results:
+        assert read_block(pydicom.dcmread(result.path)) == result.block
+    report = verify_node(node.ledger, node.storage)
+    assert report.ok, report.findings
+
+
+def test_a_file_no_block_names_is_cleared_and_one_a_block_names_is_never_replaced(node: Node, monkeypatch):
+    """A leftover of a receipt that never committed gives way; a file the ledger names, where a
+    new version now goes (a SOP named ``X.v2`` stored verbatim by the naming rule before), is
+    refused and stays as it was."""
+    from dicom_chain import node as node_module
+    from dicom_chain.errors import PathTakenError
+    from dicom_chain.storage import relative_path
+
+    ds = _named("1.2.840.99999.2")
+    rel = relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, 1, suffix=".dcm")
+    node.storage.write(rel, [b"leftover of a killed writer"])
+    first = node.ingest(item_from_dataset(ds))
+    assert first.outcome == "stored" and read_block(pydicom.dcmread(first.path)) == first.block
+
+    def old_rule(group: str, series: str, item: str, version: int, *, suffix: str) -> str:
+        return f"{group}/{series}/{item}" + (suffix if version == 1 else f".v{version}{suffix}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(node_module, "relative_path", old_rule)
+        legacy = node.ingest(item_from_dataset(_named("1.2.840.99999.2.v2")))
+    changed = _named("1.2.840.99999.2", "CHANGED")
+    with pytest.raises(PathTakenError):
+        node.ingest(item_from_dataset(changed))
+    assert read_block(pydicom.dcmread(legacy.path)) == legacy.block
+    assert read_block(pydicom.dcmread(first.path)) == first.block and node.ledger.block_count() == 2
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "kept"),
+    [
+        ("PatientID", "P" * 65, False),  # LO holds 64: refused on every database alike
+        ("PatientID", "A\x00B", False),
+        ("PatientName", "DOE\x00^JOHN", True),  # the index drops the NUL; the file keeps it
+        ("StudyDescription", "HE\x00AD", True),
+    ],
+)
+def test_values_postgresql_cannot_hold_are_refused_or_kept_safely(
+    db_url: str, tmp_path, keyword, value, kept
+):
+    """A NUL in a value, or a PatientID over 64 characters: C000 or stored, never 0110 (PostgreSQL
+    refused them at the commit as a plain ledger error)."""
+    from dicom_chain.verify import verify_node
+    from scp.statuses import CANNOT_UNDERSTAND, store_status
+
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    try:
+        ds = read("CT_small.dcm")
+        setattr(ds, keyword, value)
+        if kept:
+            result = node.ingest(item_from_dataset(ds))
+            assert pydicom.dcmread(result.path)[keyword].value == value
+            assert verify_node(node.ledger, node.storage).ok
+        else:
+            with pytest.raises(MalformedDatasetError) as refused:
+                node.ingest(item_from_dataset(ds))
+            assert store_status(refused.value) == CANNOT_UNDERSTAND
+            assert node.ledger.block_count() == 0 and list(node.storage.iter_files()) == []
+    finally:
+        node.close()
+
+
+def test_a_dataset_pydicom_cannot_encode_is_refused_not_retried(node: Node):
+    """Our group taken by another creator, so pydicom writes the file, and a command element
+    (0000,0900) at the top of the dataset, which pydicom refuses to write: the item's fault, C000
+    (it was a StorageError, A700: the modality retried it forever)."""
+    from io import BytesIO
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from dicom_chain.carriers.dicom.carrier import DICOM
+    from scp.statuses import CANNOT_UNDERSTAND, store_status
+
+    from .test_handlers import encode_body
+
+    ds = read("CT_small.dcm")
+    ds.add_new(0x00710010, "LO", "OTHER CREATOR")
+    body = b"\x00\x00\x00\x09US\x02\x00\x00\x00" + encode_body(ds, ExplicitVRLittleEndian)
+    received = read_dataset(BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    received.file_meta = FileMetaDataset()
+    received.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    received.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    received.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    with pytest.raises(MalformedDatasetError, match="cannot encode") as refused:
+        node.ingest(DICOM.received(received, body).item())
+    assert store_status(refused.value) == CANNOT_UNDERSTAND
+    assert node.ledger.block_count() == 0 and list(node.storage.iter_files()) == []

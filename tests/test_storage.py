@@ -41,7 +41,7 @@ def test_a_write_is_whole_or_absent(tmp_path: Path):
     """Bytes in, one file out; pieces encoded as they are written may fail half-way: nothing stays."""
     import pytest
 
-    from dicom_chain.errors import StorageError
+    from dicom_chain.errors import MalformedDatasetError
 
     store = Storage(tmp_path / "store")
     assert store.write("g/s/one.x", [b"he", b"llo"]).read_bytes() == b"hello"
@@ -50,7 +50,7 @@ def test_a_write_is_whole_or_absent(tmp_path: Path):
         yield b"half"
         raise ValueError("encoder refused")
 
-    with pytest.raises(StorageError, match=r"cannot encode g/s/two\.x"):
+    with pytest.raises(MalformedDatasetError, match=r"cannot encode g/s/two\.x"):  # C000: the item's fault
         store.write("g/s/two.x", refused_half_way())
     assert list(store.iter_files()) == ["g/s/one.x"] and not list((tmp_path / "store" / "g" / "s").glob(".*"))
 
@@ -76,3 +76,39 @@ def test_the_first_version_of_any_uid_is_covered(uid):
         store.path(relative).parent.mkdir(parents=True, exist_ok=True)
         store.path(relative).write_bytes(b"x")
         assert store.versions(*store.covering(uid, uid, uid)) == [relative]
+
+
+def test_names_that_collided_before_are_distinct():
+    """A space sanitised to "_" plus the hash once named ``A B`` as a UID literally so spelled;
+    a SOP literally named ``X.v2`` took version 2 of ``X``'s file."""
+    assert path_part("1.2.840.99999.1 7") != path_part("1.2.840.99999.1_7_c62e6b8eb456")
+    version_2 = relative_path("1.2", "1.2.3", "1.2.3.4", 2, suffix=".dcm")
+    assert version_2 != relative_path("1.2", "1.2.3", "1.2.3.4.v2", 1, suffix=".dcm")
+
+
+names = st.text(max_size=70) | st.from_regex(r"[0-9._v a-fA-F-]{1,70}", fullmatch=True)
+
+
+@given(names, st.integers(1, 12), names, st.integers(1, 12))
+def test_distinct_items_or_versions_never_share_a_file_name(a, version_a, b, version_b):
+    if (a, version_a) != (b, version_b):
+        name_a = relative_path("g", "s", a, version_a, suffix=".dcm")
+        assert name_a != relative_path("g", "s", b, version_b, suffix=".dcm")
+
+
+def test_a_write_never_replaces_a_file(tmp_path: Path):
+    import pytest
+
+    from dicom_chain.errors import PathTakenError
+
+    store = Storage(tmp_path)
+    store.write("g/s/one.x", [b"first"])
+    with pytest.raises(PathTakenError):
+        store.write("g/s/one.x", [b"second"])
+    assert store.path("g/s/one.x").read_bytes() == b"first"
+    assert list(store.iter_files()) == ["g/s/one.x"] and not list((tmp_path / "g" / "s").glob(".*"))
+
+
+def test_plain_ids_stay_readable_and_case_cannot_merge_two_names():
+    assert path_part("photo-0") == "photo-0" and path_part("1.2.840.10008.1") == "1.2.840.10008.1"
+    assert path_part("Photo-0").lower() != path_part("photo-0").lower()

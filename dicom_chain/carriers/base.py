@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dicom_chain.block import Block
-from dicom_chain.errors import ContentHashError, DicomChainError
+from dicom_chain.errors import ContentHashError, DicomChainError, MalformedDatasetError, UnfaithfulFileError
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class Carried(ABC):
     def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         """The file with ``block`` in it (any block it held replaced), as pieces to write in order.
 
-        May be lazy: an error while encoding then surfaces while the store writes (StorageError)."""
+        May be lazy: an error while encoding then surfaces when the pieces are joined (``encoded``)
+        or written, as MalformedDatasetError (the item's fault: it fails the same way again)."""
 
     @abstractmethod
     def check(self) -> None:
@@ -146,3 +147,35 @@ class Carrier(ABC):
     @abstractmethod
     def open(self, data: bytes) -> Carried:
         """Parse a whole file; NotDicomError (or the carrier's subclass of it) when it does not parse."""
+
+    def confirm(self, data: bytes, block: Block) -> None:
+        """UnfaithfulFileError unless ``data``, a file about to be stored, passes what ``verify``
+        checks of a file: it parses, carries exactly ``block``, its content hashes to what the
+        block records, and it is the item the block names. A received item can parse, hash and
+        sign well and still not survive being written with its block (an element header cut
+        short where the block goes, a private element of our group read as part of the block)."""
+        h = block.header
+        try:
+            carried = self.open(data)
+            found = carried.read_block()
+            carried.check_content(block)
+            ids = carried.identity()
+        except DicomChainError as exc:
+            raise UnfaithfulFileError(f"the file as stored would not verify: {exc}") from exc
+        except Exception as exc:  # a parser decoding lazily may fail anywhere on garbled input
+            raise UnfaithfulFileError(f"the file as stored would not read back: {exc}") from exc
+        if found.to_bytes() != block.to_bytes():
+            raise UnfaithfulFileError("the file as stored would carry another block than the one signed")
+        if (ids.item_id, ids.group_id) != (h.item_id, h.group_id):
+            raise UnfaithfulFileError("the file as stored would name another item than its block")
+
+
+def encoded(pieces: Iterable[bytes | memoryview]) -> bytes:
+    """A carrier's pieces (``with_block``) joined into the file's bytes. An encoder that refuses
+    the item is the item's fault (MalformedDatasetError); running out of memory passes."""
+    try:
+        return b"".join(pieces)
+    except (DicomChainError, MemoryError):
+        raise
+    except Exception as exc:
+        raise MalformedDatasetError(f"cannot encode the item with its block: {exc}") from exc

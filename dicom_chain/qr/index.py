@@ -86,7 +86,9 @@ class IndexRecord:
             if a.integer:
                 row[a.column] = value if isinstance(value, int) else None
                 continue
-            text = str(value or "")[: a.chars]
+            # A NUL (in no DICOM repertoire) is dropped: PostgreSQL text cannot hold it, and the
+            # index is a search aid; the file and its block keep the value as received.
+            text = str(value or "").replace("\x00", "")[: a.chars]
             if a.vr in FOLDED_VRS:
                 text = key_form(a.vr, text)[: a.width]
             row[a.column] = text

@@ -108,6 +108,22 @@ def main() -> None:
     struct.pack_into("<I", raw2, at + 8, 0xFFFFFFF0)
     out["pixel_length_lie.dcm"] = bytes(raw2)
 
+    # Three that parse, hash and sign, yet would not verify once written with a block (ingest
+    # must refuse them): a dataset ending in part of an element header, which the block went
+    # after; SeriesNumber's VR changed to SQ; an element of group 0071 with no creator, which our
+    # block, taking the first slot, would own.
+    ds = ct()
+    for tag in [t for t in ds.keys() if t > 0x0071FFFF]:
+        del ds[tag]
+    out["partial_header_at_end.dcm"] = part10(ds) + b"\xe0\x7f\x10\x00OW"
+    raw3 = bytearray(whole)
+    at = raw3.find(b"\x20\x00\x11\x00IS")  # (0020,0011) SeriesNumber, explicit VR LE
+    raw3[at + 4 : at + 6] = b"SQ"
+    out["vr_changed_to_sq.dcm"] = bytes(raw3)
+    ds = ct()
+    ds.add_new((CHAIN_GROUP << 16) | 0x1001, "LO", "ORPHAN")
+    out["orphan_in_chain_group.dcm"] = part10(ds)
+
     out["big_endian_odd_us.dcm"] = _odd_us_big_endian((FILES / "MR_small_bigendian.dcm").read_bytes())
     out["big_endian_un_no_delimiter.dcm"] = _un_without_delimiter_big_endian()
 

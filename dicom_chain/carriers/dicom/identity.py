@@ -8,6 +8,11 @@ from dicom_chain.carriers.base import Identity
 from dicom_chain.errors import MalformedDatasetError
 
 UID_MAX_CHARS = 64  # PS3.5 9.1
+# PS3.5 6.2: PatientID is LO, at most 64 characters. The ledger's patient columns are as wide
+# (PostgreSQL enforces it, SQLite does not) and events sign the value whole, so a longer one is
+# refused (C000) on every database alike rather than cut.
+PATIENT_ID_MAX_CHARS = 64
+NUL = "\x00"  # no DICOM character repertoire has it (PS3.5 6.1); PostgreSQL text cannot hold it
 # keyword -> what it is to the node: the block names the first two, the store files by three
 REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -25,11 +30,17 @@ def instance_identity(ds: Dataset) -> Identity:
             raise MalformedDatasetError(f"dataset has no {keyword}")
         if len(text) > UID_MAX_CHARS:
             raise MalformedDatasetError(f"{keyword} is longer than {UID_MAX_CHARS} characters")
+        if NUL in text:
+            raise MalformedDatasetError(f"{keyword} contains a NUL character")
         values[keyword] = text
     try:
-        patient_id = str(ds.get("PatientID", "") or "")
+        patient_id = str(ds.get("PatientID", "") or "").rstrip(NUL)  # NUL padding, as for UIDs
     except Exception:  # an undecodable patient ID does not stop chaining: the receipt names none
         patient_id = ""
+    if len(patient_id) > PATIENT_ID_MAX_CHARS:
+        raise MalformedDatasetError(f"PatientID is longer than {PATIENT_ID_MAX_CHARS} characters (LO)")
+    if NUL in patient_id:
+        raise MalformedDatasetError("PatientID contains a NUL character")
     return Identity(
         item_id=values["SOPInstanceUID"],
         group_id=values["StudyInstanceUID"],
