@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from dicom_chain.db.database import Database
 from dicom_chain.events import EventDraft
 from dicom_chain.qr import index
-from dicom_chain.qr.query import Model, Query, parse_query, response
+from dicom_chain.qr.query import Model, Query, add_versions, parse_query, response
 from dicom_chain.storage import Storage
+from dicom_chain.versions import versions_of
 from dicom_chain.vocab import EventType, Outcome, RunStatus, SubOperation
 
 _OUTCOME = {
@@ -76,7 +77,13 @@ class FindRun:
             self.matches += 1
             # bounded by the index's patients; only the first DISCLOSED_PATIENTS_MAX are named
             self._patients.add(str(values.get("PatientID") or ""))
-            yield response(self.query, values, self.retrieve_ae_title)
+            answer = response(self.query, values, self.retrieve_ae_title)
+            if self.query.level == "IMAGE":
+                sop = str(values.get("SOPInstanceUID") or "")
+                with self.node.db.reading() as session:
+                    versions = versions_of(session, self.node.chain_id, sop)
+                add_versions(answer, self.query, [v.sender for v in versions])
+            yield answer
 
     def finish(self, status: RunStatus, reason: str = "") -> None:
         if self._finished:
