@@ -93,9 +93,9 @@ def answers_failures(
     """An exception inside the handler becomes its failure status, logged; never a dropped association.
 
     Like pynetdicom's own handler-error handling, with our statuses instead of its generic Cx11:
-    a plain handler returns the status; a generator handler yields ``(failure, None)`` as its final
-    response, after what ``prelude`` says pynetdicom still expects when the handler failed before
-    yielding it (C-GET: the number of sub-operations; C-MOVE: the destination first).
+    a plain handler returns the status with the reason; a generator handler yields ``(failure,
+    None)`` as its final response, after what ``prelude`` says pynetdicom still expects when the
+    handler failed before yielding it (C-GET: the number of sub-operations; C-MOVE: the destination first).
     """
 
     def decorate(handler: Handler) -> Handler:
@@ -127,7 +127,7 @@ def answers_failures(
             except Exception as exc:
                 status = status_for(exc)
                 _answered(operation, event, exc, status)
-                return status
+                return _failure(status, exc)  # the reason in Error Comment, for the sender's log
 
         return plain  # type: ignore[return-value]
 
