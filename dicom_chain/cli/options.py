@@ -73,7 +73,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
                 except DicomChainError as exc:
                     raise click.BadParameter(f"{value}: {exc}") from exc
             elif not isinstance(v, dict):
-                found[name] = v
+                found[name] = [v] if name in tables and isinstance(v, str) else v
         return found
 
     defaults = values(data)
@@ -81,7 +81,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     for name in names:
         table = table.get(name, {}) if isinstance(table, dict) else {}
         if isinstance(table, dict):
-            defaults.update(values(table))
+            for k, v in values(table).items():  # entries add up (a command's peers to everyone's)
+                defaults[k] = [*defaults[k], *v] if k in tables and k in defaults else v
     ctx.default_map = defaults
     return value
 
