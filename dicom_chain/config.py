@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import make_url
 
 from dicom_chain.errors import ConfigError
+from dicom_chain.permissions import Peers, table_entries
 
 DEFAULT_HOME = Path("var")
 DEFAULT_INSTITUTION = "Unnamed institution"
@@ -46,6 +47,7 @@ class Setting:
     bounds: tuple[int, int] | None = None  # inclusive, for integers
     path: Literal["file", "dir"] | None = None  # for paths: what it must be
     exists: bool = False  # a path that must exist when given (certificates)
+    table: str | None = None  # TOML may give a table of entries (permissions.table_entries: "peers")
 
 
 SETTING = "dicom_chain.setting"  # the field metadata key
@@ -120,8 +122,31 @@ class Settings:
     allow: tuple[str, ...] = field(
         default=(),
         metadata=about(
-            "Calling AE titles allowed to associate, optionally from one host (repeatable; none given: any).",
+            "Calling AE title allowed to store (C-STORE only), optionally from one host only (repeatable). "
+            "No --allow, --peer or --peer-cert at all: anyone may store, query and retrieve.",
             metavar="AET[@HOST]",
+        ),
+    )
+    # Per-AE permissions (dicom_chain/permissions.py): store, find, move, get, correct. In TOML also
+    # a table per AE: [peers.WS1] permissions = ["find", "move", "get"], host = "10.0.0.21".
+    peers: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            "A calling AE title and what it may do: store, find, move, get, correct (repeatable).",
+            metavar="AET[@HOST]=PERMISSION[,...]",
+            option="peer",
+            table="peers",
+        ),
+    )
+    # Per TLS client certificate, matched by subject; decides alone for a peer that presents it.
+    # In TOML also [certs."CN=reading-room-1,O=Hospital"] permissions = ["find", "get"].
+    certs: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            "A TLS client certificate subject and what its holder may do (repeatable; needs --tls-ca).",
+            metavar="SUBJECT=PERMISSION[,...]",
+            option="peer-cert",
+            table="certs",
         ),
     )
     # C-MOVE destinations as AET@HOST:PORT: the only AEs instances may be moved to (until the
@@ -167,6 +192,7 @@ class Settings:
             if spec.bounds and isinstance(value, int) and not spec.bounds[0] <= value <= spec.bounds[1]:
                 low, high = spec.bounds
                 raise ConfigError(f"{spec.option} {value}: must be {low} to {high}")
+        Peers.parse(self.allow, self.peers, self.certs)  # a bad entry stops the start, not a caller
 
     @property
     def db_url(self) -> str:
@@ -249,6 +275,8 @@ class SettingField:
                 return None
             raise ConfigError(f"setting {self.name} needs a value")
         if self.repeatable:
+            if isinstance(value, dict) and self.meta.table:
+                value = table_entries(value, what=self.meta.table)
             values = [value] if isinstance(value, str) else value
             if not isinstance(values, list | tuple):
                 raise ConfigError(f"setting {self.name}: expected a list")

@@ -144,3 +144,16 @@ class ResearchExportRefused(DicomChainError):
     """A research export is not allowed (the patient has not opted in, the study is not here, ...)."""
 
     fault = Fault.REMOTE  # the request is at fault; the same request succeeds once the patient opts in
+
+
+class NotAuthorized(DicomChainError):
+    """The caller lacks the permission this request needs (``permissions.Permission``): a store,
+    query or retrieval by an AE not granted it. The request is at fault; the same one from the same
+    caller will be refused again until someone grants the permission."""
+
+    fault = Fault.REMOTE
+
+
+class VersionRefused(NotAuthorized):
+    """Different content under a known SOP Instance UID, from a caller who may not make a new version
+    of it: neither the AE that sent the original nor one granted ``correct``. Nothing is stored."""

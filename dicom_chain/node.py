@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from dicom_chain.actors import local_user
 from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, Origin, utc_now
 from dicom_chain.carriers.base import Identity, Item, encoded
@@ -25,6 +27,7 @@ from dicom_chain.errors import (
     NotDicomError,
     PathTakenError,
     SignatureError,
+    VersionRefused,
 )
 from dicom_chain.events import EventDraft
 from dicom_chain.intents import Intents
@@ -36,6 +39,7 @@ from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import adopt_policy, record_refusal
 from dicom_chain.storage import Storage, relative_path
+from dicom_chain.versions import versions_of
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome
 
 
@@ -98,9 +102,25 @@ class Node:
             raise NotDicomError(f"{path}: cannot read ({exc.strerror})") from exc
         return self.ingest(carried.item(), actor=actor)
 
-    def ingest(self, item: Item, actor: str = "") -> IngestResult:
+    def ingest(self, item: Item, actor: str = "", *, may_correct: bool = True) -> IngestResult:
         """Chain and store one item; idempotent per content. An item carrying a registered
-        institution's block is checked first (``sender``) and chained with a link to that block."""
+        institution's block is checked first (``sender``) and chained with a link to that block.
+
+        Different content under a known item id is a new version, made only by the original's
+        sender or, with ``may_correct`` (the ``correct`` permission; local callers have it), by
+        anyone: otherwise ``VersionRefused``, recorded as ``instance.refused``, nothing stored."""
+        try:
+            return self._ingest(item, actor, may_correct)
+        except VersionRefused as exc:
+            details = {"sop_instance_uid": item.identity.item_id, "content_hash": item.content_hash}
+            self.record(
+                self._item_event(
+                    EventType.INSTANCE_REFUSED, item.identity, actor, str(exc), details, Outcome.MINOR_FAILURE
+                )
+            )
+            raise
+
+    def _ingest(self, item: Item, actor: str, may_correct: bool) -> IngestResult:
         ids = item.identity
         digest = item.content_hash
         sender = self.sender(item, actor)
@@ -115,6 +135,8 @@ class Node:
                         outcome = IngestOutcome.RESTORED
                     tx.add_event(self.key, self._receipt(ids, latest.block, latest.version, actor, outcome))
                     return IngestResult(outcome, latest.block, self.storage.path(latest.path), latest.version)
+                if latest is not None and not may_correct:
+                    self._may_version(tx.appender.session, ids.item_id, actor)
                 version = latest.version + 1 if latest else 1
                 study_head = tx.study_head(ids.group_id)
                 origin = None
@@ -195,6 +217,14 @@ class Node:
                 raise
             self.storage.remove(rel)
             self.storage.write(rel, [data])
+
+    def _may_version(self, session: Session, item_id: str, actor: str) -> None:
+        """Read under the chain lock, so that two senders racing for version 2 are judged in turn."""
+        versions = versions_of(session, self.chain_id, item_id)
+        original = versions[0].sender if versions else ""
+        if actor.strip() != original:
+            made = f"sent by {original}" if original else "its sender unknown"
+            raise VersionRefused(f"new version refused: original {made}; needs it or 'correct'")
 
     def sender(self, item: Item, actor: str) -> Sender | None:
         """The registered institution whose block ``item`` carries, once that block is checked: signed

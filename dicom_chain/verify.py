@@ -283,8 +283,36 @@ def verify_node(
             report.files_checked += 1
             _report_foreign(report, storage.path(rel))
     _check_origins(ledger, received, report)
+    _report_versions(ledger, report)
     _check_event_log(ledger, known_keys, report, advance)
     return report
+
+
+def _report_versions(ledger: Ledger, report: Report) -> None:
+    """Each instance with several versions, and who sent each (info: versions are corrections,
+    but one that replaced another sender's instance is what a reader must be able to see)."""
+    from sqlalchemy import func, select
+
+    from dicom_chain.ledger import BLOCKS
+    from dicom_chain.versions import versions_of
+
+    with ledger.db.reading() as session:
+        several = session.execute(
+            select(BLOCKS.c.chain_id, BLOCKS.c.sop_instance_uid)
+            .group_by(BLOCKS.c.chain_id, BLOCKS.c.sop_instance_uid)
+            .having(func.count() > 1)
+            .order_by(BLOCKS.c.chain_id, BLOCKS.c.sop_instance_uid)
+        ).all()
+        for chain_id, sop in several:
+            versions = versions_of(session, chain_id, sop)
+            made = ", ".join(f"v{v.version} by {v.sender or 'an unknown sender'}" for v in versions)
+            report.add(
+                Severity.INFO,
+                FindingKind.VERSIONS,
+                f"{len(versions)} versions: {made}",
+                sop_instance_uid=sop,
+                chain_id=chain_id,
+            )
 
 
 def _check_origins(ledger: Ledger, received: list[Block], report: Report) -> None:

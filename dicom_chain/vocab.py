@@ -16,6 +16,8 @@ class EventType(StrEnum):
 
     INSTANCE_RECEIVED = "instance.received"
     INSTANCE_FORWARDED = "instance.forwarded"
+    # a C-STORE turned away for want of a permission (store; correct, for a new version): nothing kept
+    INSTANCE_REFUSED = "instance.refused"
     QUERY_FIND = "query.find"
     RETRIEVE_MOVE = "retrieve.move"
     RETRIEVE_GET = "retrieve.get"
@@ -127,6 +129,7 @@ class FindingKind(StrEnum):
     LEDGER_ALTERED = "ledger-altered"
     MISSING_FILE = "missing-file"
     RE_ORDERED = "re-ordered"
+    VERSIONS = "versions"  # info: an instance has several versions; who sent each (design 5)
     REPLACED = "replaced"
     FOREIGN_FILE = "foreign-file"
     EVENT_GAP = "event-gap"

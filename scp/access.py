@@ -1,34 +1,61 @@
-"""Who may associate: a calling-AE allow-list, each entry optionally bound to a host."""
+"""Who is calling, and what it may do: the edge's side of ``dicom_chain.permissions``.
+
+The policy is the library's; here is only what pynetdicom tells us about a peer: the calling AE
+title, the address, and on a TLS association the certificate the peer presented (verified against
+``--tls-ca``), read from the association's socket with ``getpeercert()``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 from dataclasses import dataclass
+from typing import Any
 
-from dicom_chain.errors import ConfigError
+from dicom_chain.config import Settings
+from dicom_chain.permissions import Peers, Permission, Subject, show_subject, subject_of
 
 
 @dataclass(frozen=True)
-class AccessList:
-    """Entries ``AET`` (from anywhere) or ``AET@HOST`` (from that address only); empty allows all."""
+class Caller:
+    ae_title: str
+    host: str
+    subject: Subject | None
+    permissions: frozenset[Permission]
 
-    entries: frozenset[tuple[str, str | None]]
+    def may(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+    def describe(self) -> str:
+        """For refusal reasons and events: who, from where, with which certificate."""
+        cert = f" certificate {show_subject(self.subject)}" if self.subject else ""
+        return f"{self.ae_title}@{self.host}{cert}"
+
+
+def peer_certificate(assoc: Any) -> dict[str, Any] | None:
+    """The verified certificate the peer presented on this association's TLS socket, if any."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        return sock.getpeercert() or None
+    return None
+
+
+@dataclass(frozen=True)
+class Access:
+    peers: Peers
 
     @classmethod
-    def parse(cls, entries: tuple[str, ...] | list[str]) -> AccessList:
-        parsed = set()
-        for entry in entries:
-            ae, _, host = entry.strip().partition("@")
-            if not ae or len(ae) > 16:  # PS3.5: an AE title has 1 to 16 characters
-                raise ConfigError(f"allow-list entry {entry!r}: AE title must have 1-16 characters")
-            parsed.add((ae.strip(), host.strip() or None))
-        return cls(frozenset(parsed))
+    def of(cls, settings: Settings) -> Access:
+        return cls(Peers.parse(settings.allow, settings.peers, settings.certs))
 
     @property
     def open(self) -> bool:
-        return not self.entries
+        return self.peers.open
 
-    def permits(self, calling_ae: str, host: str) -> bool:
-        if self.open:
-            return True
-        calling_ae = calling_ae.strip()
-        return (calling_ae, None) in self.entries or (calling_ae, host) in self.entries
+    def caller(self, assoc: Any) -> Caller:
+        requestor = assoc.requestor
+        ae = (requestor.primitive.calling_ae_title if requestor.primitive else requestor.ae_title).strip()
+        subject = subject_of(peer_certificate(assoc))
+        return Caller(ae, requestor.address, subject, self.peers.permissions(ae, requestor.address, subject))

@@ -23,15 +23,16 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_chain.carriers.base import Item
 from dicom_chain.carriers.dicom.carrier import DICOM, read_dataset
-from dicom_chain.errors import DicomChainError, MalformedDatasetError
+from dicom_chain.errors import DicomChainError, MalformedDatasetError, NotAuthorized
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
+from dicom_chain.permissions import Permission
 from dicom_chain.qr.query import Model
 from dicom_chain.qr.runs import FindRun, RetrieveItem, RetrieveRun, record_refused, start_find, start_retrieve
 from dicom_chain.sharing.policy import MoveDecision, Peer
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome, RunStatus, SubOperation
 
-from .access import AccessList
+from .access import Access, Caller
 from .contexts import MAX_CONTEXTS, contexts_for
 from .release import decide_move, institution_at
 from .statuses import (
@@ -92,9 +93,9 @@ def answers_failures(
     """An exception inside the handler becomes its failure status, logged; never a dropped association.
 
     Like pynetdicom's own handler-error handling, with our statuses instead of its generic Cx11:
-    a plain handler returns the status; a generator handler yields ``(failure, None)`` as its final
-    response, after what ``prelude`` says pynetdicom still expects when the handler failed before
-    yielding it (C-GET: the number of sub-operations; C-MOVE: the destination first).
+    a plain handler returns the status with the reason; a generator handler yields ``(failure,
+    None)`` as its final response, after what ``prelude`` says pynetdicom still expects when the
+    handler failed before yielding it (C-GET: the number of sub-operations; C-MOVE: the destination first).
     """
 
     def decorate(handler: Handler) -> Handler:
@@ -126,7 +127,7 @@ def answers_failures(
             except Exception as exc:
                 status = status_for(exc)
                 _answered(operation, event, exc, status)
-                return status
+                return _failure(status, exc)  # the reason in Error Comment, for the sender's log
 
         return plain  # type: ignore[return-value]
 
@@ -148,10 +149,40 @@ def _received(event: evt.Event) -> Item:
     return carried.item()
 
 
+def _permitted(event: evt.Event, access: Access, permission: Permission) -> Caller:
+    """The caller, if it holds ``permission``; else NotAuthorized (0124), naming who and what."""
+    caller = access.caller(event.assoc)
+    if not caller.may(permission):
+        raise NotAuthorized(f"{caller.ae_title} lacks permission '{permission}'")
+    return caller
+
+
+def _store_refused(node: Node, event: evt.Event, exc: NotAuthorized) -> None:
+    """A C-STORE turned away before it was read: on the record, with the SOP UID the command named."""
+    sop = str(event.request.AffectedSOPInstanceUID or "")
+    details = {"peer": event.assoc.requestor.address, "sop_instance_uid": sop}
+    node.record(
+        EventDraft(
+            EventType.INSTANCE_REFUSED,
+            outcome=Outcome.MINOR_FAILURE,
+            actor=_calling(event),
+            sop_uid=sop,
+            chain_id=node.chain_id,
+            reason=str(exc),
+            details=details,
+        )
+    )
+
+
 @answers_failures("c-store", store_status)
-def handle_store(event: evt.Event, node: Node, stored: Callable[[], None]) -> int:
+def handle_store(event: evt.Event, node: Node, stored: Callable[[], None], access: Access) -> int:
     calling = _calling(event)
-    result = node.ingest(_received(event), actor=calling)
+    try:
+        caller = _permitted(event, access, Permission.STORE)
+    except NotAuthorized as exc:
+        _store_refused(node, event, exc)
+        raise
+    result = node.ingest(_received(event), actor=calling, may_correct=caller.may(Permission.CORRECT))
     h = result.block.header
     log.info(
         "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d",
@@ -162,22 +193,24 @@ def handle_store(event: evt.Event, node: Node, stored: Callable[[], None]) -> in
     return SUCCESS
 
 
-def handle_requested(event: evt.Event, node: Node, access: AccessList) -> None:
-    """Refuse callers not on the allow-list with A-ASSOCIATE-RJ, before any negotiation."""
-    requestor = event.assoc.requestor
-    calling = requestor.primitive.calling_ae_title.strip()
-    if access.permits(calling, requestor.address):
+def handle_requested(event: evt.Event, node: Node, access: Access) -> None:
+    """Refuse callers with no permission at all with A-ASSOCIATE-RJ, before any negotiation."""
+    caller = access.caller(event.assoc)
+    if caller.permissions:
         return
     log.warning(
-        "association rejected calling_ae=%s peer=%s reason=not-on-allow-list", calling, requestor.address
+        "association rejected calling_ae=%s peer=%s reason=no-permission", caller.ae_title, caller.host
     )
+    details = {"peer": caller.host}
+    if caller.subject:
+        details["certificate"] = caller.describe().partition(" certificate ")[2]
     node.record(  # on the record before the peer hears of it
         EventDraft(
             EventType.ASSOCIATION_REJECTED,
             outcome=Outcome.MINOR_FAILURE,
-            actor=calling,
-            reason="calling AE title or host not on the allow-list",
-            details={"peer": requestor.address},
+            actor=caller.ae_title,
+            reason="no permission for this calling AE title, host or certificate",
+            details=details,
         )
     )
     event.assoc.acse.send_reject(*REJECT_CALLING_AE)
@@ -283,10 +316,13 @@ def _run_recorded(run: FindRun | RetrieveRun, what: str) -> Iterator[None]:
 
 
 @answers_failures("c-find", find_status)
-def handle_find(event: evt.Event, node: Node, ae_title: str) -> Iterator[tuple[Any, Dataset | None]]:
+def handle_find(
+    event: evt.Event, node: Node, ae_title: str, access: Access
+) -> Iterator[tuple[Any, Dataset | None]]:
     calling = _calling(event)
     model = FIND_MODELS[event.request.AffectedSOPClassUID]
     with _refusal_recorded(node, EventType.QUERY_FIND, calling, model=model):
+        _permitted(event, access, Permission.FIND)
         run = start_find(node, _identifier(event), model, calling, ae_title)
     pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
     with _run_recorded(run, "query"):
@@ -351,7 +387,9 @@ def _destination(event: evt.Event, node: Node) -> Peer | None:
 FAILURE_ONLY_CONTEXTS = [build_context(Verification), *StoragePresentationContexts][:MAX_CONTEXTS]
 
 
-def _move_prelude(yielded: int, event: evt.Event, node: Node, _ae_title: str) -> Iterator[Any]:
+def _move_prelude(
+    yielded: int, event: evt.Event, node: Node, _ae_title: str, _access: Access
+) -> Iterator[Any]:
     """What a C-MOVE that failed before naming its destination and count still owes pynetdicom.
 
     pynetdicom takes a final status only once it has associated with the destination; before
@@ -369,16 +407,18 @@ def _move_prelude(yielded: int, event: evt.Event, node: Node, _ae_title: str) ->
         yield 1
 
 
-def _get_prelude(yielded: int, _event: evt.Event, _node: Node) -> Iterator[Any]:
+def _get_prelude(yielded: int, _event: evt.Event, _node: Node, _access: Access) -> Iterator[Any]:
     if yielded == 0:
         yield 1  # the number of sub-operations, before the final status
 
 
 @answers_failures("c-move", retrieve_status, prelude=_move_prelude)
-def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
+def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> Iterator[Any]:
     calling = _calling(event)
     model = MOVE_MODELS[event.request.AffectedSOPClassUID]
     target = (event.move_destination or "").strip()
+    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target):
+        _permitted(event, access, Permission.MOVE)  # refused: the prelude answers 0124
     decision = _move_decision(event, node)
     institution = None if decision.destination is not None else institution_at(node, target)
     destination = decision.destination or institution
@@ -422,10 +462,11 @@ def handle_move(event: evt.Event, node: Node, ae_title: str) -> Iterator[Any]:
 
 
 @answers_failures("c-get", retrieve_status, prelude=_get_prelude)
-def handle_get(event: evt.Event, node: Node) -> Iterator[Any]:
+def handle_get(event: evt.Event, node: Node, access: Access) -> Iterator[Any]:
     calling = _calling(event)
     model = GET_MODELS[event.request.AffectedSOPClassUID]
     with _refusal_recorded(node, EventType.RETRIEVE_GET, calling):
+        _permitted(event, access, Permission.GET)
         run = start_retrieve(node, _identifier(event), model, "get", calling, calling)
         items = run.plan()
     if not items:

@@ -18,7 +18,7 @@ from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.vocab import EventType
 
-from .access import AccessList
+from .access import Access
 from .auditfeed import AuditFeed, SyslogTarget
 from .forward_process import spawn_forward_process
 from .handlers import (
@@ -92,7 +92,7 @@ class Gateway:
     def __init__(self, node: Node, settings: Settings | None = None) -> None:
         self.node = node
         self.settings = settings or node.settings
-        self.access = AccessList.parse(self.settings.allow)
+        self.access = Access.of(self.settings)
         self.ae = build_ae(self.settings.ae_title)
         self.server: ThreadedAssociationServer | None = None
         self.forward_child: subprocess.Popen | None = None
@@ -114,10 +114,10 @@ class Gateway:
             (evt.EVT_RELEASED, handle_released),
             (evt.EVT_ABORTED, handle_aborted),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.node, self.notify_forwarding]),
-            (evt.EVT_C_FIND, handle_find, [self.node, ae_title]),
-            (evt.EVT_C_MOVE, handle_move, [self.node, ae_title]),
-            (evt.EVT_C_GET, handle_get, [self.node]),
+            (evt.EVT_C_STORE, handle_store, [self.node, self.notify_forwarding, self.access]),
+            (evt.EVT_C_FIND, handle_find, [self.node, ae_title, self.access]),
+            (evt.EVT_C_MOVE, handle_move, [self.node, ae_title, self.access]),
+            (evt.EVT_C_GET, handle_get, [self.node, self.access]),
         ]
 
     def start_forwarding(self) -> None:
@@ -157,7 +157,7 @@ class Gateway:
             )
         )
         if self.access.open:
-            log.warning("no allow-list: accepting any calling AE title")
+            log.warning("no --allow, --peer or --peer-cert: any calling AE may store, query and retrieve")
         log.info(
             "listening ae_title=%s port=%d chain=%s storage=%s forward=%s",
             self.settings.ae_title, self.settings.port, self.node.chain_id,

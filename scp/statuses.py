@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pynetdicom.status import STATUS_SUCCESS, STATUS_UNKNOWN, STATUS_WARNING, Status, code_to_category
 
-from dicom_chain.errors import Fault, IdentifierError, ReleaseDenied
+from dicom_chain.errors import Fault, IdentifierError, NotAuthorized, ReleaseDenied
 from dicom_chain.vocab import ForwardVerdict, SubOperation
 
 SUCCESS = int(Status.SUCCESS)
@@ -30,7 +30,9 @@ MOVE_DESTINATION_UNKNOWN = int(Status.MOVE_DESTINATION_UNKNOWN)  # 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # identifier does not match SOP class (level, unique keys)
 UNABLE_TO_PROCESS = 0xC000  # the identifier does not decode
 # PS3.7 Annex C (general status codes, C.5: 0124H "Refused: Not authorized"): the peer may not
-# have what it asked for; a C-MOVE to another institution that the sharing rules deny (design 10.6)
+# have what it asked for; a C-MOVE to another institution that the sharing rules deny (design 10.6),
+# and any request (C-STORE, C-FIND, C-MOVE, C-GET) by a caller without that permission, or a new
+# version of an instance by an AE neither its sender nor granted 'correct' (design 5)
 NOT_AUTHORIZED = 0x0124
 UNEXPECTED_FAILURE = 0xC001  # anything we did not foresee: still an answer, never a dropped association
 ERROR_COMMENT_MAX = 64  # PS3.7 C.4: Error Comment is LO
@@ -47,7 +49,9 @@ def _retryable(exc: BaseException) -> bool:
 
 def store_status(exc: BaseException) -> int:
     """C-STORE: trouble that may pass is A700 (the modality retries); a dataset we cannot chain
-    is C000 (retrying it unchanged is useless); anything else 0110."""
+    is C000 (retrying it unchanged is useless); a caller without the permission 0124; anything else 0110."""
+    if isinstance(exc, NotAuthorized):
+        return NOT_AUTHORIZED
     if _retryable(exc):
         return OUT_OF_RESOURCES
     if _fault(exc) is Fault.REMOTE:
@@ -56,12 +60,14 @@ def store_status(exc: BaseException) -> int:
 
 
 def find_status(exc: BaseException) -> int:
+    if isinstance(exc, NotAuthorized):
+        return NOT_AUTHORIZED
     return _query_status(exc, FIND_OUT_OF_RESOURCES)
 
 
 def retrieve_status(exc: BaseException) -> int:
     """As for C-FIND, and a release the sharing rules deny (a C-MOVE to another institution) is 0124."""
-    if isinstance(exc, ReleaseDenied):
+    if isinstance(exc, ReleaseDenied | NotAuthorized):
         return NOT_AUTHORIZED
     return _query_status(exc, RETRIEVE_OUT_OF_RESOURCES)
 

@@ -66,7 +66,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         move_destinations=(f"RAD1@127.0.0.1:{workstation.port}",),
         host="127.0.0.1",
         port=port,
-        allow=("CT1", "RADIOLOGIST"),
+        allow=("CT1",),  # store only
+        peers=("RADIOLOGIST=find,move,get",),
     )
     node = Node.open(settings)
     node.record(

@@ -105,7 +105,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, UdpRep
         move_destinations=(f"WS@127.0.0.1:{workstation.port}",),
         host="127.0.0.1",
         port=port,
-        allow=("MODALITY", "RADIOLOGIST"),
+        allow=("MODALITY",),  # store only
+        peers=("RADIOLOGIST=find,move,get",),
         audit_syslog=f"udp://127.0.0.1:{repository.port}",
     )
     node = Node.open(settings)

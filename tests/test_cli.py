@@ -240,6 +240,31 @@ def test_serve_settings_come_from_file_environment_and_command_line(tmp_path: Pa
     assert served[-1].move_destinations == ("WS2@10.0.0.22:104",)
 
 
+def test_peers_and_certificates_come_from_toml_tables(tmp_path: Path, served):
+    """What a hospital IT team writes: a table per AE and per certificate, read as --peer entries."""
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        'allow = ["US1"]\n'
+        '[peers.CT1]\npermissions = ["store"]\nhost = "10.0.0.7"\n'
+        '[peers.WORKSTATION1]\npermissions = ["find", "move", "get"]\n'
+        '[certs."CN=reading-room-1,O=Hospital"]\npermissions = ["find", "get"]\n'
+        '[serve.peers.QA]\npermissions = ["store", "correct"]\n'
+    )
+    args = ["serve", "--config", str(config), "--home", str(tmp_path / "h")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    [settings] = served
+    assert settings.allow == ("US1",)
+    assert set(settings.peers) == {"CT1@10.0.0.7=store", "WORKSTATION1=find,move,get", "QA=store,correct"}
+    assert settings.certs == ("CN=reading-room-1,O=Hospital=find,get",)
+    flags = ["--peer", "WS2=find", "--peer-cert", "CN=rr2,O=Hospital=get"]
+    assert CliRunner().invoke(main, [*args, *flags]).exit_code == 0
+    assert (served[-1].peers, served[-1].certs) == (("WS2=find",), ("CN=rr2,O=Hospital=get",))
+    config.write_text('[peers.CT1]\npermissions = ["store", "delete"]\n')
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "unknown permission 'delete'" in refused.output
+
+
 def test_forward_runs_with_the_forwarding_settings(tmp_path: Path, served):
     args = ["forward", "--home", str(tmp_path), "--ae-title", "GW", "--forward", "P@h:1"]
     args += ["--forward-workers", "2"]

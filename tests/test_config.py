@@ -24,6 +24,8 @@ EVERY_FIELD_SET = Settings(
     host="127.0.0.1",
     port=4242,
     allow=("CT1", "MR1@10.0.0.7"),
+    peers=("WS1@10.0.0.21=find,move,get",),
+    certs=("CN=reading-room-1,O=Hospital=find,get",),
     move_destinations=("WS1@10.0.0.21:104",),
     audit_syslog="tls://arr:6514",
     audit_syslog_ca=Path("ca.pem"),

@@ -230,11 +230,12 @@ def test_a_handler_that_raises_answers_the_status_its_error_calls_for(caplog):
     def store(event, error: Exception) -> int:
         raise error
 
-    assert store(_event(), StorageError("disk full")) == OUT_OF_RESOURCES
-    assert store(_event(), MalformedDatasetError("no SOPInstanceUID")) == CANNOT_UNDERSTAND
+    full = store(_event(), StorageError("disk full"))
+    assert (full.Status, full.ErrorComment) == (OUT_OF_RESOURCES, "disk full")  # the reason goes to the peer
+    assert store(_event(), MalformedDatasetError("no SOPInstanceUID")).Status == CANNOT_UNDERSTAND
     assert "c-store calling_ae=PEER status=0xC000 error='no SOPInstanceUID'" in caplog.text
     assert "Traceback" not in caplog.text  # named errors: one line
-    assert store(_event(), KeyError("a bug")) == PROCESSING_FAILURE
+    assert store(_event(), KeyError("a bug")).Status == PROCESSING_FAILURE
     assert "Traceback" in caplog.text  # a bug: its traceback is logged
 
 

@@ -12,9 +12,10 @@ import pytest
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.carriers.dicom.embedding import read_block
 from dicom_chain.config import Settings
-from dicom_chain.errors import LedgerError, MalformedDatasetError, StorageError
+from dicom_chain.errors import LedgerError, MalformedDatasetError, StorageError, VersionRefused
 from dicom_chain.ledger import Appender
 from dicom_chain.node import Node
+from dicom_chain.versions import versions_of
 
 from .conftest import fresh, read
 
@@ -57,6 +58,38 @@ def test_changed_content_becomes_a_new_version_never_an_overwrite(node: Node):
     assert second.path != first.path and first.path.exists()
     assert read_block(pydicom.dcmread(first.path)) == first.block
     assert second.block.header.prev_hash == first.block.hash
+
+
+def test_only_the_original_sender_or_a_corrector_makes_a_new_version(node: Node):
+    """Who may replace what every C-GET then serves: the AE that sent it, or one granted 'correct'."""
+    first = node.ingest(item_from_dataset(read("MR_small.dcm")), actor="MR1", may_correct=False)
+    forged = read("MR_small.dcm")
+    forged.PatientName = "SOMEONE^ELSE"
+    with pytest.raises(VersionRefused, match="original sent by MR1"):
+        node.ingest(item_from_dataset(forged), actor="INTRUDER", may_correct=False)
+    assert node.ledger.block_count() == 1 and sorted(p.name for p in first.path.parent.iterdir()) == [
+        first.path.name
+    ]
+    refused = [e for e in node.ledger.iter_events() if e.type == "instance.refused"]
+    assert [(e.actor, e.sop_uid) for e in refused] == [("INTRUDER", forged.SOPInstanceUID)]
+    assert "MR1" in refused[0].reason
+    # the same content from anyone is still a duplicate, not a version
+    assert (
+        node.ingest(item_from_dataset(read("MR_small.dcm")), actor="OTHER", may_correct=False).outcome
+        == "duplicate"
+    )
+    corrected = read("MR_small.dcm")
+    corrected.PatientName = "CORRECTED^BY^MR1"
+    assert node.ingest(item_from_dataset(corrected), actor="MR1", may_correct=False).version == 2
+    assert node.ingest(item_from_dataset(forged), actor="QA", may_correct=True).version == 3
+    with node.db.reading() as session:
+        versions = versions_of(session, node.chain_id, forged.SOPInstanceUID)
+    assert [(v.version, v.sender) for v in versions] == [(1, "MR1"), (2, "MR1"), (3, "QA")]
+    # the original's sender decides, not the newest version's: QA's version does not make QA the owner
+    again = read("MR_small.dcm")
+    again.PatientName = "FOURTH"
+    with pytest.raises(VersionRefused):
+        node.ingest(item_from_dataset(again), actor="QA", may_correct=False)
 
 
 def test_lost_file_of_a_known_instance_is_restored_from_the_ledger(node: Node):

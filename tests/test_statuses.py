@@ -55,6 +55,8 @@ def test_store_statuses_follow_ps34():
 def test_every_error_gets_the_status_its_attributes_say(cls):
     """No isinstance chain: a new error class is answered right by declaring fault and retryable."""
     exc = cls("x")
+    if issubclass(cls, errors.NotAuthorized):  # a refusal, whatever its fault: 0124 (below)
+        return
     expected = (
         OUT_OF_RESOURCES
         if cls.retryable
@@ -78,6 +80,14 @@ def test_query_statuses_follow_ps34():
     assert retrieve_status(LedgerUnavailable("locked")) == RETRIEVE_OUT_OF_RESOURCES == 0xA701
     assert retrieve_status(ValueError("bug")) == UNEXPECTED_FAILURE == 0xC001
     assert retrieve_status(errors.ReleaseDenied("no consent")) == NOT_AUTHORIZED == 0x0124  # PS3.7 C.5
+
+
+@pytest.mark.parametrize("cls", [errors.NotAuthorized, errors.VersionRefused])
+def test_a_caller_without_the_permission_gets_0124_from_every_service(cls):
+    """PS3.7 C.5 0124 Refused: Not authorized, for C-STORE, C-FIND, C-MOVE and C-GET alike: not
+    C000 (the data is fine) nor A7xx (retrying will not help until someone grants it)."""
+    exc = cls("lacks permission")
+    assert store_status(exc) == find_status(exc) == retrieve_status(exc) == NOT_AUTHORIZED
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from dicom_chain.audit.codes import Code
 from dicom_chain.vocab import EventType
 
 # The other side is the source of what we received, the destination of what we sent.
-_PEER_IS_SOURCE = {EventType.INSTANCE_RECEIVED}
+_PEER_IS_SOURCE = {EventType.INSTANCE_RECEIVED, EventType.INSTANCE_REFUSED}
 _PEER_IS_DESTINATION = {
     EventType.INSTANCE_FORWARDED,
     EventType.RETRIEVE_MOVE,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from dicom_chain.config import SettingField, Settings, setting_fields
+from dicom_chain.errors import DicomChainError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,6 +26,8 @@ SERVICE = (
     "host",
     "port",
     "allow",
+    "peers",
+    "certs",
     "move_destinations",
     "audit_syslog",
     "audit_syslog_ca",
@@ -56,14 +59,31 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{value} is not valid TOML: {exc}") from exc
     names = [c.info_name for c in _lineage(ctx) if c.info_name and c.parent is not None]
-    defaults = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    keys = _config_keys()
+    tables = {spec.name: spec for spec in setting_fields() if spec.meta.table}
+
+    def values(table: dict[str, Any]) -> dict[str, Any]:
+        """A table's settings; a table of entries ([peers.CT1]) is a setting too, not a command's."""
+        found = {}
+        for k, v in table.items():
+            name = keys.get(k.replace("-", "_"), k.replace("-", "_"))
+            if name in tables and isinstance(v, dict):
+                try:
+                    found[name] = list(tables[name].typed(v))
+                except DicomChainError as exc:
+                    raise click.BadParameter(f"{value}: {exc}") from exc
+            elif not isinstance(v, dict):
+                found[name] = [v] if name in tables and isinstance(v, str) else v
+        return found
+
+    defaults = values(data)
     table: Any = data
     for name in names:
         table = table.get(name, {}) if isinstance(table, dict) else {}
         if isinstance(table, dict):
-            defaults.update({k: v for k, v in table.items() if not isinstance(v, dict)})
-    keys = _config_keys()
-    ctx.default_map = {keys.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in defaults.items()}
+            for k, v in values(table).items():  # entries add up (a command's peers to everyone's)
+                defaults[k] = [*defaults[k], *v] if k in tables and k in defaults else v
+    ctx.default_map = defaults
     return value
 
 

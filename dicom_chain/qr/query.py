@@ -213,3 +213,16 @@ def response(query: Query, values: Mapping[str, object], retrieve_ae_title: str)
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
+
+
+VERSIONS_OFFSET, SENDERS_OFFSET = 0x22, 0x23  # privatetags.QUERY_ELEMENTS
+LO_MAX = 64  # PS3.5 6.2: an LO value has at most 64 characters
+
+
+def add_versions(ds: Dataset, query: Query, senders: list[str], count: int) -> Dataset:
+    """An IMAGE answer's version count and, when several, the sender of each, oldest first."""
+    slot = query.private_slot or 0x10
+    ds.add(DataElement(Tag(CHAIN_GROUP, (slot << 8) | VERSIONS_OFFSET), "UL", count))
+    values = [(s or "UNKNOWN").replace("\\", "/")[:LO_MAX] for s in senders]
+    ds.add(DataElement(Tag(CHAIN_GROUP, (slot << 8) | SENDERS_OFFSET), "LO", values or None))
+    return ds

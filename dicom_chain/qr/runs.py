@@ -7,7 +7,7 @@ sent, and whether it completed, was cancelled or failed. Nothing here touches th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from dicom_chain.db.database import Database
 from dicom_chain.events import EventDraft
 from dicom_chain.qr import index
-from dicom_chain.qr.query import Model, Query, parse_query, response
+from dicom_chain.qr.query import Model, Query, add_versions, parse_query, response
 from dicom_chain.storage import Storage
+from dicom_chain.versions import Version, versions_of_many
 from dicom_chain.vocab import EventType, Outcome, RunStatus, SubOperation
 
 _OUTCOME = {
@@ -31,6 +32,10 @@ _OUTCOME = {
 # page, a name search) fits, and the event stays small when a wildcard sweeps a whole index;
 # the patients beyond it are counted ("patients_beyond"), not named.
 DISCLOSED_PATIENTS_MAX = 200
+# IMAGE answers whose versions are read at once: a read per answer made 500 answers take 555 ms
+# instead of 84 ms; one read per 100 rows, 75 ms against 68 ms without (the rows are read ahead,
+# the answers still made one at a time, so C-CANCEL stops them as before).
+VERSIONS_PAGE = 100
 
 
 class RunHost(Protocol):
@@ -45,6 +50,17 @@ class RunHost(Protocol):
     @property
     def storage(self) -> Storage: ...  # where a retrieval's files are read from (by the handlers)
     def record(self, draft: EventDraft) -> None: ...
+
+
+def _paged(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    page: list[dict[str, Any]] = []
+    for row in rows:
+        page.append(row)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def _single(values: set[str]) -> str:
@@ -72,11 +88,28 @@ class FindRun:
         self._finished = False
 
     def answers(self) -> Iterator[Dataset]:
-        for values in index.find(self.node.db, self.query):
-            self.matches += 1
-            # bounded by the index's patients; only the first DISCLOSED_PATIENTS_MAX are named
-            self._patients.add(str(values.get("PatientID") or ""))
-            yield response(self.query, values, self.retrieve_ae_title)
+        rows = index.find(self.node.db, self.query)
+        pages = _paged(rows, VERSIONS_PAGE) if self.query.level == "IMAGE" else ([row] for row in rows)
+        for page in pages:
+            versions = self._versions(page)
+            for values in page:  # each answer made only when it is due: C-CANCEL is checked between
+                self.matches += 1
+                # bounded by the index's patients; only the first DISCLOSED_PATIENTS_MAX are named
+                self._patients.add(str(values.get("PatientID") or ""))
+                answer = response(self.query, values, self.retrieve_ae_title)
+                if versions is not None:
+                    found = versions.get(str(values.get("SOPInstanceUID") or ""), [])
+                    senders = [v.sender for v in found] if len(found) > 1 else []
+                    add_versions(answer, self.query, senders, len(found))
+                yield answer
+
+    def _versions(self, page: list[dict[str, Any]]) -> dict[str, list[Version]] | None:
+        """IMAGE rows' versions (count, and senders when several), read for the page at once."""
+        if self.query.level != "IMAGE":
+            return None
+        sops = [str(values.get("SOPInstanceUID") or "") for values in page]
+        with self.node.db.reading() as session:
+            return versions_of_many(session, self.node.chain_id, sops)
 
     def finish(self, status: RunStatus, reason: str = "") -> None:
         if self._finished:

@@ -30,6 +30,10 @@ ELEMENTS: dict[int, tuple[str, str, str, str]] = {
 QUERY_ELEMENTS: dict[int, tuple[str, str, str, str]] = {
     0x20: ("CS", "1", "Verification State", "ChainVerificationState"),
     0x21: ("DT", "1", "Verified At", "ChainVerifiedAt"),
+    # how many versions the ledger holds of the instance, and who sent each, oldest first (the
+    # calling AE title, or the local user): a correction, or a replacement, shows (design 5)
+    0x22: ("UL", "1", "Number of Versions", "ChainNumberOfVersions"),
+    0x23: ("LO", "1-n", "Version Senders", "ChainVersionSenders"),
 }
 # Offsets 0x01, 0x0A, 0x0C are reserved (format version, previous study block hash, signature):
 # those live in the canonical block only, which every reader must parse anyway.
