@@ -21,8 +21,7 @@ from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_chain.carriers.base import Item
-from dicom_chain.carriers.dicom.carrier import DICOM, read_dataset
+from dicom_chain.carriers.dicom.carrier import read_dataset
 from dicom_chain.errors import DicomChainError, MalformedDatasetError
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
@@ -32,6 +31,7 @@ from dicom_chain.sharing.policy import MoveDecision, Peer
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome, RunStatus, SubOperation
 
 from .access import AccessList
+from .chunked import Spool, received
 from .contexts import MAX_CONTEXTS, contexts_for
 from .release import decide_move, institution_at
 from .statuses import (
@@ -137,21 +137,11 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def _received(event: evt.Event) -> Item:
-    """The C-STORE's dataset as an item of the DICOM carrier, with the bytes it came in."""
-    try:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        carried = DICOM.received(ds, event.request.DataSet.getvalue())
-    except Exception as exc:  # pynetdicom decodes lazily; garbage surfaces here
-        raise MalformedDatasetError(f"dataset does not decode: {exc}") from exc
-    return carried.item()
-
-
 @answers_failures("c-store", store_status)
-def handle_store(event: evt.Event, node: Node, stored: Callable[[], None]) -> int:
+def handle_store(event: evt.Event, node: Node, stored: Callable[[], None], spool: Spool) -> int:
     calling = _calling(event)
-    result = node.ingest(_received(event), actor=calling)
+    with received(event, spool) as item:  # the data set as received to disk, removed on the way out
+        result = node.ingest(item, actor=calling)
     h = result.block.header
     log.info(
         "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d",
