@@ -77,6 +77,7 @@ def assert_same_apart_from_our_block(sent: Path, stored: Path) -> None:
 
 
 def send_pynetdicom(port: int, path: Path) -> int:
+    previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # the sender streams from its file too (this process only)
     try:
         scu = AE(ae_title="BIGSCU")
@@ -89,7 +90,7 @@ def send_pynetdicom(port: int, path: Path) -> int:
         finally:
             assoc.release()
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 def send_storescu(port: int, path: Path) -> subprocess.CompletedProcess:
