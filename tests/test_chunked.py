@@ -156,8 +156,8 @@ def test_instance_over_the_maximum_is_refused_and_nothing_is_kept(tmp_path: Path
     gateway = small_limit_gateway
     too_big = big_instance(tmp_path / "2mb.dcm", 83, 2)
     small = next(ct_study(StudySpec(seed=84, instances=1, rows=64, columns=64)))
-    heights = gateway.node.ledger.iter_events
-    before = len(list(heights()))
+    events = gateway.node.ledger.iter_events
+    before = len(list(events()))
     scu = AE(ae_title="BIGSCU")
     scu.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
     assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
@@ -166,7 +166,7 @@ def test_instance_over_the_maximum_is_refused_and_nothing_is_kept(tmp_path: Path
         refused = assoc.send_c_store(too_big)
         assert refused.Status == CANNOT_UNDERSTAND
         assert stored_files(gateway) == [] and gateway.spool.files() == []
-        assert len(list(heights())) == before  # nothing recorded for it
+        assert len(list(events())) == before  # nothing recorded for it
         assert assoc.send_c_store(small).Status == 0x0000
     finally:
         assoc.release()
