@@ -26,6 +26,12 @@ DEFAULT_INSTITUTION = "Unnamed institution"
 KEY_FILE_NAME = "node.key"
 DB_FILE_NAME = "ledger.db"
 STORAGE_DIR_NAME = "storage"
+SPOOL_DIR_NAME = "spool"
+# The largest C-STORE instance taken. Modalities' largest (breast tomosynthesis, enhanced
+# multi-frame CT, whole-slide levels) stay below it; much beyond, a PACS or viewer reading 32-bit
+# signed offsets fails anyway. Received to disk as it streams, so it bounds disk, not memory.
+DEFAULT_MAX_INSTANCE_BYTES = 2 << 30
+MAX_INSTANCE_BYTES_CEILING = 1 << 40  # what the setting may be raised to: a TiB, beyond any instance
 ENV_PREFIX = "DICOM_CHAIN_"
 DEFAULT_AE_TITLE = "DICOMCHAIN"
 DEFAULT_PORT = 11112  # the IANA-registered DICOM port that needs no root (104 does)
@@ -174,6 +180,22 @@ class Settings:
             exists=True,
         ),
     )
+    spool: Path | None = field(
+        default=None,
+        metadata=about(
+            "Folder C-STORE data sets are received into before they are stored (default: HOME/spool); "
+            "keep it on the store's filesystem, not a tmpfs.",
+            path="dir",
+        ),
+    )
+    max_instance_bytes: int = field(
+        default=DEFAULT_MAX_INSTANCE_BYTES,
+        metadata=about(
+            "Largest instance a C-STORE may carry; a larger one is refused (C000) and nothing is kept.",
+            bounds=(1, MAX_INSTANCE_BYTES_CEILING),
+            show_default=True,
+        ),
+    )
     tls_cert: Path | None = field(
         default=None,
         metadata=about("Serve DICOM over TLS with this certificate (PEM).", path="file", exists=True),
@@ -209,6 +231,10 @@ class Settings:
     @property
     def storage_dir(self) -> Path:
         return self.storage or self.home / STORAGE_DIR_NAME
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool or self.home / SPOOL_DIR_NAME
 
     @property
     def key_path(self) -> Path:

@@ -47,6 +47,16 @@ class UnfaithfulFileError(MalformedDatasetError):
     a block that vouches for nothing (a malformed element the block's insertion disturbs)."""
 
 
+class InstanceTooLargeError(DicomChainError):
+    """An instance larger than the node accepts (``max_instance_bytes``); nothing of it is kept.
+
+    The sender's to fix and not retryable, so a C-STORE gets C000 rather than A700 (PS3.4 B.2.3):
+    "Out of Resources" tells a modality or PACS to send again later, and it would send the same
+    gigabytes again and again, while this instance will never fit under this limit."""
+
+    fault = Fault.REMOTE
+
+
 class NoBlockError(DicomChainError):
     """The dataset carries no DICOM_CHAIN private block."""
 

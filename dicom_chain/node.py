@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from dicom_chain.actors import local_user
 from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, Origin, utc_now
-from dicom_chain.carriers.base import Identity, Item, encoded
+from dicom_chain.carriers.base import Identity, Item
 from dicom_chain.carriers.registry import open_file
 from dicom_chain.config import Settings
 from dicom_chain.db.database import Database
@@ -131,7 +131,7 @@ class Node:
                 if latest is not None and item.same_content(latest.block):
                     outcome = IngestOutcome.DUPLICATE
                     if not self.storage.exists(latest.path):  # the ledger has it, the disk lost it
-                        self.storage.write(latest.path, [self._confirmed(item, latest.block)])
+                        self._write_confirmed(latest.path, item, latest.block)
                         outcome = IngestOutcome.RESTORED
                     tx.add_event(self.key, self._receipt(ids, latest.block, latest.version, actor, outcome))
                     return IngestResult(outcome, latest.block, self.storage.path(latest.path), latest.version)
@@ -164,8 +164,7 @@ class Node:
                 rel = relative_path(
                     ids.group_id, ids.series_id, ids.item_id, version, suffix=item.carrier.suffix
                 )
-                data = self._confirmed(item, block)
-                self._write_new(tx, rel, data)
+                self._write_new(tx, rel, item, block)
                 written = rel
                 tx.add_block(
                     block,
@@ -196,27 +195,29 @@ class Node:
             if written is not None:
                 self.storage.remove(written)
 
-    def _confirmed(self, item: Item, block: Block) -> bytes:
-        """The file to store, encoded now and read back as ``verify`` reads a file (the carrier's
-        ``confirm``): Success is never said of a file the node could not vouch for. Checked in
-        memory, before the write: reading the file back would return these same bytes from the
-        page cache, so it would prove nothing more and cost a second copy."""
-        data = encoded(item.with_block(block))
-        item.carrier.confirm(data, block)
-        return data
+    def _write_confirmed(self, rel: str, item: Item, block: Block) -> None:
+        """Write the item's file with its block, then read it back as ``verify`` reads a file (the
+        carrier's ``confirm``): Success is never said of a file the node could not vouch for. A file
+        that fails is removed before anything commits (UnfaithfulFileError, C000)."""
+        self.storage.write(rel, item.with_block(block))
+        try:
+            item.carrier.confirm(self.storage.path(rel), block)
+        except BaseException:
+            self.storage.remove(rel)
+            raise
 
-    def _write_new(self, tx: Receipt, rel: str, data: bytes) -> None:
+    def _write_new(self, tx: Receipt, rel: str, item: Item, block: Block) -> None:
         """Write a new version's file, never over another. Names are injective, so a file already
         there is one no block names (a receipt that never committed: removed, as recovery would,
         while this receipt holds the chain's lock) or one an older naming rule gave another item:
         then PathTakenError, and it stays."""
         try:
-            self.storage.write(rel, [data])
+            self._write_confirmed(rel, item, block)
         except PathTakenError:
             if self.ledger.has_file(tx.session, rel):
                 raise
             self.storage.remove(rel)
-            self.storage.write(rel, [data])
+            self._write_confirmed(rel, item, block)
 
     def _may_version(self, session: Session, item_id: str, actor: str) -> None:
         """Read under the chain lock, so that two senders racing for version 2 are judged in turn."""

@@ -21,8 +21,7 @@ from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_chain.carriers.base import Item
-from dicom_chain.carriers.dicom.carrier import DICOM, read_dataset
+from dicom_chain.carriers.dicom.carrier import read_dataset
 from dicom_chain.errors import DicomChainError, MalformedDatasetError, NotAuthorized
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
@@ -33,6 +32,7 @@ from dicom_chain.sharing.policy import MoveDecision, Peer
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome, RunStatus, SubOperation
 
 from .access import Access, Caller
+from .chunked import Spool, received
 from .contexts import MAX_CONTEXTS, contexts_for
 from .release import decide_move, institution_at
 from .statuses import (
@@ -138,17 +138,6 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def _received(event: evt.Event) -> Item:
-    """The C-STORE's dataset as an item of the DICOM carrier, with the bytes it came in."""
-    try:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        carried = DICOM.received(ds, event.request.DataSet.getvalue())
-    except Exception as exc:  # pynetdicom decodes lazily; garbage surfaces here
-        raise MalformedDatasetError(f"dataset does not decode: {exc}") from exc
-    return carried.item()
-
-
 def _permitted(event: evt.Event, access: Access, permission: Permission) -> Caller:
     """The caller, if it holds ``permission``; else NotAuthorized (0124), naming who and what."""
     caller = access.caller(event.assoc)
@@ -175,14 +164,17 @@ def _store_refused(node: Node, event: evt.Event, exc: NotAuthorized) -> None:
 
 
 @answers_failures("c-store", store_status)
-def handle_store(event: evt.Event, node: Node, stored: Callable[[], None], access: Access) -> int:
+def handle_store(
+    event: evt.Event, node: Node, stored: Callable[[], None], access: Access, spool: Spool
+) -> int:
     calling = _calling(event)
     try:
         caller = _permitted(event, access, Permission.STORE)
-    except NotAuthorized as exc:
+    except NotAuthorized as exc:  # refused unread; pynetdicom unlinks the received file on return
         _store_refused(node, event, exc)
         raise
-    result = node.ingest(_received(event), actor=calling, may_correct=caller.may(Permission.CORRECT))
+    with received(event, spool) as item:  # the data set as received to disk, removed on the way out
+        result = node.ingest(item, actor=calling, may_correct=caller.may(Permission.CORRECT))
     h = result.block.header
     log.info(
         "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d",

@@ -20,6 +20,7 @@ from dicom_chain.vocab import EventType
 
 from .access import Access
 from .auditfeed import AuditFeed, SyslogTarget
+from .chunked import Spool, receive_to_disk
 from .forward_process import spawn_forward_process
 from .handlers import (
     FIND_MODELS,
@@ -94,6 +95,8 @@ class Gateway:
         self.settings = settings or node.settings
         self.access = Access.of(self.settings)
         self.ae = build_ae(self.settings.ae_title)
+        self.spool = Spool(self.settings.spool_dir, self.settings.max_instance_bytes)
+        receive_to_disk(self.ae, self.spool)
         self.server: ThreadedAssociationServer | None = None
         self.forward_child: subprocess.Popen | None = None
         self.audit_feed: AuditFeed | None = None
@@ -114,7 +117,8 @@ class Gateway:
             (evt.EVT_RELEASED, handle_released),
             (evt.EVT_ABORTED, handle_aborted),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.node, self.notify_forwarding, self.access]),
+            (evt.EVT_C_STORE, handle_store, [self.node, self.notify_forwarding, self.access, self.spool]),
+            (evt.EVT_CONN_CLOSE, self.spool.connection_closed),
             (evt.EVT_C_FIND, handle_find, [self.node, ae_title, self.access]),
             (evt.EVT_C_MOVE, handle_move, [self.node, ae_title, self.access]),
             (evt.EVT_C_GET, handle_get, [self.node, self.access]),
@@ -178,6 +182,7 @@ class Gateway:
                 assoc.abort()
         self.stop_forwarding()
         self.ae.shutdown()
+        self.spool.close()
         self.node.record(
             EventDraft(EventType.SERVICE_STOP, actor=self.settings.ae_title, chain_id=self.node.chain_id)
         )

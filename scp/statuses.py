@@ -17,6 +17,7 @@ SUCCESS = int(Status.SUCCESS)
 # C-STORE, PS3.4 Annex B.2.3 (Table B.2-1)
 OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources - the disk or ledger cannot take it now; retry later
 CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - the dataset itself is at fault; do not retry as is
+# (an instance over max_instance_bytes too: see InstanceTooLargeError for why not A700)
 # PS3.7 Annex C.4: general failure for anything we did not foresee
 PROCESSING_FAILURE = 0x0110
 

@@ -617,3 +617,54 @@ def test_icon_pixels_compressed_with_the_image_hash_by_value(tmp_path: Path):
     ds = pydicom.dcmread(compressed)
     assert ds.IconImageSequence[0]["PixelData"].is_undefined_length  # the icon was compressed too
     assert content_hash(ds) == content_hash(pydicom.dcmread(original))
+
+
+def _multiframe_planar_rgb(frames: int) -> Dataset:
+    ds = read("SC_rgb_small_odd.dcm")  # 3 x 3 RGB, 8 bits
+    ds.PlanarConfiguration = 1
+    ds.NumberOfFrames = frames
+    ds.PixelData = bytes(i * 7 % 256 for i in range(frames * 27)) + b"\x00"
+    return ds
+
+
+DEFERRED_CASES = {
+    "12 of 16 bits, signed, high bits set": ct_like(
+        (np.arange(128 * 128, dtype=np.uint32) * 40503 % 65536).astype(np.uint16)
+    ),
+    "planar RGB, 5 frames, odd length": _multiframe_planar_rgb(5),
+    "pixel data shorter than the image": ct_like(np.arange(100, dtype=np.uint16)),
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(TEST_FILES.glob("*.dcm")), *DEFERRED_CASES],
+    ids=lambda p: p.name if isinstance(p, Path) else p,
+)
+def test_pixels_left_on_disk_hash_as_pixels_read_whole(path, tmp_path: Path, monkeypatch):
+    """A received file is read with defer_size, its pixels hashed from disk a chunk at a time
+    (carrier.received_file): the hashes must be those of the file read whole, or the same error.
+    Chunks of 96 bytes here, so that every file's pixels span several."""
+    monkeypatch.setattr("dicom_chain.carriers.dicom.canonical.PIXEL_CHUNK_BYTES", 96)
+    if not isinstance(path, Path):
+        ds = DEFERRED_CASES[path]
+        path = tmp_path / "case.dcm"
+        ds.save_as(path, enforce_file_format=True)
+
+    def digests(**read_args) -> object:
+        try:
+            return content_digests(pydicom.dcmread(path, **read_args))
+        except Exception as exc:  # the same kind of failure either way (read deferred, a cut-short
+            # sequence is named itself; read whole, the element inside it that the cut falls in)
+            return type(exc)
+
+    assert digests(defer_size=1) == digests()
+
+
+def test_pixels_cut_short_on_disk_are_refused_as_truncated(tmp_path: Path):
+    ds = ct_like(np.arange(128 * 128, dtype=np.uint16))
+    path = tmp_path / "cut.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(MalformedDatasetError, match="truncated"):
+        content_digests(pydicom.dcmread(path, defer_size=1024))

@@ -372,7 +372,7 @@ def test_every_instance_answered_success_verifies(gateway, tmp_path):
     files = [node.storage.path(p) for p in node.storage.iter_files()]
     assert len(files) == node.ledger.block_count()
     report = verify_files(files)
-    assert report.ok, (answered, report.errors)
+    assert report.ok, (answered, [(f.message, f.path) for f in report.errors])
 
 
 FULL_DISK_BYTES = 4 * 1024 * 1024  # room for a node home and a few small instances, filled at will

@@ -12,10 +12,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dicom_chain.block import Block
-from dicom_chain.errors import ContentHashError, DicomChainError, MalformedDatasetError, UnfaithfulFileError
+from dicom_chain.errors import ContentHashError, DicomChainError, UnfaithfulFileError
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Carried(ABC):
     def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         """The file with ``block`` in it (any block it held replaced), as pieces to write in order.
 
-        May be lazy: an error while encoding then surfaces when the pieces are joined (``encoded``)
+        May be lazy: an error while encoding then surfaces while the store writes them
         or written, as MalformedDatasetError (the item's fault: it fails the same way again)."""
 
     @abstractmethod
@@ -148,15 +149,22 @@ class Carrier(ABC):
     def open(self, data: bytes) -> Carried:
         """Parse a whole file; NotDicomError (or the carrier's subclass of it) when it does not parse."""
 
-    def confirm(self, data: bytes, block: Block) -> None:
-        """UnfaithfulFileError unless ``data``, a file about to be stored, passes what ``verify``
+    def open_stored(self, path: Path) -> Carried:
+        """A stored file, parsed as ``open`` parses bytes; a carrier that can leave large values on
+        disk (DICOM) overrides it, so that checking a large file costs no copy of it in memory."""
+        return self.open(path.read_bytes())
+
+    def confirm(self, path: Path, block: Block) -> None:
+        """UnfaithfulFileError unless the file just written at ``path`` passes what ``verify``
         checks of a file: it parses, carries exactly ``block``, its content hashes to what the
         block records, and it is the item the block names. A received item can parse, hash and
         sign well and still not survive being written with its block (an element header cut
-        short where the block goes, a private element of our group read as part of the block)."""
+        short where the block goes, a private element of our group read as part of the block).
+        Read from the file, not from the bytes handed to the store: for a large instance received
+        to disk those never are in memory at once (the page cache serves the read)."""
         h = block.header
         try:
-            carried = self.open(data)
+            carried = self.open_stored(path)
             found = carried.read_block()
             carried.check_content(block)
             ids = carried.identity()
@@ -168,14 +176,3 @@ class Carrier(ABC):
             raise UnfaithfulFileError("the file as stored would carry another block than the one signed")
         if (ids.item_id, ids.group_id) != (h.item_id, h.group_id):
             raise UnfaithfulFileError("the file as stored would name another item than its block")
-
-
-def encoded(pieces: Iterable[bytes | memoryview]) -> bytes:
-    """A carrier's pieces (``with_block``) joined into the file's bytes. An encoder that refuses
-    the item is the item's fault (MalformedDatasetError); running out of memory passes."""
-    try:
-        return b"".join(pieces)
-    except (DicomChainError, MemoryError):
-        raise
-    except Exception as exc:
-        raise MalformedDatasetError(f"cannot encode the item with its block: {exc}") from exc

@@ -34,6 +34,8 @@ SERVICE = (
     "tls_cert",
     "tls_key",
     "tls_ca",
+    "spool",
+    "max_instance_bytes",
     "policy_now",
 )
 

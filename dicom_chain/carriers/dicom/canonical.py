@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
 ITEM = 0xFFFEE000
 BATCH_LIMIT = 4096  # values below this are joined with their neighbours before hashing
+# Pixel data left on disk (a dataset read with defer_size) is hashed this much at a time: a few
+# MiB keep numpy's per-call cost negligible, and the samples' temporaries a few times this size.
+PIXEL_CHUNK_BYTES = 4 << 20
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 
 # Version 2, top level only: left out of the content hash because a lossless re-encoding rewrites
@@ -86,6 +90,7 @@ LOSSLESS_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.202",  # HTJ2K with RPCL Options (Lossless Only)
     "1.2.840.10008.1.2.5",  # RLE Lossless
 })  # fmt: skip
+DEFLATED = "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = frozenset({
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
 })  # fmt: skip
@@ -133,7 +138,7 @@ def lossy_pixels(ds: Dataset) -> str:
     """Why the pixels of ``ds`` are not those of the original ("" when nothing says they differ):
     a lossy transfer syntax, or Lossy Image Compression 01 (a lossy hop, then decompressed)."""
     syntax = _transfer_syntax(ds)
-    raw = ds.get_item(PIXEL_DATA) if PIXEL_DATA in ds else None
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
     if raw is not None and _is_undefined_length(raw) and syntax not in LOSSLESS_SYNTAXES:
         return f"transfer syntax {syntax or 'unknown'} is lossy"
     flag = ds.get("LossyImageCompression", "")
@@ -183,10 +188,20 @@ def _feed_dataset(
             continue
         if top and tag in V2_EXCLUDED:
             continue
-        raw = ds.get_item(tag)
+        raw = _get_item(ds, tag, top and tag == PIXEL_DATA, rules)
         start = len(parts)
         parts.append(pack("<HH", tag >> 16, tag & 0xFFFF))
         if tag == PIXEL_DATA:  # in items too: DCMTK's compressors also encode an icon's pixels
+            streamed = _deferred_pixels(ds, raw, rules) if top else None
+            if streamed is not None:
+                length, chunks = streamed
+                parts.append(b"V" + pack("<Q", length))
+                flush()
+                for chunk in chunks:
+                    h.update(chunk)
+                continue
+            if isinstance(raw, RawDataElement) and raw.value is None:
+                raw = ds.get_item(tag)  # deferred, yet not streamable: read it as any other value
             pixels = _canonical_pixels(ds, raw, little, rules)
             if pixels is not None:
                 parts.append(b"V" + pack("<Q", len(pixels)))
@@ -228,6 +243,28 @@ def _feed_dataset(
     flush()
     if top:
         attrs.update(b"".join(attr_parts))
+
+
+def _get_item(ds: Dataset, tag: int, keep_deferred: bool, rules: _Rules) -> RawDataElement | DataElement:
+    """``ds.get_item``, refusing a deferred value (``defer_size``) that the file cuts short: read
+    whole, pydicom keeps the declared length and 1.2 calls it truncated; read deferred, it hands
+    back what there is, converted, and forgets the length, and the two readings would hash apart."""
+    stored = ds._dict.get(tag)  # type: ignore[call-overload]  # before get_item reads it in
+    if (
+        isinstance(stored, RawDataElement)
+        and stored.value is None
+        and stored.length not in (0, UNDEFINED_LENGTH)
+        and isinstance(stored.value_tell, int)
+        and rules.syntax != DEFLATED  # there the tells are offsets in the inflated bytes
+    ):
+        filename = getattr(ds, "filename", None)
+        if isinstance(filename, str | os.PathLike):
+            available = os.stat(filename).st_size - stored.value_tell
+            if available < stored.length:
+                raise MalformedDatasetError(
+                    f"element {_fmt(tag)} is truncated: {max(available, 0)} of {stored.length} bytes"
+                )
+    return ds.get_item(tag, keep_deferred=keep_deferred)
 
 
 def _dataset_is_little_endian(ds: Dataset) -> bool:
@@ -429,13 +466,66 @@ def _canonical_pixels(
     value = _value_le(raw, PIXEL_DATA, little)
     if shape is None or not shape.normalisable or len(value) < shape.size:
         return value
-    samples = np.frombuffer(
-        value, dtype=f"<u{shape.bytes_per_sample}", count=shape.size // shape.bytes_per_sample
-    )
-    if shape.planar:  # interleaved into a new array: ours to normalise in place
-        samples = samples.reshape(shape.frames, shape.samples, shape.rows, shape.columns)
+    # planar: interleaved into a new array, ours to normalise in place
+    return shape.normalise(_native_samples(shape, memoryview(value)[: shape.size]), in_place=shape.planar)
+
+
+def _native_samples(shape: _PixelShape, data: bytes | memoryview) -> np.ndarray:
+    """Native samples, colour by pixel (1.5): planar frames are re-interleaved (whole frames only)."""
+    samples = np.frombuffer(data, dtype=f"<u{shape.bytes_per_sample}")
+    if shape.planar:
+        samples = samples.reshape(-1, shape.samples, shape.rows, shape.columns)
         samples = _interleaved(samples.transpose(0, 2, 3, 1)).reshape(-1)
-    return shape.normalise(samples, in_place=shape.planar)
+    return samples
+
+
+def _deferred_pixels(
+    ds: Dataset, raw: RawDataElement | DataElement, rules: _Rules
+) -> tuple[int, Iterator[bytes | memoryview]] | None:
+    """Version 2, native Pixel Data still on disk (read with ``defer_size``): its canonical length
+    and its canonical bytes a chunk at a time, exactly what ``_canonical_pixels`` would return,
+    without the whole value in memory. None where that one is needed (big endian, no file)."""
+    if not rules.v2 or not isinstance(raw, RawDataElement) or raw.value is not None:
+        return None
+    if rules.syntax == DEFLATED:  # tells are offsets in the inflated bytes, not in the file
+        return None
+    if raw.length in (0, UNDEFINED_LENGTH) or not raw.is_little_endian or not isinstance(raw.value_tell, int):
+        return None
+    filename = getattr(ds, "filename", None)
+    if not isinstance(filename, str | os.PathLike):
+        return None
+    available = max(0, min(raw.length, os.stat(filename).st_size - raw.value_tell))
+    if available != raw.length:  # as _value_le says of a value read whole
+        raise MalformedDatasetError(
+            f"element {_fmt(PIXEL_DATA)} is truncated: {available} of {raw.length} bytes"
+        )
+    try:
+        shape: _PixelShape | None = _PixelShape.of(ds)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        shape = None
+    if shape is None or not shape.normalisable or raw.length < shape.size:
+        return raw.length, _file_chunks(filename, raw.value_tell, raw.length, PIXEL_CHUNK_BYTES)
+    # whole frames per chunk when planar (each is re-interleaved), else any multiple of a sample
+    unit = shape.size // shape.frames if shape.planar else shape.bytes_per_sample * shape.samples
+    step = unit * max(1, PIXEL_CHUNK_BYTES // unit)
+    return shape.size, (
+        shape.normalise_chunk(_native_samples(shape, chunk), in_place=shape.planar)
+        for chunk in _file_chunks(filename, raw.value_tell, shape.size, step)
+    )
+
+
+def _file_chunks(filename: str | os.PathLike, at: int, length: int, step: int) -> Iterator[bytes]:
+    with open(filename, "rb") as fp:
+        fp.seek(at)
+        left = length
+        while left > 0:
+            chunk = fp.read(min(step, left))
+            if not chunk:
+                raise MalformedDatasetError(
+                    f"element {_fmt(PIXEL_DATA)} is truncated: {length - left} of {length} bytes"
+                )
+            left -= len(chunk)
+            yield chunk
 
 
 def _decode(ds: Dataset, syntax: str) -> np.ndarray:
@@ -521,6 +611,11 @@ class _PixelShape:
                 f"pixel data holds {len(samples)} samples, "
                 f"its attributes say {self.size // self.bytes_per_sample}"
             )
+        return self.normalise_chunk(samples, in_place)
+
+    def normalise_chunk(self, samples: np.ndarray, in_place: bool = False) -> bytes | memoryview:
+        """``normalise`` of a run of samples: each is normalised on its own, so a value may be
+        normalised a chunk at a time."""
         if self.bits_stored < self.bits_allocated:
             dtype = samples.dtype
             shift = self.high_bit + 1 - self.bits_stored

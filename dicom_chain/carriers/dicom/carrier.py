@@ -14,7 +14,8 @@ from typing import Any
 
 import pydicom
 from pydicom import dcmwrite
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_chain.block import FORMAT_VERSION, Block
 from dicom_chain.carriers.base import Carried, Carrier, Digests, Identity, Item
@@ -36,6 +37,10 @@ from dicom_chain.errors import (
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
 PART10_MAGIC_AT = 128
 HEAD_BYTES = 65536  # enough for any file meta we have seen; a longer one reads as before
+# A received file's values longer than this stay on disk until used (pydicom's defer_size): the
+# pixels are then hashed and copied in chunks, never held whole. Above any attribute the index or
+# the block reads; far below a frame of a large image.
+DEFER_BYTES = 1 << 20
 
 
 class DicomCarrier(Carrier):
@@ -57,6 +62,36 @@ class DicomCarrier(Carrier):
     def received(self, ds: Dataset, body: bytes) -> DicomCarried:
         """A dataset as a C-STORE carried it: ``body`` is its encoding without file meta."""
         return DicomCarried(ds, EncodedInstance.from_network(ds, body))
+
+    def open_stored(self, path: Path) -> DicomCarried:
+        """A stored file with its large values left on disk (``defer_size``): confirming a large
+        instance reads it in pieces, never whole. Big endian files are read whole, as ``open`` reads
+        them (their undefined length UN values need unlengths.py first)."""
+        with path.open("rb") as fp:
+            head = fp.read(64 * 1024)
+        if is_big_endian_part10(head):
+            return self.open(path.read_bytes())
+        try:
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        except OSError:
+            raise
+        except Exception as exc:  # pydicom raises many types on garbage
+            raise NotDicomError(f"{path}: not a readable DICOM file ({exc})") from exc
+        return DicomCarried(ds)
+
+    def received_file(self, path: Path, file_meta: FileMetaDataset) -> DicomCarried:
+        """A dataset a C-STORE carried, received to the Part 10 file ``path``, its large values left
+        on disk until used; ``file_meta`` as for ``received``. The file must stay until the item is
+        stored. A deflated one is inflated whole (pydicom cannot come back to a value inside it).
+        """
+        syntax = file_meta.get("TransferSyntaxUID")
+        deflated = syntax is not None and syntax == DeflatedExplicitVRLittleEndian
+        try:
+            ds = pydicom.dcmread(path, defer_size=None if deflated else DEFER_BYTES)
+        except Exception as exc:  # pydicom raises many types on garbage
+            raise NotDicomError(f"dataset does not decode: {exc}") from exc
+        ds.file_meta = file_meta
+        return DicomCarried(ds, EncodedInstance.from_received_file(ds, path))
 
     def dataset(self, ds: Dataset) -> DicomCarried:
         """A dataset without its bytes: pydicom writes it when it is stored."""

@@ -11,8 +11,10 @@ pydicom's writer.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
@@ -32,6 +34,37 @@ LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN"
 PREAMBLE = b"\x00" * 128 + b"DICM"
 FIRST_SLOT = 0x10  # with nothing in our group yet, our creator takes the first private slot
 _OUR_GROUP_END = (CHAIN_GROUP << 16) | 0xFFFF
+COPY_CHUNK_BYTES = 1 << 20  # a file-backed body is copied 1 MiB at a time: few syscalls, little memory
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """A dataset still on disk (a large C-STORE received to a file): read in ranges, never whole."""
+
+    path: Path
+    start: int  # where the dataset begins in the file (after the file meta)
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, at: int, size: int) -> bytes:
+        with self.path.open("rb") as fp:
+            fp.seek(self.start + at)
+            return fp.read(max(0, min(size, self.length - at)))
+
+    def chunks(self, begin: int, end: int) -> Iterator[bytes]:
+        """Bytes ``begin:end`` of the dataset, a chunk at a time; a file cut short is an error,
+        never a shorter instance."""
+        with self.path.open("rb") as fp:
+            fp.seek(self.start + begin)
+            left = end - begin
+            while left > 0:
+                chunk = fp.read(min(COPY_CHUNK_BYTES, left))
+                if not chunk:
+                    raise NotDicomError(f"{self.path.name}: ends {left} bytes early")
+                left -= len(chunk)
+                yield chunk
 
 
 @dataclass(frozen=True)
@@ -39,7 +72,7 @@ class EncodedInstance:
     """An instance's bytes as received, beside the Dataset parsed from them."""
 
     prefix: bytes  # preamble + file meta, written as they are
-    body: bytes  # the dataset, encoded in its transfer syntax
+    body: bytes | FileSpan  # the dataset, encoded in its transfer syntax (in memory, or on disk)
     tell_base: int  # offset of ``body`` in the buffer the Dataset's value tells refer to
 
     @classmethod
@@ -69,6 +102,40 @@ class EncodedInstance:
         write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
         return cls(PREAMBLE + meta.getvalue(), body, 0)
 
+    @classmethod
+    def from_received_file(cls, ds: Dataset, path: Path) -> EncodedInstance:
+        """A dataset received to a Part 10 file (tells are offsets in it), with our own Part 10
+        header as ``from_network`` writes it: the same bytes whether received to memory or disk."""
+        with path.open("rb") as fp:
+            head = fp.read(len(PREAMBLE) + 12)
+        if head[128:132] != b"DICM" or len(head) < len(PREAMBLE) + 12:
+            raise NotDicomError(f"{path.name}: not a Part 10 file")
+        start = len(PREAMBLE) + 12 + struct.unpack("<I", head[-4:])[0]  # (0002,0000) UL, explicit VR LE
+        size = path.stat().st_size
+        if start > size:
+            raise NotDicomError(f"{path.name}: file meta runs past the end")
+        prefix = cls.from_network(ds, b"").prefix
+        return cls(prefix, FileSpan(path, start, size - start), start)
+
+    def body_bytes(self, at: int, size: int) -> bytes:
+        if isinstance(self.body, FileSpan):
+            return self.body.read(at, size)
+        return self.body[at : at + size]
+
+    def pieces(self, at: int, ours: bytes) -> Iterable[bytes | memoryview]:
+        """The file: our prefix, the body with ``ours`` inserted at ``at``; a body on disk is
+        copied range by range as the store writes it."""
+        if isinstance(self.body, FileSpan):
+            span = self.body
+            return _chain([self.prefix], span.chunks(0, at), [ours], span.chunks(at, len(span)))
+        body = memoryview(self.body)  # slices of a view: the 0.5 MB of pixels are not copied twice
+        return [self.prefix, body[:at], ours, body[at:]]
+
+
+def _chain(*parts: Iterable[bytes]) -> Iterator[bytes]:
+    for part in parts:
+        yield from part
+
 
 def _element(tag: int, vr: str, value: bytes, implicit: bool, little: bool) -> bytes:
     order = "<" if little else ">"
@@ -92,14 +159,14 @@ def _insertion_point(ds: Dataset, encoded: EncodedInstance, implicit: bool, litt
             return None
         if tag <= _OUR_GROUP_END:
             continue
-        elem = ds.get_item(tag)
+        elem = ds.get_item(tag, keep_deferred=True)  # a deferred value stays on disk: only its tell is needed
         tell = _value_tell(elem)
         if tell is None:
             return None
         want = struct.pack(("<" if little else ">") + "HH", tag >> 16, tag & 0xFFFF)
         for header in (8, 12):  # which one depends on the VR as encoded, checked against the bytes
             at = tell - header - encoded.tell_base
-            if at >= 0 and encoded.body[at : at + 4] == want:
+            if at >= 0 and encoded.body_bytes(at, 4) == want:
                 return at
         return None
     return len(encoded.body)
@@ -109,13 +176,13 @@ def _encoding_as_read(ds: Dataset) -> tuple[bool, bool] | None:
     """How the bytes really are encoded, which pydicom detects per element while reading and which
     need not be what the file meta claims (SC_rgb_jpeg.dcm says explicit VR, is implicit)."""
     for tag in ds.keys():
-        elem = ds.get_item(tag)
+        elem = ds.get_item(tag, keep_deferred=True)
         if isinstance(elem, RawDataElement):
             return elem.is_implicit_VR, elem.is_little_endian
     return None
 
 
-def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> list[bytes | memoryview] | None:
+def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> Iterable[bytes | memoryview] | None:
     """The chained file as pieces to write in order, or None when only pydicom can write it."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     if syntax is None or syntax == DeflatedExplicitVRLittleEndian:
@@ -132,5 +199,4 @@ def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> list[bytes |
         _element(tag, vr, encode_value(vr, value, little, charset), implicit, little)
         for tag, vr, value in block_elements(block, FIRST_SLOT)
     ]
-    body = memoryview(encoded.body)  # slices of a view: the 0.5 MB of pixels are not copied twice
-    return [encoded.prefix, body[:at], b"".join(ours), body[at:]]
+    return encoded.pieces(at, b"".join(ours))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import get_expected_length
 
@@ -18,8 +19,9 @@ def check_pixel_data(ds: Dataset) -> None:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and syntax.is_compressed:
         return  # encapsulated: fragments are checked when hashed
-    raw = ds.get_item(PIXEL_DATA)
-    length = len(raw.value or b"")
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    # a value left on disk (defer_size) counts by its declared length; hashing it checked the file holds it
+    length = raw.length if isinstance(raw, RawDataElement) and raw.value is None else len(raw.value or b"")
     try:
         expected = get_expected_length(ds, unit="bytes")
     except Exception as exc:  # pydicom raises many types on garbled pixel module values

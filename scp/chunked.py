@@ -1,0 +1,230 @@
+"""C-STORE data sets received to disk as they stream, never whole in memory.
+
+pynetdicom's ``_config.STORE_RECV_CHUNKED_DATASET`` (``DIMSEMessage.decode_msg`` in
+dimse_messages.py) writes each C-STORE-RQ's data set, PDV by PDV, to a
+``NamedTemporaryFile(delete=False)`` behind a Part 10 header it makes from the request and the
+accepted context; the EVT_C_STORE handler finds it at ``event.dataset_path``, and
+``StorageServiceClass.SCP`` (service_class.py) unlinks it once the handler returns. Without it the
+data set grows in a BytesIO and is decoded from there: a 256 MB instance took 880 MB of RSS.
+What it lacks, worked around here:
+
+- The flag is process-global (a module attribute read per message): building a gateway sets it
+  for its whole process. Another SCP in the same process (a test's PACS) then gets pynetdicom's
+  documented chunked behaviour: ``event.dataset`` still works, ``event.request.DataSet`` is empty.
+- The file goes to the system temp folder (often a tmpfs, which is memory again, or another disk
+  than the store): ``NamedTemporaryFile`` in dimse_messages is replaced by a factory that puts it
+  in the spool of the AE whose association is receiving, found from the DUL thread that decodes.
+- There is no size limit: our file counts what it is given, and past ``max_bytes`` drops what it
+  had and writes no more (the rest of the data set is read and discarded, a PDU at a time); the
+  handler then refuses the instance.
+- A data set whose association ends before its handler runs (an abort mid-instance, a message
+  still queued when the peer went) is never unlinked: an association's files are removed at
+  EVT_CONN_CLOSE, and those of a killed process at the next start (a folder per process, locked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import _config, dimse_messages, evt
+
+from dicom_chain.carriers.base import Item
+from dicom_chain.carriers.dicom.carrier import DICOM
+from dicom_chain.errors import DicomChainError, InstanceTooLargeError, MalformedDatasetError, StorageError
+
+SPOOL_ATTRIBUTE = "dicom_chain_spool"  # on the AE whose associations receive into a Spool
+LOCK_NAME = ".lock"  # in each process's folder, held (flock) for as long as the process lives
+FOLDER_PREFIX = "p"  # process folders; the files in them are named by tempfile
+
+
+class SpoolFile:
+    """One data set being received: what pynetdicom's chunked receive uses of its temp file
+    (``write``, ``file.flush``, ``name``, ``close``), counting, with a ceiling."""
+
+    def __init__(self, path: Path, max_bytes: int, owner: object) -> None:
+        self.path = path
+        self.name = str(path)
+        self.max_bytes = max_bytes
+        self.owner = owner  # the association receiving it
+        self._fp = path.open("wb")
+        self.received = 0  # bytes given to us: the Part 10 file's size, had we kept them all
+        self.taken = False  # a handler has it: that handler removes it
+        self.failed: OSError | None = None  # the disk refused a write (full): the rest is dropped
+
+    @property
+    def too_large(self) -> bool:
+        return self.received > self.max_bytes
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Never raises: an exception here would kill the association inside pynetdicom's state
+        machine, where the sender is owed a status (C000 too large, A700 disk full)."""
+        was_too_large = self.too_large
+        self.received += len(data)
+        if self.failed is not None:
+            return len(data)
+        if self.too_large:
+            if not was_too_large:  # nothing of an instance we refuse is kept, not even its start
+                self._fp.seek(0)
+                self._fp.truncate()
+            return len(data)
+        try:
+            return self._fp.write(data)
+        except OSError as exc:  # ENOSPC: drop what we had, read the rest, answer A700
+            self.failed = exc
+            with contextlib.suppress(OSError):
+                self._fp.seek(0)
+                self._fp.truncate()
+            return len(data)
+
+    @property
+    def file(self) -> SpoolFile:
+        """pynetdicom flushes ``file`` itself after each PDV (dimse_messages.decode_msg): we are
+        that file too, so that a full disk is noted here instead of killing the association."""
+        return self
+
+    def flush(self) -> None:
+        try:
+            self._fp.flush()
+        except OSError as exc:
+            self.failed = self.failed or exc
+
+    def close(self) -> None:
+        try:
+            self._fp.close()  # flushes: the disk may refuse the last bytes here
+        except OSError as exc:
+            self.failed = self.failed or exc
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class Spool:
+    """Where one gateway process receives C-STORE data sets: its own folder under ``root``,
+    locked while it lives, so several processes may share one root and each start removes the
+    folders of processes that died (kill -9 included: the kernel drops a dead process's lock)."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        root.mkdir(parents=True, exist_ok=True)
+        self._remove_dead_folders()
+        self.folder = Path(tempfile.mkdtemp(dir=root, prefix=FOLDER_PREFIX))
+        self._lock_fd: int | None = os.open(self.folder / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._guard = threading.Lock()
+        self._files: dict[str, SpoolFile] = {}
+
+    def _remove_dead_folders(self) -> None:
+        for folder in self.root.glob(f"{FOLDER_PREFIX}*"):
+            try:
+                fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+            except FileNotFoundError:  # mkdtemp'd, not locked yet: a process starting now
+                continue
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # alive
+            finally:
+                os.close(fd)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def create(self, owner: object) -> SpoolFile:
+        fd, name = tempfile.mkstemp(dir=self.folder, suffix=".dcm")
+        os.close(fd)
+        spooled = SpoolFile(Path(name), self.max_bytes, owner)
+        with self._guard:
+            self._files[spooled.name] = spooled
+        return spooled
+
+    def take(self, path: Path | str) -> SpoolFile | None:
+        """The file pynetdicom received a data set into, now the caller's to remove."""
+        with self._guard:
+            spooled = self._files.pop(str(path), None)
+        if spooled is not None:
+            spooled.taken = True
+            spooled.close()
+        return spooled
+
+    def connection_closed(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: what the association received that no handler took is removed."""
+        with self._guard:
+            left = [f for f in self._files.values() if f.owner is event.assoc]
+            for spooled in left:
+                del self._files[spooled.name]
+        for spooled in left:
+            spooled.discard()
+
+    def files(self) -> list[Path]:
+        """Every file in this process's folder (its lock aside): for tests and ``status``."""
+        return sorted(p for p in self.folder.iterdir() if p.name != LOCK_NAME)
+
+    def close(self) -> None:
+        with self._guard:
+            left, self._files = list(self._files.values()), {}
+        for spooled in left:
+            spooled.discard()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _spooled_temporary_file(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``NamedTemporaryFile`` in pynetdicom's dimse_messages (its only use there:
+    the chunked receive): the receiving AE's spool when it has one, else pynetdicom's own call."""
+    assoc = getattr(threading.current_thread(), "assoc", None)  # decode_msg runs on the DUL thread
+    spool = getattr(getattr(assoc, "ae", None), SPOOL_ATTRIBUTE, None)
+    if isinstance(spool, Spool):
+        return spool.create(assoc)
+    return tempfile.NamedTemporaryFile(*args, **kwargs)  # pynetdicom closes and unlinks it
+
+
+def receive_to_disk(ae: object, spool: Spool) -> None:
+    """Have ``ae``'s associations receive C-STORE data sets into ``spool`` (process-wide flag)."""
+    setattr(ae, SPOOL_ATTRIBUTE, spool)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = _spooled_temporary_file  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def received(event: evt.Event, spool: Spool) -> Iterator[Item]:
+    """The C-STORE's data set as an item to chain; its file (if on disk) is removed on the way
+    out, whatever happened. Over the spool's maximum: InstanceTooLargeError, nothing kept."""
+    path = getattr(event.request, "_dataset_path", None)
+    spooled = spool.take(path) if path is not None else None
+    try:
+        if spooled is not None and spooled.failed is not None:
+            raise StorageError(f"cannot receive the instance: {spooled.failed.strerror or spooled.failed}")
+        if spooled is not None and spooled.too_large:
+            raise InstanceTooLargeError(
+                f"instance of {spooled.received} bytes or more; at most {spool.max_bytes} accepted"
+            )
+        try:
+            if path is not None:
+                carried = DICOM.received_file(Path(path), event.file_meta)
+            else:  # received in memory (an AE without a spool)
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                carried = DICOM.received(ds, event.request.DataSet.getvalue())
+        except DicomChainError:
+            raise
+        except Exception as exc:  # pydicom decodes lazily; garbage surfaces here
+            raise MalformedDatasetError(f"dataset does not decode: {exc}") from exc
+        item = carried.item()
+        yield item
+    finally:
+        if spooled is not None:
+            spooled.discard()
+        elif path is not None:  # not ours to track (no spool), still never left behind
+            Path(path).unlink(missing_ok=True)
