@@ -24,12 +24,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_chain.carriers.base import Item
 from dicom_chain.carriers.dicom.carrier import DICOM, read_dataset
 from dicom_chain.errors import DicomChainError, MalformedDatasetError
-from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.qr.query import Model
 from dicom_chain.qr.runs import FindRun, RetrieveItem, RetrieveRun, record_refused, start_find, start_retrieve
 from dicom_chain.sharing.policy import MoveDecision, Peer
-from dicom_chain.vocab import EventType, IngestOutcome, Outcome, RunStatus, SubOperation
+from dicom_chain.vocab import EventType, IngestOutcome, RunStatus, SubOperation
 
 from .access import AccessList
 from .contexts import MAX_CONTEXTS, contexts_for
@@ -45,6 +44,7 @@ from .statuses import (
     store_status,
     sub_operation,
 )
+from .transport import RejectionLog
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -162,24 +162,14 @@ def handle_store(event: evt.Event, node: Node, stored: Callable[[], None]) -> in
     return SUCCESS
 
 
-def handle_requested(event: evt.Event, node: Node, access: AccessList) -> None:
+def handle_requested(event: evt.Event, access: AccessList, rejections: RejectionLog) -> None:
     """Refuse callers not on the allow-list with A-ASSOCIATE-RJ, before any negotiation."""
     requestor = event.assoc.requestor
     calling = requestor.primitive.calling_ae_title.strip()
     if access.permits(calling, requestor.address):
         return
-    log.warning(
-        "association rejected calling_ae=%s peer=%s reason=not-on-allow-list", calling, requestor.address
-    )
-    node.record(  # on the record before the peer hears of it
-        EventDraft(
-            EventType.ASSOCIATION_REJECTED,
-            outcome=Outcome.MINOR_FAILURE,
-            actor=calling,
-            reason="calling AE title or host not on the allow-list",
-            details={"peer": requestor.address},
-        )
-    )
+    rejections.note(requestor.address, "not-on-allow-list", calling)
+    rejections.flush()  # the first of a minute is on the record before the peer hears of it
     event.assoc.acse.send_reject(*REJECT_CALLING_AE)
     event.assoc.is_rejected = True
     event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out

@@ -1,0 +1,216 @@
+"""Intake that a peer with only a socket cannot starve (scp/transport.py), against a real socket.
+
+Each attack runs while a legitimate peer (DCMTK echoscu, or a pynetdicom SCU over TLS) must get
+through within a few seconds; attackers connect from other loopback addresses (127.0.0.2...), as
+a hostile device on the network would, so that per-host limits apply to them and not to it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_chain.node import Node
+from scp.server import Gateway
+
+from .peers import free_port, require_tool, wait_until
+from .test_server import _self_signed
+
+ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to loopback: another host, as the gateway sees it
+LEGIT_DEADLINE_S = 10.0  # "a few seconds", generous for a loaded 2-core CI box
+TEST_PDU_DEADLINE_S = 2  # short, so a test waits seconds, not the default 30 s
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def make_gateway(node: Node) -> Iterator:
+    gateways: list[Gateway] = []
+
+    def make(**settings: object) -> Gateway:
+        gateway = Gateway(node, replace(node.settings, host="127.0.0.1", port=free_port(), **settings))
+        gateway.start()
+        gateways.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in gateways:
+        gateway.stop()
+
+
+def attacker_socket(port: int, source: str = ATTACKER) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def closed_within(sock: socket.socket, timeout: float) -> float | None:
+    """Seconds until the other end closes or resets ``sock`` (what it sends first is read and
+    dropped), or None if it is still open after ``timeout``."""
+    start = time.monotonic()
+    while (left := timeout - (time.monotonic() - start)) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - start
+        except TimeoutError:
+            return None
+        except OSError:
+            return time.monotonic() - start
+    return None
+
+
+def echo_ok(port: int, aet: str = "MODALITY") -> bool:
+    echoscu = require_tool("echoscu", "dcmtk")
+    try:
+        result = subprocess.run(
+            [echoscu, "-to", "5", "-ta", "5", "-aet", aet, "-aec", "DICOMCHAIN", "127.0.0.1", str(port)],
+            capture_output=True, timeout=15,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0
+
+
+def echo_within(port: int, seconds: float) -> float | None:
+    """Seconds until a DCMTK echoscu succeeds (retrying, as a modality does), or None."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if echo_ok(port):
+            return time.monotonic() - start
+        time.sleep(0.2)
+    return None
+
+
+# -- 1. TLS: the handshake happens off the accepting thread, within a deadline ----------------
+
+
+def test_an_idle_tcp_connection_does_not_block_tls_clients(make_gateway, tmp_path: Path):
+    """pynetdicom shakes hands on the accepting thread with no timeout: one silent socket on the
+    TLS port held every other TLS client out for as long as it stayed open."""
+    cert, key = _self_signed(tmp_path)
+    gateway = make_gateway(tls_cert=cert, tls_key=key, tls_handshake_deadline=TEST_PDU_DEADLINE_S)
+    port = gateway.settings.port
+    idle = attacker_socket(port)  # connects and says nothing
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    scu = AE(ae_title="TLS_SCU")
+    scu.add_requested_context(Verification)
+    scu.acse_timeout = scu.network_timeout = scu.connection_timeout = LEGIT_DEADLINE_S
+    start = time.monotonic()
+    assoc = scu.associate("127.0.0.1", port, tls_args=(client, "localhost"))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert time.monotonic() - start < LEGIT_DEADLINE_S
+    # and the silent one is dropped once its handshake deadline has passed
+    assert closed_within(idle, TEST_PDU_DEADLINE_S + LEGIT_DEADLINE_S) is not None
+    idle.close()
+    assert wait_until(lambda: gateway.server.slots.held() == 0, LEGIT_DEADLINE_S)
+
+
+# -- 2. slowloris: a deadline per whole PDU, and per-host limits ------------------------------
+
+
+def test_a_pdu_trickled_a_byte_at_a_time_is_cut_off_at_its_deadline(make_gateway):
+    """pynetdicom's socket timeout restarts with every byte and its ARTIM timer cannot fire while
+    the reactor waits in recv(): a byte every half second held the connection for ever."""
+    gateway = make_gateway(pdu_deadline=TEST_PDU_DEADLINE_S)
+    sock = attacker_socket(gateway.settings.port)
+    sock.sendall(struct.pack(">BBL", 0x01, 0, 65_535))  # an A-ASSOCIATE-RQ of 64 KiB ...
+    start = time.monotonic()
+    cut_after = None
+    while time.monotonic() - start < TEST_PDU_DEADLINE_S + LEGIT_DEADLINE_S:
+        try:
+            sock.sendall(b"\0")  # ... sent a byte at a time
+        except OSError:
+            cut_after = time.monotonic() - start
+            break
+        time.sleep(0.5)
+    sock.close()
+    assert cut_after is not None, "a trickling peer held its connection past the PDU deadline"
+    assert cut_after >= TEST_PDU_DEADLINE_S - 0.5
+    assert wait_until(lambda: gateway.server.slots.held() == 0, LEGIT_DEADLINE_S)
+
+
+class Slowloris:
+    """``count`` connections from ``source``, each declaring a 65,535-byte PDU and sending one
+    byte every ``interval`` s; a connection that is cut off is opened again at once."""
+
+    def __init__(self, port: int, count: int = 40, source: str = ATTACKER, interval: float = 0.5) -> None:
+        self.port, self.count, self.source, self.interval = port, count, source, interval
+        self.stop = threading.Event()
+        self.connects = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def _open(self) -> socket.socket | None:
+        try:
+            sock = attacker_socket(self.port, self.source)
+            sock.setblocking(False)
+            sock.send(struct.pack(">BBL", 0x01, 0, 65_535))
+            self.connects += 1
+            return sock
+        except OSError:
+            return None
+
+    def run(self) -> None:
+        socks: list[socket.socket | None] = [None] * self.count
+        while not self.stop.is_set():
+            for i, sock in enumerate(socks):
+                if sock is not None:
+                    try:
+                        sock.send(b"\0")
+                        continue
+                    except OSError:
+                        sock.close()
+                socks[i] = self._open()
+            self.stop.wait(self.interval)
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+
+    def __enter__(self) -> Slowloris:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.mark.dcmtk
+def test_slowloris_does_not_keep_a_modality_out(make_gateway):
+    """40 trickling connections from one host: before, they took every one of the 32 slots for
+    as long as they liked and echoscu got A-ASSOCIATE-RJ (local limit exceeded) throughout."""
+    gateway = make_gateway(pdu_deadline=TEST_PDU_DEADLINE_S)
+    port = gateway.settings.port
+    rss_before = rss_bytes()
+    with Slowloris(port) as attack:
+        assert wait_until(lambda: attack.connects >= 40, LEGIT_DEADLINE_S)
+        time.sleep(1.0)  # the attack is established: every connection it can hold, it holds
+        held = gateway.server.slots.held(ATTACKER)
+        took = echo_within(port, LEGIT_DEADLINE_S)
+        assert took is not None, "echoscu did not get through while the attack ran"
+        time.sleep(TEST_PDU_DEADLINE_S + 1)  # past a deadline: cut-off connections came back
+        assert echo_within(port, LEGIT_DEADLINE_S) is not None
+    assert held <= gateway.settings.max_associations_per_host
+    assert attack.connects > 40  # it was cut off and reconnected, and still did not keep us out
+    # no more than a few MB for 40 connections' PDUs in flight (each capped before it is read)
+    assert rss_bytes() - rss_before < 64 * 2**20
