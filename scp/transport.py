@@ -284,10 +284,10 @@ class GuardedSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         if self._pdu_body is not None and nr_bytes == self._pdu_body:
             self._pdu_body = None
-            return self._read_until_deadline(nr_bytes, "body")
+            return self._short_ends(self._read_until_deadline(nr_bytes, "body"), nr_bytes)
         self._pdu_body = None
         self._pdu_deadline_at = time.monotonic() + self.limits.pdu_deadline_s
-        header = self._read_until_deadline(nr_bytes, "header")
+        header = self._short_ends(self._read_until_deadline(nr_bytes, "header"), nr_bytes)
         if nr_bytes != PDU_HEADER.size or len(header) != PDU_HEADER.size:
             return header
         pdu_type, _, length = PDU_HEADER.unpack(header)
@@ -296,9 +296,24 @@ class GuardedSocket(AssociationSocket):
         cap = self.limits.pdu_cap(pdu_type)
         if cap is not None and length > cap:
             self._refuse(pdu_type, length, cap)
-            return bytearray()  # short: the DUL sees a closed transport and reads no further
+            return self._short_ends(bytearray(), nr_bytes)  # the DUL sees a closed transport
         self._pdu_body = length
         return header
+
+    def _short_ends(self, data: bytearray, nr_bytes: int) -> bytearray:
+        """A short read is the transport closing (the DUL's Evt17): end a waiting acceptor too."""
+        if len(data) < nr_bytes:
+            self._wake_waiting_acceptor()
+        return data
+
+    def _wake_waiting_acceptor(self) -> None:
+        """Before an A-ASSOCIATE-RQ has arrived a closed transport only stops the ARTIM timer
+        (AA-5), and the acceptor keeps waiting for a request for ``acse_timeout`` (``Association.
+        run_reactor``), holding its slot: a peer that connects and closes held one for 30 s. The
+        ``None`` it gets instead is what it reads as that wait timing out, and it ends at once."""
+        assoc = self.assoc
+        if assoc.is_acceptor and assoc.requestor.primitive is None:
+            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _read_until_deadline(self, nr_bytes: int, part: str) -> bytearray:
         sock = self.socket
@@ -349,20 +364,11 @@ class GuardedSocket(AssociationSocket):
         self._close_transport()
 
     def _close_transport(self) -> None:
-        """Stop receiving: what the peer still sends is dropped by the kernel, never buffered here.
-
-        Before an A-ASSOCIATE-RQ has arrived a closed transport only stops the ARTIM timer (AA-5),
-        and the acceptor keeps waiting for a request for ``acse_timeout`` (``Association.
-        run_reactor``), holding the slot; the ``None`` it gets instead is what it reads as that
-        wait timing out, and it ends at once.
-        """
+        """Stop receiving: what the peer still sends is dropped by the kernel, never buffered here."""
         sock = self.socket
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        assoc = self.assoc
-        if assoc.is_acceptor and assoc.requestor.primitive is None:
-            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
 class GuardedRequestHandler(RequestHandler):

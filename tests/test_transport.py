@@ -7,6 +7,8 @@ a hostile device on the network would, so that per-host limits apply to them and
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 import ssl
 import struct
@@ -21,10 +23,12 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
-from scp.server import Gateway
+from scp.server import MAX_PDU_BYTES, Gateway
+from scp.transport import ABORT_INVALID_PARAMETER, RejectionLog
 
-from .peers import free_port, require_tool, wait_until
+from .peers import GatewayProcess, free_port, require_tool, wait_until
 from .test_server import _self_signed
 
 ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to loopback: another host, as the gateway sees it
@@ -214,3 +218,140 @@ def test_slowloris_does_not_keep_a_modality_out(make_gateway):
     assert attack.connects > 40  # it was cut off and reconnected, and still did not keep us out
     # no more than a few MB for 40 connections' PDUs in flight (each capped before it is read)
     assert rss_bytes() - rss_before < 64 * 2**20
+
+
+# -- 3. memory before authentication: a PDU larger than we accept is aborted unread -----------
+
+
+@pytest.mark.parametrize(
+    ("pdu_type", "length"),
+    [
+        (0x01, 262_145),  # A-ASSOCIATE-RQ: one byte over max_associate_request
+        (0x01, 2**32 - 1),  # ... declaring 4 GiB
+        (0x04, MAX_PDU_BYTES + 1),  # P-DATA-TF: one byte over the maximum length we advertise
+        (0x05, 1_000),  # A-RELEASE-RQ has a 4-byte body
+    ],
+)
+def test_a_pdu_larger_than_accepted_is_aborted_at_its_header(make_gateway, pdu_type: int, length: int):
+    gateway = make_gateway()
+    sock = attacker_socket(gateway.settings.port)
+    sock.sendall(struct.pack(">BBL", pdu_type, 0, length) + bytes(4096))
+    received = b""
+    with contextlib.suppress(OSError):
+        received = sock.recv(len(ABORT_INVALID_PARAMETER))
+    assert received in (ABORT_INVALID_PARAMETER, b"")  # A-ABORT, or a reset that overtook it
+    assert closed_within(sock, LEGIT_DEADLINE_S) is not None
+    sock.close()
+    assert wait_until(lambda: gateway.server.slots.held() == 0, LEGIT_DEADLINE_S)
+
+
+def test_a_pdu_at_the_limit_is_read(make_gateway):
+    """The caps refuse only what is over them: an A-ASSOCIATE-RQ of exactly the maximum is read
+    (and, garbage inside, refused by pynetdicom's decoder as it always was)."""
+    gateway = make_gateway(max_associate_request=65_536)
+    sock = attacker_socket(gateway.settings.port)
+    sock.sendall(struct.pack(">BBL", 0x01, 0, 65_536) + bytes(65_535))
+    assert closed_within(sock, 1.0) is None  # waits for the last byte
+    sock.sendall(b"\0")
+    assert closed_within(sock, LEGIT_DEADLINE_S) is not None
+    sock.close()
+
+
+GATEWAY_RSS_BOUND = 64 * 2**20  # growth allowed while the attack runs: kernel buffers aside, nothing
+
+
+@pytest.mark.dcmtk
+def test_a_4_gib_pdu_header_costs_the_gateway_no_memory(tmp_path: Path):
+    """Before, pynetdicom buffered whatever followed a header declaring 4 GiB, before the
+    allow-list: 1 GiB of RSS per GiB sent, per connection."""
+    gateway = GatewayProcess(tmp_path / "gw", free_port(), ("--allow", "MODALITY")).start()
+    try:
+        assert gateway.proc is not None
+        assert echo_within(gateway.port, LEGIT_DEADLINE_S) is not None  # warm: its baseline RSS
+        baseline = rss_bytes(gateway.proc.pid)
+        sent_per_connection = []
+        for pdu_type in (0x01, 0x04):  # before any association, and as a P-DATA-TF
+            sock = attacker_socket(gateway.port)
+            sock.settimeout(5)
+            sent = 0
+            chunk = bytes(2**20)
+            with contextlib.suppress(OSError):
+                sock.sendall(struct.pack(">BBL", pdu_type, 0, 2**32 - 1))
+                while sent < 256 * 2**20:  # what it would buffer: 256 MiB
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            sent_per_connection.append(sent)
+            assert echo_ok(gateway.port)  # still serving, at once
+            sock.close()
+        growth = rss_bytes(gateway.proc.pid) - baseline
+        assert max(sent_per_connection) < 32 * 2**20, sent_per_connection  # refused at the header
+        assert growth < GATEWAY_RSS_BOUND, f"RSS grew by {growth / 2**20:.0f} MiB"
+    finally:
+        gateway.stop()
+
+
+# -- 4. rejected connections: bounded events --------------------------------------------------
+
+
+def test_rejection_log_writes_one_event_per_host_per_window():
+    recorded: list[EventDraft] = []
+    rejections = RejectionLog(recorded.append, window_s=0.3)
+    for _ in range(50):
+        rejections.note("10.0.0.9", "host-limit")
+    rejections.note("10.0.0.8", "not-on-allow-list", "INTRUDER")
+    rejections.flush()
+    assert [(d.details["peer"], d.details["count"]) for d in recorded] == [("10.0.0.9", 1), ("10.0.0.8", 1)]
+    assert recorded[1].actor == "INTRUDER"
+    time.sleep(0.35)
+    rejections.flush()  # the window has passed: what it counted is one event
+    assert [(d.details["peer"], d.details["count"]) for d in recorded[2:]] == [("10.0.0.9", 49)]
+    assert recorded[2].details["reasons"] == {"host-limit": 49}
+    rejections.note("10.0.0.9", "host-limit")  # within the next window: counted, not written
+    rejections.flush()
+    assert len(recorded) == 3
+    rejections.flush(final=True)
+    assert [(d.details["peer"], d.details["count"]) for d in recorded[3:]] == [("10.0.0.9", 1)]
+    time.sleep(0.35)
+    rejections.flush()
+    rejections.note("10.0.0.9", "host-limit")  # a quiet window later: an event at once again
+    rejections.flush()
+    assert [d.details["count"] for d in recorded[4:]] == [1]
+
+
+def rejected_by_allow_list(port: int) -> bool:
+    scu = AE(ae_title="INTRUDER")
+    scu.add_requested_context(Verification)
+    scu.acse_timeout = scu.network_timeout = scu.connection_timeout = LEGIT_DEADLINE_S
+    assoc = scu.associate("127.0.0.1", port, bind_address=(ATTACKER, 0))
+    assoc.release() if assoc.is_established else None
+    return assoc.is_rejected
+
+
+def test_a_thousand_rejected_connections_make_a_bounded_number_of_events(make_gateway, node: Node, caplog):
+    """Before, every rejection was a signed event (~4 KB) and a log line: 1,000 of each."""
+    gateway = make_gateway(allow=("MODALITY",), max_associations_per_host=2)
+    port = gateway.settings.port
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="dicom_chain.scp"):
+        held = [attacker_socket(port) for _ in range(2)]  # the host's two slots, taken and held
+        assert wait_until(lambda: gateway.server.slots.held(ATTACKER) == 2, LEGIT_DEADLINE_S)
+        for _ in range(980):  # each closed at accept, unread
+            sock = attacker_socket(port)
+            closed_within(sock, LEGIT_DEADLINE_S)
+            sock.close()
+        for sock in held:
+            sock.close()
+        assert wait_until(lambda: gateway.server.slots.held() == 0, LEGIT_DEADLINE_S)
+        for _ in range(20):  # each answered A-ASSOCIATE-RJ
+            assert rejected_by_allow_list(port)
+            assert wait_until(lambda: gateway.server.slots.held() == 0, LEGIT_DEADLINE_S)
+        assert echo_ok(port)
+        gateway.stop()  # writes what is still being counted
+    minutes = (time.monotonic() - start) / 60
+    rejected = [e for e in node.ledger.iter_events() if e.type == "association.rejected"]
+    bound = 2 + int(minutes)  # per host: the first at once, one per further minute, one at stop
+    assert len(rejected) <= bound
+    assert sum(e.details["count"] for e in rejected) == 1000  # every refusal counted, none lost
+    assert {e.details["peer"] for e in rejected} == {ATTACKER}
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) <= bound
