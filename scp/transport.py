@@ -260,8 +260,27 @@ class ConnectionSlots:
             return self._total if host is None else self._per_host[host]
 
 
-class PduRefused(Exception):
-    """A PDU header declared more than we accept, or its bytes did not arrive in time."""
+_cut_on_this_thread = threading.local()
+
+
+class _AlreadyLogged(logging.Filter):
+    """Drops pynetdicom's "PDU is shorter than expected" ERROR that follows our own cut.
+
+    A PDU cut at its deadline reaches the DUL as a short read, which it logs once per connection;
+    the rejection log already counts it per host, and a slowloris run must not write one ERROR
+    line per connection it opens.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(_cut_on_this_thread, "pending", False) and str(record.msg).startswith(
+            "The received PDU is shorter"
+        ):
+            _cut_on_this_thread.pending = False
+            return False
+        return True
+
+
+logging.getLogger("pynetdicom.dul").addFilter(_AlreadyLogged())
 
 
 class GuardedSocket(AssociationSocket):
@@ -331,13 +350,14 @@ class GuardedSocket(AssociationSocket):
                     break
                 data.extend(chunk)
         except TimeoutError:
-            log.warning(
+            log.debug(  # the rejection log writes the warning, once per host per minute
                 "pdu deadline exceeded peer=%s part=%s received=%d of=%d deadline_s=%g",
                 self.peer, part, len(data), nr_bytes, self.limits.pdu_deadline_s,
             )  # fmt: skip
             if self.rejections is not None:
                 self.rejections.note(self.peer, "pdu-deadline")
             self._close_transport()
+            _cut_on_this_thread.pending = part == "body"  # the DUL logs a short body, not a header
             return data  # short: the DUL sees a closed transport
         except OSError:
             return data
@@ -347,7 +367,7 @@ class GuardedSocket(AssociationSocket):
         return data
 
     def _refuse(self, pdu_type: int, length: int, cap: int) -> None:
-        log.warning(
+        log.debug(  # the rejection log writes the warning, once per host per minute
             "pdu refused peer=%s type=0x%02X length=%d max=%d action=a-abort",
             self.peer,
             pdu_type,
@@ -418,7 +438,7 @@ def handshake(
     try:
         tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     except (OSError, ValueError) as exc:
-        log.warning("tls handshake failed peer=%s error=%s", peer, exc)
+        log.debug("tls handshake failed peer=%s error=%s", peer, exc)
         with contextlib.suppress(OSError):
             sock.close()
         return None
@@ -437,7 +457,7 @@ def handshake(
                 raise TimeoutError(f"not completed within {deadline_s:g} s")
             select.select(*wait, [], remaining)
     except (OSError, ValueError) as exc:  # ssl.SSLError and TimeoutError are OSErrors
-        log.warning("tls handshake failed peer=%s error=%s", peer, exc or type(exc).__name__)
+        log.debug("tls handshake failed peer=%s error=%s", peer, exc or type(exc).__name__)  # counted
         with contextlib.suppress(OSError):
             tls.close()
         return None
