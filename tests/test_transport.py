@@ -225,6 +225,19 @@ def test_slowloris_does_not_keep_a_modality_out(make_gateway, caplog):
     assert rss_bytes() - rss_before < 64 * 2**20
 
 
+def test_the_total_limit_closes_connections_from_any_host_at_accept(make_gateway):
+    gateway = make_gateway(max_associations=2)
+    held = [attacker_socket(gateway.settings.port, source) for source in ("127.0.0.2", "127.0.0.3")]
+    third = attacker_socket(gateway.settings.port, "127.0.0.4")
+    assert closed_within(third, LEGIT_DEADLINE_S) is not None
+    held[0].close()  # a slot comes free: the next connection is served
+    assert wait_until(lambda: gateway.server.slots.held() == 1, LEGIT_DEADLINE_S)
+    fourth = attacker_socket(gateway.settings.port, "127.0.0.4")
+    assert closed_within(fourth, 1.0) is None
+    for sock in (held[1], third, fourth):
+        sock.close()
+
+
 # -- 3. memory before authentication: a PDU larger than we accept is aborted unread -----------
 
 
@@ -350,7 +363,7 @@ def test_a_thousand_rejected_connections_make_a_bounded_number_of_events(make_ga
             assert rejected_by_allow_list(port)
             assert wait_until(lambda: gateway.server.slots.held() == 0, LEGIT_DEADLINE_S)
         assert echo_ok(port)
-        gateway.stop()  # writes what is still being counted
+        gateway.rejections.flush(final=True)  # as stop() does: what is still being counted
     minutes = (time.monotonic() - start) / 60
     rejected = [e for e in node.ledger.iter_events() if e.type == "association.rejected"]
     bound = 2 + int(minutes)  # per host: the first at once, one per further minute, one at stop
