@@ -40,6 +40,19 @@ DEFAULT_PORT = 11112  # the IANA-registered DICOM port that needs no root (104 d
 DEFAULT_FORWARD_WORKERS = 4
 MAX_FORWARD_WORKERS = 32  # one association each; a PACS refuses beyond a few dozen from one AE
 MAX_PORT = 65535  # TCP
+# Intake limits (scp/transport.py; design.md section 5 has the table). Each bounds what a peer
+# that has only opened a socket can hold before the allow-list is consulted.
+DEFAULT_MAX_ASSOCIATIONS = 32  # a department's modalities at once; beyond it connections are closed
+DEFAULT_MAX_ASSOCIATIONS_PER_HOST = 8  # a PACS forwarding with 4 workers plus C-GET/C-MOVE fits; one
+#   host (or one address behind NAT) can then hold at most a quarter of the total
+DEFAULT_PDU_DEADLINE_S = 30  # a whole PDU (128 KiB) at 64 kbit/s takes 16 s; a trickling peer is cut
+DEFAULT_TLS_HANDSHAKE_DEADLINE_S = 10  # 1-2 round trips and a certificate check: < 1 s on a LAN
+# The largest legitimate A-ASSOCIATE-RQ: 128 presentation contexts (PS3.8 9.3.2.2, odd ids 1-255)
+# each proposing 25 transfer syntaxes (~34 bytes per item) is ~115 KB, plus a user identity token
+# (a JWT or SAML assertion, a few KB); 256 KiB is twice that, and 32 x 256 KiB bounds what is
+# buffered before the allow-list at 8 MiB.
+DEFAULT_MAX_ASSOCIATE_REQUEST = 262_144
+MAX_DEADLINE_S = 3600  # beyond an hour a deadline protects nothing
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,49 @@ class Settings:
             metavar="SUBJECT=PERMISSION[,...]",
             option="peer-cert",
             table="certs",
+        ),
+    )
+    max_associations: int = field(
+        default=DEFAULT_MAX_ASSOCIATIONS,
+        metadata=about(
+            "Connections served at once; beyond it new ones are closed at accept.",
+            bounds=(1, DEFAULT_MAX_ASSOCIATIONS),  # the ledger's pool is sized for 32 (db/database.py)
+            show_default=True,
+        ),
+    )
+    max_associations_per_host: int = field(
+        default=DEFAULT_MAX_ASSOCIATIONS_PER_HOST,
+        metadata=about(
+            "Connections served at once from one address; beyond it new ones are closed at accept.",
+            bounds=(1, DEFAULT_MAX_ASSOCIATIONS),
+            show_default=True,
+        ),
+    )
+    pdu_deadline: int = field(
+        default=DEFAULT_PDU_DEADLINE_S,
+        metadata=about(
+            "Seconds a peer has to send a whole PDU once it has begun; slower peers are cut off.",
+            metavar="SECONDS",
+            bounds=(1, MAX_DEADLINE_S),
+            show_default=True,
+        ),
+    )
+    tls_handshake_deadline: int = field(
+        default=DEFAULT_TLS_HANDSHAKE_DEADLINE_S,
+        metadata=about(
+            "Seconds a peer has to complete the TLS handshake.",
+            metavar="SECONDS",
+            bounds=(1, MAX_DEADLINE_S),
+            show_default=True,
+        ),
+    )
+    max_associate_request: int = field(
+        default=DEFAULT_MAX_ASSOCIATE_REQUEST,
+        metadata=about(
+            "Largest A-ASSOCIATE-RQ PDU accepted (bytes); larger ones are aborted unread.",
+            metavar="BYTES",
+            bounds=(1024, 16_777_216),
+            show_default=True,
         ),
     )
     # C-MOVE destinations as AET@HOST:PORT: the only AEs instances may be moved to (until the

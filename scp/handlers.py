@@ -46,6 +46,7 @@ from .statuses import (
     store_status,
     sub_operation,
 )
+from .transport import RejectionLog
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -185,26 +186,15 @@ def handle_store(
     return SUCCESS
 
 
-def handle_requested(event: evt.Event, node: Node, access: Access) -> None:
-    """Refuse callers with no permission at all with A-ASSOCIATE-RJ, before any negotiation."""
+def handle_requested(event: evt.Event, access: Access, rejections: RejectionLog) -> None:
+    """Refuse callers with no permission at all with A-ASSOCIATE-RJ, before any negotiation; the
+    refusal is counted per host (transport.RejectionLog), the first of a minute recorded at once."""
     caller = access.caller(event.assoc)
     if caller.permissions:
         return
-    log.warning(
-        "association rejected calling_ae=%s peer=%s reason=no-permission", caller.ae_title, caller.host
-    )
-    details = {"peer": caller.host}
-    if caller.subject:
-        details["certificate"] = caller.describe().partition(" certificate ")[2]
-    node.record(  # on the record before the peer hears of it
-        EventDraft(
-            EventType.ASSOCIATION_REJECTED,
-            outcome=Outcome.MINOR_FAILURE,
-            actor=caller.ae_title,
-            reason="no permission for this calling AE title, host or certificate",
-            details=details,
-        )
-    )
+    subject = caller.describe().partition(" certificate ")[2] if caller.subject else ""
+    rejections.note(caller.host, "no-permission", caller.ae_title, subject)
+    rejections.flush()  # the first of a minute is on the record before the peer hears of it
     event.assoc.acse.send_reject(*REJECT_CALLING_AE)
     event.assoc.is_rejected = True
     event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out

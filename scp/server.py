@@ -11,9 +11,8 @@ import time
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_chain.config import Settings
+from dicom_chain.config import DEFAULT_MAX_ASSOCIATIONS, Settings
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.vocab import EventType
@@ -39,9 +38,10 @@ from .handlers import (
     quick_ack,
 )
 from .logs import configure_logging
+from .transport import GuardedServer, Limits, RejectionLog, start_server
 
 MAX_PDU_BYTES = 131_072  # 128 KB: ~3x faster than 16 KB for 0.5 MB instances; peers may ask less
-MAX_ASSOCIATIONS = 32  # a department's modalities at once; beyond it peers get A-ASSOCIATE-RJ
+MAX_ASSOCIATIONS = DEFAULT_MAX_ASSOCIATIONS  # the --max-associations default (config.py says why)
 ACSE_TIMEOUT_S = 30  # association set-up/release; a silent peer must not hold a slot
 DIMSE_TIMEOUT_S = 120  # one DIMSE message; a large multi-frame object over a slow link fits
 NETWORK_TIMEOUT_S = 300  # idle association; workstations keep associations open between sends
@@ -62,10 +62,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_ae(ae_title: str) -> AE:
+def build_ae(ae_title: str, max_associations: int = MAX_ASSOCIATIONS) -> AE:
     ae = AE(ae_title=ae_title)
     ae.maximum_pdu_size = MAX_PDU_BYTES
-    ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.maximum_associations = max_associations  # pynetdicom's own check; transport.py refuses earlier
     ae.acse_timeout = ACSE_TIMEOUT_S
     ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.network_timeout = NETWORK_TIMEOUT_S
@@ -94,10 +94,12 @@ class Gateway:
         self.node = node
         self.settings = settings or node.settings
         self.access = Access.of(self.settings)
-        self.ae = build_ae(self.settings.ae_title)
+        self.ae = build_ae(self.settings.ae_title, self.settings.max_associations)
         self.spool = Spool(self.settings.spool_dir, self.settings.max_instance_bytes)
         receive_to_disk(self.ae, self.spool)
-        self.server: ThreadedAssociationServer | None = None
+        self.limits = Limits.from_settings(self.settings, MAX_PDU_BYTES)
+        self.rejections = RejectionLog(node.record)
+        self.server: GuardedServer | None = None
         self.forward_child: subprocess.Popen | None = None
         self.audit_feed: AuditFeed | None = None
         if self.settings.audit_syslog:
@@ -112,7 +114,7 @@ class Gateway:
         return [
             (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_PDU_RECV, quick_ack),
-            (evt.EVT_REQUESTED, handle_requested, [self.node, self.access]),
+            (evt.EVT_REQUESTED, handle_requested, [self.access, self.rejections]),
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_RELEASED, handle_released),
             (evt.EVT_ABORTED, handle_aborted),
@@ -146,9 +148,12 @@ class Gateway:
             self.node.settings.home.mkdir(parents=True, exist_ok=True)
             self.audit_feed.start()
         self.start_forwarding()
-        self.server = self.ae.start_server(
+        self.rejections.start()
+        self.server = start_server(
+            self.ae,
             (self.settings.host, self.settings.port),
-            block=False,
+            limits=self.limits,
+            rejections=self.rejections,
             evt_handlers=self.handlers(),
             ssl_context=tls_context(self.settings),
         )
@@ -183,6 +188,7 @@ class Gateway:
         self.stop_forwarding()
         self.ae.shutdown()
         self.spool.close()
+        self.rejections.stop()  # the counts still pending, before service.stop
         self.node.record(
             EventDraft(EventType.SERVICE_STOP, actor=self.settings.ae_title, chain_id=self.node.chain_id)
         )
