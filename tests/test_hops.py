@@ -540,8 +540,18 @@ def _orthanc_call(server: OrthancServer, method: str, path: str, body: bytes = b
         return response.read()
 
 
+def _crashes_orthanc_jpeg_ls(info: Dataset) -> bool:
+    """Signed samples narrower than their container: Orthanc 1.10's JPEG-LS transcoder (CharLS)
+    aborts on them, and a run that went on after such a crash once returned a later, unrelated
+    file (SC_rgb_small_odd) with other pixel values. Not sent to it, so that what is measured is
+    the hop, not a corrupted PACS."""
+    return int(info.get("PixelRepresentation", 0) or 0) == 1 and int(info.get("BitsStored", 0) or 0) < int(
+        info.get("BitsAllocated", 0) or 0
+    )
+
+
 def through_orthanc(
-    server: OrthancServer, chained: Chained, work: Path
+    server: OrthancServer, chained: Chained, work: Path, syntax: str = ""
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Each chained file sent with DCMTK's storescu (as a modality would; pynetdicom's chunked
     sending, which the gateway turns on, takes the SOP Instance UID from the file meta, and two of
@@ -554,6 +564,10 @@ def through_orthanc(
     out: dict[str, Path] = {}
     refused: dict[str, str] = {}
     for name, path in chained.files.items():
+        native = _syntax(chained.info[name]) in NATIVE  # what Orthanc would encode, not transcode
+        if syntax == JPEG_LS_LOSSLESS and native and _crashes_orthanc_jpeg_ls(chained.info[name]):
+            refused[name] = "not sent: Orthanc's JPEG-LS transcoder aborts on signed narrow samples"
+            continue
         propose = STORESCU_PROPOSES.get(_syntax(chained.info[name]))
         if propose is None:
             refused[name] = "not stored: storescu cannot propose its syntax"
@@ -591,6 +605,7 @@ ORTHANC_TRANSCODED = {"1.2.840.10008.1.2.4.80": 55, "1.2.840.10008.1.2.4.70": 60
 # Image Sequence item ("Uncompressed predecessor"), as PS3.3 C.7.6.1.1.5 asks, and turns palette
 # images into RGB: all of it outside the attributes hash (design.md 1.6), so verify names it lossy.
 ORTHANC_LOSSY = "1.2.840.10008.1.2.4.50"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 
 def test_pydicom_reencodings_verify(chained: Chained, tmp_path: Path) -> None:
@@ -625,7 +640,7 @@ def orthanc_transcoded(
     syntax = request.param
     server = OrthancServer.create(config={"IngestTranscoding": syntax}).start()
     try:
-        yield syntax, *through_orthanc(server, chained, tmp_path_factory.mktemp("orthanc"))
+        yield syntax, *through_orthanc(server, chained, tmp_path_factory.mktemp("orthanc"), syntax)
     finally:
         server.destroy()
 
