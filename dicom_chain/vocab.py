@@ -16,6 +16,7 @@ class EventType(StrEnum):
 
     INSTANCE_RECEIVED = "instance.received"
     INSTANCE_FORWARDED = "instance.forwarded"
+    FORWARD_REPLAYED = "forward.replayed"  # a dead-lettered instance queued again by an operator
     QUERY_FIND = "query.find"
     RETRIEVE_MOVE = "retrieve.move"
     RETRIEVE_GET = "retrieve.get"
