@@ -171,8 +171,10 @@ class DestinationWorker(threading.Thread):
                 response = assoc.send_c_store(pydicom.dcmread(path))  # re-encoded by pynetdicom
         except FileNotFoundError:
             return Settled(item, None, f"stored file missing: {path}", ForwardVerdict.REFUSED)
-        except (ValueError, RuntimeError) as exc:  # the association broke under the send
-            return Settled(item, None, str(exc), ForwardVerdict.RETRY)
+        except (ValueError, RuntimeError) as exc:
+            if assoc.is_established:  # pynetdicom could not encode it ("Failed to encode ..."): ever
+                return Settled(item, None, f"cannot be sent: {exc}", ForwardVerdict.REFUSED)
+            return Settled(item, None, str(exc), ForwardVerdict.RETRY)  # the association broke under it
         status = int(getattr(response, "Status", -1)) if response is not None and len(response) else None
         verdict, reason = forward_verdict(status)
         return Settled(item, status, reason, verdict)

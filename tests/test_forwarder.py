@@ -366,3 +366,33 @@ def test_forward_retry_replays_dead_letters_with_an_event(tmp_path, fast_retries
     finally:
         stop(gateway)
         pacs.ae.shutdown()
+
+
+def test_an_instance_pynetdicom_cannot_encode_is_dead_lettered(tmp_path, fast_retries, monkeypatch):
+    """pynetdicom raises ValueError ("Failed to encode the supplied dataset") and the association
+    stays up: the instance, not the network, is at fault; it used to be retried for ever."""
+    from pynetdicom.association import Association
+
+    pacs = ScriptedPacs([])
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    original = Association.send_c_store
+    study = list(ct_study(StudySpec(seed=94, instances=3, rows=8, columns=8)))
+    unsendable = study[0].SOPInstanceUID
+
+    def send_c_store(assoc, dataset, *args, **kwargs):
+        if unsendable in str(dataset):  # the stored file's path names its SOP Instance UID
+            raise ValueError("Failed to encode the supplied dataset")
+        return original(assoc, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(Association, "send_c_store", send_c_store)
+    try:
+        for ds in study:
+            gateway.node.ingest(item_from_dataset(ds))
+        gateway.forwarder.notify()
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
+        assert sorted(pacs.received) == sorted(ds.SOPInstanceUID for ds in study[1:])
+        [dead] = gateway.node.outbox.dead_letters()
+        assert dead.sop_instance_uid == unsendable
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
