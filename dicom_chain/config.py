@@ -39,6 +39,9 @@ DEFAULT_PORT = 11112  # the IANA-registered DICOM port that needs no root (104 d
 # so a few associations in flight keep it busy; more only queue inside the PACS.
 DEFAULT_FORWARD_WORKERS = 4
 MAX_FORWARD_WORKERS = 32  # one association each; a PACS refuses beyond a few dozen from one AE
+# Refusals of one instance by a PACS before it goes to the dead-letter state (outbox.py says why 5).
+DEFAULT_FORWARD_MAX_REFUSALS = 5
+MAX_FORWARD_MAX_REFUSALS = 100  # with back-off capped at 5 minutes: some 8 hours of refusals
 MAX_PORT = 65535  # TCP
 # Intake limits (scp/transport.py; design.md section 5 has the table). Each bounds what a peer
 # that has only opened a socket can hold before the allow-list is consulted.
@@ -131,6 +134,14 @@ class Settings:
         default=DEFAULT_FORWARD_WORKERS,
         metadata=about(
             "Parallel associations per upstream PACS.", bounds=(1, MAX_FORWARD_WORKERS), show_default=True
+        ),
+    )
+    forward_max_refusals: int = field(
+        default=DEFAULT_FORWARD_MAX_REFUSALS,
+        metadata=about(
+            "Refusals of one instance by a PACS before it is dead-lettered (see `forward retry`).",
+            bounds=(1, MAX_FORWARD_MAX_REFUSALS),
+            show_default=True,
         ),
     )
     host: str = field(default="0.0.0.0", metadata=about("Address to listen on.", show_default=True))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
@@ -43,8 +44,11 @@ class Intent:
 
 
 class Intents:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, locks: Path | None = None) -> None:
+        """``locks``: the node's liveness-lock folder (owners.py), to judge owners in another pid
+        namespace on this host, such as a restarted container's PID 1."""
         self.db = db
+        self.locks = locks
         self._lock = threading.Lock()
         self._stale: set[int] = set()  # intents of failed receipts, deleted with the next receipt
 
@@ -100,6 +104,12 @@ class Intents:
     def remove(self, session: Session, intent_ids: list[int]) -> None:
         session.execute(_DROP, {"ids": intent_ids})
 
+    def owners(self) -> set[owners.Owner]:
+        """The owners of every intent there is (whose liveness locks must be kept)."""
+        with self.db.reading() as session:
+            rows = session.execute(select(INTENTS.c.host, INTENTS.c.boot, INTENTS.c.pid, INTENTS.c.started))
+            return {owners.Owner(*row) for row in rows}
+
     def abandoned(self, now: float | None = None) -> list[Intent]:
         """Intents whose owner is judged dead from here (this host and boot), and intents past
         INTENT_EXPIRY_S whose owner cannot be judged; a living owner's are never among them."""
@@ -109,7 +119,7 @@ class Intents:
         out = []
         for row in rows:
             owner = owners.Owner(row.host, row.boot, row.pid, row.started)
-            verdict = owners.alive(owner)
+            verdict = owners.alive(owner, self.locks)
             if verdict is False or (verdict is None and now - row.created_at > INTENT_EXPIRY_S):
                 out.append(Intent(row.id, owner, row.folder, row.item, row.created_at))
         return out

@@ -18,6 +18,7 @@ from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHea
 from dicom_chain.carriers.base import Identity, Item
 from dicom_chain.carriers.registry import open_file
 from dicom_chain.config import Settings
+from dicom_chain.db import owners
 from dicom_chain.db.database import Database
 from dicom_chain.errors import (
     ContentHashError,
@@ -71,15 +72,19 @@ class Node:
         self.sharing = SharingPolicy.of(Destination.parse(text) for text in settings.move_destinations)
         # the release rules in force; a new one is recorded (policy.changed) before it decides anything
         self.policy = adopt_policy(ledger, key, settings.policy, local_user())
-        self.outbox = Outbox(ledger, key)
-        self.intents = Intents(self.db)
+        self.outbox = Outbox(ledger, key, settings.forward_max_refusals)
+        self.locks = owners.lock_folder(storage.root)  # liveness locks of this node's processes
+        self.outbox.locks = self.locks
+        self.intents = Intents(self.db, self.locks)
         self.receipts = Receipts(ledger, self.outbox, self.intents, storage)
 
     @classmethod
     def open(cls, settings: Settings) -> Node:
         key = NodeKey.load_or_create(settings.key_path)
         node = cls(settings, key, Ledger(Database(settings.db_url)), Storage(settings.storage_dir))
+        owners.hold_lock(node.locks)  # before this process notes any intent or takes any lease
         node.recover()
+        owners.sweep_locks(node.locks, keep=node.intents.owners())
         return node
 
     def recover(self) -> list[str]:
@@ -90,6 +95,7 @@ class Node:
     def close(self) -> None:
         self.intents.flush()
         self.db.close()
+        owners.release_lock(self.locks)
 
     def record(self, draft: EventDraft) -> None:
         self.ledger.record(self.key, draft)

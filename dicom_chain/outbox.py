@@ -4,6 +4,10 @@ Rows are queued in the receipt's own transaction (``Outbox.enqueue``, called by 
 nothing a modality got Success for can be missing from it. Workers *lease* a batch (one study at a time),
 send it, then settle each row: done, retry later with exponential back-off, or failed for good.
 Leases expire, so a worker that dies (or a process killed with -9) gives its rows back.
+
+FAILED is the dead-letter state: an instance the PACS keeps refusing stops being tried after a
+bounded number of refusals (an ``instance.forwarded`` major-failure event), so it never holds up
+the rest of its study; ``dicom-chain forward retry`` (``Outbox.replay``) queues it again.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import Block
+from dicom_chain.config import DEFAULT_FORWARD_MAX_REFUSALS
 from dicom_chain.db import owners
 from dicom_chain.db.models import OutboxRow
 from dicom_chain.errors import ConfigError
@@ -30,7 +36,11 @@ BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
 BACKOFF_MAX_S = 300.0  # never wait more than 5 minutes once the PACS is back
 BACKOFF_JITTER = 0.2  # +-20%, so many workers do not retry in lock step
 LEASE_S = 120.0  # longer than any batch takes; a dead worker's rows come back after this at the latest
-MAX_REFUSED_ATTEMPTS = 5  # a PACS that keeps refusing an instance (not "busy") fails it for good
+# A PACS that refuses an instance this many times (not "busy": a failure status, its SOP class
+# rejected, or the association dropped while that instance was being sent) will not take it on
+# the next try either: it goes to the dead-letter state. Five with back-off spans ~30 s, longer
+# than a PACS restart that happens to drop one send. Settings.forward_max_refusals sets it.
+MAX_REFUSED_ATTEMPTS = DEFAULT_FORWARD_MAX_REFUSALS
 
 OUTBOX = OutboxRow.__table__
 _DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
@@ -119,11 +129,14 @@ class Outbox:
     """The queue's rows, on the ledger's database; forward events go to the ledger in the same
     transaction as the settle that causes them."""
 
-    def __init__(self, ledger: Ledger, key: NodeKey | None) -> None:
-        """``key`` signs the forward events; a read-only user (``status``) passes None."""
+    def __init__(self, ledger: Ledger, key: NodeKey | None, max_refusals: int = MAX_REFUSED_ATTEMPTS) -> None:
+        """``key`` signs the forward events; a read-only user (``status``) passes None.
+        ``max_refusals``: refusals before an instance goes to the dead-letter state (FAILED)."""
         self.ledger = ledger
         self.db = ledger.db
         self.key = key
+        self.max_refusals = max_refusals
+        self.locks: Path | None = None  # the node's liveness-lock folder (db/owners.py), set by Node
 
     def enqueue(
         self,
@@ -152,6 +165,7 @@ class Outbox:
                 "path": path,
                 "state": OutboxState.PENDING,
                 "attempts": 0,
+                "refusals": 0,
                 "created_at": now,
                 "next_attempt_at": now,
                 "lease_until": 0.0,
@@ -166,7 +180,8 @@ class Outbox:
             session.execute(insert(OUTBOX), rows)
 
     def claim(self, destination: str, limit: int, now: float | None = None) -> list[OutboxItem]:
-        """Lease up to ``limit`` due rows of one study (the oldest due row's) for ``destination``."""
+        """Lease up to ``limit`` due rows of one study (the oldest due row's) for ``destination``;
+        a row the PACS has refused before is leased alone, so it cannot hold up the others."""
         now = time.time() if now is None else now
         due = (
             (OutboxRow.destination == destination)
@@ -181,15 +196,19 @@ class Outbox:
             ).first()
             if first is None:
                 return []
-            rows = list(
-                session.scalars(
-                    select(OutboxRow)
-                    .where(due & (OutboxRow.study_instance_uid == first.study_instance_uid))
-                    .order_by(OutboxRow.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
+            if first.refusals:  # a suspect goes alone: it never again holds up its study's others
+                rows = [first]
+            else:
+                rows = list(
+                    session.scalars(
+                        select(OutboxRow)
+                        .where(due & (OutboxRow.study_instance_uid == first.study_instance_uid))
+                        .where(OutboxRow.refusals == 0)
+                        .order_by(OutboxRow.id)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
                 )
-            )
             for row in rows:
                 row.lease_until = now + LEASE_S
                 row.lease_owner = owner
@@ -197,14 +216,15 @@ class Outbox:
 
     def free_dead_leases(self) -> int:
         """Give back rows leased by processes that no longer run (kill -9, crash), judged as
-        owners.py judges: on this host and boot only. Other leases are left to expire."""
+        owners.py judges: on this host only. Other leases are left to expire."""
         with self.db.writing() as session:
             holders = session.scalars(
                 select(OutboxRow.lease_owner)
                 .where(OutboxRow.state == OutboxState.PENDING, OutboxRow.lease_owner != "")
                 .distinct()
             ).all()
-            dead = [h for h in holders if (owner := owners.Owner.parse(h)) is not None and owners.dead(owner)]
+            parsed = [(h, owners.Owner.parse(h)) for h in holders]
+            dead = [h for h, owner in parsed if owner is not None and owners.dead(owner, self.locks)]
             if not dead:
                 return 0
             result = session.execute(
@@ -218,8 +238,9 @@ class Outbox:
         """Record each item's fate in one transaction.
 
         The verdict (a ForwardVerdict) is DONE, RETRY (busy or unreachable: try again, forever) or
-        REFUSED (the PACS said no: try again up to MAX_REFUSED_ATTEMPTS, then fail for good). Every
-        done or final failure is an event in the ledger.
+        REFUSED (the PACS said no: try again up to ``max_refusals`` times, then dead-letter). Only
+        refusals count towards that bound: a PACS that is down for a day fails nothing. Every done
+        or dead-lettered instance is an event in the ledger.
         """
         if self.key is None:
             raise ValueError("settling needs the node key")
@@ -232,13 +253,15 @@ class Outbox:
                 if row is None or row.state != OutboxState.PENDING:
                     continue
                 row.attempts += 1
+                if result.verdict is ForwardVerdict.REFUSED:
+                    row.refusals += 1
                 row.last_status = status
                 row.last_error = result.reason
                 row.lease_until, row.lease_owner = 0.0, ""
                 if result.verdict is ForwardVerdict.DONE:
                     row.state, row.done_at = OutboxState.DONE, now
                     append_event(session, key, self._event(item, status, row.attempts, Outcome.SUCCESS, ""))
-                elif result.verdict is ForwardVerdict.REFUSED and row.attempts >= MAX_REFUSED_ATTEMPTS:
+                elif result.verdict is ForwardVerdict.REFUSED and row.refusals >= self.max_refusals:
                     row.state = OutboxState.FAILED
                     failure = self._event(item, status, row.attempts, Outcome.MAJOR_FAILURE, result.reason)
                     append_event(session, key, failure)
@@ -263,6 +286,49 @@ class Outbox:
                 "block_hash": item.block_hash,
             },
         )
+
+    def replay(self, actor: str, destination: str | None = None, sop_instance_uid: str | None = None) -> int:
+        """Queue dead-lettered (FAILED) rows again, due now with their refusals reset: those of
+        ``destination`` and/or one SOP Instance UID, or all. One ``forward.replayed`` event per
+        instance names who asked; returns how many were queued."""
+        if self.key is None:
+            raise ValueError("replaying needs the node key")
+        key = self.key
+        now = time.time()
+        query = select(OutboxRow).where(OutboxRow.state == OutboxState.FAILED).order_by(OutboxRow.id)
+        if destination is not None:
+            query = query.where(OutboxRow.destination == destination)
+        if sop_instance_uid is not None:
+            query = query.where(OutboxRow.sop_instance_uid == sop_instance_uid)
+        with self.db.writing() as session:
+            rows = list(session.scalars(query.with_for_update()))
+            for row in rows:
+                row.state, row.refusals, row.next_attempt_at = OutboxState.PENDING, 0, now
+                row.lease_until, row.lease_owner = 0.0, ""
+                event = EventDraft(
+                    type=EventType.FORWARD_REPLAYED,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    patient_id=row.patient_id,
+                    study_uid=row.study_instance_uid,
+                    sop_uid=row.sop_instance_uid,
+                    reason=f"queued again for {row.destination} after: {row.last_error}",
+                    details={
+                        "destination": row.destination,
+                        "attempts": row.attempts,
+                        "block_hash": row.block_hash,
+                    },
+                )
+                append_event(session, key, event)
+            return len(rows)
+
+    def dead_letters(self, destination: str | None = None) -> list[OutboxItem]:
+        """The dead-lettered (FAILED) rows, oldest first: what ``replay`` would queue again."""
+        query = select(OutboxRow).where(OutboxRow.state == OutboxState.FAILED).order_by(OutboxRow.id)
+        if destination is not None:
+            query = query.where(OutboxRow.destination == destination)
+        with self.db.reading() as session:
+            return [_item(row) for row in session.scalars(query)]
 
     def release(self, items: list[OutboxItem]) -> None:
         """Give leased rows back untouched (shutting down mid-batch)."""

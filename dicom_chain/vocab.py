@@ -18,6 +18,7 @@ class EventType(StrEnum):
     INSTANCE_FORWARDED = "instance.forwarded"
     # a C-STORE turned away for want of a permission (store; correct, for a new version): nothing kept
     INSTANCE_REFUSED = "instance.refused"
+    FORWARD_REPLAYED = "forward.replayed"  # a dead-lettered instance queued again by an operator
     QUERY_FIND = "query.find"
     RETRIEVE_MOVE = "retrieve.move"
     RETRIEVE_GET = "retrieve.get"

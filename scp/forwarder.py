@@ -19,6 +19,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_chain.config import Settings
+from dicom_chain.errors import DicomChainError
 from dicom_chain.node import Node
 from dicom_chain.outbox import Destination, OutboxItem, Settled
 from dicom_chain.vocab import ForwardVerdict
@@ -35,10 +36,21 @@ BATCH_SIZE = 50  # instances leased at once: one study's worth for most series, 
 WORKERS_PER_DESTINATION = 4  # parallel associations: a PACS with Nagle on answers ~45 ms late each
 IDLE_RELEASE_S = 5.0  # keep an idle association this long, for the next batch of the same study
 POLL_INTERVAL_S = 0.25  # how often an idle worker looks for due work: a cheap indexed query
+# How soon the rows leased by a forwarder that died (kill -9) on this host are taken over by the
+# living ones (several serve processes share one outbox): one query over the pending rows, run
+# by an idle worker at most this often. Leases of other hosts still wait for outbox.LEASE_S.
+LEASE_SWEEP_S = 5.0
 PARENT_CHECK_S = 1.0  # a forwarder process started by `serve` exits within this after serve dies
 FORWARD_ACSE_TIMEOUT_S = 30  # association set-up with the PACS
 FORWARD_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a slow archive
+# ... but a small one is answered in milliseconds, and a PACS whose parser chokes on an instance
+# may answer nothing and wait for its own idle timeout (Orthanc 1.10: 30 s, then it closes) while
+# the rest of the study waits behind. So the wait for a response is FORWARD_RESPONSE_S plus the
+# time to store the file at FORWARD_STORE_RATE, capped at FORWARD_DIMSE_TIMEOUT_S.
+FORWARD_RESPONSE_S = 10.0  # a loaded PACS answers a small C-STORE within a second or two
+FORWARD_STORE_RATE = 2_000_000  # bytes/s a slow archive still writes and indexes
 FORWARD_NETWORK_TIMEOUT_S = 60
+CONTEXTS_REFUSED = "the PACS accepted none of the presentation contexts"
 
 
 class DestinationWorker(threading.Thread):
@@ -61,6 +73,7 @@ class DestinationWorker(threading.Thread):
                 self.close()
                 worked = False
             if not worked:
+                self.forwarder.sweep()
                 if self.assoc is not None and time.monotonic() - self.last_used > IDLE_RELEASE_S:
                     self.close()
                 self.forwarder.wake.wait(POLL_INTERVAL_S)
@@ -74,11 +87,12 @@ class DestinationWorker(threading.Thread):
             self.forwarder.node.outbox.release(items)
             return False
         assoc = self.associate(items)
-        if assoc is None:
-            reason = f"association with {self.key} failed"
-            self.forwarder.node.outbox.settle(
-                [Settled(item, None, reason, ForwardVerdict.RETRY) for item in items]
-            )
+        if not isinstance(assoc, Association):
+            # Refused contexts are the PACS saying no to these SOP classes (they count towards
+            # the dead letter); anything else (unreachable, rejected) is passing trouble.
+            verdict = ForwardVerdict.REFUSED if assoc == CONTEXTS_REFUSED else ForwardVerdict.RETRY
+            reason = f"association with {self.key} failed: {assoc}"
+            self.forwarder.node.outbox.settle([Settled(item, None, reason, verdict) for item in items])
             log.warning("forward to %s: %s; %d instance(s) wait", self.key, reason, len(items))
             return False
         results = []
@@ -86,12 +100,20 @@ class DestinationWorker(threading.Thread):
             if self.forwarder.stop_event.is_set():
                 self.forwarder.node.outbox.release(items[number:])
                 break
-            results.append(self.send(assoc, item))
+            result = self.send(assoc, item)
             if not assoc.is_established:
-                reason = "association lost"
-                results += [Settled(rest, None, reason, ForwardVerdict.RETRY) for rest in items[number + 1 :]]
+                # The PACS dropped the association while receiving this instance (Orthanc aborts
+                # on a data set its parser refuses): this one is a suspect and counts as a
+                # refusal; the rest were never sent, so they go back untouched, due at once on a
+                # new association, instead of backing off behind it.
+                if result.verdict is ForwardVerdict.RETRY:
+                    reason = f"association lost while sending this instance ({result.reason})"
+                    result = Settled(item, None, reason, ForwardVerdict.REFUSED)
+                results.append(result)
+                self.forwarder.node.outbox.release(items[number + 1 :])
                 self.close()
                 break
+            results.append(result)
         self.forwarder.node.outbox.settle(results)
         done = sum(1 for r in results if r.verdict is ForwardVerdict.DONE)
         log.info(
@@ -104,7 +126,9 @@ class DestinationWorker(threading.Thread):
         self.last_used = time.monotonic()
         return True
 
-    def associate(self, items: list[OutboxItem]) -> Association | None:
+    def associate(self, items: list[OutboxItem]) -> Association | str:
+        """An association for ``items`` (the open one when it covers them), or why there is none:
+        CONTEXTS_REFUSED when the PACS answered but accepted none of their presentation contexts."""
         needed = {(i.sop_class_uid, i.transfer_syntax) for i in items}
         if self.assoc is not None and self.assoc.is_established and needed <= self.assoc_contexts:
             return self.assoc
@@ -121,7 +145,9 @@ class DestinationWorker(threading.Thread):
             max_pdu=self.forwarder.max_pdu,
         )
         if not assoc.is_established:
-            return None
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                return CONTEXTS_REFUSED
+            return "rejected" if assoc.is_rejected else "no association"
         no_delay(assoc)
         self.assoc = assoc
         self.assoc_contexts = {
@@ -137,14 +163,18 @@ class DestinationWorker(threading.Thread):
             reason = f"{self.key} accepted no context for {item.sop_class_uid} in {item.transfer_syntax}"
             return Settled(item, None, reason, ForwardVerdict.REFUSED)
         try:
+            size = os.path.getsize(path)
+            assoc.dimse_timeout = min(FORWARD_DIMSE_TIMEOUT_S, FORWARD_RESPONSE_S + size / FORWARD_STORE_RATE)
             if how is Sending.AS_STORED:
                 response = assoc.send_c_store(Path(path))  # the file as stored, no decode
             else:
                 response = assoc.send_c_store(pydicom.dcmread(path))  # re-encoded by pynetdicom
         except FileNotFoundError:
             return Settled(item, None, f"stored file missing: {path}", ForwardVerdict.REFUSED)
-        except (ValueError, RuntimeError) as exc:  # the association broke under the send
-            return Settled(item, None, str(exc), ForwardVerdict.RETRY)
+        except (ValueError, RuntimeError) as exc:
+            if assoc.is_established:  # pynetdicom could not encode it ("Failed to encode ..."): ever
+                return Settled(item, None, f"cannot be sent: {exc}", ForwardVerdict.REFUSED)
+            return Settled(item, None, str(exc), ForwardVerdict.RETRY)  # the association broke under it
         status = int(getattr(response, "Status", -1)) if response is not None and len(response) else None
         verdict, reason = forward_verdict(status)
         return Settled(item, status, reason, verdict)
@@ -176,6 +206,8 @@ class Forwarder:
         self.max_pdu = max_pdu  # 0: as large as the PACS accepts
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        self._sweep_lock = threading.Lock()
+        self._next_sweep = 0.0
         self.workers = [
             DestinationWorker(self, Destination.parse(d), n)
             for d in node.destinations
@@ -183,11 +215,24 @@ class Forwarder:
         ]
 
     def start(self) -> None:
-        freed = self.node.outbox.free_dead_leases()
-        if freed:
-            log.info("forward: took back %d instance(s) leased by a process that died", freed)
+        self.sweep()
         for worker in self.workers:
             worker.start()
+
+    def sweep(self) -> None:
+        """Take back the rows leased by forwarders that died, at most every LEASE_SWEEP_S."""
+        now = time.monotonic()
+        with self._sweep_lock:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + LEASE_SWEEP_S
+        try:
+            freed = self.node.outbox.free_dead_leases()
+        except DicomChainError as exc:  # the database is away: the next sweep tries again
+            log.warning("forward: could not look for dead leases: %s", exc)
+            return
+        if freed:
+            log.info("forward: took back %d instance(s) leased by a process that died", freed)
 
     def notify(self) -> None:
         """New work: wake idle workers now instead of at their next poll."""

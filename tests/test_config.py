@@ -21,6 +21,7 @@ EVERY_FIELD_SET = Settings(
     ae_title="GW",
     forward=("PACS@10.0.0.1:104", "ARCH@10.0.0.2:11112"),
     forward_workers=7,
+    forward_max_refusals=9,
     host="127.0.0.1",
     port=4242,
     allow=("CT1", "MR1@10.0.0.7"),

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from dicom_chain.db import owners
 
@@ -62,3 +63,24 @@ def test_a_forked_child_names_itself_not_its_parent():
     assert (named.host, named.boot) == (parent.host, parent.boot) and named.started != 0
     assert owners.dead(named)  # it has exited
     assert owners.current() == parent
+
+
+def test_a_killed_child_not_yet_reaped_is_dead():
+    """A zombie keeps its pid and /proc entry until its parent reaps it (serve reaps its forward
+    process only when it stops): killed with -9, it runs no more and its leases must come back."""
+    import signal
+    import time
+
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        owner = replace(owners.current(), pid=child.pid, started=owners.start_time(child.pid) or 0)
+        assert owners.alive(owner) is True
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        stat = Path(f"/proc/{child.pid}/stat")
+        while b") Z" not in stat.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert owners.alive(owner) is False  # a zombie: not reaped, yet dead
+    finally:
+        child.kill()
+        child.wait()

@@ -267,3 +267,132 @@ def test_kill_9_mid_study_loses_nothing(tmp_path, orthanc: OrthancServer):
         assert status["chains"][0]["height"] == 199
     finally:
         gateway.stop()
+
+
+def poisoned(ds, path: Path) -> Path:
+    """``ds`` written with a private sequence (7FE1,0010) of 8 bytes that are no item: pydicom
+    and the gateway take it (a private element they never look into), Orthanc's parser does not
+    and aborts the association while receiving it (measured with Orthanc 1.10.1)."""
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    garbage = struct.pack("<HH", 0x7FE1, 0x0010) + b"SQ\0\0" + struct.pack("<I", 8) + bytes(range(1, 9))
+    path.write_bytes(buffer.getvalue() + garbage)
+    return path
+
+
+def test_a_poison_instance_does_not_hold_up_its_study(tmp_path, orthanc: OrthancServer, fast_retries):
+    """Orthanc aborts on the study's first instance; the 10 behind it arrive within seconds
+    (before: each abort put the whole batch back with doubling back-off, poison first again,
+    for minutes), and the poison is dead-lettered after forward_max_refusals, with its event."""
+    study = list(ct_study(StudySpec(seed=91, instances=11, rows=8, columns=8)))
+    settings = Settings(
+        home=tmp_path / "gw",
+        forward=(orthanc.destination,),
+        host="127.0.0.1",
+        port=free_port(),
+        forward_workers=1,  # one worker: the poison is first in every batch it is due in
+        forward_max_refusals=2,
+    )
+    gateway = InProcessGateway(Node.open(settings))
+    try:
+        poison = study[0]
+        gateway.node.ingest_file(poisoned(poison, tmp_path / "poison.dcm"))
+        for ds in study[1:]:
+            gateway.node.ingest(item_from_dataset(ds))
+        started = time.monotonic()
+        gateway.start()
+        assert orthanc.wait_for(10, timeout=40) == 10  # measured: ~11 s; before the fix, minutes
+        waited = time.monotonic() - started
+        print(f"the 10 good instances arrived {waited:.1f} s after forwarding started")
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
+        stats = gateway.node.outbox.stats()[0]
+        assert (stats.done, stats.pending, orthanc.count()) == (10, 0, 10), waited
+        [dead] = gateway.node.outbox.dead_letters()
+        assert dead.sop_instance_uid == poison.SOPInstanceUID
+        failures = [
+            e for e in gateway.node.ledger.iter_events()
+            if e.type == "instance.forwarded" and e.outcome == "major-failure"
+        ]  # fmt: skip
+        assert [e.sop_uid for e in failures] == [poison.SOPInstanceUID]
+        assert "association lost while sending" in failures[0].reason
+    finally:
+        stop(gateway)
+
+
+def test_a_sop_class_the_pacs_refuses_is_dead_lettered_not_retried_forever(
+    tmp_path, orthanc: OrthancServer, fast_retries
+):
+    """Alone in its batch, an instance of a SOP class Orthanc does not accept gets no association
+    at all; before, that counted as "unreachable" and was retried for ever."""
+    ds = next(ct_study(StudySpec(seed=92, instances=1, rows=8, columns=8)))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.9.9999.1"
+    gateway = gateway_for(tmp_path, orthanc.destination, workers=1)
+    try:
+        gateway.node.ingest(item_from_dataset(ds))
+        gateway.forwarder.notify()
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
+        assert "accepted none of the presentation contexts" in gateway.node.outbox.stats()[0].last_error
+    finally:
+        stop(gateway)
+
+
+def test_forward_retry_replays_dead_letters_with_an_event(tmp_path, fast_retries):
+    """``status`` shows the dead letter and the command to replay it; ``forward retry --sop``
+    queues it again (an event naming who asked), and a PACS that now takes it stores it."""
+    pacs = ScriptedPacs([0xC123] * 5)
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    home = str(tmp_path / "gw")
+    try:
+        ds = next(ct_study(StudySpec(seed=93, instances=1, rows=8, columns=8)))
+        gateway.node.ingest(item_from_dataset(ds))
+        gateway.forwarder.notify()
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
+        cli = [sys.executable, "-m", "dicom_chain.cli"]
+        status = subprocess.run([*cli, "status", "--home", home], capture_output=True, text=True, timeout=60)
+        assert "1 dead-lettered: dicom-chain forward retry" in status.stdout
+        retry = [*cli, "forward", "retry", "--home", home, "--sop", ds.SOPInstanceUID]
+        result = subprocess.run(retry, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "queued again: 1" in result.stdout, result.stderr
+        gateway.forwarder.notify()
+        assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].done == 1, 10)
+        [replayed] = [e for e in gateway.node.ledger.iter_events() if e.type == "forward.replayed"]
+        assert replayed.sop_uid == ds.SOPInstanceUID and "0xC123" in replayed.reason
+        again = subprocess.run(retry, capture_output=True, text=True, timeout=60)
+        assert again.returncode != 0 and "queued again: 0" in again.stdout  # nothing left to replay
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
+
+
+def test_an_instance_pynetdicom_cannot_encode_is_dead_lettered(tmp_path, fast_retries, monkeypatch):
+    """pynetdicom raises ValueError ("Failed to encode the supplied dataset") and the association
+    stays up: the instance, not the network, is at fault; it used to be retried for ever."""
+    from pynetdicom.association import Association
+
+    pacs = ScriptedPacs([])
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    original = Association.send_c_store
+    study = list(ct_study(StudySpec(seed=94, instances=3, rows=8, columns=8)))
+    unsendable = study[0].SOPInstanceUID
+
+    def send_c_store(assoc, dataset, *args, **kwargs):
+        if unsendable in str(dataset):  # the stored file's path names its SOP Instance UID
+            raise ValueError("Failed to encode the supplied dataset")
+        return original(assoc, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(Association, "send_c_store", send_c_store)
+    try:
+        for ds in study:
+            gateway.node.ingest(item_from_dataset(ds))
+        gateway.forwarder.notify()
+        assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
+        assert sorted(pacs.received) == sorted(ds.SOPInstanceUID for ds in study[1:])
+        [dead] = gateway.node.outbox.dead_letters()
+        assert dead.sop_instance_uid == unsendable
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()

@@ -415,3 +415,92 @@ def test_a_dataset_pydicom_cannot_encode_is_refused_not_retried(node: Node):
         node.ingest(DICOM.received(received, body).item())
     assert store_status(refused.value) == CANNOT_UNDERSTAND
     assert node.ledger.block_count() == 0 and list(node.storage.iter_files()) == []
+
+
+_CONTAINER_PID_1 = """
+import sys, time
+from pathlib import Path
+from dicom_chain.db import owners
+me = owners.current()
+# PID 1 of another pid namespace on this host: a gateway in a container, before a restart
+owners.current = lambda: owners.Owner(me.host, "container-ns-a", 1, 4242)
+owners.hold_lock(Path(sys.argv[1]))
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_restarted_container_s_pid_1_is_recovered_once_it_is_gone(node: Node):
+    """The gateway ran as PID 1 in a container's pid namespace and was killed; the restarted one
+    is PID 1 in another namespace, where neither pid nor start time says anything about the old
+    one. Its liveness lock does: held while it runs (its write is left alone), free once it is
+    killed with -9 (its leftover is undone). Without the lock this waited INTENT_EXPIRY_S (a day)."""
+    import signal
+    import subprocess
+    import sys
+
+    from dicom_chain.db import owners
+
+    old = owners.Owner(owners.current().host, "container-ns-a", 1, 4242)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CONTAINER_PID_1, str(node.locks)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "holding"
+        _leave_intent(node, old, "7/7.1/7.1.1.dcm")
+        assert owners.alive(old, node.locks) is True and owners.alive(old) is None
+        assert node.recover() == [] and _intent_count(node) == 1  # it may still commit
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        assert owners.alive(old, node.locks) is False
+        assert node.recover() == ["7/7.1/7.1.1.dcm"] and _intent_count(node) == 0
+        assert list(node.storage.iter_files()) == []
+        assert owners.sweep_locks(node.locks, keep=node.intents.owners()) == 1  # its lock file goes
+        assert not owners.lock_path(node.locks, old).exists()
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+def test_a_pid_reused_by_another_living_process_does_not_keep_a_leftover(node: Node):
+    """The owner's pid now belongs to a living process started at another time: undone. The same
+    pid with that process's own start time is that process: left alone."""
+    import subprocess
+    from dataclasses import replace
+
+    from dicom_chain.db import owners
+
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        started = owners.start_time(other.pid)
+        assert started is not None
+        me = owners.current()
+        _leave_intent(node, replace(me, pid=other.pid, started=started - 1), "8/8.1/8.1.1.dcm")
+        _leave_intent(node, replace(me, pid=other.pid, started=started), "8/8.1/8.1.2.dcm")
+        assert node.recover() == ["8/8.1/8.1.1.dcm"]
+        assert list(node.storage.iter_files()) == ["8/8.1/8.1.2.dcm"] and _intent_count(node) == 1
+    finally:
+        other.kill()
+        other.wait(10)
+
+
+def test_liveness_locks_of_cleanly_ended_processes_are_swept(tmp_path):
+    """A process killed with -9 leaves its lock file; the next one to start removes those whose
+    owners are gone, so the folder does not grow with crashes (a clean close removes its own)."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "node"
+    opener = "import os, sys; from pathlib import Path; from dicom_chain.config import Settings; "
+    opener += "from dicom_chain.node import Node; Node.open(Settings(home=Path(sys.argv[1])))\n"
+    opener += "os.kill(os.getpid(), 9)"
+    for _ in range(3):
+        assert subprocess.run([sys.executable, "-c", opener, str(home)], timeout=120).returncode == -9
+        assert len(list((home / "storage-owners").iterdir())) == 1  # its own: the one before it went
+    node = Node.open(Settings(home=home))
+    try:
+        from dicom_chain.db import owners
+
+        assert [p.name for p in node.locks.iterdir()] == [owners.lock_path(node.locks, owners.current()).name]
+    finally:
+        node.close()

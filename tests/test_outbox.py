@@ -111,6 +111,55 @@ def test_refusal_fails_for_good_after_a_few_attempts(queued):
     assert event.outcome == "major-failure" and event.details["status"] == "0xC000"
 
 
+def test_only_refusals_count_towards_the_dead_letter(queued):
+    """Retries while a PACS is down are not refusals: one refusal after many of them leaves the
+    instance pending (it used to be final once all attempts reached the bound)."""
+    now = 1e12
+    [item] = queued.outbox.claim(PACS_A, limit=1, now=now)
+    for _ in range(MAX_REFUSED_ATTEMPTS * 2):
+        queued.outbox.settle([Settled(item, None, "no association", "retry")], now=now)
+        now += BACKOFF_MAX_S * 2
+    queued.outbox.settle([Settled(item, 0xC000, "refused with 0xC000", "refused")], now=now)
+    stats = {s.destination: s for s in queued.outbox.stats()}
+    assert stats[PACS_A].failed == 0 and queued.outbox.dead_letters() == []
+
+
+def test_a_row_refused_before_is_claimed_alone(queued):
+    """So that it never again holds up the rest of its study: the others go in a batch of their
+    own, and the suspect on its own."""
+    now = 1e12
+    study = queued.outbox.claim(PACS_A, limit=10, now=now)
+    assert len(study) == 3
+    suspect = study[0]
+    queued.outbox.settle([Settled(suspect, 0xC000, "refused", "refused")], now=now)
+    queued.outbox.release(study[1:])
+    now += BACKOFF_MAX_S * 2  # the suspect is due again, first by id
+    alone = queued.outbox.claim(PACS_A, limit=10, now=now)
+    assert [i.id for i in alone] == [suspect.id]
+    batches = [queued.outbox.claim(PACS_A, limit=10, now=now) for _ in range(2)]  # the other study too
+    [rest] = [b for b in batches if b[0].study_instance_uid == suspect.study_instance_uid]
+    assert {i.id for i in rest} == {i.id for i in study[1:]}
+
+
+def test_replay_queues_dead_letters_again_with_an_event(queued):
+    now = 1e12
+    [item] = queued.outbox.claim(PACS_A, limit=1, now=now)
+    for _ in range(MAX_REFUSED_ATTEMPTS):
+        queued.outbox.settle([Settled(item, 0xC000, "refused with 0xC000", "refused")], now=now)
+    assert [d.id for d in queued.outbox.dead_letters(PACS_A)] == [item.id]
+    assert queued.outbox.replay("operator@host", PACS_B) == 0  # another destination's: none
+    assert queued.outbox.replay("operator@host", sop_instance_uid=item.sop_instance_uid) == 1
+    assert queued.outbox.dead_letters() == []
+    again = queued.outbox.claim(PACS_A, limit=10)  # due now, refusals reset: with its study
+    assert item.id in {i.id for i in again} and len(again) == 3
+    [event] = [e for e in queued.ledger.iter_events() if e.type == "forward.replayed"]
+    assert (event.actor, event.sop_uid, event.details["destination"]) == (
+        "operator@host",
+        item.sop_instance_uid,
+        PACS_A,
+    )
+
+
 def test_backoff_doubles_up_to_the_cap_with_bounded_jitter():
     rng = random.Random(7)
     delays = [backoff_delay(n, rng) for n in range(1, 15)]

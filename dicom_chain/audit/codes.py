@@ -47,6 +47,7 @@ OBJECT_SECURITY_CHANGED = Code("110135", "Object Security Attributes Changed")
 KINDS: dict[EventType, AuditKind] = {
     EventType.INSTANCE_RECEIVED: AuditKind(INSTANCES_TRANSFERRED, "C"),
     EventType.INSTANCE_FORWARDED: AuditKind(INSTANCES_TRANSFERRED, "R"),
+    EventType.FORWARD_REPLAYED: AuditKind(APPLICATION_ACTIVITY, "E"),
     EventType.RETRIEVE_MOVE: AuditKind(INSTANCES_TRANSFERRED, "R"),
     EventType.RETRIEVE_GET: AuditKind(INSTANCES_TRANSFERRED, "R"),
     EventType.QUERY_FIND: AuditKind(QUERY, "E"),

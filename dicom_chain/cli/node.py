@@ -89,3 +89,6 @@ def status(as_json: bool, **kwargs: Any) -> None:
         click.echo(f"forward {q.destination}  waiting {q.pending}  failed {q.failed}  done {q.done}{waiting}")
         if q.last_error:
             click.echo(f"  last error: {q.last_error}")
+        if q.failed:
+            replay = f"dicom-chain forward retry --destination {q.destination} --all"
+            click.echo(f"  {q.failed} dead-lettered: {replay}")

@@ -20,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Which Settings fields each kind of command takes, in the order --help lists them.
 NODE = ("home", "db", "storage", "key_file", "institution", "policy")
-FORWARDING = ("ae_title", "forward", "forward_workers")
+FORWARDING = ("ae_title", "forward", "forward_workers", "forward_max_refusals")
 SERVICE = (
     *FORWARDING,
     "host",

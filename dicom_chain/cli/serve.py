@@ -27,14 +27,41 @@ def serve(**kwargs: Any) -> None:
     run_server(settings_from(kwargs))
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @config_option
 @settings_options(*NODE, *FORWARDING)
-def forward(**kwargs: Any) -> None:
+@click.pass_context
+def forward(ctx: click.Context, **kwargs: Any) -> None:
     """Only drain the forward queues (serve starts this itself; run it alone beside a shared database)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from scp.forwarder import run_forwarder
 
     run_forwarder(settings_from(kwargs))
+
+
+@forward.command("retry")
+@config_option
+@settings_options(*NODE)
+@click.option("--destination", metavar="AET@HOST:PORT", help="Only this PACS's dead letters.")
+@click.option("--sop", "sop_uid", metavar="UID", help="Only this SOP Instance UID.")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter (of --destination if given).")
+def forward_retry(destination: str | None, sop_uid: str | None, everything: bool, **kwargs: Any) -> None:
+    """Queue dead-lettered instances (refused too often by a PACS) again, each an event."""
+    from dicom_chain.actors import local_user
+    from dicom_chain.node import Node
+    from dicom_chain.outbox import Destination
+
+    if not (sop_uid or everything):
+        raise click.UsageError("say which: --sop UID, or --all")
+    where = str(Destination.parse(destination)) if destination else None
+    node = Node.open(settings_from(kwargs))
+    try:
+        queued = node.outbox.replay(str(local_user()), where, sop_uid)
+    finally:
+        node.close()
+    click.echo(f"queued again: {queued} instance(s)")
+    sys.exit(EXIT_OK if queued else EXIT_BROKEN)
 
 
 @click.command()

@@ -127,6 +127,7 @@ class OutboxRow(Base):
     path: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(8))  # pending | done | failed
     attempts: Mapped[int] = mapped_column(Integer)
+    refusals: Mapped[int] = mapped_column(Integer, server_default="0")  # the PACS said no: bounded
     created_at: Mapped[float] = mapped_column(Float)  # epoch seconds: compared, never shown raw
     next_attempt_at: Mapped[float] = mapped_column(Float)
     lease_until: Mapped[float] = mapped_column(Float)
