@@ -33,12 +33,9 @@ from .peers import GatewayProcess
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = 1, 2, 3, 4, 5, 6, 7
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 ECHO_CONTEXT_ID, CT_CONTEXT_ID = 1, 3  # odd, as PS3.8 9.3.2.2 requires
-# The gateway's advertised maximum PDU length (scp/server.py MAX_PDU_BYTES): a declared length
-# above it is what a peer may not send.
-ADVERTISED_MAX_PDU = 131_072
-# What the gateway may use while fuzzed, read from /proc/PID/status VmRSS: measured at ~95 MB idle
-# and ~110 MB after the batches below (pydicom, pynetdicom, SQLAlchemy loaded); a moderate
-# oversized PDU (a few MB) buffered per connection fits, a leak per case or a multi-GB buffer does not.
+# What the gateway may use while fuzzed, read from /proc/PID/status VmRSS: measured 111 MB idle,
+# 164-179 MB through an 8-minute soak (benchmarks/README.md: pydicom, pynetdicom, SQLAlchemy
+# loaded, a lying 8 MiB PDU buffered); a leak per case or a buffer of a declared gigabyte does not fit.
 RSS_BOUND_BYTES = 300 * 1024 * 1024
 ECHO_DEADLINE_S = 15.0  # a loaded 2-core CI box; an answered echo normally takes milliseconds
 # pynetdicom's acceptor thread waits ACSE timeout (scp/server.py ACSE_TIMEOUT_S, 30 s) for an
