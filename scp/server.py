@@ -55,6 +55,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # BCP 195 (RFC 9325 3.1.1): TLS 1.0 and 1.1 must not be negotiated. Python 3.10+ defaults to
+    # this already; said here so that neither an older default nor a system policy can lower it.
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None)
     if settings.tls_ca is not None:
         context.load_verify_locations(str(settings.tls_ca))

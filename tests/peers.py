@@ -93,6 +93,7 @@ class PostgresServer:
     datadir: Path
     port: int
     run_as: str | None
+    options: str = ""  # pg_ctl -o: port, socket folder, listen address (resume() starts it so again)
 
     @property
     def admin_url(self) -> str:
@@ -124,13 +125,24 @@ class PostgresServer:
         )
         if result.returncode:
             raise RuntimeError(f"initdb failed: {result.stderr}")
-        opts = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        result = server._run(
-            "pg_ctl", "-D", str(server.datadir), "-o", opts, "-l", str(root / "log"), "-w", "start"
+        server.options = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        server.resume()
+        return server
+
+    def resume(self) -> None:
+        """Start the server (again, after ``pause``) on the same data, port and options."""
+        log = self.datadir.parent / "log"
+        result = self._run(
+            "pg_ctl", "-D", str(self.datadir), "-o", self.options, "-l", str(log), "-w", "start"
         )
         if result.returncode:
-            raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{(root / 'log').read_text()}")
-        return server
+            raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{log.read_text()}")
+
+    def pause(self) -> None:
+        """Stop the server as an outage would (fast shutdown: sessions cut), keeping its data."""
+        result = self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+        if result.returncode:
+            raise RuntimeError(f"PostgreSQL did not stop: {result.stderr}")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")

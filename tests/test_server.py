@@ -103,6 +103,50 @@ def test_tls_associations_work_and_plain_ones_do_not(make_gateway, tmp_path):
     assert not plain.is_established
 
 
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> str | None:
+    """A TLS handshake in memory; None when it completes, else which side refused ("server"/"client")."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    s_end = server.wrap_bio(to_server, to_client, server_side=True)
+    c_end = client.wrap_bio(to_client, to_server, server_hostname="localhost")
+    done = {"server": False, "client": False}
+    for _ in range(10):
+        for side, end in (("client", c_end), ("server", s_end)):
+            if done[side]:
+                continue
+            try:
+                end.do_handshake()
+                done[side] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                return side
+        if all(done.values()):
+            return None
+    raise AssertionError("handshake neither completed nor failed")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")  # offered on purpose
+def test_tls_below_1_2_is_refused_by_the_gateway(tmp_path):
+    """BCP 195 / RFC 9325: the server end refuses a TLS 1.0 or 1.1 client; 1.2 and 1.3 work."""
+    from dicom_chain.config import Settings
+    from scp.server import tls_context
+
+    cert, key = _self_signed(tmp_path)
+    server = tls_context(Settings(home=tmp_path, tls_cert=cert, tls_key=key))
+    assert server is not None and server.minimum_version == ssl.TLSVersion.TLSv1_2
+
+    def client(version: ssl.TLSVersion) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer the old versions at all
+        context.minimum_version = context.maximum_version = version
+        return context
+
+    for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        assert _handshake(server, client(old)) == "server", old
+    for current in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        assert _handshake(server, client(current)) is None, current
+
+
 def test_many_associations_at_once_keep_heights_contiguous(make_gateway, node: Node):
     gateway = make_gateway()
     senders, per_sender = 6, 10
