@@ -132,6 +132,10 @@ class ConfigError(DicomChainError):
     """A setting is missing, malformed or contradicts another."""
 
 
+class KeyMismatchError(ConfigError):
+    """The key found for a command is not the key of any chain in the ledger it was given."""
+
+
 class AuditExportError(DicomChainError):
     """An audit export cannot be read, or what it shows disagrees with the records it carries."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from dicom_chain.actors import local_user
 from dicom_chain.block import utc_now
@@ -20,6 +19,7 @@ from dicom_chain.events import EventDraft
 from dicom_chain.findings import Report
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
+from dicom_chain.nodekey import owned_key
 from dicom_chain.qr import index
 from dicom_chain.storage import Storage
 from dicom_chain.verify import index_states, verify_node
@@ -33,18 +33,20 @@ Tracker = Callable[[int], AbstractContextManager[Advance]]
 
 
 def pinned_keys(settings: Settings, given: frozenset[bytes] | None) -> frozenset[bytes] | None:
-    """The signers ``verify FILES`` accepts: the keys given, else the node's own key (when the home
-    or the database given has one beside it) and, from its ledger, the keys of the node's chains
-    (the research chain has its own) and of every institution ever registered (removed ones too:
+    """The signers ``verify FILES`` accepts: the keys given, else, from the ledger, the keys of the
+    node's chains (the research chain has its own) and of every institution ever registered (removed ones too:
     files they signed before removal stay theirs). None when nothing is pinned: a signature then
-    proves only that a file is self-consistent, not who signed it."""
+    proves only that a file is self-consistent, not who signed it. With no ledger, the home's key."""
     if given:
         return given
     keys: set[bytes] = set()
-    if settings.key_path.is_file():
-        keys.add(NodeKey.load(settings.key_path).public_key)
     sqlite_file = settings.sqlite_file
-    if settings.db is not None or (sqlite_file is not None and sqlite_file.is_file()):
+    if settings.db is None and (sqlite_file is None or not sqlite_file.is_file()):
+        # no ledger: the home's key file is all there is (with a ledger, its chains name the key;
+        # a key file elsewhere, such as ./var beside a PostgreSQL URL, is no one's to pin)
+        if settings.key_path.is_file():
+            keys.add(NodeKey.load(settings.key_path).public_key)
+    else:
         from dicom_chain.sharing.registry import Registry
 
         ledger = Ledger(settings.db_url)
@@ -83,7 +85,7 @@ def verify_whole_node(
             report = verify_node(ledger, store, trusted_keys, advance)
         if update_index:
             record_index_states(ledger, report, store)
-        return NodeVerification(report, record_run(ledger, report, settings.key_path))
+        return NodeVerification(report, record_run(ledger, report, settings))
     finally:
         ledger.close()
 
@@ -112,17 +114,16 @@ def verify_event(report: Report, actor: str) -> EventDraft:
     )
 
 
-def record_run(ledger: Ledger, report: Report, key_path: Path) -> str:
+def record_run(ledger: Ledger, report: Report, settings: Settings) -> str:
     """Append the run's event signed with the node key; returns why it was not recorded, or "".
 
     Verifying never needs the key: a copy of a ledger without its key, or a read-only one, is
-    still checked, and the caller is told the run left no trace."""
-    if not key_path.exists():
-        return f"no node key at {key_path}: this verify run is not recorded as an event"
+    still checked, and the caller is told the run left no trace. Only a key one of the ledger's
+    chains records signs (``owned_key``): any other would put an event of no chain in the log."""
     try:
-        key = NodeKey.load(key_path)
+        key = owned_key(settings, ledger)
     except DicomChainError as exc:
-        return f"{exc}: this verify run is not recorded as an event"
+        return f"{exc}; this verify run is not recorded as an event"
     try:
         ledger.record(key, verify_event(report, local_user()))
     except DicomChainError as exc:

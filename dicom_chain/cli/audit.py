@@ -62,9 +62,7 @@ def audit_export(
     """Export events with a signed proof that the export is complete and unaltered."""
     from dicom_chain.actors import local_user
     from dicom_chain.audit import AuditFilter, export, proof_path
-    from dicom_chain.errors import KeyFileError
-    from dicom_chain.keys import NodeKey
-    from dicom_chain.ledger import Ledger
+    from dicom_chain.nodekey import existing_ledger, owned_key
 
     filters = AuditFilter(
         since=since,
@@ -75,11 +73,9 @@ def audit_export(
         event_types=event_types,
     )
     settings = settings_from(kwargs)
-    if not settings.key_path.exists():  # the proof is signed with the node's own key
-        raise KeyFileError(f"no node key at {settings.key_path} (give --key-file)")
-    key = NodeKey.load(settings.key_path)
-    ledger = Ledger(settings.db_url)  # not the whole node: an export needs no DICOM libraries
+    ledger = existing_ledger(settings)  # not the whole node: an export needs no DICOM libraries
     try:
+        key = owned_key(settings, ledger)  # the proof is signed with the node's own key, never a new one
         with progress_bar(ledger.event_count(), f"exporting {fmt}", progress) as advance:
             signed = export(
                 ledger,

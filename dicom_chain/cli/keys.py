@@ -23,10 +23,11 @@ def keys() -> None:
     "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
 )
 def keys_export(fmt: str, output: Path | None, **kwargs: Any) -> None:
-    """Print the node's public key, for 'verify --public-key' elsewhere (made on first use)."""
-    from dicom_chain.keys import NodeKey
+    """Print the node's public key, for 'verify --public-key' elsewhere (made on first use of a new
+    node; for a ledger with chains, only the key one of them records)."""
+    from dicom_chain.nodekey import exported_key
 
-    key = NodeKey.load_or_create(settings_from(kwargs).key_path)
+    key = exported_key(settings_from(kwargs))
     text = key.public_pem() if fmt == "pem" else key.public_key.hex() + "\n"
     if output:
         output.write_text(text, encoding="ascii")

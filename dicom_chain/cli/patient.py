@@ -50,19 +50,15 @@ def access_log(patient_id: str, fmt: str, output: Path | None, **kwargs: Any) ->
     from dicom_chain.actors import local_user
     from dicom_chain.audit import accesslog, proof_path
     from dicom_chain.block import utc_now
-    from dicom_chain.errors import KeyFileError
-    from dicom_chain.keys import NodeKey
-    from dicom_chain.ledger import Ledger
+    from dicom_chain.nodekey import existing_ledger, owned_key
 
     settings = settings_from(kwargs)
-    if not settings.key_path.exists():  # the proof is signed with the node's own key
-        raise KeyFileError(f"no node key at {settings.key_path} (give --key-file)")
     if output is None:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in patient_id)
         output = Path(f"access-log-{safe}{SUFFIXES[fmt]}")
-    key = NodeKey.load(settings.key_path)
-    ledger = Ledger(settings.db_url)
+    ledger = existing_ledger(settings)
     try:
+        key = owned_key(settings, ledger)  # the proof is signed with the node's own key, never a new one
         signed = accesslog.write(
             ledger,
             key,
