@@ -66,7 +66,8 @@ from dicom_chain.vocab import Severity
     "key_file",
     help_for={
         "key_file": (
-            "With --db: the node key that signs this run's event (default: beside the SQLite database)."
+            "With --db: the node key that signs this run's event (default: beside the SQLite "
+            "database); one the ledger's chains do not record signs nothing."
         )
     },
 )
