@@ -293,7 +293,8 @@ def test_a_configuration_error_exits_2_without_a_traceback(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last == "Error: destination 'not-a-destination' is not AET@HOST:PORT"
     missing = run("audit", "export", "--home", "nokey", "--format", "json", "--output", "x", cwd=tmp_path)
-    assert missing.returncode == 1 and missing.stderr.startswith("Error: no node key at")
+    assert missing.returncode == 2 and missing.stderr.startswith("Error: no ledger at")  # none made
+    assert not (tmp_path / "nokey").exists()
 
 
 def test_the_library_does_not_import_its_application():
