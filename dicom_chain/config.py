@@ -123,6 +123,16 @@ class Settings:
         default=DEFAULT_AE_TITLE,
         metadata=about("Our AE title (as modalities call us, and as the PACS sees us).", show_default=True),
     )
+    # A modality configured with another node's AE title (or a typo) must hear so at once, not
+    # have its images land here; aliases are for a gateway that replaced another under its name.
+    accept_called_ae: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            "A called AE title answered besides --ae-title (repeatable); * answers to any called AE "
+            "title. Others are refused: A-ASSOCIATE-RJ, called AE title not recognised.",
+            metavar="AET",
+        ),
+    )
     # upstream PACS as AET@HOST:PORT; each gets its own queue
     forward: tuple[str, ...] = field(
         default=(),
@@ -282,6 +292,13 @@ class Settings:
                 low, high = spec.bounds
                 raise ConfigError(f"{spec.option} {value}: must be {low} to {high}")
         Peers.parse(self.allow, self.peers, self.certs)  # a bad entry stops the start, not a caller
+
+    @property
+    def called_aes(self) -> frozenset[str] | None:
+        """The called AE titles the gateway answers to; None: any."""
+        if "*" in self.accept_called_ae:
+            return None
+        return frozenset(t.strip() for t in (self.ae_title, *self.accept_called_ae))
 
     @property
     def db_url(self) -> str:

@@ -38,6 +38,7 @@ from pynetdicom import _config, dimse_messages, evt
 
 from dicom_chain.carriers.base import Item
 from dicom_chain.carriers.dicom.carrier import DICOM
+from dicom_chain.db import owners
 from dicom_chain.errors import DicomChainError, InstanceTooLargeError, MalformedDatasetError, StorageError
 
 SPOOL_ATTRIBUTE = "dicom_chain_spool"  # on the AE whose associations receive into a Spool
@@ -120,8 +121,29 @@ class Spool:
         self.folder = Path(tempfile.mkdtemp(dir=root, prefix=FOLDER_PREFIX))
         self._lock_fd: int | None = os.open(self.folder / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        os.write(self._lock_fd, str(owners.current()).encode())  # who holds it, for ``running``
         self._guard = threading.Lock()
         self._files: dict[str, SpoolFile] = {}
+
+    @staticmethod
+    def running(root: Path) -> list[owners.Owner]:
+        """The gateway processes receiving into ``root`` now: those whose folder lock is held (the
+        kernel drops it when a process dies, kill -9 included). Only as good as the file system's
+        locking, so on one host's own disk; a folder locked by an older version names no owner."""
+        found = []
+        for folder in sorted(root.glob(f"{FOLDER_PREFIX}*")) if root.is_dir() else []:
+            try:
+                fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: alive
+                owner = owners.Owner.parse(os.read(fd, 4096).decode(errors="replace"))
+                found.append(owner or owners.Owner("?", "?", 0, owners.UNKNOWN_START))
+            finally:
+                os.close(fd)  # and with it a shared lock just taken: a dead folder stays for the next start
+        return found
 
     def _remove_dead_folders(self) -> None:
         for folder in self.root.glob(f"{FOLDER_PREFIX}*"):

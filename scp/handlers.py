@@ -55,6 +55,8 @@ QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere peers 
 # A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling AE title not recognised
 # (PS3.8 9.3.4, Table 9-21)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+# ... and the same, called AE title not recognised: a peer that dialled another AE on our port
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
 
 def _peer(event: evt.Event) -> str:
@@ -186,16 +188,29 @@ def handle_store(
     return SUCCESS
 
 
-def handle_requested(event: evt.Event, access: Access, rejections: RejectionLog) -> None:
-    """Refuse callers with no permission at all with A-ASSOCIATE-RJ, before any negotiation; the
-    refusal is counted per host (transport.RejectionLog), the first of a minute recorded at once."""
+def handle_requested(
+    event: evt.Event, access: Access, rejections: RejectionLog, called_aes: frozenset[str] | None = None
+) -> None:
+    """Refuse, with A-ASSOCIATE-RJ before any negotiation, a call to an AE title not ours
+    (``called_aes``; None answers to any) and callers with no permission at all; each refusal is
+    counted per host (transport.RejectionLog), the first of a minute recorded at once."""
     caller = access.caller(event.assoc)
+    primitive = event.assoc.requestor.primitive
+    called = (primitive.called_ae_title if primitive else "").strip()
+    if called_aes is not None and called not in called_aes:
+        rejections.note(caller.host, "called-ae", caller.ae_title, called_ae=called)
+        _reject(event, rejections, REJECT_CALLED_AE)
+        return
     if caller.permissions:
         return
     subject = caller.describe().partition(" certificate ")[2] if caller.subject else ""
     rejections.note(caller.host, "no-permission", caller.ae_title, subject)
+    _reject(event, rejections, REJECT_CALLING_AE)
+
+
+def _reject(event: evt.Event, rejections: RejectionLog, reason: tuple[int, int, int]) -> None:
     rejections.flush()  # the first of a minute is on the record before the peer hears of it
-    event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+    event.assoc.acse.send_reject(*reason)
     event.assoc.is_rejected = True
     event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out
 

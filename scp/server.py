@@ -117,7 +117,7 @@ class Gateway:
         return [
             (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_PDU_RECV, quick_ack),
-            (evt.EVT_REQUESTED, handle_requested, [self.access, self.rejections]),
+            (evt.EVT_REQUESTED, handle_requested, [self.access, self.rejections, self.settings.called_aes]),
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_RELEASED, handle_released),
             (evt.EVT_ABORTED, handle_aborted),

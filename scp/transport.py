@@ -130,8 +130,11 @@ class RejectionLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def note(self, host: str, reason: str, calling_ae: str = "", certificate: str = "") -> None:
-        """``certificate``: the subject a refused peer presented, kept in its window's first event."""
+    def note(
+        self, host: str, reason: str, calling_ae: str = "", certificate: str = "", called_ae: str = ""
+    ) -> None:
+        """``certificate``: the subject a refused peer presented, ``called_ae`` the AE title it
+        called when that was the reason; both kept in its window's first event."""
         now = time.monotonic()
         with self._lock:
             if host not in self._windows and len(self._windows) >= REJECTION_MAX_HOSTS:
@@ -139,7 +142,7 @@ class RejectionLog:
             window = self._windows.get(host)
             if window is None or (window.pending == 0 and now >= window.opened + self.window_s):
                 self._windows[host] = _Window(opened=now)
-                self._due.append(self._first(host, reason, calling_ae, certificate))
+                self._due.append(self._first(host, reason, calling_ae, certificate, called_ae))
                 first = True
             else:
                 window.pending += 1
@@ -151,10 +154,14 @@ class RejectionLog:
             log.warning("connection refused peer=%s reason=%s calling_ae=%s", host, reason, calling_ae or "-")
         self._wake.set()
 
-    def _first(self, host: str, reason: str, calling_ae: str, certificate: str = "") -> EventDraft:
+    def _first(
+        self, host: str, reason: str, calling_ae: str, certificate: str = "", called_ae: str = ""
+    ) -> EventDraft:
         details: dict[str, object] = {"peer": host, "count": 1, "reasons": {reason: 1}}
         if certificate:
             details["certificate"] = certificate
+        if called_ae:
+            details["called_ae"] = called_ae
         return EventDraft(
             EventType.ASSOCIATION_REJECTED,
             outcome=Outcome.MINOR_FAILURE,
@@ -225,6 +232,7 @@ class RejectionLog:
 REASONS = {
     "not-on-allow-list": "calling AE title or host not on the allow-list",
     "no-permission": "no permission for this calling AE title, host or certificate",
+    "called-ae": "called AE title is not this gateway's",
     "host-limit": "too many connections from this host",
     "total-limit": "too many connections",
     "tls-handshake": "TLS handshake failed or not completed in time",

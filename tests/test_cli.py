@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,11 @@ from dicom_chain.carriers.dicom.embedding import read_block
 from dicom_chain.cli import main
 from dicom_chain.config import Settings, setting_fields
 from dicom_chain.errors import ConfigError, LedgerUnavailable
+from dicom_chain.node import Node
+from scp.server import Gateway
 
 from .conftest import pydicom_file
+from .peers import free_port
 
 CLI = [sys.executable, "-m", "dicom_chain.cli"]
 
@@ -163,10 +167,56 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path):
     assert again.returncode == 0 and "8 block(s)" in again.stdout
 
 
-def test_status_of_a_node_that_has_nothing_creates_nothing(tmp_path):
-    result = run("status", "--home", "empty", cwd=tmp_path)
-    assert result.returncode == 0 and "received nothing yet" in result.stdout
-    assert not (tmp_path / "empty").exists()
+def test_status_of_a_mistyped_home_is_a_usage_error_and_creates_nothing(tmp_path):
+    result = run("status", "--home", "vra", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "no ledger at vra/ledger.db" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "vra").exists()
+    mistyped_db = run("status", "--db", f"sqlite:///{tmp_path}/ledgr.db", cwd=tmp_path)
+    assert mistyped_db.returncode == 2 and "ledgr.db" in mistyped_db.stderr
+    assert not (tmp_path / "ledgr.db").exists()
+
+
+def test_status_says_empty_and_whether_a_gateway_runs(tmp_path):
+    """An empty chain reads "empty", not height -1; a gateway serving from this home is named by
+    pid and host (its spool lock), and once stopped it is not running as far as this host knows."""
+    settings = Settings(home=tmp_path / "var", host="127.0.0.1", port=free_port())
+    node = Node.open(settings)
+    try:
+        gateway = Gateway(node, settings)
+        gateway.start()
+        try:
+            running = run("status", cwd=tmp_path)
+            as_json = json.loads(run("status", "--json", cwd=tmp_path).stdout)
+        finally:
+            gateway.stop()
+    finally:
+        node.close()
+    assert running.returncode == 0, running.stderr
+    assert "  empty  " in running.stdout and "height -1" not in running.stdout
+    assert f"gateway running (pid {os.getpid()} on host {socket.gethostname()})" in running.stdout
+    assert as_json["gateways"] == [{"pid": os.getpid(), "host": socket.gethostname()}]
+    assert as_json["chains"][0]["blocks"] == 0
+    stopped = run("status", cwd=tmp_path)
+    assert "gateway not running as far as this host can tell" in stopped.stdout
+    assert "gateway running" not in stopped.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "absent"),
+    [
+        (["status"], ["--institution", "--storage", "--policy", "--key-file"]),
+        (["keys", "export"], ["--db", "--storage", "--institution"]),
+    ],
+    ids=["status", "keys export"],
+)
+def test_commands_list_only_options_that_apply(command, absent):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0
+    listed = {word.rstrip(",") for word in result.output.split() if word.startswith("--")}
+    assert not listed & set(absent), listed & set(absent)
+    refused = CliRunner().invoke(main, [*command, absent[0], "x"])
+    assert refused.exit_code == 2 and "No such option" in refused.output
 
 
 def test_audit_export_and_verify_commands(store: Path, tmp_path: Path):

@@ -19,6 +19,7 @@ EVERY_FIELD_SET = Settings(
     policy=Path("policy.toml"),
     policy_now="2026-12-01T00:00:00Z",
     ae_title="GW",
+    accept_called_ae=("OLD_GW",),
     forward=("PACS@10.0.0.1:104", "ARCH@10.0.0.2:11112"),
     forward_workers=7,
     forward_max_refusals=9,

@@ -160,7 +160,7 @@ def test_busy_pacs_is_retried_until_it_stores(tmp_path, fast_retries):
         ds = next(ct_study(StudySpec(seed=5, instances=1, rows=8, columns=8)))
         scu = AE(ae_title="MOD")
         scu.add_requested_context(CTImageStorage)
-        assoc = scu.associate("127.0.0.1", gateway.settings.port)
+        assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
         assert assoc.send_c_store(ds).Status == 0
         assoc.release()
         assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)

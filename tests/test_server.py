@@ -67,6 +67,55 @@ def test_unknown_calling_ae_is_rejected_at_association(make_gateway, node: Node)
     assert echo("CT_SCANNER").returncode == 0  # still serving
 
 
+@pytest.mark.dcmtk
+def test_a_call_to_another_ae_title_is_rejected(make_gateway, node: Node):
+    """DCMTK echoscu calling WRONGAE gets A-ASSOCIATE-RJ (permanent, service user, called AE title
+    not recognised), recorded with what it called; the gateway's own title is still answered."""
+    echoscu = require_tool("echoscu", "dcmtk")
+    gateway = make_gateway()
+    port = str(gateway.settings.port)
+
+    def echo(aec: str) -> subprocess.CompletedProcess:
+        return subprocess.run([echoscu, "-aet", "CT_SCANNER", "-aec", aec, "127.0.0.1", port],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+
+    wrong = echo("WRONGAE")
+    assert wrong.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+    assert echo("DICOMCHAIN").returncode == 0
+    rejected = [e for e in node.ledger.iter_events() if e.type == "association.rejected"]
+    assert [(e.actor, e.details["called_ae"], e.details["reasons"]) for e in rejected] == [
+        ("CT_SCANNER", "WRONGAE", {"called-ae": 1})
+    ]
+
+
+def _echo_as(port: int, called: str) -> tuple[bool, tuple[int, int, int] | None]:
+    scu = AE(ae_title="WS1")
+    scu.add_requested_context(Verification)
+    scu.acse_timeout = scu.network_timeout = 30
+    assoc = scu.associate("127.0.0.1", port, ae_title=called)
+    if assoc.is_established:
+        ok = assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        return ok, None
+    rj = assoc.acceptor.primitive
+    return False, (rj.result, rj.result_source, rj.diagnostic) if rj is not None else None
+
+
+def test_called_ae_titles_answered_are_a_setting(make_gateway):
+    """pynetdicom: the default answers only --ae-title (PS3.8 9.3.4: result 1, source 1, reason 7
+    otherwise); --accept-called-ae adds an alias, and * answers to any called AE title."""
+    strict = make_gateway().settings.port
+    assert _echo_as(strict, "DICOMCHAIN") == (True, None)
+    assert _echo_as(strict, "ANY-SCP") == (False, (1, 1, 7))
+    alias = make_gateway(accept_called_ae=("OLD_PACS_GW",)).settings.port
+    assert _echo_as(alias, "OLD_PACS_GW") == (True, None)
+    assert _echo_as(alias, "DICOMCHAIN") == (True, None)
+    assert _echo_as(alias, "WRONGAE") == (False, (1, 1, 7))
+    anyone = make_gateway(accept_called_ae=("*",)).settings.port
+    assert _echo_as(anyone, "WRONGAE") == (True, None)
+
+
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -95,11 +144,13 @@ def test_tls_associations_work_and_plain_ones_do_not(make_gateway, tmp_path):
     scu = AE(ae_title="TLS_SCU")
     scu.add_requested_context(Verification)
     scu.acse_timeout = scu.network_timeout = 5
-    assoc = scu.associate("127.0.0.1", gateway.settings.port, tls_args=(client, "localhost"))
+    assoc = scu.associate(
+        "127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN", tls_args=(client, "localhost")
+    )
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
-    plain = scu.associate("127.0.0.1", gateway.settings.port)
+    plain = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
     assert not plain.is_established
 
 

@@ -119,7 +119,7 @@ def test_an_idle_tcp_connection_does_not_block_tls_clients(make_gateway, tmp_pat
     scu.add_requested_context(Verification)
     scu.acse_timeout = scu.network_timeout = scu.connection_timeout = LEGIT_DEADLINE_S
     start = time.monotonic()
-    assoc = scu.associate("127.0.0.1", port, tls_args=(client, "localhost"))
+    assoc = scu.associate("127.0.0.1", port, ae_title="DICOMCHAIN", tls_args=(client, "localhost"))
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
@@ -340,7 +340,7 @@ def rejected_by_allow_list(port: int) -> bool:
     scu = AE(ae_title="INTRUDER")
     scu.add_requested_context(Verification)
     scu.acse_timeout = scu.network_timeout = scu.connection_timeout = LEGIT_DEADLINE_S
-    assoc = scu.associate("127.0.0.1", port, bind_address=(ATTACKER, 0))
+    assoc = scu.associate("127.0.0.1", port, bind_address=(ATTACKER, 0), ae_title="DICOMCHAIN")
     assoc.release() if assoc.is_established else None
     return assoc.is_rejected
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
+from dicom_chain.cli.options import config_option, settings_from, settings_options
 
 
 @click.group()
@@ -17,7 +17,7 @@ def keys() -> None:
 
 @keys.command("export")
 @config_option
-@settings_options(*NODE)
+@settings_options("home", "key_file")  # where the key file is; the ledger and storage play no part
 @click.option("--format", "fmt", type=click.Choice(["pem", "hex"]), default="pem", show_default=True)
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."

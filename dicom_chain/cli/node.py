@@ -14,7 +14,7 @@ import click
 from dicom_chain.cli.console import progress_bar
 from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
 from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
-from dicom_chain.errors import DicomChainError
+from dicom_chain.errors import ConfigError, DicomChainError
 
 
 @click.command()
@@ -46,19 +46,27 @@ def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
     sys.exit(EXIT_BROKEN if failures else EXIT_OK)
 
 
+# What status reads: the ledger (home or db), and the spool whose locks say a gateway is running.
+STATUS = ("home", "db", "spool")
+
+
 @click.command()
 @config_option
-@settings_options(*NODE)
+@settings_options(*STATUS)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(as_json: bool, **kwargs: Any) -> None:
-    """Chain height, event log head and each upstream PACS's queue: waiting, failed, last error."""
+    """Chain height, event log head, whether a gateway is running, and each upstream PACS's queue:
+    waiting, failed, last error. A missing SQLite ledger is a wrong --home or --db: exit 2."""
     from dicom_chain.ledger import Ledger
     from dicom_chain.outbox import Outbox
+    from scp.chunked import Spool
 
     settings = settings_from(kwargs)
     if settings.sqlite_file is not None and not settings.sqlite_file.exists():  # opening would create it
-        click.echo(f"no ledger at {settings.sqlite_file}: this node has received nothing yet")
-        return
+        raise ConfigError(
+            f"no ledger at {settings.sqlite_file}: check --home or --db "
+            "(a node's ledger is made when it first serves or ingests)"
+        )
     ledger = Ledger(settings.db_url)
     try:
         chains = ledger.chains()
@@ -66,20 +74,28 @@ def status(as_json: bool, **kwargs: Any) -> None:
         queues = Outbox(ledger, None).stats()
     finally:
         ledger.close()
+    gateways = Spool.running(settings.spool_dir)
     now = time.time()
     if as_json:
         click.echo(json.dumps({
-            "chains": [{"chain_id": c.chain_id, "height": c.head_height, "head_hash": c.head_hash,
-                        "institution": c.institution, "key_id": c.key_id} for c in chains],
+            "chains": [{"chain_id": c.chain_id, "height": c.head_height, "blocks": c.head_height + 1,
+                        "head_hash": c.head_hash, "institution": c.institution, "key_id": c.key_id}
+                       for c in chains],
             "events": {"count": seq, "head_hash": head},
+            "gateways": [{"pid": g.pid, "host": g.host} for g in gateways],
             "forward": [dataclasses.asdict(q) for q in queues],
         }, indent=2))  # fmt: skip
         return
     if not chains:
         click.echo("no chain yet: nothing has been received")
     for c in chains:
-        click.echo(f"chain {c.chain_id}  height {c.head_height}  institution {c.institution}  key {c.key_id}")
+        height = "empty" if c.head_height < 0 else f"height {c.head_height}"
+        click.echo(f"chain {c.chain_id}  {height}  institution {c.institution}  key {c.key_id}")
     click.echo(f"events {seq}  head {head[:16]}")
+    for g in gateways:
+        click.echo(f"gateway running (pid {g.pid} on host {g.host})")
+    if not gateways:
+        click.echo(f"gateway not running as far as this host can tell (no live lock in {settings.spool_dir})")
     if not queues:
         click.echo("forward: no upstream PACS has been queued for")
     for q in queues:

@@ -25,6 +25,7 @@ SERVICE = (
     *FORWARDING,
     "host",
     "port",
+    "accept_called_ae",
     "allow",
     "peers",
     "certs",
