@@ -40,6 +40,7 @@ POLL_INTERVAL_S = 0.25  # how often an idle worker looks for due work: a cheap i
 # living ones (several serve processes share one outbox): one query over the pending rows, run
 # by an idle worker at most this often. Leases of other hosts still wait for outbox.LEASE_S.
 LEASE_SWEEP_S = 5.0
+OPEN_RETRY_S = 2.0  # a forward process that starts while the database is away asks again this often
 PARENT_CHECK_S = 1.0  # a forwarder process started by `serve` exits within this after serve dies
 FORWARD_ACSE_TIMEOUT_S = 30  # association set-up with the PACS
 FORWARD_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a slow archive
@@ -247,6 +248,26 @@ class Forwarder:
                 worker.join(timeout)
 
 
+def _open_when_reachable(settings: Settings, stop: threading.Event, parent_pid: int | None) -> Node | None:
+    """The node, once its ledger answers: a database that is away when the forward process starts
+    (PostgreSQL restarting while ``serve`` starts it) is waited for, as the workers wait for it
+    later, instead of leaving the queue without a forwarder. None: told to stop meanwhile."""
+    warned = False
+    while not stop.is_set():
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return None
+        try:
+            return Node.open(settings)
+        except DicomChainError as exc:
+            if not exc.retryable:
+                raise
+            if not warned:
+                log.warning("forward: ledger unavailable (%s); waiting for it", exc)
+                warned = True
+            stop.wait(OPEN_RETRY_S)
+    return None
+
+
 def run_forwarder(settings: Settings, *, parent_pid: int | None = None) -> None:
     """``dicom-chain forward``, and the process ``serve`` starts: only the forwarders of
     ``settings`` (its forward list, AE title and workers per destination).
@@ -254,11 +275,13 @@ def run_forwarder(settings: Settings, *, parent_pid: int | None = None) -> None:
     It stops on SIGTERM/SIGINT, or within PARENT_CHECK_S once ``parent_pid`` is no longer its parent.
     """
     configure_logging()
-    node = Node.open(settings)
-    forwarder = Forwarder(node, ae_title=settings.ae_title, workers_per_destination=settings.forward_workers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    node = _open_when_reachable(settings, stop, parent_pid)
+    if node is None:
+        return
+    forwarder = Forwarder(node, ae_title=settings.ae_title, workers_per_destination=settings.forward_workers)
     forwarder.start()
     workers = settings.forward_workers
     log.info("forwarding to %s with %d worker(s) each", ",".join(node.destinations) or "-", workers)

@@ -396,3 +396,20 @@ def test_an_instance_pynetdicom_cannot_encode_is_dead_lettered(tmp_path, fast_re
     finally:
         stop(gateway)
         pacs.ae.shutdown()
+
+
+def test_a_forward_process_started_while_the_database_is_away_waits_for_it(tmp_path):
+    """PostgreSQL restarting while serve starts its forward process: the process waits (and can
+    still be stopped) instead of exiting and leaving the queue without a forwarder."""
+    import threading
+
+    from dicom_chain.config import Settings
+    from scp.forwarder import _open_when_reachable
+
+    away = Settings(home=tmp_path / "away", db="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    assert _open_when_reachable(away, stop, None) is None  # waited, then told to stop: no exception
+    here = _open_when_reachable(Settings(home=tmp_path / "here"), threading.Event(), None)
+    assert here is not None
+    here.close()

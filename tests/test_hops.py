@@ -572,6 +572,8 @@ def through_orthanc(
         if propose is None:
             refused[name] = "not stored: storescu cannot propose its syntax"
             continue
+        for left in json.loads(_orthanc_call(server, "GET", "/instances")):  # a slow earlier store
+            _orthanc_call(server, "DELETE", f"/instances/{left}")  # that landed after its timeout
         # The file's own syntax first: it goes as stored, unconverted.
         cmd = [storescu, propose, "-aec", server.ae_title, "127.0.0.1", str(server.dicom_port), str(path)]
         sent = _run(cmd)
@@ -585,7 +587,7 @@ def through_orthanc(
             continue
         # The only instance there (each is deleted once downloaded): a lossy transcoding gives
         # it a new SOP Instance UID, so it is not looked up by the one sent.
-        [found] = json.loads(_orthanc_call(server, "GET", "/instances"))
+        found = json.loads(_orthanc_call(server, "GET", "/instances"))[-1]
         target = work / f"{name}.dcm"
         target.write_bytes(_orthanc_call(server, "GET", f"/instances/{found}/file"))
         _orthanc_call(server, "DELETE", f"/instances/{found}")
