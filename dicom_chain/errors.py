@@ -132,6 +132,13 @@ class ConfigError(DicomChainError):
     """A setting is missing, malformed or contradicts another."""
 
 
+class StartupError(DicomChainError):
+    """The gateway cannot start for a reason outside its settings (its port is taken, its folder
+    cannot be written): the same command works once the machine is put right."""
+
+    retryable = True
+
+
 class AuditExportError(DicomChainError):
     """An audit export cannot be read, or what it shows disagrees with the records it carries."""
 
