@@ -136,6 +136,13 @@ class KeyMismatchError(ConfigError):
     """The key found for a command is not the key of any chain in the ledger it was given."""
 
 
+class StartupError(DicomChainError):
+    """The gateway cannot start for a reason outside its settings (its port is taken, its folder
+    cannot be written): the same command works once the machine is put right."""
+
+    retryable = True
+
+
 class AuditExportError(DicomChainError):
     """An audit export cannot be read, or what it shows disagrees with the records it carries."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -13,6 +15,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_chain.config import DEFAULT_MAX_ASSOCIATIONS, Settings
+from dicom_chain.errors import ConfigError, DicomChainError, StartupError
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.vocab import EventType
@@ -58,11 +61,43 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     # BCP 195 (RFC 9325 3.1.1): TLS 1.0 and 1.1 must not be negotiated. Python 3.10+ defaults to
     # this already; said here so that neither an older default nor a system policy can lower it.
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None)
+    try:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None)
+    except (ssl.SSLError, OSError) as exc:  # ssl's own text ("PEM lib") names neither file nor cure
+        raise ConfigError(
+            f"--tls-cert {settings.tls_cert} / --tls-key {settings.tls_key or '(in the certificate)'}: "
+            f"cannot load them ({exc.strerror or exc}); give a PEM certificate and its matching private key"
+        ) from exc
     if settings.tls_ca is not None:
-        context.load_verify_locations(str(settings.tls_ca))
+        try:
+            context.load_verify_locations(str(settings.tls_ca))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"--tls-ca {settings.tls_ca}: cannot load it ({exc.strerror or exc}); "
+                "give PEM CA certificate(s)"
+            ) from exc
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def listen_failure(exc: OSError, host: str, port: int) -> DicomChainError:
+    """Why binding ``host:port`` failed, and what to do, as one line (not bind's traceback)."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"port {port} is already in use ({where}): stop what listens there (another gateway or PACS) "
+            "or choose another --port"
+        )
+    if exc.errno == errno.EACCES:
+        return StartupError(
+            f"not allowed to listen on {where}: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+            "choose --port 1024 or above"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return ConfigError(
+            f"--host {host} is not an address of this machine: give one of its addresses or 0.0.0.0"
+        )
+    return StartupError(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
 def build_ae(ae_title: str, max_associations: int = MAX_ASSOCIATIONS) -> AE:
@@ -147,19 +182,23 @@ class Gateway:
                 child.wait()
 
     def start(self) -> None:
+        ssl_context = tls_context(self.settings)  # bad certificate files stop the start before anything runs
         if self.audit_feed is not None:
             self.node.settings.home.mkdir(parents=True, exist_ok=True)
             self.audit_feed.start()
         self.start_forwarding()
         self.rejections.start()
-        self.server = start_server(
-            self.ae,
-            (self.settings.host, self.settings.port),
-            limits=self.limits,
-            rejections=self.rejections,
-            evt_handlers=self.handlers(),
-            ssl_context=tls_context(self.settings),
-        )
+        try:
+            self.server = start_server(
+                self.ae,
+                (self.settings.host, self.settings.port),
+                limits=self.limits,
+                rejections=self.rejections,
+                evt_handlers=self.handlers(),
+                ssl_context=ssl_context,
+            )
+        except OSError as exc:
+            raise listen_failure(exc, self.settings.host, self.settings.port) from exc
         self.node.record(
             EventDraft(
                 EventType.SERVICE_START,
@@ -203,7 +242,13 @@ class Gateway:
 def run_server(settings: Settings) -> None:
     """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
     configure_logging()
-    node = Node.open(settings)
+    try:
+        node = Node.open(settings)
+    except OSError as exc:  # a folder of the node (home, storage, spool, key) cannot be made or written
+        raise StartupError(
+            f"cannot create or write {exc.filename or settings.home}: {exc.strerror or exc}; "
+            "give --home (or --storage, --spool, --key-file) a place this user can write"
+        ) from exc
     try:
         gateway = Gateway(node)
         stop = threading.Event()

@@ -365,3 +365,84 @@ def test_the_library_does_not_import_its_application():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_groups_config_option_applies_to_the_command(tmp_path: Path, served):
+    """``dicom-chain --config f.toml serve`` was ignored: the gateway started on its defaults."""
+    config = tmp_path / "gw.toml"
+    config.write_text('port = 12007\nallow = ["CT1"]\n[serve]\nae_title = "FROM_GROUP"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "serve", "--home", str(tmp_path / "h")])
+    assert result.exit_code == 0, result.output
+    [settings] = served
+    assert (settings.port, settings.allow, settings.ae_title) == (12007, ("CT1",), "FROM_GROUP")
+    other = tmp_path / "other.toml"
+    other.write_text("port = 13000\n")
+    args = ["--config", str(config), "serve", "--config", str(other), "--home", str(tmp_path / "h")]
+    assert CliRunner().invoke(main, args).exit_code == 0  # the command's own file replaces the group's
+    assert served[-1].port == 13000
+    env = {"DICOM_CHAIN_CONFIG": str(other)}  # the environment's file does not beat one on the command line
+    assert CliRunner().invoke(main, args[:3] + args[5:], env=env).exit_code == 0
+    assert served[-1].port == 12007
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("prot = 12007\n", "unknown setting 'prot'"),
+        ("[serve]\nprot = 12007\n", "unknown setting 'serve.prot'"),
+        ("[serv]\nport = 12007\n", "unknown setting 'serv'"),
+        ('port = "12007"\n', "port: expected an integer, got '12007'"),
+        ("port = 70000\n", "port = 70000: must be 1 to 65535"),
+        ("allow = 3\n", "allow: expected a list"),
+    ],
+)
+@pytest.mark.parametrize("where", ["group", "command"])
+def test_an_unknown_or_mistyped_config_key_is_an_error_naming_key_and_file(tmp_path, toml, says, where):
+    config = tmp_path / "gw.toml"
+    config.write_text(toml)
+    args = ["--config", "gw.toml", "serve"] if where == "group" else ["serve", "--config", "gw.toml"]
+    result = run(*args, "--home", "h", cwd=tmp_path)  # would listen on 11112 for good if not refused
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"gw.toml: {says}" in result.stderr
+    assert not (tmp_path / "h").exists()
+
+
+def test_a_taken_port_is_one_line_and_exit_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--home", "h", "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: port {port} is already in use") and "--port" in last
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["--home", "afile/h"], 1, "Error: cannot create or write afile/h"),
+        (
+            ["--tls-cert", "bad.pem", "--tls-key", "bad.pem"],
+            2,
+            "Error: --tls-cert bad.pem / --tls-key bad.pem",
+        ),
+        (["--tls-cert", "bad.pem", "--tls-ca", "afile"], 2, "Error: --tls-cert bad.pem"),
+        (["--host", "192.0.2.1"], 2, "Error: --host 192.0.2.1 is not an address of this machine"),
+        (["--db", "postgresql+psycopg://x@127.0.0.1:1/x"], 1, "Error: cannot open ledger"),
+    ],
+    ids=["unwritable-home", "bad-tls-files", "bad-tls-cert-before-ca", "foreign-host", "database-down"],
+)
+def test_every_start_up_failure_of_serve_is_one_line_and_an_exit_code(tmp_path, args, code, says):
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    with socket.socket() as probe:  # a free port, so that only the failure under test can stop the start
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run("serve", "--home", "h", "--port", str(port), *args, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(says)

@@ -6,12 +6,14 @@ environment variable ``DICOM_CHAIN_FIELD_NAME``, type, default and help; nothing
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from dicom_chain.config import SettingField, Settings, setting_fields
 from dicom_chain.errors import DicomChainError
@@ -56,17 +58,51 @@ def _config_keys() -> dict[str, str]:
     return keys
 
 
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """Make the TOML file the defaults of this command (top-level keys and its own [table])."""
-    if not value:
-        return value
+CONFIG_META = "dicom_chain.config"  # ctx.meta key: the file the group's own --config gave
+
+
+def _read_toml(path: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {value}: {exc.strerror}") from exc
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise click.BadParameter(f"{value} is not valid TOML: {exc}") from exc
-    names = [c.info_name for c in _lineage(ctx) if c.info_name and c.parent is not None]
+        raise click.BadParameter(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _check_config(path: str, data: dict[str, Any], command: click.Command, where: str = "") -> None:
+    """Refuse what would otherwise be dropped without a word: a key that is no setting, no option of
+    the command its table names and no subcommand (``prot = 12007``), or a setting of the wrong type.
+    A gateway started on its defaults (port 11112, any AE) because of a typo is worse than none."""
+    specs = {spec.name: spec for spec in setting_fields()}
+    keys = _config_keys()
+    params = {p.name for p in command.params if p.name}
+    commands = command.commands if isinstance(command, click.Group) else {}
+    for key, value in data.items():
+        name = keys.get(key.replace("-", "_"))
+        here = f"{where}{key}"
+        if key in commands and isinstance(value, dict):
+            _check_config(path, value, commands[key], f"{here}.")
+        elif name is not None:
+            spec = specs[name]
+            try:
+                typed = spec.typed(value)
+            except DicomChainError as exc:
+                raise click.BadParameter(f"{path}: {here}: {_reason(exc)}") from exc
+            low, high = spec.bounds or (None, None)
+            if low is not None and high is not None and isinstance(typed, int) and not low <= typed <= high:
+                raise click.BadParameter(f"{path}: {here} = {typed}: must be {low} to {high}")
+        elif key.replace("-", "_") not in params:
+            raise click.BadParameter(f"{path}: unknown setting {here!r} (see --help for the settings)")
+
+
+def _reason(exc: DicomChainError) -> str:
+    """The error without its ``setting NAME:`` prefix, which the caller replaces by the file's key."""
+    return re.sub(r"^setting \w+:?\s*", "", " ".join(str(exc).split()))
+
+
+def _defaults(data: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The defaults a command reached by ``names`` takes: top-level keys, then each table on its way."""
     keys = _config_keys()
     tables = {spec.name: spec for spec in setting_fields() if spec.meta.table}
 
@@ -76,10 +112,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         for k, v in table.items():
             name = keys.get(k.replace("-", "_"), k.replace("-", "_"))
             if name in tables and isinstance(v, dict):
-                try:
-                    found[name] = list(tables[name].typed(v))
-                except DicomChainError as exc:
-                    raise click.BadParameter(f"{value}: {exc}") from exc
+                found[name] = list(tables[name].typed(v))
             elif not isinstance(v, dict):
                 found[name] = [v] if name in tables and isinstance(v, str) else v
         return found
@@ -91,7 +124,41 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         if isinstance(table, dict):
             for k, v in values(table).items():  # entries add up (a command's peers to everyone's)
                 defaults[k] = [*defaults[k], *v] if k in tables and k in defaults else v
-    ctx.default_map = defaults
+    return defaults
+
+
+def _default_tree(data: dict[str, Any], command: click.Command, names: list[str]) -> dict[str, Any]:
+    """The defaults of ``command`` and, under each subcommand's name, its own (click hands a
+    subcommand ``default_map[name]``), so that ``dicom-chain --config f.toml CMD`` reaches every
+    command, those without a --config of their own too."""
+    tree = _defaults(data, names)
+    if isinstance(command, click.Group):
+        for sub_name, sub in command.commands.items():
+            tree[sub_name] = _default_tree(data, sub, [*names, sub_name])
+    return tree
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Make the TOML file the defaults of this command (top-level keys and its own [table]).
+
+    The group's ``--config`` (``dicom-chain --config f.toml serve``) gives every command below it
+    its defaults; a command's own ``--config`` on the command line replaces it, while the
+    environment's (DICOM_CHAIN_CONFIG) does not override a file named on the command line."""
+    root = ctx.find_root()
+    from_group = ctx.parent is not None and CONFIG_META in root.meta
+    if from_group and ctx.get_parameter_source("config") is not ParameterSource.COMMANDLINE:
+        return value  # the group's file already gave this command its defaults
+    if not value:
+        return value
+    data = _read_toml(value)
+    _check_config(value, data, root.command)
+    names = [c.info_name for c in _lineage(ctx) if c.info_name and c.parent is not None]
+    try:
+        ctx.default_map = _default_tree(data, ctx.command, names)
+    except DicomChainError as exc:
+        raise click.BadParameter(f"{value}: {exc}") from exc
+    if ctx.parent is None:
+        root.meta[CONFIG_META] = value
     return value
 
 
