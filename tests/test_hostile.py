@@ -52,7 +52,7 @@ from .hostile import (
     poke,
     store_rq,
 )
-from .peers import GatewayProcess, free_port
+from .peers import GatewayProcess, free_port, wait_until
 from .test_handlers import _elements, _mutated, encode_body, mutations
 
 CHECK_EVERY = 25  # hostile cases between two checks of the invariants (an echo and a store scan each)
@@ -156,15 +156,17 @@ def test_raw_pdus_before_an_association_leave_the_gateway_whole(gateway):
 
 
 DEAD_CONNECTIONS = 40  # more than MAX_ASSOCIATIONS (32), from one host, in a second or two
-LEGITIMATE_DEADLINE_S = 5.0
+LEGITIMATE_DEADLINE_S = 10.0  # far below the 30 s a held slot would take; room for a loaded CI box
 
 
 def test_a_legitimate_echo_gets_through_right_after_a_burst_of_dead_connections(gateway):
+    """The echo comes from the same host as the burst, and retries as a modality does: a slot a
+    dead connection held for the ACSE timeout (30 s) would keep it out far past the deadline."""
     for i in range(DEAD_CONNECTIONS):
         poke(gateway.port, associate_rq()[: 10 + i], linger_s=0.05)
     started = time.monotonic()
-    assert echo_ok(gateway.port)
-    assert time.monotonic() - started < LEGITIMATE_DEADLINE_S
+    assert wait_until(lambda: echo_ok(gateway.port), LEGITIMATE_DEADLINE_S, interval=0.2)
+    assert time.monotonic() - started < LEGITIMATE_DEADLINE_S + 2  # one echo's own time past it
 
 
 @st.composite
