@@ -83,3 +83,26 @@ def orthanc():
 # would then wait ~45 ms for a delayed ACK (measured: storescu -> storescp 22 -> 347 instances/s).
 # Real peers in tests run with it.
 os.environ.setdefault("TCP_NODELAY", "1")
+
+
+@pytest.fixture
+def make_gateway(node: Node) -> Iterator:
+    """Gateways on the test's node, each on a free loopback port with the settings given; all
+    stopped at the end of the test."""
+    from dataclasses import replace
+
+    from scp.server import Gateway
+
+    from .peers import free_port
+
+    gateways: list[Gateway] = []
+
+    def make(**settings: object) -> Gateway:
+        gateway = Gateway(node, replace(node.settings, host="127.0.0.1", port=free_port(), **settings))
+        gateway.start()
+        gateways.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in gateways:
+        gateway.stop()

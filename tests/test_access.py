@@ -37,21 +37,6 @@ from .peers import free_port, require_tool
 
 
 @pytest.fixture
-def make_gateway(node: Node) -> Iterator:
-    gateways: list[Gateway] = []
-
-    def make(**settings) -> Gateway:
-        gateway = Gateway(node, replace(node.settings, host="127.0.0.1", port=free_port(), **settings))
-        gateway.start()
-        gateways.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in gateways:
-        gateway.stop()
-
-
-@pytest.fixture
 def workstation() -> Iterator[int]:
     """A storage SCP to C-MOVE to: pynetdicom associates with it before any C-MOVE final status."""
     ae = AE(ae_title="WS")

@@ -7,7 +7,6 @@ import signal
 import ssl
 import subprocess
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,24 +21,8 @@ from dicom_chain.ledger import Ledger
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_node
-from scp.server import Gateway
 
 from .peers import GatewayProcess, free_port, process_running, require_tool, wait_until
-
-
-@pytest.fixture
-def make_gateway(node: Node):
-    gateways = []
-
-    def make(**settings) -> Gateway:
-        gateway = Gateway(node, replace(node.settings, host="127.0.0.1", port=free_port(), **settings))
-        gateway.start()
-        gateways.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in gateways:
-        gateway.stop()
 
 
 @pytest.mark.dcmtk

@@ -15,8 +15,6 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
-from scp.server import MAX_PDU_BYTES, Gateway
+from scp.server import MAX_PDU_BYTES
 from scp.transport import ABORT_INVALID_PARAMETER, RejectionLog
 
 from .peers import GatewayProcess, free_port, require_tool, wait_until
@@ -41,21 +39,6 @@ def rss_bytes(pid: int | str = "self") -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-@pytest.fixture
-def make_gateway(node: Node) -> Iterator:
-    gateways: list[Gateway] = []
-
-    def make(**settings: object) -> Gateway:
-        gateway = Gateway(node, replace(node.settings, host="127.0.0.1", port=free_port(), **settings))
-        gateway.start()
-        gateways.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in gateways:
-        gateway.stop()
 
 
 def attacker_socket(port: int, source: str = ATTACKER) -> socket.socket:
