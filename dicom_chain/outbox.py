@@ -8,6 +8,10 @@ Leases expire, so a worker that dies (or a process killed with -9) gives its row
 FAILED is the dead-letter state: an instance the PACS keeps refusing stops being tried after a
 bounded number of refusals (an ``instance.forwarded`` major-failure event), so it never holds up
 the rest of its study; ``dicom-chain forward retry`` (``Outbox.replay``) queues it again.
+
+Every failed attempt's reason starts with its cause (``ForwardCause``), a small closed vocabulary
+(``dns: ...``, ``refused: ...``), so ``status``, the log and the metrics can say what is wrong
+with a destination without parsing prose.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, update
@@ -44,6 +49,35 @@ MAX_REFUSED_ATTEMPTS = DEFAULT_FORWARD_MAX_REFUSALS
 
 OUTBOX = OutboxRow.__table__
 _DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+
+
+class ForwardCause(StrEnum):
+    """Why one forward attempt failed: the first word of its reason (``failure``)."""
+
+    DNS = "dns"  # the host name does not resolve
+    REFUSED = "refused"  # nothing listens on the port (TCP RST)
+    UNREACHABLE = "unreachable"  # no route, network down: the network, not the PACS
+    TIMEOUT = "timeout"  # no TCP answer, no A-ASSOCIATE answer, or no C-STORE response in time
+    REJECTED = "rejected"  # A-ASSOCIATE-RJ, with result, source and reason decoded
+    ABORTED = "aborted"  # A-ABORT, or the connection closed, before an answer
+    CONTEXTS = "contexts"  # the PACS accepted none of the presentation contexts proposed
+    STATUS = "status"  # a C-STORE failure status (0xXXXX and its meaning)
+    UNREADABLE = "unreadable"  # our stored file is missing or unreadable
+    UNENCODABLE = "unencodable"  # pynetdicom cannot encode the instance for the accepted context
+    INTERNAL = "internal"  # a bug in the forwarder: its traceback is in the log
+
+
+def failure(cause: ForwardCause, detail: str) -> str:
+    """A forward failure's reason as stored and shown: ``cause: detail``."""
+    return f"{cause}: {detail}"
+
+
+def cause_of(reason: str) -> ForwardCause | None:
+    """The cause a stored reason starts with; None for none (success, older rows)."""
+    try:
+        return ForwardCause(reason.partition(":")[0])
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -356,11 +390,13 @@ class Outbox:
                     .order_by(OutboxRow.id)
                     .limit(1)
                 ).first()
+                # The current trouble first (a waiting row's), else what dead-lettered the last one.
+                errors = select(OutboxRow.last_error).where(
+                    OutboxRow.destination == destination, OutboxRow.last_error != ""
+                )
+                order = (OutboxRow.state != OutboxState.PENDING, OutboxRow.id.desc())
                 last_error = session.scalar(
-                    select(OutboxRow.last_error)
-                    .where(OutboxRow.destination == destination, OutboxRow.last_error != "")
-                    .order_by(OutboxRow.id.desc())
-                    .limit(1)
+                    errors.where(OutboxRow.state != OutboxState.DONE).order_by(*order).limit(1)
                 )
                 c = counts[destination]
                 out.append(
@@ -375,6 +411,22 @@ class Outbox:
                     )
                 )
             return out
+
+    def failing(self) -> dict[tuple[str, str, str], int]:
+        """Instances whose last attempt failed, by (destination, state, cause): the waiting ones
+        (state pending) and the dead-lettered (failed); "unknown" for a reason with no cause
+        (rows settled before causes were recorded). Read at scrape time by the metrics."""
+        query = (
+            select(OutboxRow.destination, OutboxRow.state, OutboxRow.last_error, func.count())
+            .where(OutboxRow.state != OutboxState.DONE, OutboxRow.last_error != "")
+            .group_by(OutboxRow.destination, OutboxRow.state, OutboxRow.last_error)
+        )
+        out: dict[tuple[str, str, str], int] = {}
+        with self.db.reading() as session:
+            for destination, state, reason, count in session.execute(query):
+                key = (destination, state, str(cause_of(reason) or "unknown"))
+                out[key] = out.get(key, 0) + count
+        return out
 
     def pending_count(self, destination: str | None = None) -> int:
         with self.db.reading() as session:

@@ -3,6 +3,12 @@
 Each destination has its own workers and its own queue, so a PACS that is down holds back only
 itself, and a modality's Success never waits for any PACS. A worker leases one study's batch,
 sends it over an association it keeps open while there is work, and settles every instance.
+
+Every failure is one log line and one stored reason that starts with its cause (outbox.ForwardCause:
+dns, refused, timeout, rejected, ...), and the batch goes back to the queue at once, with back-off.
+pynetdicom keeps the cause of a failed connection to itself (AssociationSocket.connect logs and
+swallows the OSError; AddressInformation raises gaierror from ``associate``), so the worker resolves
+the name first, and, only when no TCP connection was made, connects once more to learn why.
 """
 
 from __future__ import annotations
@@ -10,24 +16,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ABORT_RQ
 
 from dicom_chain.config import Settings
 from dicom_chain.errors import DicomChainError
 from dicom_chain.node import Node
-from dicom_chain.outbox import Destination, OutboxItem, Settled
+from dicom_chain.outbox import Destination, ForwardCause, OutboxItem, Settled, failure
 from dicom_chain.vocab import ForwardVerdict
 
 from .contexts import Sending, contexts_for, sending
 from .handlers import no_delay
 from .logs import configure_logging
-from .statuses import forward_verdict
+from .statuses import forward_verdict, peer_status_meaning
 
 log = logging.getLogger("dicom_chain.forward")
 
@@ -43,6 +52,13 @@ LEASE_SWEEP_S = 5.0
 OPEN_RETRY_S = 2.0  # a forward process that starts while the database is away asks again this often
 PARENT_CHECK_S = 1.0  # a forwarder process started by `serve` exits within this after serve dies
 FORWARD_ACSE_TIMEOUT_S = 30  # association set-up with the PACS
+# The TCP connect: a PACS on the LAN answers in milliseconds, and without a bound an unanswered SYN
+# waits for the kernel's retries (Linux: ~2 min) while the batch stays leased.
+FORWARD_CONNECT_TIMEOUT_S = 10
+# pynetdicom's own lines about a failed association (2-4 ERROR lines: "unable to connect", "TCP
+# Initialisation Error", "Association Rejected", ...) repeat what the worker's one line says with
+# its cause; the forward process keeps only pynetdicom's critical ones.
+FORWARD_PYNETDICOM_LEVEL = logging.CRITICAL
 FORWARD_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a slow archive
 # ... but a small one is answered in milliseconds, and a PACS whose parser chokes on an instance
 # may answer nothing and wait for its own idle timeout (Orthanc 1.10: 30 s, then it closes) while
@@ -51,7 +67,67 @@ FORWARD_DIMSE_TIMEOUT_S = 120  # one C-STORE response: a large instance into a s
 FORWARD_RESPONSE_S = 10.0  # a loaded PACS answers a small C-STORE within a second or two
 FORWARD_STORE_RATE = 2_000_000  # bytes/s a slow archive still writes and indexes
 FORWARD_NETWORK_TIMEOUT_S = 60
-CONTEXTS_REFUSED = "the PACS accepted none of the presentation contexts"
+
+
+@dataclass(frozen=True)
+class NoAssociation:
+    """Why there is no association with the PACS: its cause, and what it means for the batch."""
+
+    cause: ForwardCause
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        return failure(self.cause, self.detail)
+
+    @property
+    def verdict(self) -> ForwardVerdict:
+        # Refused contexts are the PACS saying no to these SOP classes (they count towards the
+        # dead letter); anything else (unreachable, rejected) is trouble that a person fixes.
+        return ForwardVerdict.REFUSED if self.cause is ForwardCause.CONTEXTS else ForwardVerdict.RETRY
+
+
+def connect_failure(host: str, port: int) -> NoAssociation:
+    """Why a TCP connection to ``host:port`` fails, learnt by trying it (pynetdicom's attempt keeps it)."""
+    where = f"{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=FORWARD_CONNECT_TIMEOUT_S):
+            pass
+    except ConnectionRefusedError:
+        return NoAssociation(ForwardCause.REFUSED, f"nothing listens on {where} (connection refused)")
+    except TimeoutError:
+        detail = f"{where} did not answer within {FORWARD_CONNECT_TIMEOUT_S} s"
+        return NoAssociation(ForwardCause.TIMEOUT, detail)
+    except socket.gaierror as exc:
+        return NoAssociation(ForwardCause.DNS, f"{host} does not resolve ({exc.strerror})")
+    except OSError as exc:
+        return NoAssociation(ForwardCause.UNREACHABLE, f"{where}: {exc.strerror or exc}")
+    detail = f"connecting to {where} failed, then worked when tried again"
+    return NoAssociation(ForwardCause.UNREACHABLE, detail)
+
+
+def why_not(assoc: Association, opened: bool, aborts: list[A_ABORT_RQ], waited: float) -> NoAssociation:
+    """Why ``assoc`` (asked for, not established) is not: read from what pynetdicom kept of it."""
+    host, port = assoc.acceptor.address, assoc.acceptor.port
+    if assoc.is_rejected and assoc.acceptor.primitive is not None:
+        rj = assoc.acceptor.primitive  # A-ASSOCIATE-RJ, PS3.8 9.3.4 (Table 9-21)
+        return NoAssociation(
+            ForwardCause.REJECTED,
+            f"A-ASSOCIATE-RJ {rj.result_str.lower()}, by the {rj.source_str}: {rj.reason_str}",
+        )
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        proposed = len(assoc.rejected_contexts)
+        return NoAssociation(ForwardCause.CONTEXTS, f"the PACS accepted none of the {proposed} contexts")
+    if not opened:
+        return connect_failure(host, port)
+    if aborts:
+        pdu = aborts[0]  # A-ABORT, PS3.8 9.3.8 (Table 9-26)
+        return NoAssociation(ForwardCause.ABORTED, f"A-ABORT by the {pdu.source_str}: {pdu.reason_str}")
+    if waited >= FORWARD_ACSE_TIMEOUT_S:
+        return NoAssociation(
+            ForwardCause.TIMEOUT, f"no answer to the association request within {FORWARD_ACSE_TIMEOUT_S} s"
+        )
+    return NoAssociation(ForwardCause.ABORTED, "the PACS closed the connection before answering")
 
 
 class DestinationWorker(threading.Thread):
@@ -87,14 +163,22 @@ class DestinationWorker(threading.Thread):
         if self.forwarder.stop_event.is_set():
             self.forwarder.node.outbox.release(items)
             return False
+        try:
+            return self.forward(items)
+        except Exception as exc:  # a bug: its traceback, and the batch back in the queue at once
+            log.exception("forward to %s: unexpected error", self.key)
+            self.close()
+            reason = failure(ForwardCause.INTERNAL, f"{type(exc).__name__}: {exc}")
+            self.forwarder.node.outbox.settle([Settled(i, None, reason, ForwardVerdict.RETRY) for i in items])
+            return False
+
+    def forward(self, items: list[OutboxItem]) -> bool:
+        """Send one leased batch and settle every item of it."""
         assoc = self.associate(items)
         if not isinstance(assoc, Association):
-            # Refused contexts are the PACS saying no to these SOP classes (they count towards
-            # the dead letter); anything else (unreachable, rejected) is passing trouble.
-            verdict = ForwardVerdict.REFUSED if assoc == CONTEXTS_REFUSED else ForwardVerdict.RETRY
-            reason = f"association with {self.key} failed: {assoc}"
-            self.forwarder.node.outbox.settle([Settled(item, None, reason, verdict) for item in items])
-            log.warning("forward to %s: %s; %d instance(s) wait", self.key, reason, len(items))
+            settled = [Settled(item, None, assoc.reason, assoc.verdict) for item in items]
+            self.forwarder.node.outbox.settle(settled)
+            log.warning("forward to %s: %s; %d instance(s) wait", self.key, assoc.reason, len(items))
             return False
         results = []
         for number, item in enumerate(items):
@@ -108,7 +192,8 @@ class DestinationWorker(threading.Thread):
                 # refusal; the rest were never sent, so they go back untouched, due at once on a
                 # new association, instead of backing off behind it.
                 if result.verdict is ForwardVerdict.RETRY:
-                    reason = f"association lost while sending this instance ({result.reason})"
+                    detail = f"association lost while sending ({result.reason})"
+                    reason = failure(ForwardCause.ABORTED, detail)
                     result = Settled(item, None, reason, ForwardVerdict.REFUSED)
                 results.append(result)
                 self.forwarder.node.outbox.release(items[number + 1 :])
@@ -116,7 +201,13 @@ class DestinationWorker(threading.Thread):
                 break
             results.append(result)
         self.forwarder.node.outbox.settle(results)
-        done = sum(1 for r in results if r.verdict is ForwardVerdict.DONE)
+        failed: dict[str, int] = {}
+        for r in results:
+            if r.verdict is not ForwardVerdict.DONE:
+                failed[r.reason] = failed.get(r.reason, 0) + 1
+        for reason, count in failed.items():  # one line per cause, not one per instance
+            log.warning("forward to %s: %d instance(s) not stored: %s", self.key, count, reason)
+        done = len(results) - sum(failed.values())
         log.info(
             "forward to %s: %d/%d of study %s stored",
             self.key,
@@ -127,28 +218,43 @@ class DestinationWorker(threading.Thread):
         self.last_used = time.monotonic()
         return True
 
-    def associate(self, items: list[OutboxItem]) -> Association | str:
-        """An association for ``items`` (the open one when it covers them), or why there is none:
-        CONTEXTS_REFUSED when the PACS answered but accepted none of their presentation contexts."""
+    def associate(self, items: list[OutboxItem]) -> Association | NoAssociation:
+        """An association for ``items`` (the open one when it covers them), or why there is none."""
         needed = {(i.sop_class_uid, i.transfer_syntax) for i in items}
         if self.assoc is not None and self.assoc.is_established and needed <= self.assoc_contexts:
             return self.assoc
         self.close()
+        host, port = self.destination.host, self.destination.port
+        try:  # pynetdicom would raise gaierror from associate(), after building the association
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            return NoAssociation(ForwardCause.DNS, f"{host} does not resolve ({exc.strerror})")
         ae = AE(ae_title=self.forwarder.ae_title)
+        ae.connection_timeout = FORWARD_CONNECT_TIMEOUT_S
         ae.acse_timeout = FORWARD_ACSE_TIMEOUT_S
         ae.dimse_timeout = FORWARD_DIMSE_TIMEOUT_S
         ae.network_timeout = FORWARD_NETWORK_TIMEOUT_S
-        assoc = ae.associate(
-            self.destination.host,
-            self.destination.port,
-            contexts=contexts_for(items),
-            ae_title=self.destination.ae_title,
-            max_pdu=self.forwarder.max_pdu,
-        )
+        opened = threading.Event()
+        aborts: list[A_ABORT_RQ] = []
+
+        def on_pdu(event: evt.Event) -> None:
+            if isinstance(event.pdu, A_ABORT_RQ):
+                aborts.append(event.pdu)
+
+        started = time.monotonic()
+        try:
+            assoc = ae.associate(
+                host,
+                port,
+                contexts=contexts_for(items),
+                ae_title=self.destination.ae_title,
+                max_pdu=self.forwarder.max_pdu,
+                evt_handlers=[(evt.EVT_CONN_OPEN, lambda _: opened.set()), (evt.EVT_PDU_RECV, on_pdu)],
+            )
+        except socket.gaierror as exc:  # the name stopped resolving since the look-up above
+            return NoAssociation(ForwardCause.DNS, f"{host} does not resolve ({exc.strerror})")
         if not assoc.is_established:
-            if assoc.rejected_contexts and not assoc.accepted_contexts:
-                return CONTEXTS_REFUSED
-            return "rejected" if assoc.is_rejected else "no association"
+            return why_not(assoc, opened.is_set(), aborts, time.monotonic() - started)
         no_delay(assoc)
         self.assoc = assoc
         self.assoc_contexts = {
@@ -161,8 +267,9 @@ class DestinationWorker(threading.Thread):
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         how = sending(accepted, item.sop_class_uid, item.transfer_syntax)
         if how is None:  # decided before sending, as pynetdicom would: nothing here is worth a retry
-            reason = f"{self.key} accepted no context for {item.sop_class_uid} in {item.transfer_syntax}"
-            return Settled(item, None, reason, ForwardVerdict.REFUSED)
+            detail = f"{self.key} accepted no context for {item.sop_class_uid} in {item.transfer_syntax}"
+            return Settled(item, None, failure(ForwardCause.CONTEXTS, detail), ForwardVerdict.REFUSED)
+        started = time.monotonic()
         try:
             size = os.path.getsize(path)
             assoc.dimse_timeout = min(FORWARD_DIMSE_TIMEOUT_S, FORWARD_RESPONSE_S + size / FORWARD_STORE_RATE)
@@ -171,14 +278,30 @@ class DestinationWorker(threading.Thread):
             else:
                 response = assoc.send_c_store(pydicom.dcmread(path))  # re-encoded by pynetdicom
         except FileNotFoundError:
-            return Settled(item, None, f"stored file missing: {path}", ForwardVerdict.REFUSED)
+            reason = failure(ForwardCause.UNREADABLE, f"stored file missing: {path}")
+            return Settled(item, None, reason, ForwardVerdict.REFUSED)
         except (ValueError, RuntimeError) as exc:
             if assoc.is_established:  # pynetdicom could not encode it ("Failed to encode ..."): ever
-                return Settled(item, None, f"cannot be sent: {exc}", ForwardVerdict.REFUSED)
-            return Settled(item, None, str(exc), ForwardVerdict.RETRY)  # the association broke under it
+                reason = failure(ForwardCause.UNENCODABLE, f"cannot be sent: {exc}")
+                return Settled(item, None, reason, ForwardVerdict.REFUSED)
+            reason = failure(ForwardCause.ABORTED, str(exc))  # the association broke under it
+            return Settled(item, None, reason, ForwardVerdict.RETRY)
+        except OSError as exc:  # a read error of the store (a network filesystem away): may pass
+            reason = failure(ForwardCause.UNREADABLE, f"cannot read {path}: {exc.strerror or exc}")
+            return Settled(item, None, reason, ForwardVerdict.RETRY)
         status = int(getattr(response, "Status", -1)) if response is not None and len(response) else None
         verdict, reason = forward_verdict(status)
-        return Settled(item, status, reason, verdict)
+        if verdict is ForwardVerdict.DONE:
+            return Settled(item, status, reason, verdict)
+        if status is None:  # pynetdicom aborts the association itself when its DIMSE timeout passes
+            limit = float(assoc.dimse_timeout or 0)
+            if time.monotonic() - started >= limit:
+                detail = f"no C-STORE response within {limit:.0f} s"
+                return Settled(item, None, failure(ForwardCause.TIMEOUT, detail), verdict)
+            detail = "the association was aborted while sending"
+            return Settled(item, None, failure(ForwardCause.ABORTED, detail), verdict)
+        detail = f"{reason} ({peer_status_meaning(status)})"
+        return Settled(item, status, failure(ForwardCause.STATUS, detail), verdict)
 
     def close(self) -> None:
         if self.assoc is not None:
@@ -275,6 +398,7 @@ def run_forwarder(settings: Settings, *, parent_pid: int | None = None) -> None:
     It stops on SIGTERM/SIGINT, or within PARENT_CHECK_S once ``parent_pid`` is no longer its parent.
     """
     configure_logging()
+    logging.getLogger("pynetdicom").setLevel(FORWARD_PYNETDICOM_LEVEL)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -8,7 +8,14 @@ peer's warnings and failures are told apart as PS3.7 Annex C defines them, not b
 
 from __future__ import annotations
 
-from pynetdicom.status import STATUS_SUCCESS, STATUS_UNKNOWN, STATUS_WARNING, Status, code_to_category
+from pynetdicom.status import (
+    STATUS_SUCCESS,
+    STATUS_UNKNOWN,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+    Status,
+    code_to_category,
+)
 
 from dicom_chain.errors import Fault, IdentifierError, NotAuthorized, ReleaseDenied
 from dicom_chain.vocab import ForwardVerdict, SubOperation
@@ -102,6 +109,12 @@ def sub_operation(status: int) -> SubOperation:
     if category == STATUS_WARNING:
         return SubOperation.WARNING
     return SubOperation.FAILURE
+
+
+def peer_status_meaning(status: int) -> str:
+    """A peer's C-STORE status in words, from pynetdicom's table (PS3.4 B.2.3 and PS3.7 Annex C)."""
+    known = STORAGE_SERVICE_CLASS_STATUS.get(status)
+    return known[1] if known else f"{_category(status).lower()}, not defined for C-STORE"
 
 
 def forward_verdict(status: int | None) -> tuple[ForwardVerdict, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -11,17 +13,22 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from click.testing import CliRunner
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import select
 
 from dicom_chain import outbox as outbox_module
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
+from dicom_chain.cli import main
 from dicom_chain.config import Settings
+from dicom_chain.db.models import OutboxRow
 from dicom_chain.ledger import Ledger
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_files, verify_node
 from scp.contexts import contexts_for
+from scp.forwarder import DestinationWorker
 
 from .conftest import SAMPLE_STUDY
 from .gateways import InProcessGateway
@@ -122,7 +129,7 @@ def test_a_pacs_that_is_down_holds_back_only_itself(tmp_path, orthanc: OrthancSe
             return {s.destination: s for s in gateway.node.outbox.stats()}
 
         assert wait_until(lambda: stats()[orthanc.destination].done == len(files), 30)
-        assert wait_until(lambda: "association" in stats()[down].last_error, 30)
+        assert wait_until(lambda: stats()[down].last_error.startswith("refused: "), 30)
         assert stats()[down].pending == len(files)
     finally:
         stop(gateway)
@@ -334,7 +341,7 @@ def test_a_sop_class_the_pacs_refuses_is_dead_lettered_not_retried_forever(
         gateway.node.ingest(item_from_dataset(ds))
         gateway.forwarder.notify()
         assert wait_until(lambda: gateway.node.outbox.stats()[0].failed == 1, 30)
-        assert "accepted none of the presentation contexts" in gateway.node.outbox.stats()[0].last_error
+        assert gateway.node.outbox.stats()[0].last_error.startswith("contexts: the PACS accepted none")
     finally:
         stop(gateway)
 
@@ -413,3 +420,127 @@ def test_a_forward_process_started_while_the_database_is_away_waits_for_it(tmp_p
     here = _open_when_reachable(Settings(home=tmp_path / "here"), threading.Event(), None)
     assert here is not None
     here.close()
+
+
+# -- Why a forward fails: one line with its cause, the batch back in the queue at once --
+
+
+def closed_port() -> int:
+    """A port nothing listens on: bound, then closed (the kernel answers RST to a connect)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def queued_one(tmp_path: Path, destination: str, seed: int) -> InProcessGateway:
+    gateway = gateway_for(tmp_path, destination, workers=1)
+    ds = next(ct_study(StudySpec(seed=seed, instances=1, rows=8, columns=8)))
+    gateway.node.ingest(item_from_dataset(ds))
+    gateway.forwarder.notify()
+    return gateway
+
+
+def outbox_row(gateway: InProcessGateway) -> OutboxRow:
+    with gateway.node.ledger.db.reading() as session:
+        [row] = session.scalars(select(OutboxRow)).all()
+        session.expunge(row)
+        return row
+
+
+def status_output(gateway: InProcessGateway) -> str:
+    result = CliRunner().invoke(main, ["status", "--home", str(gateway.settings.home)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def assert_failure_told(gateway: InProcessGateway, caplog, cause: str, detail: str) -> None:
+    """The cause is stored and shown by status, the item was given back at once and tried again
+    after its back-off, and the log says it in one line per attempt without a traceback."""
+    assert wait_until(lambda: outbox_row(gateway).attempts >= 2, 30), outbox_row(gateway)
+    row = outbox_row(gateway)
+    assert row.state == "pending" and row.last_error.startswith(f"{cause}: "), row.last_error
+    assert detail in row.last_error
+    shown = status_output(gateway)
+    assert f"last error: {cause}: " in shown and detail in shown, shown
+    gateway.forwarder.stop()  # no attempt in flight: the row as the last one left it
+    row = outbox_row(gateway)
+    assert row.lease_owner == "" and row.lease_until == 0.0  # released at once, not after LEASE_S
+    assert row.next_attempt_at > time.time() - 5  # due again after a back-off, not never
+    ours = [r for r in caplog.records if r.name == "dicom_chain.forward"]
+    assert not [r for r in ours if r.exc_info], "a traceback for an expected failure"
+    told = [r.getMessage() for r in ours if r.levelname == "WARNING"]
+    assert told and all(f"{cause}: " in line and "\n" not in line for line in told), told
+
+
+def test_a_host_that_does_not_resolve_is_a_dns_failure(tmp_path, fast_retries, caplog):
+    caplog.set_level(logging.INFO, logger="dicom_chain.forward")
+    gateway = queued_one(tmp_path, "PACS@pacs.invalid:104", seed=21)  # RFC 2606: never resolves
+    try:
+        assert_failure_told(gateway, caplog, "dns", "pacs.invalid does not resolve")
+    finally:
+        stop(gateway)
+
+
+def test_a_closed_port_is_a_refused_connection(tmp_path, fast_retries, caplog):
+    caplog.set_level(logging.INFO, logger="dicom_chain.forward")
+    port = closed_port()
+    gateway = queued_one(tmp_path, f"PACS@127.0.0.1:{port}", seed=22)
+    try:
+        assert_failure_told(gateway, caplog, "refused", f"nothing listens on 127.0.0.1:{port}")
+    finally:
+        stop(gateway)
+
+
+def test_a_pacs_that_rejects_the_association_says_why(tmp_path, fast_retries, caplog):
+    caplog.set_level(logging.INFO, logger="dicom_chain.forward")
+    pacs = ScriptedPacs([])
+    pacs.ae.require_called_aet = True  # it answers to SCRIPTED only
+    gateway = queued_one(tmp_path, f"WRONGAE@127.0.0.1:{pacs.port}", seed=23)
+    try:
+        reason = "A-ASSOCIATE-RJ rejected permanent, by the Service User: Called AE title not recognised"
+        assert_failure_told(gateway, caplog, "rejected", reason)
+        assert pacs.received == []
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
+
+
+def test_a_failure_status_is_told_with_its_meaning(tmp_path, fast_retries, caplog):
+    caplog.set_level(logging.INFO, logger="dicom_chain.forward")
+    pacs = ScriptedPacs([0xC123] * 50)
+    gateway = queued_one(tmp_path, pacs.destination, seed=24)
+    try:
+        assert_failure_told(gateway, caplog, "status", "0xC123 (Cannot Understand)")
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
+
+
+def test_a_peer_that_closes_at_once_is_an_aborted_association(tmp_path, fast_retries, caplog):
+    caplog.set_level(logging.INFO, logger="dicom_chain.forward")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    closing = threading.Thread(target=lambda: [listener.accept()[0].close() for _ in range(10)], daemon=True)
+    closing.start()
+    gateway = queued_one(tmp_path, f"PACS@127.0.0.1:{port}", seed=25)
+    try:
+        assert_failure_told(gateway, caplog, "aborted", "closed the connection before answering")
+    finally:
+        stop(gateway)
+        listener.close()
+
+
+def test_a_bug_in_the_worker_gives_the_batch_back_at_once(tmp_path, fast_retries, caplog, monkeypatch):
+    def broken(self, items):
+        raise KeyError("planted")
+
+    monkeypatch.setattr(DestinationWorker, "forward", broken)
+    gateway = queued_one(tmp_path, "PACS@127.0.0.1:104", seed=26)
+    try:
+        assert wait_until(lambda: outbox_row(gateway).attempts >= 2, 30)
+        gateway.forwarder.stop()
+        row = outbox_row(gateway)
+        assert row.last_error == "internal: KeyError: 'planted'" and row.lease_owner == ""
+        assert [r for r in caplog.records if r.name == "dicom_chain.forward" and r.exc_info]  # a bug: traced
+    finally:
+        stop(gateway)
