@@ -242,6 +242,16 @@ class Settings:
             option="move-destination",
         ),
     )
+    # /healthz and /metrics (scp/metrics.py) over plain HTTP, unauthenticated: they name AE titles
+    # and destinations, so they listen on loopback unless told otherwise (a local Prometheus or
+    # agent scrapes them; give an address of the monitoring network deliberately).
+    metrics_port: int = field(
+        default=0,
+        metadata=about("HTTP port for /healthz and Prometheus /metrics (0: off).", bounds=(0, MAX_PORT)),
+    )
+    metrics_host: str = field(
+        default="127.0.0.1", metadata=about("Address the metrics port listens on.", show_default=True)
+    )
     audit_syslog: str | None = field(
         default=None,
         metadata=about(

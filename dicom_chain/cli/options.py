@@ -39,6 +39,8 @@ SERVICE = (
     "move_destinations",
     "audit_syslog",
     "audit_syslog_ca",
+    "metrics_port",
+    "metrics_host",
     "tls_cert",
     "tls_key",
     "tls_ca",
