@@ -165,6 +165,10 @@ class DestinationWorker(threading.Thread):
             return False
         try:
             return self.forward(items)
+        except DicomChainError as exc:  # the ledger is away: nothing can be settled, the lease expires
+            log.warning("forward to %s: cannot record the batch: %s", self.key, exc)
+            self.close()
+            return False
         except Exception as exc:  # a bug: its traceback, and the batch back in the queue at once
             log.exception("forward to %s: unexpected error", self.key)
             self.close()

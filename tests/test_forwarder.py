@@ -544,3 +544,19 @@ def test_a_bug_in_the_worker_gives_the_batch_back_at_once(tmp_path, fast_retries
         assert [r for r in caplog.records if r.name == "dicom_chain.forward" and r.exc_info]  # a bug: traced
     finally:
         stop(gateway)
+
+
+def test_a_ledger_that_is_away_is_one_line_not_a_traceback(tmp_path, fast_retries, caplog, monkeypatch):
+    from dicom_chain.errors import LedgerUnavailable
+
+    def away(self, items):
+        raise LedgerUnavailable("database planted away")
+
+    monkeypatch.setattr(DestinationWorker, "forward", away)
+    gateway = queued_one(tmp_path, "PACS@127.0.0.1:104", seed=27)
+    try:
+        told = "forward to PACS@127.0.0.1:104: cannot record the batch: database planted away"
+        assert wait_until(lambda: told in caplog.messages, 30)
+        assert not [r for r in caplog.records if r.name == "dicom_chain.forward" and r.exc_info]
+    finally:
+        stop(gateway)
