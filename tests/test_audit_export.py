@@ -206,6 +206,37 @@ def test_fhir_bundle_is_valid_r4_auditevents(ran, tmp_path):
     assert received and all(any(e.what.identifier.value == ODD_PATIENT for e in r.entity) for r in received)
 
 
+def test_receipts_and_queries_name_the_peers_address_in_every_format(ran, tmp_path):
+    """The AE title is only what a peer calls itself: its address is on the record too, and in
+    ATNA's NetworkAccessPointID (type 2, an IP address) and FHIR's agent.network."""
+    node, _ = ran
+    events = [e for e, _ in node.ledger.iter_events_with_hash()]
+    receipts = [e for e in events if e.type == "instance.received"]
+    finds = [e for e in events if e.type == "query.find"]
+    assert receipts and all(e.details["peer"] == "127.0.0.1" for e in receipts)
+    assert finds and all(e.details["peer"] == "127.0.0.1" for e in finds)
+    out = tmp_path / "trail.xml"
+    export(node.ledger, node.key, "atna", out, AuditFilter(), actor="officer", source_id="GW")
+    peers = {}
+    for msg in atna.messages(out):
+        for who in msg.iter("ActiveParticipant"):
+            if who.get("UserID") in ("MODALITY", "RADIOLOGIST"):
+                peers[who.get("UserID")] = (
+                    who.get("NetworkAccessPointID"),
+                    who.get("NetworkAccessPointTypeCode"),
+                )
+    assert peers == {"MODALITY": ("127.0.0.1", "2"), "RADIOLOGIST": ("127.0.0.1", "2")}
+    out = tmp_path / "trail.json"
+    export(node.ledger, node.key, "fhir", out, AuditFilter(), actor="officer", source_id="GW")
+    agents = [
+        a
+        for entry in json.loads(out.read_text(encoding="utf-8"))["entry"]
+        for a in entry["resource"]["agent"]
+        if a["who"]["display"] == "MODALITY"
+    ]
+    assert agents and all(a["network"] == {"address": "127.0.0.1", "type": "2"} for a in agents)
+
+
 def test_csv_survives_a_spreadsheet_round_trip_of_formulas(ran, tmp_path):
     node, _ = ran
     out = tmp_path / "trail.csv"
