@@ -305,6 +305,34 @@ def test_a_changed_line_or_a_removed_line_fails_verify(ran, tmp_path, fmt):
     assert not report.ok and "missing-event" in {f.kind for f in report.errors}
 
 
+@pytest.mark.parametrize(
+    ("fmt", "before", "after", "where"),
+    [
+        ("atna", b'EventOutcomeIndicator="4"', b'EventOutcomeIndicator="0"', "EventOutcomeIndicator"),
+        ("fhir", b'"outcome":"4"', b'"outcome":"0"', "resource.outcome"),
+    ],
+)
+def test_an_edited_value_in_a_rendered_export_is_altered_not_unreadable(
+    ran, tmp_path, fmt, before, after, where
+):
+    """An auditor's edit that keeps the file well-formed (a failure turned into a success) is an
+    alteration, named with the event and the field; the records after it are still checked."""
+    node, _ = ran
+    out = tmp_path / f"trail.{fmt}"
+    signed = export(node.ledger, node.key, fmt, out, AuditFilter(), actor="o", source_id="GW")
+    original = out.read_bytes()
+    assert original.count(before) >= 1
+    out.write_bytes(original.replace(before, after, 1))
+    report, _ = verify_export(out, frozenset({node.key.public_key}))
+    kinds = [f.kind for f in report.errors]
+    assert "unreadable" not in kinds and "altered" in kinds and "file-altered" in kinds
+    [edited] = [f for f in report.errors if f.kind == "altered"]
+    assert where in edited.message and "the record says" in edited.message, edited.message
+    assert report.events_checked == signed["statement"]["count"]  # it read on past the edit
+    out.write_bytes(original[: len(original) // 2])  # cut short: not well-formed any more
+    assert "unreadable" in {f.kind for f in verify_export(out)[0].errors}
+
+
 def test_a_proof_signed_by_another_key_is_refused_when_the_key_is_pinned(node: Node, tmp_path):
     from dicom_chain.events import EventDraft
     from dicom_chain.keys import NodeKey

@@ -13,7 +13,7 @@ import copy
 import ipaddress
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -264,7 +264,38 @@ def messages(path: Path) -> Iterator[etree._Element]:
         raise AuditExportError(f"{path}: not well-formed XML ({exc})") from exc
 
 
-def read(path: Path) -> Iterator[dict[str, Any]]:
+RENDERS_RECORDS = True  # read() re-renders each record and compares: audit verify passes `altered`
+
+
+def difference(expected: etree._Element, actual: etree._Element, where: str = "") -> str:
+    """The first place two messages differ: element path, attribute or text ('' if equal)."""
+    where = f"{where}/{actual.tag}" if where else str(actual.tag)
+    if expected.tag != actual.tag:
+        return f"{where}: the record makes a {expected.tag} element here"
+    for name in sorted(set(expected.attrib) | set(actual.attrib)):
+        if expected.get(name) != actual.get(name):
+            said, found = _short(expected.get(name)), _short(actual.get(name))
+            return f"{where}@{name}: the record says {said}, the file {found}"
+    if (expected.text or "").strip() != (actual.text or "").strip():
+        return f"{where}: the record says {_short(expected.text)}, the file {_short(actual.text)}"
+    if len(expected) != len(actual):
+        return f"{where}: {len(expected)} elements in the record's rendering, {len(actual)} in the file"
+    for e, a in zip(expected, actual, strict=True):
+        if found := difference(e, a, where):
+            return found
+    return ""
+
+
+def _short(text: str | None) -> str:
+    text = repr(text or "")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read(path: Path, altered: Callable[[Any, str], None] | None = None) -> Iterator[dict[str, Any]]:
+    """The records of an export this module wrote, each checked against its own message. A
+    message that parses but says other than its record is reported to ``altered`` (the record is
+    still yielded, for its own checks), or without it ends the reading as an error; only what
+    does not parse is unreadable."""
     for msg in messages(path):
         try:
             rec = record_of(msg)
@@ -272,5 +303,10 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
             raise AuditExportError(f"{path}: an AuditMessage's record does not decode ({exc})") from exc
         expected = render(rec, _context_of(msg, rec))
         if etree.tostring(expected, method="c14n") != etree.tostring(msg, method="c14n"):
-            raise AuditExportError(f"{path}: AuditMessage of event {rec.get('seq')} differs from its record")
+            what = difference(expected, msg) or "its serialisation"
+            if altered is None:
+                raise AuditExportError(
+                    f"{path}: AuditMessage of event {rec.get('seq')} differs from its record ({what})"
+                )
+            altered(rec.get("seq"), what)
         yield rec
