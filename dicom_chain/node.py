@@ -307,6 +307,8 @@ class Node:
         self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome, peer: str = ""
     ) -> EventDraft:
         details: dict = {"height": block.header.height, "block_hash": block.hash, "version": version}
+        if ids.item_class:  # the audit counts a study's instances per SOP class (audit/transfers.py)
+            details["sop_class"] = ids.item_class
         if peer:  # who sent it, by address: the AE title is only what the sender calls itself
             details["peer"] = peer
         return self._item_event(EventType.INSTANCE_RECEIVED, ids, actor, outcome, details, Outcome.SUCCESS)

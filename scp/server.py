@@ -180,6 +180,7 @@ class Gateway:
             (evt.EVT_C_FIND, handle_find, [self.node, ae_title, self.access]),
             (evt.EVT_C_MOVE, handle_move, [self.node, ae_title, self.access]),
             (evt.EVT_C_GET, handle_get, [self.node, self.access]),
+            *([(evt.EVT_CONN_CLOSE, self.audit_feed.connection_closed)] if self.audit_feed else []),
         ]
 
     def start_forwarding(self) -> None:

@@ -5,6 +5,7 @@ offline, and found out when tampered with. The live syslog feed of the same run 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import socket
@@ -127,16 +128,31 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, UdpRep
         assert not _scu("STRANGER", port).is_established
         wait_for(lambda: node.outbox.pending_count() == 0, timeout=60)  # forwarded and settled
         assert pacs.count == 4 and workstation.count == 4
+        # the study's receipts went out once its association ended, not only when the gateway stopped
+        wait_for(lambda: any(_is_transfer(m) for m in repository.messages), timeout=20)
     finally:
         gateway.stop()
         pacs.ae.shutdown()
         workstation.ae.shutdown()
     assert gateway.audit_feed is not None
     fed = node.ledger.event_head()[0] - gateway.audit_feed.head_at_start  # service.start to service.stop
-    wait_for(lambda: len(repository.messages) == fed)  # sent by stop(); received by the thread soon after
+    wait_for(lambda: events_fed(repository.messages) == fed)  # sent by stop(); received soon after
     repository.running = False
     yield node, repository
     node.close()
+
+
+def _is_transfer(datagram: bytes) -> bool:
+    return atna.transfer_of(etree.fromstring(framing.parse(datagram)[1])) is not None
+
+
+def events_fed(messages: list[bytes]) -> int:
+    """Events the feed's messages stand for: one each, or a study's receipts in one transfer."""
+    total = 0
+    for datagram in messages:
+        summary = atna.transfer_of(etree.fromstring(framing.parse(datagram)[1]))
+        total += 1 if summary is None else summary["count"]
+    return total
 
 
 def event_log(node: Node) -> list[tuple]:
@@ -355,18 +371,32 @@ def test_a_missing_proof_is_reported(ran, tmp_path):
 
 
 def test_the_live_feed_sent_every_event_of_the_run_as_a_valid_audit_message(ran):
+    """Every event of the run went out: each on its own, but the study's four receipts in one
+    "DICOM Instances Transferred" message for their association (IHE ATNA), which names them."""
     node, repository = ran
     log = {h: t for _, h, t, *_ in event_log(node)}
     sent = {}
+    transfers = []
     for datagram in repository.messages:
         header, payload = framing.parse(datagram)
         assert header["msgid"] == "IHE+RFC-3881" and header["app"] == "dicom-chain"
         msg = etree.fromstring(payload)
         assert SCHEMA.validate(msg), SCHEMA.error_log
+        assert int(header["pri"]) in (10 * 8 + 5, 10 * 8 + 4)
+        summary = atna.transfer_of(msg)
+        if summary is not None:
+            transfers.append((msg, summary))
+            continue
         rec = atna.record_of(msg)
         sent[rec["hash"]] = rec["type"]
-        assert int(header["pri"]) in (10 * 8 + 5, 10 * 8 + 4)
-    run = {h: t for h, t in log.items() if t != "audit.export"}
+    [(msg, summary)] = transfers
+    receipts = [(e.seq, h) for e, h in node.ledger.iter_events_with_hash() if e.type == "instance.received"]
+    assert summary["count"] == len(receipts) == 4
+    assert (summary["first_seq"], summary["last_seq"]) == (receipts[0][0], receipts[-1][0])
+    digest = hashlib.sha256("".join(f"{s} {h}\n" for s, h in receipts).encode("ascii")).hexdigest()
+    assert summary["events_sha256"] == digest
+    assert [c.get("NumberOfInstances") for c in msg.iter("SOPClass")] == ["4"]
+    run = {h: t for h, t in log.items() if t not in ("audit.export", "instance.received")}
     # the feed starts at the log's head when it first starts: service.start is the first it sends
     assert {h: t for h, t in run.items() if h in sent} == run
     assert sent == {h: t for h, t in sent.items() if h in log}

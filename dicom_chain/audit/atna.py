@@ -23,6 +23,7 @@ from lxml import etree
 from dicom_chain.audit import codes, record
 from dicom_chain.audit.context import ExportContext
 from dicom_chain.audit.participants import participants
+from dicom_chain.audit.transfers import Transfer
 from dicom_chain.errors import AuditExportError
 from dicom_chain.vocab import EventType
 
@@ -213,6 +214,44 @@ def render(rec: dict[str, Any], context: ExportContext) -> etree._Element:
 def render_direct(rec: dict[str, Any], context: ExportContext) -> etree._Element:
     """The same message built element by element: the reference the templates are tested against."""
     return _build(*_fields(rec, context))
+
+
+EVENTS_DETAIL = "dicom-chain-events"  # a transfer's events: first and last seq, count, SHA-256
+
+
+def render_transfer(transfer: Transfer, context: ExportContext) -> etree._Element:
+    """One "DICOM Instances Transferred" message for a study's receipts from one association (IHE
+    ITI TF-2 3.20.6): the first receipt's participants and patient, the study with a SOPClass
+    element per class and its NumberOfInstances (PS3.15 A.5.1), and instead of one event's record
+    the events it stands for (``Transfer.summary``), so an auditor can match it with an export."""
+    msg = render(transfer.first, context)
+    msg.find("EventIdentification").set("EventDateTime", transfer.last_time)
+    for obj in msg.iter("ParticipantObjectIdentification"):
+        id_type = obj.find("ParticipantObjectIDTypeCode").get("csd-code")
+        if id_type == codes.ID_STUDY.code:
+            etree.SubElement(obj, "ParticipantObjectDescription").text = f"{transfer.count} instances"
+            for uid, count in sorted(transfer.sop_classes.items()):
+                if uid:
+                    etree.SubElement(obj, "SOPClass", {"UID": uid, "NumberOfInstances": str(count)})
+        elif id_type == codes.ID_EVENT.code:
+            obj.set("ParticipantObjectID", transfer.events_sha256)
+            detail = obj.find("ParticipantObjectDetail")
+            detail.set("type", EVENTS_DETAIL)
+            summary = json.dumps(transfer.summary(), sort_keys=True, separators=(",", ":"))
+            detail.set("value", base64.b64encode(summary.encode()).decode("ascii"))
+    return msg
+
+
+def transfer_of(msg: etree._Element) -> dict[str, Any] | None:
+    """The events summary a transfer message carries (None for a message about one event)."""
+    for detail in msg.iter("ParticipantObjectDetail"):
+        if detail.get("type") == EVENTS_DETAIL:
+            return json.loads(base64.b64decode(detail.get("value", "")))
+    return None
+
+
+def transfer_bytes(transfer: Transfer, context: ExportContext) -> bytes:
+    return etree.tostring(render_transfer(transfer, context), encoding="UTF-8", xml_declaration=False)
 
 
 def to_bytes(rec: dict[str, Any], context: ExportContext) -> bytes:
