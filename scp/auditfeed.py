@@ -55,6 +55,11 @@ class SyslogTarget:
 
     def send(self, msg: bytes) -> None:
         if self.scheme == "udp":
+            if len(msg) > UDP_MAX_BYTES:  # a query naming thousands of patients: say so, once each
+                log.warning(
+                    "audit message of %d bytes cut to %d for UDP; use tcp:// or tls:// to send it whole",
+                    len(msg), UDP_MAX_BYTES,
+                )  # fmt: skip
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.sendto(msg[:UDP_MAX_BYTES], (self.host, self.port))
             return

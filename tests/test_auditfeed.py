@@ -27,6 +27,7 @@ from dicom_chain.errors import ConfigError
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
+from scp import auditfeed as auditfeed_module
 from scp.auditfeed import AuditFeed, SyslogTarget
 
 from .peers import free_port
@@ -393,3 +394,14 @@ def test_transfers_close_on_silence_on_age_and_on_a_new_association():
     assert [t.count for t in gathered.finished] == [2] and gathered.oldest_seq() == 1
     gathered.close_due(3, None)
     assert [t.count for t in gathered.open.values()] == [1]
+
+
+def test_a_message_too_large_for_udp_is_cut_with_a_warning(caplog):
+    """A query naming thousands of patients outgrows a datagram: it is not dropped silently."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    with receiver, caplog.at_level("WARNING", logger="dicom_chain.audit"):
+        SyslogTarget(f"udp://127.0.0.1:{receiver.getsockname()[1]}").send(b"x" * 70_000)
+        assert len(receiver.recv(100_000)) == auditfeed_module.UDP_MAX_BYTES
+    assert "use tcp:// or tls://" in caplog.text

@@ -67,7 +67,7 @@ def disclosed(patients: set[str]) -> dict[str, Any]:
     """The ``patients`` detail of an event that disclosed these patients: every one, sorted and
     distinct. Queries count as access to each, and ``audit export --patient P`` must find every
     disclosure of P, so none is left unnamed; the list is bounded by the patients in the index
-    (a sweep of 10,000 patients makes a ~150 KB event, written once per such query)."""
+    (a sweep of 10,000 patients makes a ~140 KB event, written once per such query)."""
     return {"patients": sorted(patients)}
 
 
