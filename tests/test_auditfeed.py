@@ -405,3 +405,22 @@ def test_a_message_too_large_for_udp_is_cut_with_a_warning(caplog):
         SyslogTarget(f"udp://127.0.0.1:{receiver.getsockname()[1]}").send(b"x" * 70_000)
         assert len(receiver.recv(100_000)) == auditfeed_module.UDP_MAX_BYTES
     assert "use tcp:// or tls://" in caplog.text
+
+
+def test_a_lagging_feed_still_splits_two_associations_it_heard_end_before_reading_them():
+    t0 = "2026-11-29T12:00:00.000000Z"
+
+    def rec(seq: int) -> dict:
+        details = {"peer": "10.0.0.7", "sop_class": CTImageStorage}
+        return {
+            "seq": seq, "type": "instance.received", "outcome": "success", "actor": "CT1", "patient_id": "P",
+            "study_uid": "1.2.3", "key_id": "k", "time": t0, "hash": f"{seq:064x}", "details": details,
+        }  # fmt: skip
+
+    gathered = Transfers()
+    gathered.ended("CT1", "10.0.0.7", 2)  # the first association ended at seq 2,
+    gathered.ended("CT1", "10.0.0.7", 5)  # the second at 5, before the feed read either
+    for seq in range(1, 6):
+        gathered.add(rec(seq))
+    gathered.close_due(5, None)
+    assert [(t.first_seq, t.count) for t in gathered.finished] == [(1, 2), (3, 3)]

@@ -92,13 +92,15 @@ class Transfers:
     def __init__(self) -> None:
         self.open: dict[Key, Transfer] = {}
         self.finished: list[Transfer] = []
-        self._ended: dict[tuple[str, str], int] = {}  # (actor, peer) -> log head when it ended
+        # (actor, peer) -> the log's head at each end of its associations (a lagging feed may
+        # learn of several before it reads their receipts: each still splits the transfers)
+        self._ended: dict[tuple[str, str], list[int]] = {}
 
     def add(self, rec: dict[str, Any]) -> None:
         key = key_of(rec)
         current = self.open.get(key)
-        end = self._ended.get(key[:2])
-        if current is not None and end is not None and current.last_seq <= end < rec["seq"]:
+        ends = self._ended.get(key[:2], ())
+        if current is not None and any(current.last_seq <= end < rec["seq"] for end in ends):
             self._finish(key)  # a new association of the same sender about the same study
             current = None
         if current is None:
@@ -107,23 +109,28 @@ class Transfers:
 
     def ended(self, actor: str, peer: str, head_seq: int) -> None:
         """An association of ``actor`` from ``peer`` ended when the log's head was ``head_seq``."""
-        self._ended[(actor, peer)] = head_seq
+        self._ended.setdefault((actor, peer), []).append(head_seq)
 
     def close_due(self, position: int, now: float | None, *, everything: bool = False) -> None:
         """Finish the transfers complete once the log was read up to ``position``: their
         association ended by then, or (``now`` given: the feed has caught up with the log) they
         were silent or open long enough; ``everything`` finishes all (the gateway stops)."""
         for key, transfer in list(self.open.items()):
-            end = self._ended.get(key[:2])
-            done = everything or (end is not None and transfer.last_seq <= end <= position)
+            ends = self._ended.get(key[:2], ())
+            done = everything or any(transfer.last_seq <= end <= position for end in ends)
             if not done and now is not None:
                 idle = now - _epoch(transfer.last_time)
                 age = now - _epoch(transfer.first["time"])
                 done = idle >= AGGREGATE_IDLE_S or age >= AGGREGATE_MAX_AGE_S
             if done:
                 self._finish(key)
-        still = {key[:2] for key in self.open}  # ends no open transfer can still need are dropped
-        self._ended = {k: v for k, v in self._ended.items() if k in still or v > position}
+        oldest = self.oldest_seq()  # ends no transfer can still need are dropped
+        for peer, ends in list(self._ended.items()):
+            kept = [end for end in ends if end > position or (oldest is not None and end >= oldest)]
+            if kept:
+                self._ended[peer] = kept
+            else:
+                del self._ended[peer]
 
     def _finish(self, key: Key) -> None:
         self.finished.append(self.open.pop(key))
