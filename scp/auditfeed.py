@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -102,23 +103,24 @@ class AuditFeed(threading.Thread):
         self.last_error = ""
         self.transfers = Transfers()
         self._read: int | None = None  # the last event read while this feed held the lease
-        self._lock = threading.Lock()  # association ends are noted from the gateway's threads
+        self._lock = threading.Lock()  # stop() may run a round while the thread ends its own
+        # association ends (actor, peer, log head), noted by the gateway's association threads and
+        # taken in by the feed's round: a deque, so a closing association never waits on a send
+        self._ends: deque[tuple[str, str, int]] = deque()
 
     def association_ended(self, actor: str, peer: str) -> None:
         """An association closed: its transfers are complete once the log is read up to its head now
         (every receipt it made was committed before its C-STORE was answered)."""
-        head = self.ledger.event_head()[0]
-        with self._lock:
-            self.transfers.ended(actor, peer, head)
+        self._ends.append((actor, peer, self.ledger.event_head()[0]))
 
     def connection_closed(self, event: evt.Event) -> None:
         """pynetdicom's EVT_CONN_CLOSE (released, aborted or dropped): the association ended."""
         requestor = event.assoc.requestor
         self.association_ended(requestor.ae_title.strip(), requestor.address)
 
-    def _send(self, payload: bytes, time: str, warning: bool) -> None:
+    def _send(self, payload: bytes, stamp: str, warning: bool) -> None:
         msg = framing.message(
-            payload, timestamp=time, hostname=self.hostname, procid=str(os.getpid()), warning=warning
+            payload, timestamp=stamp, hostname=self.hostname, procid=str(os.getpid()), warning=warning
         )
         self.target.send(msg)
 
@@ -131,6 +133,10 @@ class AuditFeed(threading.Thread):
             self.transfers.finished.pop(0)
             sent += 1
         return sent
+
+    def _take_ends(self) -> None:
+        while self._ends:
+            self.transfers.ended(*self._ends.popleft())
 
     def _committed(self, position: int) -> int:
         """Where the cursor may stand: the last event read, or just below an unsent transfer."""
@@ -158,6 +164,7 @@ class AuditFeed(threading.Thread):
         try:
             sent += self._flush(context)
             while rows := self.ledger.events_after(position, BATCH):
+                self._take_ends()  # before the receipts: an end among them splits their transfers
                 for row in rows:
                     rec = record.from_row(row)
                     if aggregated(rec):
@@ -167,11 +174,13 @@ class AuditFeed(threading.Thread):
                         self._send(atna.to_bytes(rec, context), rec["time"], warning)
                         sent += 1
                     position = self._read = rec["seq"]
+                self._take_ends()
                 self.transfers.close_due(position, None)
                 sent += self._flush(context)
                 held = self.cursor.advance(self._committed(position))
                 if not held:
                     return sent  # the lease went to another process meanwhile: it goes on from here
+            self._take_ends()
             self.transfers.close_due(position, time.time(), everything=final)
             sent += self._flush(context)
         finally:
@@ -183,6 +192,7 @@ class AuditFeed(threading.Thread):
 
     def _forget(self) -> None:
         self.transfers.clear()
+        self._ends.clear()
         self._read = None
 
     def run(self) -> None:
