@@ -108,17 +108,22 @@ class Node:
             raise NotDicomError(f"{path}: cannot read ({exc.strerror})") from exc
         return self.ingest(carried.item(), actor=actor)
 
-    def ingest(self, item: Item, actor: str = "", *, may_correct: bool = True) -> IngestResult:
+    def ingest(
+        self, item: Item, actor: str = "", *, may_correct: bool = True, peer: str = ""
+    ) -> IngestResult:
         """Chain and store one item; idempotent per content. An item carrying a registered
         institution's block is checked first (``sender``) and chained with a link to that block.
 
         Different content under a known item id is a new version, made only by the original's
         sender or, with ``may_correct`` (the ``correct`` permission; local callers have it), by
-        anyone: otherwise ``VersionRefused``, recorded as ``instance.refused``, nothing stored."""
+        anyone: otherwise ``VersionRefused``, recorded as ``instance.refused``, nothing stored.
+        ``peer`` is the sender's network address (the audit's NetworkAccessPointID), if it has one."""
         try:
-            return self._ingest(item, actor, may_correct)
+            return self._ingest(item, actor, may_correct, peer)
         except VersionRefused as exc:
             details = {"sop_instance_uid": item.identity.item_id, "content_hash": item.content_hash}
+            if peer:
+                details["peer"] = peer
             self.record(
                 self._item_event(
                     EventType.INSTANCE_REFUSED, item.identity, actor, str(exc), details, Outcome.MINOR_FAILURE
@@ -126,7 +131,7 @@ class Node:
             )
             raise
 
-    def _ingest(self, item: Item, actor: str, may_correct: bool) -> IngestResult:
+    def _ingest(self, item: Item, actor: str, may_correct: bool, peer: str = "") -> IngestResult:
         ids = item.identity
         digest = item.content_hash
         sender = self.sender(item, actor)
@@ -139,7 +144,9 @@ class Node:
                     if not self.storage.exists(latest.path):  # the ledger has it, the disk lost it
                         self._write_confirmed(latest.path, item, latest.block)
                         outcome = IngestOutcome.RESTORED
-                    tx.add_event(self.key, self._receipt(ids, latest.block, latest.version, actor, outcome))
+                    tx.add_event(
+                        self.key, self._receipt(ids, latest.block, latest.version, actor, outcome, peer)
+                    )
                     return IngestResult(outcome, latest.block, self.storage.path(latest.path), latest.version)
                 if latest is not None and not may_correct:
                     self._may_version(tx.appender.session, ids.item_id, actor)
@@ -191,7 +198,7 @@ class Node:
                 if values is not None:  # formats without a query model are not in the index
                     tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
-                tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome))
+                tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome, peer))
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
@@ -297,7 +304,11 @@ class Node:
         return self._item_event(EventType.RELEASE_RECEIVED, ids, actor, reason, details, Outcome.SUCCESS)
 
     def _receipt(
-        self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome
+        self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome, peer: str = ""
     ) -> EventDraft:
-        details = {"height": block.header.height, "block_hash": block.hash, "version": version}
+        details: dict = {"height": block.header.height, "block_hash": block.hash, "version": version}
+        if ids.item_class:  # the audit counts a study's instances per SOP class (audit/transfers.py)
+            details["sop_class"] = ids.item_class
+        if peer:  # who sent it, by address: the AE title is only what the sender calls itself
+            details["peer"] = peer
         return self._item_event(EventType.INSTANCE_RECEIVED, ids, actor, outcome, details, Outcome.SUCCESS)

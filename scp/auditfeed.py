@@ -14,13 +14,18 @@ import os
 import socket
 import ssl
 import threading
+import time
+from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from pynetdicom import evt
 
 from dicom_chain.audit import atna, record
 from dicom_chain.audit import syslog as framing
 from dicom_chain.audit.context import ExportContext
 from dicom_chain.audit.feedcursor import FeedCursor
+from dicom_chain.audit.transfers import Transfers, aggregated
 from dicom_chain.errors import ConfigError, DicomChainError
 from dicom_chain.ledger import Ledger
 from dicom_chain.vocab import Outcome
@@ -51,6 +56,11 @@ class SyslogTarget:
 
     def send(self, msg: bytes) -> None:
         if self.scheme == "udp":
+            if len(msg) > UDP_MAX_BYTES:  # a query naming thousands of patients: say so, once each
+                log.warning(
+                    "audit message of %d bytes cut to %d for UDP; use tcp:// or tls:// to send it whole",
+                    len(msg), UDP_MAX_BYTES,
+                )  # fmt: skip
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.sendto(msg[:UDP_MAX_BYTES], (self.host, self.port))
             return
@@ -75,6 +85,11 @@ class SyslogTarget:
 
 
 class AuditFeed(threading.Thread):
+    """Tails the event log to one target. Receipts go out per study and association
+    (audit/transfers.py), everything else one message per event. The cursor kept in the database
+    stays below the first receipt of a transfer not yet sent, so a feed that stops or dies
+    mid-study sends that transfer whole from the next start (at least once, as before)."""
+
     def __init__(self, ledger: Ledger, target: SyslogTarget, source_id: str) -> None:
         super().__init__(name="audit-feed", daemon=True)
         self.ledger = ledger
@@ -86,38 +101,99 @@ class AuditFeed(threading.Thread):
         self.head_at_start = ledger.event_head()[0]  # a first start sends what follows, not the history
         self.failures = 0  # rounds that ended in an error (the repository or the database was down)
         self.last_error = ""
+        self.transfers = Transfers()
+        self._read: int | None = None  # the last event read while this feed held the lease
+        self._lock = threading.Lock()  # stop() may run a round while the thread ends its own
+        # association ends (actor, peer, log head), noted by the gateway's association threads and
+        # taken in by the feed's round: a deque, so a closing association never waits on a send
+        self._ends: deque[tuple[str, str, int]] = deque()
 
-    def send_pending(self) -> int:
-        """Send what the log holds past the cursor, if this process holds the target's lease;
-        returns how many went out."""
-        position = self.cursor.acquire(lambda: self.head_at_start)
-        if position is None:
-            return 0  # another process sends
+    def association_ended(self, actor: str, peer: str) -> None:
+        """An association closed: its transfers are complete once the log is read up to its head now
+        (every receipt it made was committed before its C-STORE was answered)."""
+        self._ends.append((actor, peer, self.ledger.event_head()[0]))
+
+    def connection_closed(self, event: evt.Event) -> None:
+        """pynetdicom's EVT_CONN_CLOSE (released, aborted or dropped): the association ended."""
+        requestor = event.assoc.requestor
+        self.association_ended(requestor.ae_title.strip(), requestor.address)
+
+    def _send(self, payload: bytes, stamp: str, warning: bool) -> None:
+        msg = framing.message(
+            payload, timestamp=stamp, hostname=self.hostname, procid=str(os.getpid()), warning=warning
+        )
+        self.target.send(msg)
+
+    def _flush(self, context: ExportContext) -> int:
+        """Send the finished transfers, oldest first; one that fails stays for the next round."""
         sent = 0
+        while self.transfers.finished:
+            transfer = self.transfers.finished[0]
+            self._send(atna.transfer_bytes(transfer, context), transfer.last_time, warning=False)
+            self.transfers.finished.pop(0)
+            sent += 1
+        return sent
+
+    def _take_ends(self) -> None:
+        while self._ends:
+            self.transfers.ended(*self._ends.popleft())
+
+    def _committed(self, position: int) -> int:
+        """Where the cursor may stand: the last event read, or just below an unsent transfer."""
+        oldest = self.transfers.oldest_seq()
+        return position if oldest is None else min(position, oldest - 1)
+
+    def send_pending(self, *, final: bool = False) -> int:
+        """Send what the log holds past the cursor, if this process holds the target's lease;
+        returns how many messages went out. ``final`` (stopping) sends every open transfer."""
+        position = self.cursor.acquire(lambda: self.head_at_start)
+        with self._lock:
+            if position is None:
+                self._forget()  # another process sends; it gathers them again from the cursor
+                return 0
+            if self._read is not None and self._read > position:
+                position = self._read  # the receipts between the cursor and here are gathered
+            return self._pump(position, final)
+
+    def _pump(self, position: int, final: bool) -> int:
         context = ExportContext(
             exported_at="", source_id=self.source_id, institutions=self.ledger.institutions()
         )
-        while rows := self.ledger.events_after(position, BATCH):
-            start = position
-            try:
+        sent = 0
+        held = True
+        try:
+            sent += self._flush(context)
+            while rows := self.ledger.events_after(position, BATCH):
+                self._take_ends()  # before the receipts: an end among them splits their transfers
                 for row in rows:
                     rec = record.from_row(row)
-                    payload = atna.to_bytes(rec, context)
-                    msg = framing.message(
-                        payload,
-                        timestamp=rec["time"],
-                        hostname=self.hostname,
-                        procid=str(os.getpid()),
-                        warning=rec["outcome"] != Outcome.SUCCESS,
-                    )
-                    self.target.send(msg)
-                    position = rec["seq"]
-                    sent += 1
-            finally:
-                held = position == start or self.cursor.advance(position)
+                    if aggregated(rec):
+                        self.transfers.add(rec)
+                    else:
+                        warning = rec["outcome"] != Outcome.SUCCESS
+                        self._send(atna.to_bytes(rec, context), rec["time"], warning)
+                        sent += 1
+                    position = self._read = rec["seq"]
+                self._take_ends()
+                self.transfers.close_due(position, None)
+                sent += self._flush(context)
+                held = self.cursor.advance(self._committed(position))
+                if not held:
+                    return sent  # the lease went to another process meanwhile: it goes on from here
+            self._take_ends()
+            self.transfers.close_due(position, time.time(), everything=final)
+            sent += self._flush(context)
+        finally:
             if not held:
-                return sent  # the lease went to another process meanwhile: it goes on from here
+                self._forget()
+            else:
+                self.cursor.advance(self._committed(position))
         return sent
+
+    def _forget(self) -> None:
+        self.transfers.clear()
+        self._ends.clear()
+        self._read = None
 
     def run(self) -> None:
         delay = POLL_S
@@ -145,7 +221,7 @@ class AuditFeed(threading.Thread):
         if self.is_alive():
             self.join(timeout=CONNECT_TIMEOUT_S)
         try:
-            self.send_pending()
+            self.send_pending(final=True)  # the associations are drained: every transfer is complete
         except (OSError, DicomChainError) as exc:
             log.warning("audit feed: %s; the rest goes out at the next start", exc)
         try:

@@ -177,7 +177,12 @@ def handle_store(
         _store_refused(node, event, exc)
         raise
     with received(event, spool) as item:  # the data set as received to disk, removed on the way out
-        result = node.ingest(item, actor=calling, may_correct=caller.may(Permission.CORRECT))
+        result = node.ingest(
+            item,
+            actor=calling,
+            may_correct=caller.may(Permission.CORRECT),
+            peer=event.assoc.requestor.address,
+        )
     h = result.block.header
     log.info(
         "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d",
@@ -320,7 +325,7 @@ def handle_find(
     model = FIND_MODELS[event.request.AffectedSOPClassUID]
     with _refusal_recorded(node, EventType.QUERY_FIND, calling, model=model):
         _permitted(event, access, Permission.FIND)
-        run = start_find(node, _identifier(event), model, calling, ae_title)
+        run = start_find(node, _identifier(event), model, calling, ae_title, event.assoc.requestor.address)
     pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
     with _run_recorded(run, "query"):
         for answer in run.answers():

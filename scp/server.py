@@ -11,6 +11,12 @@ import subprocess
 import threading
 import time
 
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -50,6 +56,16 @@ ACSE_TIMEOUT_S = 30  # association set-up/release; a silent peer must not hold a
 DIMSE_TIMEOUT_S = 120  # one DIMSE message; a large multi-frame object over a slow link fits
 NETWORK_TIMEOUT_S = 300  # idle association; workstations keep associations open between sends
 DRAIN_TIMEOUT_S = 120  # on SIGTERM, how long in-flight associations may take to finish
+# C-FIND answers carry our private DICOM_CHAIN elements: in Implicit VR their VRs are not on the
+# wire, so a peer without our dictionary shows "??" and hex. pynetdicom accepts the first of the
+# ACCEPTOR's syntaxes the peer proposes (presentation.negotiate_as_acceptor), so Explicit VR
+# Little Endian goes first; a peer offering only Implicit VR (findscu -xi) still gets it.
+FIND_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -109,7 +125,9 @@ def build_ae(ae_title: str, max_associations: int = MAX_ASSOCIATIONS) -> AE:
     ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.network_timeout = NETWORK_TIMEOUT_S
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for sop_class in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+    for sop_class in FIND_MODELS:
+        ae.add_supported_context(sop_class, FIND_TRANSFER_SYNTAXES)
+    for sop_class in (*MOVE_MODELS, *GET_MODELS):
         ae.add_supported_context(sop_class)
     for cx in AllStoragePresentationContexts:
         # both roles: modalities store to us (we are SCP), C-GET has us store back (SCU role, PS3.7 D.3.3.4)
@@ -165,6 +183,7 @@ class Gateway:
             (evt.EVT_C_FIND, handle_find, [self.node, ae_title, self.access]),
             (evt.EVT_C_MOVE, handle_move, [self.node, ae_title, self.access]),
             (evt.EVT_C_GET, handle_get, [self.node, self.access]),
+            *([(evt.EVT_CONN_CLOSE, self.audit_feed.connection_closed)] if self.audit_feed else []),
         ]
         return self.metrics.counting(handlers)  # C-STORE, C-FIND, C-MOVE, C-GET counted for /metrics
 

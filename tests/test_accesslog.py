@@ -23,12 +23,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_chain.audit import AuditFilter, accesslog, export, jsonl, verify_export
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
-from dicom_chain.qr.runs import DISCLOSED_PATIENTS_MAX, disclosed
+from dicom_chain.qr.runs import disclosed, start_find
 from dicom_chain.synthetic import StudySpec, ct_study
-from dicom_chain.vocab import EventType, Outcome
+from dicom_chain.vocab import EventType, Outcome, RunStatus
 
 from .conftest import SAMPLE_STUDY
 from .gateways import InProcessGateway
@@ -234,7 +235,7 @@ def test_a_wildcard_find_records_every_patient_it_disclosed(ran: Node):
     finds = [e for e, _ in ran.ledger.iter_events_with_hash() if e.type == EventType.QUERY_FIND]
     everyone, some = finds[0], finds[1]
     assert everyone.details["patients"] == sorted([PATIENT, OTHER, THIRD]) and everyone.patient_id == ""
-    assert some.details["patients"] == sorted([OTHER, THIRD]) and some.details["patients_beyond"] == 0
+    assert some.details["patients"] == sorted([OTHER, THIRD]) and "patients_beyond" not in some.details
 
 
 def test_a_find_of_one_patient_keeps_the_patient_column(ran: Node, tmp_path: Path):
@@ -251,11 +252,35 @@ def test_a_find_of_one_patient_keeps_the_patient_column(ran: Node, tmp_path: Pat
     assert last.patient_id == OTHER and last.details["patients"] == [OTHER]
 
 
-def test_disclosed_patients_are_bounded_and_the_rest_counted():
-    many = {f"P{i:05d}" for i in range(DISCLOSED_PATIENTS_MAX + 7)}
-    listed = disclosed(many)
-    assert len(listed["patients"]) == DISCLOSED_PATIENTS_MAX and listed["patients_beyond"] == 7
-    assert disclosed(set()) == {"patients": [], "patients_beyond": 0}
+MANY_PATIENTS = 230  # more than the 200 an earlier version named before it only counted the rest
+
+
+def test_a_sweep_of_many_patients_names_every_one_and_each_finds_it(tmp_path: Path):
+    """A wildcard C-FIND over an index of 230 patients: every one is named in the query's event,
+    so ``audit export --patient`` finds the disclosure for the last of them too (it was counted,
+    not named, when the list stopped at 200)."""
+    node = Node.open(Settings(home=tmp_path / "home"))
+    try:
+        patients = [f"P{i:04d}" for i in range(MANY_PATIENTS)]
+        for i, patient in enumerate(patients):
+            [ds] = ct_study(StudySpec(seed=1000 + i, instances=1, rows=4, columns=4, patient_id=patient))
+            node.ingest(item_from_dataset(ds))
+        query = Dataset()
+        query.QueryRetrieveLevel, query.PatientID = "STUDY", ""
+        run = start_find(node, query, "STUDY", "RADIOLOGIST", "GW", peer="10.1.2.3")
+        assert sum(1 for _ in run.answers()) == MANY_PATIENTS
+        run.finish(RunStatus.COMPLETED)
+        [find] = [e for e, _ in node.ledger.iter_events_with_hash() if e.type == EventType.QUERY_FIND]
+        assert find.details["patients"] == patients and "patients_beyond" not in find.details
+        assert find.details["peer"] == "10.1.2.3"
+        out = tmp_path / "last.jsonl"
+        export(
+            node.ledger, node.key, "json", out, AuditFilter(patient=patients[-1]), actor="o", source_id="GW"
+        )
+        assert [r["seq"] for r in jsonl.read(out) if r["type"] == EventType.QUERY_FIND] == [find.seq]
+    finally:
+        node.close()
+    assert disclosed(set()) == {"patients": []}
 
 
 def test_audit_export_for_a_patient_selects_the_queries_that_disclosed_them(ran: Node, tmp_path: Path):

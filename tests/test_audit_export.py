@@ -5,6 +5,7 @@ offline, and found out when tampered with. The live syslog feed of the same run 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import socket
@@ -127,16 +128,31 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, UdpRep
         assert not _scu("STRANGER", port).is_established
         wait_for(lambda: node.outbox.pending_count() == 0, timeout=60)  # forwarded and settled
         assert pacs.count == 4 and workstation.count == 4
+        # the study's receipts went out once its association ended, not only when the gateway stopped
+        wait_for(lambda: any(_is_transfer(m) for m in repository.messages), timeout=20)
     finally:
         gateway.stop()
         pacs.ae.shutdown()
         workstation.ae.shutdown()
     assert gateway.audit_feed is not None
     fed = node.ledger.event_head()[0] - gateway.audit_feed.head_at_start  # service.start to service.stop
-    wait_for(lambda: len(repository.messages) == fed)  # sent by stop(); received by the thread soon after
+    wait_for(lambda: events_fed(repository.messages) == fed)  # sent by stop(); received soon after
     repository.running = False
     yield node, repository
     node.close()
+
+
+def _is_transfer(datagram: bytes) -> bool:
+    return atna.transfer_of(etree.fromstring(framing.parse(datagram)[1])) is not None
+
+
+def events_fed(messages: list[bytes]) -> int:
+    """Events the feed's messages stand for: one each, or a study's receipts in one transfer."""
+    total = 0
+    for datagram in messages:
+        summary = atna.transfer_of(etree.fromstring(framing.parse(datagram)[1]))
+        total += 1 if summary is None else summary["count"]
+    return total
 
 
 def event_log(node: Node) -> list[tuple]:
@@ -204,6 +220,37 @@ def test_fhir_bundle_is_valid_r4_auditevents(ran, tmp_path):
     assert all(r.get_resource_type() == "AuditEvent" for r in resources)
     received = [r for r in resources if r.type.code == "110104" and r.action == "C"]
     assert received and all(any(e.what.identifier.value == ODD_PATIENT for e in r.entity) for r in received)
+
+
+def test_receipts_and_queries_name_the_peers_address_in_every_format(ran, tmp_path):
+    """The AE title is only what a peer calls itself: its address is on the record too, and in
+    ATNA's NetworkAccessPointID (type 2, an IP address) and FHIR's agent.network."""
+    node, _ = ran
+    events = [e for e, _ in node.ledger.iter_events_with_hash()]
+    receipts = [e for e in events if e.type == "instance.received"]
+    finds = [e for e in events if e.type == "query.find"]
+    assert receipts and all(e.details["peer"] == "127.0.0.1" for e in receipts)
+    assert finds and all(e.details["peer"] == "127.0.0.1" for e in finds)
+    out = tmp_path / "trail.xml"
+    export(node.ledger, node.key, "atna", out, AuditFilter(), actor="officer", source_id="GW")
+    peers = {}
+    for msg in atna.messages(out):
+        for who in msg.iter("ActiveParticipant"):
+            if who.get("UserID") in ("MODALITY", "RADIOLOGIST"):
+                peers[who.get("UserID")] = (
+                    who.get("NetworkAccessPointID"),
+                    who.get("NetworkAccessPointTypeCode"),
+                )
+    assert peers == {"MODALITY": ("127.0.0.1", "2"), "RADIOLOGIST": ("127.0.0.1", "2")}
+    out = tmp_path / "trail.json"
+    export(node.ledger, node.key, "fhir", out, AuditFilter(), actor="officer", source_id="GW")
+    agents = [
+        a
+        for entry in json.loads(out.read_text(encoding="utf-8"))["entry"]
+        for a in entry["resource"]["agent"]
+        if a["who"]["display"] == "MODALITY"
+    ]
+    assert agents and all(a["network"] == {"address": "127.0.0.1", "type": "2"} for a in agents)
 
 
 def test_csv_survives_a_spreadsheet_round_trip_of_formulas(ran, tmp_path):
@@ -274,6 +321,34 @@ def test_a_changed_line_or_a_removed_line_fails_verify(ran, tmp_path, fmt):
     assert not report.ok and "missing-event" in {f.kind for f in report.errors}
 
 
+@pytest.mark.parametrize(
+    ("fmt", "before", "after", "where"),
+    [
+        ("atna", b'EventOutcomeIndicator="4"', b'EventOutcomeIndicator="0"', "EventOutcomeIndicator"),
+        ("fhir", b'"outcome":"4"', b'"outcome":"0"', "resource.outcome"),
+    ],
+)
+def test_an_edited_value_in_a_rendered_export_is_altered_not_unreadable(
+    ran, tmp_path, fmt, before, after, where
+):
+    """An auditor's edit that keeps the file well-formed (a failure turned into a success) is an
+    alteration, named with the event and the field; the records after it are still checked."""
+    node, _ = ran
+    out = tmp_path / f"trail.{fmt}"
+    signed = export(node.ledger, node.key, fmt, out, AuditFilter(), actor="o", source_id="GW")
+    original = out.read_bytes()
+    assert original.count(before) >= 1
+    out.write_bytes(original.replace(before, after, 1))
+    report, _ = verify_export(out, frozenset({node.key.public_key}))
+    kinds = [f.kind for f in report.errors]
+    assert "unreadable" not in kinds and "altered" in kinds and "file-altered" in kinds
+    [edited] = [f for f in report.errors if f.kind == "altered"]
+    assert where in edited.message and "the record says" in edited.message, edited.message
+    assert report.events_checked == signed["statement"]["count"]  # it read on past the edit
+    out.write_bytes(original[: len(original) // 2])  # cut short: not well-formed any more
+    assert "unreadable" in {f.kind for f in verify_export(out)[0].errors}
+
+
 def test_a_proof_signed_by_another_key_is_refused_when_the_key_is_pinned(node: Node, tmp_path):
     from dicom_chain.events import EventDraft
     from dicom_chain.keys import NodeKey
@@ -296,18 +371,32 @@ def test_a_missing_proof_is_reported(ran, tmp_path):
 
 
 def test_the_live_feed_sent_every_event_of_the_run_as_a_valid_audit_message(ran):
+    """Every event of the run went out: each on its own, but the study's four receipts in one
+    "DICOM Instances Transferred" message for their association (IHE ATNA), which names them."""
     node, repository = ran
     log = {h: t for _, h, t, *_ in event_log(node)}
     sent = {}
+    transfers = []
     for datagram in repository.messages:
         header, payload = framing.parse(datagram)
         assert header["msgid"] == "IHE+RFC-3881" and header["app"] == "dicom-chain"
         msg = etree.fromstring(payload)
         assert SCHEMA.validate(msg), SCHEMA.error_log
+        assert int(header["pri"]) in (10 * 8 + 5, 10 * 8 + 4)
+        summary = atna.transfer_of(msg)
+        if summary is not None:
+            transfers.append((msg, summary))
+            continue
         rec = atna.record_of(msg)
         sent[rec["hash"]] = rec["type"]
-        assert int(header["pri"]) in (10 * 8 + 5, 10 * 8 + 4)
-    run = {h: t for h, t in log.items() if t != "audit.export"}
+    [(msg, summary)] = transfers
+    receipts = [(e.seq, h) for e, h in node.ledger.iter_events_with_hash() if e.type == "instance.received"]
+    assert summary["count"] == len(receipts) == 4
+    assert (summary["first_seq"], summary["last_seq"]) == (receipts[0][0], receipts[-1][0])
+    digest = hashlib.sha256("".join(f"{s} {h}\n" for s, h in receipts).encode("ascii")).hexdigest()
+    assert summary["events_sha256"] == digest
+    assert [c.get("NumberOfInstances") for c in msg.iter("SOPClass")] == ["4"]
+    run = {h: t for h, t in log.items() if t not in ("audit.export", "instance.received")}
     # the feed starts at the log's head when it first starts: service.start is the first it sends
     assert {h: t for h, t in run.items() if h in sent} == run
     assert sent == {h: t for h, t in sent.items() if h in log}

@@ -4,6 +4,7 @@ repository is down: it keeps its place and sends what was missed once the reposi
 from __future__ import annotations
 
 import datetime
+import hashlib
 import socket
 import ssl
 import threading
@@ -16,12 +17,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicom_chain.audit import atna
 from dicom_chain.audit import syslog as framing
+from dicom_chain.audit.transfers import AGGREGATE_IDLE_S, AGGREGATE_MAX_AGE_S, Transfers
+from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.errors import ConfigError
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
+from dicom_chain.synthetic import StudySpec, ct_study
+from scp import auditfeed as auditfeed_module
 from scp.auditfeed import AuditFeed, SyslogTarget
 
 from .peers import free_port
@@ -233,3 +239,188 @@ def test_framing_round_trip():
     header, payload = framing.parse(msg)
     assert payload == b"<AuditMessage/>" and header["hostname"] == "gw1" and header["pri"] == "85"
     assert framing.octet_counted(msg).startswith(str(len(msg)).encode() + b" <85>1 ")
+
+
+# -- receipts per study and association (IHE ATNA "DICOM Instances Transferred") ----------------
+
+SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).parent / "schemas" / "dicom-audit-message.rng")))
+
+
+def _receive(node: Node, seed: int, count: int, *, actor: str = "CT1", peer: str = "10.0.0.7") -> list[str]:
+    """``count`` instances of one study received as over C-STORE; their SOP Instance UIDs."""
+    study = list(ct_study(StudySpec(seed=seed, instances=count, rows=4, columns=4, patient_id="P-9")))
+    for ds in study:
+        node.ingest(item_from_dataset(ds), actor=actor, peer=peer)
+    return [ds.SOPInstanceUID for ds in study]
+
+
+def _transfers(messages: list[bytes]) -> list[tuple[etree._Element, dict]]:
+    found = []
+    for m in messages:
+        msg = etree.fromstring(framing.parse(m)[1])
+        assert SCHEMA.validate(msg), SCHEMA.error_log
+        summary = atna.transfer_of(msg)
+        if summary is not None:
+            found.append((msg, summary))
+    return found
+
+
+def _receipts_digest(node: Node, first: int, last: int) -> str:
+    lines = "".join(
+        f"{e.seq} {h}\n"
+        for e, h in node.ledger.iter_events_with_hash()
+        if e.type == "instance.received" and first <= e.seq <= last
+    )
+    return hashlib.sha256(lines.encode("ascii")).hexdigest()
+
+
+def test_a_study_goes_out_as_one_message_per_association(node: Node):
+    """Five receipts of one study are one "DICOM Instances Transferred" message, sent when the
+    association ends, naming its SOP class with NumberOfInstances and the events it stands for;
+    a query between them goes out on its own at once. The cursor waits below the open study."""
+    port = free_port()
+    repository = TcpRepository(port)
+    repository.start()
+    feed = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW")
+    try:
+        feed.send_pending()
+        start = feed.cursor.position()
+        _receive(node, 41, 3)
+        node.record(EventDraft("query.find", actor="WS1"))
+        _receive(node, 41, 5)  # the study's five: the first three again (duplicates), two new
+        feed.send_pending()
+        wait_for(lambda: len(repository.messages) == 1)
+        assert types_of(repository.messages) == ["query.find"]
+        assert feed.cursor.position() == start  # the first receipt is not sent yet
+        feed.association_ended("CT1", "10.0.0.7")
+        assert feed.send_pending() == 1
+        wait_for(lambda: len(repository.messages) == 2)
+        [(msg, summary)] = _transfers(repository.messages)
+        head = node.ledger.event_head()[0]
+        assert summary == {
+            "first_seq": start + 1,
+            "last_seq": head,
+            "count": 8,
+            "events_sha256": _receipts_digest(node, start + 1, head),
+        }
+        assert feed.cursor.position() == head
+        ident = msg.find("EventIdentification")
+        assert ident.find("EventID").get("csd-code") == "110104" and ident.get("EventActionCode") == "C"
+        [source] = [p for p in msg.iter("ActiveParticipant") if p.get("UserID") == "CT1"]
+        assert source.get("NetworkAccessPointID") == "10.0.0.7"
+        [sop_class] = msg.iter("SOPClass")
+        assert sop_class.get("UID") == CTImageStorage and sop_class.get("NumberOfInstances") == "8"
+        # the same modality sends the study again, on another association: another message
+        _receive(node, 42, 2)
+        feed.association_ended("CT1", "10.0.0.7")
+        feed.send_pending()
+        wait_for(lambda: len(repository.messages) == 3)
+        assert [s["count"] for _, s in _transfers(repository.messages)] == [8, 2]
+    finally:
+        feed.stop()
+        repository.close()
+
+
+def test_a_feed_that_dies_mid_study_sends_the_whole_study_from_its_next_start(node: Node):
+    """The feed read three receipts of an open study, then its process died: the cursor stayed
+    below them, so the next feed gathers all five (the two that came later too) in one message."""
+    port = free_port()
+    repository = TcpRepository(port)
+    repository.start()
+    first = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW")
+    first.send_pending()
+    start = first.cursor.position()
+    _receive(node, 43, 3)
+    node.record(EventDraft("query.find", actor="WS1"))
+    first.send_pending()
+    wait_for(lambda: len(repository.messages) == 1)
+    first.cursor.release()  # killed: no final round (a dead holder's lease is taken over at once)
+    _receive(node, 43, 5)
+    second = AuditFeed(node.ledger, SyslogTarget(f"tcp://127.0.0.1:{port}"), "GW")
+    try:
+        second.association_ended("CT1", "10.0.0.7")
+        second.send_pending()
+        wait_for(lambda: len(_transfers(repository.messages)) == 1)
+        [(_, summary)] = _transfers(repository.messages)
+        assert summary["first_seq"] == start + 1 and summary["count"] == 8  # 3 + 5, none lost
+        # at least once: the query after the first receipt went out again, recognisable by its hash
+        assert types_of([m for m in repository.messages if atna.transfer_of(_msg(m)) is None]) == [
+            "query.find",
+            "query.find",
+        ]
+    finally:
+        second.stop()
+        repository.close()
+
+
+def _msg(m: bytes) -> etree._Element:
+    return etree.fromstring(framing.parse(m)[1])
+
+
+def test_transfers_close_on_silence_on_age_and_on_a_new_association():
+    """Without word of the association's end (another process received it) a transfer closes
+    after AGGREGATE_IDLE_S of silence, or AGGREGATE_MAX_AGE_S open; 2,000 receipts are one."""
+    t0 = 1_800_000_000.0
+
+    def rec(seq: int, at: float, study: str = "1.2.3", actor: str = "CT1") -> dict:
+        stamp = datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        details = {"peer": "10.0.0.7", "sop_class": CTImageStorage}
+        return {
+            "seq": seq, "type": "instance.received", "outcome": "success", "actor": actor, "patient_id": "P",
+            "study_uid": study, "key_id": "k", "time": stamp, "hash": f"{seq:064x}", "details": details,
+        }  # fmt: skip
+
+    gathered = Transfers()
+    for seq in range(1, 2001):
+        gathered.add(rec(seq, t0 + seq * 0.01))
+    last = t0 + 20.0
+    gathered.close_due(2000, last + AGGREGATE_IDLE_S - 1)
+    assert not gathered.finished and gathered.oldest_seq() == 1
+    gathered.close_due(2000, last + AGGREGATE_IDLE_S)
+    [study] = gathered.finished
+    assert (study.count, study.sop_classes, gathered.oldest_seq()) == (2000, {CTImageStorage: 2000}, 1)
+    gathered.finished.clear()
+    # a study streamed for longer than the bound is reported in parts, none lost
+    for seq in range(1, 5):
+        gathered.add(rec(seq, t0 + seq * AGGREGATE_MAX_AGE_S / 3))
+    gathered.close_due(4, t0 + 4 * AGGREGATE_MAX_AGE_S / 3 + 1)
+    assert [t.count for t in gathered.finished] == [4]
+    gathered.finished.clear()
+    # the association ended at seq 2; seq 3 is the same sender's next association
+    gathered.add(rec(1, t0))
+    gathered.add(rec(2, t0))
+    gathered.ended("CT1", "10.0.0.7", 2)
+    gathered.add(rec(3, t0))
+    assert [t.count for t in gathered.finished] == [2] and gathered.oldest_seq() == 1
+    gathered.close_due(3, None)
+    assert [t.count for t in gathered.open.values()] == [1]
+
+
+def test_a_message_too_large_for_udp_is_cut_with_a_warning(caplog):
+    """A query naming thousands of patients outgrows a datagram: it is not dropped silently."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    with receiver, caplog.at_level("WARNING", logger="dicom_chain.audit"):
+        SyslogTarget(f"udp://127.0.0.1:{receiver.getsockname()[1]}").send(b"x" * 70_000)
+        assert len(receiver.recv(100_000)) == auditfeed_module.UDP_MAX_BYTES
+    assert "use tcp:// or tls://" in caplog.text
+
+
+def test_a_lagging_feed_still_splits_two_associations_it_heard_end_before_reading_them():
+    t0 = "2026-11-29T12:00:00.000000Z"
+
+    def rec(seq: int) -> dict:
+        details = {"peer": "10.0.0.7", "sop_class": CTImageStorage}
+        return {
+            "seq": seq, "type": "instance.received", "outcome": "success", "actor": "CT1", "patient_id": "P",
+            "study_uid": "1.2.3", "key_id": "k", "time": t0, "hash": f"{seq:064x}", "details": details,
+        }  # fmt: skip
+
+    gathered = Transfers()
+    gathered.ended("CT1", "10.0.0.7", 2)  # the first association ended at seq 2,
+    gathered.ended("CT1", "10.0.0.7", 5)  # the second at 5, before the feed read either
+    for seq in range(1, 6):
+        gathered.add(rec(seq))
+    gathered.close_due(5, None)
+    assert [(t.first_seq, t.count) for t in gathered.finished] == [(1, 2), (3, 3)]

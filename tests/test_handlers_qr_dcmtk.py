@@ -6,6 +6,7 @@ the retrieved files with ``verify``: what arrives at a workstation is still chai
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from .conftest import SAMPLE_STUDY
 from .gateways import start_server
 from .peers import free_port, require_tool, wait_listening
 from .test_index import brute_force, fill, stored_entities
+from .test_privatetags import dcmtk_env
 
 DCMTK_TIMEOUT_S = 120
 
@@ -243,3 +245,50 @@ def test_getscu_retrieves_a_series_on_its_own_association(gateway, tmp_path):
     assert verify_files(files).ok
     event = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"][-1]
     assert event.actor == "GETSCU" and event.details["completed"] == len(files) == 2
+
+
+def _findscu_dump(port: int, *options: str, env: dict[str, str] | None = None) -> str:
+    """findscu's own print of an IMAGE-level answer (what a PACS administrator sees)."""
+    first = pydicom.dcmread(sorted(SAMPLE_STUDY.glob("*.dcm"))[0])
+    tool = require_tool("findscu", "dcmtk")
+    keys = [
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={first.StudyInstanceUID}",
+        f"SeriesInstanceUID={first.SeriesInstanceUID}",
+        f"SOPInstanceUID={first.SOPInstanceUID}",
+    ]
+    args = [tool, "-S", *options, "-aec", "DICOMCHAIN", *(a for k in keys for a in ("-k", k))]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=DCMTK_TIMEOUT_S, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "-X" in options or "Find Response: 1 (Pending)" in result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_findscu_image_answers_carry_our_private_vrs(gateway):
+    """findscu proposes Explicit VR first by default: the answer comes in it, so our private
+    elements show their VR and value (a CS, a UL), not ``??`` and hex. (Its live print names no
+    private element whatever the dictionary: it resolves no private creator in network data.)"""
+    _, port = gateway
+    shown = _findscu_dump(port)
+    assert "Used TransferSyntax: Little Endian Explicit" in shown
+    assert re.search(r"\(0071,1020\) CS \[VERIFIED\]", shown), shown
+    assert re.search(r"\(0071,1022\) UL 1 ", shown), shown
+    assert "??" not in shown
+
+
+def test_findscu_offering_only_implicit_vr_still_gets_answers(gateway, tmp_path):
+    """A peer that proposes Implicit VR alone gets it (findscu's live print then shows ``??``);
+    the saved answer, dumped with our dictionary, reads every field by name and VR."""
+    _, port = gateway
+    plain = _findscu_dump(port, "-xi")
+    assert "Used TransferSyntax: Little Endian Implicit" in plain
+    _findscu_dump(port, "-xi", "-X", "-od", str(tmp_path))
+    dcmdump = require_tool("dcmdump", "dcmtk")
+    [answer] = tmp_path.glob("rsp*.dcm")
+    named = subprocess.run(
+        [dcmdump, str(answer)], capture_output=True, text=True, env=dcmtk_env(), timeout=60
+    )
+    assert re.search(r"\(0071,1020\) CS \[VERIFIED\] .* ChainVerificationState", named.stdout), named.stdout
+    assert re.search(r"\(0071,1022\) UL 1 .* ChainNumberOfVersions", named.stdout), named.stdout

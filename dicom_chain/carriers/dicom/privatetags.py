@@ -6,6 +6,8 @@ free, so the block never displaces another vendor's; readers find it by creator,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydicom.datadict import add_private_dict_entries
 from pydicom.dataset import Dataset
 
@@ -45,6 +47,27 @@ def register_private_dictionary() -> None:
         (CHAIN_GROUP << 16) | 0x1000 | offset: entry for offset, entry in (ELEMENTS | QUERY_ELEMENTS).items()
     }
     add_private_dict_entries(PRIVATE_CREATOR, {k: (v[0], v[1], v[2], "") for k, v in entries.items()})
+
+
+# DCMTK's private dictionary for the elements above, shipped beside this module so `dcmdump`,
+# `findscu` and `storescp` name them (README: DCMDICTPATH). tests/test_privatetags.py holds it
+# equal to dcmtk_dictionary(): the tables above are the one source.
+DCMTK_DICTIONARY = Path(__file__).with_name("dicom-chain.dic")
+
+
+def dcmtk_dictionary() -> str:
+    """The text of ``dicom-chain.dic``, in DCMTK's private dictionary syntax (as its private.dic):
+    ``(gggg,"CREATOR",ee)<TAB>VR<TAB>Keyword<TAB>VM<TAB>PrivateTag``, one element per line."""
+    lines = [
+        "# DCMTK private dictionary for dicom-chain's DICOM_CHAIN block (group 0071).",
+        "# Generated from dicom_chain/carriers/dicom/privatetags.py; do not edit by hand.",
+        "# Load with the standard one: DCMDICTPATH=/usr/share/libdcmtk17/dicom.dic:THIS_FILE",
+    ]
+    for offset, (vr, vm, _name, keyword) in sorted((ELEMENTS | QUERY_ELEMENTS).items()):
+        lines.append(
+            f'({CHAIN_GROUP:04x},"{PRIVATE_CREATOR}",{offset:02x})\t{vr}\t{keyword}\t{vm}\tPrivateTag'
+        )
+    return "\n".join(lines) + "\n"
 
 
 _CREATOR_LO = (CHAIN_GROUP << 16) | 0x0010
