@@ -668,3 +668,20 @@ def test_pixels_cut_short_on_disk_are_refused_as_truncated(tmp_path: Path):
     path.write_bytes(path.read_bytes()[:-1000])
     with pytest.raises(MalformedDatasetError, match="truncated"):
         content_digests(pydicom.dcmread(path, defer_size=1024))
+
+
+def test_pixel_bytes_past_the_image_are_hashed_too(tmp_path: Path):
+    """MR_small_padded.dcm holds 128 bytes past its 64x64 image: the block vouches for every byte
+    received, so changing one changes the hash; the image's samples are still hashed by value,
+    and the file read with its pixels left on disk hashes the same (1.5)."""
+    padded = read("MR_small_padded.dcm")
+    assert len(padded.PixelData) == 8320
+    changed = copy.deepcopy(padded)
+    changed.PixelData = padded.PixelData[:8300] + b"\x01" + padded.PixelData[8301:]
+    assert content_hash(changed) != content_hash(padded)
+    deferred = pydicom.dcmread(pydicom_file("MR_small_padded.dcm"), defer_size=1024)
+    assert content_hash(deferred) == content_hash(padded)
+    trimmed = copy.deepcopy(padded)
+    trimmed.PixelData = padded.PixelData[:8192]
+    assert content_hash(trimmed) == content_hash(read("MR_small.dcm"))  # the same image, conforming
+    assert content_hash(trimmed) != content_hash(padded)
