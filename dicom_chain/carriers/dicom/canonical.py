@@ -11,7 +11,6 @@ definitions of both versions are in docs/design.md section 1; keep the two in st
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import struct
@@ -468,10 +467,7 @@ def _canonical_pixels(
     if shape is None or not shape.normalisable or len(value) < shape.size:
         return value
     # planar: interleaved into a new array, ours to normalise in place
-    pixels = shape.normalise(_native_samples(shape, memoryview(value)[: shape.size]), in_place=shape.planar)
-    if len(value) > shape.size + 1:  # bytes past the image and its pad byte: hashed as they are (1.5)
-        return bytes(pixels) + value[shape.size :]
-    return pixels
+    return shape.normalise(_native_samples(shape, memoryview(value)[: shape.size]), in_place=shape.planar)
 
 
 def _native_samples(shape: _PixelShape, data: bytes | memoryview) -> np.ndarray:
@@ -512,15 +508,10 @@ def _deferred_pixels(
     # whole frames per chunk when planar (each is re-interleaved), else any multiple of a sample
     unit = shape.size // shape.frames if shape.planar else shape.bytes_per_sample * shape.samples
     step = unit * max(1, PIXEL_CHUNK_BYTES // unit)
-    chunks: Iterator[bytes | memoryview] = (
+    return shape.size, (
         shape.normalise_chunk(_native_samples(shape, chunk), in_place=shape.planar)
         for chunk in _file_chunks(filename, raw.value_tell, shape.size, step)
     )
-    if raw.length <= shape.size + 1:
-        return shape.size, chunks
-    # bytes past the image and its pad byte: hashed as they are, after the samples (1.5)
-    excess = _file_chunks(filename, raw.value_tell + shape.size, raw.length - shape.size, PIXEL_CHUNK_BYTES)
-    return raw.length, itertools.chain(chunks, excess)
 
 
 def _file_chunks(filename: str | os.PathLike, at: int, length: int, step: int) -> Iterator[bytes]:

@@ -4,8 +4,9 @@ Two outcomes besides passing. What cannot be kept as a whole image (pixel data s
 Image Pixel module says, a module that does not decode) is refused: a block on it would vouch for
 an incomplete image, and a refusal keeps it at the modality, where someone sees the failure. What
 is whole but does not conform (pixel data longer than needed) is an *anomaly*: stored as received,
-chained (every byte hashed), named in the receipt event and answered with a warning, as Orthanc
-and pydicom accept it and refusing would lose a complete image at the modality (design.md 5).
+chained (the content hash covers the image, design.md 1.5), named in the receipt event and answered
+with a warning, as Orthanc and pydicom accept it and refusing would lose a complete image at the
+modality (design.md 5).
 """
 
 from __future__ import annotations
