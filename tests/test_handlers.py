@@ -498,3 +498,44 @@ def test_dcmtk_storescu_of_an_imperfect_but_whole_image_is_stored_with_a_warning
     finally:
         assoc.release()
     assert node.ledger.block_count() == 1
+
+
+def test_every_malformed_input_over_c_store_gets_a_status_with_a_reason(gateway):
+    """tests/malformed/ sent as a broken modality sends it (the bytes after the file meta, never
+    re-encoded): refused ones get C000 and a reason of ours in Error Comment, never a Python
+    exception's text; kept ones Success, or B007 naming their anomaly (expected.toml)."""
+    import tomllib
+
+    from pynetdicom import _config
+
+    from .conftest import MALFORMED
+
+    assert _config.STORE_SEND_CHUNKED_DATASET
+    expected = tomllib.loads((MALFORMED / "expected.toml").read_text())["ingest"]
+    _node, port = gateway
+    sent = 0
+    for path in sorted(MALFORMED.glob("*.dcm")):
+        try:
+            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+            sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
+        except Exception:  # no file meta to send it by: pynetdicom cannot either
+            continue
+        scu = AE(ae_title="TESTSCU")
+        scu.add_requested_context(sop_class, syntax)
+        assoc = scu.associate("127.0.0.1", port, ae_title="DICOMCHAIN")
+        assert assoc.is_established
+        try:
+            rsp = assoc.send_c_store(path)
+        except ValueError:  # pynetdicom will not send it (a UID over 64 characters)
+            continue
+        finally:
+            assoc.release()
+        sent += 1
+        outcome, comment = expected[path.name], str(rsp.get("ErrorComment", ""))
+        if "refused" in outcome:
+            assert rsp.Status == CANNOT_UNDERSTAND, path.name
+            assert comment and not any(word in comment for word in ("TypeError", "ValueError", "Traceback"))
+        else:
+            assert rsp.Status == (0xB007 if outcome["stored"] else 0x0000), (path.name, comment)
+            assert comment == "; ".join(outcome["stored"])
+    assert sent >= 24  # the rest have no file meta to send them by, or pynetdicom refuses their UID
