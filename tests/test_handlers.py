@@ -457,6 +457,7 @@ def test_dcmtk_storescu_of_an_imperfect_but_whole_image_is_stored_with_a_warning
     import os
     import subprocess
 
+    from dicom_chain.verify import verify_node
     from dicom_chain.vocab import EventType
 
     from .conftest import pydicom_file
@@ -475,6 +476,7 @@ def test_dcmtk_storescu_of_an_imperfect_but_whole_image_is_stored_with_a_warning
     assert "Received Store Response (Error: CannotUnderstand)" in said
     [stored] = [node.storage.path(p) for p in node.storage.iter_files()]
     assert verify_files([stored]).ok
+    assert verify_node(node.ledger, node.storage).ok  # the whole node: chain, events, files
     sent, kept = pydicom.dcmread(files[0]), pydicom.dcmread(stored)
     assert kept.PixelData == sent.PixelData  # every byte as received
     [receipt] = [e for e in node.ledger.iter_events() if e.type == EventType.INSTANCE_RECEIVED]
