@@ -58,6 +58,7 @@ class IngestResult:
     block: Block
     path: Path
     version: int
+    anomalies: tuple[str, ...] = ()  # stored as received, not conforming: a DICOM sender gets a warning
 
 
 class Node:
@@ -145,9 +146,14 @@ class Node:
                         self._write_confirmed(latest.path, item, latest.block)
                         outcome = IngestOutcome.RESTORED
                     tx.add_event(
-                        self.key, self._receipt(ids, latest.block, latest.version, actor, outcome, peer)
+                        self.key,
+                        self._receipt(
+                            ids, latest.block, latest.version, actor, outcome, peer, item.anomalies
+                        ),
                     )
-                    return IngestResult(outcome, latest.block, self.storage.path(latest.path), latest.version)
+                    return IngestResult(
+                        outcome, latest.block, self.storage.path(latest.path), latest.version, item.anomalies
+                    )
                 if latest is not None and not may_correct:
                     self._may_version(tx.appender.session, ids.item_id, actor)
                 version = latest.version + 1 if latest else 1
@@ -198,12 +204,14 @@ class Node:
                 if values is not None:  # formats without a query model are not in the index
                     tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
-                tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome, peer))
+                tx.add_event(
+                    self.key, self._receipt(ids, block, version, actor, outcome, peer, item.anomalies)
+                )
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
             written = None  # committed: the file is the ledger's now
-            return IngestResult(outcome, block, self.storage.path(rel), version)
+            return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
             if written is not None:
                 self.storage.remove(written)
@@ -304,11 +312,22 @@ class Node:
         return self._item_event(EventType.RELEASE_RECEIVED, ids, actor, reason, details, Outcome.SUCCESS)
 
     def _receipt(
-        self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome, peer: str = ""
+        self,
+        ids: Identity,
+        block: Block,
+        version: int,
+        actor: str,
+        outcome: IngestOutcome,
+        peer: str = "",
+        anomalies: tuple[str, ...] = (),
     ) -> EventDraft:
+        """``anomalies``, when any, go in the details: what was kept as received though it does not
+        conform is on the record, not only in the sender's log."""
         details: dict = {"height": block.header.height, "block_hash": block.hash, "version": version}
         if ids.item_class:  # the audit counts a study's instances per SOP class (audit/transfers.py)
             details["sop_class"] = ids.item_class
         if peer:  # who sent it, by address: the AE title is only what the sender calls itself
             details["peer"] = peer
+        if anomalies:
+            details["anomalies"] = list(anomalies)
         return self._item_event(EventType.INSTANCE_RECEIVED, ids, actor, outcome, details, Outcome.SUCCESS)

@@ -40,6 +40,7 @@ from .statuses import (
     ERROR_COMMENT_MAX,
     PENDING,
     PENDING_UNSUPPORTED_KEYS,
+    STORED_NOT_CONFORMING,
     SUCCESS,
     find_status,
     retrieve_status,
@@ -70,9 +71,15 @@ def _calling(event: evt.Event) -> str:
 
 def _failure(status: int, exc: BaseException) -> Dataset:
     """A failure status with the reason in Error Comment, for the peer's log."""
+    return _commented(status, str(exc))
+
+
+def _commented(status: int, comment: str) -> Dataset:
+    """A status with Error Comment: a failure's reason, or what a C-STORE warning warns of
+    (PS3.4 Table B.2-1 gives B0xx warnings the same field)."""
     ds = Dataset()
     ds.Status = status
-    ds.ErrorComment = str(exc).replace("\\", "/")[:ERROR_COMMENT_MAX]
+    ds.ErrorComment = comment.replace("\\", "/")[:ERROR_COMMENT_MAX]
     return ds
 
 
@@ -169,7 +176,7 @@ def _store_refused(node: Node, event: evt.Event, exc: NotAuthorized) -> None:
 @answers_failures("c-store", store_status)
 def handle_store(
     event: evt.Event, node: Node, stored: Callable[[], None], access: Access, spool: Spool
-) -> int:
+) -> int | Dataset:
     calling = _calling(event)
     try:
         caller = _permitted(event, access, Permission.STORE)
@@ -185,11 +192,14 @@ def handle_store(
         )
     h = result.block.header
     log.info(
-        "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d",
+        "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d%s",
         calling, h.item_id, h.group_id, result.outcome, h.height,
+        f" anomalies={'; '.join(result.anomalies)!r}" if result.anomalies else "",
     )  # fmt: skip
     if result.outcome in (IngestOutcome.STORED, IngestOutcome.NEW_VERSION):
         stored()
+    if result.anomalies:  # kept as received, yet the sender should hear it does not conform
+        return _commented(STORED_NOT_CONFORMING, "; ".join(result.anomalies))
     return SUCCESS
 
 

@@ -25,6 +25,10 @@ SUCCESS = int(Status.SUCCESS)
 OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources - the disk or ledger cannot take it now; retry later
 CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - the dataset itself is at fault; do not retry as is
 # (an instance over max_instance_bytes too: see InstanceTooLargeError for why not A700)
+# Warning B007 "Data Set does not match SOP Class" (same table): stored, chained and forwarded as
+# received, but not conforming (pixel data longer than its Image Pixel module says; the receipt event
+# names it). Not B000 "Coercion of Data Elements" nor B006 "Elements Discarded": nothing was changed.
+STORED_NOT_CONFORMING = 0xB007
 # PS3.7 Annex C.4: general failure for anything we did not foresee
 PROCESSING_FAILURE = 0x0110
 

@@ -668,3 +668,23 @@ def test_pixels_cut_short_on_disk_are_refused_as_truncated(tmp_path: Path):
     path.write_bytes(path.read_bytes()[:-1000])
     with pytest.raises(MalformedDatasetError, match="truncated"):
         content_digests(pydicom.dcmread(path, defer_size=1024))
+
+
+@pytest.mark.dcmtk
+def test_pixel_bytes_past_the_image_are_no_part_of_the_content(tmp_path: Path):
+    """MR_small_padded.dcm holds 128 bytes past its 64x64 image. A lossless codec encodes the
+    image and drops them (DCMTK's dcmcjpls here; Orthanc's ingest transcoding alike), so the
+    content is the image, as for the pad byte (1.5): the copy still verifies, and the receipt
+    event names the excess instead (validation.py)."""
+    padded = read("MR_small_padded.dcm")
+    assert len(padded.PixelData) == 8320
+    deferred = pydicom.dcmread(pydicom_file("MR_small_padded.dcm"), defer_size=1024)
+    assert content_hash(deferred) == content_hash(padded) == content_hash(read("MR_small.dcm"))
+    out = tmp_path / "jls.dcm"
+    subprocess.run([require_tool("dcmcjpls", "dcmtk"), pydicom_file("MR_small_padded.dcm"), out], check=True)
+    compressed = pydicom.dcmread(out)
+    assert compressed.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert content_hash(compressed) == content_hash(padded)
+    changed = copy.deepcopy(padded)
+    changed.PixelData = padded.PixelData[:100] + bytes([padded.PixelData[100] ^ 1]) + padded.PixelData[101:]
+    assert content_hash(changed) != content_hash(padded)  # within the image, any change shows

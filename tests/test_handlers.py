@@ -11,7 +11,12 @@ import pytest
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
+    RTDoseStorage,
+    Verification,
+)
 
 from dicom_chain.node import Node
 from dicom_chain.verify import verify_files
@@ -442,3 +447,97 @@ def test_a_disk_with_0_bytes_free_is_a700_and_the_gateway_recovers(small_disk, t
     finally:
         ae.shutdown()
         node.close()
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_storescu_of_an_imperfect_but_whole_image_is_stored_with_a_warning(gateway):
+    """pydicom's MR_small_padded.dcm (Pixel Data 8,320 bytes for 8,192): stored as received,
+    chained and verifiable, answered B007 (PS3.4 B.2.3) with the anomaly in Error Comment and in
+    the receipt event; a badVR.dcm alongside is refused C000 with a reason, never a Python error."""
+    import os
+    import subprocess
+
+    from dicom_chain.verify import verify_node
+    from dicom_chain.vocab import EventType
+
+    from .conftest import pydicom_file
+    from .peers import require_tool
+
+    storescu = require_tool("storescu", "dcmtk")
+    node, port = gateway
+    anomaly = "pixel-data-length: 8320 bytes, 8192 expected"
+    files = [pydicom_file("MR_small_padded.dcm"), pydicom_file("badVR.dcm")]
+    result = subprocess.run(
+        [storescu, "-v", "-aet", "MR_SCANNER", "-aec", "DICOMCHAIN", "127.0.0.1", str(port), *files],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+    said = result.stdout + result.stderr
+    assert "Received Store Response (Warning: DataSetDoesNotMatchSOPClass)" in said
+    assert "Received Store Response (Error: CannotUnderstand)" in said
+    [stored] = [node.storage.path(p) for p in node.storage.iter_files()]
+    assert verify_files([stored]).ok
+    assert verify_node(node.ledger, node.storage).ok  # the whole node: chain, events, files
+    sent, kept = pydicom.dcmread(files[0]), pydicom.dcmread(stored)
+    assert kept.PixelData == sent.PixelData  # every byte as received
+    [receipt] = [e for e in node.ledger.iter_events() if e.type == EventType.INSTANCE_RECEIVED]
+    assert receipt.details["anomalies"] == [anomaly] and receipt.actor == "MR_SCANNER"
+    # the same through pynetdicom, to read the Error Comment each status carries
+    scu = AE(ae_title="TESTSCU")
+    scu.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    scu.add_requested_context(RTDoseStorage, ExplicitVRLittleEndian)
+    assoc = scu.associate("127.0.0.1", port, ae_title="DICOMCHAIN")
+    assert assoc.is_established
+    try:
+        warned = assoc.send_c_store(read("MR_small_padded.dcm"))
+        assert warned.Status == 0xB007 and warned.ErrorComment == anomaly
+        refused = assoc.send_c_store(read("badVR.dcm"))
+        assert refused.Status == CANNOT_UNDERSTAND
+        assert refused.ErrorComment == "pixel data without a usable Image Pixel module"
+        short = read("MR_small.dcm")
+        short.PixelData = short.PixelData[:-64]
+        refused = assoc.send_c_store(short)
+        assert refused.Status == CANNOT_UNDERSTAND and refused.ErrorComment.startswith("incomplete image")
+    finally:
+        assoc.release()
+    assert node.ledger.block_count() == 1
+
+
+def test_every_malformed_input_over_c_store_gets_a_status_with_a_reason(gateway):
+    """tests/malformed/ sent as a broken modality sends it (the bytes after the file meta, never
+    re-encoded): refused ones get C000 and a reason of ours in Error Comment, never a Python
+    exception's text; kept ones Success, or B007 naming their anomaly (expected.toml)."""
+    import tomllib
+
+    from pynetdicom import _config
+
+    from .conftest import MALFORMED
+
+    assert _config.STORE_SEND_CHUNKED_DATASET
+    expected = tomllib.loads((MALFORMED / "expected.toml").read_text())["ingest"]
+    _node, port = gateway
+    sent = 0
+    for path in sorted(MALFORMED.glob("*.dcm")):
+        try:
+            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+            sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
+        except Exception:  # no file meta to send it by: pynetdicom cannot either
+            continue
+        scu = AE(ae_title="TESTSCU")
+        scu.add_requested_context(sop_class, syntax)
+        assoc = scu.associate("127.0.0.1", port, ae_title="DICOMCHAIN")
+        assert assoc.is_established
+        try:
+            rsp = assoc.send_c_store(path)
+        except ValueError:  # pynetdicom will not send it (a UID over 64 characters)
+            continue
+        finally:
+            assoc.release()
+        sent += 1
+        outcome, comment = expected[path.name], str(rsp.get("ErrorComment", ""))
+        if "refused" in outcome:
+            assert rsp.Status == CANNOT_UNDERSTAND, path.name
+            assert comment and not any(word in comment for word in ("TypeError", "ValueError", "Traceback"))
+        else:
+            assert rsp.Status == (0xB007 if outcome["stored"] else 0x0000), (path.name, comment)
+            assert comment == "; ".join(outcome["stored"])
+    assert sent >= 24  # the rest have no file meta to send them by, or pynetdicom refuses their UID

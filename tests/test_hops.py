@@ -56,7 +56,6 @@ EXCLUDED = {
     "meta_missing_tsyntax.dcm": "deliberately broken: file meta without a Transfer Syntax UID",
     "MR_truncated.dcm": "deliberately broken: pixel data truncated",
     "rtplan_truncated.dcm": "deliberately broken: a value truncated",
-    "MR_small_padded.dcm": "deliberately broken: pixel data longer than the image (the node refuses it)",
     "badVR.dcm": "deliberately broken: values that do not fit their VR",
     "nested_priv_SQ.dcm": "Pixel Data without an Image Pixel module (the node refuses it), in group 0001",
 }

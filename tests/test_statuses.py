@@ -124,3 +124,15 @@ def test_pacs_answers_become_verdicts(status, verdict):
 )
 def test_sub_operation_answers_are_read_by_category(status, result):
     assert sub_operation(status) == result
+
+
+def test_the_status_of_an_instance_kept_with_an_anomaly_is_a_storage_warning():
+    """B007 as pynetdicom's table of PS3.4 B.2.3 reads it: a warning, the instance stored; and our
+    own forwarder, meeting it from a PACS, takes it as done."""
+    from pynetdicom.status import STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
+
+    from scp.statuses import STORED_NOT_CONFORMING
+
+    category, meaning = STORAGE_SERVICE_CLASS_STATUS[STORED_NOT_CONFORMING]
+    assert category == STATUS_WARNING and meaning == "Data Set Does Not Match SOP Class"
+    assert forward_verdict(STORED_NOT_CONFORMING)[0] is ForwardVerdict.DONE

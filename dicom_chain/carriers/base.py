@@ -72,6 +72,11 @@ class Carried(ABC):
         """Checks before chaining (MalformedDatasetError), so that a block never vouches for a
         broken file; a format whose parser already refuses broken files checks nothing more."""
 
+    def anomalies(self) -> tuple[str, ...]:
+        """What does not conform yet is kept as received and chained (each a short ``kind: detail``
+        text): the receipt event names them and a DICOM sender gets a warning. None by default."""
+        return ()
+
     def index_values(self) -> Mapping[str, Any] | None:
         """The Query/Retrieve index's attributes of the item (db/indexschema.py), keyword -> value
         as read; None for formats without a query model."""
@@ -88,7 +93,7 @@ class Carried(ABC):
         digests = self.digests()  # first: a parser decoding values lazily has decoded nothing yet
         identity = self.identity()
         self.check()
-        return Item(self, identity, digests.content, digests.version, digests.attributes)
+        return Item(self, identity, digests.content, digests.version, digests.attributes, self.anomalies())
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class Item:
     content_hash: str
     canonical: int = 1  # the canonical version content_hash used
     attributes_hash: str = ""  # DICOM from canonical 2: every attribute but the pixels (1.6)
+    anomalies: tuple[str, ...] = ()  # kept as received, but not conforming (Carried.anomalies)
 
     def same_content(self, block: Block) -> bool:
         """Whether ``block`` recorded this content, by whichever canonical version it used."""

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import click
 from dicom_chain.cli.console import progress_bar
 from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
 from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
-from dicom_chain.errors import ConfigError, DicomChainError
+from dicom_chain.errors import ConfigError, DicomChainError, Fault
 
 
 @click.command()
@@ -22,28 +24,51 @@ from dicom_chain.errors import ConfigError, DicomChainError
 @settings_options(*NODE)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
-    """Chain and store local DICOM files, as if a modality had sent them."""
+    """Chain and store local DICOM files, as if a modality had sent them.
+
+    One line per file: on stdout what was chained (and any anomaly it was kept with), on stderr
+    what was not, with the file and the reason; a bad file never stops the rest. A summary ends
+    it on stderr; exit 1 when any file failed."""
     from dicom_chain.actors import local_user
     from dicom_chain.node import Node
     from dicom_chain.verify import expand_paths
 
     files = expand_paths(paths)
+    outcomes: Counter[str] = Counter()
     failures = 0
     node = Node.open(settings_from(kwargs))
     actor = local_user()
     try:
         with progress_bar(len(files), "chaining", None) as advance:
             for path in files:
-                try:  # one file refused is one line: the others are still chained
-                    result = node.ingest_file(path, actor=actor)
-                    click.echo(f"{result.outcome:<11} height {result.block.header.height:>6}  {path}")
+                try:
+                    with warnings.catch_warnings():  # pydicom's notes on odd values: the outcome says enough
+                        warnings.simplefilter("ignore")
+                        result = node.ingest_file(path, actor=actor)
                 except DicomChainError as exc:
                     failures += 1
-                    click.echo(f"{'refused':<11} {exc}", err=True)
+                    word = "refused" if exc.fault is Fault.REMOTE else "failed"
+                    click.echo(f"{word:<11} {path}: {_reason(exc, path)}", err=True)
+                except Exception as exc:  # a parser bug on one file must not stop the folder
+                    failures += 1
+                    click.echo(f"{'failed':<11} {path}: unexpected {type(exc).__name__}: {exc}", err=True)
+                else:
+                    outcomes[str(result.outcome)] += 1
+                    warned = f"  (warning: {'; '.join(result.anomalies)})" if result.anomalies else ""
+                    click.echo(f"{result.outcome:<11} height {result.block.header.height:>6}  {path}{warned}")
                 advance(1)
     finally:
         node.close()
+    done = sum(outcomes.values())
+    kinds = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+    click.echo(f"{done} ingested{f' ({kinds})' if kinds else ''}, {failures} failed", err=True)
     sys.exit(EXIT_BROKEN if failures else EXIT_OK)
+
+
+def _reason(exc: DicomChainError, path: Path) -> str:
+    """The error on one line, without the path it may already start with."""
+    text = " ".join(str(exc).split())
+    return text.removeprefix(f"{path}: ") or type(exc).__name__
 
 
 # What status reads: the ledger (home or db), and the spool whose locks say a gateway is running.

@@ -127,8 +127,31 @@ def main() -> None:
     out["big_endian_odd_us.dcm"] = _odd_us_big_endian((FILES / "MR_small_bigendian.dcm").read_bytes())
     out["big_endian_un_no_delimiter.dcm"] = _un_without_delimiter_big_endian()
 
+    # pydicom's own broken files (its tests read them as invalid), and imperfect but whole ones
+    for name in PYDICOM_FILES:
+        out[f"pydicom_{name}"] = (FILES / name).read_bytes()
+    # Pixel Data longer than the image needs, 8-bit: odd 27 bytes of RGB, padded to 28, then 8 more
+    ds = pydicom.dcmread(FILES / "SC_rgb_small_odd.dcm")
+    ds.PixelData = ds.PixelData + bytes(range(8))
+    out["pixels_longer_8bit.dcm"] = part10(ds)
+
     for name, data in out.items():
         (HERE / name).write_bytes(data)
+
+
+PYDICOM_FILES = (
+    "badVR.dcm",  # Image Pixel values of the wrong VR (Rows as text)
+    "MR_truncated.dcm",  # ends inside Pixel Data
+    "rtplan_truncated.dcm",  # ends inside a sequence item
+    "no_meta.dcm",  # no preamble nor file meta
+    "no_meta_group_length.dcm",
+    "meta_missing_tsyntax.dcm",  # file meta without Transfer Syntax UID
+    "ExplVR_LitEndNoMeta.dcm",
+    "ExplVR_BigEndNoMeta.dcm",
+    "JPEG2000-embedded-sequence-delimiter.dcm",  # a sequence delimiter inside a fragment
+    "GDCMJ2K_TextGBR.dcm",  # JPEG 2000 fragments with a JP2 header (non-conformant)
+    "MR_small_padded.dcm",  # Pixel Data 8,320 bytes where the image needs 8,192: kept, with an anomaly
+)
 
 
 def _odd_us_big_endian(data: bytes) -> bytes:

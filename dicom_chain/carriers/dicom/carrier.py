@@ -25,7 +25,7 @@ from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
 from dicom_chain.carriers.dicom.unlengths import is_big_endian_part10, un_lengths_defined
-from dicom_chain.carriers.dicom.validation import check_pixel_data
+from dicom_chain.carriers.dicom.validation import check_pixel_data, pixel_data_anomalies
 from dicom_chain.errors import (
     ContentHashError,
     DicomChainError,
@@ -151,6 +151,9 @@ class DicomCarried(Carried):
 
     def check(self) -> None:
         check_pixel_data(self.dataset)
+
+    def anomalies(self) -> tuple[str, ...]:
+        return tuple(pixel_data_anomalies(self.dataset))
 
     def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         """The received bytes with the block spliced in; else pydicom writes the dataset."""

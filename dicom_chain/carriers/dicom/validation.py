@@ -1,4 +1,13 @@
-"""Checks an instance must pass before it is chained: a block must never vouch for a broken file."""
+"""Checks an instance must pass before it is chained: a block must never vouch for a broken file.
+
+Two outcomes besides passing. What cannot be kept as a whole image (pixel data shorter than its
+Image Pixel module says, a module that does not decode) is refused: a block on it would vouch for
+an incomplete image, and a refusal keeps it at the modality, where someone sees the failure. What
+is whole but does not conform (pixel data longer than needed) is an *anomaly*: stored as received,
+chained (the content hash covers the image, design.md 1.5), named in the receipt event and answered
+with a warning, as Orthanc and pydicom accept it and refusing would lose a complete image at the
+modality (design.md 5).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +20,16 @@ from dicom_chain.errors import MalformedDatasetError
 PIXEL_DATA = 0x7FE00010
 
 
-def check_pixel_data(ds: Dataset) -> None:
-    """Native pixel data must be as long as its Image Pixel module says (plus one pad byte)."""
+def pixel_data_anomalies(ds: Dataset) -> list[str]:
+    """Native pixel data must hold the whole image its Image Pixel module describes
+    (MalformedDatasetError when it is shorter); bytes beyond it and its one pad byte (PS3.5 8.1.1:
+    the value is padded to an even length) are returned as an anomaly, not refused."""
     if PIXEL_DATA not in ds:
-        return
+        return []
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and syntax.is_compressed:
-        return  # encapsulated: fragments are checked when hashed
+        return []  # encapsulated: fragments are checked when hashed
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
     # a value left on disk (defer_size) counts by its declared length; hashing it checked the file holds it
     length = raw.length if isinstance(raw, RawDataElement) and raw.value is None else len(raw.value or b"")
@@ -28,5 +39,13 @@ def check_pixel_data(ds: Dataset) -> None:
         raise MalformedDatasetError(f"pixel data without a usable Image Pixel module: {exc}") from exc
     if not isinstance(expected, int):  # a garbled module (badVR.dcm: Rows as text) gives no length
         raise MalformedDatasetError("pixel data without a usable Image Pixel module")
-    if length not in (expected, expected + 1):
-        raise MalformedDatasetError(f"pixel data holds {length} bytes, the image needs {expected}")
+    if length < expected:
+        raise MalformedDatasetError(f"incomplete image: pixel data holds {length} of {expected} bytes")
+    if length > expected + 1:
+        return [f"pixel-data-length: {length} bytes, {expected} expected"]
+    return []
+
+
+def check_pixel_data(ds: Dataset) -> None:
+    """Refuses what cannot be stored as a whole image; anomalies pass (``pixel_data_anomalies``)."""
+    pixel_data_anomalies(ds)
