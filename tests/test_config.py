@@ -34,6 +34,7 @@ EVERY_FIELD_SET = Settings(
     tls_handshake_deadline=4,
     max_associate_request=65_536,
     move_destinations=("WS1@10.0.0.21:104",),
+    serve_altered="warn",
     audit_syslog="tls://arr:6514",
     audit_syslog_ca=Path("ca.pem"),
     spool=Path("sp"),
