@@ -425,8 +425,11 @@ def _payload(run: RetrieveRun, item: RetrieveItem, accepted: set[tuple[str, str]
         return None
     try:
         payload = read_dataset(run.node.storage.path(item.path))
-    except (DicomChainError, OSError) as exc:  # gone or unreadable: this one sub-operation fails
-        run.not_sent(item, f"{MISSING_FILE}: {exc}")
+    except FileNotFoundError:  # gone since the last verification: this one sub-operation fails
+        run.not_sent(item, f"{MISSING_FILE} ({item.path})")
+        return None
+    except (DicomChainError, OSError) as exc:
+        run.not_sent(item, f"stored file unreadable: {exc}")
         return None
     if how is Sending.DECOMPRESSED:
         try:

@@ -628,3 +628,17 @@ def test_with_serve_altered_warn_an_altered_instance_is_sent_with_a_warning(gate
         "altered since receipt: content hash mismatch; sent"
     )
     assert [f["sop_instance_uid"] for f in event.details["failures"]] == [missing]
+
+
+def test_a_file_gone_since_the_last_verification_is_a_failure_not_a_silent_success(gateway):
+    """The index still says VERIFIED; the file is gone. pynetdicom counted the empty data set
+    yielded for it as nothing at all: Success, one sub-operation short."""
+    node, port = gateway
+    gone = study_uids(node)[0]
+    for path in node.storage.root.rglob(f"{gone}*.dcm"):
+        path.unlink()
+    responses, got = retrieve(port, "get")
+    assert (responses[-1].Status, responses[-1].NumberOfFailedSuboperations, got) == (0xB000, 1, 7)
+    [event] = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"]
+    assert [f["sop_instance_uid"] for f in event.details["failures"]] == [gone]
+    assert event.details["failures"][0]["reason"].startswith("missing: the stored file was not found")

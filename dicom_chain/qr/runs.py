@@ -231,8 +231,9 @@ class RetrieveRun:
         warning counts as a warning)."""
         uid = item.sop_instance_uid
         self._answered.add(uid)
-        if status == SubOperation.SUCCESS and uid in self.warned:
-            status, reason = SubOperation.WARNING, self.warned[uid]
+        if uid in self.warned and status != SubOperation.FAILURE:  # our warning, and the peer's if any
+            reason = self.warned[uid] + (f"; {reason}" if status == SubOperation.WARNING else "")
+            status = SubOperation.WARNING
         if status == SubOperation.SUCCESS:
             self.completed += 1
             return
