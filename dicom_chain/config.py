@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from dicom_chain.errors import ConfigError
 from dicom_chain.permissions import Peers, table_entries
+from dicom_chain.vocab import ServeAltered
 
 DEFAULT_HOME = Path("var")
 DEFAULT_INSTITUTION = "Unnamed institution"
@@ -252,6 +253,17 @@ class Settings:
     metrics_host: str = field(
         default="127.0.0.1", metadata=about("Address the metrics port listens on.", show_default=True)
     )
+    # An altered instance is evidence, not an image to read from: refused by default, so that a
+    # workstation never shows it as the one received; "warn" sends it and says so (B000).
+    serve_altered: str = field(
+        default=ServeAltered.REFUSE.value,
+        metadata=about(
+            "C-MOVE/C-GET of an instance altered since receipt: refuse (a failed sub-operation) "
+            "or warn (sent, final status B000).",
+            metavar="refuse|warn",
+            show_default=True,
+        ),
+    )
     audit_syslog: str | None = field(
         default=None,
         metadata=about(
@@ -301,6 +313,8 @@ class Settings:
             if spec.bounds and isinstance(value, int) and not spec.bounds[0] <= value <= spec.bounds[1]:
                 low, high = spec.bounds
                 raise ConfigError(f"{spec.option} {value}: must be {low} to {high}")
+        if self.serve_altered not in set(ServeAltered):
+            raise ConfigError(f"--serve-altered {self.serve_altered}: must be refuse or warn")
         Peers.parse(self.allow, self.peers, self.certs)  # a bad entry stops the start, not a caller
 
     @property

@@ -84,6 +84,13 @@ class VerificationState(StrEnum):
     MISSING = "missing"
 
 
+class ServeAltered(StrEnum):
+    """What C-MOVE and C-GET do with an instance the index says is ALTERED since receipt."""
+
+    REFUSE = "refuse"  # a failed sub-operation, the reason in the retrieval's event
+    WARN = "warn"  # sent, counted as a warning: final status B000 (PS3.4 C.4.2.1.5, C.4.3.1.4)
+
+
 class RunStatus(StrEnum):
     """How a query or retrieval ended, as its event says."""
 

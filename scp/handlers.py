@@ -26,14 +26,16 @@ from dicom_chain.errors import DicomChainError, MalformedDatasetError, NotAuthor
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from dicom_chain.permissions import Permission
+from dicom_chain.qr import index
 from dicom_chain.qr.query import Model
+from dicom_chain.qr.runs import MISSING as MISSING_FILE
 from dicom_chain.qr.runs import FindRun, RetrieveItem, RetrieveRun, record_refused, start_find, start_retrieve
 from dicom_chain.sharing.policy import MoveDecision, Peer
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome, RunStatus, SubOperation
 
 from .access import Access, Caller
 from .chunked import Spool, received
-from .contexts import MAX_CONTEXTS, contexts_for
+from .contexts import MAX_CONTEXTS, Sending, contexts_for, decompress, prefer_stored, sending
 from .release import decide_move, institution_at
 from .statuses import (
     CANCELLED,
@@ -41,6 +43,7 @@ from .statuses import (
     PENDING,
     PENDING_UNSUPPORTED_KEYS,
     STORED_NOT_CONFORMING,
+    SUB_OPERATION_WARNING,
     SUCCESS,
     find_status,
     retrieve_status,
@@ -230,6 +233,31 @@ def _reject(event: evt.Event, rejections: RejectionLog, reason: tuple[int, int, 
     event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out
 
 
+def handle_get_contexts(event: evt.Event, node: Node) -> None:
+    """Choose, before negotiation, the syntax of each storage context a C-GET peer proposed with
+    the SCP role: what this node holds that class in, if the peer offered it and every held
+    instance can go that way, else an uncompressed one (contexts.py ``preferred_syntax``).
+
+    pynetdicom accepts the first of the acceptor's syntaxes the requestor proposed, Implicit VR
+    first, and a context carries one syntax: a JPEG-LS instance then had no way out. The choice is
+    this association's, so its own copy of the supported contexts is reordered (a peer that only
+    stores is left alone).
+    """
+    assoc = event.assoc
+    primitive = assoc.requestor.primitive
+    if assoc.is_rejected or assoc.is_aborted or primitive is None:
+        return
+    storing = {str(uid) for uid, item in assoc.requestor.role_selection.items() if item.scp_role}
+    offered: dict[str, list[str]] = {}
+    for cx in primitive.presentation_context_definition_list:
+        if str(cx.abstract_syntax) in storing:
+            syntaxes = offered.setdefault(str(cx.abstract_syntax), [])
+            syntaxes += [str(s) for s in cx.transfer_syntax if str(s) not in syntaxes]
+    if offered:
+        held = index.stored_syntaxes(node.db, offered)
+        assoc.acceptor.supported_contexts = prefer_stored(assoc.acceptor.supported_contexts, offered, held)
+
+
 def no_delay(assoc: object) -> None:
     """Turn Nagle's algorithm off on an association's socket.
 
@@ -350,7 +378,14 @@ def handle_find(
 
 
 def _counting(run: RetrieveRun, by_uid: dict[str, Any]) -> Callable[[evt.Event], None]:
-    """An EVT_DIMSE_RECV handler that hands each C-STORE-RSP of the sub-operations to ``run``."""
+    """An EVT_DIMSE_RECV handler that hands each C-STORE-RSP of the sub-operations to ``run``.
+
+    An instance sent with our warning (altered, ``serve_altered = "warn"``) that the peer stored
+    with Success is counted by pynetdicom as a warning too, so that the requestor's final status
+    is B000 (PS3.4 C.4.2.1.5, C.4.3.1.4): pynetdicom counts sub-operations from the C-STORE-RSP
+    status alone and ignores any status yielded after the last one (service_class.py ``_get_scp``,
+    ``_move_scp``), so the response's status is read as B000 here, before pynetdicom reads it.
+    """
 
     def on_message(event: evt.Event) -> None:
         if not isinstance(event.message, C_STORE_RSP):
@@ -360,24 +395,85 @@ def _counting(run: RetrieveRun, by_uid: dict[str, Any]) -> Callable[[evt.Event],
         if item is None:
             return
         status = cs.get("Status")
-        run.sent(item, SubOperation.FAILURE if status is None else sub_operation(int(status)))
+        if status is None:
+            run.sent(item, SubOperation.FAILURE, "C-STORE-RSP without a status")
+            return
+        outcome = sub_operation(int(status))
+        comment = str(cs.get("ErrorComment", "") or "")
+        run.sent(item, outcome, f"peer answered 0x{int(status):04X}" + (f": {comment}" if comment else ""))
+        if outcome is SubOperation.SUCCESS and item.sop_instance_uid in run.warned:
+            cs.Status = SUB_OPERATION_WARNING
 
     return on_message
 
 
-def _sub_operations(event: evt.Event, run: RetrieveRun, items: list[RetrieveItem]) -> Iterator[Any]:
-    """Pending yields of decoded datasets: pynetdicom's C-MOVE/C-GET take nothing else, and
-    re-encode each for whatever context the peer accepted (uncompressed syntaxes convert)."""
+def _accepted(assoc: Any) -> set[tuple[str, str]]:
+    """(SOP class, syntax) of the storage contexts we may send C-STOREs on (our SCU role)."""
+    if assoc is None:
+        return set()
+    return {
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts if cx.as_scu
+    }
+
+
+def _unsendable(item: RetrieveItem) -> Dataset:
+    """What pynetdicom counts as a failed sub-operation, listing the UID in Failed SOP Instance UID
+    List: a data set it cannot send (no SOP Class UID). An empty one would not count at all."""
+    ds = Dataset()
+    ds.SOPInstanceUID = item.sop_instance_uid
+    return ds
+
+
+def _payload(run: RetrieveRun, item: RetrieveItem, accepted: set[tuple[str, str]]) -> Dataset | None:
+    """The data set to send for ``item`` over ``accepted`` contexts; None (the reason on ``run``)
+    when it cannot go: refused for its state, no syntax both sides can use, unreadable, undecodable."""
+    if not run.admit(item):
+        return None
+    how = sending(accepted, item.sop_class_uid, item.transfer_syntax, decompressing=True)
+    if how is None:
+        offered = sorted(s for c, s in accepted if c == item.sop_class_uid)
+        run.not_sent(
+            item,
+            f"stored as {item.transfer_syntax}, which the peer did not accept and this node cannot "
+            f"convert to what it did accept ({', '.join(offered) or 'nothing for ' + item.sop_class_uid})",
+        )
+        return None
+    try:
+        payload = read_dataset(run.node.storage.path(item.path))
+    except FileNotFoundError:  # gone since the last verification: this one sub-operation fails
+        run.not_sent(item, f"{MISSING_FILE} ({item.path})")
+        return None
+    except (DicomChainError, OSError) as exc:
+        run.not_sent(item, f"stored file unreadable: {exc}")
+        return None
+    if how is Sending.DECOMPRESSED:
+        try:
+            decompress(payload)
+        except Exception as exc:  # pydicom's decoders raise many types on data they cannot decode
+            run.not_sent(item, f"cannot decompress {item.transfer_syntax}: {exc}")
+            return None
+    return payload
+
+
+def _sub_operations(
+    event: evt.Event,
+    run: RetrieveRun,
+    items: list[RetrieveItem],
+    accepted: Callable[[], set[tuple[str, str]]],
+) -> Iterator[Any]:
+    """Pending yields of decoded datasets: pynetdicom's C-MOVE/C-GET take nothing else; each is as
+    stored, or re-encoded by pynetdicom, or decompressed here (scp/contexts.py ``sending``)."""
     for item in items:
         if event.is_cancelled:
             run.finish(RunStatus.CANCELLED)
             yield CANCELLED, None
             return
-        try:
-            payload = read_dataset(run.node.storage.path(item.path))
-        except (DicomChainError, OSError) as exc:  # gone or unreadable: this one sub-operation fails
-            log.warning("retrieve sop=%s cannot be read: %r", item.sop_instance_uid, str(exc))
-            yield PENDING, Dataset()  # pynetdicom counts a dataset it cannot send as a failure
+        payload = _payload(run, item, accepted())
+        if payload is None:
+            log.warning(
+                "retrieve sop=%s not sent: %r", item.sop_instance_uid, run.reasons[item.sop_instance_uid]
+            )
+            yield PENDING, _unsendable(item)
             continue
         yield PENDING, payload
     run.finish(RunStatus.COMPLETED)
@@ -441,7 +537,9 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
         return
     address = f"{destination.ae_title}@{destination.host}:{destination.port}"
     with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target):
-        run = start_retrieve(node, _identifier(event), model, "move", calling, address)
+        run = start_retrieve(
+            node, _identifier(event), model, "move", calling, address, node.settings.serve_altered
+        )
         items = run.plan()
         if institution is not None:  # another institution: the release rules decide (0124 if denied)
             decide_move(node, institution, items, calling)
@@ -451,21 +549,25 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
         yield 0
         return
     by_uid = {item.sop_instance_uid: item for item in items}
+    sub_association: list[Any] = []  # pynetdicom makes it; we need what it accepted
     yield (
         destination.host,
         destination.port,
         {
-            "contexts": contexts_for(items),
+            "contexts": contexts_for(items, decompressing=True),
             "evt_handlers": [
                 (evt.EVT_DIMSE_RECV, _counting(run, by_uid)),
                 (evt.EVT_CONN_OPEN, handle_conn_open),
+                (evt.EVT_ACCEPTED, lambda e: sub_association.append(e.assoc)),
             ],
         },
     )
     yield len(items)
     try:
         with _run_recorded(run, "move"):
-            yield from _sub_operations(event, run, items)
+            yield from _sub_operations(
+                event, run, items, lambda: _accepted(sub_association[0] if sub_association else None)
+            )
     finally:
         log.info(
             "c-move calling_ae=%s destination=%s matched=%d completed=%d failed=%d",
@@ -479,7 +581,9 @@ def handle_get(event: evt.Event, node: Node, access: Access) -> Iterator[Any]:
     model = GET_MODELS[event.request.AffectedSOPClassUID]
     with _refusal_recorded(node, EventType.RETRIEVE_GET, calling):
         _permitted(event, access, Permission.GET)
-        run = start_retrieve(node, _identifier(event), model, "get", calling, calling)
+        run = start_retrieve(
+            node, _identifier(event), model, "get", calling, calling, node.settings.serve_altered
+        )
         items = run.plan()
     if not items:
         run.finish(RunStatus.COMPLETED, "nothing matched")
@@ -490,7 +594,7 @@ def handle_get(event: evt.Event, node: Node, access: Access) -> Iterator[Any]:
     yield len(items)
     try:
         with _run_recorded(run, "get"):
-            yield from _sub_operations(event, run, items)
+            yield from _sub_operations(event, run, items, lambda: _accepted(event.assoc))
     finally:
         event.assoc.unbind(evt.EVT_DIMSE_RECV, counter)
         log.info("c-get calling_ae=%s matched=%d completed=%d failed=%d",

@@ -40,6 +40,7 @@ from .handlers import (
     handle_echo,
     handle_find,
     handle_get,
+    handle_get_contexts,
     handle_move,
     handle_released,
     handle_requested,
@@ -174,6 +175,7 @@ class Gateway:
             (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_PDU_RECV, quick_ack),
             (evt.EVT_REQUESTED, handle_requested, [self.access, self.rejections, self.settings.called_aes]),
+            (evt.EVT_REQUESTED, handle_get_contexts, [self.node]),  # after it: a rejected peer is left
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_RELEASED, handle_released),
             (evt.EVT_ABORTED, handle_aborted),

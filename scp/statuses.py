@@ -41,6 +41,10 @@ RETRIEVE_OUT_OF_RESOURCES = 0xA701  # unable to calculate the number of matches
 MOVE_DESTINATION_UNKNOWN = int(Status.MOVE_DESTINATION_UNKNOWN)  # 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # identifier does not match SOP class (level, unique keys)
 UNABLE_TO_PROCESS = 0xC000  # the identifier does not decode
+# A sub-operation we count as a warning (an altered instance sent with serve_altered = "warn"):
+# a C-STORE warning code (PS3.4 B.2.3, Table B.2-1), so that pynetdicom counts it as one and the
+# final C-MOVE/C-GET status is B000, "sub-operations complete, one or more failures or warnings"
+SUB_OPERATION_WARNING = 0xB000
 # PS3.7 Annex C (general status codes, C.5: 0124H "Refused: Not authorized"): the peer may not
 # have what it asked for; a C-MOVE to another institution that the sharing rules deny (design 10.6),
 # and any request (C-STORE, C-FIND, C-MOVE, C-GET) by a caller without that permission, or a new

@@ -34,6 +34,7 @@ EVERY_FIELD_SET = Settings(
     tls_handshake_deadline=4,
     max_associate_request=65_536,
     move_destinations=("WS1@10.0.0.21:104",),
+    serve_altered="warn",
     audit_syslog="tls://arr:6514",
     audit_syslog_ca=Path("ca.pem"),
     metrics_port=9110,
@@ -99,3 +100,9 @@ def test_key_beside_the_sqlite_file_else_in_home(tmp_path: Path):
     postgres = Settings(home=tmp_path, db="postgresql+psycopg://u@h/d")
     assert postgres.key_path == tmp_path / "node.key" and postgres.sqlite_file is None
     assert Settings(key_file=tmp_path / "k").key_path == tmp_path / "k"
+
+
+def test_serve_altered_is_refuse_or_warn():
+    assert Settings().serve_altered == "refuse"
+    with pytest.raises(ConfigError, match="--serve-altered maybe: must be refuse or warn"):
+        Settings(serve_altered="maybe")

@@ -6,16 +6,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -27,6 +30,7 @@ from dicom_chain.config import Settings
 from dicom_chain.errors import LedgerUnavailable
 from dicom_chain.node import Node
 from dicom_chain.qr import runs as qr
+from dicom_chain.qr.index import INSTANCES
 from dicom_chain.verify import verify_files
 from scp.statuses import (
     CANCELLED,
@@ -40,7 +44,7 @@ from scp.statuses import (
     UNEXPECTED_FAILURE,
 )
 
-from .conftest import SAMPLE_STUDY
+from .conftest import SAMPLE_STUDY, read
 from .gateways import start_server
 from .peers import exchange, free_port
 
@@ -54,9 +58,8 @@ class StoreSCP:
         self.received: list[Dataset] = []
         self.port = free_port()
         self.ae = AE(ae_title="WORKSTATION")
-        self.ae.add_supported_context(
-            CTImageStorage, ["1.2.840.10008.1.2"]
-        )  # implicit only: forces re-encoding
+        for sop_class in (CTImageStorage, MRImageStorage):  # implicit only: forces re-encoding
+            self.ae.add_supported_context(sop_class, ["1.2.840.10008.1.2"])
         self.ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)]
         )
@@ -444,3 +447,198 @@ def test_an_unforeseen_error_during_a_get_ends_it_with_c001_on_the_record(gatewa
         "a bug while reading",
         2,
     )
+
+
+# -- compressed instances, and instances whose index state is not VERIFIED -----------------------
+
+JLS = "1.2.840.10008.1.2.4.80"
+IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+
+
+@pytest.fixture
+def jpeg_ls(gateway) -> Dataset:
+    """An MR instance stored JPEG-LS lossless on the gateway (its own study)."""
+    node, _ = gateway
+    ds = read("MR_small_jpeg_ls_lossless.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = node.settings.home / "jls.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    node.ingest_file(path)
+    return ds
+
+
+def get_as(port: int, identifier: Dataset, syntaxes: list[str]) -> tuple[list[Dataset], list[Dataset]]:
+    """C-GET with MR storage contexts proposing ``syntaxes`` in one context, as DCMTK's getscu
+    does; the final status data sets and what arrived."""
+    scu = AE(ae_title="RADIOLOGIST")
+    scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    scu.add_requested_context(MRImageStorage, syntaxes)
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    assoc = scu.associate(
+        "127.0.0.1",
+        port,
+        ae_title="DICOMCHAIN",
+        ext_neg=[build_role(MRImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        results = [
+            status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
+        ]
+    finally:
+        assoc.release()
+    return results, received
+
+
+def image(ds: Dataset) -> Dataset:
+    return query(
+        QueryRetrieveLevel="IMAGE",
+        StudyInstanceUID=ds.StudyInstanceUID,
+        SeriesInstanceUID=ds.SeriesInstanceUID,
+        SOPInstanceUID=ds.SOPInstanceUID,
+    )
+
+
+def test_get_of_a_jpeg_ls_instance_goes_as_stored_when_the_peer_offers_it(gateway, jpeg_ls):
+    """pynetdicom alone accepts Implicit VR, the first of ours the peer proposed: the instance
+    then had no context and the sub-operation failed."""
+    node, port = gateway
+    results, received = get_as(port, image(jpeg_ls), [JLS, EXPLICIT, IMPLICIT])
+    assert results[-1].Status == 0x0000
+    [ds] = received
+    assert ds.file_meta.TransferSyntaxUID == JLS and ds.PixelData == jpeg_ls.PixelData  # its bytes
+    [get] = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"]
+    assert (get.details["completed"], get.details["failed"]) == (1, 0)
+
+
+@pytest.mark.parametrize("syntaxes", [[EXPLICIT, IMPLICIT], [IMPLICIT]])
+def test_get_of_a_jpeg_ls_instance_by_a_peer_taking_only_uncompressed_decompresses_it(
+    gateway, jpeg_ls, syntaxes
+):
+    node, port = gateway
+    results, received = get_as(port, image(jpeg_ls), syntaxes)
+    assert results[-1].Status == 0x0000
+    [ds] = received
+    assert ds.file_meta.TransferSyntaxUID == syntaxes[0]
+    assert (ds.pixel_array == jpeg_ls.pixel_array).all()
+    out = node.settings.home / "got.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    assert verify_files([out], frozenset({node.key.public_key})).ok  # lossless: still chained
+
+
+def test_move_of_a_jpeg_ls_instance_to_an_uncompressed_only_destination_decompresses_it(
+    gateway, jpeg_ls, workstation
+):
+    _, port = gateway
+    assoc, _ = associate(port)
+    try:
+        results = list(
+            assoc.send_c_move(image(jpeg_ls), "WORKSTATION", StudyRootQueryRetrieveInformationModelMove)
+        )
+    finally:
+        assoc.release()
+    assert results[-1][0].Status == 0x0000
+    [ds] = workstation.received
+    assert ds.file_meta.TransferSyntaxUID == IMPLICIT and (ds.pixel_array == jpeg_ls.pixel_array).all()
+
+
+def mark(node: Node, sop_instance_uid: str, state: str) -> None:
+    with node.db.writing() as session:
+        session.execute(
+            INSTANCES.update()
+            .where(INSTANCES.c.sop_instance_uid == sop_instance_uid)
+            .values(verification=state)
+        )
+
+
+def study_uids(node: Node) -> list[str]:
+    return sorted(pydicom.dcmread(p).SOPInstanceUID for p in SAMPLE_STUDY.glob("*.dcm"))
+
+
+def altered_and_missing(node: Node) -> tuple[str, str]:
+    """One instance of the sample study marked ALTERED, another MISSING with its file gone."""
+    altered, missing = study_uids(node)[:2]
+    mark(node, altered, "altered")
+    mark(node, missing, "missing")
+    for path in node.storage.root.rglob(f"{missing}*.dcm"):
+        path.unlink()
+    return altered, missing
+
+
+def retrieve(port: int, kind: str) -> tuple[list[Dataset], int]:
+    """A C-GET or a C-MOVE (to WORKSTATION) of the sample study: its responses, and how many
+    sub-operations a C-GET received itself."""
+    assoc, received = associate(port, get=kind == "get")
+    study = query(QueryRetrieveLevel="STUDY", StudyInstanceUID=STUDY_UID)
+    try:
+        if kind == "get":
+            responses = list(assoc.send_c_get(study, StudyRootQueryRetrieveInformationModelGet))
+        else:
+            responses = list(
+                assoc.send_c_move(study, "WORKSTATION", StudyRootQueryRetrieveInformationModelMove)
+            )
+    finally:
+        assoc.release()
+    return [status for status, _ in responses], len(received)
+
+
+@pytest.mark.parametrize("kind", ["get", "move"])
+def test_altered_and_missing_instances_are_refused_with_the_reason_on_the_record(gateway, workstation, kind):
+    node, port = gateway
+    altered, missing = altered_and_missing(node)
+    responses, got = retrieve(port, kind)
+    final = responses[-1]
+    # PS3.4 C.4.2.1.5 / C.4.3.1.4: B000, sub-operations complete, one or more failures
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (6, 2)
+    assert (got if kind == "get" else len(workstation.received)) == 6
+    [event] = [e for e in node.ledger.iter_events() if e.type == f"retrieve.{kind}"]
+    reasons = {f["sop_instance_uid"]: f["reason"] for f in event.details["failures"]}
+    assert reasons.keys() == {altered, missing} and event.details["status"] == "partial"
+    assert reasons[altered].startswith("altered since receipt: content hash mismatch; refused")
+    assert reasons[missing].startswith("missing")
+
+
+@pytest.mark.parametrize("kind", ["get", "move"])
+def test_with_serve_altered_warn_an_altered_instance_is_sent_with_a_warning(gateway, workstation, kind):
+    node, port = gateway
+    node.settings = replace(node.settings, serve_altered="warn")
+    altered, missing = altered_and_missing(node)
+    responses, got = retrieve(port, kind)
+    final = responses[-1]
+    assert final.Status == 0xB000
+    assert (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfWarningSuboperations,
+        final.NumberOfFailedSuboperations,
+    ) == (6, 1, 1)
+    assert (got if kind == "get" else len(workstation.received)) == 7
+    [event] = [e for e in node.ledger.iter_events() if e.type == f"retrieve.{kind}"]
+    assert (event.details["completed"], event.details["warnings"], event.details["failed"]) == (6, 1, 1)
+    assert [w["sop_instance_uid"] for w in event.details["warned"]] == [altered]
+    assert event.details["warned"][0]["reason"].startswith(
+        "altered since receipt: content hash mismatch; sent"
+    )
+    assert [f["sop_instance_uid"] for f in event.details["failures"]] == [missing]
+
+
+def test_a_file_gone_since_the_last_verification_is_a_failure_not_a_silent_success(gateway):
+    """The index still says VERIFIED; the file is gone. pynetdicom counted the empty data set
+    yielded for it as nothing at all: Success, one sub-operation short."""
+    node, port = gateway
+    gone = study_uids(node)[0]
+    for path in node.storage.root.rglob(f"{gone}*.dcm"):
+        path.unlink()
+    responses, got = retrieve(port, "get")
+    assert (responses[-1].Status, responses[-1].NumberOfFailedSuboperations, got) == (0xB000, 1, 7)
+    [event] = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"]
+    assert [f["sop_instance_uid"] for f in event.details["failures"]] == [gone]
+    assert event.details["failures"][0]["reason"].startswith("missing: the stored file was not found")

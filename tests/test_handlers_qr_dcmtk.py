@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from click.testing import CliRunner
 from pydicom.dataset import Dataset
+from pydicom.uid import UID, generate_uid
 
+from dicom_chain.cli import main
 from dicom_chain.config import Settings
 from dicom_chain.node import Node
+from dicom_chain.qr.index import INSTANCES
 from dicom_chain.verify import verify_files
 
-from .conftest import SAMPLE_STUDY
+from .conftest import SAMPLE_STUDY, read
 from .gateways import start_server
 from .peers import free_port, require_tool, wait_listening
 from .test_index import brute_force, fill, stored_entities
@@ -292,3 +296,178 @@ def test_findscu_offering_only_implicit_vr_still_gets_answers(gateway, tmp_path)
     )
     assert re.search(r"\(0071,1020\) CS \[VERIFIED\] .* ChainVerificationState", named.stdout), named.stdout
     assert re.search(r"\(0071,1022\) UL 1 .* ChainNumberOfVersions", named.stdout), named.stdout
+
+
+# -- compressed instances: getscu and movescu asking for each stored syntax, or uncompressed only --
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+# pydicom's files that pydicom + pylibjpeg decode: (file, getscu's option preferring its syntax)
+COMPRESSED = {
+    "MR_small_jpeg_ls_lossless.dcm": "+xt",  # JPEG-LS lossless
+    "MR_small_jp2klossless.dcm": "+xv",  # JPEG 2000 lossless
+    "MR_small_RLE.dcm": "+xr",  # RLE lossless
+    "SC_rgb_jpeg_gdcm.dcm": "+xs",  # JPEG lossless, SV1
+    "SC_rgb_jpeg_dcmtk.dcm": "+xy",  # JPEG baseline: lossy
+}
+
+
+@pytest.fixture(scope="module")
+def destinations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[int, Path]]]:
+    """Two storescp: PLAIN takes uncompressed only (its default), ANYTS every syntax it knows."""
+    storescp = require_tool("storescp", "dcmtk")
+    found, procs = {}, []
+    for aet, options in (("PLAIN", []), ("ANYTS", ["+xa"])):
+        out = tmp_path_factory.mktemp(aet.lower())
+        port = free_port()
+        proc = subprocess.Popen([storescp, *options, "-aet", aet, "-od", str(out), str(port)])
+        wait_listening(port, proc)
+        found[aet] = (port, out)
+        procs.append(proc)
+    yield found
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module", params=list(COMPRESSED))
+def compressed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, destinations
+) -> Iterator[tuple[Node, int, str, Dataset]]:
+    """A gateway holding one of COMPRESSED (a new SOP Instance UID: the MR files share theirs).
+    One each: a C-GET peer's context for a SOP class takes one syntax for all the node holds of
+    that class, so mixed holdings go uncompressed (test_contexts.py)."""
+    name = request.param
+    home = tmp_path_factory.mktemp("compressed")
+    moves = tuple(f"{aet}@127.0.0.1:{port}" for aet, (port, _) in destinations.items())
+    node = Node.open(Settings(home=home, move_destinations=moves))
+    ds = read(name)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(home / name, enforce_file_format=True)
+    node.ingest_file(home / name)
+    port = free_port()
+    ae = start_server(node, ae_title="DICOMCHAIN", host="127.0.0.1", port=port)
+    yield node, port, name, ds
+    ae.shutdown()
+    node.close()
+
+
+def image_keys(ds: Dataset) -> list[str]:
+    keys = ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={ds.StudyInstanceUID}"]
+    keys += [f"SeriesInstanceUID={ds.SeriesInstanceUID}", f"SOPInstanceUID={ds.SOPInstanceUID}"]
+    return [arg for key in keys for arg in ("-k", key)]
+
+
+def verify_cli(home: Path, path: Path) -> tuple[int, str]:
+    """``dicom-chain verify --home HOME FILE``: the node's key pinned."""
+    result = CliRunner().invoke(main, ["verify", "--home", str(home), str(path)])
+    return result.exit_code, result.output
+
+
+def expect_verified(home: Path, path: Path, name: str) -> None:
+    """Lossless (as stored or decompressed): verify exits 0. Lossy pixels decompressed: exit 1,
+    named lossy-reencoded, every other attribute intact (docs/design.md 1.6), never altered."""
+    code, output = verify_cli(home, path)
+    if (
+        UID(pydicom.dcmread(path).file_meta.TransferSyntaxUID).is_compressed
+        or name != "SC_rgb_jpeg_dcmtk.dcm"
+    ):
+        assert code == 0, output
+    else:
+        assert code == 1 and "lossy-reencoded" in output and "altered" not in output.replace("lossy", ""), (
+            output
+        )
+
+
+@pytest.mark.parametrize("prefer", ["stored", "uncompressed"])
+def test_getscu_gets_each_compressed_syntax_as_stored_or_decompressed(compressed, tmp_path, prefer):
+    node, port, name, ds = compressed
+    options = [COMPRESSED[name]] if prefer == "stored" else []  # getscu's default: uncompressed only
+    tool = require_tool("getscu", "dcmtk")
+    result = subprocess.run(
+        [
+            tool,
+            "-S",
+            *options,
+            "-aec",
+            "DICOMCHAIN",
+            "-od",
+            str(tmp_path),
+            *image_keys(ds),
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=DCMTK_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    [path] = tmp_path.iterdir()
+    got = pydicom.dcmread(path)
+    expected = ds.file_meta.TransferSyntaxUID if prefer == "stored" else EXPLICIT
+    assert (got.SOPInstanceUID, got.file_meta.TransferSyntaxUID) == (ds.SOPInstanceUID, expected)
+    expect_verified(node.settings.home, path, name)
+    event = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"][-1]
+    assert (event.details["completed"], event.details["failed"]) == (1, 0)
+
+
+@pytest.mark.parametrize("destination", ["PLAIN", "ANYTS"])
+def test_movescu_moves_each_compressed_syntax_as_the_destination_takes_it(
+    compressed, destinations, destination
+):
+    """PLAIN takes uncompressed only: decompressed; ANYTS takes the stored syntax: as stored."""
+    node, port, name, ds = compressed
+    _, out = destinations[destination]
+    tool = require_tool("movescu", "dcmtk")
+    result = subprocess.run(
+        [tool, "-S", "-aec", "DICOMCHAIN", "-aem", destination, *image_keys(ds), "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=DCMTK_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    [path] = [p for p in out.iterdir() if pydicom.dcmread(p).SOPInstanceUID == ds.SOPInstanceUID]
+    expected = EXPLICIT if destination == "PLAIN" else ds.file_meta.TransferSyntaxUID
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == expected
+    expect_verified(node.settings.home, path, name)
+    event = [e for e in node.ledger.iter_events() if e.type == "retrieve.move"][-1]
+    assert (event.details["completed"], event.details["failed"]) == (1, 0)
+
+
+def test_getscu_of_a_study_with_an_altered_instance_gets_the_rest_and_a_warning_status(gateway, tmp_path):
+    """PS3.4 C.4.3.1.4: B000, sub-operations complete with one or more failures; the reason is on
+    the record, the altered file is not among those received."""
+    node, port = gateway
+    entities = stored_entities(node)
+    series = next(e for e in entities["SERIES"].values() if e["PatientID"] == "P-3")
+    uids = sorted(
+        e["SOPInstanceUID"]
+        for e in entities["IMAGE"].values()
+        if e["SeriesInstanceUID"] == series["SeriesInstanceUID"]
+    )
+    altered = uids[0]
+    mark = INSTANCES.update().where(INSTANCES.c.sop_instance_uid == altered)
+    with node.db.writing() as session:
+        session.execute(mark.values(verification="altered"))
+    try:
+        tool = require_tool("getscu", "dcmtk")
+        keys = ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={series['StudyInstanceUID']}"]
+        keys.append(f"SeriesInstanceUID={series['SeriesInstanceUID']}")
+        result = subprocess.run(
+            [tool, "-S", "-v", "-aec", "DICOMCHAIN", "-od", str(tmp_path)]
+            + [arg for key in keys for arg in ("-k", key)]
+            + ["127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=DCMTK_TIMEOUT_S,
+        )
+    finally:
+        with node.db.writing() as session:
+            session.execute(mark.values(verification="verified"))
+    output = result.stdout + result.stderr
+    # getscu leaves the final response's identifier (Failed SOP Instance UID List) unread, so its
+    # release then fails with "DUL P-Data PDU arrived": DCMTK's, whenever a sub-operation failed
+    assert "DIMSE status is: Warning: SubOperationsCompleteOneOrMoreFailures" in output, output
+    assert sorted(pydicom.dcmread(p).SOPInstanceUID for p in tmp_path.iterdir()) == uids[1:]
+    event = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"][-1]
+    assert [f["sop_instance_uid"] for f in event.details["failures"]] == [altered]
+    assert event.details["failures"][0]["reason"].startswith("altered since receipt: content hash mismatch")

@@ -345,3 +345,20 @@ def test_every_declared_attribute_is_stored_or_computed_by_the_index():
         if a.column is not None:  # the column exists in the table the declaration generated
             assert COLUMNS[a.keyword][0].name == a.column
             assert (COLUMNS[a.keyword][1] is not None) == (a.key_column is not None)
+
+
+def test_stored_syntaxes_are_those_of_the_indexed_instances_by_class(db_url: str, tmp_path: Path):
+    """What a C-GET peer's storage contexts are chosen by (scp/handlers.py handle_get_contexts)."""
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    try:
+        for path in sorted(SAMPLE_STUDY.glob("*.dcm"))[:2]:
+            node.ingest_file(path)
+        node.ingest_file(pydicom_file("MR_small_jpeg_ls_lossless.dcm"))
+        ct, mr, us = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.6.1"
+        assert index.stored_syntaxes(node.db, [ct, mr, us]) == {
+            ct: {str(pydicom.dcmread(next(SAMPLE_STUDY.glob("*.dcm"))).file_meta.TransferSyntaxUID)},
+            mr: {"1.2.840.10008.1.2.4.80"},
+        }
+        assert index.stored_syntaxes(node.db, []) == {}
+    finally:
+        node.close()

@@ -37,6 +37,7 @@ SERVICE = (
     "tls_handshake_deadline",
     "max_associate_request",
     "move_destinations",
+    "serve_altered",
     "audit_syslog",
     "audit_syslog_ca",
     "metrics_port",

@@ -8,7 +8,7 @@ between pages) and adds the computed attributes per page with grouped counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -316,3 +316,20 @@ def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], want
 
 
 _COMPUTED = {level: tuple(a for a in ATTRIBUTES if a.computed and a.level == level) for level in LEVELS}
+
+
+def stored_syntaxes(db: Database, sop_classes: Collection[str]) -> dict[str, set[str]]:
+    """The transfer syntaxes the indexed instances of each of ``sop_classes`` are stored in: what a
+    C-GET peer's storage contexts are accepted by (scp/contexts.py ``preferred_syntax``)."""
+    found: dict[str, set[str]] = {}
+    if not sop_classes:
+        return found
+    stmt = (
+        select(INSTANCES.c.sop_class_uid, INSTANCES.c.transfer_syntax)
+        .where(INSTANCES.c.sop_class_uid.in_(sorted(sop_classes)))
+        .distinct()
+    )
+    with db.reading() as session:
+        for sop_class, syntax in session.execute(stmt):
+            found.setdefault(sop_class, set()).add(syntax)
+    return found

@@ -19,7 +19,7 @@ from dicom_chain.qr import index
 from dicom_chain.qr.query import Model, Query, add_versions, parse_query, response
 from dicom_chain.storage import Storage
 from dicom_chain.versions import Version, versions_of_many
-from dicom_chain.vocab import EventType, Outcome, RunStatus, SubOperation
+from dicom_chain.vocab import EventType, Outcome, RunStatus, ServeAltered, SubOperation, VerificationState
 
 _OUTCOME = {
     RunStatus.COMPLETED: Outcome.SUCCESS,
@@ -32,6 +32,12 @@ _OUTCOME = {
 # instead of 84 ms; one read per 100 rows, 75 ms against 68 ms without (the rows are read ahead,
 # the answers still made one at a time, so C-CANCEL stops them as before).
 VERSIONS_PAGE = 100
+# Sub-operations a retrieval's event lists one by one (failed, or sent with a warning, each with
+# its reason): a study of a few hundred images fits; beyond it they are counted, not named.
+SUB_OPERATIONS_LISTED = 100
+ALTERED = "altered since receipt: content hash mismatch"
+MISSING = "missing: the stored file was not found"
+NO_RESPONSE = "no C-STORE response (association ended)"
 
 
 class RunHost(Protocol):
@@ -155,6 +161,7 @@ class RetrieveItem:
     transfer_syntax: str
     study_instance_uid: str
     patient_id: str
+    verification: str = VerificationState.VERIFIED  # the index's state: set at receipt, by verify
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RetrieveItem:
@@ -165,22 +172,30 @@ class RetrieveItem:
             transfer_syntax=values["_transfer_syntax"],
             study_instance_uid=values["StudyInstanceUID"],
             patient_id=values["PatientID"],
+            verification=values.get("ChainVerificationState") or VerificationState.VERIFIED,
         )
 
 
 @dataclass
 class RetrieveRun:
-    """A C-MOVE or C-GET: the instances to send, then the sub-operation counts on the record."""
+    """A C-MOVE or C-GET: the instances to send, then the sub-operation counts on the record.
+
+    Each failed sub-operation has its reason (``reasons``): the peer's status, or why it was never
+    sent (no syntax both sides can use, a file that is gone, an instance altered since receipt).
+    """
 
     node: RunHost
     query: Query
     kind: Literal["move", "get"]
     actor: str
     destination: str
+    serve_altered: str = ServeAltered.REFUSE
     items: list[RetrieveItem] = field(default_factory=list)
     completed: int = 0
     warnings: int = 0
     failed: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why failed or warned
+    warned: dict[str, str] = field(default_factory=dict)  # sent despite its state, and why
     _answered: set[str] = field(default_factory=set)
     _finished: bool = False
 
@@ -192,15 +207,42 @@ class RetrieveRun:
         ]
         return self.items
 
-    def sent(self, item: RetrieveItem, status: SubOperation) -> None:
-        """Count one sub-operation as the peer answered it."""
+    def admit(self, item: RetrieveItem) -> bool:
+        """Whether ``item`` may be sent. MISSING never is; ALTERED is refused, or with
+        ``serve_altered = "warn"`` sent and counted as a warning. A refusal is a failed
+        sub-operation with its reason."""
+        if item.verification == VerificationState.MISSING:
+            self.not_sent(item, f"{MISSING} at the last verification")
+            return False
+        if item.verification == VerificationState.ALTERED:
+            if self.serve_altered != ServeAltered.WARN:
+                self.not_sent(item, f"{ALTERED}; refused (serve_altered = refuse)")
+                return False
+            self.warned[item.sop_instance_uid] = f"{ALTERED}; sent with a warning (serve_altered = warn)"
+        return True
+
+    def not_sent(self, item: RetrieveItem, reason: str) -> None:
+        """One sub-operation that failed before any C-STORE: refused, unreadable, no context."""
         self._answered.add(item.sop_instance_uid)
+        self.failed.append(item.sop_instance_uid)
+        self.reasons[item.sop_instance_uid] = reason
+
+    def sent(self, item: RetrieveItem, status: SubOperation, reason: str = "") -> None:
+        """Count one sub-operation as the peer answered it (a success of an instance sent with our
+        warning counts as a warning)."""
+        uid = item.sop_instance_uid
+        self._answered.add(uid)
+        if uid in self.warned and status != SubOperation.FAILURE:  # our warning, and the peer's if any
+            reason = self.warned[uid] + (f"; {reason}" if status == SubOperation.WARNING else "")
+            status = SubOperation.WARNING
         if status == SubOperation.SUCCESS:
             self.completed += 1
-        elif status == SubOperation.WARNING:
+            return
+        if status == SubOperation.WARNING:
             self.warnings += 1
         else:
-            self.failed.append(item.sop_instance_uid)
+            self.failed.append(uid)
+        self.reasons[uid] = reason
 
     def finish(self, status: RunStatus, reason: str = "") -> None:
         if self._finished:
@@ -209,13 +251,14 @@ class RetrieveRun:
         # a sub-operation the peer never answered (no context for it, file unreadable) failed
         status = RunStatus(status)
         if status is RunStatus.COMPLETED:
-            self.failed += [
-                i.sop_instance_uid for i in self.items if i.sop_instance_uid not in self._answered
-            ]
+            for item in self.items:
+                if item.sop_instance_uid not in self._answered:
+                    self.not_sent(item, NO_RESPONSE)
         if status is RunStatus.COMPLETED and self.failed:
             status = RunStatus.PARTIAL if self.completed or self.warnings else RunStatus.FAILED
         studies = {i.study_instance_uid for i in self.items}
         patients = {i.patient_id for i in self.items}
+        failed = set(self.failed)
         self.node.record(
             EventDraft(
                 EventType.RETRIEVE_MOVE if self.kind == "move" else EventType.RETRIEVE_GET,
@@ -234,7 +277,16 @@ class RetrieveRun:
                     "completed": self.completed,
                     "warnings": self.warnings,
                     "failed": len(self.failed),
-                    "failed_sop_uids": self.failed[:100],
+                    "failed_sop_uids": self.failed[:SUB_OPERATIONS_LISTED],
+                    "failures": [
+                        {"sop_instance_uid": uid, "reason": self.reasons.get(uid, "")}
+                        for uid in self.failed[:SUB_OPERATIONS_LISTED]
+                    ],
+                    "warned": [
+                        {"sop_instance_uid": uid, "reason": reason}
+                        for uid, reason in self.reasons.items()
+                        if uid not in failed
+                    ][:SUB_OPERATIONS_LISTED],
                     "studies": sorted(studies)[:100],
                     "status": status,
                     **disclosed(patients - {""}),
@@ -270,5 +322,7 @@ def start_retrieve(
     kind: Literal["move", "get"],
     actor: str,
     destination: str,
+    serve_altered: str = ServeAltered.REFUSE,
 ) -> RetrieveRun:
-    return RetrieveRun(node, parse_query(identifier, model, retrieve=True), kind, actor, destination)
+    query = parse_query(identifier, model, retrieve=True)
+    return RetrieveRun(node, query, kind, actor, destination, serve_altered)
