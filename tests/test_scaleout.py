@@ -99,8 +99,19 @@ def test_three_serve_processes_keep_one_chain_and_forward_each_instance_once(
         ]
         for sender in senders:
             sender.start()
-        # kill -9 one process's forwarder while it holds leases: the others must take them over
-        assert wait_until(victim_holds_leases, 120, interval=0.02), "the forwarder never leased"
+
+        # kill -9 one process's forwarder while it holds leases: the others must take them over.
+        # Frozen first (SIGSTOP), so that it cannot settle its batch between the look and the kill.
+        def frozen_holding() -> bool:
+            if not victim_holds_leases():
+                return False
+            os.kill(victim, signal.SIGSTOP)
+            if victim_holds_leases():
+                return True
+            os.kill(victim, signal.SIGCONT)
+            return False
+
+        assert wait_until(frozen_holding, 120, interval=0.02), "the forwarder never leased"
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         # Taken over, not waited out: the dead forwarder's leases would last LEASE_S (120 s).
