@@ -274,7 +274,7 @@ def run_forwarder(settings: Settings, *, parent_pid: int | None = None) -> None:
 
     It stops on SIGTERM/SIGINT, or within PARENT_CHECK_S once ``parent_pid`` is no longer its parent.
     """
-    configure_logging()
+    configure_logging(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

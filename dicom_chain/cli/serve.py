@@ -11,7 +11,15 @@ from rich.table import Table
 
 from dicom_chain.cli.console import progress_bar
 from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
-from dicom_chain.cli.options import FORWARDING, NODE, SERVICE, config_option, settings_from, settings_options
+from dicom_chain.cli.options import (
+    FORWARDING,
+    LOGGING,
+    NODE,
+    SERVICE,
+    config_option,
+    settings_from,
+    settings_options,
+)
 
 if TYPE_CHECKING:
     from scp.demo import DemoRun
@@ -29,7 +37,7 @@ def serve(**kwargs: Any) -> None:
 
 @click.group(invoke_without_command=True)
 @config_option
-@settings_options(*NODE, *FORWARDING)
+@settings_options(*NODE, *FORWARDING, *LOGGING)
 @click.pass_context
 def forward(ctx: click.Context, **kwargs: Any) -> None:
     """Only drain the forward queues (serve starts this itself; run it alone beside a shared database)."""
