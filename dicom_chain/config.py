@@ -57,6 +57,8 @@ DEFAULT_TLS_HANDSHAKE_DEADLINE_S = 10  # 1-2 round trips and a certificate check
 # buffered before the allow-list at 8 MiB.
 DEFAULT_MAX_ASSOCIATE_REQUEST = 262_144
 MAX_DEADLINE_S = 3600  # beyond an hour a deadline protects nothing
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")  # json: one object per line, for log shippers (scp/logs.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Setting:
     path: Literal["file", "dir"] | None = None  # for paths: what it must be
     exists: bool = False  # a path that must exist when given (certificates)
     table: str | None = None  # TOML may give a table of entries (permissions.table_entries: "peers")
+    choices: tuple[str, ...] | None = None  # for text: the only values taken
 
 
 SETTING = "dicom_chain.setting"  # the field metadata key
@@ -260,7 +263,7 @@ class Settings:
         metadata=about(
             "C-MOVE/C-GET of an instance altered since receipt: refuse (a failed sub-operation) "
             "or warn (sent, final status B000).",
-            metavar="refuse|warn",
+            choices=tuple(ServeAltered),
             show_default=True,
         ),
     )
@@ -306,6 +309,28 @@ class Settings:
         default=None,
         metadata=about("Require peer certificates signed by this CA (PEM).", path="file", exists=True),
     )
+    # -- logs (serve, forward, demo) --
+    # info: one line per association and per instance, and one saying where it listens; what the
+    # libraries say at info (Alembic's migrations, pynetdicom's PDUs) shows only at debug.
+    log_level: str = field(
+        default="info",
+        metadata=about("Least severe log lines written.", choices=LOG_LEVELS, show_default=True),
+    )
+    log_file: Path | None = field(
+        default=None,
+        metadata=about(
+            "Append log lines to this file instead of stderr; reopened when logrotate moves it.",
+            path="file",
+        ),
+    )
+    log_format: str = field(
+        default="text",
+        metadata=about(
+            "text: one key=value line per record; json: one JSON object per line, for log shippers.",
+            choices=LOG_FORMATS,
+            show_default=True,
+        ),
+    )
 
     def __post_init__(self) -> None:
         for spec in setting_fields():
@@ -313,8 +338,8 @@ class Settings:
             if spec.bounds and isinstance(value, int) and not spec.bounds[0] <= value <= spec.bounds[1]:
                 low, high = spec.bounds
                 raise ConfigError(f"{spec.option} {value}: must be {low} to {high}")
-        if self.serve_altered not in set(ServeAltered):
-            raise ConfigError(f"--serve-altered {self.serve_altered}: must be refuse or warn")
+            if spec.meta.choices and value not in spec.meta.choices:
+                raise ConfigError(f"{spec.option} {value!r}: must be one of {', '.join(spec.meta.choices)}")
         Peers.parse(self.allow, self.peers, self.certs)  # a bad entry stops the start, not a caller
 
     @property
@@ -422,6 +447,8 @@ class SettingField:
             raise ConfigError(f"setting {self.name}: expected an integer, got {value!r}")
         if self.kind is not int and not isinstance(value, str):
             raise ConfigError(f"setting {self.name}: expected text, got {value!r}")
+        if self.meta.choices and value not in self.meta.choices:
+            raise ConfigError(f"setting {self.name}: {value!r} is not one of {', '.join(self.meta.choices)}")
         return Path(value) if self.kind is Path else value
 
 

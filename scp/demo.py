@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ DEMO_AE = "DEMO_MODALITY"
 DEMO_HOST = "127.0.0.1"  # the demo talks to itself; nothing outside needs to reach it
 NEWEST_BLOCKS = 12  # enough rows to see heights and study links follow each other, fits a screen
 SUCCESS = 0x0000
+DEMO_HOME_PREFIX = "dicom-chain-demo-"  # in the system temp folder: never a real node's ./var
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,24 @@ class DemoRun:
     report: Report  # verify of the whole node afterwards
     newest: list[StoredBlock]  # the newest blocks, oldest first
     total_blocks: int
+    home: Path  # its key pins the signer when the files are verified alone
 
     @property
     def acknowledged(self) -> int:
         return self.statuses.count(SUCCESS)
+
+    @property
+    def shown_blocks(self) -> str:
+        """What the table of ``newest`` holds, from the real counts (never a fixed "12")."""
+        shown = len(self.newest)
+        if shown == self.total_blocks:
+            return f"all {shown} block{'s' if shown != 1 else ''}"
+        return f"the newest {shown} of {self.total_blocks} blocks"
+
+
+def fresh_home() -> Path:
+    """A new folder for a demo node, kept after the demo so that its files can be verified."""
+    return Path(tempfile.mkdtemp(prefix=DEMO_HOME_PREFIX))
 
 
 def study_files(workdir: Path) -> list[Path]:
@@ -96,7 +112,7 @@ def run_demo(
                 newest.append(stored)
         return DemoRun(
             settings.host, settings.port, node.chain_id, settings.storage_dir, files, statuses, report,
-            list(newest), total,
+            list(newest), total, settings.home,
         )  # fmt: skip
     finally:
         node.close()

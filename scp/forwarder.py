@@ -401,8 +401,9 @@ def run_forwarder(settings: Settings, *, parent_pid: int | None = None) -> None:
 
     It stops on SIGTERM/SIGINT, or within PARENT_CHECK_S once ``parent_pid`` is no longer its parent.
     """
-    configure_logging()
-    logging.getLogger("pynetdicom").setLevel(FORWARD_PYNETDICOM_LEVEL)
+    configure_logging(settings)
+    if settings.log_level != "debug":  # its own lines repeat our one line per failure in 2-4 ERRORs
+        logging.getLogger("pynetdicom").setLevel(FORWARD_PYNETDICOM_LEVEL)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

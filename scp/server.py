@@ -67,6 +67,10 @@ FIND_TRANSFER_SYNTAXES = [
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 ]
+# Python runs a signal's handler in the main thread, and only once that thread wakes: a SIGTERM
+# the kernel hands to another thread went unheard by an untimed wait (seen: 2 starts in 5 ignored
+# a SIGTERM sent just after listening). Waking each second bounds that delay.
+SIGNAL_POLL_S = 1.0
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -238,8 +242,8 @@ class Gateway:
         if self.access.open:
             log.warning("no --allow, --peer or --peer-cert: any calling AE may store, query and retrieve")
         log.info(
-            "listening ae_title=%s port=%d chain=%s storage=%s forward=%s",
-            self.settings.ae_title, self.settings.port, self.node.chain_id,
+            "listening ae_title=%s host=%s port=%d chain=%s storage=%s forward=%s",
+            self.settings.ae_title, self.settings.host, self.settings.port, self.node.chain_id,
             self.node.storage.root, ",".join(self.node.destinations) or "-",
         )  # fmt: skip
 
@@ -273,7 +277,7 @@ class Gateway:
 
 def run_server(settings: Settings) -> None:
     """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
-    configure_logging()
+    configure_logging(settings)
     try:
         node = Node.open(settings)
     except OSError as exc:  # a folder of the node (home, storage, spool, key) cannot be made or written
@@ -288,7 +292,8 @@ def run_server(settings: Settings) -> None:
             signal.signal(sig, lambda *_: stop.set())
         try:
             gateway.start()
-            stop.wait()
+            while not stop.wait(SIGNAL_POLL_S):
+                pass
         finally:
             gateway.stop()
     finally:

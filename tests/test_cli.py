@@ -155,18 +155,6 @@ def test_progress_bar_on_request_goes_to_stderr(tmp_path):
     assert quiet.stderr == ""
 
 
-def test_demo_runs_on_the_embedded_defaults(tmp_path):
-    result = run("demo", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    said = " ".join(result.stdout.split())  # the console wraps long lines
-    assert "8 acknowledged with Success" in said and "verify: intact" in said
-    assert "all 8 blocks" in said  # the table says how many it shows, not a fixed 12
-    assert (tmp_path / "var" / "ledger.db").exists()
-    assert len(list((tmp_path / "var" / "storage").rglob("*.dcm"))) == 8
-    again = run("verify", "var/storage", cwd=tmp_path)
-    assert again.returncode == 0 and "8 block(s)" in again.stdout
-
-
 def test_status_of_a_mistyped_home_is_a_usage_error_and_creates_nothing(tmp_path):
     result = run("status", "--home", "vra", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr

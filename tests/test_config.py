@@ -44,6 +44,9 @@ EVERY_FIELD_SET = Settings(
     tls_cert=Path("c.pem"),
     tls_key=Path("c.key"),
     tls_ca=Path("peers.pem"),
+    log_level="debug",
+    log_file=Path("gw.log"),
+    log_format="json",
 )
 
 

@@ -23,6 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Which Settings fields each kind of command takes, in the order --help lists them.
 NODE = ("home", "db", "storage", "key_file", "institution", "policy")
 FORWARDING = ("ae_title", "forward", "forward_workers", "forward_max_refusals")
+LOGGING = ("log_level", "log_file", "log_format")  # the commands that run a service: scp/logs.py
 SERVICE = (
     *FORWARDING,
     "host",
@@ -48,6 +49,7 @@ SERVICE = (
     "spool",
     "max_instance_bytes",
     "policy_now",
+    *LOGGING,
 )
 
 
@@ -196,6 +198,8 @@ def _click_type(spec: SettingField) -> click.ParamType:
         )
     if spec.kind is int:
         return click.IntRange(*spec.bounds) if spec.bounds else click.INT
+    if spec.meta.choices:
+        return click.Choice(spec.meta.choices)
     return click.STRING
 
 

@@ -6,12 +6,21 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from dicom_chain.cli.console import progress_bar
 from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
-from dicom_chain.cli.options import FORWARDING, NODE, SERVICE, config_option, settings_from, settings_options
+from dicom_chain.cli.options import (
+    FORWARDING,
+    LOGGING,
+    NODE,
+    SERVICE,
+    config_option,
+    settings_from,
+    settings_options,
+)
 
 if TYPE_CHECKING:
     from scp.demo import DemoRun
@@ -29,7 +38,7 @@ def serve(**kwargs: Any) -> None:
 
 @click.group(invoke_without_command=True)
 @config_option
-@settings_options(*NODE, *FORWARDING)
+@settings_options(*NODE, *FORWARDING, *LOGGING)
 @click.pass_context
 def forward(ctx: click.Context, **kwargs: Any) -> None:
     """Only drain the forward queues (serve starts this itself; run it alone beside a shared database)."""
@@ -69,11 +78,25 @@ def forward_retry(destination: str | None, sop_uid: str | None, everything: bool
 @settings_options(*NODE)
 # Not the Settings field: 0 picks any free port, and DICOM_CHAIN_PORT (meant for serve) does not apply.
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="DICOM port (default: any free one).")
-def demo(port: int, **kwargs: Any) -> None:
-    """Start a gateway on the embedded defaults, send it the sample study, verify, show the chain."""
-    from scp.demo import DEMO_AE, run_demo, study_files
+@click.pass_context
+def demo(ctx: click.Context, port: int, **kwargs: Any) -> None:
+    """Start a gateway on the embedded defaults, send it the sample study, verify, show the chain.
+
+    It runs in a new temporary home (printed, and kept to look at) unless --home, --db or --storage
+    is given: a demo study must not land in a real node's ledger for good."""
+    import dataclasses
+
+    from scp.demo import DEMO_AE, fresh_home, run_demo, study_files
 
     settings = settings_from(kwargs)
+    chosen = [
+        name
+        for name in ("home", "db", "storage")
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    ]
+    if not chosen:
+        settings = dataclasses.replace(settings, home=fresh_home())
+        click.echo(f"demo node in {settings.home} (temporary; remove it when done, or give --home)")
     files = study_files(settings.home / "demo-study")
     with progress_bar(len(files), f"sending {len(files)} images as {DEMO_AE}", None) as advance:
         run = run_demo(settings, files, port=port, advance=advance)
@@ -90,11 +113,7 @@ def show_demo(run: DemoRun, console: Console) -> None:
         f"[bold]sent[/] {len(run.files)} images from {run.files[0].parent}: "
         f"{run.acknowledged} acknowledged with Success"
     )
-    shown = len(run.newest)
-    which = (
-        f"all {shown} blocks" if shown == run.total_blocks else f"the newest {shown} of {run.total_blocks}"
-    )
-    table = Table(title=f"chain {run.chain_id[:8]}: {which}", show_lines=False)
+    table = Table(title=f"chain {run.chain_id[:8]}: {run.shown_blocks}", show_lines=False)
     for column in ("height", "study", "index", "SOP", "block", "prev", "study prev"):
         table.add_column(column, no_wrap=True)
     for stored in run.newest:
@@ -113,6 +132,6 @@ def show_demo(run: DemoRun, console: Console) -> None:
         for finding in report.errors:
             console.print(f"  {finding.kind}: {finding.message} {finding.path}")
     console.print(
-        "next: [cyan]dicom-chain verify "
-        f"{run.storage_dir}[/] checks the files alone; change a byte in one and run it again."
+        f"next: [cyan]dicom-chain verify --home {run.home} {run.storage_dir}[/] checks the files alone "
+        "against the node's key; change a byte in one and run it again."
     )
