@@ -263,7 +263,7 @@ class Settings:
         metadata=about(
             "C-MOVE/C-GET of an instance altered since receipt: refuse (a failed sub-operation) "
             "or warn (sent, final status B000).",
-            choices=tuple(ServeAltered),
+            choices=tuple(s.value for s in ServeAltered),
             show_default=True,
         ),
     )

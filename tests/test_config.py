@@ -107,5 +107,5 @@ def test_key_beside_the_sqlite_file_else_in_home(tmp_path: Path):
 
 def test_serve_altered_is_refuse_or_warn():
     assert Settings().serve_altered == "refuse"
-    with pytest.raises(ConfigError, match="--serve-altered maybe: must be refuse or warn"):
+    with pytest.raises(ConfigError, match="--serve-altered 'maybe': must be one of refuse, warn"):
         Settings(serve_altered="maybe")
