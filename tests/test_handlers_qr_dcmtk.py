@@ -81,6 +81,7 @@ def as_identifier(level: str, **keys: str) -> Dataset:
         ("STUDY", {"ModalitiesInStudy": "MR"}),
         ("STUDY", {"PatientID": "P-1\\P-3"}),
         ("STUDY", {"PatientName": "*"}),
+        ("STUDY", {"StudyTime": "14"}),  # the hour (stored 143000.5), not 14:00:00 only
     ],
 )
 def test_findscu_study_level_matches_the_stored_files(gateway, tmp_path, level, keys):

@@ -151,6 +151,8 @@ EXAMPLES = [
     ("STUDY", ident("STUDY", StudyDate="20250101-20251231")),
     ("STUDY", ident("STUDY", StudyDate="-20050101")),
     ("STUDY", ident("STUDY", StudyTime="0800-1230")),
+    ("STUDY", ident("STUDY", StudyTime="14")),  # the hour: 143000.5 is in it
+    ("STUDY", ident("STUDY", StudyTime="-12")),  # until 12:59:59.999999: 1200 is in it
     ("STUDY", ident("STUDY", ModalitiesInStudy="MR")),
     ("STUDY", ident("STUDY", ModalitiesInStudy="PT\\RTPLAN")),
     ("STUDY", ident("STUDY", PatientName="*ller*")),
@@ -264,6 +266,8 @@ def _variant(draw, keyword: str, value: str) -> str:
         kinds += ["prefix", "single", "lower"]
     if vr in ("DA", "TM"):
         kinds += ["range", "from", "until"]
+    if vr == "TM" and value:
+        kinds.append("truncated")
     if vr == "UI":
         kinds.append("list")
     kind = draw(st.sampled_from(kinds))
@@ -276,6 +280,8 @@ def _variant(draw, keyword: str, value: str) -> str:
         return value[:i] + "?" + value[i + 1 :]
     if kind == "lower":
         return value.lower()
+    if kind == "truncated":  # fewer components: the span they name
+        return value[: draw(st.sampled_from([2, 4, 6]))]
     if kind in ("range", "from", "until"):
         other = draw(
             st.sampled_from(
