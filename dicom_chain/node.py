@@ -35,7 +35,6 @@ from dicom_chain.intents import Intents
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
-from dicom_chain.qr.index import IdentityConflict
 from dicom_chain.receipt import Receipt, Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
@@ -195,7 +194,7 @@ class Node:
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
                 tx.add_event(self.key, self._receipt(ids, block, version, actor, outcome))
                 for conflict in conflicts:
-                    tx.add_event(self.key, self._identity_conflict(ids, conflict, actor))
+                    tx.add_event(self.key, conflict.draft(self.chain_id, actor))
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
@@ -299,21 +298,6 @@ class Node:
         }
         reason = f"from {sender.institution.name}, its block verified"
         return self._item_event(EventType.RELEASE_RECEIVED, ids, actor, reason, details, Outcome.SUCCESS)
-
-    def _identity_conflict(self, ids: Identity, conflict: IdentityConflict, actor: str) -> EventDraft:
-        """Recorded once per new value (the index remembers every value): the compliance officer's
-        cue that one Patient ID now names two people, or one person twice (qr/index.py)."""
-        known = ", ".join(repr(v) for v in conflict.known)
-        reason = f"{conflict.keyword} {conflict.value!r} differs from {known} known for this Patient ID"
-        details = {
-            "attribute": conflict.keyword,
-            "value": conflict.value,
-            "known": list(conflict.known),
-            "issuer": conflict.issuer,
-        }
-        return self._item_event(
-            EventType.PATIENT_IDENTITY_CONFLICT, ids, actor, reason, details, Outcome.MINOR_FAILURE
-        )
 
     def _receipt(
         self, ids: Identity, block: Block, version: int, actor: str, outcome: IngestOutcome

@@ -122,9 +122,28 @@ def test_reindex_restores_each_studys_own_patient_values_and_records_nothing_aga
     query = parse_query(ident("STUDY", PatientID="P-9", PatientName=""), "STUDY")
     before = sorted((r["StudyInstanceUID"], r["PatientName"]) for r in index.find(node.db, query))
     assert {name for _, name in before} == {"Test^S R", "Anonymized"} and len(conflicts(node)) == 1
-    reindex(node)
+    assert reindex(node).conflicts == []
     assert sorted((r["StudyInstanceUID"], r["PatientName"]) for r in index.find(node.db, query)) == before
     assert len(conflicts(node)) == 1  # the ledger has it already: a rebuild is not a new receipt
+
+
+def test_reindex_records_a_conflict_the_ledger_predates(node: Node, monkeypatch):
+    """A node that received both identities before conflicts were recorded: the rebuild records
+    the one it meets, once; a second rebuild finds it recorded."""
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+
+    from .test_index import conflicts, identity_study
+
+    with monkeypatch.context() as m:
+        m.setattr(index, "_identities", lambda *_: [])  # as before: no conflict noticed at receipt
+        for ds in identity_study(54, "Test^S R") + identity_study(55, "Anonymized"):
+            node.ingest(item_from_dataset(ds))
+    assert conflicts(node) == []
+    (found,) = reindex(node).conflicts
+    (event,) = conflicts(node)
+    assert (found.value, event.details["known"], event.patient_id) == ("Anonymized", ["Test^S R"], "P-9")
+    assert "@" in event.actor  # the operator who ran the rebuild
+    assert reindex(node).conflicts == [] and len(conflicts(node)) == 1
 
 
 def test_the_migration_gives_existing_studies_their_patients_values(db_url: str, tmp_path: Path):

@@ -36,6 +36,7 @@ from dicom_chain.block import Block
 from dicom_chain.db.database import Database
 from dicom_chain.db.indexschema import (
     ATTRIBUTES,
+    BY_KEYWORD,
     FOLDED_VRS,
     LEVELS,
     STUDY_PATIENT_ATTRIBUTES,
@@ -43,9 +44,10 @@ from dicom_chain.db.indexschema import (
     Level,
 )
 from dicom_chain.db.models import InstanceRow, PatientIdentityRow, PatientRow, SeriesRow, StudyRow
+from dicom_chain.events import Event, EventDraft
 from dicom_chain.qr.matching import SQL_LIKE_ESCAPE, KeyMatch, Term, key_form, sql_like
 from dicom_chain.qr.query import Query
-from dicom_chain.vocab import VerificationState
+from dicom_chain.vocab import EventType, Outcome, VerificationState
 
 PATIENTS = PatientRow.__table__
 STUDIES = StudyRow.__table__
@@ -130,6 +132,42 @@ class IdentityConflict:
     keyword: str  # PatientName, PatientBirthDate, PatientSex
     value: str  # as received
     known: tuple[str, ...]  # the values it had before, as first received, oldest first
+    study_uid: str  # the study and instance that brought it
+    sop_uid: str
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """What makes it the same conflict: one event each (as ``details`` and ``patient_id`` say)."""
+        return (self.patient_id, self.issuer, self.keyword, key_form(BY_KEYWORD[self.keyword].vr, self.value))
+
+    def draft(self, chain_id: str, actor: str) -> EventDraft:
+        """The ``patient.identity-conflict`` event: the compliance officer's cue that one Patient ID
+        now names two people, or one person two ways."""
+        known = ", ".join(repr(v) for v in self.known)
+        return EventDraft(
+            type=EventType.PATIENT_IDENTITY_CONFLICT,
+            outcome=Outcome.MINOR_FAILURE,  # the instance is kept and answered; its identity is in doubt
+            actor=actor,
+            patient_id=self.patient_id,
+            study_uid=self.study_uid,
+            sop_uid=self.sop_uid,
+            chain_id=chain_id,
+            reason=f"{self.keyword} {self.value!r} differs from {known} known for this Patient ID",
+            details={
+                "attribute": self.keyword,
+                "value": self.value,
+                "known": list(self.known),
+                "issuer": self.issuer,
+            },
+        )
+
+
+def recorded_identity(event: Event) -> tuple[str, str, str, str]:
+    """``IdentityConflict.identity`` of a recorded event."""
+    d = event.details
+    keyword, value = str(d.get("attribute", "")), str(d.get("value", ""))
+    folded = key_form(BY_KEYWORD[keyword].vr, value) if keyword in BY_KEYWORD else value
+    return (event.patient_id, str(d.get("issuer", "")), keyword, folded)
 
 
 @lru_cache(maxsize=64)
@@ -238,7 +276,15 @@ def _identities(session: Session, patient_pk: int, record: IndexRecord) -> list[
         if known:
             patient = record.patient
             conflicts.append(
-                IdentityConflict(patient["patient_id"], patient["issuer"], a.keyword, value, tuple(known))
+                IdentityConflict(
+                    patient["patient_id"],
+                    patient["issuer"],
+                    a.keyword,
+                    value,
+                    tuple(known),
+                    values["study_uid"],
+                    values["sop_uid"],
+                )
             )
     return conflicts
 
