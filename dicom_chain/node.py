@@ -201,12 +201,15 @@ class Node:
                     patient_id=ids.patient_id,
                 )
                 values = item.index_values()
+                conflicts = []
                 if values is not None:  # formats without a query model are not in the index
-                    tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
+                    conflicts = tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
                 tx.add_event(
                     self.key, self._receipt(ids, block, version, actor, outcome, peer, item.anomalies)
                 )
+                for conflict in conflicts:
+                    tx.add_event(self.key, conflict.draft(self.chain_id, actor))
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))

@@ -85,10 +85,11 @@ class Receipt:
 
     def add_to_index(
         self, values: Mapping[str, Any], encoding: str, block: Block, *, path: str, version: int
-    ) -> None:
-        """Index rows from what the item's carrier read (``Carried.index_values``)."""
+    ) -> list[index.IdentityConflict]:
+        """Index rows from what the item's carrier read (``Carried.index_values``); the patient-
+        identity values it brings that conflict with earlier ones, for the caller to record."""
         record = index.IndexRecord.from_values(values, encoding)
-        index.write(self.session, record, block=block, path=path, version=version)
+        return index.write(self.session, record, block=block, path=path, version=version)
 
     def enqueue(
         self,

@@ -510,3 +510,20 @@ def test_the_log_and_the_disclosing_query_on_each_database(db_url: str, tmp_path
         assert verify_export(accesslog.events_path(out), frozenset({node.key.public_key}))[0].ok
     finally:
         node.close()
+
+
+def test_a_patient_identity_conflict_is_told_without_the_other_identity(node: Node):
+    """The patient reads that their ID was given another name, never the name itself: it may be
+    another person's."""
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+
+    from .test_index import identity_study
+
+    for ds in identity_study(71, "Test^S R") + identity_study(72, "Anonymized"):
+        node.ingest(item_from_dataset(ds))
+    records = [
+        {**e.stored(), "details": e.details} for e in node.ledger.iter_events() if e.patient_id == "P-9"
+    ]
+    lines = [entry.text for entry in accesslog.entries(records, "P-9", {})]
+    (line,) = [t for t in lines if "flagged for review" in t]
+    assert "another name" in line and "Anonymized" not in line and "Test^S R" not in line

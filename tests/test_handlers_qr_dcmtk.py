@@ -87,6 +87,7 @@ def as_identifier(level: str, **keys: str) -> Dataset:
         ("STUDY", {"ModalitiesInStudy": "MR"}),
         ("STUDY", {"PatientID": "P-1\\P-3"}),
         ("STUDY", {"PatientName": "*"}),
+        ("STUDY", {"StudyTime": "14"}),  # the hour (stored 143000.5), not 14:00:00 only
     ],
 )
 def test_findscu_study_level_matches_the_stored_files(gateway, tmp_path, level, keys):
@@ -471,3 +472,27 @@ def test_getscu_of_a_study_with_an_altered_instance_gets_the_rest_and_a_warning_
     event = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"][-1]
     assert [f["sop_instance_uid"] for f in event.details["failures"]] == [altered]
     assert event.details["failures"][0]["reason"].startswith("altered since receipt: content hash mismatch")
+
+
+def test_findscu_answers_each_study_with_its_own_patient_name(make_gateway, node: Node, tmp_path):
+    """Two studies under one Patient ID, one anonymised and stored last: findscu sees each study's
+    own name (it used to see the last one received for both), and a name search finds only its own."""
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+
+    from .test_index import identity_study
+
+    real, anonymised = identity_study(61, "Test^S R"), identity_study(62, "Anonymized")
+    for ds in real + anonymised:
+        node.ingest(item_from_dataset(ds))
+    port = make_gateway(ae_title="DICOMCHAIN").settings.port
+    answers = findscu(
+        port, tmp_path / "all", "QueryRetrieveLevel=STUDY", "PatientID=P-9", "StudyInstanceUID", "PatientName"
+    )
+    assert {(a.StudyInstanceUID, str(a.PatientName)) for a in answers} == {
+        (real[0].StudyInstanceUID, "Test^S R"),
+        (anonymised[0].StudyInstanceUID, "Anonymized"),
+    }
+    named = findscu(
+        port, tmp_path / "named", "QueryRetrieveLevel=STUDY", "PatientName=test*", "StudyInstanceUID"
+    )
+    assert [a.StudyInstanceUID for a in named] == [real[0].StudyInstanceUID]

@@ -21,6 +21,7 @@ from dicom_chain.node import Node
 from dicom_chain.qr import index
 from dicom_chain.qr.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, level_of, parse_query
 from dicom_chain.synthetic import StudySpec, ct_study
+from dicom_chain.vocab import EventType
 
 from .conftest import SAMPLE_STUDY, pydicom_file
 
@@ -151,6 +152,8 @@ EXAMPLES = [
     ("STUDY", ident("STUDY", StudyDate="20250101-20251231")),
     ("STUDY", ident("STUDY", StudyDate="-20050101")),
     ("STUDY", ident("STUDY", StudyTime="0800-1230")),
+    ("STUDY", ident("STUDY", StudyTime="14")),  # the hour: 143000.5 is in it
+    ("STUDY", ident("STUDY", StudyTime="-12")),  # until 12:59:59.999999: 1200 is in it
     ("STUDY", ident("STUDY", ModalitiesInStudy="MR")),
     ("STUDY", ident("STUDY", ModalitiesInStudy="PT\\RTPLAN")),
     ("STUDY", ident("STUDY", PatientName="*ller*")),
@@ -264,6 +267,8 @@ def _variant(draw, keyword: str, value: str) -> str:
         kinds += ["prefix", "single", "lower"]
     if vr in ("DA", "TM"):
         kinds += ["range", "from", "until"]
+    if vr == "TM" and value:
+        kinds.append("truncated")
     if vr == "UI":
         kinds.append("list")
     kind = draw(st.sampled_from(kinds))
@@ -276,6 +281,8 @@ def _variant(draw, keyword: str, value: str) -> str:
         return value[:i] + "?" + value[i + 1 :]
     if kind == "lower":
         return value.lower()
+    if kind == "truncated":  # fewer components: the span they name
+        return value[: draw(st.sampled_from([2, 4, 6]))]
     if kind in ("range", "from", "until"):
         other = draw(
             st.sampled_from(
@@ -360,5 +367,89 @@ def test_stored_syntaxes_are_those_of_the_indexed_instances_by_class(db_url: str
             mr: {"1.2.840.10008.1.2.4.80"},
         }
         assert index.stored_syntaxes(node.db, []) == {}
+    finally:
+        node.close()
+
+
+# -- one Patient ID, two identities (PS3.4 C.6.1.1.2: a study's answers are the study's own) ------
+
+
+def identity_study(seed: int, name: str, sex: str = "M", birth: str = "19700101", pid: str = "P-9") -> list:
+    out = []
+    for ds in ct_study(
+        StudySpec(seed=seed, instances=2, rows=8, columns=8, series=1, patient_id=pid, patient_name=name)
+    ):
+        ds.PatientSex, ds.PatientBirthDate = sex, birth
+        out.append(ds)
+    return out
+
+
+def conflicts(node: Node) -> list:
+    return [e for e in node.ledger.iter_events() if e.type == EventType.PATIENT_IDENTITY_CONFLICT]
+
+
+def test_each_study_is_answered_with_its_own_patient_attributes(db_url: str, tmp_path: Path):
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    try:
+        real, anonymised = identity_study(41, "Test^S R"), identity_study(42, "Anonymized", sex="O")
+        for ds in real + anonymised:  # the anonymised study arrives last: it used to win everywhere
+            node.ingest(item_from_dataset(ds))
+        by_study = {
+            r["StudyInstanceUID"]: (r["PatientName"], r["PatientSex"])
+            for r in index.find(node.db, parse_query(ident("STUDY", PatientID="P-9"), "STUDY"))
+        }
+        assert by_study == {
+            real[0].StudyInstanceUID: ("Test^S R", "M"),
+            anonymised[0].StudyInstanceUID: ("Anonymized", "O"),
+        }
+        # matching uses the study's own values too, at every level below PATIENT
+        study, series = real[0].StudyInstanceUID, real[0].SeriesInstanceUID
+        for ds in (
+            ident("STUDY", PatientName="test^s*"),
+            ident("SERIES", StudyInstanceUID=study, PatientName="test^s*"),
+            ident("IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series, PatientName="test^s*"),
+        ):
+            rows = list(index.find(node.db, parse_query(ds, "STUDY")))
+            assert rows and {r["PatientName"] for r in rows} == {"Test^S R"}, ds.QueryRetrieveLevel
+        anon = parse_query(ident("STUDY", PatientName="Anonymized", PatientSex="O"), "STUDY")
+        assert {r["StudyInstanceUID"] for r in index.find(node.db, anon)} == {anonymised[0].StudyInstanceUID}
+        # the PATIENT level has one entity per Patient ID (its unique key): the newest values
+        patient = parse_query(ident("PATIENT", PatientID="P-9", PatientName=""), "PATIENT")
+        assert [r["PatientName"] for r in index.find(node.db, patient)] == ["Anonymized"]
+    finally:
+        node.close()
+
+
+def test_a_patient_identity_conflict_is_recorded_once_per_new_value(db_url: str, tmp_path: Path):
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    try:
+        for ds in identity_study(41, "Test^S R"):
+            node.ingest(item_from_dataset(ds))
+        assert conflicts(node) == []  # one identity, two instances: no conflict
+        anonymised = identity_study(42, "Anonymized")
+        for ds in anonymised:
+            node.ingest(item_from_dataset(ds))
+        (event,) = conflicts(node)  # two instances brought the new name: one event
+        assert (event.patient_id, event.study_uid) == ("P-9", anonymised[0].StudyInstanceUID)
+        assert event.sop_uid == anonymised[0].SOPInstanceUID and event.outcome == "minor-failure"
+        assert event.details == {
+            "attribute": "PatientName",
+            "value": "Anonymized",
+            "known": ["Test^S R"],
+            "issuer": "",
+        }
+        for ds in identity_study(43, "TEST^S R^^"):  # a name seen before (case, trailing separators)
+            node.ingest(item_from_dataset(ds))
+        assert len(conflicts(node)) == 1
+        for ds in identity_study(44, "Test^S R", sex="F", birth="19710101"):
+            node.ingest(item_from_dataset(ds))
+        new = conflicts(node)[1:]
+        assert {(e.details["attribute"], e.details["value"], tuple(e.details["known"])) for e in new} == {
+            ("PatientSex", "F", ("M",)),
+            ("PatientBirthDate", "19710101", ("19700101",)),
+        }
+        for ds in identity_study(45, "Test^S R", pid="P-10"):  # another patient's first name is no conflict
+            node.ingest(item_from_dataset(ds))
+        assert len(conflicts(node)) == 3
     finally:
         node.close()

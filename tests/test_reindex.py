@@ -110,3 +110,72 @@ def test_verify_update_index_stores_what_verify_found(tmp_path: Path):
         node.close()
     assert len(runs) == 2 and all(e.outcome == "major-failure" for e in runs)
     assert runs[-1].details["errors"] == 2 and "@" in runs[-1].actor
+
+
+def test_reindex_restores_each_studys_own_patient_values_and_records_nothing_again(node: Node):
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+
+    from .test_index import conflicts, ident, identity_study
+
+    for ds in identity_study(51, "Test^S R") + identity_study(52, "Anonymized"):
+        node.ingest(item_from_dataset(ds))
+    query = parse_query(ident("STUDY", PatientID="P-9", PatientName=""), "STUDY")
+    before = sorted((r["StudyInstanceUID"], r["PatientName"]) for r in index.find(node.db, query))
+    assert {name for _, name in before} == {"Test^S R", "Anonymized"} and len(conflicts(node)) == 1
+    assert reindex(node).conflicts == []
+    assert sorted((r["StudyInstanceUID"], r["PatientName"]) for r in index.find(node.db, query)) == before
+    assert len(conflicts(node)) == 1  # the ledger has it already: a rebuild is not a new receipt
+
+
+def test_reindex_records_a_conflict_the_ledger_predates(node: Node, monkeypatch):
+    """A node that received both identities before conflicts were recorded: the rebuild records
+    the one it meets, once; a second rebuild finds it recorded."""
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+
+    from .test_index import conflicts, identity_study
+
+    with monkeypatch.context() as m:
+        m.setattr(index, "_identities", lambda *_: [])  # as before: no conflict noticed at receipt
+        for ds in identity_study(54, "Test^S R") + identity_study(55, "Anonymized"):
+            node.ingest(item_from_dataset(ds))
+    assert conflicts(node) == []
+    (found,) = reindex(node).conflicts
+    (event,) = conflicts(node)
+    assert (found.value, event.details["known"], event.patient_id) == ("Anonymized", ["Test^S R"], "P-9")
+    assert "@" in event.actor  # the operator who ran the rebuild
+    assert reindex(node).conflicts == [] and len(conflicts(node)) == 1
+
+
+def test_the_migration_gives_existing_studies_their_patients_values(db_url: str, tmp_path: Path):
+    """A database indexed before studies kept their own values: 0008 copies the patient's."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+    from dicom_chain.config import Settings
+    from dicom_chain.db.migrate import alembic_config
+
+    from .test_index import identity_study
+
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    try:
+        for ds in identity_study(53, "Doe^Jane", sex="F"):
+            node.ingest(item_from_dataset(ds))
+        cfg = alembic_config()
+        with node.db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0007")
+            command.upgrade(cfg, "0008")
+        with node.db.reading() as session:
+            row = session.execute(text("SELECT patient_name, patient_name_key, sex FROM studies")).one()
+            seeded = session.execute(
+                text("SELECT keyword, value FROM patient_identities ORDER BY keyword")
+            ).all()
+        assert tuple(row) == ("Doe^Jane", "doe^jane", "F")
+        assert [tuple(r) for r in seeded] == [
+            ("PatientBirthDate", "19700101"),
+            ("PatientName", "Doe^Jane"),
+            ("PatientSex", "F"),
+        ]
+    finally:
+        node.close()

@@ -247,6 +247,10 @@ class _Story:
                 f"A copy of {study} with your name, identifiers and dates removed "
                 f"was made for research on {when}{n}."
             )
+        if kind == EventType.PATIENT_IDENTITY_CONFLICT:  # never the values: they may be another person's
+            what = {"PatientName": "name", "PatientSex": "sex", "PatientBirthDate": "birth date"}
+            other = what.get(str(d.get("attribute")), "identity")
+            return f"{_cap(study)} gave your patient ID another {other}; flagged for review on {when}."
         if kind == EventType.AUDIT_EXPORT:
             return f"A record of who accessed your images was exported by {actor} on {when}."
         if kind == EventType.SCORE_CHANGED:

@@ -35,6 +35,7 @@ INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
 EXPORT = Code("110106", "Export")
 IMPORT = Code("110107", "Import")
+PATIENT_RECORD = Code("110110", "Patient Record")
 QUERY = Code("110112", "Query")
 SECURITY_ALERT = Code("110113", "Security Alert")
 APPLICATION_START = Code("110120", "Application Start")
@@ -71,6 +72,7 @@ KINDS: dict[EventType, AuditKind] = {
     EventType.PATIENT_RESEARCH_OPT_IN: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
     EventType.PATIENT_RESEARCH_OPT_OUT: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
     EventType.RESEARCH_EXPORT: AuditKind(EXPORT, "R"),
+    EventType.PATIENT_IDENTITY_CONFLICT: AuditKind(PATIENT_RECORD, "U"),
 }
 # Only for a type this version does not know (an export from a newer node read here): every
 # member of EventType has its own entry above (a test holds the two equal).

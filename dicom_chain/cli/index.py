@@ -35,4 +35,8 @@ def reindex(progress: bool | None, **kwargs: Any) -> None:
         click.echo(f"altered (does not match its block): {path}")
     for path in report.missing:
         click.echo(f"missing from the store, not indexed: {path}")
+    for conflict in report.conflicts:
+        click.echo(
+            f"patient identity conflict recorded: {conflict.patient_id} {conflict.keyword} {conflict.value!r}"
+        )
     sys.exit(EXIT_OK if not report.altered and not report.missing else EXIT_BROKEN)

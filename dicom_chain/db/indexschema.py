@@ -9,7 +9,7 @@ attribute is one line here and one migration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
@@ -42,6 +42,7 @@ class IndexAttribute:
     matchable: bool = True  # may narrow a query (else: returned only, a value sent -> FF01)
     private_offset: int | None = None  # returned in our private block at this offset, IMAGE level
     from_block: bool = False  # written from the block and the ledger, not read from the dataset
+    per_study: bool = False  # a patient attribute also kept per study: the study's own value
 
     @property
     def computed(self) -> bool:
@@ -65,11 +66,11 @@ def _a(keyword: str, level: Level, vr: str, column: str | None = None, **kw: obj
 
 
 ATTRIBUTES: tuple[IndexAttribute, ...] = (
-    _a("PatientName", "PATIENT", "PN", "patient_name", limit=320),
+    _a("PatientName", "PATIENT", "PN", "patient_name", limit=320, per_study=True),
     _a("PatientID", "PATIENT", "LO", "patient_id", width=64),
     _a("IssuerOfPatientID", "PATIENT", "LO", "issuer", width=64),
-    _a("PatientBirthDate", "PATIENT", "DA", "birth_date", width=8, limit=10),
-    _a("PatientSex", "PATIENT", "CS", "sex", width=16),
+    _a("PatientBirthDate", "PATIENT", "DA", "birth_date", width=8, limit=10, per_study=True),
+    _a("PatientSex", "PATIENT", "CS", "sex", width=16, per_study=True),
     _a("NumberOfPatientRelatedStudies", "PATIENT", "IS", matchable=False),
     _a("NumberOfPatientRelatedSeries", "PATIENT", "IS", matchable=False),
     _a("NumberOfPatientRelatedInstances", "PATIENT", "IS", matchable=False),
@@ -113,6 +114,19 @@ PRIVATE_ANSWERS: dict[int, IndexAttribute] = {
 }
 
 
+# The patient's identifying attributes as each study's own files give them (same column names, in
+# the studies table). Instances with one Patient ID may disagree on name, birth date or sex (an
+# anonymised study, a typo at one modality, a merge): STUDY and lower levels answer and match the
+# study's own values, never another study's; the patients row holds the newest values received.
+# A value a patient has not had before is a patient-identity conflict (``qr/index.py``).
+STUDY_PATIENT_ATTRIBUTES: tuple[IndexAttribute, ...] = tuple(
+    replace(a, level="STUDY") for a in ATTRIBUTES if a.per_study
+)
+IDENTITY_KEYWORDS: tuple[str, ...] = tuple(a.keyword for a in STUDY_PATIENT_ATTRIBUTES)
+
+
 def stored(level: Level) -> tuple[IndexAttribute, ...]:
-    """The attributes with a column in the level's table, in declaration order."""
-    return tuple(a for a in ATTRIBUTES if a.level == level and a.column is not None)
+    """The attributes with a column in the level's table, in declaration order (a study's copies of
+    its patient's attributes first)."""
+    own = tuple(a for a in ATTRIBUTES if a.level == level and a.column is not None)
+    return (STUDY_PATIENT_ATTRIBUTES + own) if level == "STUDY" else own

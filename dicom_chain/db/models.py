@@ -224,6 +224,11 @@ class StudyRow(Base):
         Index("ix_studies_patient", "patient_pk"),
         Index("ix_studies_date", "study_date"),
         Index("ix_studies_accession", "accession_number"),
+        Index(  # the study's own patient name, what STUDY and lower levels match
+            "ix_studies_patient_name_key",
+            "patient_name_key",
+            postgresql_ops={"patient_name_key": "text_pattern_ops"},
+        ),
     )
 
 
@@ -249,6 +254,22 @@ class InstanceRow(Base):
         Column("received_at", String(32), nullable=False),
         Index("ix_instances_series", "series_pk"),
     )
+
+
+class PatientIdentityRow(Base):
+    """Each value a patient's identifying attributes have had (qr/index.py): a value not seen
+    before beside others is a patient-identity conflict, recorded once as an event."""
+
+    __tablename__ = "patient_identities"
+    __table_args__ = (UniqueConstraint("patient_pk", "keyword", "value_key", name="uq_patient_identities"),)
+
+    id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
+    patient_pk: Mapped[int] = mapped_column(BIGID, ForeignKey("patients.id"))
+    keyword: Mapped[str] = mapped_column(String(64))  # PatientName, PatientBirthDate, PatientSex
+    value_key: Mapped[str] = mapped_column(Text)  # compared: a name folded as matching folds it
+    value: Mapped[str] = mapped_column(Text)  # as first received
+    study_uid: Mapped[str] = mapped_column(UID)  # the study and instance that first brought it
+    sop_uid: Mapped[str] = mapped_column(UID)
 
 
 # -- Sharing: the institutions this node shares with (dicom_chain/sharing/registry.py). Written in

@@ -1,9 +1,12 @@
 """The Query/Retrieve index: patient, study, series and instance rows, written and searched.
 
 Rows are written inside the receipt's transaction (``write``), so the index never disagrees
-with the chain. ``search`` turns a parsed ``Query`` into one SQL statement over indexed key
-columns, pages through the matches by primary key (bounded memory, a cancel takes effect
-between pages) and adds the computed attributes per page with grouped counts.
+with the chain. A study keeps its own patient name, birth date and sex (what its STUDY and lower
+answers say), the patient row the newest; ``write`` returns the values a patient had not had
+before beside others (``IdentityConflict``), for the caller to record once as an event.
+``search`` turns a parsed ``Query`` into one SQL statement over indexed key columns, pages
+through the matches by primary key (bounded memory, a cancel takes effect between pages) and
+adds the computed attributes per page with grouped counts.
 """
 
 from __future__ import annotations
@@ -31,16 +34,26 @@ from sqlalchemy.orm import Session
 
 from dicom_chain.block import Block
 from dicom_chain.db.database import Database
-from dicom_chain.db.indexschema import ATTRIBUTES, FOLDED_VRS, LEVELS, UID_CHARS, Level
-from dicom_chain.db.models import InstanceRow, PatientRow, SeriesRow, StudyRow
+from dicom_chain.db.indexschema import (
+    ATTRIBUTES,
+    BY_KEYWORD,
+    FOLDED_VRS,
+    LEVELS,
+    STUDY_PATIENT_ATTRIBUTES,
+    UID_CHARS,
+    Level,
+)
+from dicom_chain.db.models import InstanceRow, PatientIdentityRow, PatientRow, SeriesRow, StudyRow
+from dicom_chain.events import Event, EventDraft
 from dicom_chain.qr.matching import SQL_LIKE_ESCAPE, KeyMatch, Term, key_form, sql_like
 from dicom_chain.qr.query import Query
-from dicom_chain.vocab import VerificationState
+from dicom_chain.vocab import EventType, Outcome, VerificationState
 
 PATIENTS = PatientRow.__table__
 STUDIES = StudyRow.__table__
 SERIES = SeriesRow.__table__
 INSTANCES = InstanceRow.__table__
+IDENTITIES = PatientIdentityRow.__table__
 PAGE_ROWS = 500  # matches fetched per statement: bounded memory, and a C-CANCEL waits at most a page
 
 _LEVEL_TABLE = {"PATIENT": PATIENTS, "STUDY": STUDIES, "SERIES": SERIES, "IMAGE": INSTANCES}
@@ -54,7 +67,16 @@ COLUMNS: dict[str, tuple[Any, Any, str]] = {
     for a in ATTRIBUTES
     if a.column is not None
 }
-_TABLES = {t.name: t for t in (PATIENTS, STUDIES, SERIES, INSTANCES)}
+# keyword -> (value column, key column, VR) at STUDY level and below: the study's own values
+STUDY_COLUMNS: dict[str, tuple[Any, Any, str]] = {
+    **COLUMNS,
+    **{
+        a.keyword: (STUDIES.c[a.column], STUDIES.c[a.key_column] if a.key_column else None, a.vr)
+        for a in STUDY_PATIENT_ATTRIBUTES
+        if a.column is not None
+    },
+}
+_TABLES = {t.name: t for t in (PATIENTS, STUDIES, SERIES, INSTANCES, IDENTITIES)}
 _LEVEL_COLUMNS = {
     "PATIENT": PATIENTS.c,
     "STUDY": STUDIES.c,
@@ -98,7 +120,54 @@ class IndexRecord:
         return cls(rows["PATIENT"], rows["STUDY"], rows["SERIES"], rows["IMAGE"])
 
 
-_STORED = tuple(a for a in ATTRIBUTES if a.column is not None and not a.from_block)
+_STORED = tuple(a for a in STUDY_PATIENT_ATTRIBUTES + ATTRIBUTES if a.column is not None and not a.from_block)
+
+
+@dataclass(frozen=True)
+class IdentityConflict:
+    """A value of a patient's identifying attribute that differs from every value it had before."""
+
+    patient_id: str
+    issuer: str
+    keyword: str  # PatientName, PatientBirthDate, PatientSex
+    value: str  # as received
+    known: tuple[str, ...]  # the values it had before, as first received, oldest first
+    study_uid: str  # the study and instance that brought it
+    sop_uid: str
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """What makes it the same conflict: one event each (as ``details`` and ``patient_id`` say)."""
+        return (self.patient_id, self.issuer, self.keyword, key_form(BY_KEYWORD[self.keyword].vr, self.value))
+
+    def draft(self, chain_id: str, actor: str) -> EventDraft:
+        """The ``patient.identity-conflict`` event: the compliance officer's cue that one Patient ID
+        now names two people, or one person two ways."""
+        known = ", ".join(repr(v) for v in self.known)
+        return EventDraft(
+            type=EventType.PATIENT_IDENTITY_CONFLICT,
+            outcome=Outcome.MINOR_FAILURE,  # the instance is kept and answered; its identity is in doubt
+            actor=actor,
+            patient_id=self.patient_id,
+            study_uid=self.study_uid,
+            sop_uid=self.sop_uid,
+            chain_id=chain_id,
+            reason=f"{self.keyword} {self.value!r} differs from {known} known for this Patient ID",
+            details={
+                "attribute": self.keyword,
+                "value": self.value,
+                "known": list(self.known),
+                "issuer": self.issuer,
+            },
+        )
+
+
+def recorded_identity(event: Event) -> tuple[str, str, str, str]:
+    """``IdentityConflict.identity`` of a recorded event."""
+    d = event.details
+    keyword, value = str(d.get("attribute", "")), str(d.get("value", ""))
+    folded = key_form(BY_KEYWORD[keyword].vr, value) if keyword in BY_KEYWORD else value
+    return (event.patient_id, str(d.get("issuer", "")), keyword, folded)
 
 
 @lru_cache(maxsize=64)
@@ -136,9 +205,11 @@ def write(
     version: int,
     verification: VerificationState = VerificationState.VERIFIED,
     verified_at: str | None = None,
-) -> None:
-    """Index one stored instance (its newest version) inside the caller's transaction."""
+) -> list[IdentityConflict]:
+    """Index one stored instance (its newest version) inside the caller's transaction; return the
+    patient-identity values it brings that conflict with the patient's earlier ones."""
     patient_pk = _upsert(session, PATIENTS, record.patient, ["patient_id", "issuer"])
+    conflicts = _identities(session, patient_pk, record)
     study_pk = _upsert(session, STUDIES, {**record.study, "patient_pk": patient_pk}, ["study_uid"])
     series_pk = _upsert(session, SERIES, {**record.series, "study_pk": study_pk}, ["series_uid"])
     h = block.header
@@ -159,10 +230,67 @@ def write(
         },
         ["sop_instance_uid"],
     )
+    return conflicts
+
+
+@lru_cache(maxsize=4)
+def _identity_insert(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(IDENTITIES).values({c.name: bindparam(c.name) for c in IDENTITIES.c if c.name != "id"})
+    return stmt.on_conflict_do_nothing(index_elements=["patient_pk", "keyword", "value_key"]).returning(
+        IDENTITIES.c.id
+    )
+
+
+def _identities(session: Session, patient_pk: int, record: IndexRecord) -> list[IdentityConflict]:
+    """Note each identifying value the patient had not had; one beside others is a conflict. Compared
+    in key form (a name's case and trailing separators are not an identity); empty is no value."""
+    stmt = _identity_insert(session.get_bind().dialect.name)
+    conflicts = []
+    for a in STUDY_PATIENT_ATTRIBUTES:
+        assert a.column is not None
+        value = record.study[a.column]
+        key = record.study[a.key_column] if a.key_column else value
+        if not key:
+            continue
+        values = {
+            "patient_pk": patient_pk,
+            "keyword": a.keyword,
+            "value_key": key,
+            "value": value,
+            "study_uid": record.study["study_uid"],
+            "sop_uid": record.instance["sop_instance_uid"],
+        }
+        new = session.execute(stmt, values).scalar_one_or_none()
+        if new is None:
+            continue  # seen before: recorded then, if it conflicted
+        known = session.scalars(
+            select(IDENTITIES.c.value)
+            .where(
+                IDENTITIES.c.patient_pk == patient_pk,
+                IDENTITIES.c.keyword == a.keyword,
+                IDENTITIES.c.id != new,
+            )
+            .order_by(IDENTITIES.c.id)
+        ).all()
+        if known:
+            patient = record.patient
+            conflicts.append(
+                IdentityConflict(
+                    patient["patient_id"],
+                    patient["issuer"],
+                    a.keyword,
+                    value,
+                    tuple(known),
+                    values["study_uid"],
+                    values["sop_uid"],
+                )
+            )
+    return conflicts
 
 
 def clear(session: Session) -> None:
-    for table in (INSTANCES, SERIES, STUDIES, PATIENTS):
+    for table in (INSTANCES, SERIES, STUDIES, IDENTITIES, PATIENTS):
         session.execute(delete(table))
 
 
@@ -199,11 +327,16 @@ def _match_sql(column: Any, match: KeyMatch) -> ColumnElement[bool]:
     return or_(*(_term_sql(column, term) for term in match.terms))
 
 
-def _condition(keyword: str, match: KeyMatch) -> ColumnElement[bool]:
+def _columns(level: Level) -> dict[str, tuple[Any, Any, str]]:
+    """The columns each keyword is answered from and matched against at ``level``."""
+    return COLUMNS if level == "PATIENT" else STUDY_COLUMNS
+
+
+def _condition(keyword: str, match: KeyMatch, level: Level) -> ColumnElement[bool]:
     if keyword == "ModalitiesInStudy":  # a study matches when any of its series does
         other = SERIES.alias("modality_series")  # not the outer query's series row
         return exists().where(other.c.study_pk == STUDIES.c.id, _match_sql(other.c.modality, match))
-    return _match_sql(COLUMNS[keyword][1], match)
+    return _match_sql(_columns(level)[keyword][1], match)
 
 
 def _base(level: Level) -> Select:
@@ -217,7 +350,7 @@ def _base(level: Level) -> Select:
         joined = joined.join(INSTANCES, INSTANCES.c.series_pk == SERIES.c.id)
     columns = [
         col.label(keyword)
-        for keyword, (col, _, _) in COLUMNS.items()
+        for keyword, (col, _, _) in _columns(level).items()
         if _DEPTH[_TABLE_LEVEL[col.table]] <= _DEPTH[level]
     ]
     pk = _LEVEL_COLUMNS[level].id
@@ -230,7 +363,7 @@ def _base(level: Level) -> Select:
 def search(session: Session, query: Query, level: Level | None = None) -> Iterator[dict[str, Any]]:
     """Matching entities at ``level`` (default: the query's), one dict of keyword -> value each."""
     level = level or query.level
-    stmt = _base(level).where(*(_condition(k, m) for k, m in query.keys.items()))
+    stmt = _base(level).where(*(_condition(k, m, level) for k, m in query.keys.items()))
     pk = _LEVEL_COLUMNS[level].id
     wanted = {e.keyword for e in query.requested}
     last = 0

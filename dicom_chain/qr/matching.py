@@ -4,6 +4,13 @@ A key value parses into terms; a stored value matches when any term does (a key 
 is universal). Values are compared in a *key form*: person names folded to lower case with
 trailing separators dropped (PN matching is case-insensitive here by default), times and
 date-times padded to full precision so a lexical comparison is a chronological one.
+
+A TM or DT key given to less than full precision names every instant its missing components
+span (PS3.5 6.2 lets a TM or DT omit trailing components): ``12`` is 12:00:00-12:59:59.999999,
+``2024`` the whole year. So a single value is the range of those instants (PS3.4 C.2.2.2.1
+matches "the value"; a radiologist typing 12 means the hour), and a range's ends reach from the
+first instant of its low end to the last of its high end (C.2.2.2.5.2). DA values have one
+precision (YYYYMMDD) and match exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ RANGE_VRS = frozenset({"DA", "TM", "DT"})  # PS3.4 C.2.2.2.5
 _TM_LOW, _TM_HIGH = "000000.000000", "235959.999999"
 _DT_LOW, _DT_HIGH = "00000101000000.000000", "99991231235959.999999"
 _DT_OFFSET = re.compile(r"[+-]\d{4}$")  # a UTC offset is ignored: values are compared as written
+# A negative UTC offset reads like a range's high end ("2024-1000"); PS3.5 offsets run from -1200
+# to +1400, so four digits after the only '-' that form an offset no later than -1200 are one
+# (a range ending in the year 1200 or earlier means nothing in an archive of images).
+_NEGATIVE_OFFSET = re.compile(r"^[^-]+-(0\d|1[0-2])[0-5]\d$")
 
 
 @dataclass(frozen=True)
@@ -79,11 +90,11 @@ def parse_key(vr: str, raw: str) -> KeyMatch:
 
 def _parse_term(vr: str, part: str) -> Term:
     part = _strip(part)
-    if vr in RANGE_VRS and "-" in part:
-        if vr == "DT" and _DT_OFFSET.search(part) and part.count("-") == 1 and not part.startswith("-"):
-            return Term("equal", key_form(vr, part))  # a single value with a negative UTC offset
+    if vr in RANGE_VRS and "-" in part and not (vr == "DT" and _NEGATIVE_OFFSET.match(part)):
         low, _, high = part.partition("-")
         return Term("range", key_form(vr, low), key_form(vr, high, upper=True))
+    if vr in ("TM", "DT") and part:  # a single value: every instant its given components name
+        return Term("range", key_form(vr, part), key_form(vr, part, upper=True))
     if vr in WILDCARD_VRS and ("*" in part or "?" in part):
         if vr == "PN":
             part = part.lower()
