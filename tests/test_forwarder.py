@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -520,7 +521,13 @@ def test_a_peer_that_closes_at_once_is_an_aborted_association(tmp_path, fast_ret
     caplog.set_level(logging.INFO, logger="dicom_chain.forward")
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    closing = threading.Thread(target=lambda: [listener.accept()[0].close() for _ in range(10)], daemon=True)
+
+    def close_each() -> None:
+        with contextlib.suppress(OSError):  # the listener is closed under it when the test ends
+            for _ in range(10):
+                listener.accept()[0].close()
+
+    closing = threading.Thread(target=close_each, daemon=True)
     closing.start()
     gateway = queued_one(tmp_path, f"PACS@127.0.0.1:{port}", seed=25)
     try:
