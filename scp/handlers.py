@@ -538,7 +538,14 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
     address = f"{destination.ae_title}@{destination.host}:{destination.port}"
     with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target):
         run = start_retrieve(
-            node, _identifier(event), model, "move", calling, address, node.settings.serve_altered
+            node,
+            _identifier(event),
+            model,
+            "move",
+            calling,
+            address,
+            node.settings.serve_altered,
+            event.assoc.requestor.address,
         )
         items = run.plan()
         if institution is not None:  # another institution: the release rules decide (0124 if denied)
@@ -582,7 +589,14 @@ def handle_get(event: evt.Event, node: Node, access: Access) -> Iterator[Any]:
     with _refusal_recorded(node, EventType.RETRIEVE_GET, calling):
         _permitted(event, access, Permission.GET)
         run = start_retrieve(
-            node, _identifier(event), model, "get", calling, calling, node.settings.serve_altered
+            node,
+            _identifier(event),
+            model,
+            "get",
+            calling,
+            calling,
+            node.settings.serve_altered,
+            event.assoc.requestor.address,
         )
         items = run.plan()
     if not items:

@@ -315,6 +315,7 @@ def test_move_sends_the_study_chained_to_the_configured_destination(gateway, wor
         ("completed", 8, f"WORKSTATION@127.0.0.1:{workstation.port}"),
         ("refused", None, "STRANGER"),
     ]
+    assert moves[0].details["peer"] == "127.0.0.1"  # who asked, by address (ATNA NetworkAccessPointID)
 
 
 def test_get_sends_the_study_back_on_the_same_association(gateway):
@@ -339,6 +340,7 @@ def test_get_sends_the_study_back_on_the_same_association(gateway):
     assert refused[-1][0] == IDENTIFIER_DOES_NOT_MATCH
     gets = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"]
     assert gets[0].details["completed"] == 8 and gets[0].actor == "RADIOLOGIST"
+    assert gets[0].details["peer"] == "127.0.0.1"
     assert gets[1].details["status"] == "refused"
 
 

@@ -190,6 +190,7 @@ class RetrieveRun:
     actor: str
     destination: str
     serve_altered: str = ServeAltered.REFUSE
+    peer: str = ""  # the requestor's network address, for the audit (NetworkAccessPointID)
     items: list[RetrieveItem] = field(default_factory=list)
     completed: int = 0
     warnings: int = 0
@@ -289,6 +290,7 @@ class RetrieveRun:
                     ][:SUB_OPERATIONS_LISTED],
                     "studies": sorted(studies)[:100],
                     "status": status,
+                    **({"peer": self.peer} if self.peer else {}),
                     **disclosed(patients - {""}),
                 },
             )
@@ -323,6 +325,7 @@ def start_retrieve(
     actor: str,
     destination: str,
     serve_altered: str = ServeAltered.REFUSE,
+    peer: str = "",
 ) -> RetrieveRun:
     query = parse_query(identifier, model, retrieve=True)
-    return RetrieveRun(node, query, kind, actor, destination, serve_altered)
+    return RetrieveRun(node, query, kind, actor, destination, serve_altered, peer)
