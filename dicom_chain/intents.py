@@ -13,6 +13,7 @@ undone the same way, so that a gateway killed before an upgrade is repaired afte
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -81,10 +82,8 @@ class Intents:
 
     def _forget(self, tokens: list[int]) -> None:
         if self.journal is not None:
-            try:
+            with contextlib.suppress(OSError):  # cutting the journal back: tried again next time
                 self.journal.done(*tokens)
-            except OSError:
-                pass  # cutting the journal back is housekeeping: it is tried again next time
 
     def flush(self) -> None:
         """Closing: forget failed receipts' intents and close the journal (removed when empty)."""
@@ -108,7 +107,8 @@ class Intents:
         out = []
         for found in journal.read_all(self.folder) if self.folder is not None else ():
             if self._given_up(found.owner, found.modified, now):
-                out += [Intent(found.owner, e.folder, e.stem, found.modified, found.path) for e in found.entries]
+                at = found.modified
+                out += [Intent(found.owner, e.folder, e.stem, at, found.path) for e in found.entries]
                 if not found.entries:  # nothing to undo: the journal goes with the others
                     out.append(Intent(found.owner, "", "", found.modified, found.path))
         with self.db.reading() as session:

@@ -35,7 +35,9 @@ def _lines(intents: Intents) -> list[tuple[str, str]]:
     return [(e.folder, e.stem) for e in found.entries]
 
 
-def leave_journal(folder: Path, owner: owners.Owner, entries: list[tuple[str, str]], age_s: float = 0.0) -> Path:
+def leave_journal(
+    folder: Path, owner: owners.Owner, entries: list[tuple[str, str]], age_s: float = 0.0
+) -> Path:
     """A journal as a process cut off between its file and its commit leaves it."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{owner.pid}-{len(list(folder.iterdir()))}{journal.SUFFIX}"
