@@ -174,8 +174,10 @@ def read(path: Path) -> Found | None:
 
 
 def remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
+    """A recovered journal, and the rewrite its owner may have been killed in the middle of."""
+    for each in (path, path.with_suffix(".tmp")):
+        with contextlib.suppress(OSError):
+            each.unlink()
 
 
 def age(found: Found, now: float | None = None) -> float:

@@ -248,8 +248,11 @@ def test_only_intents_judged_dead_here_are_undone(node: Node):
     _leave_intent(node, replace(me, started=me.started + 1), "1.2/1.2.3/1.2.3.5.v2.dcm")
     _leave_intent(node, me, "1.2/1.2.3/1.2.3.6.dcm")
     _leave_intent(node, replace(me, host="other-host", pid=1), "1.2/1.2.3/1.2.3.7.dcm")
+    dead = next(node.intents.folder.glob("999999999-*.log"))  # type: ignore[union-attr]
+    dead.with_suffix(".tmp").write_text("a rewrite cut off by the kill")
     assert sorted(node.recover()) == ["1.2/1.2.3/1.2.3.4.dcm", "1.2/1.2.3/1.2.3.5.v2.dcm"]
     assert sorted(node.storage.iter_files()) == ["1.2/1.2.3/1.2.3.6.dcm", "1.2/1.2.3/1.2.3.7.dcm"]
+    assert sorted(p.suffix for p in node.intents.folder.iterdir()) == [".log", ".log"]  # type: ignore[union-attr]
     assert _intent_count(node) == 2
     recovered = [e.details["path"] for e in node.ledger.iter_events() if e.type == "storage.recovered"]
     assert sorted(recovered) == ["1.2/1.2.3/1.2.3.4.dcm", "1.2/1.2.3/1.2.3.5.v2.dcm"]
