@@ -32,6 +32,7 @@ from dicom_chain.errors import (
 )
 from dicom_chain.events import EventDraft
 from dicom_chain.intents import Intents
+from dicom_chain.journal import journal_folder
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
@@ -76,7 +77,7 @@ class Node:
         self.outbox = Outbox(ledger, key, settings.forward_max_refusals)
         self.locks = owners.lock_folder(storage.root)  # liveness locks of this node's processes
         self.outbox.locks = self.locks
-        self.intents = Intents(self.db, self.locks)
+        self.intents = Intents(self.db, self.locks, journal_folder(storage.root))
         self.receipts = Receipts(ledger, self.outbox, self.intents, storage)
 
     @classmethod

@@ -1,5 +1,5 @@
 """The receipt of one instance as one unit of work: block, event, query index rows and forward
-queue rows in one transaction, guarded by a write intent noted just before it.
+queue rows in one transaction, guarded by a write intent noted just before it (intents.py).
 
 ``Receipts.open`` is what ``Node.ingest`` opens (``with ... as tx``); the ``Receipt`` it yields
 composes the ledger's appender (head, blocks, events), the index writer and the outbox, each of
@@ -121,12 +121,11 @@ class Receipts:
 
     @contextmanager
     def open(self, chain_id: str, ids: ItemNames) -> Iterator[Receipt]:
-        """Note the intent (committed on its own), then lock the chain for the receipt; commits
-        on exit and deletes the intent in that commit; on any exception rolls back, and first
-        removes the uncommitted files the intent covers while the chain is still locked."""
+        """Note the intent (in this process's journal), then lock the chain for the receipt;
+        commits on exit, then forgets the intent; on any exception rolls back, and first removes
+        the uncommitted files the intent covers while the chain is still locked."""
         folder, stem = self.storage.covering(ids.group_id, ids.series_id, ids.item_id)
         intent = self.intents.note(folder, stem)
-        dropped = [intent]
         try:
             with self.ledger.append(chain_id) as appender:
                 try:
@@ -134,10 +133,10 @@ class Receipts:
                 except BaseException:
                     self._undo(folder, stem)
                     raise
-                dropped = self.intents.drop(appender.session, intent)
         except BaseException:
-            self.intents.forget(*dropped)
+            self.intents.failed(intent)
             raise
+        self.intents.done(intent)
 
     def _undo(self, folder: str, stem: str) -> None:
         """Remove the files of a failing receipt that no block names: no other writer can be
@@ -157,7 +156,8 @@ class Receipts:
         """Undo writes that processes now dead left between renaming a file and committing its
         block (their senders got no Success and will send again); a file whose block committed
         stays. One transaction with every chain locked, so no live writer's file can be taken for
-        a leftover; each removal is a ``storage.recovered`` event, and the intents go."""
+        a leftover; each removal is a ``storage.recovered`` event, and the intents go (the journals
+        read, once committed)."""
         abandoned = self.intents.abandoned()
         if not abandoned:
             return []
@@ -165,6 +165,8 @@ class Receipts:
         with self.ledger.db.writing() as session:
             self.ledger.lock_heads(session)
             for intent in abandoned:
+                if not intent.item:  # an empty journal: nothing to undo
+                    continue
                 for relative in self.storage.versions(intent.folder, intent.item):
                     if self.ledger.has_file(session, relative):
                         continue
@@ -180,5 +182,6 @@ class Receipts:
                             details={"path": relative},
                         ),
                     )
-            self.intents.remove(session, [i.id for i in abandoned])
+            self.intents.remove(session, abandoned)
+        self.intents.retire(abandoned)
         return removed

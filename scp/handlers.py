@@ -2,8 +2,10 @@
 
 Failures are answered in one place, ``answers_failures``: whatever a handler raises is logged and
 answered with the status statuses.py reads from the error, and the association stays up. Log
-lines are ``key=value`` pairs, one per association and one per instance, so that a hospital's
-log tooling can filter by AE title or UID without parsing prose.
+lines are ``key=value`` pairs, so that a hospital's log tooling can filter by AE title or UID
+without parsing prose: at INFO one per association, its C-STOREs counted when it ends (a line per
+instance cost ~0.1 ms of a ~7 ms instance, and buried everything else in a study of thousands);
+each instance at DEBUG, and each refusal at WARNING, since those are rare and need a name.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import functools
 import inspect
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -72,6 +76,38 @@ def _calling(event: evt.Event) -> str:
     return event.assoc.requestor.ae_title.strip()
 
 
+TALLY_ATTRIBUTE = "dicom_chain_store_tally"  # on the association: its C-STOREs so far
+
+
+@dataclass
+class StoreTally:
+    """One association's C-STOREs by what was answered, for its closing log line."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)  # IngestOutcome: stored, duplicate, ...
+    warnings: int = 0  # answered B0xx: stored as received, not conforming
+    refused: Counter[int] = field(default_factory=Counter)  # failure status -> how many
+
+    def __str__(self) -> str:
+        counts = {"stored": self.outcomes["stored"], **dict(sorted(self.outcomes.items()))}
+        counted = " ".join(f"{outcome}={n}" for outcome, n in counts.items())
+        refused = ",".join(f"0x{status:04X}:{n}" for status, n in sorted(self.refused.items()))
+        return " ".join(x for x in (counted, f"warnings={self.warnings}", f"refused={refused or 0}") if x)
+
+
+def store_tally(assoc: object) -> StoreTally:
+    """The association's tally (made on its first C-STORE); handlers and its end run on its thread."""
+    tally = getattr(assoc, TALLY_ATTRIBUTE, None)
+    if tally is None:
+        tally = StoreTally()
+        setattr(assoc, TALLY_ATTRIBUTE, tally)
+    return tally
+
+
+def _ended(event: evt.Event) -> str:
+    tally = getattr(event.assoc, TALLY_ATTRIBUTE, None)
+    return _peer(event) + (f" c-store {tally}" if tally is not None else "")
+
+
 def _failure(status: int, exc: BaseException) -> Dataset:
     """A failure status with the reason in Error Comment, for the peer's log."""
     return _commented(status, str(exc))
@@ -88,6 +124,8 @@ def _commented(status: int, comment: str) -> Dataset:
 
 def _answered(operation: str, event: evt.Event, exc: BaseException, status: int) -> None:
     line = "%s calling_ae=%s status=0x%04X error=%r"
+    if operation == "c-store":
+        store_tally(event.assoc).refused[status] += 1
     if isinstance(exc, DicomChainError):  # named and expected: one line says it all
         log.warning(line, operation, _calling(event), status, str(exc))
     else:  # a bug: the traceback is what will fix it
@@ -194,14 +232,17 @@ def handle_store(
             peer=event.assoc.requestor.address,
         )
     h = result.block.header
-    log.info(
+    log.debug(
         "c-store calling_ae=%s sop=%s study=%s outcome=%s height=%d%s",
         calling, h.item_id, h.group_id, result.outcome, h.height,
         f" anomalies={'; '.join(result.anomalies)!r}" if result.anomalies else "",
     )  # fmt: skip
+    tally = store_tally(event.assoc)
+    tally.outcomes[str(result.outcome)] += 1
     if result.outcome in (IngestOutcome.STORED, IngestOutcome.NEW_VERSION):
         stored()
     if result.anomalies:  # kept as received, yet the sender should hear it does not conform
+        tally.warnings += 1
         return _commented(STORED_NOT_CONFORMING, "; ".join(result.anomalies))
     return SUCCESS
 
@@ -293,11 +334,11 @@ def handle_accepted(event: evt.Event) -> None:
 
 
 def handle_released(event: evt.Event) -> None:
-    log.info("association released %s", _peer(event))
+    log.info("association released %s", _ended(event))
 
 
 def handle_aborted(event: evt.Event) -> None:
-    log.warning("association aborted %s", _peer(event))
+    log.warning("association aborted %s", _ended(event))
 
 
 # Query/Retrieve information models by SOP class (PS3.4 C.6): Patient Root and Study Root.

@@ -84,6 +84,36 @@ def test_broken_datasets_get_failure_and_service_keeps_answering(gateway):
     assert len(list(node.storage.iter_files())) == 1
 
 
+def test_an_association_s_c_stores_are_one_info_line_at_its_end_and_each_one_at_debug(gateway, caplog):
+    """Per instance at DEBUG only; at INFO the release names what the association's C-STOREs did."""
+    import logging
+    import time
+
+    _, port = gateway
+    no_study = read("CT_small.dcm")
+    del no_study.StudyInstanceUID
+    caplog.set_level(logging.DEBUG, logger="dicom_chain.scp")
+    assoc = associate(port)
+    try:
+        assert assoc.send_c_store(read("CT_small.dcm")).Status == 0x0000
+        assert assoc.send_c_store(read("CT_small.dcm")).Status == 0x0000  # the same again
+        assert assoc.send_c_store(no_study).Status == CANNOT_UNDERSTAND
+        assert assoc.send_c_store(read("MR_small_bigendian.dcm")).Status == 0x0000
+    finally:
+        assoc.release()
+    deadline = time.monotonic() + 30  # the gateway logs the release on its own thread
+    while "association released" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    per_instance = [r for r in caplog.records if r.getMessage().startswith("c-store calling_ae=TESTSCU sop=")]
+    assert [r.levelno for r in per_instance] == [logging.DEBUG] * 3
+    released = [r.getMessage() for r in caplog.records if r.getMessage().startswith("association released")]
+    assert len(released) == 1 and released[0].endswith(
+        " c-store stored=2 duplicate=1 warnings=0 refused=0xC000:1"
+    ), released
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert not [m for m in info if m.startswith("c-store")]  # nothing per instance at INFO
+
+
 def test_stored_file_is_the_received_bytes_plus_our_block(gateway, monkeypatch):
     """The network path splices too: every element but ours is stored exactly as sent."""
     from dicom_chain.carriers.dicom import carrier

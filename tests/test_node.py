@@ -217,39 +217,23 @@ def _open_parts(home):
 
 
 def _leave_intent(node: Node, owner, relative: str, age_s: float = 0.0) -> None:
-    """A file written for an instance and an intent for it by ``owner``, as a process that was
-    cut off between its file and its commit leaves them."""
-    import time
-
-    from sqlalchemy import insert
-
-    from dicom_chain.intents import INTENTS
+    """A file written for an instance and an intent for it in ``owner``'s journal, as a process
+    that was cut off between its file and its commit leaves them."""
+    from .test_intents import leave_journal
 
     node.storage.path(relative).parent.mkdir(parents=True, exist_ok=True)
     node.storage.path(relative).write_bytes(b"written, never committed")
     folder, name = relative.rsplit("/", 1)
-    with node.db.writing() as session:
-        session.execute(
-            insert(INTENTS),
-            {
-                "host": owner.host,
-                "boot": owner.boot,
-                "pid": owner.pid,
-                "started": owner.started,
-                "folder": folder,
-                "item": name.split(".v")[0].removesuffix(".dcm"),
-                "created_at": time.time() - age_s,
-            },
-        )
+    assert node.intents.folder is not None
+    leave_journal(node.intents.folder, owner, [(folder, name.split(".v")[0].removesuffix(".dcm"))], age_s)
 
 
 def _intent_count(node: Node) -> int:
-    from sqlalchemy import func, select
+    from dicom_chain import journal
 
-    from dicom_chain.intents import INTENTS
-
-    with node.db.reading() as session:
-        return int(session.scalar(select(func.count()).select_from(INTENTS)))
+    assert node.intents.folder is not None and node.intents.journal is not None
+    own = node.intents.journal.path  # this process's: lines of committed receipts stay till cut back
+    return sum(len(f.entries) for f in journal.read_all(node.intents.folder) if f.path != own)
 
 
 def test_only_intents_judged_dead_here_are_undone(node: Node):
@@ -264,8 +248,11 @@ def test_only_intents_judged_dead_here_are_undone(node: Node):
     _leave_intent(node, replace(me, started=me.started + 1), "1.2/1.2.3/1.2.3.5.v2.dcm")
     _leave_intent(node, me, "1.2/1.2.3/1.2.3.6.dcm")
     _leave_intent(node, replace(me, host="other-host", pid=1), "1.2/1.2.3/1.2.3.7.dcm")
+    dead = next(node.intents.folder.glob("999999999-*.log"))  # type: ignore[union-attr]
+    dead.with_suffix(".tmp").write_text("a rewrite cut off by the kill")
     assert sorted(node.recover()) == ["1.2/1.2.3/1.2.3.4.dcm", "1.2/1.2.3/1.2.3.5.v2.dcm"]
     assert sorted(node.storage.iter_files()) == ["1.2/1.2.3/1.2.3.6.dcm", "1.2/1.2.3/1.2.3.7.dcm"]
+    assert sorted(p.suffix for p in node.intents.folder.iterdir()) == [".log", ".log"]  # type: ignore[union-attr]
     assert _intent_count(node) == 2
     recovered = [e.details["path"] for e in node.ledger.iter_events() if e.type == "storage.recovered"]
     assert sorted(recovered) == ["1.2/1.2.3/1.2.3.4.dcm", "1.2/1.2.3/1.2.3.5.v2.dcm"]

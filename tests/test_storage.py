@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -112,3 +113,36 @@ def test_a_write_never_replaces_a_file(tmp_path: Path):
 def test_plain_ids_stay_readable_and_case_cannot_merge_two_names():
     assert path_part("photo-0") == "photo-0" and path_part("1.2.840.10008.1") == "1.2.840.10008.1"
     assert path_part("Photo-0").lower() != path_part("photo-0").lower()
+
+
+def test_ranges_of_another_file_are_copied_by_the_kernel_or_else_through_memory(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from dicom_chain.storage import FileRange, Ranged
+
+    source = tmp_path / "received.bin"
+    source.write_bytes(bytes(range(256)) * 40)
+    pieces = Ranged([b"head", FileRange(source, 10, 5000), b"mid", FileRange(source, 5010, 5230)])
+    expected = b"head" + source.read_bytes()[10:5010] + b"mid" + source.read_bytes()[5010:]
+    storage = Storage(tmp_path / "store")
+    assert storage.write("a/kernel.bin", pieces).read_bytes() == expected
+    assert b"".join(pieces) == expected  # a reader that iterates gets the same bytes
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EXDEV, "another file system")
+
+    monkeypatch.setattr(os, "copy_file_range", refused)
+    assert storage.write("a/memory.bin", pieces).read_bytes() == expected
+
+
+def test_a_range_past_the_end_of_its_file_stores_nothing(tmp_path):
+    from dicom_chain.errors import MalformedDatasetError
+    from dicom_chain.storage import FileRange, Ranged
+
+    source = tmp_path / "received.bin"
+    source.write_bytes(b"x" * 100)
+    storage = Storage(tmp_path / "store")
+    with pytest.raises(MalformedDatasetError, match="ends 50 bytes early"):
+        storage.write("a/b.bin", Ranged([b"head", FileRange(source, 0, 150)]))
+    assert list(storage.iter_files()) == [] and list((tmp_path / "store" / "a").iterdir()) == []

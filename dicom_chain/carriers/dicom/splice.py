@@ -11,7 +11,7 @@ pydicom's writer.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -28,13 +28,13 @@ from dicom_chain.carriers.dicom.embedding import block_elements, character_set, 
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
 from dicom_chain.carriers.dicom.unlengths import un_lengths_defined
 from dicom_chain.errors import NotDicomError
+from dicom_chain.storage import FileRange, Ranged
 
 # VRs with a 4-byte length (and 2 reserved bytes) in explicit VR encodings, PS3.5 7.1.2
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 PREAMBLE = b"\x00" * 128 + b"DICM"
 FIRST_SLOT = 0x10  # with nothing in our group yet, our creator takes the first private slot
 _OUR_GROUP_END = (CHAIN_GROUP << 16) | 0xFFFF
-COPY_CHUNK_BYTES = 1 << 20  # a file-backed body is copied 1 MiB at a time: few syscalls, little memory
 
 
 @dataclass(frozen=True)
@@ -52,19 +52,6 @@ class FileSpan:
         with self.path.open("rb") as fp:
             fp.seek(self.start + at)
             return fp.read(max(0, min(size, self.length - at)))
-
-    def chunks(self, begin: int, end: int) -> Iterator[bytes]:
-        """Bytes ``begin:end`` of the dataset, a chunk at a time; a file cut short is an error,
-        never a shorter instance."""
-        with self.path.open("rb") as fp:
-            fp.seek(self.start + begin)
-            left = end - begin
-            while left > 0:
-                chunk = fp.read(min(COPY_CHUNK_BYTES, left))
-                if not chunk:
-                    raise NotDicomError(f"{self.path.name}: ends {left} bytes early")
-                left -= len(chunk)
-                yield chunk
 
 
 @dataclass(frozen=True)
@@ -123,18 +110,15 @@ class EncodedInstance:
         return self.body[at : at + size]
 
     def pieces(self, at: int, ours: bytes) -> Iterable[bytes | memoryview]:
-        """The file: our prefix, the body with ``ours`` inserted at ``at``; a body on disk is
-        copied range by range as the store writes it."""
+        """The file: our prefix, the body with ``ours`` inserted at ``at``; a body on disk as two
+        ranges of its file, which the store copies in the kernel (storage.Ranged)."""
         if isinstance(self.body, FileSpan):
             span = self.body
-            return _chain([self.prefix], span.chunks(0, at), [ours], span.chunks(at, len(span)))
+            before = FileRange(span.path, span.start, at)
+            after = FileRange(span.path, span.start + at, len(span) - at)
+            return Ranged([self.prefix, before, ours, after])
         body = memoryview(self.body)  # slices of a view: the 0.5 MB of pixels are not copied twice
         return [self.prefix, body[:at], ours, body[at:]]
-
-
-def _chain(*parts: Iterable[bytes]) -> Iterator[bytes]:
-    for part in parts:
-        yield from part
 
 
 def _element(tag: int, vr: str, value: bytes, implicit: bool, little: bool) -> bytes:
