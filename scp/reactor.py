@@ -190,6 +190,8 @@ def _wait_for_work(dul: DULServiceProvider, waker: _Waker) -> None:
     fd = raw.fileno() if raw is not None else -1  # -1 once closed by another thread (an abort)
     if fd >= 0 and isinstance(raw, ssl.SSLSocket) and raw.pending():
         return  # TLS has decrypted bytes the kernel no longer reports (pynetdicom #528)
+    if getattr(transport, "buffered", 0):
+        return  # read ahead by our transport (GuardedSocket)
     timeout = _due_in(dul.artim_timer)
     try:
         if hasattr(select, "poll"):  # no FD_SETSIZE limit; a poll object costs no syscall
