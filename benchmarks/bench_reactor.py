@@ -208,8 +208,8 @@ def main() -> None:
               f"CPU {mcpu['a+ ours'] / mcpu['a stock']:.2f}")  # fmt: skip
         print(f"gateway:   ours/stock rate {med['b+ ours'] / med['b stock']:.2f}, "
               f"CPU {mcpu['b+ ours'] / mcpu['b stock']:.2f}")  # fmt: skip
-        print(f"gateway/bare: stock {med['b stock'] / med['a stock']:.2f}, ours {med['b+ ours'] / med['a stock']:.2f} "
-              "(both against the stock bare SCP)")  # fmt: skip
+        print(f"gateway/bare: stock {med['b stock'] / med['a stock']:.2f}, "
+              f"ours {med['b+ ours'] / med['a stock']:.2f} (both against the stock bare SCP)")  # fmt: skip
         print(f"4 idle associations (requestor), CPU s over {args.idle_s:g} s: "
               f"stock {spread(idle['stock'])}, ours {spread(idle['ours'])}")  # fmt: skip
     finally:

@@ -241,6 +241,20 @@ def test_the_dimse_timeout_still_fires_for_a_requestor() -> None:
         scp.stop()
 
 
+def test_a_connection_that_never_asks_is_closed_at_the_acse_timeout() -> None:
+    """The ARTIM timer (started at connect, PS3.8 9.1.5) is the DUL's wait timeout now: a peer
+    that connects and says nothing is dropped at about ``acse_timeout``."""
+    scp = Scp(True, acse_timeout=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=DEADLINE_S) as sock:
+            start = time.monotonic()
+            assert sock.recv(64) == b""  # closed by the SCP, nothing sent
+            assert 0.8 <= time.monotonic() - start < DEADLINE_S
+        assert wait_until(lambda: not scp.ae.active_associations, DEADLINE_S)
+    finally:
+        scp.stop()
+
+
 # -- TLS: bytes decrypted but not yet read are invisible to poll() ----------------------------
 
 
