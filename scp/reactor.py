@@ -99,14 +99,9 @@ def install(ae: pynetdicom.AE) -> bool:
     return True
 
 
-def uninstall(ae: pynetdicom.AE) -> None:
-    """Back to pynetdicom's loops for ``ae``'s future associations (a benchmark compares both)."""
-    setattr(ae, _ATTR, False)
-
-
 def active(assoc: Association) -> bool:
-    """Whether ``assoc`` runs the event-driven reactors."""
-    return getattr(assoc.ae, _ATTR, False) is True and bool(_stock)
+    """Whether ``assoc`` runs the event-driven reactors (decided once, when its DUL starts)."""
+    return getattr(assoc, "_wake", None) is not None
 
 
 def _patch() -> None:
@@ -207,7 +202,7 @@ def _wait_for_work(dul: DULServiceProvider, waker: _Waker) -> None:
 
 
 def _dul_run_reactor(self: DULServiceProvider) -> None:
-    if not active(self.assoc):
+    if getattr(self.assoc.ae, _ATTR, False) is not True:
         return _stock["DULServiceProvider.run_reactor"](self)  # type: ignore[no-any-return]
     # Set up before _dul_ready: the association thread waits for it before using either.
     waker = _Waker()
@@ -274,7 +269,7 @@ def _dul_kill(self: DULServiceProvider) -> None:
 
 
 def _dul_stop(self: DULServiceProvider) -> bool:
-    if not active(self.assoc):
+    if getattr(self, "_waker", None) is None:
         return _stock["DULServiceProvider.stop_dul"](self)  # type: ignore[no-any-return]
     if self.state_machine.current_state == "Sta1":
         self._kill_thread = True
@@ -286,15 +281,14 @@ def _dul_stop(self: DULServiceProvider) -> bool:
 
 
 def _assoc_kill(self: Association) -> None:
-    if not active(self):
+    wake: threading.Event | None = getattr(self, "_wake", None)
+    if wake is None:
         return _stock["Association.kill"](self)  # type: ignore[no-any-return]
     self._reactor_checkpoint.set()
     self._kill = True
     self.is_established = False
     self._is_paused = True
-    wake = getattr(self, "_wake", None)
-    if wake is not None:
-        wake.set()
+    wake.set()
     while self.dul.is_alive() and not self.dul.stop_dul():
         time.sleep(0.01)  # pynetdicom's: waits for the state machine to reach Sta1, once per association
 
@@ -306,7 +300,7 @@ def _assoc_run_reactor(self: Association) -> None:
     that pauses the reactor goes ahead at once instead of spinning until the next loop.
     """
     wake: threading.Event | None = getattr(self, "_wake", None)
-    if wake is None or not active(self):
+    if wake is None:
         return _stock["Association._run_reactor"](self)  # type: ignore[no-any-return]
     plog = _association.LOGGER
     self._is_paused = False
