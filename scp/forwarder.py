@@ -36,6 +36,7 @@ from dicom_chain.vocab import ForwardVerdict
 from .contexts import Sending, contexts_for, sending
 from .handlers import no_delay
 from .logs import configure_logging
+from .reactor import install as install_reactor
 from .statuses import forward_verdict, peer_status_meaning
 
 log = logging.getLogger("dicom_chain.forward")
@@ -234,6 +235,7 @@ class DestinationWorker(threading.Thread):
         except socket.gaierror as exc:
             return NoAssociation(ForwardCause.DNS, f"{host} does not resolve ({exc.strerror})")
         ae = AE(ae_title=self.forwarder.ae_title)
+        install_reactor(ae)  # an idle kept-open association then costs no CPU (reactor.py)
         ae.connection_timeout = FORWARD_CONNECT_TIMEOUT_S
         ae.acse_timeout = FORWARD_ACSE_TIMEOUT_S
         ae.dimse_timeout = FORWARD_DIMSE_TIMEOUT_S

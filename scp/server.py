@@ -49,6 +49,7 @@ from .handlers import (
 )
 from .logs import configure_logging
 from .metrics import GatewayMetrics, MetricsServer, listening, serve_metrics
+from .reactor import install as install_reactor
 from .transport import GuardedServer, Limits, RejectionLog, start_server
 
 MAX_PDU_BYTES = 131_072  # 128 KB: ~3x faster than 16 KB for 0.5 MB instances; peers may ask less
@@ -124,6 +125,7 @@ def listen_failure(exc: OSError, host: str, port: int) -> DicomChainError:
 
 def build_ae(ae_title: str, max_associations: int = MAX_ASSOCIATIONS) -> AE:
     ae = AE(ae_title=ae_title)
+    install_reactor(ae)  # wait on sockets and queues, not pynetdicom's 1 ms polling (reactor.py)
     ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.maximum_associations = max_associations  # pynetdicom's own check; transport.py refuses earlier
     ae.acse_timeout = ACSE_TIMEOUT_S

@@ -61,6 +61,9 @@ A_ASSOCIATE_RQ, A_ASSOCIATE_AC, P_DATA_TF = 0x01, 0x02, 0x04
 KNOWN_PDU_TYPES = range(0x01, 0x08)
 # A-ABORT from the service provider, reason "invalid PDU parameter value" (PS3.8 9.3.8, Table 9-26)
 ABORT_INVALID_PARAMETER = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
+# Asked of the kernel per read: a 128 KiB P-DATA-TF (our advertised maximum) with its header and
+# the next header in one system call; one buffer of this size per connection, allocated once.
+READ_CHUNK = 262_144
 ABORT_SEND_TIMEOUT_S = 1.0  # the A-ABORT is a courtesy; a peer that does not read it is not waited for
 
 REJECTION_WINDOW_S = 60.0  # per host, at most one rejection event a minute: the rest are counted
@@ -297,14 +300,20 @@ logging.getLogger("pynetdicom.dul").addFilter(_AlreadyLogged())
 
 
 class GuardedSocket(AssociationSocket):
-    """An AssociationSocket that gives each PDU a deadline and refuses oversized ones unread.
+    """An AssociationSocket that gives each PDU a deadline, refuses oversized ones unread, and
+    reads in large chunks.
 
     Works around ``AssociationSocket.recv`` (blocks until every requested byte is in, with no
-    timeout) and ``DULServiceProvider._read_pdu_data`` (asks for as many bytes as the header
-    declares). The DUL reads a PDU as ``recv(6)`` then ``recv(length)``; the header read starts
-    the PDU's deadline (the reactor only reads once ``select`` has seen its first byte) and is
-    checked against the cap for its type. A refusal returns a short read, which the DUL treats
-    as the transport closing (Evt17), so the association ends without reading more.
+    timeout, 4 KiB per ``socket.recv``) and ``DULServiceProvider._read_pdu_data`` (asks for as
+    many bytes as the header declares). The DUL reads a PDU as ``recv(6)`` then ``recv(length)``;
+    the header read starts the PDU's deadline (the reactor only reads once ``select`` has seen its
+    first byte, or bytes are buffered here) and is checked against the cap for its type. A
+    refusal returns a short read, which the DUL treats as the transport closing (Evt17), so the
+    association ends without reading more.
+
+    Each read from the kernel asks for up to ``READ_CHUNK`` bytes, so a header, its body and the
+    next header usually come in one system call; what is read beyond the PDU waits in
+    ``_buffer``, which ``ready`` and ``buffered`` report (``select`` cannot see it).
     """
 
     limits: Limits
@@ -312,6 +321,17 @@ class GuardedSocket(AssociationSocket):
     rejections: RejectionLog | None = None
     _pdu_body: int | None = None  # the body length the next recv() reads, after a header
     _pdu_deadline_at = 0.0
+    _buffer: bytearray | None = None  # read from the kernel, not yet given to the DUL
+    _scratch: memoryview | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the kernel and not yet returned by ``recv``."""
+        return len(self._buffer) if self._buffer else 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.buffered) or super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
         if self._pdu_body is not None and nr_bytes == self._pdu_body:
@@ -348,35 +368,55 @@ class GuardedSocket(AssociationSocket):
             assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _read_until_deadline(self, nr_bytes: int, part: str) -> bytearray:
+        """``nr_bytes`` from the buffer and the socket, or fewer if the peer closes or the PDU's
+        deadline passes first."""
         sock = self.socket
         assert sock is not None
-        data = bytearray()
+        if self._buffer is None:
+            self._buffer = bytearray()
+            self._scratch = memoryview(bytearray(READ_CHUNK))
+        buffer, scratch = self._buffer, self._scratch
+        assert scratch is not None
         previous = sock.gettimeout()
+        plain = not isinstance(sock, ssl.SSLSocket)  # TLS cannot take MSG_DONTWAIT
         try:
-            while len(data) < nr_bytes:
+            while len(buffer) < nr_bytes:
                 remaining = self._pdu_deadline_at - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(min(nr_bytes - len(data), 65536))
-                if not chunk:
+                if plain:
+                    try:  # the reactor saw the socket readable: usually no wait, one system call
+                        n = sock.recv_into(scratch, READ_CHUNK, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        if not select.select([sock], [], [], remaining)[0]:
+                            raise TimeoutError from None
+                        continue
+                else:
+                    sock.settimeout(remaining)
+                    n = sock.recv_into(scratch, READ_CHUNK)
+                if not n:
                     break
-                data.extend(chunk)
+                buffer += scratch[:n]
         except TimeoutError:
             log.debug(  # the rejection log writes the warning, once per host per minute
                 "pdu deadline exceeded peer=%s part=%s received=%d of=%d deadline_s=%g",
-                self.peer, part, len(data), nr_bytes, self.limits.pdu_deadline_s,
+                self.peer, part, len(buffer), nr_bytes, self.limits.pdu_deadline_s,
             )  # fmt: skip
             if self.rejections is not None:
                 self.rejections.note(self.peer, "pdu-deadline")
             self._close_transport()
             _cut_on_this_thread.pending = part == "body"  # the DUL logs a short body, not a header
-            return data  # short: the DUL sees a closed transport
-        except OSError:
-            return data
+        except (OSError, ValueError):  # reset, or closed under us (ValueError: select on fd -1)
+            pass
         finally:
-            with contextlib.suppress(OSError):
-                sock.settimeout(previous)
+            if not plain:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(previous)
+        if len(buffer) < nr_bytes:  # short: the DUL sees a closed transport
+            data, self._buffer = buffer, bytearray()
+            return data
+        data = buffer[:nr_bytes]
+        del buffer[:nr_bytes]  # from the front of a bytearray: no copy of the rest
         return data
 
     def _refuse(self, pdu_type: int, length: int, cap: int) -> None:
@@ -398,6 +438,7 @@ class GuardedSocket(AssociationSocket):
 
     def _close_transport(self) -> None:
         """Stop receiving: what the peer still sends is dropped by the kernel, never buffered here."""
+        self._buffer = bytearray()  # nor is what was read ahead given to the DUL
         sock = self.socket
         if sock is not None:
             with contextlib.suppress(OSError):
