@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from dicom_chain import timing
 from dicom_chain.errors import DicomChainError, MalformedDatasetError, PathTakenError, StorageError
 
 TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
@@ -83,17 +84,23 @@ class Storage:
     def write(self, relative: str, pieces: Iterable[bytes | memoryview]) -> Path:
         """Write ``pieces`` in order as a new file at ``relative``; on any failure nothing is left
         behind. PathTakenError if a file is there already: it is never replaced."""
+        timing.mark("splice")  # the pieces, made by the caller just before
         target = self.path(relative)
         tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+            timing.mark("file.create")
             with os.fdopen(fd, "wb") as fp:
                 fp.writelines(pieces)
                 fp.flush()
+                timing.mark("file.write")
                 os.fsync(fp.fileno())
+                timing.mark("fsync.file")
             os.link(tmp, target)  # atomic like rename, but refuses (EEXIST) where rename replaces
+            timing.mark("file.link")
             _fsync_dir(target.parent)
+            timing.mark("fsync.folder")
         except FileExistsError as exc:
             raise PathTakenError(f"cannot store {relative}: a file is there already") from exc
         except OSError as exc:
@@ -106,6 +113,7 @@ class Storage:
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+                timing.mark("file.unlink")
         return target
 
     def remove(self, relative: str) -> None:

@@ -21,6 +21,7 @@ from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_chain import timing
 from dicom_chain.carriers.dicom.carrier import read_dataset
 from dicom_chain.errors import DicomChainError, MalformedDatasetError, NotAuthorized
 from dicom_chain.events import EventDraft
@@ -180,6 +181,7 @@ def _store_refused(node: Node, event: evt.Event, exc: NotAuthorized) -> None:
 def handle_store(
     event: evt.Event, node: Node, stored: Callable[[], None], access: Access, spool: Spool
 ) -> int | Dataset:
+    timing.begin()
     calling = _calling(event)
     try:
         caller = _permitted(event, access, Permission.STORE)
@@ -199,6 +201,7 @@ def handle_store(
         calling, h.item_id, h.group_id, result.outcome, h.height,
         f" anomalies={'; '.join(result.anomalies)!r}" if result.anomalies else "",
     )  # fmt: skip
+    timing.end("log")
     if result.outcome in (IngestOutcome.STORED, IngestOutcome.NEW_VERSION):
         stored()
     if result.anomalies:  # kept as received, yet the sender should hear it does not conform
@@ -293,10 +296,12 @@ def handle_accepted(event: evt.Event) -> None:
 
 
 def handle_released(event: evt.Event) -> None:
+    timing.flush()
     log.info("association released %s", _peer(event))
 
 
 def handle_aborted(event: evt.Event) -> None:
+    timing.flush()
     log.warning("association aborted %s", _peer(event))
 
 
