@@ -125,21 +125,22 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and every living descendant (the gateway's forward process)."""
+def tree_cpu(root: int) -> tuple[float, float]:
+    """CPU seconds of ``root``, and of all its living descendants (the gateway's forward process)."""
     stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
     children: dict[int, list[int]] = {}
     for pid, st in stats.items():
         if st is not None:
             children.setdefault(st[0], []).append(pid)
-    total, todo = 0.0, [root]
+    own = stats.get(root)
+    below, todo = 0.0, list(children.get(root, []))
     while todo:
         pid = todo.pop()
         st = stats.get(pid)
         if st is not None:
-            total += st[1]
+            below += st[1]
         todo += children.get(pid, [])
-    return total
+    return (own[1] if own else 0.0), below
 
 
 def storescu(port: int, folders: list[Path], aec: str) -> tuple[float, float]:
@@ -174,7 +175,7 @@ class Server:
     children: list[subprocess.Popen] = field(default_factory=list)
 
     def cpu(self) -> float:
-        return tree_cpu(self.proc.pid)
+        return sum(tree_cpu(self.proc.pid))
 
     def stop(self) -> None:
         stop(self.proc)
@@ -239,15 +240,16 @@ def load() -> float:
 
 def send(server: Server, folders: list[Path], instances: int, extra: Server | None = None) -> dict:
     """Send and measure; ``extra`` is another process involved (b2's Orthanc)."""
-    before = server.cpu(), extra.cpu() if extra else 0.0
+    before = tree_cpu(server.proc.pid), extra.cpu() if extra else 0.0
     wall, client_cpu = storescu(server.port, folders, server.aec)
-    after = server.cpu(), extra.cpu() if extra else 0.0
+    after = tree_cpu(server.proc.pid), extra.cpu() if extra else 0.0
     out = {
         "rate": instances / wall,
         "seconds": wall,
         "load1": load(),
         "cpu_per_instance": {
-            "server": (after[0] - before[0]) / instances,
+            "server": (after[0][0] - before[0][0]) / instances,
+            "server children": (after[0][1] - before[0][1]) / instances,  # the gateway's forwarder
             "storescu": client_cpu / instances,
         },
     }
@@ -299,20 +301,21 @@ def run_b2(root: Path, folders: list[Path], n: int) -> dict:
     pacs = orthanc(root / "pacs", nodelay=False)
     server = gateway(root, "--forward", f"ORTHANC@127.0.0.1:{pacs.port}")
     try:
-        cpu0 = server.cpu(), pacs.cpu()
+        cpu0 = tree_cpu(server.proc.pid), pacs.cpu()
         t0 = time.perf_counter()
         result = send(server, folders, n, extra=pacs)
         while orthanc_count(pacs.http) < n and time.perf_counter() - t0 < DRAIN_TIMEOUT_S:
             time.sleep(POLL_S)
         e2e = time.perf_counter() - t0
-        cpu1 = server.cpu(), pacs.cpu()
+        cpu1 = tree_cpu(server.proc.pid), pacs.cpu()
         result.update(
             e2e_seconds=e2e,
             drain_rate=n / e2e,
             forwarded=orthanc_count(pacs.http),
             load1_drained=load(),
             cpu_per_instance_to_drained={
-                "gateway": (cpu1[0] - cpu0[0]) / n,
+                "gateway": (cpu1[0][0] - cpu0[0][0]) / n,
+                "forwarder": (cpu1[0][1] - cpu0[0][1]) / n,
                 "orthanc": (cpu1[1] - cpu0[1]) / n,
             },
         )
