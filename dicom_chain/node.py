@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from dicom_chain import timing
 from dicom_chain.actors import local_user
 from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, Origin, utc_now
 from dicom_chain.carriers.base import Identity, Item
@@ -137,9 +138,11 @@ class Node:
         ids = item.identity
         digest = item.content_hash
         sender = self.sender(item, actor)
+        timing.mark("sender")
         written: str | None = None
         try:
             with self.receipts.open(self.chain_id, ids) as tx:
+                timing.mark("db.begin")
                 latest = tx.latest_version(ids.item_id)
                 if latest is not None and item.same_content(latest.block):
                     outcome = IngestOutcome.DUPLICATE
@@ -159,6 +162,7 @@ class Node:
                     self._may_version(tx.appender.session, ids.item_id, actor)
                 version = latest.version + 1 if latest else 1
                 study_head = tx.study_head(ids.group_id)
+                timing.mark("db.select")
                 origin = None
                 if sender is not None:  # format 2 carries the link (2.4, 10.6); DICOM says so by name
                     origin = Origin(sender.institution.name, sender.block.header.key_id, sender.block.hash)
@@ -181,10 +185,12 @@ class Node:
                     origin=origin,
                 )
                 block = Block.sign(header, self.key)
+                timing.mark("sign")
                 rel = relative_path(
                     ids.group_id, ids.series_id, ids.item_id, version, suffix=item.carrier.suffix
                 )
                 self._write_new(tx, rel, item, block)
+                timing.mark("confirm")
                 written = rel
                 tx.add_block(
                     block,
@@ -193,6 +199,7 @@ class Node:
                     sop_class_uid=ids.item_class,
                     series_instance_uid=ids.series_id,
                 )
+                timing.mark("db.block")
                 tx.enqueue(
                     self.destinations if item.carrier.forwarded else [],
                     block,
@@ -201,20 +208,24 @@ class Node:
                     transfer_syntax=ids.encoding,
                     patient_id=ids.patient_id,
                 )
+                timing.mark("db.enqueue")
                 values = item.index_values()
                 conflicts = []
                 if values is not None:  # formats without a query model are not in the index
                     conflicts = tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
+                timing.mark("db.index")
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
                 tx.add_event(
                     self.key, self._receipt(ids, block, version, actor, outcome, peer, item.anomalies)
                 )
+                timing.mark("db.event")
                 for conflict in conflicts:
                     tx.add_event(self.key, conflict.draft(self.chain_id, actor))
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
             written = None  # committed: the file is the ledger's now
+            timing.mark("db.commit")
             return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
             if written is not None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from dicom_chain import timing
 from dicom_chain.block import Block
 from dicom_chain.db.models import OriginBlockRow
 from dicom_chain.errors import DicomChainError
@@ -126,6 +127,7 @@ class Receipts:
         the uncommitted files the intent covers while the chain is still locked."""
         folder, stem = self.storage.covering(ids.group_id, ids.series_id, ids.item_id)
         intent = self.intents.note(folder, stem)
+        timing.mark("intent")
         try:
             with self.ledger.append(chain_id) as appender:
                 try:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_chain import timing
 from dicom_chain.errors import DicomChainError, MalformedDatasetError, PathTakenError, StorageError
 
 TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
@@ -150,22 +151,28 @@ class Storage:
     def write(self, relative: str, pieces: Iterable[bytes | memoryview] | Ranged) -> Path:
         """Write ``pieces`` in order as a new file at ``relative``; on any failure nothing is left
         behind. PathTakenError if a file is there already: it is never replaced."""
+        timing.mark("splice")  # the pieces, made by the caller just before
         target = self.path(relative)
         tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+            timing.mark("file.create")
             try:
                 for piece in pieces.parts if isinstance(pieces, Ranged) else pieces:
                     if isinstance(piece, FileRange):
                         piece.copy_to(fd)
                     else:
                         _write_all(fd, piece)
+                timing.mark("file.write")
                 os.fsync(fd)
+                timing.mark("fsync.file")
             finally:
                 os.close(fd)
             os.link(tmp, target)  # atomic like rename, but refuses (EEXIST) where rename replaces
+            timing.mark("file.link")
             _fsync_dir(target.parent)
+            timing.mark("fsync.folder")
         except FileExistsError as exc:
             raise PathTakenError(f"cannot store {relative}: a file is there already") from exc
         except OSError as exc:
@@ -178,6 +185,7 @@ class Storage:
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+                timing.mark("file.unlink")
         return target
 
     def remove(self, relative: str) -> None:

@@ -25,6 +25,7 @@ from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_chain import timing
 from dicom_chain.carriers.dicom.carrier import read_dataset
 from dicom_chain.errors import DicomChainError, MalformedDatasetError, NotAuthorized
 from dicom_chain.events import EventDraft
@@ -218,6 +219,7 @@ def _store_refused(node: Node, event: evt.Event, exc: NotAuthorized) -> None:
 def handle_store(
     event: evt.Event, node: Node, stored: Callable[[], None], access: Access, spool: Spool
 ) -> int | Dataset:
+    timing.begin()
     calling = _calling(event)
     try:
         caller = _permitted(event, access, Permission.STORE)
@@ -239,6 +241,7 @@ def handle_store(
     )  # fmt: skip
     tally = store_tally(event.assoc)
     tally.outcomes[str(result.outcome)] += 1
+    timing.end("log")
     if result.outcome in (IngestOutcome.STORED, IngestOutcome.NEW_VERSION):
         stored()
     if result.anomalies:  # kept as received, yet the sender should hear it does not conform
@@ -334,10 +337,12 @@ def handle_accepted(event: evt.Event) -> None:
 
 
 def handle_released(event: evt.Event) -> None:
+    timing.flush()
     log.info("association released %s", _ended(event))
 
 
 def handle_aborted(event: evt.Event) -> None:
+    timing.flush()
     log.warning("association aborted %s", _ended(event))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dicom_chain import timing
 from dicom_chain.block import Block
 from dicom_chain.errors import ContentHashError, DicomChainError, UnfaithfulFileError
 
@@ -90,9 +91,12 @@ class Carried(ABC):
 
     def item(self) -> Item:
         """The file as something to chain: hashed, named and checked, or a named error."""
+        timing.mark("decode")
         digests = self.digests()  # first: a parser decoding values lazily has decoded nothing yet
+        timing.mark("hash")
         identity = self.identity()
         self.check()
+        timing.mark("checks")
         return Item(self, identity, digests.content, digests.version, digests.attributes, self.anomalies())
 
 
