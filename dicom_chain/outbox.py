@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import Block
@@ -34,7 +34,7 @@ from dicom_chain.db.models import OutboxRow
 from dicom_chain.errors import ConfigError
 from dicom_chain.events import EventDraft
 from dicom_chain.keys import NodeKey
-from dicom_chain.ledger import Ledger, append_event
+from dicom_chain.ledger import Ledger, append_event, append_events
 from dicom_chain.vocab import EventType, ForwardVerdict, OutboxState, Outcome
 
 BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
@@ -48,6 +48,22 @@ LEASE_S = 120.0  # longer than any batch takes; a dead worker's rows come back a
 MAX_REFUSED_ATTEMPTS = DEFAULT_FORWARD_MAX_REFUSALS
 
 OUTBOX = OutboxRow.__table__
+# What settling reads and writes of a row, in one statement each (settle).
+_SETTLE_COLUMNS = ("id", "state", "attempts", "refusals", "last_status", "last_error")
+_SETTLE_COLUMNS += ("next_attempt_at", "done_at")
+_SETTLE_READ = (
+    select(*(OUTBOX.c[name] for name in _SETTLE_COLUMNS))
+    .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update()
+)
+_SETTLE_WRITE = (
+    update(OUTBOX)
+    .where(OUTBOX.c.id == bindparam("b_id"))
+    .values(
+        {name: bindparam(f"b_{name}") for name in _SETTLE_COLUMNS if name != "id"}
+        | {"lease_until": 0.0, "lease_owner": ""}
+    )
+)
 _DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 
 
@@ -269,38 +285,51 @@ class Outbox:
             return int(result.rowcount or 0)
 
     def settle(self, results: list[Settled], now: float | None = None) -> None:
-        """Record each item's fate in one transaction.
+        """Record each item's fate in one short transaction.
 
         The verdict (a ForwardVerdict) is DONE, RETRY (busy or unreachable: try again, forever) or
         REFUSED (the PACS said no: try again up to ``max_refusals`` times, then dead-letter). Only
         refusals count towards that bound: a PACS that is down for a day fails nothing. Every done
         or dead-lettered instance is an event in the ledger.
+
+        The transaction holds the write lock that every receipt needs, so it is a fixed handful of
+        statements whatever the batch: one read of the rows, one executemany update, the events in
+        one insert. The ORM's per-row load and flush held it ~40 ms for 50 instances.
         """
         if self.key is None:
             raise ValueError("settling needs the node key")
+        if not results:
+            return
         key = self.key
         now = time.time() if now is None else now
+        ids = sorted({r.item.id for r in results})
         with self.db.writing() as session:
+            rows = {row.id: row._asdict() for row in session.execute(_SETTLE_READ, {"ids": ids})}
+            changed: dict[int, dict[str, object]] = {}
+            drafts = []
             for result in results:
                 item, status = result.item, result.status
-                row = session.get(OutboxRow, item.id, with_for_update=True)
-                if row is None or row.state != OutboxState.PENDING:
+                row = rows.get(item.id)
+                if row is None or row["state"] != OutboxState.PENDING:
                     continue
-                row.attempts += 1
+                row["attempts"] += 1
                 if result.verdict is ForwardVerdict.REFUSED:
-                    row.refusals += 1
-                row.last_status = status
-                row.last_error = result.reason
-                row.lease_until, row.lease_owner = 0.0, ""
+                    row["refusals"] += 1
+                row["last_status"], row["last_error"] = status, result.reason
                 if result.verdict is ForwardVerdict.DONE:
-                    row.state, row.done_at = OutboxState.DONE, now
-                    append_event(session, key, self._event(item, status, row.attempts, Outcome.SUCCESS, ""))
-                elif result.verdict is ForwardVerdict.REFUSED and row.refusals >= self.max_refusals:
-                    row.state = OutboxState.FAILED
-                    failure = self._event(item, status, row.attempts, Outcome.MAJOR_FAILURE, result.reason)
-                    append_event(session, key, failure)
+                    row["state"], row["done_at"] = OutboxState.DONE, now
+                    drafts.append(self._event(item, status, row["attempts"], Outcome.SUCCESS, ""))
+                elif result.verdict is ForwardVerdict.REFUSED and row["refusals"] >= self.max_refusals:
+                    row["state"] = OutboxState.FAILED
+                    failed = self._event(item, status, row["attempts"], Outcome.MAJOR_FAILURE, result.reason)
+                    drafts.append(failed)
                 else:
-                    row.next_attempt_at = now + backoff_delay(row.attempts)
+                    row["next_attempt_at"] = now + backoff_delay(row["attempts"])
+                changed[item.id] = row
+            if changed:
+                params = [{f"b_{k}": v for k, v in r.items()} for r in changed.values()]
+                session.execute(_SETTLE_WRITE, params)
+            append_events(session, key, drafts)
 
     def _event(
         self, item: OutboxItem, status: int | None, attempts: int, outcome: Outcome, error: str
