@@ -457,6 +457,12 @@ class Outbox:
                 out[key] = out.get(key, 0) + count
         return out
 
+    def last_queued_at(self) -> float | None:
+        """When the newest row was queued (a receipt's time): the forwarder's sign that a modality
+        is sending. The primary key's last row: one index step, whatever the queue's length."""
+        with self.db.reading() as session:
+            return session.scalar(select(OutboxRow.created_at).order_by(OutboxRow.id.desc()).limit(1))
+
     def pending_count(self, destination: str | None = None) -> int:
         with self.db.reading() as session:
             query = select(func.count()).select_from(OutboxRow).where(OutboxRow.state == OutboxState.PENDING)
