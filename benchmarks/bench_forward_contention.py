@@ -1,6 +1,11 @@
 """Ingest against a forwarder that settles at the same time, on one SQLite ledger: how long the
-receiving side waits for the write lock, with the lock file (``WriteLock``) and without it (SQLite's
-busy handler alone, which polls in sleeps growing from 1 to 100 ms), rounds alternated.
+receiving side waits for the write lock, rounds of these modes alternated:
+
+- alone: no forwarder (the floor);
+- busy50: SQLite's busy handler alone (it polls in sleeps growing from 1 to 100 ms), a batch of 50
+  settled in one transaction (the code before the lock file);
+- lock50: writers queue on the lock file (``WriteLock``), 50 settled per transaction;
+- lock10: the lock file, outbox.SETTLE_CHUNK (10) per transaction (the code now).
 
 One process ingests small CT instances with ``Node.ingest`` (one forward destination, so each is
 queued); a second process plays the forwarder without a network: it claims a batch, "sends" it
@@ -31,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import event  # noqa: E402
 
+from dicom_chain import outbox  # noqa: E402
 from dicom_chain.carriers.dicom.carrier import item_from_dataset  # noqa: E402
 from dicom_chain.config import Settings  # noqa: E402
 from dicom_chain.db import database  # noqa: E402
@@ -81,8 +87,9 @@ def no_lock_file(db: database.Database) -> None:
 
 def settler(home: Path, stop: Path, mode: str, out: Path) -> None:
     node = Node.open(settings(home))
-    if mode == "busy":
+    if mode.startswith("busy"):
         no_lock_file(node.db)
+    outbox.SETTLE_CHUNK = int(mode.removeprefix("busy").removeprefix("lock"))
     waits = Waits(node.db)
     holds: list[float] = []
     settled = 0
@@ -105,26 +112,30 @@ def round_(mode: str, instances: int, backlog: int, seed: int) -> dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
         home = Path(tmp) / "home"
         node = Node.open(settings(home))
-        if mode == "busy":
+        if mode.startswith("busy"):
             no_lock_file(node.db)
         for ds in ct_study(StudySpec(seed=seed + 1000, instances=backlog)):
             node.ingest(item_from_dataset(ds))  # a queue the forwarder is behind on
         waits = Waits(node.db)
         study = [item_from_dataset(ds) for ds in ct_study(StudySpec(seed=seed, instances=instances))]
         stop, out = Path(tmp) / "stop", Path(tmp) / "out.json"
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--settler", str(home), str(stop), mode, str(out)],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        time.sleep(1.0)  # the settler is up
+        child = None
+        if mode != "alone":
+            child = subprocess.Popen(
+                [sys.executable, __file__, "--settler", str(home), str(stop), mode, str(out)],
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            time.sleep(1.0)  # the settler is up
         latencies = []
         for item in study:
             started = time.perf_counter()
             node.ingest(item)
             latencies.append(time.perf_counter() - started)
         stop.touch()
-        child.wait(60)
-        other = json.loads(out.read_text())
+        other = {"holds": [], "settled": 0}
+        if child is not None:
+            child.wait(60)
+            other = json.loads(out.read_text())
         node.close()
         return {"waits": waits.samples, "latencies": latencies, **other}
 
@@ -148,9 +159,10 @@ def main() -> None:
         home, stop, mode, out = args.settler
         settler(Path(home), Path(stop), mode, Path(out))
         return
-    results: dict[str, list[dict[str, Any]]] = {"busy": [], "lockfile": []}
+    modes = ("alone", "busy50", "lock50", "lock10")
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for r in range(args.rounds):
-        for mode in ("busy", "lockfile") if r % 2 == 0 else ("lockfile", "busy"):
+        for mode in modes if r % 2 == 0 else modes[::-1]:
             results[mode].append(round_(mode, args.instances, args.backlog, seed=100 + r))
             print(f"round {r + 1} {mode} done, load {os.getloadavg()[0]:.2f}", flush=True)
     for mode, rounds in results.items():
