@@ -2,10 +2,11 @@
 receiving side waits for the write lock, rounds of these modes alternated:
 
 - alone: no forwarder (the floor);
-- busy50: SQLite's busy handler alone (it polls in sleeps growing from 1 to 100 ms), a batch of 50
-  settled in one transaction (the code before the lock file);
-- lock50: writers queue on the lock file (``WriteLock``), 50 settled per transaction;
-- lock10: the lock file, outbox.SETTLE_CHUNK (10) per transaction (the code now).
+- old: SQLite's busy handler alone (it polls in sleeps growing from 1 to 100 ms), a batch of 50
+  settled in one durable transaction (as before the lock file; the settle's statements as now);
+- lockfile: writers queue on the lock file (``WriteLock``), the rest as in old;
+- new: the lock file, outbox.SETTLE_CHUNK (10) per transaction, committed without the fsync
+  (outbox.FORWARD_WRITES_DURABLE): the code now.
 
 One process ingests small CT instances with ``Node.ingest`` (one forward destination, so each is
 queued); a second process plays the forwarder without a network: it claims a batch, "sends" it
@@ -55,20 +56,24 @@ def settings(home: Path) -> Settings:
 
 
 class Waits:
-    """Time from asking for the write lock to holding SQLite's, per write transaction."""
+    """Per write transaction: the wait from asking for the write lock to holding SQLite's (lock
+    file + BEGIN IMMEDIATE), and the hold from then to the commit's end."""
 
     def __init__(self, db: database.Database) -> None:
         self.samples: list[float] = []
+        self.holds: list[float] = []
         self._asked: float | None = None
-        self.locked = 0.0
+        self._locked: float | None = None
         lock = db.write_lock
         held = lock.held
 
         @contextmanager
         def timed() -> Any:
-            self._asked = time.perf_counter()
+            self._asked, self._locked = time.perf_counter(), None
             with held():
                 yield
+            if self._locked is not None:
+                self.holds.append(time.perf_counter() - self._locked)
 
         lock.held = timed  # type: ignore[method-assign]
         for engine in {db.writer, db.relaxed}:
@@ -76,8 +81,8 @@ class Waits:
 
     def _after(self, _conn: Any, _cur: Any, statement: str, *_: Any) -> None:
         if statement.startswith("BEGIN IMMEDIATE") and self._asked is not None:
-            self.locked = time.perf_counter()
-            self.samples.append(self.locked - self._asked)
+            self._locked = time.perf_counter()
+            self.samples.append(self._locked - self._asked)
             self._asked = None
 
 
@@ -85,34 +90,31 @@ def no_lock_file(db: database.Database) -> None:
     db.write_lock = database._NoLock()
 
 
-def settler(home: Path, stop: Path, mode: str, out: Path) -> None:
+def settler(home: Path, stop: Path, mode: str, out: Path, send_ms: float) -> None:
     node = Node.open(settings(home))
-    if mode.startswith("busy"):
+    if mode == "old":
         no_lock_file(node.db)
-    outbox.SETTLE_CHUNK = int(mode.removeprefix("busy").removeprefix("lock"))
+    if mode in ("old", "lockfile"):
+        outbox.SETTLE_CHUNK, outbox.FORWARD_WRITES_DURABLE = BATCH, True
     waits = Waits(node.db)
-    holds: list[float] = []
     settled = 0
     while not stop.exists():
         items = node.outbox.claim(DESTINATION, BATCH)
         if not items:
             time.sleep(0.005)
             continue
-        time.sleep(SEND_MS / 1000 * len(items))
-        before = len(waits.samples)
+        time.sleep(send_ms / 1000 * len(items))
         node.outbox.settle([Settled(i, 0, "", ForwardVerdict.DONE) for i in items])
-        if len(waits.samples) > before:  # from holding SQLite's lock to the commit's end
-            holds.append(time.perf_counter() - waits.locked)
         settled += len(items)
     node.close()
-    out.write_text(json.dumps({"holds": holds, "settled": settled}))
+    out.write_text(json.dumps({"holds": waits.holds, "settled": settled}))
 
 
-def round_(mode: str, instances: int, backlog: int, seed: int) -> dict[str, Any]:
+def round_(mode: str, instances: int, backlog: int, seed: int, send_ms: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
         home = Path(tmp) / "home"
         node = Node.open(settings(home))
-        if mode.startswith("busy"):
+        if mode == "old":
             no_lock_file(node.db)
         for ds in ct_study(StudySpec(seed=seed + 1000, instances=backlog)):
             node.ingest(item_from_dataset(ds))  # a queue the forwarder is behind on
@@ -122,7 +124,7 @@ def round_(mode: str, instances: int, backlog: int, seed: int) -> dict[str, Any]
         child = None
         if mode != "alone":
             child = subprocess.Popen(
-                [sys.executable, __file__, "--settler", str(home), str(stop), mode, str(out)],
+                [sys.executable, __file__, "--settler", str(home), str(stop), mode, str(out), str(send_ms)],
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
             time.sleep(1.0)  # the settler is up
@@ -153,17 +155,21 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=300, help="instances queued before the round")
-    parser.add_argument("--settler", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--send-ms", type=float, default=SEND_MS, help="the settler's 'send' per instance")
+    parser.add_argument("--modes", default="alone,old,lockfile,new", help="which, comma-separated")
+    parser.add_argument("--settler", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.settler:
-        home, stop, mode, out = args.settler
-        settler(Path(home), Path(stop), mode, Path(out))
+        home, stop, mode, out, send_ms = args.settler
+        settler(Path(home), Path(stop), mode, Path(out), float(send_ms))
         return
-    modes = ("alone", "busy50", "lock50", "lock10")
+    modes = tuple(args.modes.split(","))
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for r in range(args.rounds):
         for mode in modes if r % 2 == 0 else modes[::-1]:
-            results[mode].append(round_(mode, args.instances, args.backlog, seed=100 + r))
+            results[mode].append(
+                round_(mode, args.instances, args.backlog, seed=100 + r, send_ms=args.send_ms)
+            )
             print(f"round {r + 1} {mode} done, load {os.getloadavg()[0]:.2f}", flush=True)
     for mode, rounds in results.items():
         print(f"\n== {mode} ==")
@@ -172,6 +178,10 @@ def main() -> None:
             for r in rounds:
                 print(f"  {'':9s}   round: {summary(r[name])}")
         print(f"  settled per round: {[r['settled'] for r in rounds]}")
+        waited = [sum(r["waits"]) * 1000 for r in rounds]
+        print(f"  ingest's total lock wait per round: {[round(w) for w in waited]} ms")
+        per = [round(w / max(1, r["settled"]), 2) for w, r in zip(waited, rounds, strict=True)]
+        print(f"  ... per instance settled meanwhile: {per} ms")
 
 
 if __name__ == "__main__":
