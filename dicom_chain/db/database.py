@@ -42,9 +42,10 @@ POOL_MAX = ASSOCIATIONS_MAX + FORWARD_WORKERS_MAX + POOL_MARGIN  # 56: nobody wa
 POOL_KEPT = 16  # kept open between bursts; beyond, connections close on return (PostgreSQL's
 # max_connections is shared by every process on the server)
 POOL_TIMEOUT_S = SQLITE_BUSY_TIMEOUT_MS / 1000  # as patient as the lock: past it, overload (A700)
-# How long a writer waits for the lock file before it goes on to SQLite's own (polling) wait for
-# the rest of SQLITE_BUSY_TIMEOUT_MS: a holder that is stopped (SIGSTOP, a debugger) or hung keeps
-# the same bounded wait, and the same overload answer, as before the lock file.
+# How long a writer waits for the lock file before it goes on to SQLite's own (polling) wait of
+# SQLITE_BUSY_TIMEOUT_MS: behind a holder that is stopped (SIGSTOP, a debugger) or hung, a writer
+# still ends with the overload answer, after at most the two (90 s; a modality's own DIMSE timeout
+# passes first either way). Half of busy_timeout: far longer than any transaction of ours holds it.
 WRITE_LOCK_WAIT_S = SQLITE_BUSY_TIMEOUT_MS / 1000 / 2
 WRITE_LOCK_SUFFIX = ".write-lock"  # beside the database file, as SQLite's own -wal and -shm
 
