@@ -165,6 +165,22 @@ def append_event(session: Session, key: NodeKey, draft: EventDraft) -> Event:
     return sealed
 
 
+def append_events(session: Session, key: NodeKey, drafts: list[EventDraft]) -> list[Event]:
+    """``append_event`` for several drafts: one head read, one insert, one head move (a batch
+    settled by the forwarder is recorded while the write lock is held, so its statements count)."""
+    if not drafts:
+        return []
+    seq, prev = session.execute(_EVENT_HEAD_LOCKED).one()
+    sealed = []
+    for draft in drafts:
+        event = Event.seal(draft, seq + 1, prev, key)
+        sealed.append(event)
+        seq, prev = event.seq, event.hash
+    session.execute(insert(EVENTS), [e.stored() for e in sealed])
+    session.execute(_MOVE_EVENT_HEAD, {"seq": seq, "hash": prev})
+    return sealed
+
+
 class Ledger:
     """Chains, blocks and events on ``db`` (a Database, or a URL to open one that the ledger then
     owns and closes)."""

@@ -44,8 +44,21 @@ log = logging.getLogger("dicom_chain.forward")
 
 BATCH_SIZE = 50  # instances leased at once: one study's worth for most series, small enough to share
 WORKERS_PER_DESTINATION = 4  # parallel associations: a PACS with Nagle on answers ~45 ms late each
-IDLE_RELEASE_S = 5.0  # keep an idle association this long, for the next batch of the same study
+# Keep an idle association this long for the next batch: a modality's next series, or the next
+# study of a worklist, comes within seconds, and a new association costs a TCP and A-ASSOCIATE
+# round trip plus pynetdicom's set-up on both sides. Shorter than the idle timeouts PACS apply
+# (Orthanc: 30 s), so the peer rarely closes it first (and when it does, see DestinationWorker.forward).
+IDLE_RELEASE_S = 5.0
 POLL_INTERVAL_S = 0.25  # how often an idle worker looks for due work: a cheap indexed query
+# While a modality is sending, only this many workers per destination forward: every worker's
+# CPU (pynetdicom's encoding and polling, 2-3.6 ms per instance) and its settles (the write lock
+# that every receipt needs) come out of the receiving side's share of the machine. Two keep a
+# PACS with Nagle on busy; the rest join once the modality is done, to drain the backlog.
+WORKERS_WHILE_RECEIVING = 2
+# "A modality is sending": an instance was queued within this long. storescu's gap between two
+# instances is milliseconds, a modality's between series well under a second.
+RECEIVING_WINDOW_S = 2.0
+RECEIVING_CHECK_S = 0.5  # how often the forwarder looks at the newest queued row (one index step)
 # How soon the rows leased by a forwarder that died (kill -9) on this host are taken over by the
 # living ones (several serve processes share one outbox): one query over the pending rows, run
 # by an idle worker at most this often. Leases of other hosts still wait for outbox.LEASE_S.
@@ -136,6 +149,7 @@ class DestinationWorker(threading.Thread):
         super().__init__(name=f"forward-{destination.ae_title}-{number}", daemon=True)
         self.forwarder = forwarder
         self.destination = destination
+        self.number = number  # per destination: those from WORKERS_WHILE_RECEIVING up wait while receiving
         self.key = str(destination)
         self.assoc: Association | None = None
         self.assoc_contexts: set[tuple[str, str]] = set()
@@ -158,6 +172,8 @@ class DestinationWorker(threading.Thread):
         self.close()
 
     def step(self) -> bool:
+        if self.number >= WORKERS_WHILE_RECEIVING and self.forwarder.receiving():
+            return False
         items = self.forwarder.node.outbox.claim(self.key, BATCH_SIZE)
         if not items:
             return False
@@ -179,7 +195,9 @@ class DestinationWorker(threading.Thread):
 
     def forward(self, items: list[OutboxItem]) -> bool:
         """Send one leased batch and settle every item of it."""
+        reusing = self.assoc is not None and self.assoc.is_established
         assoc = self.associate(items)
+        reusing = reusing and assoc is self.assoc
         if not isinstance(assoc, Association):
             settled = [Settled(item, None, assoc.reason, assoc.verdict) for item in items]
             self.forwarder.node.outbox.settle(settled)
@@ -191,6 +209,14 @@ class DestinationWorker(threading.Thread):
                 self.forwarder.node.outbox.release(items[number:])
                 break
             result = self.send(assoc, item)
+            if not assoc.is_established and number == 0 and reusing and result.status is None:
+                # The PACS closed the idle association as this batch began (its own idle timeout
+                # crossing ours): nothing is wrong with the instance, so the batch goes back, due
+                # at once, and the next step opens a new association.
+                log.info("forward to %s: the PACS closed the idle association; opening another", self.key)
+                self.close()
+                self.forwarder.node.outbox.release(items)
+                return True
             if not assoc.is_established:
                 # The PACS dropped the association while receiving this instance (Orthanc aborts
                 # on a data set its parser refuses): this one is a suspect and counts as a
@@ -338,6 +364,8 @@ class Forwarder:
         self.wake = threading.Event()
         self._sweep_lock = threading.Lock()
         self._next_sweep = 0.0
+        self._receiving_lock = threading.Lock()
+        self._receiving = (0.0, False)  # (when looked, whether a modality was sending)
         self.workers = [
             DestinationWorker(self, Destination.parse(d), n)
             for d in node.destinations
@@ -363,6 +391,22 @@ class Forwarder:
             return
         if freed:
             log.info("forward: took back %d instance(s) leased by a process that died", freed)
+
+    def receiving(self) -> bool:
+        """Whether a modality is sending now (an instance queued within RECEIVING_WINDOW_S),
+        looked up at most every RECEIVING_CHECK_S for all workers of this process."""
+        now = time.monotonic()
+        with self._receiving_lock:
+            looked, answer = self._receiving
+            if now - looked < RECEIVING_CHECK_S:
+                return answer
+            try:
+                last = self.node.outbox.last_queued_at()
+            except DicomChainError:  # the database is away: no worker can do anything either
+                last = None
+            answer = last is not None and time.time() - last < RECEIVING_WINDOW_S
+            self._receiving = (now, answer)
+            return answer
 
     def notify(self) -> None:
         """New work: wake idle workers now instead of at their next poll."""

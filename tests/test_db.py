@@ -4,10 +4,21 @@ writes commit or roll back whole, and relaxed writes are still committed."""
 
 from __future__ import annotations
 
+import statistics
+import threading
+import time
+
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from dicom_chain.db.database import POOL_MAX, POOL_TIMEOUT_S, SQLITE_BUSY_TIMEOUT_MS, Database
+from dicom_chain.db.database import (
+    POOL_MAX,
+    POOL_TIMEOUT_S,
+    SQLITE_BUSY_TIMEOUT_MS,
+    Database,
+    WriteLock,
+    _NoLock,
+)
 from dicom_chain.db.migrate import HEAD_REVISION
 from dicom_chain.db.models import EventLogHead, FeedCursorRow
 from dicom_chain.errors import LedgerConflict, LedgerError, LedgerUnavailable
@@ -127,3 +138,68 @@ def test_a_locked_sqlite_database_is_unavailable(tmp_path):
     assert isinstance(error, LedgerUnavailable) and "locked" in str(error)
     holder.close()
     waiter.close()
+
+
+def _handover_ms(url: str, *, lock_file: bool, hold_s: float = 0.27) -> float:
+    """How long after one writer commits a second one, waiting meanwhile, holds the lock."""
+    holder, waiter = Database(url), Database(url)
+    if not lock_file:
+        holder.write_lock = waiter.write_lock = _NoLock()
+    holding, released, got = threading.Event(), [0.0], [0.0]
+
+    def hold() -> None:
+        with holder.writing() as session:
+            session.execute(insert(CURSORS), _cursor(f"udp://h:{time.monotonic_ns()}"))
+            holding.set()
+            time.sleep(hold_s)
+        released[0] = time.perf_counter()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(10)
+    with waiter.writing() as session:
+        session.execute(insert(CURSORS), _cursor(f"udp://w:{time.monotonic_ns()}"))
+        got[0] = time.perf_counter()
+    thread.join()
+    holder.close()
+    waiter.close()
+    return max(0.0, got[0] - released[0]) * 1000
+
+
+def test_a_waiting_sqlite_writer_is_woken_when_the_lock_is_released(tmp_path):
+    """SQLite's busy handler alone sleeps 1..100 ms between looks: released 270 ms into the wait,
+    it looks again at 328 ms. Waiting on the lock file, the writer goes on at once."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    rounds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(3):  # alternated: the same load for both
+        for lock_file in (True, False):
+            rounds[lock_file].append(_handover_ms(url, lock_file=lock_file))
+    woken, polled = statistics.median(rounds[True]), statistics.median(rounds[False])
+    assert woken < 25, rounds
+    assert woken < polled, rounds
+
+
+def test_a_writer_waits_for_the_lock_file_only_so_long_then_sqlite_decides(tmp_path):
+    """A holder that stopped (SIGSTOP) with the lock file but without SQLite's lock delays the next
+    writer by WriteLock.wait_s, not forever; the waiter's helper then never keeps the lock."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    stuck, writer = Database(url), Database(url)
+    assert isinstance(writer.write_lock, WriteLock)
+    writer.write_lock.wait_s = 0.3
+    with stuck.write_lock.held():
+        started = time.perf_counter()
+        with writer.writing() as session:
+            session.execute(insert(CURSORS), _cursor("udp://a:1"))
+        waited = time.perf_counter() - started
+    assert 0.25 < waited < 10
+    deadline = time.monotonic() + 10  # the helper gets the lock file once released, and closes it
+    while writer.write_lock._fds and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not writer.write_lock._fds
+    started = time.perf_counter()
+    with stuck.writing() as session:
+        session.execute(insert(CURSORS), _cursor("udp://a:2"))
+    assert time.perf_counter() - started < 0.25  # nobody holds it now
+    assert _count(writer) == 2
+    stuck.close()
+    writer.close()

@@ -28,6 +28,7 @@ from dicom_chain.ledger import Ledger
 from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_files, verify_node
+from scp import forwarder as forwarder_module
 from scp.contexts import contexts_for
 from scp.forwarder import DestinationWorker
 
@@ -567,3 +568,102 @@ def test_a_ledger_that_is_away_is_one_line_not_a_traceback(tmp_path, fast_retrie
         assert not [r for r in caplog.records if r.name == "dicom_chain.forward" and r.exc_info]
     finally:
         stop(gateway)
+
+
+class CountingPacs(ScriptedPacs):
+    """A PACS that counts the associations it received instances on, answers after ``delay_s``,
+    and can close the open ones from its side (as a PACS's own idle timeout does)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.used: list = []  # the association objects themselves: an id() could be reused
+        self.delay_s = delay_s
+        super().__init__([])
+
+    @property
+    def associations(self) -> int:
+        return len(self.used)
+
+    def store(self, event) -> int:
+        if not any(a is event.assoc for a in self.used):
+            self.used.append(event.assoc)
+        time.sleep(self.delay_s)
+        return super().store(event)
+
+    def close_all(self) -> None:
+        for assoc in self.ae.active_associations:
+            assoc.release()
+
+
+def study_of(seed: int, instances: int = 1) -> list:
+    return list(ct_study(StudySpec(seed=seed, instances=instances, rows=8, columns=8)))
+
+
+def test_the_association_is_reused_across_batches_and_renewed_when_the_pacs_closes_it(tmp_path):
+    pacs = CountingPacs()
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    try:
+        sent: list[str] = []
+        for seed in (31, 32):  # two studies: two batches, one after the other
+            [ds] = study_of(seed)
+            gateway.node.ingest(item_from_dataset(ds))
+            gateway.forwarder.notify()
+            sent.append(ds.SOPInstanceUID)
+            assert wait_until(lambda: pacs.received == sent, 30)
+        assert pacs.associations == 1
+        assert wait_until(lambda: gateway.forwarder.workers[0].assoc is not None, 10)
+        pacs.close_all()  # the PACS's idle timeout, before ours
+        [ds] = study_of(33)
+        gateway.node.ingest(item_from_dataset(ds))
+        gateway.forwarder.notify()
+        sent.append(ds.SOPInstanceUID)
+        assert wait_until(lambda: pacs.received == sent, 30)
+        assert pacs.associations == 2
+        with gateway.node.db.reading() as session:
+            query = select(OutboxRow).where(OutboxRow.sop_instance_uid == ds.SOPInstanceUID)
+            row = session.scalars(query).one()
+        assert (row.state, row.refusals) == ("done", 0)  # a closed idle association is no refusal
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
+
+
+def claimers(gateway: InProcessGateway, monkeypatch) -> set[str]:
+    """The names of the worker threads whose claim leased something, as they claim."""
+    names: set[str] = set()
+    claim = gateway.node.outbox.claim
+
+    def recording(*args, **kwargs):
+        items = claim(*args, **kwargs)
+        if items:
+            names.add(threading.current_thread().name)
+        return items
+
+    monkeypatch.setattr(gateway.node.outbox, "claim", recording)
+    return names
+
+
+def test_while_a_modality_sends_only_two_workers_forward_then_all(tmp_path, monkeypatch):
+    pacs = CountingPacs(delay_s=0.3)  # slow, so every worker allowed to would take a study
+    settings = Settings(home=tmp_path / "gw", forward=(pacs.destination,), forward_workers=4)
+    node = Node.open(settings)
+    gateway = InProcessGateway(node)  # forwarding only: started below, the server never
+    names = claimers(gateway, monkeypatch)
+    try:
+        for seed in range(40, 48):  # eight studies just received: a modality is sending
+            node.ingest(item_from_dataset(study_of(seed)[0]))
+        gateway.forwarder.start()
+        assert wait_until(lambda: len(pacs.received) >= 4, 30)
+        assert names == {"forward-SCRIPTED-0", "forward-SCRIPTED-1"}
+        assert wait_until(lambda: len(pacs.received) == 8, 60)
+        # The modality is done: a backlog queued longer ago than the window is drained by all four.
+        monkeypatch.setattr(forwarder_module, "RECEIVING_WINDOW_S", 0.0)
+        names.clear()
+        for seed in range(50, 62):
+            node.ingest(item_from_dataset(study_of(seed)[0]))
+        gateway.forwarder.notify()
+        assert wait_until(lambda: len(pacs.received) == 20, 60)
+        assert names == {f"forward-SCRIPTED-{n}" for n in range(4)}
+    finally:
+        gateway.forwarder.stop()
+        node.close()
+        pacs.ae.shutdown()

@@ -7,7 +7,9 @@ import random
 from dataclasses import replace
 
 import pytest
+from sqlalchemy import event
 
+from dicom_chain import outbox as outbox_module
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
 from dicom_chain.db import owners
@@ -23,6 +25,7 @@ from dicom_chain.outbox import (
     backoff_delay,
 )
 from dicom_chain.synthetic import StudySpec, ct_study
+from dicom_chain.vocab import ForwardVerdict
 
 PACS_A, PACS_B = "PACS_A@127.0.0.1:104", "PACS_B@10.0.0.9:11112"
 
@@ -247,3 +250,51 @@ def test_a_forked_child_leases_under_its_own_name(queued):
     [holder] = [owners.Owner.parse(h) for h in holders]
     assert holder is not None and holder.pid == pid != owners.current().pid
     assert queued.outbox.free_dead_leases() == 3  # the child has exited: its study comes back
+
+
+def test_a_settle_is_one_transaction_of_the_same_few_statements_whatever_the_batch(queued):
+    """The settle holds the write lock every receipt needs: its statements must not grow with the batch."""
+    statements: list[str] = []
+    commits: list[int] = []
+    engines = {queued.db.writer, queued.db.relaxed}
+    on_statement = lambda _c, _cur, statement, *_: statements.append(statement)  # noqa: E731
+    on_commit = lambda _conn: commits.append(1)  # noqa: E731
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", on_statement)
+        event.listen(engine, "commit", on_commit)
+    try:
+        counts = []
+        for destination, take in ((PACS_A, 1), (PACS_B, 3)):
+            items = queued.outbox.claim(destination, limit=10)[:take]
+            statements.clear()
+            commits.clear()
+            verdicts = [ForwardVerdict.DONE, ForwardVerdict.RETRY, ForwardVerdict.REFUSED][:take]
+            queued.outbox.settle([Settled(i, 0, "", v) for i, v in zip(items, verdicts, strict=True)])
+            assert len(commits) == 1
+            counts.append(len([s for s in statements if not s.startswith("BEGIN")]))
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", on_statement)
+            event.remove(engine, "commit", on_commit)
+    assert counts[0] == counts[1] <= 5  # rows read, rows written, event head, events, head moved
+    states = {s.destination: (s.pending, s.done) for s in queued.outbox.stats()}
+    assert states == {PACS_A: (5, 1), PACS_B: (5, 1)}
+
+
+def test_a_large_batch_is_settled_in_chunks_so_no_receipt_waits_for_all_of_it(queued, monkeypatch):
+    monkeypatch.setattr(outbox_module, "SETTLE_CHUNK", 2)
+    commits: list[int] = []
+    on_commit = lambda _conn: commits.append(1)  # noqa: E731
+    items = queued.outbox.claim(PACS_A, limit=10)
+    items += queued.outbox.claim(PACS_A, limit=10)
+    engines = {queued.db.writer, queued.db.relaxed}
+    for engine in engines:
+        event.listen(engine, "commit", on_commit)
+    try:
+        queued.outbox.settle([Settled(i, 0, "", ForwardVerdict.DONE) for i in items])
+    finally:
+        for engine in engines:
+            event.remove(engine, "commit", on_commit)
+    assert len(items) == 6 and len(commits) == 3
+    forwarded = [e for e in queued.ledger.iter_events() if e.type == "instance.forwarded"]
+    assert sorted(e.sop_uid for e in forwarded) == sorted(i.sop_instance_uid for i in items)

@@ -2,14 +2,20 @@
 schema brought up to date on open, and sessions whose errors arrive as ours (translate.py).
 
 SQLite takes one writer at a time: write sessions begin with ``BEGIN IMMEDIATE``, so a writer
-queues for the lock before it reads what it will change (a chain's head), never after.
+queues for the lock before it reads what it will change (a chain's head), never after. Before
+that, a writer takes ``WriteLock`` (a lock file beside the database): SQLite's own busy handler
+polls in sleeps that grow from 1 to 100 ms, so a receipt queued behind the forwarder's settle
+waited up to ~80 ms past its end; a waiter on the lock file is woken the moment it is released.
 PostgreSQL writers lock rows instead (``SELECT ... FOR UPDATE``). On both, a second writing
 engine commits without waiting for the disk, for rows that only need to survive a killed process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,11 +42,110 @@ POOL_MAX = ASSOCIATIONS_MAX + FORWARD_WORKERS_MAX + POOL_MARGIN  # 56: nobody wa
 POOL_KEPT = 16  # kept open between bursts; beyond, connections close on return (PostgreSQL's
 # max_connections is shared by every process on the server)
 POOL_TIMEOUT_S = SQLITE_BUSY_TIMEOUT_MS / 1000  # as patient as the lock: past it, overload (A700)
+# How long a writer waits for the lock file before it goes on to SQLite's own (polling) wait of
+# SQLITE_BUSY_TIMEOUT_MS: behind a holder that is stopped (SIGSTOP, a debugger) or hung, a writer
+# still ends with the overload answer, after at most the two (90 s; a modality's own DIMSE timeout
+# passes first either way). Half of busy_timeout: far longer than any transaction of ours holds it.
+WRITE_LOCK_WAIT_S = SQLITE_BUSY_TIMEOUT_MS / 1000 / 2
+WRITE_LOCK_SUFFIX = ".write-lock"  # beside the database file, as SQLite's own -wal and -shm
 
 # PostgreSQL's relaxed engine: commits return before the WAL reaches the disk (a server crash may
 # lose the last ones; a killed client loses nothing), set once per connection, not per transaction.
 PG_ASYNC_COMMIT = "-c synchronous_commit=off"
 _open: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class WriteLock:
+    """One SQLite writer at a time, across threads and processes, with waiters woken on release.
+
+    Threads of one process queue on a ``threading.Lock``; its holder then takes ``flock`` on the
+    lock file, which the kernel hands to the next process the moment it is closed. It only orders
+    writers that come through ``Database.writing``: SQLite's lock stays what makes writes safe, so
+    another program writing the file, or a wait past WRITE_LOCK_WAIT_S, falls back to busy_timeout.
+    A thread that already holds it (nested writes) passes through, as it did before.
+    """
+
+    def __init__(self, path: Path, wait_s: float = WRITE_LOCK_WAIT_S) -> None:
+        self.path = path
+        self.wait_s = wait_s
+        self._threads = threading.Lock()
+        self._mine = threading.local()
+        self._fds: set[int] = set()  # open lock-file descriptors, closed in a forked child
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if getattr(self._mine, "held", False):
+            yield
+            return
+        deadline = time.monotonic() + self.wait_s
+        if not self._threads.acquire(timeout=self.wait_s):
+            yield  # SQLite's busy_timeout decides
+            return
+        self._mine.held = True
+        fd: int | None = None
+        try:
+            fd = self._flock(max(0.0, deadline - time.monotonic()))
+            yield
+        finally:
+            if fd is not None:
+                self._close(fd)  # closing the descriptor releases the flock
+            self._mine.held = False
+            self._threads.release()
+
+    def _flock(self, wait_s: float) -> int | None:
+        """A descriptor of the lock file holding the flock, or None (not got within ``wait_s``)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None  # a read-only folder: SQLite's own wait only
+        self._fds.add(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        except OSError:  # a filesystem without flock
+            self._close(fd)
+            return None
+        # Another process writes. flock has no timeout, so a helper thread blocks in it (the kernel
+        # wakes it on release) while this one waits at most wait_s; if that passes first, the
+        # helper closes the descriptor whenever it gets the lock, and never holds it.
+        got = threading.Event()
+        decided = threading.Lock()
+        abandoned = False
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                return
+            with decided:
+                if abandoned:
+                    self._close(fd)
+                else:
+                    got.set()
+
+        threading.Thread(target=wait, name="write-lock-wait", daemon=True).start()
+        if got.wait(wait_s):
+            return fd
+        with decided:
+            if got.is_set():
+                return fd
+            abandoned = True
+        return None
+
+    def _close(self, fd: int) -> None:
+        self._fds.discard(fd)
+        os.close(fd)
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's threads and descriptors are not ours: a copy of a descriptor that holds
+        the flock would keep it held for as long as this child lives."""
+        for fd in list(self._fds):
+            os.close(fd)
+        self._fds.clear()
+        self._threads = threading.Lock()
+        self._mine = threading.local()
 
 
 class Database:
@@ -75,6 +180,7 @@ class Database:
         except SQLAlchemyError as exc:
             error = translate(exc)
             raise type(error)(f"cannot open ledger {make_url(url).render_as_string()}: {error}") from exc
+        self.write_lock = self._write_lock()
         _open.add(self)
 
     @contextmanager
@@ -92,7 +198,12 @@ class Database:
         a power cut, which is all a write intent or a feed's cursor needs, at a fraction of the cost.
         """
         engine = self.writer if durable else self.relaxed
-        with translated(), Session(engine, expire_on_commit=False) as session, session.begin():
+        with (
+            self.write_lock.held(),
+            translated(),
+            Session(engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
 
     @contextmanager
@@ -100,7 +211,7 @@ class Database:
         """``writing`` without the ORM session's bookkeeping, for the statements that run once
         per received instance (a write intent): a Core connection in one transaction."""
         engine = self.writer if durable else self.relaxed
-        with translated(), engine.begin() as conn:
+        with self.write_lock.held(), translated(), engine.begin() as conn:
             yield conn
 
     def schema_revision(self) -> str | None:
@@ -117,6 +228,13 @@ class Database:
         the parent's), so the child opens its own."""
         for engine in {self.engine, self.writer, self.relaxed}:
             engine.dispose(close=False)
+        self.write_lock._after_fork_in_child()
+
+    def _write_lock(self) -> WriteLock | _NoLock:
+        parsed = make_url(self.url)
+        if not self.is_sqlite or not parsed.database or parsed.database == ":memory:":
+            return _NoLock()  # PostgreSQL locks rows; an in-memory database has one connection
+        return WriteLock(Path(parsed.database + WRITE_LOCK_SUFFIX))
 
     def _make_engine(self, *, immediate: bool, durable: bool = True) -> Engine:
         parsed = make_url(self.url)
@@ -149,6 +267,15 @@ class Database:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+
+
+class _NoLock:
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        yield
+
+    def _after_fork_in_child(self) -> None:
+        pass
 
 
 def _after_fork_in_child() -> None:
