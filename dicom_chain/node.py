@@ -35,6 +35,9 @@ from dicom_chain.intents import Intents
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
+from dicom_chain.qr.index import IndexRecord
+from dicom_chain.qr.indexqueue import Entry as IndexEntry
+from dicom_chain.qr.indexqueue import IndexQueue
 from dicom_chain.receipt import Receipt, Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
@@ -78,6 +81,7 @@ class Node:
         self.outbox.locks = self.locks
         self.intents = Intents(self.db, self.locks)
         self.receipts = Receipts(ledger, self.outbox, self.intents, storage)
+        self.index_queue = IndexQueue(self.db, key)
 
     @classmethod
     def open(cls, settings: Settings) -> Node:
@@ -85,6 +89,7 @@ class Node:
         node = cls(settings, key, Ledger(Database(settings.db_url)), Storage(settings.storage_dir))
         owners.hold_lock(node.locks)  # before this process notes any intent or takes any lease
         node.recover()
+        node.index_queue.repair(node.storage)  # blocks a killed process committed, never indexed
         owners.sweep_locks(node.locks, keep=node.intents.owners())
         return node
 
@@ -94,6 +99,7 @@ class Node:
         return self.receipts.recover(self.key, self.chain_id)
 
     def close(self) -> None:
+        self.index_queue.close()
         self.intents.flush()
         self.db.close()
         owners.release_lock(self.locks)
@@ -200,20 +206,19 @@ class Node:
                     transfer_syntax=ids.encoding,
                     patient_id=ids.patient_id,
                 )
-                values = item.index_values()
-                conflicts = []
-                if values is not None:  # formats without a query model are not in the index
-                    conflicts = tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
                 tx.add_event(
                     self.key, self._receipt(ids, block, version, actor, outcome, peer, item.anomalies)
                 )
-                for conflict in conflicts:
-                    tx.add_event(self.key, conflict.draft(self.chain_id, actor))
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
             written = None  # committed: the file is the ledger's now
+            values = item.index_values()
+            if values is not None:  # formats without a query model are not in the index
+                # after the commit, off the response's path; readers flush it first (indexqueue.py)
+                record = IndexRecord.from_values(values, ids.encoding)
+                self.index_queue.put(IndexEntry(record, block, rel, version, actor))
             return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
             if written is not None:

@@ -305,3 +305,14 @@ class OriginBlockRow(Base):
     institution: Mapped[str] = mapped_column(String(64))  # the sender, as registered
     sender_block_hash: Mapped[str] = mapped_column(HASH)
     block: Mapped[str] = mapped_column(Text)  # the sender's canonical serialised block, signature included
+
+
+class IndexMarkRow(Base):
+    """Up to which height a chain's blocks are known to be in the query index: the index is written
+    after the response (qr/indexqueue.py), and each start indexes what a killed process left above
+    the mark, then moves it. No row: nothing known, every block is looked at."""
+
+    __tablename__ = "index_marks"
+
+    chain_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    height: Mapped[int] = mapped_column(BigInteger)
