@@ -81,6 +81,7 @@ class IndexQueue:
         self._writing = threading.Lock()  # one writer at a time, in put order
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._puts = 0  # entries ever put: the writer tells a quiet moment by it not moving
         index.on_read(db, self.flush)
 
     def put(self, entry: Entry) -> None:
@@ -88,6 +89,7 @@ class IndexQueue:
             if self._closed:
                 raise RuntimeError("index queue closed")
             self._pending.append(entry)
+            self._puts += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
                 self._thread.start()
@@ -134,10 +136,10 @@ class IndexQueue:
                     self._arrived.wait()
                 if self._closed:
                     return
-                while len(self._pending) < INDEX_BATCH and not self._closed:
-                    before = len(self._pending)
+                while self._pending and len(self._pending) < INDEX_BATCH and not self._closed:
+                    before = self._puts
                     self._arrived.wait(INDEX_QUIET_S)
-                    if len(self._pending) == before:
+                    if self._puts == before:
                         break  # quiet: write what there is
             try:
                 self.flush()
