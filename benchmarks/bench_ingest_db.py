@@ -38,7 +38,10 @@ def one_round(db_url: str, home: str, instances: int, profile: bool) -> dict:
 
     settings = Settings(home=Path(home), institution="Bench Hospital", db=db_url)
     node = Node.open(settings)
-    items = [DICOM.dataset(ds).item() for ds in ct_study(StudySpec(seed=3, instances=instances, rows=32, columns=32))]
+    items = [
+        DICOM.dataset(ds).item()
+        for ds in ct_study(StudySpec(seed=3, instances=instances, rows=32, columns=32))
+    ]
     stages: dict[str, list[int]] = {"receipt": [], "file": [], "index": [], "ingest": []}
     file_ns = [0]
     write_new = Node._write_new
@@ -92,7 +95,9 @@ def one_round(db_url: str, home: str, instances: int, profile: bool) -> dict:
 
 def export(rev: str, into: Path) -> Path:
     into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "dicom_chain"], capture_output=True, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "dicom_chain"], capture_output=True, check=True
+    )
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
 
@@ -105,7 +110,17 @@ def run(tree: Path, db_url: str, home: Path, instances: int, profile: bool = Fal
     )
     env = {**os.environ, "PYTHONPATH": ""}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tree), str(ROOT / "benchmarks"), db_url, str(home), str(instances), "1" if profile else "0"],
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tree),
+            str(ROOT / "benchmarks"),
+            db_url,
+            str(home),
+            str(instances),
+            "1" if profile else "0",
+        ],
         capture_output=not profile,
         stdout=subprocess.PIPE,
         text=True,
@@ -147,11 +162,16 @@ def main() -> None:
                     n += 1
                     home = work / f"round{n}"
                     home.mkdir()
-                    results.setdefault((db, name), []).append(run(trees[name], urls[db](home), home, args.instances))
+                    results.setdefault((db, name), []).append(
+                        run(trees[name], urls[db](home), home, args.instances)
+                    )
     finally:
         if server is not None:
             server.stop()
-    print(f"{args.instances} instances per round, {args.rounds} rounds alternated; load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.instances} instances per round, {args.rounds} rounds alternated;"
+        f" load {os.getloadavg()[0]:.2f}"
+    )
     print("ms per instance, median of per-round medians [range]")
     for db in urls:
         for stage in ("receipt", "file", "ingest", "index"):
@@ -159,7 +179,9 @@ def main() -> None:
             for name in ("baseline", "this"):
                 values = [r[stage] for r in results[(db, name)] if stage in r]
                 if values:
-                    line.append(f"{name} {statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]")
+                    line.append(
+                        f"{name} {statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+                    )
             print(f"{db:8} {stage:8} " + "  ".join(line))
         b = statistics.median(r["receipt"] for r in results[(db, "baseline")])
         t = statistics.median(r["receipt"] for r in results[(db, "this")])
