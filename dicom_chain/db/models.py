@@ -170,7 +170,7 @@ class FeedCursorRow(Base):
 
 
 # -- Query/Retrieve index: one row per patient, study, series and (latest version of an) instance.
-# Filled in the receipt's transaction, so it never disagrees with the chain; `reindex` rebuilds it.
+# Written after the C-STORE response (qr/indexqueue.py), repaired on start; `reindex` rebuilds it.
 # The attribute columns come from db/indexschema.py; *_key columns hold the form matching compares
 # (folded person names, padded times), the plain columns the value as received (what C-FIND returns).
 
