@@ -22,7 +22,9 @@ mark to the head it read first: blocks below it are indexed, by this start or by
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,6 +85,15 @@ class IndexQueue:
         self._closed = False
         self._puts = 0  # entries ever put: the writer tells a quiet moment by it not moving
         index.on_read(db, self.flush)
+        _queues.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child has no writer thread and maybe a lock held by another thread: fresh ones
+        (what is pending stays the parent's to write)."""
+        self._pending.clear()
+        self._arrived = threading.Condition()
+        self._writing = threading.Lock()
+        self._thread = None
 
     def put(self, entry: Entry) -> None:
         with self._arrived:
@@ -230,6 +241,17 @@ class IndexQueue:
                 continue
             record = index.IndexRecord.from_values(values, encoding)
             yield Entry(record, stored.block, stored.path, stored.version, actor)
+
+
+_queues: weakref.WeakSet[IndexQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_queues):
+        queue._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _move_mark(session: Session, chain_id: str, height: int) -> Any:
