@@ -235,7 +235,7 @@ def _reference_statements(monkeypatch: pytest.MonkeyPatch) -> None:
         self.head_height, self.head_hash = h.height, block.hash
 
     def append_event(session, key, draft, cursor=None):
-        seq, prev = session.execute(select(L.EVENT_HEAD.c.seq, L.EVENT_HEAD.c.hash)).one()
+        seq, prev = session.execute(select(L.EVENT_HEAD.c.seq, L.EVENT_HEAD.c.hash).with_for_update()).one()
         sealed = Event.seal(draft, seq + 1, prev, key)
         session.execute(insert(L.EVENTS), sealed.stored())
         session.execute(update(L.EVENT_HEAD).values(seq=sealed.seq, hash=sealed.hash))
@@ -308,6 +308,11 @@ def test_the_hot_statements_write_the_rows_sqlalchemy_wrote(
     import uuid
 
     from dicom_chain import events, ledger, node
+    from dicom_chain.qr import indexqueue
+
+    # the index writer only on the flush at the end: its conflict event at the same seq each time
+    monkeypatch.setattr(indexqueue, "INDEX_QUIET_S", 3600.0)
+    monkeypatch.setattr(indexqueue, "INDEX_BATCH", 10**6)
 
     def urls(name: str) -> str:
         if backend == "sqlite":

@@ -88,8 +88,8 @@ class IndexQueue:
         _queues.add(self)
 
     def _after_fork_in_child(self) -> None:
-        """A forked child has no writer thread and maybe a lock held by another thread: fresh ones
-        (what is pending stays the parent's to write)."""
+        """A forked child has no writer thread: fresh locks, and what is pending stays the
+        parent's to write. (A fork waits for a batch in progress: ``_before_fork``.)"""
         self._pending.clear()
         self._arrived = threading.Condition()
         self._writing = threading.Lock()
@@ -246,12 +246,26 @@ class IndexQueue:
 _queues: weakref.WeakSet[IndexQueue] = weakref.WeakSet()
 
 
+def _before_fork() -> None:
+    """No batch's transaction open across a fork: SQLite's lock state, copied mid-transaction,
+    is not the child's to use."""
+    for queue in list(_queues):
+        queue._writing.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for queue in list(_queues):
+        queue._writing.release()
+
+
 def _after_fork_in_child() -> None:
     for queue in list(_queues):
         queue._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 def _move_mark(session: Session, chain_id: str, height: int) -> Any:
