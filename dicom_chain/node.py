@@ -142,6 +142,10 @@ class Node:
         ids = item.identity
         digest = item.content_hash
         sender = self.sender(item, actor)
+        # Before the lock (CPU), so a carrier that cannot give them fails before anything is kept;
+        # formats without a query model are not in the index.
+        values = item.index_values()
+        record = None if values is None else IndexRecord.from_values(values, ids.encoding)
         written: str | None = None
         try:
             with self.receipts.open(self.chain_id, ids) as tx:
@@ -214,10 +218,7 @@ class Node:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
             written = None  # committed: the file is the ledger's now
-            values = item.index_values()
-            if values is not None:  # formats without a query model are not in the index
-                # after the commit, off the response's path; readers flush it first (indexqueue.py)
-                record = IndexRecord.from_values(values, ids.encoding)
+            if record is not None:  # after the commit, off the response's path (indexqueue.py)
                 self.index_queue.put(IndexEntry(record, block, rel, version, actor))
             return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
