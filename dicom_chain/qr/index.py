@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     delete,
     distinct,
     exists,
@@ -185,10 +186,11 @@ def on_read(db: Database, flush: Callable[[], None] | None) -> None:
 
 
 def before_read(db: Database) -> None:
-    """Write the index rows this process holds pending for ``db``: what a reader must see."""
-    flush = _PENDING.get(db)
-    if flush is not None:
-        flush()
+    """Write the index rows this process holds pending for ``db``'s database (by URL: a command
+    run in the node's process may open its own ``Database``): what a reader must see."""
+    for other, flush in list(_PENDING.items()):
+        if other.url == db.url:
+            flush()
 
 
 @lru_cache(maxsize=64)
@@ -207,6 +209,14 @@ def _upsert_statement(
         for name in columns
         if name not in unique
     }
+    if table is INSTANCES:  # the same block indexed again (written after the response, repaired)
+        # keeps what verify last found; a new block starts from its own receipt's state
+        for name in ("verification", "verified_at"):
+            if name in updates:
+                updates[name] = case(
+                    (table.c.block_hash == stmt.excluded.block_hash, table.c[name]),
+                    else_=stmt.excluded[name],
+                )
     newer = None
     if table is INSTANCES:  # written after the response, maybe out of order (another process, a
         # repair at start): a later block of the same chain is never replaced by an earlier one
