@@ -10,19 +10,21 @@ to its own module; a receipt puts them in one transaction (receipt.py).
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import GENESIS_HASH, Block, utc_now
 from dicom_chain.db.database import Database
+from dicom_chain.db.hot import HotCursor, HotSQL, insert_sql
 from dicom_chain.db.models import BlockRow, ChainRow, EventLogHead, EventRow
 from dicom_chain.errors import LedgerConflict, LedgerError
-from dicom_chain.events import Event, EventDraft
+from dicom_chain.events import EVENT_FIELDS, Event, EventDraft
 from dicom_chain.keys import NodeKey
 
 ITER_BATCH = 1_000  # rows fetched at a time when walking a whole chain or log
@@ -68,23 +70,31 @@ class ChainInfo:
 class Appender:
     """One locked append transaction on one chain: read the head, add blocks and events, commit.
 
-    SQLAlchemy Core statements, not ORM objects: this runs once per received instance, and the
-    unit of work's bookkeeping cost more than the SQL itself.
+    Constant SQL on the driver's cursor (db/hot.py), not SQLAlchemy statements: this runs once
+    per received instance, and SQLAlchemy's per-statement work cost more than the SQL itself.
     """
 
-    def __init__(self, session: Session, chain_id: str, head_height: int, head_hash: str) -> None:
+    def __init__(
+        self,
+        session: Session,
+        chain_id: str,
+        head_height: int,
+        head_hash: str,
+        cursor: HotCursor | None = None,
+    ) -> None:
         self.session = session
         self.chain_id = chain_id
         self.head_height = head_height
         self.head_hash = head_hash
+        self.cursor = cursor or HotCursor(session)
 
     def latest_version(self, sop_instance_uid: str) -> StoredBlock | None:
-        row = self.session.execute(_LATEST_VERSION, {"chain": self.chain_id, "sop": sop_instance_uid}).first()
-        return StoredBlock.from_row(row) if row else None
+        row = self.cursor.run(_LATEST_VERSION, {"chain": self.chain_id, "sop": sop_instance_uid}).fetchone()
+        return StoredBlock.from_row(_LatestRow(*row)) if row else None
 
     def study_head(self, study_instance_uid: str) -> tuple[int, str] | None:
         """(index, block hash) of the newest block of this study, or None for a new study."""
-        row = self.session.execute(_STUDY_HEAD, {"chain": self.chain_id, "study": study_instance_uid}).first()
+        row = self.cursor.run(_STUDY_HEAD, {"chain": self.chain_id, "study": study_instance_uid}).fetchone()
         return (row[0], row[1]) if row else None
 
     def add_block(
@@ -93,8 +103,8 @@ class Appender:
         h = block.header
         if h.chain_id != self.chain_id or h.height != self.head_height + 1 or h.prev_hash != self.head_hash:
             raise LedgerError(f"block {h.height} does not follow head {self.head_height} of {self.chain_id}")
-        self.session.execute(
-            insert(BLOCKS),
+        self.cursor.run(
+            _INSERT_BLOCK,
             {
                 "chain_id": h.chain_id,
                 "height": h.height,
@@ -113,55 +123,68 @@ class Appender:
                 "block": block.to_bytes().decode("utf-8"),
             },
         )
-        self.session.execute(_MOVE_HEAD, {"chain": self.chain_id, "height": h.height, "hash": block.hash})
+        self.cursor.run(_MOVE_HEAD, {"chain": self.chain_id, "height": h.height, "hash": block.hash})
         self.head_height, self.head_hash = h.height, block.hash
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
-        return append_event(self.session, key, draft)
+        return append_event(self.session, key, draft, self.cursor)
 
 
 BLOCKS = BlockRow.__table__
 CHAINS = ChainRow.__table__
 EVENTS = EventRow.__table__
 EVENT_HEAD = EventLogHead.__table__
-# Built once: statements rebuilt per instance cost more in SQLAlchemy's coercion than the SQL.
-_LATEST_VERSION = (
-    select(BLOCKS)
-    .where(BLOCKS.c.chain_id == bindparam("chain"), BLOCKS.c.sop_instance_uid == bindparam("sop"))
-    .order_by(BLOCKS.c.version.desc())
-    .limit(1)
+_BLOCK_COLUMNS = (
+    "chain_id",
+    "height",
+    "block_hash",
+    "prev_hash",
+    "content_hash",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "version",
+    "study_instance_uid",
+    "series_instance_uid",
+    "study_index",
+    "study_prev_hash",
+    "timestamp",
+    "path",
+    "block",
 )
-_STUDY_HEAD = (
-    select(BLOCKS.c.study_index, BLOCKS.c.block_hash)
-    .where(BLOCKS.c.chain_id == bindparam("chain"), BLOCKS.c.study_instance_uid == bindparam("study"))
-    .order_by(BLOCKS.c.study_index.desc())
-    .limit(1)
+_INSERT_BLOCK = insert_sql("blocks", _BLOCK_COLUMNS)
+_LatestRow = namedtuple("_LatestRow", "block block_hash path version sop_class_uid series_instance_uid")
+_LATEST_VERSION = HotSQL(
+    f"SELECT {', '.join(_LatestRow._fields)} FROM blocks WHERE chain_id = :chain AND sop_instance_uid = :sop"
+    " ORDER BY version DESC LIMIT 1"
 )
-_HEAD_LOCKED = (
-    select(CHAINS.c.head_height, CHAINS.c.head_hash)
-    .where(CHAINS.c.chain_id == bindparam("chain"))
-    .with_for_update()
+_STUDY_HEAD = HotSQL(
+    "SELECT study_index, block_hash FROM blocks WHERE chain_id = :chain AND study_instance_uid = :study"
+    " ORDER BY study_index DESC LIMIT 1"
 )
-_MOVE_HEAD = (
-    update(CHAINS)
-    .where(CHAINS.c.chain_id == bindparam("chain"))
-    .values(head_height=bindparam("height"), head_hash=bindparam("hash"))
+# SQLite has no row locks: its writer holds the database from BEGIN IMMEDIATE (db/database.py).
+_HEAD_LOCKED = HotSQL(
+    "SELECT head_height, head_hash FROM chains WHERE chain_id = :chain",
+    "SELECT head_height, head_hash FROM chains WHERE chain_id = :chain FOR UPDATE",
 )
-_EVENT_HEAD_LOCKED = select(EVENT_HEAD.c.seq, EVENT_HEAD.c.hash).where(EVENT_HEAD.c.id == 1).with_for_update()
-_MOVE_EVENT_HEAD = (
-    update(EVENT_HEAD).where(EVENT_HEAD.c.id == 1).values(seq=bindparam("seq"), hash=bindparam("hash"))
+_MOVE_HEAD = HotSQL("UPDATE chains SET head_height = :height, head_hash = :hash WHERE chain_id = :chain")
+_EVENT_HEAD_LOCKED = HotSQL(
+    "SELECT seq, hash FROM event_log_head WHERE id = 1",
+    "SELECT seq, hash FROM event_log_head WHERE id = 1 FOR UPDATE",
 )
+_MOVE_EVENT_HEAD = HotSQL("UPDATE event_log_head SET seq = :seq, hash = :hash WHERE id = 1")
+_INSERT_EVENT = insert_sql("events", [f.name for f in EVENT_FIELDS])
 _EVENTS_AFTER = (
     select(EVENTS).where(EVENTS.c.seq > bindparam("seq")).order_by(EVENTS.c.seq).limit(bindparam("limit"))
 )
 
 
-def append_event(session: Session, key: NodeKey, draft: EventDraft) -> Event:
+def append_event(session: Session, key: NodeKey, draft: EventDraft, cursor: HotCursor | None = None) -> Event:
     """Seal ``draft`` after the log's head, inside the caller's transaction (head row locked)."""
-    seq, prev = session.execute(_EVENT_HEAD_LOCKED).one()
+    cursor = cursor or HotCursor(session)
+    seq, prev = cursor.run(_EVENT_HEAD_LOCKED, {}).fetchone()
     sealed = Event.seal(draft, seq + 1, prev, key)
-    session.execute(insert(EVENTS), sealed.stored())
-    session.execute(_MOVE_EVENT_HEAD, {"seq": sealed.seq, "hash": sealed.hash})
+    cursor.run(_INSERT_EVENT, sealed.stored())
+    cursor.run(_MOVE_EVENT_HEAD, {"seq": sealed.seq, "hash": sealed.hash})
     return sealed
 
 
@@ -230,10 +253,11 @@ class Ledger:
     def append(self, chain_id: str) -> Iterator[Appender]:
         """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
         with self.db.writing() as session:
-            head = session.execute(_HEAD_LOCKED, {"chain": chain_id}).first()
+            cursor = HotCursor(session)
+            head = cursor.run(_HEAD_LOCKED, {"chain": chain_id}).fetchone()
             if head is None:
                 raise LedgerError(f"no chain {chain_id} in this ledger")
-            yield Appender(session, chain_id, head[0], head[1])
+            yield Appender(session, chain_id, head[0], head[1], cursor)
 
     def lock_heads(self, session: Session) -> None:
         """Lock every chain's head in ``session``: no append is between its file and its commit
@@ -376,7 +400,7 @@ class Ledger:
     def lock_event_head(self, session: Session) -> tuple[int, str]:
         """Lock the event log's head in ``session`` (until it ends, no event is appended by another
         transaction) and return it: read, decide and record as one step."""
-        seq, head = session.execute(_EVENT_HEAD_LOCKED).one()
+        seq, head = HotCursor(session).run(_EVENT_HEAD_LOCKED, {}).fetchone()
         return int(seq), str(head)
 
     def event_count(self) -> int:

@@ -37,6 +37,9 @@ from dicom_chain.journal import journal_folder
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
 from dicom_chain.outbox import Destination, Outbox
+from dicom_chain.qr.index import IndexRecord
+from dicom_chain.qr.indexqueue import Entry as IndexEntry
+from dicom_chain.qr.indexqueue import IndexQueue
 from dicom_chain.receipt import Receipt, Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
@@ -80,6 +83,7 @@ class Node:
         self.outbox.locks = self.locks
         self.intents = Intents(self.db, self.locks, journal_folder(storage.root))
         self.receipts = Receipts(ledger, self.outbox, self.intents, storage)
+        self.index_queue = IndexQueue(self.db, key)
 
     @classmethod
     def open(cls, settings: Settings) -> Node:
@@ -87,6 +91,7 @@ class Node:
         node = cls(settings, key, Ledger(Database(settings.db_url)), Storage(settings.storage_dir))
         owners.hold_lock(node.locks)  # before this process notes any intent or takes any lease
         node.recover()
+        node.index_queue.repair(node.storage)  # blocks a killed process committed, never indexed
         owners.sweep_locks(node.locks, keep=node.intents.owners())
         return node
 
@@ -96,6 +101,7 @@ class Node:
         return self.receipts.recover(self.key, self.chain_id)
 
     def close(self) -> None:
+        self.index_queue.close()
         self.intents.flush()
         self.db.close()
         owners.release_lock(self.locks)
@@ -139,6 +145,10 @@ class Node:
         digest = item.content_hash
         sender = self.sender(item, actor)
         timing.mark("sender")
+        # Before the lock (CPU), so a carrier that cannot give them fails before anything is kept;
+        # formats without a query model are not in the index.
+        values = item.index_values()
+        record = None if values is None else IndexRecord.from_values(values, ids.encoding)
         written: str | None = None
         try:
             with self.receipts.open(self.chain_id, ids) as tx:
@@ -209,23 +219,18 @@ class Node:
                     patient_id=ids.patient_id,
                 )
                 timing.mark("db.enqueue")
-                values = item.index_values()
-                conflicts = []
-                if values is not None:  # formats without a query model are not in the index
-                    conflicts = tx.add_to_index(values, ids.encoding, block, path=rel, version=version)
-                timing.mark("db.index")
                 outcome = IngestOutcome.STORED if version == 1 else IngestOutcome.NEW_VERSION
                 tx.add_event(
                     self.key, self._receipt(ids, block, version, actor, outcome, peer, item.anomalies)
                 )
                 timing.mark("db.event")
-                for conflict in conflicts:
-                    tx.add_event(self.key, conflict.draft(self.chain_id, actor))
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
             written = None  # committed: the file is the ledger's now
             timing.mark("db.commit")
+            if record is not None:  # after the commit, off the response's path (indexqueue.py)
+                self.index_queue.put(IndexEntry(record, block, rel, version, actor))
             return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
             if written is not None:

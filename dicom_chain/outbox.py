@@ -25,12 +25,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import Block
 from dicom_chain.config import DEFAULT_FORWARD_MAX_REFUSALS
 from dicom_chain.db import owners
+from dicom_chain.db.hot import HotCursor, insert_sql
 from dicom_chain.db.models import OutboxRow
 from dicom_chain.errors import ConfigError
 from dicom_chain.events import EventDraft
@@ -78,6 +79,7 @@ _SETTLE_WRITE = (
         | {"lease_until": 0.0, "lease_owner": ""}
     )
 )
+_ENQUEUE = insert_sql("outbox", [c.name for c in OUTBOX.c if c.name != "id"])
 _DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 
 
@@ -202,7 +204,7 @@ class Outbox:
         self.max_refusals = max_refusals
         self.locks: Path | None = None  # the node's liveness-lock folder (db/owners.py), set by Node
 
-    def enqueue(
+    def enqueue(  # constant SQL on the driver's cursor (db/hot.py): once per received instance
         self,
         session: Session,
         destinations: Iterable[str],
@@ -227,7 +229,7 @@ class Outbox:
                 "study_instance_uid": block.header.study_instance_uid,
                 "patient_id": patient_id,
                 "path": path,
-                "state": OutboxState.PENDING,
+                "state": str(OutboxState.PENDING),
                 "attempts": 0,
                 "refusals": 0,
                 "created_at": now,
@@ -241,7 +243,7 @@ class Outbox:
             for destination in destinations
         ]
         if rows:
-            session.execute(insert(OUTBOX), rows)
+            HotCursor(session).run_many(_ENQUEUE, rows)
 
     def claim(self, destination: str, limit: int, now: float | None = None) -> list[OutboxItem]:
         """Lease up to ``limit`` due rows of one study (the oldest due row's) for ``destination``;

@@ -1,16 +1,17 @@
-"""The receipt of one instance as one unit of work: block, event, query index rows and forward
-queue rows in one transaction, guarded by a write intent noted just before it (intents.py).
+"""The receipt of one instance as one unit of work: block, event and forward queue rows in one
+transaction, guarded by a write intent noted just before it. The query index rows are derived
+and follow after the response (qr/indexqueue.py).
 
 ``Receipts.open`` is what ``Node.ingest`` opens (``with ... as tx``); the ``Receipt`` it yields
-composes the ledger's appender (head, blocks, events), the index writer and the outbox, each of
-which owns its rows. ``Receipts.recover`` undoes what receipts of dead processes left behind.
+composes the ledger's appender (head, blocks, events) and the outbox, each of which owns its rows.
+``Receipts.recover`` undoes what receipts of dead processes left behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 from dicom_chain import timing
 from dicom_chain.block import Block
@@ -21,7 +22,6 @@ from dicom_chain.intents import Intents
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Appender, Ledger, StoredBlock, append_event
 from dicom_chain.outbox import Outbox
-from dicom_chain.qr import index
 from dicom_chain.storage import Storage
 from dicom_chain.vocab import EventType
 
@@ -83,14 +83,6 @@ class Receipt:
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
         return self.appender.add_event(key, draft)
-
-    def add_to_index(
-        self, values: Mapping[str, Any], encoding: str, block: Block, *, path: str, version: int
-    ) -> list[index.IdentityConflict]:
-        """Index rows from what the item's carrier read (``Carried.index_values``); the patient-
-        identity values it brings that conflict with earlier ones, for the caller to record."""
-        record = index.IndexRecord.from_values(values, encoding)
-        return index.write(self.session, record, block=block, path=path, version=version)
 
     def enqueue(
         self,

@@ -92,6 +92,7 @@ def verify_whole_node(
 
 def record_index_states(ledger: Ledger, report: Report, store: Storage) -> None:
     """Every indexed instance verified now, except those the report found altered or missing."""
+    index.before_read(ledger.db)  # instances still pending are verified as well
     with ledger.db.writing() as session:
         index.record_verification(session, index_states(report, store), utc_now())
 

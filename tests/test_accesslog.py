@@ -516,11 +516,13 @@ def test_a_patient_identity_conflict_is_told_without_the_other_identity(node: No
     """The patient reads that their ID was given another name, never the name itself: it may be
     another person's."""
     from dicom_chain.carriers.dicom.carrier import item_from_dataset
+    from dicom_chain.qr import index
 
     from .test_index import identity_study
 
     for ds in identity_study(71, "Test^S R") + identity_study(72, "Anonymized"):
         node.ingest(item_from_dataset(ds))
+    index.before_read(node.db)  # the conflict is recorded with the index rows, after the response
     records = [
         {**e.stored(), "details": e.details} for e in node.ledger.iter_events() if e.patient_id == "P-9"
     ]

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicom_chain.config import Settings
 from dicom_chain.errors import LedgerUnavailable
 from dicom_chain.node import Node
+from dicom_chain.qr import index
 from dicom_chain.qr import runs as qr
 from dicom_chain.qr.index import INSTANCES
 from dicom_chain.verify import verify_files
@@ -553,6 +554,7 @@ def test_move_of_a_jpeg_ls_instance_to_an_uncompressed_only_destination_decompre
 
 
 def mark(node: Node, sop_instance_uid: str, state: str) -> None:
+    index.before_read(node.db)  # the row to mark is written after the response
     with node.db.writing() as session:
         session.execute(
             INSTANCES.update()

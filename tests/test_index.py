@@ -385,6 +385,7 @@ def identity_study(seed: int, name: str, sex: str = "M", birth: str = "19700101"
 
 
 def conflicts(node: Node) -> list:
+    index.before_read(node.db)  # recorded with the index rows, written after each response
     return [e for e in node.ledger.iter_events() if e.type == EventType.PATIENT_IDENTITY_CONFLICT]
 
 

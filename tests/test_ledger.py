@@ -186,3 +186,151 @@ def test_rows_read_back_as_the_events_that_were_sealed(db_url: str):
     [(event, stored_hash)] = list(ledger.iter_events_with_hash())
     assert event == sealed and stored_hash == sealed.hash
     ledger.close()
+
+
+def _reference_statements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger's per-instance writes as SQLAlchemy statements, as they were before they became
+    constant SQL on the driver's cursor (db/hot.py): the reference the hot path must equal."""
+    from sqlalchemy import insert, select, update
+
+    from dicom_chain import ledger as L
+    from dicom_chain import outbox
+    from dicom_chain.events import Event
+
+    def latest_version(self, sop):
+        row = self.session.execute(
+            select(L.BLOCKS)
+            .where(L.BLOCKS.c.chain_id == self.chain_id, L.BLOCKS.c.sop_instance_uid == sop)
+            .order_by(L.BLOCKS.c.version.desc())
+            .limit(1)
+        ).first()
+        return L.StoredBlock.from_row(row) if row else None
+
+    def study_head(self, study):
+        row = self.session.execute(
+            select(L.BLOCKS.c.study_index, L.BLOCKS.c.block_hash)
+            .where(L.BLOCKS.c.chain_id == self.chain_id, L.BLOCKS.c.study_instance_uid == study)
+            .order_by(L.BLOCKS.c.study_index.desc())
+            .limit(1)
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    def add_block(self, block, *, path, version, sop_class_uid, series_instance_uid):
+        h = block.header
+        values = {c: getattr(h, c) for c in L._BLOCK_COLUMNS if hasattr(h, c)}
+        values.update(
+            block_hash=block.hash,
+            sop_class_uid=sop_class_uid,
+            series_instance_uid=series_instance_uid,
+            version=version,
+            path=path,
+            block=block.to_bytes().decode("utf-8"),
+        )
+        self.session.execute(insert(L.BLOCKS), values)
+        self.session.execute(
+            update(L.CHAINS)
+            .where(L.CHAINS.c.chain_id == self.chain_id)
+            .values(head_height=h.height, head_hash=block.hash)
+        )
+        self.head_height, self.head_hash = h.height, block.hash
+
+    def append_event(session, key, draft, cursor=None):
+        seq, prev = session.execute(select(L.EVENT_HEAD.c.seq, L.EVENT_HEAD.c.hash).with_for_update()).one()
+        sealed = Event.seal(draft, seq + 1, prev, key)
+        session.execute(insert(L.EVENTS), sealed.stored())
+        session.execute(update(L.EVENT_HEAD).values(seq=sealed.seq, hash=sealed.hash))
+        return sealed
+
+    class Enqueue:  # outbox rows as built, inserted by SQLAlchemy
+        def __init__(self, session):
+            self.session = session
+
+        def run_many(self, _stmt, rows):
+            self.session.execute(insert(outbox.OUTBOX), list(rows))
+
+    monkeypatch.setattr(L.Appender, "latest_version", latest_version)
+    monkeypatch.setattr(L.Appender, "study_head", study_head)
+    monkeypatch.setattr(L.Appender, "add_block", add_block)
+    monkeypatch.setattr(L, "append_event", append_event)
+    monkeypatch.setattr(outbox, "HotCursor", Enqueue)
+
+
+def _build_ledger(home: Path, url: str, key_file: Path | None) -> dict[str, list]:
+    """The same receipts every time (clock and chain id fixed): new, duplicate, new version,
+    forwarded, an identity conflict, a standalone event; every ledger row, read back."""
+    import shutil
+
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+    from dicom_chain.config import Settings
+    from dicom_chain.node import Node
+    from dicom_chain.qr import index
+
+    from .test_index import identity_study
+
+    settings = Settings(home=home, db=url, institution="H", forward=("PACS@127.0.0.1:104",))
+    if key_file is not None:
+        settings.key_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(key_file, settings.key_path)
+    node = Node.open(settings)
+    try:
+        first = identity_study(71, "Test^S R")
+        for ds in first + identity_study(72, "Anonymized") + first[:1]:
+            node.ingest(item_from_dataset(ds))
+        changed = first[1]
+        changed.StudyDescription = "corrected"
+        node.ingest(item_from_dataset(changed))
+        node.record(EventDraft("service.start", reason="standalone", details={"n": 1}))
+        index.before_read(node.db)
+        skip = {"id", "created_at", "next_attempt_at"}  # row ids, and the outbox's epoch seconds
+        with node.db.reading() as session:
+            return {
+                table: [
+                    {k: v for k, v in row._mapping.items() if k not in skip}
+                    for row in session.execute(text(f"SELECT * FROM {table} ORDER BY {order}"))
+                ]
+                for table, order in {
+                    "chains": "chain_id",
+                    "blocks": "height",
+                    "event_log_head": "id",
+                    "events": "seq",
+                    "outbox": "height",
+                }.items()
+            }
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_hot_statements_write_the_rows_sqlalchemy_wrote(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+):
+    import itertools
+    import uuid
+
+    from dicom_chain import events, ledger, node
+    from dicom_chain.qr import indexqueue
+
+    # the index writer only on the flush at the end: its conflict event at the same seq each time
+    monkeypatch.setattr(indexqueue, "INDEX_QUIET_S", 3600.0)
+    monkeypatch.setattr(indexqueue, "INDEX_BATCH", 10**6)
+
+    def urls(name: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / name / 'ledger.db'}"
+        return request.getfixturevalue("postgres").create_database()
+
+    def freeze() -> None:
+        ticks = itertools.count()
+        clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}Z"  # noqa: E731
+        for module in (node, events, ledger):
+            monkeypatch.setattr(module, "utc_now", clock)
+        monkeypatch.setattr(ledger.uuid, "uuid4", lambda: uuid.UUID(int=7))
+
+    freeze()
+    hot = _build_ledger(tmp_path / "hot", urls("hot"), None)
+    freeze()
+    with monkeypatch.context() as m:
+        _reference_statements(m)
+        reference = _build_ledger(tmp_path / "ref", urls("ref"), tmp_path / "hot" / "node.key")
+    assert [len(hot[t]) for t in hot] == [1, 5, 1, 8, 5]  # 5 blocks; 8 events with the conflict
+    assert hot == reference

@@ -1,5 +1,5 @@
-"""A receipt is one transaction (block, event, index rows, outbox rows, the intent's removal),
-and a failing one leaves neither rows nor files behind."""
+"""A receipt is one transaction (block, event, outbox rows, the intent's removal), and a failing
+one leaves neither rows nor files behind; the index rows follow it (qr/indexqueue.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def forwarding(db_url: str, tmp_path):
 
 
 def _counts(node: Node) -> tuple[int, int, int, int, int]:
+    index.before_read(node.db)
     with node.db.reading() as session:
         rows = [
             session.scalar(select(func.count()).select_from(table))
@@ -34,16 +35,16 @@ def _counts(node: Node) -> tuple[int, int, int, int, int]:
     return (node.ledger.block_count(), node.ledger.event_count(), *rows)
 
 
-def test_a_receipt_commits_block_event_index_and_queue_together(forwarding: Node):
+def test_a_receipt_commits_block_event_and_queue_together_and_the_index_follows(forwarding: Node):
     forwarding.ingest(item_from_dataset(read("CT_small.dcm")))
     assert _counts(forwarding) == (1, 1, 1, 1, 0)
 
 
 def test_a_failure_in_the_last_step_undoes_every_row_and_the_file(forwarding: Node, monkeypatch):
     def refuse(*args, **kwargs):
-        raise LedgerError("simulated index failure")
+        raise LedgerError("simulated event failure")
 
-    monkeypatch.setattr(index, "write", refuse)  # after the block and the queue rows, before the event
+    monkeypatch.setattr(Receipt, "add_event", refuse)  # after the block and the queue rows
     with pytest.raises(LedgerError):
         forwarding.ingest(item_from_dataset(read("CT_small.dcm")))
     assert _counts(forwarding)[:4] == (0, 0, 0, 0)
@@ -66,10 +67,10 @@ def test_a_failing_receipt_removes_its_file_while_the_chain_is_locked(forwarding
         seen.append((before, forwarding.storage.versions(folder, stem), forwarding.ledger.block_count()))
 
     def refuse(*args, **kwargs):
-        raise LedgerError("simulated index failure")
+        raise LedgerError("simulated event failure")
 
     monkeypatch.setattr(forwarding.receipts, "_undo", undo)
-    monkeypatch.setattr(Receipt, "add_to_index", refuse)
+    monkeypatch.setattr(Receipt, "add_event", refuse)
     with pytest.raises(LedgerError):
         forwarding.ingest(item_from_dataset(read("CT_small.dcm")))
     [(before, after, committed_blocks)] = seen

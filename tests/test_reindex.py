@@ -138,6 +138,7 @@ def test_reindex_records_a_conflict_the_ledger_predates(node: Node, monkeypatch)
         m.setattr(index, "_identities", lambda *_: [])  # as before: no conflict noticed at receipt
         for ds in identity_study(54, "Test^S R") + identity_study(55, "Anonymized"):
             node.ingest(item_from_dataset(ds))
+        index.before_read(node.db)  # the index rows follow the responses: written while patched
     assert conflicts(node) == []
     (found,) = reindex(node).conflicts
     (event,) = conflicts(node)
@@ -161,6 +162,7 @@ def test_the_migration_gives_existing_studies_their_patients_values(db_url: str,
     try:
         for ds in identity_study(53, "Doe^Jane", sex="F"):
             node.ingest(item_from_dataset(ds))
+        index.before_read(node.db)  # the index rows, written after the response, before the migration
         cfg = alembic_config()
         with node.db.engine.begin() as conn:
             cfg.attributes["connection"] = conn

@@ -170,7 +170,7 @@ class FeedCursorRow(Base):
 
 
 # -- Query/Retrieve index: one row per patient, study, series and (latest version of an) instance.
-# Filled in the receipt's transaction, so it never disagrees with the chain; `reindex` rebuilds it.
+# Written after the C-STORE response (qr/indexqueue.py), repaired on start; `reindex` rebuilds it.
 # The attribute columns come from db/indexschema.py; *_key columns hold the form matching compares
 # (folded person names, padded times), the plain columns the value as received (what C-FIND returns).
 
@@ -305,3 +305,14 @@ class OriginBlockRow(Base):
     institution: Mapped[str] = mapped_column(String(64))  # the sender, as registered
     sender_block_hash: Mapped[str] = mapped_column(HASH)
     block: Mapped[str] = mapped_column(Text)  # the sender's canonical serialised block, signature included
+
+
+class IndexMarkRow(Base):
+    """Up to which height a chain's blocks are known to be in the query index: the index is written
+    after the response (qr/indexqueue.py), and each start indexes what a killed process left above
+    the mark, then moves it. No row: nothing known, every block is looked at."""
+
+    __tablename__ = "index_marks"
+
+    chain_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    height: Mapped[int] = mapped_column(BigInteger)

@@ -1,9 +1,11 @@
 """The Query/Retrieve index: patient, study, series and instance rows, written and searched.
 
-Rows are written inside the receipt's transaction (``write``), so the index never disagrees
-with the chain. A study keeps its own patient name, birth date and sex (what its STUDY and lower
-answers say), the patient row the newest; ``write`` returns the values a patient had not had
-before beside others (``IdentityConflict``), for the caller to record once as an event.
+Rows are written after the C-STORE response (``write``, called by qr/indexqueue.py), and every
+reader here first writes what this process still holds pending (``before_read``), so a query
+sees every instance whose response went out before it. A study keeps its own patient name,
+birth date and sex (what its STUDY and lower answers say), the patient row the newest; ``write``
+returns the values a patient had not had before beside others (``IdentityConflict``), for the
+caller to record once as an event in the same transaction.
 ``search`` turns a parsed ``Query`` into one SQL statement over indexed key columns, pages
 through the matches by primary key (bounded memory, a cancel takes effect between pages) and
 adds the computed attributes per page with grouped counts.
@@ -11,7 +13,8 @@ adds the computed attributes per page with grouped counts.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -22,6 +25,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     delete,
     distinct,
     exists,
@@ -170,6 +174,25 @@ def recorded_identity(event: Event) -> tuple[str, str, str, str]:
     return (event.patient_id, str(d.get("issuer", "")), keyword, folded)
 
 
+_PENDING: weakref.WeakKeyDictionary[Database, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def on_read(db: Database, flush: Callable[[], None] | None) -> None:
+    """Have every reader of the index on ``db`` call ``flush`` first (None: no longer)."""
+    if flush is None:
+        _PENDING.pop(db, None)
+    else:
+        _PENDING[db] = flush
+
+
+def before_read(db: Database) -> None:
+    """Write the index rows this process holds pending for ``db``'s database (by URL: a command
+    run in the node's process may open its own ``Database``): what a reader must see."""
+    for other, flush in list(_PENDING.items()):
+        if other.url == db.url:
+            flush()
+
+
 @lru_cache(maxsize=64)
 def _upsert_statement(
     dialect: str, table_name: str, columns: tuple[str, ...], unique: tuple[str, ...]
@@ -186,14 +209,30 @@ def _upsert_statement(
         for name in columns
         if name not in unique
     }
-    return stmt.on_conflict_do_update(index_elements=list(unique), set_=updates).returning(table.c.id)
+    if table is INSTANCES:  # the same block indexed again (written after the response, repaired)
+        # keeps what verify last found; a new block starts from its own receipt's state
+        for name in ("verification", "verified_at"):
+            if name in updates:
+                updates[name] = case(
+                    (table.c.block_hash == stmt.excluded.block_hash, table.c[name]),
+                    else_=stmt.excluded[name],
+                )
+    newer = None
+    if table is INSTANCES:  # written after the response, maybe out of order (another process, a
+        # repair at start): a later block of the same chain is never replaced by an earlier one
+        newer = ~and_(table.c.chain_id == stmt.excluded.chain_id, table.c.height > stmt.excluded.height)
+    return stmt.on_conflict_do_update(index_elements=list(unique), set_=updates, where=newer).returning(
+        table.c.id
+    )
 
 
-def _upsert(session: Session, table: Any, values: dict[str, Any], unique: list[str]) -> int:
-    """Insert or refresh one row and return its id; empty new values never erase known ones."""
+def _upsert(session: Session, table: Any, values: dict[str, Any], unique: list[str]) -> int | None:
+    """Insert or refresh one row and return its id; empty new values never erase known ones.
+    None: an instance row left as it was (it holds a later block)."""
     dialect = session.get_bind().dialect.name
     stmt = _upsert_statement(dialect, table.name, tuple(values), tuple(unique))
-    return int(session.execute(stmt, values).scalar_one())
+    found = session.execute(stmt, values).scalar_one_or_none()
+    return None if found is None else int(found)
 
 
 def write(
@@ -209,6 +248,7 @@ def write(
     """Index one stored instance (its newest version) inside the caller's transaction; return the
     patient-identity values it brings that conflict with the patient's earlier ones."""
     patient_pk = _upsert(session, PATIENTS, record.patient, ["patient_id", "issuer"])
+    assert patient_pk is not None  # only instance rows are ever left as they were
     conflicts = _identities(session, patient_pk, record)
     study_pk = _upsert(session, STUDIES, {**record.study, "patient_pk": patient_pk}, ["study_uid"])
     series_pk = _upsert(session, SERIES, {**record.series, "study_pk": study_pk}, ["series_uid"])
@@ -382,12 +422,14 @@ def search(session: Session, query: Query, level: Level | None = None) -> Iterat
 
 def find(db: Database, query: Query, level: Level | None = None) -> Iterator[dict[str, Any]]:
     """``search`` on a read session of its own (C-FIND answers, retrieval plans); errors as ours."""
+    before_read(db)
     with db.reading() as session:
         yield from search(session, query, level)
 
 
 def count(db: Database) -> int:
     """Instances in the index."""
+    before_read(db)
     with db.reading() as session:
         return int(session.scalar(select(func.count()).select_from(INSTANCES)) or 0)
 
@@ -457,6 +499,7 @@ def stored_syntaxes(db: Database, sop_classes: Collection[str]) -> dict[str, set
     found: dict[str, set[str]] = {}
     if not sop_classes:
         return found
+    before_read(db)
     stmt = (
         select(INSTANCES.c.sop_class_uid, INSTANCES.c.transfer_syntax)
         .where(INSTANCES.c.sop_class_uid.in_(sorted(sop_classes)))

@@ -68,6 +68,7 @@ def latest_versions(node: ReindexHost) -> list[StoredBlock]:
 
 def reindex(node: ReindexHost, advance: Callable[[int], None] = lambda _: None) -> ReindexReport:
     report = ReindexReport()
+    index.before_read(node.db)  # rows still pending here go in first, not over the rebuilt ones
     todo = latest_versions(node)
     recorded = {
         index.recorded_identity(e) for e in node.ledger.events_of_types([EventType.PATIENT_IDENTITY_CONFLICT])

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from dicom_chain.events import Event
 from dicom_chain.ledger import Ledger
+from dicom_chain.qr import index
 from dicom_chain.qr.index import INSTANCES, PATIENTS, SERIES, STUDIES
 from dicom_chain.sharing.policy import FACT_TYPES, Facts
 from dicom_chain.vocab import EventType
@@ -35,6 +36,7 @@ class StudyFacts:
 def study(ledger: Ledger, study_uid: str, session: Session | None = None) -> StudyFacts | None:
     """The study as the query index knows it (None: not stored here)."""
     if session is None:
+        index.before_read(ledger.db)  # a caller passing its session flushed before it began
         with ledger.db.reading() as own:
             return study(ledger, study_uid, own)
     row = session.execute(

@@ -19,6 +19,7 @@ from dicom_chain.errors import SharingError
 from dicom_chain.events import Event, EventDraft
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger, append_event
+from dicom_chain.qr import index
 from dicom_chain.sharing import consent as consents
 from dicom_chain.sharing import facts as facts_io
 from dicom_chain.sharing import fhirconsent, policyfile, scores, times
@@ -96,6 +97,7 @@ def decide_release(
 ) -> ReleaseDecision:
     """Decide whether ``study_uid`` may go to institution ``to`` and record the decision
     (``release.granted`` or ``release.denied``, with its reasons) in the same transaction."""
+    index.before_read(host.db)  # the study's index rows, before this transaction holds the lock
     with host.db.writing() as session:
         host.ledger.lock_event_head(session)
         study = facts_io.study(host.ledger, study_uid, session)
