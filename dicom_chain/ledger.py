@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import GENESIS_HASH, Block, utc_now
@@ -193,14 +193,15 @@ def append_events(session: Session, key: NodeKey, drafts: list[EventDraft]) -> l
     settled by the forwarder is recorded while the write lock is held, so its statements count)."""
     if not drafts:
         return []
-    seq, prev = session.execute(_EVENT_HEAD_LOCKED).one()
+    cursor = HotCursor(session)
+    seq, prev = cursor.run(_EVENT_HEAD_LOCKED, {}).fetchone()
     sealed = []
     for draft in drafts:
         event = Event.seal(draft, seq + 1, prev, key)
         sealed.append(event)
         seq, prev = event.seq, event.hash
-    session.execute(insert(EVENTS), [e.stored() for e in sealed])
-    session.execute(_MOVE_EVENT_HEAD, {"seq": seq, "hash": prev})
+    cursor.run_many(_INSERT_EVENT, [e.stored() for e in sealed])
+    cursor.run(_MOVE_EVENT_HEAD, {"seq": seq, "hash": prev})
     return sealed
 
 

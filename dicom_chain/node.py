@@ -149,6 +149,7 @@ class Node:
         # formats without a query model are not in the index.
         values = item.index_values()
         record = None if values is None else IndexRecord.from_values(values, ids.encoding)
+        timing.mark("index.values")
         written: str | None = None
         try:
             with self.receipts.open(self.chain_id, ids) as tx:
@@ -231,6 +232,7 @@ class Node:
             timing.mark("db.commit")
             if record is not None:  # after the commit, off the response's path (indexqueue.py)
                 self.index_queue.put(IndexEntry(record, block, rel, version, actor))
+                timing.mark("index.queue")
             return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
             if written is not None:

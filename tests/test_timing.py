@@ -17,9 +17,9 @@ from .peers import free_port, require_tool
 
 # Every boundary an instance stored for the first time passes, in the order it passes them.
 INGEST_STAGES = [
-    "decode", "hash", "checks", "sender", "intent", "db.begin", "db.select", "sign", "splice",
-    "file.create", "file.write", "fsync.file", "file.link", "fsync.folder", "file.unlink", "confirm",
-    "db.block", "db.enqueue", "db.index", "db.event", "db.commit", "log",
+    "decode", "hash", "checks", "sender", "index.values", "intent", "db.begin", "db.select", "sign",
+    "splice", "file.create", "file.write", "fsync.file", "file.link", "fsync.folder", "file.unlink",
+    "confirm", "db.block", "db.enqueue", "db.event", "db.commit", "index.queue", "log",
 ]  # fmt: skip
 
 
