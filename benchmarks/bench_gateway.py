@@ -53,12 +53,16 @@ BARE_SCP = textwrap.dedent(
     import sys, os
     from pynetdicom import AE, evt, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
     out, port = sys.argv[1], int(sys.argv[2])
+    ours = sys.argv[3:] == ["ours"]  # bench_reactor.py: with the gateway's event-driven reactor
     def store(event):
         path = os.path.join(out, event.request.AffectedSOPInstanceUID)
         with open(path, "wb") as fp:
             fp.write(event.request.DataSet.getvalue())
         return 0
     ae = AE(ae_title="BARE")
+    if ours:
+        from scp.reactor import install
+        assert install(ae)
     ae.maximum_pdu_size = 131072
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)

@@ -30,28 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gateway import NODELAY, free_port, make_study, start, stop, wait_port
+from bench_gateway import BARE_SCP, NODELAY, free_port, make_study, start, stop, wait_port
 
-BARE_SCP = textwrap.dedent(
-    """
-    import sys, os
-    from pynetdicom import AE, evt, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
-    out, port, ours = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "ours"
-    def store(event):
-        path = os.path.join(out, event.request.AffectedSOPInstanceUID)
-        with open(path, "wb") as fp:
-            fp.write(event.request.DataSet.getvalue())
-        return 0
-    ae = AE(ae_title="BARE")
-    if ours:
-        from scp.reactor import install
-        assert install(ae)
-    ae.maximum_pdu_size = 131072
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, store)])
-    """
-)
 GATEWAY = textwrap.dedent(
     """
     import sys
@@ -130,7 +110,7 @@ def receiver(variant: str, root: Path, n: int) -> tuple[subprocess.Popen, int, s
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         proc = start(cmd, log=root / f"gw-{n}.log")
         aec = "DICOMCHAIN"
-    wait_port(port)
+    wait_port(port, proc)
     return proc, port, aec
 
 
@@ -138,7 +118,7 @@ def idle_cpu(root: Path, mode: str, seconds: float) -> float:
     port = free_port()
     peer = start([sys.executable, str(root / "idle_peer.py"), str(port)])
     try:
-        wait_port(port)
+        wait_port(port, peer)
         out = subprocess.run(
             [sys.executable, str(root / "idle_holder.py"), str(port), mode, str(seconds)],
             check=True, capture_output=True, text=True,
