@@ -44,7 +44,7 @@ from dicom_chain.receipt import Receipt, Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import adopt_policy, record_refusal
-from dicom_chain.storage import Storage, relative_path
+from dicom_chain.storage import PendingWrite, Storage, relative_path
 from dicom_chain.versions import versions_of
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome
 
@@ -151,6 +151,7 @@ class Node:
         record = None if values is None else IndexRecord.from_values(values, ids.encoding)
         timing.mark("index.values")
         written: str | None = None
+        pending: PendingWrite | None = None
         try:
             with self.receipts.open(self.chain_id, ids) as tx:
                 timing.mark("db.begin")
@@ -158,7 +159,7 @@ class Node:
                 if latest is not None and item.same_content(latest.block):
                     outcome = IngestOutcome.DUPLICATE
                     if not self.storage.exists(latest.path):  # the ledger has it, the disk lost it
-                        self._write_confirmed(latest.path, item, latest.block)
+                        self._write_confirmed(latest.path, item, latest.block).wait()
                         outcome = IngestOutcome.RESTORED
                     tx.add_event(
                         self.key,
@@ -200,7 +201,7 @@ class Node:
                 rel = relative_path(
                     ids.group_id, ids.series_id, ids.item_id, version, suffix=item.carrier.suffix
                 )
-                self._write_new(tx, rel, item, block)
+                pending = self._write_new(tx, rel, item, block)
                 timing.mark("confirm")
                 written = rel
                 tx.add_block(
@@ -228,6 +229,7 @@ class Node:
                 if sender is not None:
                     tx.add_origin(block, sender.institution.name, sender.block)
                     tx.add_event(self.key, self._release_received(ids, block, sender, actor))
+                pending.wait()  # the file durable at its name before the ledger commits to it
             written = None  # committed: the file is the ledger's now
             timing.mark("db.commit")
             if record is not None:  # after the commit, off the response's path (indexqueue.py)
@@ -235,32 +237,36 @@ class Node:
                 timing.mark("index.queue")
             return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
-            if written is not None:
+            if written is not None and pending is not None:
+                pending.abandon()
+            elif written is not None:
                 self.storage.remove(written)
 
-    def _write_confirmed(self, rel: str, item: Item, block: Block) -> None:
-        """Write the item's file with its block, then read it back as ``verify`` reads a file (the
-        carrier's ``confirm``): Success is never said of a file the node could not vouch for. A file
-        that fails is removed before anything commits (UnfaithfulFileError, C000)."""
-        self.storage.write(rel, item.with_block(block))
+    def _write_confirmed(self, rel: str, item: Item, block: Block) -> PendingWrite:
+        """Write the item's file with its block, then read it back as ``verify`` would (the
+        carrier's ``confirm_written``): Success is never said of a file the node could not vouch
+        for. A file that fails is removed before anything commits (UnfaithfulFileError, C000). The
+        disk writes it meanwhile (Storage.start_write): ``wait`` before the commit."""
+        pending = self.storage.start_write(rel, item.with_block(block))
         try:
-            item.carrier.confirm(self.storage.path(rel), block)
+            item.confirm_written(pending.written_at, block)
         except BaseException:
-            self.storage.remove(rel)
+            pending.abandon()
             raise
+        return pending
 
-    def _write_new(self, tx: Receipt, rel: str, item: Item, block: Block) -> None:
+    def _write_new(self, tx: Receipt, rel: str, item: Item, block: Block) -> PendingWrite:
         """Write a new version's file, never over another. Names are injective, so a file already
         there is one no block names (a receipt that never committed: removed, as recovery would,
         while this receipt holds the chain's lock) or one an older naming rule gave another item:
         then PathTakenError, and it stays."""
         try:
-            self._write_confirmed(rel, item, block)
+            return self._write_confirmed(rel, item, block)
         except PathTakenError:
             if self.ledger.has_file(tx.session, rel):
                 raise
             self.storage.remove(rel)
-            self._write_confirmed(rel, item, block)
+            return self._write_confirmed(rel, item, block)
 
     def _may_version(self, session: Session, item_id: str, actor: str) -> None:
         """Read under the chain lock, so that two senders racing for version 2 are judged in turn."""

@@ -4,7 +4,8 @@ Layout ``<group>/<series>/<item><suffix>`` (``<item>.v<N><suffix>`` for later ve
 ``<study>/<series>/<sop>.dcm``), so a person can find a file from its UIDs. Names are injective
 (``path_part``): two items never share a path. A file is either absent or complete, and a write
 never replaces a file: temp file, fsync, hard link to its name (refused if the name is taken),
-fsync of the directory. No file format is known here.
+fsync of the directory; the caller may do its own work between the write and the rest, with
+the disk already writing (``start_write``). No file format is known here.
 
 Bytes still in another file (a C-STORE received to disk) are handed over as ``FileRange`` pieces
 of ``Ranged`` and copied by the kernel (``copy_file_range``), not read into a bytes and written
@@ -14,14 +15,16 @@ out again (0.5 MB, written unsynced: 1.56 -> 1.31 ms median on a loaded 2-core b
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from dicom_chain import timing
 from dicom_chain.errors import DicomChainError, MalformedDatasetError, PathTakenError, StorageError
@@ -149,44 +152,46 @@ class Storage:
         return self.path(relative).is_file()
 
     def write(self, relative: str, pieces: Iterable[bytes | memoryview] | Ranged) -> Path:
-        """Write ``pieces`` in order as a new file at ``relative``; on any failure nothing is left
-        behind. PathTakenError if a file is there already: it is never replaced."""
+        """Write ``pieces`` in order as a new file at ``relative``, durably; on any failure nothing
+        is left behind. PathTakenError if a file is there already: it is never replaced."""
+        return self.start_write(relative, pieces).wait()
+
+    def start_write(self, relative: str, pieces: Iterable[bytes | memoryview] | Ranged) -> PendingWrite:
+        """``write``, returning once the bytes are in the temp file and the disk has been told to
+        start writing them (``start_writeback``): the caller does its own work, reading the file
+        back and the ledger's statements, while the disk works, and the fsync in ``wait`` then
+        finds most of it done. ``wait`` before relying on the file; ``abandon`` to give it up.
+        PathTakenError at once if the name is taken."""
         timing.mark("splice")  # the pieces, made by the caller just before
         target = self.path(relative)
+        if target.exists():
+            raise PathTakenError(f"cannot store {relative}: a file is there already")
+        fd: int | None = None
         tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
             timing.mark("file.create")
-            try:
-                for piece in pieces.parts if isinstance(pieces, Ranged) else pieces:
-                    if isinstance(piece, FileRange):
-                        piece.copy_to(fd)
-                    else:
-                        _write_all(fd, piece)
-                timing.mark("file.write")
-                os.fsync(fd)
-                timing.mark("fsync.file")
-            finally:
+            for piece in pieces.parts if isinstance(pieces, Ranged) else pieces:
+                if isinstance(piece, FileRange):
+                    piece.copy_to(fd)
+                else:
+                    _write_all(fd, piece)
+            start_writeback(fd)
+            timing.mark("file.write")
+        except BaseException as exc:
+            if fd is not None:
                 os.close(fd)
-            os.link(tmp, target)  # atomic like rename, but refuses (EEXIST) where rename replaces
-            timing.mark("file.link")
-            _fsync_dir(target.parent)
-            timing.mark("fsync.folder")
-        except FileExistsError as exc:
-            raise PathTakenError(f"cannot store {relative}: a file is there already") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot store {relative}: {exc.strerror or exc}") from exc
-        except (DicomChainError, MemoryError):
-            raise
-        except Exception as exc:  # pieces may be encoded as they are written: the item's fault, for
-            # retrying the same item fails the same way (a full disk is an OSError, above)
-            raise MalformedDatasetError(f"cannot encode {relative}: {exc}") from exc
-        finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-                timing.mark("file.unlink")
-        return target
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot store {relative}: {exc.strerror or exc}") from exc
+            if isinstance(exc, (DicomChainError, MemoryError)) or not isinstance(exc, Exception):
+                raise
+            # pieces may be encoded as they are written: the item's fault, for retrying the same
+            # item fails the same way (a full disk is an OSError, above)
+            raise MalformedDatasetError(f"cannot encode {relative}: {exc}") from exc
+        return PendingWrite(self, relative, Path(tmp), fd)
 
     def remove(self, relative: str) -> None:
         """Best-effort clean-up after a failed ingest: the original error is the one to report."""
@@ -202,6 +207,81 @@ class Storage:
             for name in sorted(filenames):
                 if not name.startswith(TEMP_PREFIX):
                     yield Path(dirpath, name).relative_to(self.root).as_posix()
+
+
+class PendingWrite:
+    """A file written to its temp name, its writeback started, not yet durable under its own name
+    (Storage.start_write). Its file descriptor stays open until ``wait`` or ``abandon``."""
+
+    def __init__(self, storage: Storage, relative: str, temp: Path, fd: int) -> None:
+        self.storage = storage
+        self.relative = relative
+        self.written_at = temp  # readable now, whole; linked to its name only once durable
+        self._fd: int | None = fd
+        self.named = False  # linked to its name by ``wait``
+
+    def wait(self) -> Path:
+        """The file, durable at its name: its data first, then the name (link refuses a taken one,
+        where rename would replace it), then the folder that holds the name. PathTakenError or
+        StorageError as ``write`` raises them; the temp name goes either way."""
+        target = self.storage.path(self.relative)
+        try:
+            self._sync_and_close()
+            timing.mark("fsync.file")
+            os.link(self.written_at, target)
+            self.named = True
+            _fsync_dir(target.parent)
+            timing.mark("fsync.folder")
+        except FileExistsError as exc:
+            raise PathTakenError(f"cannot store {self.relative}: a file is there already") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot store {self.relative}: {exc.strerror or exc}") from exc
+        finally:
+            self.written_at.unlink(missing_ok=True)
+        return target
+
+    def abandon(self) -> None:
+        """After a failure elsewhere: no file is left, temp or named. The name is removed only if
+        ``wait`` gave it: before that it may be another writer's."""
+        with contextlib.suppress(OSError):
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+        self.written_at.unlink(missing_ok=True)
+        if self.named:
+            self.storage.remove(self.relative)
+
+    def _sync_and_close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise StorageError(f"cannot store {self.relative}: already given up")
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """sync_file_range(2) (Linux; Python has no binding), or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_sync_file_range = _libc_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+
+
+def start_writeback(fd: int) -> None:
+    """Have the kernel start writing ``fd``'s dirty pages now, without waiting: measured here, an
+    fsync after 1 ms of other work then takes 0.16 ms instead of 0.57 for 0.5 MB. Only a hint:
+    durability is still the fsync's (a failure here is left for the fsync to report)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

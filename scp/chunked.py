@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pynetdicom import _config, dimse_messages, evt
 
@@ -43,26 +44,54 @@ from dicom_chain.errors import DicomChainError, InstanceTooLargeError, Malformed
 
 SPOOL_ATTRIBUTE = "dicom_chain_spool"  # on the AE whose associations receive into a Spool
 LOCK_NAME = ".lock"  # in each process's folder, held (flock) for as long as the process lives
-FOLDER_PREFIX = "p"  # process folders; the files in them are named by tempfile
+FOLDER_PREFIX = "p"  # process folders; the files in them are numbered (Spool.create)
 
 
 class SpoolFile:
     """One data set being received: what pynetdicom's chunked receive uses of its temp file
-    (``write``, ``file.flush``, ``name``, ``close``), counting, with a ceiling."""
+    (``write``, ``file.flush``, ``name``, ``close``), counting, with a ceiling.
 
-    def __init__(self, path: Path, max_bytes: int, owner: object) -> None:
+    Held in memory up to ``memory_bytes`` (a 0.5 MB CT slice costs no file to create, write, read
+    back and unlink); past that, what it holds goes to ``path`` and the rest follows as it
+    arrives. ``name`` is the path either way: pynetdicom unlinks it after the handler, ignoring
+    OSError, so a data set that never reached the disk leaves nothing to remove."""
+
+    def __init__(self, path: Path, max_bytes: int, owner: object, memory_bytes: int = 0) -> None:
         self.path = path
         self.name = str(path)
         self.max_bytes = max_bytes
+        self.memory_bytes = memory_bytes
         self.owner = owner  # the association receiving it
-        self._fp = path.open("wb")
+        self._memory: bytearray | None = bytearray()
+        self._fp: BinaryIO | None = None
         self.received = 0  # bytes given to us: the Part 10 file's size, had we kept them all
         self.taken = False  # a handler has it: that handler removes it
         self.failed: OSError | None = None  # the disk refused a write (full): the rest is dropped
+        if memory_bytes <= 0:
+            self._spill()
 
     @property
     def too_large(self) -> bool:
         return self.received > self.max_bytes
+
+    @property
+    def in_memory(self) -> bool:
+        return self._memory is not None
+
+    def getvalue(self) -> bytes:
+        """The Part 10 file as received, when it is held in memory."""
+        assert self._memory is not None, "on disk: read it from path"
+        return bytes(self._memory)
+
+    def _spill(self) -> None:
+        """From memory to the file: created now, with what was held so far."""
+        held, self._memory = self._memory, None
+        try:
+            self._fp = self.path.open("wb")
+            if held:
+                self._fp.write(held)
+        except OSError as exc:
+            self.failed = exc
 
     def write(self, data: bytes | memoryview) -> int:
         """Never raises: an exception here would kill the association inside pynetdicom's state
@@ -73,17 +102,32 @@ class SpoolFile:
             return len(data)
         if self.too_large:
             if not was_too_large:  # nothing of an instance we refuse is kept, not even its start
-                self._fp.seek(0)
-                self._fp.truncate()
+                self._truncate()
             return len(data)
+        if self._memory is not None:
+            if len(self._memory) + len(data) <= self.memory_bytes:
+                self._memory += data
+                return len(data)
+            self._spill()
+            if self.failed is not None:
+                self._truncate()
+                return len(data)
+        assert self._fp is not None
         try:
             return self._fp.write(data)
         except OSError as exc:  # ENOSPC: drop what we had, read the rest, answer A700
             self.failed = exc
+            self._truncate()
+            return len(data)
+
+    def _truncate(self) -> None:
+        if self._memory is not None:
+            self._memory = bytearray()
+            return
+        if self._fp is not None:
             with contextlib.suppress(OSError):
                 self._fp.seek(0)
                 self._fp.truncate()
-            return len(data)
 
     @property
     def file(self) -> SpoolFile:
@@ -92,12 +136,16 @@ class SpoolFile:
         return self
 
     def flush(self) -> None:
+        if self._fp is None:
+            return
         try:
             self._fp.flush()
         except OSError as exc:
             self.failed = self.failed or exc
 
     def close(self) -> None:
+        if self._fp is None:
+            return
         try:
             self._fp.close()  # flushes: the disk may refuse the last bytes here
         except OSError as exc:
@@ -105,6 +153,9 @@ class SpoolFile:
 
     def discard(self) -> None:
         self.close()
+        if self._memory is not None:
+            self._memory = bytearray()
+            return
         self.path.unlink(missing_ok=True)
 
 
@@ -113,9 +164,10 @@ class Spool:
     locked while it lives, so several processes may share one root and each start removes the
     folders of processes that died (kill -9 included: the kernel drops a dead process's lock)."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, memory_bytes: int = 0) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.memory_bytes = memory_bytes  # SpoolFile: received in memory up to this size
         root.mkdir(parents=True, exist_ok=True)
         self._remove_dead_folders()
         self.folder = Path(tempfile.mkdtemp(dir=root, prefix=FOLDER_PREFIX))
@@ -124,6 +176,7 @@ class Spool:
         os.write(self._lock_fd, str(owners.current()).encode())  # who holds it, for ``running``
         self._guard = threading.Lock()
         self._files: dict[str, SpoolFile] = {}
+        self._names = itertools.count(1)  # file names: unique in this process's own folder
 
     @staticmethod
     def running(root: Path) -> list[owners.Owner]:
@@ -162,9 +215,9 @@ class Spool:
             shutil.rmtree(folder, ignore_errors=True)
 
     def create(self, owner: object) -> SpoolFile:
-        fd, name = tempfile.mkstemp(dir=self.folder, suffix=".dcm")
-        os.close(fd)
-        spooled = SpoolFile(Path(name), self.max_bytes, owner)
+        """Named, not created: the file exists only once the data set outgrows memory_bytes."""
+        name = str(self.folder / f"{next(self._names)}.dcm")
+        spooled = SpoolFile(Path(name), self.max_bytes, owner, self.memory_bytes)
         with self._guard:
             self._files[spooled.name] = spooled
         return spooled
@@ -233,7 +286,9 @@ def received(event: evt.Event, spool: Spool) -> Iterator[Item]:
                 f"instance of {spooled.received} bytes or more; at most {spool.max_bytes} accepted"
             )
         try:
-            if path is not None:
+            if spooled is not None and spooled.in_memory:
+                carried = DICOM.received_bytes(spooled.getvalue(), event.file_meta)
+            elif path is not None:
                 carried = DICOM.received_file(Path(path), event.file_meta)
             else:  # received in memory (an AE without a spool)
                 ds = event.dataset

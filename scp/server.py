@@ -159,7 +159,9 @@ class Gateway:
         self.settings = settings or node.settings
         self.access = Access.of(self.settings)
         self.ae = build_ae(self.settings.ae_title, self.settings.max_associations)
-        self.spool = Spool(self.settings.spool_dir, self.settings.max_instance_bytes)
+        self.spool = Spool(
+            self.settings.spool_dir, self.settings.max_instance_bytes, self.settings.spool_memory_bytes
+        )
         receive_to_disk(self.ae, self.spool)
         self.limits = Limits.from_settings(self.settings, MAX_PDU_BYTES)
         self.rejections = RejectionLog(node.record)

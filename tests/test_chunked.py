@@ -133,10 +133,10 @@ def test_large_instances_stream_to_disk_with_bounded_memory(tmp_path: Path):
 
 @pytest.fixture
 def small_limit_gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """An in-process gateway taking instances of at most 1 MB."""
+    """An in-process gateway taking instances of at most 1 MB, those over 64 KiB spooled to disk."""
     settings = Settings(
         home=tmp_path / "node", institution="Test Hospital", max_instance_bytes=1 << 20,
-        host="127.0.0.1", port=free_port(),
+        spool_memory_bytes=64 << 10, host="127.0.0.1", port=free_port(),
     )  # fmt: skip
     node = Node.open(settings)
     gateway = Gateway(node)
@@ -233,3 +233,30 @@ def test_a_dead_process_spool_folder_is_removed_a_live_one_kept(tmp_path: Path):
         other.close()
         live.close()
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_spool_file_holds_small_data_sets_in_memory_and_spills_larger_ones(tmp_path: Path):
+    """Under memory_bytes nothing touches the disk; crossing it writes what was held, then the rest,
+    so the file is the same bytes in order; over max_bytes nothing is kept either way."""
+    spool = Spool(tmp_path / "spool", max_bytes=1000, memory_bytes=100)
+    small = spool.create(owner=None)
+    for chunk in (b"a" * 60, b"b" * 40):
+        assert small.write(chunk) == len(chunk)
+    small.flush()
+    assert small.in_memory and small.getvalue() == b"a" * 60 + b"b" * 40
+    assert not small.path.exists() and spool.files() == []
+    large = spool.create(owner=None)
+    pieces = [bytes([65 + i]) * 30 for i in range(10)]
+    for piece in pieces:
+        large.write(piece)
+    large.close()
+    assert not large.in_memory and large.path.read_bytes() == b"".join(pieces)
+    refused = spool.create(owner=None)
+    refused.write(b"x" * 90)
+    refused.write(b"y" * 2000)
+    assert refused.too_large and refused.in_memory and refused.getvalue() == b""
+    for spooled in (small, large, refused):
+        spooled.discard()
+    assert spool.files() == []
+    assert small.name != large.name != refused.name
+    spool.close()

@@ -41,6 +41,7 @@ EVERY_FIELD_SET = Settings(
     metrics_host="10.0.0.5",
     spool=Path("sp"),
     max_instance_bytes=1 << 30,
+    spool_memory_bytes=1 << 20,
     tls_cert=Path("c.pem"),
     tls_key=Path("c.key"),
     tls_ca=Path("peers.pem"),

@@ -164,13 +164,16 @@ from pathlib import Path
 import pydicom
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
-from dicom_chain.ledger import Appender
 from dicom_chain.node import Node
+from dicom_chain.storage import PendingWrite
 
-def die(*args, **kwargs):
-    os._exit(9)  # killed after the file is renamed into place, before the ledger commit
+durable = PendingWrite.wait
 
-Appender.add_block = die
+def die(self):
+    durable(self)
+    os._exit(9)  # killed once the file is durable under its name, before the ledger commit
+
+PendingWrite.wait = die
 node = Node.open(Settings(home=Path(sys.argv[1])))
 node.ingest(item_from_dataset(pydicom.dcmread(sys.argv[2])))
 """

@@ -14,6 +14,7 @@ from dicom_chain.intents import INTENTS
 from dicom_chain.node import Node
 from dicom_chain.qr import index
 from dicom_chain.receipt import Receipt
+from dicom_chain.storage import PendingWrite
 
 from .conftest import read
 
@@ -49,6 +50,7 @@ def test_a_failure_in_the_last_step_undoes_every_row_and_the_file(forwarding: No
         forwarding.ingest(item_from_dataset(read("CT_small.dcm")))
     assert _counts(forwarding)[:4] == (0, 0, 0, 0)
     assert list(forwarding.storage.iter_files()) == []
+    assert [p for p in forwarding.storage.root.rglob("*") if p.is_file()] == []  # no temp file either
     monkeypatch.undo()
     # the next receipt takes the failed one's intent with it
     forwarding.ingest(item_from_dataset(read("MR_small.dcm")))
@@ -69,8 +71,14 @@ def test_a_failing_receipt_removes_its_file_while_the_chain_is_locked(forwarding
     def refuse(*args, **kwargs):
         raise LedgerError("simulated event failure")
 
+    durable = PendingWrite.wait
+
+    def named_then_refuse(self):  # the file durable at its name, then the commit fails
+        durable(self)
+        refuse()
+
     monkeypatch.setattr(forwarding.receipts, "_undo", undo)
-    monkeypatch.setattr(Receipt, "add_event", refuse)
+    monkeypatch.setattr(PendingWrite, "wait", named_then_refuse)
     with pytest.raises(LedgerError):
         forwarding.ingest(item_from_dataset(read("CT_small.dcm")))
     [(before, after, committed_blocks)] = seen

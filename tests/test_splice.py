@@ -16,7 +16,8 @@ from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.carriers.dicom.carrier import DICOM
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
-from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
+from dicom_chain.carriers.dicom.splice import EncodedInstance, Splice, spliced
+from dicom_chain.errors import UnfaithfulFileError
 from dicom_chain.keys import NodeKey
 
 from .conftest import TEST_FILES, pydicom_file
@@ -151,3 +152,63 @@ def test_received_to_disk_is_spliced_as_received_in_memory(name, tmp_path: Path,
     pieces = disk_item.with_block(block)
     assert isinstance(pieces, Ranged)  # the store is handed ranges of the received file, not its bytes
     assert Storage(tmp_path / "store").write("a/b.dcm", pieces).read_bytes() == expected
+
+
+def received_in_memory(name: str):
+    """A file as a C-STORE received to memory gives it: parsed, its layout read, an item."""
+    data = pydicom_file(name).read_bytes()
+    meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
+    carried = DICOM.received_bytes(data, meta)
+    return carried, carried.item()
+
+
+def item_block(item, institution: str = "Test Hospital") -> Block:
+    header = BlockHeader(
+        FORMAT_VERSION, "5f1ce000-0000-4000-8000-000000000000", 0, GENESIS_HASH, item.content_hash,
+        utc_now(), institution, KEY.key_id, item.identity.item_id, item.identity.group_id, 0, GENESIS_HASH,
+        canonical=item.canonical, attributes_hash=item.attributes_hash,
+    )  # fmt: skip
+    return Block.sign(header, KEY)
+
+
+def write_pieces(path: Path, pieces) -> Path:
+    path.write_bytes(b"".join(bytes(p) for p in pieces))
+    return path
+
+
+@pytest.mark.parametrize("name", SPLICEABLE)
+def test_a_spliced_file_is_confirmed_by_structure_and_verifies(tmp_path: Path, name: str):
+    """What the cheap confirmation accepts, the full re-read and re-hash accepts too."""
+    carried, item = received_in_memory(name)
+    assert carried.as_read is not None
+    block = item_block(item)
+    path = write_pieces(tmp_path / "x.dcm", item.with_block(block))
+    assert carried._splice is not None  # the structural path, not pydicom's writer
+    carried.confirm_written(path, block)
+    DICOM.confirm(path, block)
+
+
+def test_a_changed_byte_or_a_misplaced_block_fails_the_structural_confirmation(tmp_path: Path):
+    carried, item = received_in_memory("CT_small.dcm")
+    block = item_block(item)
+    pieces = [bytes(p) for p in item.with_block(block)]
+    good = b"".join(pieces)
+    with pytest.raises(UnfaithfulFileError, match="not the size"):
+        carried.confirm_written(write_pieces(tmp_path / "b.dcm", [good, b"\0\0"]), block)
+    header = bytearray(good)
+    header[len(pieces[0]) + 4] ^= 0x01  # the first element's VR: it parses into something else
+    with pytest.raises(UnfaithfulFileError):
+        carried.confirm_written(write_pieces(tmp_path / "a.dcm", [header]), block)
+    splice = carried._splice
+    assert splice is not None
+    # The block two bytes into the next element's header: the bytes are what was "meant", yet they
+    # parse into other elements than those received.
+    carried._splice = Splice(splice.at + 2, splice.ours)
+    misplaced = carried.encoded.pieces(splice.at + 2, splice.ours)
+    with pytest.raises(UnfaithfulFileError):
+        carried.confirm_written(write_pieces(tmp_path / "c.dcm", misplaced), block)
+    carried._splice = splice
+    other = item_block(item, institution="Another Hospital")
+    with pytest.raises(UnfaithfulFileError, match="another block"):
+        carried.confirm_written(write_pieces(tmp_path / "d.dcm", pieces), other)
+    carried.confirm_written(write_pieces(tmp_path / "e.dcm", pieces), block)

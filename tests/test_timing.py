@@ -18,8 +18,9 @@ from .peers import free_port, require_tool
 # Every boundary an instance stored for the first time passes, in the order it passes them.
 INGEST_STAGES = [
     "decode", "hash", "checks", "sender", "index.values", "intent", "db.begin", "db.select", "sign",
-    "splice", "file.create", "file.write", "fsync.file", "file.link", "fsync.folder", "file.unlink",
-    "confirm", "db.block", "db.enqueue", "db.event", "db.commit", "index.queue", "log",
+    "splice", "file.create", "file.write", "confirm", "db.block", "db.enqueue", "db.event", "fsync.file",
+    "fsync.folder",
+    "db.commit", "index.queue", "log",
 ]  # fmt: skip
 
 

@@ -89,6 +89,11 @@ class Carried(ABC):
         if self.content_hash(block.header.canonical) != block.header.content_hash:
             raise ContentHashError("content changed since it was chained (content hash differs)")
 
+    def confirm_written(self, path: Path, block: Block) -> None:
+        """UnfaithfulFileError unless the file ``with_block`` just gave the store passes what
+        ``verify`` checks; a carrier that knows how it wrote the file may prove it more cheaply."""
+        self.carrier.confirm(path, block)
+
     def item(self) -> Item:
         """The file as something to chain: hashed, named and checked, or a named error."""
         timing.mark("decode")
@@ -136,6 +141,9 @@ class Item:
 
     def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         return self.carried.with_block(block)
+
+    def confirm_written(self, path: Path, block: Block) -> None:
+        self.carried.confirm_written(path, block)
 
     def index_values(self) -> Mapping[str, Any] | None:
         return self.carried.index_values()

@@ -48,6 +48,7 @@ SERVICE = (
     "tls_ca",
     "spool",
     "max_instance_bytes",
+    "spool_memory_bytes",
     "policy_now",
     *LOGGING,
 )

@@ -23,7 +23,16 @@ from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_dige
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
-from dicom_chain.carriers.dicom.splice import EncodedInstance, spliced
+from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
+from dicom_chain.carriers.dicom.splice import (
+    EncodedInstance,
+    FileSpan,
+    Layout,
+    Splice,
+    layout,
+    splice_point,
+    spliced_layout,
+)
 from dicom_chain.carriers.dicom.unlengths import is_big_endian_part10, un_lengths_defined
 from dicom_chain.carriers.dicom.validation import check_pixel_data, pixel_data_anomalies
 from dicom_chain.errors import (
@@ -32,6 +41,7 @@ from dicom_chain.errors import (
     LossyReencodingError,
     MalformedBlockError,
     NotDicomError,
+    UnfaithfulFileError,
 )
 
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
@@ -93,6 +103,21 @@ class DicomCarrier(Carrier):
         ds.file_meta = file_meta
         return DicomCarried(ds, EncodedInstance.from_received_file(ds, path))
 
+    def received_bytes(self, data: bytes, file_meta: FileMetaDataset) -> DicomCarried:
+        """``received_file`` for a Part 10 file received to memory (an instance under the spool's
+        memory limit): the same item, parsed and written from the same bytes."""
+        try:
+            ds = pydicom.dcmread(BytesIO(data))
+        except Exception as exc:  # pydicom raises many types on garbage
+            raise NotDicomError(f"dataset does not decode: {exc}") from exc
+        ds.file_meta = file_meta
+        encoded = EncodedInstance.from_received_bytes(ds, data)
+        try:
+            as_read = layout(ds, encoded.tell_base)  # now, before any value is converted
+        except ValueError:
+            as_read = None
+        return DicomCarried(ds, encoded, as_read)
+
     def dataset(self, ds: Dataset) -> DicomCarried:
         """A dataset without its bytes: pydicom writes it when it is stored."""
         return DicomCarried(ds)
@@ -104,9 +129,13 @@ DICOM = DicomCarrier()
 class DicomCarried(Carried):
     carrier = DICOM
 
-    def __init__(self, ds: Dataset, encoded: EncodedInstance | None = None) -> None:
+    def __init__(
+        self, ds: Dataset, encoded: EncodedInstance | None = None, as_read: Layout | None = None
+    ) -> None:
         self.dataset = ds
         self.encoded = encoded  # the bytes ``ds`` was parsed from, when at hand
+        self.as_read = as_read  # where its elements lay in those bytes (an in-memory body only)
+        self._splice: Splice | None = None  # how with_block last wrote the block in, if spliced
 
     @property
     def item_id_hint(self) -> str:
@@ -157,12 +186,51 @@ class DicomCarried(Carried):
 
     def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         """The received bytes with the block spliced in; else pydicom writes the dataset."""
+        self._splice = None
         if self.encoded is not None:
-            pieces = spliced(self.dataset, self.encoded, block)
-            if pieces is not None:
-                return pieces
+            splice = splice_point(self.dataset, self.encoded, block)
+            if splice is not None:
+                self._splice = splice
+                return self.encoded.pieces(splice.at, splice.ours)
         embed_block(self.dataset, block)  # now: a dataset with no room for it is the sender's fault
         return self._written_by_pydicom()
+
+    def confirm_written(self, path: Path, block: Block) -> None:
+        """A file spliced from bytes held in memory is confirmed by its structure: read back, it must
+        parse into the received elements, each the same tag, VR and length at the same place (shifted
+        past the block), plus our block and nothing else, and be the size of what was written. The
+        bytes of those elements are the received ones (the store wrote the same buffers), so its
+        content hashes as the received data set did (the canonical hash is a function of those
+        elements alone) and the pixels need neither be read nor hashed a second time: 0.3 ms instead
+        of 1.6 for a 0.5 MB CT slice. Anything else (written by pydicom, received to disk) is read
+        back and re-hashed as ``verify`` reads a file; ``verify`` re-hashes every file later anyway."""
+        splice, encoded = self._splice, self.encoded
+        if splice is None or encoded is None or self.as_read is None or isinstance(encoded.body, FileSpan):
+            self.carrier.confirm(path, block)
+            return
+        try:
+            expected = len(encoded.prefix) + len(encoded.body) + len(splice.ours)
+            if path.stat().st_size != expected:
+                raise UnfaithfulFileError("the file as stored is not the size of the bytes written")
+            stored = pydicom.dcmread(path, defer_size=DEFER_BYTES)  # the pixels stay on disk
+            found = layout(stored, len(encoded.prefix))
+            ours = [e for e in found if e[0] >> 16 == CHAIN_GROUP]
+            if tuple(e for e in found if e[0] >> 16 != CHAIN_GROUP) != spliced_layout(self.as_read, splice):
+                raise UnfaithfulFileError("the file as stored would not parse into the elements received")
+            if not all(splice.at <= offset < splice.at + len(splice.ours) for _, _, offset, _ in ours):
+                raise UnfaithfulFileError("the file as stored would read our group from the bytes received")
+            carried = read_block(stored)
+            ids = instance_identity(stored)
+        except DicomChainError as exc:
+            if isinstance(exc, UnfaithfulFileError):
+                raise
+            raise UnfaithfulFileError(f"the file as stored would not verify: {exc}") from exc
+        except Exception as exc:  # a parser decoding lazily may fail anywhere on garbled input
+            raise UnfaithfulFileError(f"the file as stored would not read back: {exc}") from exc
+        if carried.to_bytes() != block.to_bytes():
+            raise UnfaithfulFileError("the file as stored would carry another block than the one signed")
+        if (ids.item_id, ids.group_id) != (block.header.item_id, block.header.group_id):
+            raise UnfaithfulFileError("the file as stored would name another item than its block")
 
     def _written_by_pydicom(self) -> Iterator[memoryview]:
         """Encoded as the store writes it, so that what pydicom refuses is a StorageError as ever;

@@ -59,7 +59,7 @@ class EncodedInstance:
     """An instance's bytes as received, beside the Dataset parsed from them."""
 
     prefix: bytes  # preamble + file meta, written as they are
-    body: bytes | FileSpan  # the dataset, encoded in its transfer syntax (in memory, or on disk)
+    body: bytes | memoryview | FileSpan  # the dataset, encoded in its transfer syntax (in memory, or on disk)
     tell_base: int  # offset of ``body`` in the buffer the Dataset's value tells refer to
 
     @classmethod
@@ -95,19 +95,22 @@ class EncodedInstance:
         header as ``from_network`` writes it: the same bytes whether received to memory or disk."""
         with path.open("rb") as fp:
             head = fp.read(len(PREAMBLE) + 12)
-        if head[128:132] != b"DICM" or len(head) < len(PREAMBLE) + 12:
-            raise NotDicomError(f"{path.name}: not a Part 10 file")
-        start = len(PREAMBLE) + 12 + struct.unpack("<I", head[-4:])[0]  # (0002,0000) UL, explicit VR LE
         size = path.stat().st_size
-        if start > size:
-            raise NotDicomError(f"{path.name}: file meta runs past the end")
+        start = _dataset_start(head, size, path.name)
         prefix = cls.from_network(ds, b"").prefix
         return cls(prefix, FileSpan(path, start, size - start), start)
+
+    @classmethod
+    def from_received_bytes(cls, ds: Dataset, data: bytes) -> EncodedInstance:
+        """``from_received_file`` for a Part 10 file held in memory; the body is a view of ``data``."""
+        start = _dataset_start(data[: len(PREAMBLE) + 12], len(data), "received data set")
+        prefix = cls.from_network(ds, b"").prefix
+        return cls(prefix, memoryview(data)[start:], start)
 
     def body_bytes(self, at: int, size: int) -> bytes:
         if isinstance(self.body, FileSpan):
             return self.body.read(at, size)
-        return self.body[at : at + size]
+        return bytes(self.body[at : at + size])
 
     def pieces(self, at: int, ours: bytes) -> Iterable[bytes | memoryview]:
         """The file: our prefix, the body with ``ours`` inserted at ``at``; a body on disk as two
@@ -119,6 +122,16 @@ class EncodedInstance:
             return Ranged([self.prefix, before, ours, after])
         body = memoryview(self.body)  # slices of a view: the 0.5 MB of pixels are not copied twice
         return [self.prefix, body[:at], ours, body[at:]]
+
+
+def _dataset_start(head: bytes, size: int, name: str) -> int:
+    """Where the dataset begins in a Part 10 file of ``size`` bytes starting with ``head``."""
+    if head[128:132] != b"DICM" or len(head) < len(PREAMBLE) + 12:
+        raise NotDicomError(f"{name}: not a Part 10 file")
+    start = len(PREAMBLE) + 12 + struct.unpack("<I", head[-4:])[0]  # (0002,0000) UL, explicit VR LE
+    if start > size:
+        raise NotDicomError(f"{name}: file meta runs past the end")
+    return start
 
 
 def _element(tag: int, vr: str, value: bytes, implicit: bool, little: bool) -> bytes:
@@ -166,8 +179,16 @@ def _encoding_as_read(ds: Dataset) -> tuple[bool, bool] | None:
     return None
 
 
-def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> Iterable[bytes | memoryview] | None:
-    """The chained file as pieces to write in order, or None when only pydicom can write it."""
+@dataclass(frozen=True)
+class Splice:
+    """Where the block's elements go in an instance's body, and their encoding."""
+
+    at: int  # offset in the body of the first element after our group
+    ours: bytes
+
+
+def splice_point(ds: Dataset, encoded: EncodedInstance, block: Block) -> Splice | None:
+    """Where and what to insert, or None when only pydicom can write the instance."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     if syntax is None or syntax == DeflatedExplicitVRLittleEndian:
         return None
@@ -183,4 +204,35 @@ def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> Iterable[byt
         _element(tag, vr, encode_value(vr, value, little, charset), implicit, little)
         for tag, vr, value in block_elements(block, FIRST_SLOT)
     ]
-    return encoded.pieces(at, b"".join(ours))
+    return Splice(at, b"".join(ours))
+
+
+def spliced(ds: Dataset, encoded: EncodedInstance, block: Block) -> Iterable[bytes | memoryview] | None:
+    """The chained file as pieces to write in order, or None when only pydicom can write it."""
+    splice = splice_point(ds, encoded, block)
+    return None if splice is None else encoded.pieces(splice.at, splice.ours)
+
+
+Layout = tuple[tuple[int, str, int, int], ...]  # (tag, VR, value offset in the body, length) per element
+
+
+def layout(ds: Dataset, tell_base: int) -> Layout:
+    """The top-level elements of a freshly parsed dataset as they lie in its body: what, where,
+    how long. Read before anything else converts a value: pydicom converts Specific Character Set
+    while reading, which keeps its place but not its length (-1; the next element's place, or the
+    file's end, bounds it)."""
+    out = []
+    for tag in sorted(map(int, ds.keys())):
+        elem = ds.get_item(tag, keep_deferred=True)
+        tell = _value_tell(elem)
+        if tell is None:
+            raise ValueError(f"element {tag:08X} has no place in the bytes")
+        length = elem.length if isinstance(elem, RawDataElement) else -1
+        out.append((tag, str(elem.VR), tell - tell_base, length))
+    return tuple(out)
+
+
+def spliced_layout(received: Layout, splice: Splice) -> Layout:
+    """The layout a file spliced at ``splice`` must have, our group aside."""
+    shift = len(splice.ours)
+    return tuple((t, vr, at + shift if at >= splice.at else at, n) for t, vr, at, n in received)
