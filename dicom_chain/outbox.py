@@ -34,9 +34,9 @@ from dicom_chain.db import owners
 from dicom_chain.db.hot import HotCursor, insert_sql
 from dicom_chain.db.models import OutboxRow
 from dicom_chain.errors import ConfigError
-from dicom_chain.events import EventDraft
+from dicom_chain.events import Event, EventDraft
 from dicom_chain.keys import NodeKey
-from dicom_chain.ledger import Ledger, append_event, append_events
+from dicom_chain.ledger import EVENTS, Ledger, append_event, append_events
 from dicom_chain.vocab import EventType, ForwardVerdict, OutboxState, Outcome
 
 BACKOFF_FIRST_S = 2.0  # first retry soon: a PACS restart takes seconds
@@ -409,6 +409,58 @@ class Outbox:
                 )
                 append_event(session, key, event)
             return len(rows)
+
+    def destination_down(self, destination: str, reason: str, next_probe_s: float) -> None:
+        """Record that ``destination`` cannot be reached (``reason`` starts with its cause): one
+        event for the outage, where each instance that waits meanwhile records nothing."""
+        self._destination_event(
+            EventDraft(
+                type=EventType.FORWARD_DOWN,
+                outcome=Outcome.MINOR_FAILURE,  # PS3.15 A.5.3: failed, and will be tried again
+                actor=destination,
+                reason=reason,
+                details={
+                    "destination": destination,
+                    "cause": str(cause_of(reason) or ""),
+                    "next_probe_s": round(next_probe_s, 1),
+                },
+            )
+        )
+
+    def destination_up(self, destination: str, down_s: float | None) -> None:
+        """Record that ``destination`` took an association again after being recorded down;
+        ``down_s``: for how long this process saw it down (None: since before it started)."""
+        down = f" after {down_s:.0f} s" if down_s is not None else ""
+        self._destination_event(
+            EventDraft(
+                type=EventType.FORWARD_UP,
+                actor=destination,
+                reason=f"reachable again{down}",
+                details={"destination": destination, "down_s": None if down_s is None else round(down_s, 1)},
+            )
+        )
+
+    def _destination_event(self, draft: EventDraft) -> None:
+        if self.key is None:
+            raise ValueError("recording needs the node key")
+        with self.db.writing() as session:
+            append_event(session, self.key, draft)
+
+    def last_outage(self, destination: str) -> Event | None:
+        """The latest ``forward.down`` of ``destination`` when no ``forward.up`` came after it:
+        the outage the ledger last recorded and has not seen end."""
+        types = [str(EventType.FORWARD_DOWN), str(EventType.FORWARD_UP)]
+        query = (
+            select(EVENTS)
+            .where(EVENTS.c.type.in_(types), EVENTS.c.actor == destination)
+            .order_by(EVENTS.c.seq.desc())
+            .limit(1)
+        )
+        with self.db.reading() as session:
+            row = session.execute(query).first()
+        if row is None or row.type != EventType.FORWARD_DOWN:
+            return None
+        return Event.from_stored(row._mapping)
 
     def dead_letters(self, destination: str | None = None) -> list[OutboxItem]:
         """The dead-lettered (FAILED) rows, oldest first: what ``replay`` would queue again."""

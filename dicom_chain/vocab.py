@@ -19,6 +19,9 @@ class EventType(StrEnum):
     # a C-STORE turned away for want of a permission (store; correct, for a new version): nothing kept
     INSTANCE_REFUSED = "instance.refused"
     FORWARD_REPLAYED = "forward.replayed"  # a dead-lettered instance queued again by an operator
+    # a forward destination could not be reached (its cause), and when it could again (breaker.py)
+    FORWARD_DOWN = "forward.down"
+    FORWARD_UP = "forward.up"
     QUERY_FIND = "query.find"
     RETRIEVE_MOVE = "retrieve.move"
     RETRIEVE_GET = "retrieve.get"

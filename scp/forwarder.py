@@ -27,6 +27,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 
+from dicom_chain.breaker import DOWN_CAUSES, Breaker, Permit
 from dicom_chain.config import Settings
 from dicom_chain.errors import DicomChainError
 from dicom_chain.node import Node
@@ -43,6 +44,10 @@ log = logging.getLogger("dicom_chain.forward")
 
 
 BATCH_SIZE = 50  # instances leased at once: one study's worth for most series, small enough to share
+# What a probe of a destination that is down leases (dicom_chain/breaker.py): the association is
+# what is being probed, one instance shows the PACS takes it, and only the instances tried get an
+# attempt recorded. On success the worker goes on at once with full batches on that association.
+PROBE_BATCH = 1
 WORKERS_PER_DESTINATION = 4  # parallel associations: a PACS with Nagle on answers ~45 ms late each
 # Keep an idle association this long for the next batch: a modality's next series, or the next
 # study of a worklist, comes within seconds, and a new association costs a TCP and A-ASSOCIATE
@@ -151,6 +156,7 @@ class DestinationWorker(threading.Thread):
         self.destination = destination
         self.number = number  # per destination: those from WORKERS_WHILE_RECEIVING up wait while receiving
         self.key = str(destination)
+        self.breaker = forwarder.breakers[self.key]
         self.assoc: Association | None = None
         self.assoc_contexts: set[tuple[str, str]] = set()
         self.last_used = 0.0
@@ -172,9 +178,20 @@ class DestinationWorker(threading.Thread):
         self.close()
 
     def step(self) -> bool:
-        if self.number >= WORKERS_WHILE_RECEIVING and self.forwarder.receiving():
+        permit = self.breaker.permit()
+        if permit is Permit.NONE:  # the destination is down: nothing is leased until the next probe
             return False
-        items = self.forwarder.node.outbox.claim(self.key, BATCH_SIZE)
+        try:
+            return self.lease_and_forward(permit)
+        finally:
+            if permit is Permit.PROBE:
+                self.breaker.abandon()  # leased nothing, or stopped: the next worker may probe
+
+    def lease_and_forward(self, permit: Permit) -> bool:
+        if permit is Permit.ALL and self.number >= WORKERS_WHILE_RECEIVING and self.forwarder.receiving():
+            return False
+        limit = PROBE_BATCH if permit is Permit.PROBE else BATCH_SIZE
+        items = self.forwarder.node.outbox.claim(self.key, limit)
         if not items:
             return False
         if self.forwarder.stop_event.is_set():
@@ -201,8 +218,13 @@ class DestinationWorker(threading.Thread):
         if not isinstance(assoc, Association):
             settled = [Settled(item, None, assoc.reason, assoc.verdict) for item in items]
             self.forwarder.node.outbox.settle(settled)
-            log.warning("forward to %s: %s; %d instance(s) wait", self.key, assoc.reason, len(items))
+            if assoc.cause in DOWN_CAUSES:
+                self.unreachable(assoc)
+            else:  # the PACS answered (it refused the contexts): it is up
+                self.reached()
+                log.warning("forward to %s: %s; %d instance(s) wait", self.key, assoc.reason, len(items))
             return False
+        self.reached()
         results = []
         for number, item in enumerate(items):
             if self.forwarder.stop_event.is_set():
@@ -248,6 +270,32 @@ class DestinationWorker(threading.Thread):
         )
         self.last_used = time.monotonic()
         return True
+
+    def unreachable(self, why: NoAssociation) -> None:
+        """The destination cannot be reached: the breaker opens (or stays open, for longer)."""
+        went_down = self.breaker.failed()
+        wait = self.breaker.next_probe_in() or 0.0
+        if not went_down:
+            log.warning("forward to %s: still down: %s; next probe in %.1f s", self.key, why.reason, wait)
+            return
+        log.warning("forward to %s: down: %s; its queue waits, probe in %.1f s", self.key, why.reason, wait)
+        try:
+            self.forwarder.node.outbox.destination_down(self.key, why.reason, wait)
+        except DicomChainError as exc:  # the ledger is away: the log line above is what remains
+            log.warning("forward to %s: cannot record that it is down: %s", self.key, exc)
+
+    def reached(self) -> None:
+        """The destination answered: the breaker closes, and the other workers wake to lease."""
+        since = self.breaker.down_since
+        if not self.breaker.succeeded():
+            return
+        down_s = None if since is None else time.monotonic() - since
+        log.info("forward to %s: reachable again; forwarding what waits", self.key)
+        self.forwarder.notify()
+        try:
+            self.forwarder.node.outbox.destination_up(self.key, down_s)
+        except DicomChainError as exc:
+            log.warning("forward to %s: cannot record that it is back: %s", self.key, exc)
 
     def associate(self, items: list[OutboxItem]) -> Association | NoAssociation:
         """An association for ``items`` (the open one when it covers them), or why there is none."""
@@ -366,6 +414,8 @@ class Forwarder:
         self._next_sweep = 0.0
         self._receiving_lock = threading.Lock()
         self._receiving = (0.0, False)  # (when looked, whether a modality was sending)
+        # One breaker per destination, shared by its workers (dicom_chain/breaker.py).
+        self.breakers = {str(Destination.parse(d)): Breaker() for d in node.destinations}
         self.workers = [
             DestinationWorker(self, Destination.parse(d), n)
             for d in node.destinations
@@ -374,6 +424,11 @@ class Forwarder:
 
     def start(self) -> None:
         self.sweep()
+        for destination, breaker in self.breakers.items():  # an outage recorded before a restart
+            try:
+                breaker.recorded = self.node.outbox.last_outage(destination) is not None
+            except DicomChainError as exc:  # its end then goes unrecorded; forwarding does not wait
+                log.warning("forward to %s: could not read its last outage: %s", destination, exc)
         for worker in self.workers:
             worker.start()
 

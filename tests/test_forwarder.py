@@ -140,10 +140,10 @@ def test_a_pacs_that_is_down_holds_back_only_itself(tmp_path, orthanc: OrthancSe
 class ScriptedPacs:
     """An in-process pynetdicom PACS answering C-STOREs from a script of statuses."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], port: int | None = None) -> None:
         self.statuses = statuses
         self.received: list[str] = []
-        self.port = free_port()
+        self.port = port or free_port()
         self.ae = AE(ae_title="SCRIPTED")
         for cx in AllStoragePresentationContexts:
             self.ae.add_supported_context(cx.abstract_syntax)
@@ -666,4 +666,106 @@ def test_while_a_modality_sends_only_two_workers_forward_then_all(tmp_path, monk
     finally:
         gateway.forwarder.stop()
         node.close()
+        pacs.ae.shutdown()
+
+
+# -- A destination that is down costs nothing per instance received (dicom_chain/breaker.py) --
+
+
+def forward_events(gateway: InProcessGateway) -> list:
+    return [e for e in gateway.node.ledger.iter_events() if e.type.startswith(("forward.", "instance.forw"))]
+
+
+def test_a_destination_that_is_down_is_probed_not_tried_per_instance_then_drained(tmp_path, monkeypatch):
+    """While nothing listens, the instances a modality sends are not leased one batch each but
+    wait behind a probe with back-off: far fewer associations than instances, no attempt on an
+    instance never tried, one forward.down event. Once a PACS listens, the next probe closes the
+    breaker and everything queued is delivered within the probe delay, with one forward.up."""
+    monkeypatch.setattr(outbox_module, "BACKOFF_FIRST_S", 0.3)  # the breaker's schedule too
+    monkeypatch.setattr(outbox_module, "BACKOFF_MAX_S", 1.0)
+    tries: list[float] = []
+    associate = DestinationWorker.associate
+
+    def counting(self, items):
+        tries.append(time.monotonic())
+        return associate(self, items)
+
+    monkeypatch.setattr(DestinationWorker, "associate", counting)
+    port = closed_port()
+    gateway = gateway_for(tmp_path, f"SCRIPTED@127.0.0.1:{port}", workers=4)
+    pacs = None
+    try:
+        [first] = study_of(70)
+        gateway.node.ingest(item_from_dataset(first))
+        gateway.forwarder.notify()
+        assert wait_until(lambda: [e.type for e in forward_events(gateway)] == ["forward.down"], 10)
+        [down] = forward_events(gateway)
+        assert down.actor == f"SCRIPTED@127.0.0.1:{port}" and down.outcome == "minor-failure"
+        assert down.reason.startswith("refused: nothing listens") and down.details["cause"] == "refused"
+        shown = status_output(gateway)
+        assert "down since " in shown and "refused: nothing listens" in shown, shown
+
+        folder = tmp_path / "study"
+        folder.mkdir()
+        files = []
+        for i, ds in enumerate(study_of(71, instances=40)):
+            files.append(folder / f"{i}.dcm")
+            ds.save_as(files[-1], enforce_file_format=True)
+        before, started = len(tries), time.monotonic()
+        storescu(gateway.settings.port, files)
+        time.sleep(2.0)  # several probe delays: the probes go on, the instances wait
+        during, elapsed = len(tries) - before, time.monotonic() - started
+        print(f"{during} association attempts while 40 instances arrived and 2 s after ({elapsed:.1f} s)")
+        # One per probe, the delays 0.3 s, 0.6 s, then 1 s (+-20%), however slow the box: not one
+        # per batch leased (19 without the breaker, on an idle machine).
+        assert during <= 3 + elapsed / 0.8 and during < 10, (during, elapsed)
+        with gateway.node.db.reading() as session:
+            rows = session.scalars(select(OutboxRow)).all()
+            tried = [r for r in rows if r.attempts]
+            assert len(rows) == 41 and {r.state for r in rows} == {"pending"}
+        assert len(tried) <= len(tries)  # a probe leases one instance: only those got an attempt
+        assert [e.type for e in forward_events(gateway)] == ["forward.down"]  # nothing per instance
+
+        pacs = ScriptedPacs([], port=port)  # the PACS comes up
+        up_at = time.monotonic()
+        assert wait_until(lambda: len(pacs.received) == 41, 20), len(pacs.received)
+        took = time.monotonic() - up_at
+        print(f"all 41 queued instances delivered {took:.1f} s after the PACS came up")
+        # The next probe is due within the capped delay (1 s +20%), then one batch after another.
+        assert took < 1.2 + 8.0, took
+        assert wait_until(lambda: gateway.node.outbox.pending_count() == 0, 10)
+        events = forward_events(gateway)
+        assert [e.type for e in events[:2]] == ["forward.down", "forward.up"]
+        assert [e.type for e in events[2:]] == ["instance.forwarded"] * 41
+        assert events[1].actor == down.actor and events[1].reason.startswith("reachable again after ")
+        assert "down since" not in status_output(gateway)
+        with gateway.node.db.reading() as session:
+            never = [r for r in session.scalars(select(OutboxRow)) if r.id not in {t.id for t in tried}]
+            assert never and all(r.attempts == 1 for r in never)  # sent once, when it could be
+    finally:
+        stop(gateway)
+        if pacs is not None:
+            pacs.ae.shutdown()
+
+
+def test_a_restarted_forwarder_closes_the_outage_its_predecessor_recorded(tmp_path, fast_retries):
+    """The breaker lives in the forward process's memory; the ledger's last word does not. A
+    forwarder started while the ledger says "down" probes at once and, once it gets through,
+    records the end of that outage (and no second forward.down while it stays down)."""
+    port = closed_port()
+    gateway = queued_one(tmp_path, f"SCRIPTED@127.0.0.1:{port}", seed=72)
+    try:
+        assert wait_until(lambda: [e.type for e in forward_events(gateway)] == ["forward.down"], 10)
+    finally:
+        stop(gateway)
+    pacs = ScriptedPacs([], port=port)
+    gateway = InProcessGateway(Node.open(gateway.settings))
+    try:
+        gateway.start()
+        assert wait_until(lambda: len(pacs.received) == 1, 10)
+        assert wait_until(lambda: len(forward_events(gateway)) == 3, 10)
+        expected = ["forward.down", "forward.up", "instance.forwarded"]
+        assert [e.type for e in forward_events(gateway)] == expected
+    finally:
+        stop(gateway)
         pacs.ae.shutdown()

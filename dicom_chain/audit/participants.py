@@ -13,6 +13,8 @@ from dicom_chain.vocab import EventType
 _PEER_IS_SOURCE = {EventType.INSTANCE_RECEIVED, EventType.INSTANCE_REFUSED}
 _PEER_IS_DESTINATION = {
     EventType.INSTANCE_FORWARDED,
+    EventType.FORWARD_DOWN,
+    EventType.FORWARD_UP,
     EventType.RETRIEVE_MOVE,
     EventType.RETRIEVE_GET,
     EventType.RELEASE_GRANTED,

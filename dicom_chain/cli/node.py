@@ -9,7 +9,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,9 @@ from dicom_chain.cli.console import progress_bar
 from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
 from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
 from dicom_chain.errors import ConfigError, DicomChainError, Fault
+
+if TYPE_CHECKING:
+    from dicom_chain.events import Event
 
 
 @click.command()
@@ -65,6 +68,13 @@ def ingest(paths: tuple[Path, ...], **kwargs: Any) -> None:
     sys.exit(EXIT_BROKEN if failures else EXIT_OK)
 
 
+def _outage_json(outage: Event | None) -> dict[str, Any]:
+    """The recorded outage of a destination, for ``status --json``: since when, and why."""
+    if outage is None:
+        return {"down_since": None, "down_reason": ""}
+    return {"down_since": outage.time, "down_reason": outage.reason}
+
+
 def _reason(exc: DicomChainError, path: Path) -> str:
     """The error on one line, without the path it may already start with."""
     text = " ".join(str(exc).split())
@@ -83,7 +93,7 @@ def status(as_json: bool, **kwargs: Any) -> None:
     """Chain height, event log head, whether a gateway is running, and each upstream PACS's queue:
     waiting, failed, last error. A missing SQLite ledger is a wrong --home or --db: exit 2."""
     from dicom_chain.ledger import Ledger
-    from dicom_chain.outbox import Outbox
+    from dicom_chain.outbox import BACKOFF_MAX_S, Outbox
     from scp.chunked import Spool
 
     settings = settings_from(kwargs)
@@ -96,7 +106,11 @@ def status(as_json: bool, **kwargs: Any) -> None:
     try:
         chains = ledger.chains()
         seq, head = ledger.event_head()
-        queues = Outbox(ledger, None).stats()
+        outbox = Outbox(ledger, None)
+        queues = outbox.stats()
+        # An outage the forward process recorded (forward.down) and has not seen end; when it
+        # probes next lives in that process's memory only (dicom_chain/breaker.py).
+        outages = {q.destination: outbox.last_outage(q.destination) for q in queues}
     finally:
         ledger.close()
     gateways = Spool.running(settings.spool_dir)
@@ -108,7 +122,7 @@ def status(as_json: bool, **kwargs: Any) -> None:
                        for c in chains],
             "events": {"count": seq, "head_hash": head},
             "gateways": [{"pid": g.pid, "host": g.host} for g in gateways],
-            "forward": [dataclasses.asdict(q) for q in queues],
+            "forward": [dataclasses.asdict(q) | _outage_json(outages[q.destination]) for q in queues],
         }, indent=2))  # fmt: skip
         return
     if not chains:
@@ -128,6 +142,9 @@ def status(as_json: bool, **kwargs: Any) -> None:
         if q.oldest_waiting_since is not None:
             waiting = f"  oldest waiting {now - q.oldest_waiting_since:.0f} s (SOP {q.oldest_waiting_sop})"
         click.echo(f"forward {q.destination}  waiting {q.pending}  failed {q.failed}  done {q.done}{waiting}")
+        if (outage := outages[q.destination]) is not None:
+            every = f"probed with back-off up to every {BACKOFF_MAX_S:.0f} s"
+            click.echo(f"  down since {outage.time}: {outage.reason} ({every})")
         if q.last_error:
             click.echo(f"  last error: {q.last_error}")
         if q.failed:
