@@ -232,7 +232,21 @@ def gateway(root: Path, *args: str, timing_file: Path | None = None) -> Server:
     env = {timing.ENV: str(timing_file)} if timing_file else {timing.ENV: ""}
     proc = start(cmd, env, root / "gateway.log")
     wait_port(port, proc)
+    if "--forward" in args:  # its forward process imports for ~1 s of CPU: not the study's cost
+        wait_for_line(root / "gateway.log", "forwarding to", proc)
     return Server(proc, port, "DICOMCHAIN")
+
+
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        if text in log.read_text(errors="replace"):
+            time.sleep(0.5)  # its first look at the queue
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{text!r} never logged in {log}")
 
 
 # -- one measurement ---------------------------------------------------------------------------------

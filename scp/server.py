@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -279,6 +280,23 @@ class Gateway:
         log.info("stopped ae_title=%s", self.settings.ae_title)
 
 
+# The cyclic garbage collector's young-generation threshold while serving (CPython's default: 700
+# allocations). Each C-STORE allocates tens of thousands of objects (pydicom elements, SQLAlchemy
+# rows), nearly all freed by reference counting, yet at 700 a collection ran every few hundred
+# microseconds of work: 382 young and 35 middle collections for 400 instances, 178 ms in all
+# (0.45 ms an instance) in the gateway; at 10000 (and 50, 100 for the older generations),
+# 28 young collections, 53 ms. Cycles still go, a little later; memory stayed within a few MB.
+GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """After start-up: what start-up made (modules, dictionaries, the node) is moved out of the
+    collector's sight (``gc.freeze``), and collections of the young become rarer (GC_THRESHOLDS)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_server(settings: Settings) -> None:
     """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
     configure_logging(settings)
@@ -296,6 +314,7 @@ def run_server(settings: Settings) -> None:
             signal.signal(sig, lambda *_: stop.set())
         try:
             gateway.start()
+            tune_gc()
             while not stop.wait(SIGNAL_POLL_S):
                 pass
         finally:

@@ -266,3 +266,18 @@ def test_sigterm_with_forwarding_stops_the_forward_process_and_exits_0(tmp_path)
             ledger.close()
     finally:
         gateway.stop()
+
+
+def test_serving_freezes_start_up_objects_and_collects_the_young_less_often():
+    import gc
+
+    from scp.server import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
