@@ -35,7 +35,7 @@ from dicom_chain.outbox import Destination, ForwardCause, OutboxItem, Settled, f
 from dicom_chain.vocab import ForwardVerdict
 
 from .contexts import Sending, contexts_for, sending
-from .handlers import no_delay
+from .handlers import no_delay, quick_ack
 from .logs import configure_logging
 from .reactor import install as install_reactor
 from .statuses import forward_verdict, peer_status_meaning
@@ -329,7 +329,15 @@ class DestinationWorker(threading.Thread):
                 contexts=contexts_for(items),
                 ae_title=self.destination.ae_title,
                 max_pdu=self.forwarder.max_pdu,
-                evt_handlers=[(evt.EVT_CONN_OPEN, lambda _: opened.set()), (evt.EVT_PDU_RECV, on_pdu)],
+                evt_handlers=[
+                    (evt.EVT_CONN_OPEN, lambda _: opened.set()),
+                    (evt.EVT_PDU_RECV, on_pdu),
+                    # A PACS on DCMTK (Orthanc, as Debian ships it) keeps Nagle on: the second
+                    # small segment of its C-STORE-RSP waits for our ACK of the first, which the
+                    # kernel delays ~40 ms unless told not to, after each PDU we send or receive.
+                    (evt.EVT_PDU_SENT, quick_ack),
+                    (evt.EVT_PDU_RECV, quick_ack),
+                ],
             )
         except socket.gaierror as exc:  # the name stopped resolving since the look-up above
             return NoAssociation(ForwardCause.DNS, f"{host} does not resolve ({exc.strerror})")

@@ -769,3 +769,31 @@ def test_a_restarted_forwarder_closes_the_outage_its_predecessor_recorded(tmp_pa
     finally:
         stop(gateway)
         pacs.ae.shutdown()
+
+
+def test_the_forwarder_acks_each_pdu_at_once(tmp_path, monkeypatch):
+    """A PACS that keeps Nagle on (DCMTK's, Orthanc's) holds its response's second segment for our
+    ACK: each PDU sent and received re-arms TCP_QUICKACK (the kernel clears it again)."""
+    from scp import forwarder, handlers
+
+    armed: list[str] = []
+
+    def counting(event) -> None:
+        armed.append(event.event.name)
+        handlers.quick_ack(event)
+
+    monkeypatch.setattr(forwarder, "quick_ack", counting)
+    pacs = ScriptedPacs([])
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    try:
+        ds = next(ct_study(StudySpec(seed=6, instances=1, rows=8, columns=8)))
+        scu = AE(ae_title="MOD")
+        scu.add_requested_context(CTImageStorage)
+        assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)
+        assert {"EVT_PDU_SENT", "EVT_PDU_RECV"} <= set(armed), armed
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
