@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from dataclasses import replace
 
 import pytest
@@ -257,8 +258,16 @@ def test_a_settle_is_one_transaction_of_the_same_few_statements_whatever_the_bat
     statements: list[str] = []
     commits: list[int] = []
     engines = {queued.db.writer, queued.db.relaxed}
-    on_statement = lambda _c, _cur, statement, *_: statements.append(statement)  # noqa: E731
-    on_commit = lambda _conn: commits.append(1)  # noqa: E731
+    me = threading.get_ident()  # not the index writer's statements, which may run meanwhile
+
+    def on_statement(_c, _cur, statement, *_) -> None:
+        if threading.get_ident() == me:
+            statements.append(statement)
+
+    def on_commit(_conn) -> None:
+        if threading.get_ident() == me:
+            commits.append(1)
+
     for engine in engines:
         event.listen(engine, "before_cursor_execute", on_statement)
         event.listen(engine, "commit", on_commit)
