@@ -197,3 +197,23 @@ def test_ul_copy_left_un_is_read_in_either_byte_order(order: str):
 def test_readable_text_of_printable_ascii_is_the_text_character_by_character(text: str, charset: list[str]):
     by_character = "".join(c if _encodable(c, charset) else UNENCODABLE for c in text)
     assert readable_text(text, charset) == by_character
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192"])
+def test_an_edited_readable_text_copy_is_detected_in_any_character_set(charset):
+    """Printable ASCII skips the round trip through the character set, never the comparison."""
+    ds = read("CT_small.dcm")
+    if charset is None:
+        del ds.SpecificCharacterSet
+    else:
+        ds.SpecificCharacterSet = charset
+    embed_block(ds, make_block(ds))
+    raw = io.BytesIO()
+    ds.save_as(raw, enforce_file_format=True)
+    stored = pydicom.dcmread(io.BytesIO(raw.getvalue()))
+    read_block(stored)  # as written: passes
+    hash_copy = (CHAIN_GROUP << 16) | 0x1005  # the readable content hash, first slot
+    text = stored[hash_copy].value
+    stored[hash_copy].value = ("0" if text[0] != "0" else "1") + text[1:]
+    with pytest.raises(MalformedBlockError, match="differs from the canonical block"):
+        read_block(stored)
