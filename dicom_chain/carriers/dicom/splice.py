@@ -274,8 +274,8 @@ def layout(ds: Dataset, tell_base: int) -> Layout:
     while reading, which keeps its place but not its length (-1; the next element's place, or the
     file's end, bounds it)."""
     out = []
-    for tag in sorted(map(int, ds.keys())):
-        elem = ds.get_item(tag, keep_deferred=True)
+    # the elements as held, deferred ones unread (get_item's keep_deferred), without a lookup each
+    for tag, elem in sorted((int(tag), elem) for tag, elem in ds._dict.items()):
         tell = _value_tell(elem)
         if tell is None:
             raise ValueError(f"element {tag:08X} has no place in the bytes")
