@@ -256,6 +256,10 @@ class Block:
 
     def to_bytes(self) -> bytes:
         """The canonical serialised block, as embedded and as stored in the ledger."""
+        return self._bytes
+
+    @cached_property
+    def _bytes(self) -> bytes:  # frozen: serialised once, not for each of its ~5 uses per instance
         return canonjson.dumps(self.to_dict())
 
     @classmethod

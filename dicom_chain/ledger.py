@@ -183,8 +183,9 @@ def append_event(session: Session, key: NodeKey, draft: EventDraft, cursor: HotC
     cursor = cursor or HotCursor(session)
     seq, prev = cursor.run(_EVENT_HEAD_LOCKED, {}).fetchone()
     sealed = Event.seal(draft, seq + 1, prev, key)
-    cursor.run(_INSERT_EVENT, sealed.stored())
-    cursor.run(_MOVE_EVENT_HEAD, {"seq": sealed.seq, "hash": sealed.hash})
+    row = sealed.stored()  # its hash computed once more, not again for the head
+    cursor.run(_INSERT_EVENT, row)
+    cursor.run(_MOVE_EVENT_HEAD, {"seq": sealed.seq, "hash": row["hash"]})
     return sealed
 
 
@@ -195,12 +196,13 @@ def append_events(session: Session, key: NodeKey, drafts: list[EventDraft]) -> l
         return []
     cursor = HotCursor(session)
     seq, prev = cursor.run(_EVENT_HEAD_LOCKED, {}).fetchone()
-    sealed = []
+    sealed, rows = [], []
     for draft in drafts:
         event = Event.seal(draft, seq + 1, prev, key)
         sealed.append(event)
-        seq, prev = event.seq, event.hash
-    cursor.run_many(_INSERT_EVENT, [e.stored() for e in sealed])
+        rows.append(event.stored())
+        seq, prev = event.seq, rows[-1]["hash"]
+    cursor.run_many(_INSERT_EVENT, rows)
     cursor.run(_MOVE_EVENT_HEAD, {"seq": seq, "hash": prev})
     return sealed
 

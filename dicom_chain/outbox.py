@@ -214,8 +214,10 @@ class Outbox:
         sop_class_uid: str,
         transfer_syntax: str,
         patient_id: str,
+        cursor: HotCursor | None = None,
     ) -> None:
-        """Queue the new block's instance for every upstream PACS, in the receipt's transaction."""
+        """Queue the new block's instance for every upstream PACS, in the receipt's transaction
+        (on its ``cursor`` when the caller has one open on ``session``)."""
         now = time.time()
         rows = [
             {
@@ -243,7 +245,7 @@ class Outbox:
             for destination in destinations
         ]
         if rows:
-            HotCursor(session).run_many(_ENQUEUE, rows)
+            (cursor or HotCursor(session)).run_many(_ENQUEUE, rows)
 
     def claim(self, destination: str, limit: int, now: float | None = None) -> list[OutboxItem]:
         """Lease up to ``limit`` due rows of one study (the oldest due row's) for ``destination``;

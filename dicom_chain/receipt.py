@@ -102,6 +102,7 @@ class Receipt:
             sop_class_uid=sop_class_uid,
             transfer_syntax=transfer_syntax,
             patient_id=patient_id,
+            cursor=self.appender.cursor,
         )
 
 

@@ -18,9 +18,9 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import itertools
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +82,7 @@ class FileRange:
                 except OSError as exc:
                     if exc.errno not in _NO_KERNEL_COPY:
                         raise
-                    _write_all(fd, b"".join(FileRange(self.path, offset, left).chunks()))
+                    _write_all(fd, [b"".join(FileRange(self.path, offset, left).chunks())])
                     return
                 if copied == 0:
                     raise MalformedDatasetError(f"{self.path.name}: ends {left} bytes early")
@@ -169,14 +169,17 @@ class Storage:
         fd: int | None = None
         tmp: str | None = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+            fd, tmp = _create_temp(target.parent)
             timing.mark("file.create")
+            held: list[bytes | memoryview] = []  # written together, one system call
             for piece in pieces.parts if isinstance(pieces, Ranged) else pieces:
                 if isinstance(piece, FileRange):
+                    _write_all(fd, held)
+                    held = []
                     piece.copy_to(fd)
                 else:
-                    _write_all(fd, piece)
+                    held.append(piece)
+            _write_all(fd, held)
             start_writeback(fd)
             timing.mark("file.write")
         except BaseException as exc:
@@ -284,10 +287,39 @@ def start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """``pieces`` in order, in one ``writev`` unless the kernel takes less (then the rest again)."""
+    views = [v for v in (memoryview(p).cast("B") for p in pieces) if v]
+    while views:
+        written = os.writev(fd, views[:IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _create_temp(folder: Path) -> tuple[int, str]:
+    """``tempfile.mkstemp``'s promise (a new file no one else has open, mode 0600) at a third of its
+    CPU and system calls: a name unique to this process, and the folder made only when the create
+    finds none (a new series), not asked for with a ``mkdir`` and a ``stat`` for every instance."""
+    for _attempt in range(TEMP_ATTEMPTS):
+        name = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid():x}.{next(_temp_names):x}")
+        try:
+            return os.open(name, _TEMP_FLAGS, 0o600), name
+        except FileExistsError:
+            continue  # left behind by a dead process that had our pid
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+    raise FileExistsError(errno.EEXIST, f"no free temp name in {folder}")
+
+
+_temp_names = itertools.count()
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# Names tried before giving up: only a dead process's leftovers with our pid can be in the way, so
+# one retry nearly always suffices; as many as mkstemp tries would hide a real fault for long.
+TEMP_ATTEMPTS = 100
+IOV_MAX = 1024  # POSIX's minimum for writev's count of buffers is 16; Linux allows 1024
 
 
 def _fsync_dir(path: Path) -> None:

@@ -13,7 +13,14 @@ import pytest
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
 from dicom_chain.carriers.dicom.canonical import content_hash
-from dicom_chain.carriers.dicom.embedding import embed_block, read_block, remove_blocks
+from dicom_chain.carriers.dicom.embedding import (
+    UNENCODABLE,
+    _encodable,
+    embed_block,
+    read_block,
+    readable_text,
+    remove_blocks,
+)
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, PRIVATE_CREATOR, chain_block_tags
 from dicom_chain.errors import MalformedBlockError, NoBlockError
 from dicom_chain.keys import NodeKey
@@ -171,3 +178,42 @@ def test_ul_copy_left_un_is_read_in_either_byte_order(order: str):
     assert read_block(with_un(258)) == block
     with pytest.raises(MalformedBlockError, match="ChainHeight"):
         read_block(with_un(259))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "9f86d081884c7d65",
+        "2026-11-29T20:25:19Z",
+        "Test Hospital",
+        "tab\there",
+        "bell\x07",
+        "Zürich",
+        "東京",
+    ],
+)
+@pytest.mark.parametrize("charset", [[""], ["ISO_IR 100"], ["ISO_IR 192"], ["", "ISO 2022 IR 87"]])
+def test_readable_text_of_printable_ascii_is_the_text_character_by_character(text: str, charset: list[str]):
+    by_character = "".join(c if _encodable(c, charset) else UNENCODABLE for c in text)
+    assert readable_text(text, charset) == by_character
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192"])
+def test_an_edited_readable_text_copy_is_detected_in_any_character_set(charset):
+    """Printable ASCII skips the round trip through the character set, never the comparison."""
+    ds = read("CT_small.dcm")
+    if charset is None:
+        del ds.SpecificCharacterSet
+    else:
+        ds.SpecificCharacterSet = charset
+    embed_block(ds, make_block(ds))
+    raw = io.BytesIO()
+    ds.save_as(raw, enforce_file_format=True)
+    stored = pydicom.dcmread(io.BytesIO(raw.getvalue()))
+    read_block(stored)  # as written: passes
+    hash_copy = (CHAIN_GROUP << 16) | 0x1005  # the readable content hash, first slot
+    text = stored[hash_copy].value
+    stored[hash_copy].value = ("0" if text[0] != "0" else "1") + text[1:]
+    with pytest.raises(MalformedBlockError, match="differs from the canonical block"):
+        read_block(stored)

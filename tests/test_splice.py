@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import decode
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
@@ -16,7 +20,14 @@ from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.carriers.dicom.carrier import DICOM
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
-from dicom_chain.carriers.dicom.splice import EncodedInstance, Splice, spliced
+from dicom_chain.carriers.dicom.splice import (
+    PREAMBLE,
+    EncodedInstance,
+    Splice,
+    _packed_meta,
+    file_meta_bytes,
+    spliced,
+)
 from dicom_chain.errors import UnfaithfulFileError
 from dicom_chain.keys import NodeKey
 
@@ -212,3 +223,60 @@ def test_a_changed_byte_or_a_misplaced_block_fails_the_structural_confirmation(t
     with pytest.raises(UnfaithfulFileError, match="another block"):
         carried.confirm_written(write_pieces(tmp_path / "d.dcm", pieces), other)
     carried.confirm_written(write_pieces(tmp_path / "e.dcm", pieces), block)
+
+
+def _store_meta(**overrides: object) -> FileMetaDataset:
+    """A C-STORE's file meta as pynetdicom's Event.file_meta builds it, with ``overrides``."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationGroupLength = 0
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345678901234567890.1"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+    for keyword, value in overrides.items():
+        if value is None:
+            delattr(meta, keyword)
+        else:
+            setattr(meta, keyword, value)
+    return meta
+
+
+PACKED_METAS = [
+    {},
+    {"MediaStorageSOPInstanceUID": "1.2.3.44", "ImplementationVersionName": "ODD_NAME"},
+    {"SourceApplicationEntityTitle": "STORESCU"},
+    {"SourceApplicationEntityTitle": "ODD"},
+    {"TransferSyntaxUID": "1.2.840.10008.1.2"},
+    {"FileMetaInformationGroupLength": None},
+    {"FileMetaInformationGroupLength": 999},
+]
+# each of these pydicom completes, refuses or encodes its own way: it writes them itself
+PYDICOM_METAS = [
+    {"ImplementationVersionName": None},
+    {"ImplementationClassUID": None},
+    {"ImplementationClassUID": ""},
+    {"FileMetaInformationVersion": b""},
+    {"ImplementationVersionName": "VERSION_\u00e9"},
+    {"SourceApplicationEntityTitle": ""},
+    {"PrivateInformationCreatorUID": "1.2.3"},
+]
+
+
+@pytest.mark.parametrize("overrides", PACKED_METAS + PYDICOM_METAS)
+def test_the_file_meta_is_packed_byte_for_byte_as_pydicom_writes_it(overrides: dict):
+    assert (_packed_meta(_store_meta(**overrides)) is not None) == (overrides in PACKED_METAS)
+    ours = file_meta_bytes(_store_meta(**overrides))
+    theirs = DicomBytesIO()
+    theirs.is_little_endian, theirs.is_implicit_VR = True, False
+    write_file_meta_info(theirs, _store_meta(**overrides), enforce_standard=True)
+    assert ours == theirs.getvalue()
+    read = pydicom.dcmread(io.BytesIO(PREAMBLE + ours)).file_meta
+    assert read.TransferSyntaxUID == _store_meta(**overrides).TransferSyntaxUID
+
+
+@pytest.mark.parametrize("missing", ["MediaStorageSOPClassUID", "TransferSyntaxUID"])
+def test_a_file_meta_without_a_required_uid_is_refused_as_pydicom_refuses_it(missing: str):
+    with pytest.raises(AttributeError, match="Required File Meta Information"):
+        file_meta_bytes(_store_meta(**{missing: None}))

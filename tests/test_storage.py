@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,35 @@ def test_a_range_past_the_end_of_its_file_stores_nothing(tmp_path):
     with pytest.raises(MalformedDatasetError, match="ends 50 bytes early"):
         storage.write("a/b.bin", Ranged([b"head", FileRange(source, 0, 150)]))
     assert list(storage.iter_files()) == [] and list((tmp_path / "store" / "a").iterdir()) == []
+
+
+def test_a_temp_file_is_new_private_and_never_one_left_behind(tmp_path: Path, monkeypatch):
+    """The folder of a new series is made by the create that finds none; a temp name a dead process
+    with our pid left is skipped, never opened (its bytes stay as they were until recovery)."""
+    import itertools
+
+    from dicom_chain import storage
+
+    monkeypatch.setattr(storage, "_temp_names", itertools.count())
+    folder = tmp_path / "study" / "series"
+    fd, name = storage._create_temp(folder)  # no folder yet
+    os.close(fd)
+    leftover = folder / f"{storage.TEMP_PREFIX}{os.getpid():x}.1"
+    leftover.write_bytes(b"theirs")
+    fd, second = storage._create_temp(folder)
+    os.close(fd)
+    assert Path(name).parent == folder and Path(name).name.startswith(storage.TEMP_PREFIX)
+    assert Path(second).name == f"{storage.TEMP_PREFIX}{os.getpid():x}.2"
+    assert leftover.read_bytes() == b"theirs"
+    assert stat.S_IMODE(os.stat(second).st_mode) == 0o600
+
+
+def test_pieces_are_written_whole_and_in_order_when_the_kernel_takes_less(tmp_path: Path, monkeypatch):
+    from dicom_chain import storage
+
+    real = os.writev
+    monkeypatch.setattr(storage.os, "writev", lambda fd, views: real(fd, [bytes(views[0])[:3]]))
+    pieces = [b"prefix", memoryview(b"0123456789")[2:], b"", b"ours", bytearray(b"tail")]
+    written = Storage(tmp_path).write("a/b/c.dcm", pieces)
+    assert written.read_bytes() == b"prefix23456789ourstail"
+    assert [p.name for p in written.parent.iterdir()] == ["c.dcm"]  # the temp name is gone

@@ -58,3 +58,22 @@ def test_pixel_module_with_values_of_the_wrong_type_is_a_named_error():
     """badVR.dcm's Image Pixel values read as text: a named error, never a TypeError."""
     with pytest.raises(MalformedDatasetError, match="Image Pixel module"):
         check_pixel_data(read("badVR.dcm"))
+
+
+def test_an_item_reads_its_pixel_module_once_and_names_what_the_check_found(monkeypatch):
+    """``check`` and ``anomalies`` share one reading; one asked on its own still reads."""
+    from dicom_chain.carriers.dicom import validation
+    from dicom_chain.carriers.dicom.carrier import DICOM
+
+    calls = []
+    real = validation.get_expected_length
+    monkeypatch.setattr(validation, "get_expected_length", lambda *a, **k: calls.append(1) or real(*a, **k))
+    carried = DICOM.dataset(read("MR_small_padded.dcm"))
+    assert carried.item().anomalies == ("pixel-data-length: 8320 bytes, 8192 expected",)
+    assert len(calls) == 1
+    assert carried.anomalies() == ("pixel-data-length: 8320 bytes, 8192 expected",)
+    assert len(calls) == 2
+    short = read("CT_small.dcm")
+    short.PixelData = short.PixelData[:-2]
+    with pytest.raises(MalformedDatasetError, match="incomplete image"):
+        DICOM.dataset(short).item()

@@ -34,7 +34,7 @@ from dicom_chain.carriers.dicom.splice import (
     spliced_layout,
 )
 from dicom_chain.carriers.dicom.unlengths import is_big_endian_part10, un_lengths_defined
-from dicom_chain.carriers.dicom.validation import check_pixel_data, pixel_data_anomalies
+from dicom_chain.carriers.dicom.validation import pixel_data_anomalies
 from dicom_chain.errors import (
     ContentHashError,
     DicomChainError,
@@ -136,6 +136,7 @@ class DicomCarried(Carried):
         self.encoded = encoded  # the bytes ``ds`` was parsed from, when at hand
         self.as_read = as_read  # where its elements lay in those bytes (an in-memory body only)
         self._splice: Splice | None = None  # how with_block last wrote the block in, if spliced
+        self._checked: tuple[str, ...] | None = None  # the anomalies ``check`` found, until asked for
 
     @property
     def item_id_hint(self) -> str:
@@ -179,10 +180,13 @@ class DicomCarried(Carried):
         return instance_identity(self.dataset)
 
     def check(self) -> None:
-        check_pixel_data(self.dataset)
+        self._checked = tuple(pixel_data_anomalies(self.dataset))  # raises what check_pixel_data raises
 
     def anomalies(self) -> tuple[str, ...]:
-        return tuple(pixel_data_anomalies(self.dataset))
+        """What the ``check`` just before found (``item`` asks for both in turn: the pixel module
+        read once), else found now."""
+        found, self._checked = self._checked, None
+        return found if found is not None else tuple(pixel_data_anomalies(self.dataset))
 
     def with_block(self, block: Block) -> Iterable[bytes | memoryview]:
         """The received bytes with the block spliced in; else pydicom writes the dataset."""
