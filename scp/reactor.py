@@ -50,8 +50,11 @@ from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+
+from . import receive
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -109,6 +112,8 @@ def _patch() -> None:
         (DULServiceProvider, "run_reactor", _dul_run_reactor),
         (DULServiceProvider, "kill_dul", _dul_kill),
         (DULServiceProvider, "stop_dul", _dul_stop),
+        (DULServiceProvider, "_read_pdu_data", _dul_read_pdu_data),
+        (DIMSEMessage, "decode_msg", _decode_msg),
         (Association, "_run_reactor", _assoc_run_reactor),
         (Association, "kill", _assoc_kill),
     ):
@@ -139,13 +144,15 @@ class _Waker:
             self._writer.send(b"\0")
 
     def clear(self) -> None:
-        """Forget wake-ups so far; call before looking at the queues, then wait."""
+        """Forget wake-ups so far; call before looking at the queues, then wait. No system call:
+        a byte already written stays, the next wait returns at once and ``drain`` reads it."""
         self._pending = False
-        try:
-            while self.reader.recv(4096):
-                pass
-        except OSError:  # BlockingIOError: drained
-            pass
+
+    def drain(self) -> None:
+        """Read what ``set`` wrote: once a wait saw ``reader`` readable (a byte per pending set,
+        so one read takes them all)."""
+        with contextlib.suppress(OSError):
+            self.reader.recv(4096)
 
     def close(self) -> None:
         self.reader.close()
@@ -194,9 +201,13 @@ def _wait_for_work(dul: DULServiceProvider, waker: _Waker) -> None:
             poller.register(waker.reader, select.POLLIN)
             if fd >= 0:
                 poller.register(fd, select.POLLIN)
-            poller.poll(timeout * 1000)
+            ready = [found for found, _ in poller.poll(timeout * 1000)]
+            woken, dul._readable = waker.reader.fileno() in ready, fd in ready  # type: ignore[attr-defined]
         else:
-            select.select([waker.reader] + ([raw] if fd >= 0 else []), [], [], timeout)
+            ready = select.select([waker.reader] + ([raw] if fd >= 0 else []), [], [], timeout)[0]
+            woken, dul._readable = waker.reader in ready, raw in ready  # type: ignore[attr-defined]
+        if woken:
+            waker.drain()
     except (OSError, ValueError):  # the socket closed under us: the loop finds out what happened
         pass
 
@@ -221,8 +232,31 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
         waker.close()
 
 
+def _transport_event(dul: DULServiceProvider) -> bool:
+    """pynetdicom's ``_is_transport_event`` without its ``select`` per loop turn (several per
+    PDU): a PDU is read when the last wait saw the socket readable, or bytes are already in hand
+    (our transport's read-ahead, TLS's decrypted bytes). Sta13 (closing) keeps pynetdicom's own."""
+    if dul.state_machine.current_state == "Sta13":
+        dul._readable = False  # type: ignore[attr-defined]
+        return dul._is_transport_event()
+    transport = dul.socket
+    raw = transport.socket if transport is not None and transport._is_connected else None
+    if raw is None:
+        return False
+    if (
+        getattr(dul, "_readable", False)
+        or getattr(transport, "buffered", 0)
+        or (isinstance(raw, ssl.SSLSocket) and raw.pending())
+    ):
+        dul._readable = False  # type: ignore[attr-defined]
+        dul._read_pdu_data()
+        return True
+    return False
+
+
 def _dul_loop(self: DULServiceProvider, waker: _Waker) -> None:
-    """pynetdicom 3.0.4's ``run_reactor`` with ``_wait_for_work`` where it sleeps."""
+    """pynetdicom 3.0.4's ``run_reactor`` with ``_wait_for_work`` where it sleeps, and
+    ``_transport_event`` for its ``_is_transport_event``."""
     self._idle_timer.start()
     while True:
         if not self.assoc._dul_ready.is_set():
@@ -234,7 +268,7 @@ def _dul_loop(self: DULServiceProvider, waker: _Waker) -> None:
         try:
             if self._process_recv_primitive():
                 pass
-            elif self._is_transport_event():
+            elif _transport_event(self):
                 self._idle_timer.restart()
         except Exception as exc:
             _dul.LOGGER.error("Exception in DUL.run(), aborting association")
@@ -255,6 +289,18 @@ def _dul_loop(self: DULServiceProvider, waker: _Waker) -> None:
             _wait_for_work(self, waker)
             continue
         self.state_machine.do_action(event)
+
+
+def _dul_read_pdu_data(self: DULServiceProvider) -> None:
+    if getattr(self.assoc.ae, _ATTR, False) is not True:
+        return _stock["DULServiceProvider._read_pdu_data"](self)  # type: ignore[no-any-return]
+    receive.read_pdu_data(self)
+
+
+def _decode_msg(self: DIMSEMessage, primitive: Any, assoc: Association | None = None) -> bool:
+    if assoc is None or getattr(assoc.ae, _ATTR, False) is not True:
+        return _stock["DIMSEMessage.decode_msg"](self, primitive, assoc)  # type: ignore[no-any-return]
+    return receive.decode_msg(self, primitive, assoc)
 
 
 def _wake_dul(dul: DULServiceProvider) -> None:

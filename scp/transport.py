@@ -369,7 +369,13 @@ class GuardedSocket(AssociationSocket):
 
     def _read_until_deadline(self, nr_bytes: int, part: str) -> bytearray:
         """``nr_bytes`` from the buffer and the socket, or fewer if the peer closes or the PDU's
-        deadline passes first."""
+        deadline passes first.
+
+        A body goes into a buffer of its own, read from the kernel straight into it (one copy of
+        the bytes, the kernel's), with what follows it read ahead into ``_buffer`` by the same
+        system call; the DUL keeps that buffer (scp/receive.py decodes views of it). A header
+        comes from ``_buffer``, filled a chunk at a time.
+        """
         sock = self.socket
         assert sock is not None
         if self._buffer is None:
@@ -377,30 +383,50 @@ class GuardedSocket(AssociationSocket):
             self._scratch = memoryview(bytearray(READ_CHUNK))
         buffer, scratch = self._buffer, self._scratch
         assert scratch is not None
+        body = part == "body" and nr_bytes > 0
+        if body:
+            target = bytearray(nr_bytes)
+            have = min(len(buffer), nr_bytes)
+            with memoryview(buffer) as ahead:
+                target[:have] = ahead[:have]
+            del buffer[:have]  # from the front of a bytearray: no copy of the rest
+            view = memoryview(target)
+        else:
+            have = len(buffer)
         previous = sock.gettimeout()
         plain = not isinstance(sock, ssl.SSLSocket)  # TLS cannot take MSG_DONTWAIT
         try:
-            while len(buffer) < nr_bytes:
+            while have < nr_bytes:
                 remaining = self._pdu_deadline_at - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
+                want = nr_bytes - have
                 if plain:
                     try:  # the reactor saw the socket readable: usually no wait, one system call
-                        n = sock.recv_into(scratch, READ_CHUNK, socket.MSG_DONTWAIT)
+                        if body:  # the rest of the body where it belongs, the next PDU's start ahead
+                            n = sock.recvmsg_into([view[have:], scratch], 0, socket.MSG_DONTWAIT)[0]
+                        else:
+                            n = sock.recv_into(scratch, READ_CHUNK, socket.MSG_DONTWAIT)
                     except BlockingIOError:
                         if not select.select([sock], [], [], remaining)[0]:
                             raise TimeoutError from None
                         continue
                 else:
                     sock.settimeout(remaining)
-                    n = sock.recv_into(scratch, READ_CHUNK)
+                    n = sock.recv_into(view[have:], want) if body else sock.recv_into(scratch, READ_CHUNK)
                 if not n:
                     break
-                buffer += scratch[:n]
+                if body:
+                    if n > want:
+                        buffer += scratch[: n - want]
+                    have += min(n, want)
+                else:
+                    buffer += scratch[:n]
+                    have += n
         except TimeoutError:
             log.debug(  # the rejection log writes the warning, once per host per minute
                 "pdu deadline exceeded peer=%s part=%s received=%d of=%d deadline_s=%g",
-                self.peer, part, len(buffer), nr_bytes, self.limits.pdu_deadline_s,
+                self.peer, part, have, nr_bytes, self.limits.pdu_deadline_s,
             )  # fmt: skip
             if self.rejections is not None:
                 self.rejections.note(self.peer, "pdu-deadline")
@@ -412,6 +438,12 @@ class GuardedSocket(AssociationSocket):
             if not plain:
                 with contextlib.suppress(OSError):
                     sock.settimeout(previous)
+        if body:
+            view.release()
+            if have < nr_bytes:  # short: the DUL sees a closed transport
+                self._buffer = bytearray()
+                del target[have:]
+            return target
         if len(buffer) < nr_bytes:  # short: the DUL sees a closed transport
             data, self._buffer = buffer, bytearray()
             return data
