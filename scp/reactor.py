@@ -22,7 +22,11 @@ Here both loops wait on what can wake them:
 Both also wake every ``BACKSTOP_S`` whatever happens, so a path that changes state without a
 put (none is known) costs that much latency, never a hang. Everything else is pynetdicom's code
 unchanged: the loop bodies are copies of 3.0.4's, so timeouts, aborts, release collisions and the
-pause (``_reactor_checkpoint``) a requestor's ``send_c_*`` uses behave as before.
+pause (``_reactor_checkpoint``) a requestor's ``send_c_*`` uses behave as before, except that the
+DUL loop reads a PDU when its last wait saw the socket readable instead of asking ``select`` every
+turn (``_transport_event``), and reads PDUs and decodes P-DATA without pynetdicom's copies
+(scp/receive.py). pynetdicom's describing handlers (INFO and DEBUG lines per PDU and message) are
+unbound while its logger drops those lines.
 
 How it is installed: ``install(ae)`` patches the four methods on pynetdicom's classes once, and
 the patched methods take the new path only for associations of an AE that was given to
@@ -46,9 +50,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
+from pynetdicom import _handlers, evt
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
-from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
@@ -225,6 +229,7 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
     _waking(self.event_queue, waker.set)
     _waking(self.to_user_queue, wake.set)
     _waking(assoc.dimse.msg_queue, wake.set)
+    _unbind_silent_loggers(assoc)
     try:
         _dul_loop(self, waker)
     finally:
@@ -252,6 +257,27 @@ def _transport_event(dul: DULServiceProvider) -> bool:
         dul._read_pdu_data()
         return True
     return False
+
+
+# pynetdicom's default notification handlers (Association._bind_defaults): they describe every
+# PDU and DIMSE message in lines logged at INFO and DEBUG only, built whatever the level.
+STANDARD_LOGGERS = (
+    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+)
+
+
+def _unbind_silent_loggers(assoc: Association) -> None:
+    """Unbind the standard handlers when their logger would drop all they write (the gateway
+    keeps pynetdicom at WARNING, scp/logs.py): per C-STORE they cost the DUL thread a C-STORE-RQ's
+    and each PDU's description, the association thread the response's. Decided once per
+    association, at its start; at INFO or DEBUG they stay and log as before."""
+    if _handlers.LOGGER.isEnabledFor(logging.INFO):
+        return
+    for event, handler in STANDARD_LOGGERS:
+        assoc.unbind(event, handler)
 
 
 def _dul_loop(self: DULServiceProvider, waker: _Waker) -> None:

@@ -120,8 +120,9 @@ def test_an_empty_pdv_is_accepted_as_pynetdicom_accepts_it():
 @pytest.mark.parametrize(
     "per_pdu", [1, 2, 100], ids=["pdv-per-pdu", "two-per-pdu", "command-and-data-in-one"]
 )
-def test_a_c_store_decodes_as_pynetdicom_decodes_it(per_pdu: int):
+def test_a_c_store_decodes_as_pynetdicom_decodes_it(per_pdu: int, monkeypatch):
     """Fragments of 128 KiB: the data set spans PDUs, or comes whole with its command in one."""
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)  # a gateway built sets it
     pdvs = c_store_pdvs(DATA_SET, 131_072)
     assert len(pdvs) >= 5
     ours, done = decode(receive.decode_msg, framed(pdvs, per_pdu))
@@ -133,7 +134,8 @@ def test_a_c_store_decodes_as_pynetdicom_decodes_it(per_pdu: int):
     assert ours.data_set.getvalue() == theirs.data_set.getvalue() == DATA_SET
 
 
-def test_a_message_is_incomplete_until_its_last_fragment_bit():
+def test_a_message_is_incomplete_until_its_last_fragment_bit(monkeypatch):
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
     pdvs = c_store_pdvs(DATA_SET, 131_072)
     last = pdvs[-1]
     not_last = bytes([last[0] & ~2]) + last[1:]
