@@ -388,7 +388,10 @@ class GuardedSocket(AssociationSocket):
             self._scratch = memoryview(bytearray(READ_CHUNK))
         buffer, scratch = self._buffer, self._scratch
         assert scratch is not None
-        body = part == "body" and nr_bytes > 0
+        # A body's buffer is allocated whole at its header only up to READ_CHUNK (our P-DATA-TF
+        # maximum and the default A-ASSOCIATE-RQ cap fit): a larger declared length (a cap set
+        # higher, or none) grows as its bytes arrive, never on a header's word.
+        body = part == "body" and 0 < nr_bytes <= READ_CHUNK
         if body:
             target = bytearray(nr_bytes)
             have = min(len(buffer), nr_bytes)

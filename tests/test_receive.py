@@ -315,3 +315,22 @@ def test_a_body_cut_short_by_the_peer_is_short():
     assert len(transport.recv(6)) == 6
     assert len(transport.recv(1000)) == 494
     transport.socket.close()  # type: ignore[union-attr]
+
+
+def test_a_body_over_the_preallocated_size_grows_as_it_arrives_and_is_read_whole():
+    """Only a body up to READ_CHUNK gets its buffer at its header (a header's word allocates no
+    more); a larger one, which a cap set higher allows, is read whole all the same."""
+    transport, peer = guarded_pair()
+    transport.limits = Limits(10, 10, pdu_deadline_s=10.0, tls_handshake_deadline_s=10.0,
+                              max_associate_request=1_000_000, max_pdata=0)  # fmt: skip
+    big = pdu(0x04, bytes(range(256)) * 1200)  # 307 200 bytes, over READ_CHUNK
+    sender = threading.Thread(target=peer.sendall, args=(big + pdu(0x05, b"\x00" * 4),))
+    sender.start()
+    try:
+        assert bytes(transport.recv(6)) == big[:6]
+        assert bytes(transport.recv(len(big) - 6)) == big[6:]
+        assert bytes(transport.recv(6)) == pdu(0x05, b"\x00" * 4)[:6]
+    finally:
+        sender.join()
+        peer.close()
+        transport.socket.close()  # type: ignore[union-attr]
