@@ -22,7 +22,11 @@ Here both loops wait on what can wake them:
 Both also wake every ``BACKSTOP_S`` whatever happens, so a path that changes state without a
 put (none is known) costs that much latency, never a hang. Everything else is pynetdicom's code
 unchanged: the loop bodies are copies of 3.0.4's, so timeouts, aborts, release collisions and the
-pause (``_reactor_checkpoint``) a requestor's ``send_c_*`` uses behave as before.
+pause (``_reactor_checkpoint``) a requestor's ``send_c_*`` uses behave as before, except that the
+DUL loop reads a PDU when its last wait saw the socket readable instead of asking ``select`` every
+turn (``_transport_event``), and reads PDUs and decodes P-DATA without pynetdicom's copies
+(scp/receive.py). pynetdicom's describing handlers (INFO and DEBUG lines per PDU and message) are
+unbound while its logger drops those lines.
 
 How it is installed: ``install(ae)`` patches the four methods on pynetdicom's classes once, and
 the patched methods take the new path only for associations of an AE that was given to
@@ -46,12 +50,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
+from pynetdicom import _handlers, evt
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
-from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+
+from . import receive
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -109,6 +116,8 @@ def _patch() -> None:
         (DULServiceProvider, "run_reactor", _dul_run_reactor),
         (DULServiceProvider, "kill_dul", _dul_kill),
         (DULServiceProvider, "stop_dul", _dul_stop),
+        (DULServiceProvider, "_read_pdu_data", _dul_read_pdu_data),
+        (DIMSEMessage, "decode_msg", _decode_msg),
         (Association, "_run_reactor", _assoc_run_reactor),
         (Association, "kill", _assoc_kill),
     ):
@@ -139,13 +148,15 @@ class _Waker:
             self._writer.send(b"\0")
 
     def clear(self) -> None:
-        """Forget wake-ups so far; call before looking at the queues, then wait."""
+        """Forget wake-ups so far; call before looking at the queues, then wait. No system call:
+        a byte already written stays, the next wait returns at once and ``drain`` reads it."""
         self._pending = False
-        try:
-            while self.reader.recv(4096):
-                pass
-        except OSError:  # BlockingIOError: drained
-            pass
+
+    def drain(self) -> None:
+        """Read what ``set`` wrote: once a wait saw ``reader`` readable (a byte per pending set,
+        so one read takes them all)."""
+        with contextlib.suppress(OSError):
+            self.reader.recv(4096)
 
     def close(self) -> None:
         self.reader.close()
@@ -194,9 +205,13 @@ def _wait_for_work(dul: DULServiceProvider, waker: _Waker) -> None:
             poller.register(waker.reader, select.POLLIN)
             if fd >= 0:
                 poller.register(fd, select.POLLIN)
-            poller.poll(timeout * 1000)
+            ready = [found for found, _ in poller.poll(timeout * 1000)]
+            woken, dul._readable = waker.reader.fileno() in ready, fd in ready  # type: ignore[attr-defined]
         else:
-            select.select([waker.reader] + ([raw] if fd >= 0 else []), [], [], timeout)
+            ready = select.select([waker.reader] + ([raw] if fd >= 0 else []), [], [], timeout)[0]
+            woken, dul._readable = waker.reader in ready, raw in ready  # type: ignore[attr-defined]
+        if woken:
+            waker.drain()
     except (OSError, ValueError):  # the socket closed under us: the loop finds out what happened
         pass
 
@@ -214,6 +229,7 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
     _waking(self.event_queue, waker.set)
     _waking(self.to_user_queue, wake.set)
     _waking(assoc.dimse.msg_queue, wake.set)
+    _unbind_silent_loggers(assoc)
     try:
         _dul_loop(self, waker)
     finally:
@@ -221,8 +237,52 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
         waker.close()
 
 
+def _transport_event(dul: DULServiceProvider) -> bool:
+    """pynetdicom's ``_is_transport_event`` without its ``select`` per loop turn (several per
+    PDU): a PDU is read when the last wait saw the socket readable, or bytes are already in hand
+    (our transport's read-ahead, TLS's decrypted bytes). Sta13 (closing) keeps pynetdicom's own."""
+    if dul.state_machine.current_state == "Sta13":
+        dul._readable = False  # type: ignore[attr-defined]
+        return dul._is_transport_event()
+    transport = dul.socket
+    raw = transport.socket if transport is not None and transport._is_connected else None
+    if raw is None:
+        return False
+    if (
+        getattr(dul, "_readable", False)
+        or getattr(transport, "buffered", 0)
+        or (isinstance(raw, ssl.SSLSocket) and raw.pending())
+    ):
+        dul._readable = False  # type: ignore[attr-defined]
+        dul._read_pdu_data()
+        return True
+    return False
+
+
+# pynetdicom's default notification handlers (Association._bind_defaults): they describe every
+# PDU and DIMSE message in lines logged at INFO and DEBUG only, built whatever the level.
+STANDARD_LOGGERS = (
+    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+)
+
+
+def _unbind_silent_loggers(assoc: Association) -> None:
+    """Unbind the standard handlers when their logger would drop all they write (the gateway
+    keeps pynetdicom at WARNING, scp/logs.py): per C-STORE they cost the DUL thread a C-STORE-RQ's
+    and each PDU's description, the association thread the response's. Decided once per
+    association, at its start; at INFO or DEBUG they stay and log as before."""
+    if _handlers.LOGGER.isEnabledFor(logging.INFO):
+        return
+    for event, handler in STANDARD_LOGGERS:
+        assoc.unbind(event, handler)
+
+
 def _dul_loop(self: DULServiceProvider, waker: _Waker) -> None:
-    """pynetdicom 3.0.4's ``run_reactor`` with ``_wait_for_work`` where it sleeps."""
+    """pynetdicom 3.0.4's ``run_reactor`` with ``_wait_for_work`` where it sleeps, and
+    ``_transport_event`` for its ``_is_transport_event``."""
     self._idle_timer.start()
     while True:
         if not self.assoc._dul_ready.is_set():
@@ -234,7 +294,7 @@ def _dul_loop(self: DULServiceProvider, waker: _Waker) -> None:
         try:
             if self._process_recv_primitive():
                 pass
-            elif self._is_transport_event():
+            elif _transport_event(self):
                 self._idle_timer.restart()
         except Exception as exc:
             _dul.LOGGER.error("Exception in DUL.run(), aborting association")
@@ -255,6 +315,18 @@ def _dul_loop(self: DULServiceProvider, waker: _Waker) -> None:
             _wait_for_work(self, waker)
             continue
         self.state_machine.do_action(event)
+
+
+def _dul_read_pdu_data(self: DULServiceProvider) -> None:
+    if getattr(self.assoc.ae, _ATTR, False) is not True:
+        return _stock["DULServiceProvider._read_pdu_data"](self)  # type: ignore[no-any-return]
+    receive.read_pdu_data(self)
+
+
+def _decode_msg(self: DIMSEMessage, primitive: Any, assoc: Association | None = None) -> bool:
+    if assoc is None or getattr(assoc.ae, _ATTR, False) is not True:
+        return _stock["DIMSEMessage.decode_msg"](self, primitive, assoc)  # type: ignore[no-any-return]
+    return receive.decode_msg(self, primitive, assoc)
 
 
 def _wake_dul(dul: DULServiceProvider) -> None:

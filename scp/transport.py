@@ -61,9 +61,13 @@ A_ASSOCIATE_RQ, A_ASSOCIATE_AC, P_DATA_TF = 0x01, 0x02, 0x04
 KNOWN_PDU_TYPES = range(0x01, 0x08)
 # A-ABORT from the service provider, reason "invalid PDU parameter value" (PS3.8 9.3.8, Table 9-26)
 ABORT_INVALID_PARAMETER = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
-# Asked of the kernel per read: a 128 KiB P-DATA-TF (our advertised maximum) with its header and
-# the next header in one system call; one buffer of this size per connection, allocated once.
+# At most this much asked of the kernel per read outside a body (a header read asks only for what
+# it lacks); one buffer of this size per connection, allocated once.
 READ_CHUNK = 262_144
+# Read ahead with the rest of a body, in the same system call: the next PDU's header, so the next
+# body also goes from the kernel straight into its own buffer. More would be copied twice (into
+# the read-ahead, then into that body's buffer).
+READ_AHEAD = 6  # PS3.8 9.3.1: type, reserved, length
 ABORT_SEND_TIMEOUT_S = 1.0  # the A-ABORT is a courtesy; a peer that does not read it is not waited for
 
 REJECTION_WINDOW_S = 60.0  # per host, at most one rejection event a minute: the rest are counted
@@ -301,7 +305,7 @@ logging.getLogger("pynetdicom.dul").addFilter(_AlreadyLogged())
 
 class GuardedSocket(AssociationSocket):
     """An AssociationSocket that gives each PDU a deadline, refuses oversized ones unread, and
-    reads in large chunks.
+    reads a body in as few system calls as the peer's pace allows, into a buffer of its own.
 
     Works around ``AssociationSocket.recv`` (blocks until every requested byte is in, with no
     timeout, 4 KiB per ``socket.recv``) and ``DULServiceProvider._read_pdu_data`` (asks for as
@@ -311,9 +315,10 @@ class GuardedSocket(AssociationSocket):
     refusal returns a short read, which the DUL treats as the transport closing (Evt17), so the
     association ends without reading more.
 
-    Each read from the kernel asks for up to ``READ_CHUNK`` bytes, so a header, its body and the
-    next header usually come in one system call; what is read beyond the PDU waits in
-    ``_buffer``, which ``ready`` and ``buffered`` report (``select`` cannot see it).
+    A body's read asks the kernel for all of it that is missing plus the next header
+    (``READ_AHEAD``) in one call, so a P-DATA-TF usually costs one system call and one copy; what
+    is read beyond the PDU waits in ``_buffer``, which ``ready`` and ``buffered`` report
+    (``select`` cannot see it).
     """
 
     limits: Limits
@@ -369,7 +374,13 @@ class GuardedSocket(AssociationSocket):
 
     def _read_until_deadline(self, nr_bytes: int, part: str) -> bytearray:
         """``nr_bytes`` from the buffer and the socket, or fewer if the peer closes or the PDU's
-        deadline passes first."""
+        deadline passes first.
+
+        A body goes into a buffer of its own, read from the kernel straight into it (one copy of
+        the bytes, the kernel's), with the next header read ahead into ``_buffer`` by the same
+        system call; the DUL keeps that buffer (scp/receive.py decodes views of it). A header
+        comes from ``_buffer``, or the kernel when it is not there yet.
+        """
         sock = self.socket
         assert sock is not None
         if self._buffer is None:
@@ -377,30 +388,57 @@ class GuardedSocket(AssociationSocket):
             self._scratch = memoryview(bytearray(READ_CHUNK))
         buffer, scratch = self._buffer, self._scratch
         assert scratch is not None
+        # A body's buffer is allocated whole at its header only up to READ_CHUNK (our P-DATA-TF
+        # maximum and the default A-ASSOCIATE-RQ cap fit): a larger declared length (a cap set
+        # higher, or none) grows as its bytes arrive, never on a header's word.
+        body = part == "body" and 0 < nr_bytes <= READ_CHUNK
+        if body:
+            target = bytearray(nr_bytes)
+            have = min(len(buffer), nr_bytes)
+            with memoryview(buffer) as ahead:
+                target[:have] = ahead[:have]
+            del buffer[:have]  # from the front of a bytearray: no copy of the rest
+            view, ahead = memoryview(target), scratch[:READ_AHEAD]
+        else:
+            have = len(buffer)
         previous = sock.gettimeout()
         plain = not isinstance(sock, ssl.SSLSocket)  # TLS cannot take MSG_DONTWAIT
         try:
-            while len(buffer) < nr_bytes:
+            while have < nr_bytes:
                 remaining = self._pdu_deadline_at - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
+                want = nr_bytes - have
                 if plain:
                     try:  # the reactor saw the socket readable: usually no wait, one system call
-                        n = sock.recv_into(scratch, READ_CHUNK, socket.MSG_DONTWAIT)
+                        if body:  # the rest of the body where it belongs, the next header ahead
+                            n = sock.recvmsg_into([view[have:], ahead], 0, socket.MSG_DONTWAIT)[0]
+                        else:
+                            n = sock.recv_into(scratch, min(want, READ_CHUNK), socket.MSG_DONTWAIT)
                     except BlockingIOError:
                         if not select.select([sock], [], [], remaining)[0]:
                             raise TimeoutError from None
                         continue
                 else:
                     sock.settimeout(remaining)
-                    n = sock.recv_into(scratch, READ_CHUNK)
+                    n = (
+                        sock.recv_into(view[have:], want)
+                        if body
+                        else sock.recv_into(scratch, min(want, READ_CHUNK))
+                    )
                 if not n:
                     break
-                buffer += scratch[:n]
+                if body:
+                    if n > want:
+                        buffer += scratch[: n - want]
+                    have += min(n, want)
+                else:
+                    buffer += scratch[:n]
+                    have += n
         except TimeoutError:
             log.debug(  # the rejection log writes the warning, once per host per minute
                 "pdu deadline exceeded peer=%s part=%s received=%d of=%d deadline_s=%g",
-                self.peer, part, len(buffer), nr_bytes, self.limits.pdu_deadline_s,
+                self.peer, part, have, nr_bytes, self.limits.pdu_deadline_s,
             )  # fmt: skip
             if self.rejections is not None:
                 self.rejections.note(self.peer, "pdu-deadline")
@@ -412,6 +450,12 @@ class GuardedSocket(AssociationSocket):
             if not plain:
                 with contextlib.suppress(OSError):
                     sock.settimeout(previous)
+        if body:
+            view.release()
+            if have < nr_bytes:  # short: the DUL sees a closed transport
+                self._buffer = bytearray()
+                del target[have:]
+            return target
         if len(buffer) < nr_bytes:  # short: the DUL sees a closed transport
             data, self._buffer = buffer, bytearray()
             return data

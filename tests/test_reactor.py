@@ -361,3 +361,24 @@ def test_an_unknown_pynetdicom_version_keeps_stock_loops(
         assoc.release()
     finally:
         scp.stop()
+
+
+@pytest.mark.parametrize(("level", "kept"), [(logging.WARNING, False), (logging.INFO, True)])
+def test_pynetdicoms_describing_handlers_are_unbound_only_when_their_lines_would_be_dropped(
+    level: int, kept: bool
+):
+    """At WARNING (the gateway's level for pynetdicom) nobody reads the lines they build per PDU
+    and per message; at INFO or DEBUG they stay bound and log as before."""
+    from pynetdicom.association import Association
+
+    logger = logging.getLogger("pynetdicom")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        assoc = Association(AE(), "acceptor")
+        reactor._unbind_silent_loggers(assoc)
+        bound = {event: [h for h, _ in assoc.get_handlers(event)] for event, _ in reactor.STANDARD_LOGGERS}
+    finally:
+        logger.setLevel(before)
+    for event, handler in reactor.STANDARD_LOGGERS:
+        assert (handler in bound[event]) is kept

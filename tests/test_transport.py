@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pynetdicom import AE
@@ -24,7 +25,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
 from scp.server import MAX_PDU_BYTES
-from scp.transport import ABORT_INVALID_PARAMETER, RejectionLog
+from scp.transport import ABORT_INVALID_PARAMETER, GuardedSocket, Limits, RejectionLog
 
 from .peers import GatewayProcess, free_port, require_tool, wait_until
 from .test_server import _self_signed
@@ -358,3 +359,74 @@ def test_a_thousand_rejected_connections_make_a_bounded_number_of_events(make_ga
     assert {e.details["peer"] for e in rejected} == {ATTACKER}
     lines = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(lines) <= bound
+
+
+# -- 5. a body read into its own buffer, the next header read ahead ---------------------------
+
+
+def pdu(pdu_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBL", pdu_type, 0, len(body)) + body
+
+
+def guarded_pair() -> tuple[GuardedSocket, socket.socket]:
+    ours, peer = socket.socketpair()
+    transport = GuardedSocket.__new__(GuardedSocket)
+    transport.socket = ours
+    transport._is_connected = True
+    transport.limits = Limits(10, 10, pdu_deadline_s=10.0, tls_handshake_deadline_s=10.0,
+                              max_associate_request=65_536, max_pdata=131_072)  # fmt: skip
+    transport.peer = "test"
+    return transport, peer
+
+
+def test_a_body_arriving_in_pieces_is_read_whole_and_the_next_header_read_ahead():
+    transport, peer = guarded_pair()
+    first, second = pdu(0x04, b"a" * 100_000), pdu(0x04, b"b" * 70_000)
+    peer.sendall(first[:50_000])
+
+    def rest() -> None:
+        time.sleep(0.2)
+        peer.sendall(first[50_000:] + second)
+
+    sender = threading.Thread(target=rest)
+    sender.start()
+    try:
+        assert bytes(transport.recv(6)) == first[:6]
+        body = transport.recv(100_000)
+        assert body == b"a" * 100_000
+        assert bytes(transport.recv(6)) == second[:6]
+        assert transport.recv(70_000) == b"b" * 70_000
+        assert transport.buffered == 0
+    finally:
+        sender.join()
+        peer.close()
+        transport.socket.close()  # type: ignore[union-attr]
+
+
+def test_a_body_cut_short_by_the_peer_is_short():
+    transport, peer = guarded_pair()
+    peer.sendall(pdu(0x04, b"a" * 1000)[:500])
+    peer.close()
+    transport._assoc = SimpleNamespace(is_acceptor=False)  # type: ignore[assignment]
+    assert len(transport.recv(6)) == 6
+    assert len(transport.recv(1000)) == 494
+    transport.socket.close()  # type: ignore[union-attr]
+
+
+def test_a_body_over_the_preallocated_size_grows_as_it_arrives_and_is_read_whole():
+    """Only a body up to READ_CHUNK gets its buffer at its header (a header's word allocates no
+    more); a larger one, which a cap set higher allows, is read whole all the same."""
+    transport, peer = guarded_pair()
+    transport.limits = Limits(10, 10, pdu_deadline_s=10.0, tls_handshake_deadline_s=10.0,
+                              max_associate_request=1_000_000, max_pdata=0)  # fmt: skip
+    big = pdu(0x04, bytes(range(256)) * 1200)  # 307 200 bytes, over READ_CHUNK
+    sender = threading.Thread(target=peer.sendall, args=(big + pdu(0x05, b"\x00" * 4),))
+    sender.start()
+    try:
+        assert bytes(transport.recv(6)) == big[:6]
+        assert bytes(transport.recv(len(big) - 6)) == big[6:]
+        assert bytes(transport.recv(6)) == pdu(0x05, b"\x00" * 4)[:6]
+    finally:
+        sender.join()
+        peer.close()
+        transport.socket.close()  # type: ignore[union-attr]
