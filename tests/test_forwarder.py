@@ -162,17 +162,23 @@ class ScriptedPacs:
         return f"SCRIPTED@127.0.0.1:{self.port}"
 
 
+def store_one_through(gateway: InProcessGateway, pacs: ScriptedPacs, seed: int):
+    """One small CT instance stored at the gateway by a modality, once the PACS has it."""
+    ds = next(ct_study(StudySpec(seed=seed, instances=1, rows=8, columns=8)))
+    scu = AE(ae_title="MOD")
+    scu.add_requested_context(CTImageStorage)
+    assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)
+    return ds
+
+
 def test_busy_pacs_is_retried_until_it_stores(tmp_path, fast_retries):
     pacs = ScriptedPacs([0xA700, 0xA701, 0xA702])
     gateway = gateway_for(tmp_path, pacs.destination, workers=1)
     try:
-        ds = next(ct_study(StudySpec(seed=5, instances=1, rows=8, columns=8)))
-        scu = AE(ae_title="MOD")
-        scu.add_requested_context(CTImageStorage)
-        assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
-        assert assoc.send_c_store(ds).Status == 0
-        assoc.release()
-        assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)
+        store_one_through(gateway, pacs, seed=5)
 
         def forwarded() -> list:
             return [e for e in gateway.node.ledger.iter_events() if e.type == "instance.forwarded"]
@@ -786,13 +792,7 @@ def test_the_forwarder_acks_each_pdu_at_once(tmp_path, monkeypatch):
     pacs = ScriptedPacs([])
     gateway = gateway_for(tmp_path, pacs.destination, workers=1)
     try:
-        ds = next(ct_study(StudySpec(seed=6, instances=1, rows=8, columns=8)))
-        scu = AE(ae_title="MOD")
-        scu.add_requested_context(CTImageStorage)
-        assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
-        assert assoc.send_c_store(ds).Status == 0
-        assoc.release()
-        assert wait_until(lambda: pacs.received == [ds.SOPInstanceUID], 30)
+        store_one_through(gateway, pacs, seed=6)
         assert {"EVT_PDU_SENT", "EVT_PDU_RECV"} <= set(armed), armed
     finally:
         stop(gateway)
