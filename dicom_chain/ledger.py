@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import GENESIS_HASH, Block, utc_now
-from dicom_chain.db.database import Database
+from dicom_chain.db.database import Database, DirectWrite
 from dicom_chain.db.hot import HotCursor, HotSQL, insert_sql
 from dicom_chain.db.models import BlockRow, ChainRow, EventLogHead, EventRow
 from dicom_chain.errors import LedgerConflict, LedgerError
@@ -76,17 +76,22 @@ class Appender:
 
     def __init__(
         self,
-        session: Session,
+        tx: Session | DirectWrite,
         chain_id: str,
         head_height: int,
         head_hash: str,
         cursor: HotCursor | None = None,
     ) -> None:
-        self.session = session
+        self._tx = tx
         self.chain_id = chain_id
         self.head_height = head_height
         self.head_hash = head_hash
-        self.cursor = cursor or HotCursor(session)
+        self.cursor = cursor or HotCursor(tx if isinstance(tx, Session) else tx.conn)
+
+    @property
+    def session(self) -> Session:
+        """An ORM session in this transaction; on a ``DirectWrite`` made only when first asked."""
+        return self._tx if isinstance(self._tx, Session) else self._tx.session
 
     def latest_version(self, sop_instance_uid: str) -> StoredBlock | None:
         row = self.cursor.run(_LATEST_VERSION, {"chain": self.chain_id, "sop": sop_instance_uid}).fetchone()
@@ -255,12 +260,12 @@ class Ledger:
     @contextmanager
     def append(self, chain_id: str) -> Iterator[Appender]:
         """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
-        with self.db.writing() as session:
-            cursor = HotCursor(session)
+        with self.db.writing_direct() as tx:
+            cursor = HotCursor(tx.conn)
             head = cursor.run(_HEAD_LOCKED, {"chain": chain_id}).fetchone()
             if head is None:
                 raise LedgerError(f"no chain {chain_id} in this ledger")
-            yield Appender(session, chain_id, head[0], head[1], cursor)
+            yield Appender(tx, chain_id, head[0], head[1], cursor)
 
     def lock_heads(self, session: Session) -> None:
         """Lock every chain's head in ``session``: no append is between its file and its commit

@@ -206,7 +206,7 @@ class Outbox:
 
     def enqueue(  # constant SQL on the driver's cursor (db/hot.py): once per received instance
         self,
-        session: Session,
+        session: Session | None,
         destinations: Iterable[str],
         block: Block,
         *,
@@ -217,7 +217,7 @@ class Outbox:
         cursor: HotCursor | None = None,
     ) -> None:
         """Queue the new block's instance for every upstream PACS, in the receipt's transaction
-        (on its ``cursor`` when the caller has one open on ``session``)."""
+        (on its ``cursor`` when the caller has one open: then ``session`` may be None)."""
         now = time.time()
         rows = [
             {
@@ -245,7 +245,7 @@ class Outbox:
             for destination in destinations
         ]
         if rows:
-            (cursor or HotCursor(session)).run_many(_ENQUEUE, rows)
+            (cursor or HotCursor(session)).run_many(_ENQUEUE, rows)  # type: ignore[arg-type]
 
     def claim(self, destination: str, limit: int, now: float | None = None) -> list[OutboxItem]:
         """Lease up to ``limit`` due rows of one study (the oldest due row's) for ``destination``;

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from sqlalchemy.orm import Session
+
 from dicom_chain import timing
 from dicom_chain.block import Block
 from dicom_chain.db.models import OriginBlockRow
@@ -42,8 +44,12 @@ class Receipt:
 
     def __init__(self, appender: Appender, outbox: Outbox) -> None:
         self.appender = appender
-        self.session = appender.session
         self.outbox = outbox
+
+    @property
+    def session(self) -> Session:
+        """An ORM session in the receipt's transaction, made only when first asked (rarely)."""
+        return self.appender.session
 
     @property
     def head_height(self) -> int:
@@ -95,7 +101,7 @@ class Receipt:
         patient_id: str,
     ) -> None:
         self.outbox.enqueue(
-            self.session,
+            None,
             destinations,
             block,
             path=path,

@@ -203,3 +203,73 @@ def test_a_writer_waits_for_the_lock_file_only_so_long_then_sqlite_decides(tmp_p
     assert _count(writer) == 2
     stuck.close()
     writer.close()
+
+
+# -- writing_direct: the receipt's transaction, begun and committed on the driver ----------------
+
+_INSERT_CURSOR = "INSERT INTO feed_cursors (target, seq, lease_owner, lease_until) VALUES ({})"
+
+
+def _direct_insert(tx, target: str) -> None:
+    from dicom_chain.db.hot import HotCursor, HotSQL
+
+    values = ":target, :seq, :lease_owner, :lease_until"
+    HotCursor(tx.conn).run(HotSQL(_INSERT_CURSOR.format(values)), _cursor(target))
+
+
+def test_a_direct_write_commits_durably_before_it_returns(db_url: str):
+    db = Database(db_url)
+    with db.writing_direct() as tx:
+        cur = tx.conn.connection.driver_connection.cursor()
+        if db.is_sqlite:  # FULL: the commit waits for the WAL's fsync; WAL: readers go on meanwhile
+            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2
+            assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        else:  # the server's default, not the relaxed engine's "off"
+            cur.execute("SHOW synchronous_commit")
+            assert cur.fetchone()[0] == "on"
+        _direct_insert(tx, "tcp://d:1")
+    other = Database(db_url)  # another process's view, right after the block ends
+    assert _count(other) == 1
+    other.close()
+    db.close()
+
+
+def test_a_failing_direct_write_leaves_no_row_and_a_clean_connection(db_url: str):
+    db = Database(db_url, pool_kept=1, pool_max=1)  # the one connection must come back usable
+    with pytest.raises(LedgerConflict), db.writing_direct() as tx:
+        _direct_insert(tx, "tcp://d:1")
+        tx.session.execute(insert(CURSORS), _cursor("tcp://d:2"))  # the lazy session: same transaction
+        _direct_insert(tx, "tcp://d:1")  # same primary key
+    assert _count(db) == 0  # both earlier rows went with the refused one
+    with pytest.raises(RuntimeError), db.writing_direct() as tx:
+        _direct_insert(tx, "tcp://d:3")
+        raise RuntimeError("anything, not only the database's")
+    assert _count(db) == 0
+    with db.writing_direct() as tx:  # the pooled connection is in no transaction left over
+        _direct_insert(tx, "tcp://d:4")
+    assert _count(db) == 1
+    db.close()
+
+
+def test_a_direct_write_and_its_session_commit_together(db_url: str):
+    db = Database(db_url)
+    with db.writing_direct() as tx:
+        _direct_insert(tx, "tcp://d:1")
+        tx.session.add(FeedCursorRow(**_cursor("tcp://d:2")))  # flushed at the commit
+        assert tx.session.scalar(select(func.count()).select_from(CURSORS)) == 2  # sees the driver's row
+    assert _count(db) == 2
+    db.close()
+
+
+def test_a_direct_write_on_sqlite_holds_the_write_lock_from_its_start(tmp_path):
+    import sqlite3
+
+    db = Database(f"sqlite:///{tmp_path / 'l.db'}")
+    other = sqlite3.connect(tmp_path / "l.db", isolation_level=None, timeout=0)
+    # BEGIN IMMEDIATE before any statement: no writer in between
+    with db.writing_direct(), pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # released at the commit
+    other.execute("ROLLBACK")
+    other.close()
+    db.close()

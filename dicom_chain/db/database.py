@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -207,6 +208,24 @@ class Database:
             yield session
 
     @contextmanager
+    def writing_direct(self, *, durable: bool = True) -> Iterator[DirectWrite]:
+        """``writing`` for the one transaction of each received instance: BEGIN and COMMIT issued
+        on the driver's connection (a pooled Core connection's), no ORM session unless a caller asks
+        for one. The ORM's unit of work around a handful of statements cost more CPU than they did
+        (about 0.09 ms of 0.1 ms for an empty transaction). Same lock, same engine, same commit: on
+        SQLite ``synchronous=FULL`` (durable) waits for the WAL's fsync, as ``writing`` does."""
+        engine = self.writer if durable else self.relaxed
+        with self.write_lock.held(), translated(), engine.connect() as conn:
+            tx = DirectWrite(conn)
+            try:
+                tx.begin()
+                yield tx
+                tx.commit()
+            except BaseException:
+                tx.rollback()
+                raise
+
+    @contextmanager
     def writing_connection(self, *, durable: bool = True) -> Iterator[Connection]:
         """``writing`` without the ORM session's bookkeeping, for the statements that run once
         per received instance (a write intent): a Core connection in one transaction."""
@@ -264,9 +283,67 @@ class Database:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
+            if conn.connection.dbapi_connection.in_transaction:
+                return  # begun on the driver (DirectWrite); a session joining it adds no BEGIN
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+
+
+class DirectWrite:
+    """One write transaction begun, committed or rolled back on the driver's connection of
+    ``conn``; ``session`` is an ORM session in that same transaction, made only when asked (a
+    new version's checks, an origin row): its pending rows are flushed before the commit."""
+
+    __slots__ = ("_driver", "_error", "_session", "_sqlite", "conn")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._driver = conn.connection.driver_connection
+        self._error = conn.dialect.loaded_dbapi.Error
+        self._sqlite = conn.dialect.name == "sqlite"
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(bind=self.conn, expire_on_commit=False, autoflush=True)
+        return self._session
+
+    def begin(self) -> None:
+        """SQLite: ``BEGIN IMMEDIATE`` (the write lock before the head is read, as the writer
+        engine's own begin). psycopg opens a transaction at the first statement by itself."""
+        if self._sqlite:
+            try:
+                self._driver.execute("BEGIN IMMEDIATE")
+            except self._error as exc:
+                raise self._wrapped("BEGIN IMMEDIATE", exc) from exc
+
+    def commit(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+        try:
+            self._driver.commit()
+        except self._error as exc:
+            raise self._wrapped("COMMIT", exc) from exc
+        self._end_session()
+
+    def rollback(self) -> None:
+        try:
+            self._driver.rollback()
+        except self._error:
+            self.conn.invalidate()  # not back into the pool in a state nobody knows
+        self._end_session()
+
+    def _end_session(self) -> None:
+        """The session's own transaction ends on a driver that has none left: a no-op rollback."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _wrapped(self, what: str, exc: Exception) -> sa_exc.DBAPIError:
+        """As SQLAlchemy wraps a driver's error, so ``translate`` maps it as every other."""
+        return sa_exc.DBAPIError.instance(what, None, exc, self._error)
 
 
 class _NoLock:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa
 from sqlalchemy.orm import Session
 
@@ -33,12 +34,13 @@ class HotSQL:
 
 
 class HotCursor:
-    """The driver's cursor of ``session``'s connection: the session's transaction, begun if not yet."""
+    """The driver's cursor of a session's connection (its transaction, begun if not yet) or of a
+    Core connection (``Database.writing_direct``'s)."""
 
     __slots__ = ("_cursor", "_error", "_pg")
 
-    def __init__(self, session: Session) -> None:
-        conn = session.connection()
+    def __init__(self, on: Session | Connection) -> None:
+        conn = on.connection() if isinstance(on, Session) else on
         self._pg = conn.dialect.name == "postgresql"
         self._error = conn.dialect.loaded_dbapi.Error
         self._cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
