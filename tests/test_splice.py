@@ -199,6 +199,53 @@ def test_a_spliced_file_is_confirmed_by_structure_and_verifies(tmp_path: Path, n
     DICOM.confirm(path, block)
 
 
+@pytest.mark.parametrize("name", SPLICEABLE)
+def test_a_faithful_spliced_file_is_confirmed_by_the_element_walk_alone(
+    tmp_path: Path, name: str, monkeypatch
+):
+    """No pydicom parse of the stored file: the walk's layout, the bytes inserted and the block
+    they encode suffice."""
+    carried, item = received_in_memory(name)
+    block = item_block(item)
+    path = write_pieces(tmp_path / "x.dcm", item.with_block(block))
+
+    def parsed(*args, **kwargs):
+        raise AssertionError("parsed back with pydicom")
+
+    monkeypatch.setattr(carried, "_confirm_by_parse", parsed)
+    carried.confirm_written(path, block)
+
+
+def test_what_the_walk_does_not_confirm_is_left_to_the_parse(tmp_path: Path, monkeypatch):
+    """A wrong size, a changed VR byte, a block two bytes off, another block: each is handed to
+    pydicom's parse (which refuses them, test below), none accepted by the walk."""
+    carried, item = received_in_memory("CT_small.dcm")
+    block = item_block(item)
+    pieces = [bytes(p) for p in item.with_block(block)]
+    good = b"".join(pieces)
+    header = bytearray(good)
+    header[len(pieces[0]) + 4] ^= 0x01
+    splice = carried._splice
+    assert splice is not None
+    parsed: list[str] = []
+    monkeypatch.setattr(carried, "_confirm_by_parse", lambda path, *args: parsed.append(path.name))
+    carried.confirm_written(write_pieces(tmp_path / "b.dcm", [good, b"\0\0"]), block)
+    carried.confirm_written(write_pieces(tmp_path / "a.dcm", [header]), block)
+    carried._splice = Splice(splice.at + 2, splice.ours)
+    carried.confirm_written(
+        write_pieces(tmp_path / "c.dcm", carried.encoded.pieces(splice.at + 2, splice.ours)), block
+    )
+    carried._splice = splice
+    carried.confirm_written(write_pieces(tmp_path / "d.dcm", pieces), item_block(item, institution="Another"))
+    # our group's bytes changed in place (same size, same layout): not the bytes inserted
+    tampered = bytearray(good)
+    tampered[len(pieces[0]) + splice.at + len(splice.ours) - 1] ^= 0x20
+    carried.confirm_written(write_pieces(tmp_path / "e.dcm", [tampered]), block)
+    assert parsed == ["b.dcm", "a.dcm", "c.dcm", "d.dcm", "e.dcm"]
+    carried.confirm_written(write_pieces(tmp_path / "f.dcm", pieces), block)
+    assert parsed == ["b.dcm", "a.dcm", "c.dcm", "d.dcm", "e.dcm"]
+
+
 def test_a_changed_byte_or_a_misplaced_block_fails_the_structural_confirmation(tmp_path: Path):
     carried, item = received_in_memory("CT_small.dcm")
     block = item_block(item)

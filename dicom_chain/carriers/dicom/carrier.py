@@ -7,6 +7,7 @@ before chaining (validation.py), identity from the four UIDs (identity.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from dicom_chain.block import FORMAT_VERSION, Block
 from dicom_chain.carriers.base import Carried, Carrier, Digests, Identity, Item
 from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_digests, lossy_pixels
+from dicom_chain.carriers.dicom.elementwalk import Element, NeedMore, Unwalkable, walk
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
@@ -29,6 +31,7 @@ from dicom_chain.carriers.dicom.splice import (
     FileSpan,
     Layout,
     Splice,
+    encoding_as_read,
     layout,
     splice_point,
     spliced_layout,
@@ -51,6 +54,10 @@ HEAD_BYTES = 65536  # enough for any file meta we have seen; a longer one reads 
 # pixels are then hashed and copied in chunks, never held whole. Above any attribute the index or
 # the block reads; far below a frame of a large image.
 DEFER_BYTES = 1 << 20
+# A stored file's head read at once to walk its element headers: every header of a CT or MR slice
+# lies in its first few KB (then the pixels, skipped by length); a file whose headers lie further
+# (a long multi-frame, a structured report) is read whole, once more.
+WALK_HEAD_BYTES = 65536
 
 
 class DicomCarrier(Carrier):
@@ -136,6 +143,7 @@ class DicomCarried(Carried):
         self.encoded = encoded  # the bytes ``ds`` was parsed from, when at hand
         self.as_read = as_read  # where its elements lay in those bytes (an in-memory body only)
         self._splice: Splice | None = None  # how with_block last wrote the block in, if spliced
+        self._spliced_block: bytes | None = None  # the block that splice encodes
         self._checked: tuple[str, ...] | None = None  # the anomalies ``check`` found, until asked for
 
     @property
@@ -194,7 +202,7 @@ class DicomCarried(Carried):
         if self.encoded is not None:
             splice = splice_point(self.dataset, self.encoded, block)
             if splice is not None:
-                self._splice = splice
+                self._splice, self._spliced_block = splice, block.to_bytes()
                 return self.encoded.pieces(splice.at, splice.ours)
         embed_block(self.dataset, block)  # now: a dataset with no room for it is the sender's fault
         return self._written_by_pydicom()
@@ -207,11 +215,72 @@ class DicomCarried(Carried):
         content hashes as the received data set did (the canonical hash is a function of those
         elements alone) and the pixels need neither be read nor hashed a second time: 0.3 ms instead
         of 1.6 for a 0.5 MB CT slice. Anything else (written by pydicom, received to disk) is read
-        back and re-hashed as ``verify`` reads a file; ``verify`` re-hashes every file later anyway."""
+        back and re-hashed as ``verify`` reads a file; ``verify`` re-hashes every file later anyway.
+
+        The structure is read by walking the element headers in the file's bytes (elementwalk), not
+        by a pydicom parse; whatever that walk does not read as pydicom would, or any difference it
+        finds, is left to the parse below, which decides (the walk alone never refuses a file)."""
         splice, encoded = self._splice, self.encoded
         if splice is None or encoded is None or self.as_read is None or isinstance(encoded.body, FileSpan):
             self.carrier.confirm(path, block)
             return
+        try:
+            if self._confirmed_by_walk(path, block, splice, encoded, self.as_read):
+                return
+        except OSError as exc:
+            raise UnfaithfulFileError(f"the file as stored would not read back: {exc}") from exc
+        self._confirm_by_parse(path, block, splice, encoded, self.as_read)
+
+    def _confirmed_by_walk(
+        self, path: Path, block: Block, splice: Splice, encoded: EncodedInstance, as_read: Layout
+    ) -> bool:
+        """True when the file's element headers lie exactly as received (shifted past the block),
+        the bytes at the block's place are those inserted, and those encode ``block``; then the
+        block read back is ``block`` and the identity is the received data set's, whose elements
+        those are. False for anything else: the parse decides."""
+        encoding = encoding_as_read(self.dataset)
+        if encoding is None or block.to_bytes() != self._spliced_block:
+            return False
+        start = len(encoded.prefix)
+        expected = start + len(encoded.body) + len(splice.ours)
+        with path.open("rb") as fp:
+            if os.fstat(fp.fileno()).st_size != expected:
+                return False  # the parse names the size
+            data = fp.read(WALK_HEAD_BYTES)
+            try:
+                found = walk(data, start, expected, start, *encoding)
+            except NeedMore:
+                data += fp.read()
+                try:
+                    found = walk(data, start, expected, start, *encoding)
+                except Unwalkable:
+                    return False
+            except Unwalkable:
+                return False
+            at, size = start + splice.at, len(splice.ours)
+            if at + size > len(data):
+                fp.seek(at)
+                inserted = fp.read(size)
+            else:
+                inserted = data[at : at + size]
+        if inserted != splice.ours:
+            return False
+        theirs = [e for e in found if e[0] >> 16 != CHAIN_GROUP]
+        ours = [e for e in found if e[0] >> 16 == CHAIN_GROUP]
+        if not ours or not all(splice.at <= offset < splice.at + size for _, _, offset, _ in ours):
+            return False
+        if not _same_layout(theirs, spliced_layout(as_read, splice)):
+            return False
+        try:
+            ids = instance_identity(self.dataset)
+        except DicomChainError:
+            return False  # the parse names what is wrong with it
+        return (ids.item_id, ids.group_id) == (block.header.item_id, block.header.group_id)
+
+    def _confirm_by_parse(
+        self, path: Path, block: Block, splice: Splice, encoded: EncodedInstance, as_read: Layout
+    ) -> None:
+        """The structure as pydicom parses the file back, with the block and identity it reads."""
         try:
             expected = len(encoded.prefix) + len(encoded.body) + len(splice.ours)
             if path.stat().st_size != expected:
@@ -219,7 +288,7 @@ class DicomCarried(Carried):
             stored = pydicom.dcmread(path, defer_size=DEFER_BYTES)  # the pixels stay on disk
             found = layout(stored, len(encoded.prefix))
             ours = [e for e in found if e[0] >> 16 == CHAIN_GROUP]
-            if tuple(e for e in found if e[0] >> 16 != CHAIN_GROUP) != spliced_layout(self.as_read, splice):
+            if tuple(e for e in found if e[0] >> 16 != CHAIN_GROUP) != spliced_layout(as_read, splice):
                 raise UnfaithfulFileError("the file as stored would not parse into the elements received")
             if not all(splice.at <= offset < splice.at + len(splice.ours) for _, _, offset, _ in ours):
                 raise UnfaithfulFileError("the file as stored would read our group from the bytes received")
@@ -245,6 +314,22 @@ class DicomCarried(Carried):
 
     def index_values(self) -> dict[str, Any]:
         return index_values(self.dataset)
+
+
+def _same_layout(found: list[Element], expected: Layout) -> bool:
+    """Element for element the same tag, place, length and VR; where pydicom converted an element
+    while reading (Specific Character Set: length -1) its length is bounded by the next element's
+    place, and in implicit VR its VR is pydicom's dictionary's, not in the bytes."""
+    if len(found) != len(expected):
+        return False
+    for (tag, vr, at, length), (want_tag, want_vr, want_at, want_length) in zip(found, expected, strict=True):
+        if (tag, at) != (want_tag, want_at):
+            return False
+        if want_length != -1 and length != want_length:
+            return False
+        if vr != want_vr and not (want_length == -1 and vr == "None"):
+            return False
+    return True
 
 
 def item_from_dataset(ds: Dataset) -> Item:

@@ -221,7 +221,7 @@ def _insertion_point(ds: Dataset, encoded: EncodedInstance, implicit: bool, litt
     return len(encoded.body)
 
 
-def _encoding_as_read(ds: Dataset) -> tuple[bool, bool] | None:
+def encoding_as_read(ds: Dataset) -> tuple[bool, bool] | None:
     """How the bytes really are encoded, which pydicom detects per element while reading and which
     need not be what the file meta claims (SC_rgb_jpeg.dcm says explicit VR, is implicit)."""
     for tag in ds.keys():
@@ -244,7 +244,7 @@ def splice_point(ds: Dataset, encoded: EncodedInstance, block: Block) -> Splice 
     syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     if syntax is None or syntax == DeflatedExplicitVRLittleEndian:
         return None
-    encoding = _encoding_as_read(ds)
+    encoding = encoding_as_read(ds)
     if encoding is None:
         return None
     implicit, little = encoding
