@@ -16,6 +16,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from pynetdicom.dsutils import decode
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
+from dicom_chain.carriers.dicom import carrier as carrier_module
 from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.carriers.dicom.carrier import DICOM
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
@@ -327,3 +328,16 @@ def test_the_file_meta_is_packed_byte_for_byte_as_pydicom_writes_it(overrides: d
 def test_a_file_meta_without_a_required_uid_is_refused_as_pydicom_refuses_it(missing: str):
     with pytest.raises(AttributeError, match="Required File Meta Information"):
         file_meta_bytes(_store_meta(**{missing: None}))
+
+
+def test_a_failing_walk_never_refuses_a_file(tmp_path: Path, monkeypatch):
+    """A bug in the walk leaves the decision to the parse: a faithful file is still confirmed."""
+    carried, item = received_in_memory("MR_small_bigendian.dcm")
+    block = item_block(item)
+    path = write_pieces(tmp_path / "x.dcm", item.with_block(block))
+
+    def broken(*args, **kwargs):
+        raise IndexError("a bug in the walk")
+
+    monkeypatch.setattr(carrier_module, "walk", broken)
+    carried.confirm_written(path, block)
