@@ -144,6 +144,7 @@ class DicomCarried(Carried):
         self.as_read = as_read  # where its elements lay in those bytes (an in-memory body only)
         self._splice: Splice | None = None  # how with_block last wrote the block in, if spliced
         self._spliced_block: bytes | None = None  # the block that splice encodes
+        self._identity: Identity | None = None  # as ``identity`` last read it from ``dataset``
         self._checked: tuple[str, ...] | None = None  # the anomalies ``check`` found, until asked for
 
     @property
@@ -185,7 +186,8 @@ class DicomCarried(Carried):
             raise MalformedBlockError(f"block unreadable: {exc}") from exc
 
     def identity(self) -> Identity:
-        return instance_identity(self.dataset)
+        self._identity = instance_identity(self.dataset)
+        return self._identity
 
     def check(self) -> None:
         self._checked = tuple(pixel_data_anomalies(self.dataset))  # raises what check_pixel_data raises
@@ -273,8 +275,8 @@ class DicomCarried(Carried):
             return False
         if not _same_layout(theirs, spliced_layout(as_read, splice)):
             return False
-        try:
-            ids = instance_identity(self.dataset)
+        try:  # the spliced path never changes ``dataset``: an identity read from it still holds
+            ids = self._identity or instance_identity(self.dataset)
         except DicomChainError:
             return False  # the parse names what is wrong with it
         return (ids.item_id, ids.group_id) == (block.header.item_id, block.header.group_id)
