@@ -178,3 +178,12 @@ class NotAuthorized(DicomChainError):
 class VersionRefused(NotAuthorized):
     """Different content under a known SOP Instance UID, from a caller who may not make a new version
     of it: neither the AE that sent the original nor one granted ``correct``. Nothing is stored."""
+
+
+class Unwalkable(Exception):
+    """A file's element headers hold something ``carriers/dicom/elementwalk.py`` does not read as
+    pydicom would: not an error of anyone's, a signal to ask pydicom instead (never a status)."""
+
+
+class NeedMore(Unwalkable):
+    """A header lies past the bytes at hand (the whole file would tell)."""

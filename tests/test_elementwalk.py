@@ -14,8 +14,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_chain.carriers.dicom.elementwalk import NeedMore, Unwalkable, walk
+from dicom_chain.carriers.dicom.elementwalk import walk
 from dicom_chain.carriers.dicom.splice import encoding_as_read, layout
+from dicom_chain.errors import NeedMore, Unwalkable
 
 from .conftest import MALFORMED, TEST_FILES
 from .test_splice import SPLICEABLE
@@ -48,7 +49,8 @@ def _both(data: bytes):
     start = 144 + struct.unpack("<I", data[140:144])[0]
     expected = layout(ds, start)
     encoding = encoding_as_read(ds)
-    assert encoding is not None
+    if encoding is None:  # no element left as read: splice_point gives up on it before any walk
+        return Unwalkable("no element as read"), expected
     try:
         return walk(data, start, len(data), start, *encoding), expected
     except Unwalkable as exc:
@@ -60,16 +62,23 @@ def _part10_with_group_length(path: Path) -> bool:
     return data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00"
 
 
-PYDICOM_FILES = sorted(p.name for p in TEST_FILES.glob("*.dcm") if _part10_with_group_length(p))
+def _pydicom_reads(path: Path) -> bool:
+    try:
+        pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    except Exception:
+        return False  # nothing to agree with
+    return True
+
+
+PYDICOM_FILES = sorted(
+    p.name for p in TEST_FILES.glob("*.dcm") if _part10_with_group_length(p) and _pydicom_reads(p)
+)
 
 
 @pytest.mark.parametrize("name", PYDICOM_FILES)
 def test_the_walk_agrees_with_pydicom_on_its_test_files(name: str):
     data = (TEST_FILES / name).read_bytes()
-    try:
-        found, expected = _both(data)
-    except Exception:
-        pytest.skip("pydicom itself does not read it")  # nothing to agree with
+    found, expected = _both(data)
     if isinstance(found, Unwalkable):
         assert name not in SPLICEABLE, f"{name} is spliced, so its walk must not fall back: {found}"
         return

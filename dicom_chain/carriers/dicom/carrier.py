@@ -21,7 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from dicom_chain.block import FORMAT_VERSION, Block
 from dicom_chain.carriers.base import Carried, Carrier, Digests, Identity, Item
 from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_digests, lossy_pixels
-from dicom_chain.carriers.dicom.elementwalk import Element, NeedMore, Unwalkable, walk
+from dicom_chain.carriers.dicom.elementwalk import Element, walk
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
 from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
@@ -43,8 +43,10 @@ from dicom_chain.errors import (
     DicomChainError,
     LossyReencodingError,
     MalformedBlockError,
+    NeedMore,
     NotDicomError,
     UnfaithfulFileError,
+    Unwalkable,
 )
 
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble

@@ -14,6 +14,8 @@ import struct
 
 from pydicom.valuerep import VR
 
+from dicom_chain.errors import NeedMore, Unwalkable
+
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # VRs with a 4-byte length (and 2 reserved bytes) in explicit VR encodings, PS3.5 7.1.2
@@ -24,14 +26,6 @@ KNOWN_VRS = frozenset(str(v) for v in VR)  # any other two bytes pydicom reads i
 MAX_DEPTH = 32
 
 Element = tuple[int, str, int, int]  # (tag, VR as pydicom holds it raw, value offset, length)
-
-
-class Unwalkable(Exception):
-    """Something this walk does not read as pydicom would: ask pydicom."""
-
-
-class NeedMore(Unwalkable):
-    """A header lies past the bytes at hand (the whole file would tell)."""
 
 
 def walk(
