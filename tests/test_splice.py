@@ -188,13 +188,18 @@ def write_pieces(path: Path, pieces) -> Path:
     return path
 
 
+def stored_with_block(name: str, folder: Path):
+    """A file received to memory, given its block and written as the store writes it."""
+    carried, item = received_in_memory(name)
+    block = item_block(item)
+    return carried, block, write_pieces(folder / "x.dcm", item.with_block(block))
+
+
 @pytest.mark.parametrize("name", SPLICEABLE)
 def test_a_spliced_file_is_confirmed_by_structure_and_verifies(tmp_path: Path, name: str):
     """What the cheap confirmation accepts, the full re-read and re-hash accepts too."""
-    carried, item = received_in_memory(name)
+    carried, block, path = stored_with_block(name, tmp_path)
     assert carried.as_read is not None
-    block = item_block(item)
-    path = write_pieces(tmp_path / "x.dcm", item.with_block(block))
     assert carried._splice is not None  # the structural path, not pydicom's writer
     carried.confirm_written(path, block)
     DICOM.confirm(path, block)
@@ -206,9 +211,7 @@ def test_a_faithful_spliced_file_is_confirmed_by_the_element_walk_alone(
 ):
     """No pydicom parse of the stored file: the walk's layout, the bytes inserted and the block
     they encode suffice."""
-    carried, item = received_in_memory(name)
-    block = item_block(item)
-    path = write_pieces(tmp_path / "x.dcm", item.with_block(block))
+    carried, block, path = stored_with_block(name, tmp_path)
 
     def parsed(*args, **kwargs):
         raise AssertionError("parsed back with pydicom")
@@ -332,9 +335,7 @@ def test_a_file_meta_without_a_required_uid_is_refused_as_pydicom_refuses_it(mis
 
 def test_a_failing_walk_never_refuses_a_file(tmp_path: Path, monkeypatch):
     """A bug in the walk leaves the decision to the parse: a faithful file is still confirmed."""
-    carried, item = received_in_memory("MR_small_bigendian.dcm")
-    block = item_block(item)
-    path = write_pieces(tmp_path / "x.dcm", item.with_block(block))
+    carried, block, path = stored_with_block("MR_small_bigendian.dcm", tmp_path)
 
     def broken(*args, **kwargs):
         raise IndexError("a bug in the walk")
