@@ -25,7 +25,7 @@ from dicom_chain.synthetic import StudySpec, ct_study
 
 from .gateways import start_server
 from .peers import free_port
-from .test_index import conflicts, identity_study
+from .test_index import conflicts, ident, identity_study
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD_READY_S = 120  # a loaded CI box imports, opens a node and ingests a handful within this
@@ -153,3 +153,34 @@ def test_a_process_killed_before_its_index_batch_is_repaired_on_start(db_url: st
         assert again.index_queue.repair(again.storage) == 0 and len(conflicts(again)) == 1
     finally:
         again.close()
+
+
+def test_one_batch_writes_what_each_instance_brings_in_turn(db_url: str, tmp_path: Path, held):
+    """A batch writes a study's shared rows once while they repeat (the memo), yet a value that
+    changes mid-batch still lands, and a conflict met twice in one batch is recorded once."""
+    node = Node.open(Settings(home=tmp_path / "gw", db=db_url))
+    try:
+        first = identity_study(71, "Test^S R")
+        second = identity_study(71, "Other^Name")  # same seed: same study, series and instances
+        for n, ds in enumerate(second):
+            ds.SOPInstanceUID = f"{first[0].StudyInstanceUID[:50]}.9{n}"  # new instances of that study
+            ds.StudyDescription = "CHANGED MID-BATCH"
+        for ds in first + second:
+            node.ingest(item_from_dataset(ds))
+        assert len(node.index_queue) == 4 and indexed_rows(node) == 0  # all four in one batch
+        found = conflicts(node)  # flushes the batch
+        assert [(e.details["attribute"], e.details["value"]) for e in found] == [
+            ("PatientName", "Other^Name")
+        ]
+        query = ident(
+            "STUDY",
+            StudyInstanceUID=first[0].StudyInstanceUID,
+            StudyDescription="",
+            NumberOfStudyRelatedInstances="",
+        )
+        rows = list(index.find(node.db, parse_query(query, "STUDY")))
+        assert [(r["StudyDescription"], r["NumberOfStudyRelatedInstances"]) for r in rows] == [
+            ("CHANGED MID-BATCH", 4)
+        ]
+    finally:
+        node.close()

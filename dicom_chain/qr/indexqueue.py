@@ -168,8 +168,9 @@ class IndexQueue:
         is logged and left to the next start's repair, so it cannot hold back every later one."""
         try:
             with self.db.writing(durable=False) as session:
+                memo: index.Memo = {}  # a study's patient, study and series rows: once per batch
                 for entry in batch:
-                    self._write_one(session, entry)
+                    self._write_one(session, entry, memo)
         except DicomChainError as exc:
             if exc.retryable or len(batch) == 1:
                 if not exc.retryable:
@@ -179,9 +180,9 @@ class IndexQueue:
             for entry in batch:
                 self._write([entry])
 
-    def _write_one(self, session: Session, entry: Entry) -> None:
+    def _write_one(self, session: Session, entry: Entry, memo: index.Memo) -> None:
         conflicts = index.write(
-            session, entry.record, block=entry.block, path=entry.path, version=entry.version
+            session, entry.record, block=entry.block, path=entry.path, version=entry.version, memo=memo
         )
         for conflict in conflicts:
             append_event(session, self.key, conflict.draft(entry.block.header.chain_id, entry.actor))
