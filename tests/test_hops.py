@@ -549,6 +549,9 @@ def _crashes_orthanc_jpeg_ls(info: Dataset) -> bool:
     )
 
 
+DOWNLOADS: dict[Path, str] = {}  # what Orthanc held when each file was downloaded (for a failure)
+
+
 def through_orthanc(
     server: OrthancServer, chained: Chained, work: Path, syntax: str = ""
 ) -> tuple[dict[str, Path], dict[str, str]]:
@@ -584,12 +587,18 @@ def through_orthanc(
             last = (sent.stderr.strip().splitlines() or ["?"])[-1]
             refused[name] = f"not stored: {last}"
             continue
-        # The only instance there (each is deleted once downloaded): a lossy transcoding gives
-        # it a new SOP Instance UID, so it is not looked up by the one sent.
-        found = json.loads(_orthanc_call(server, "GET", "/instances"))[-1]
+        # Normally the only instance there (each is deleted once downloaded); a lossy transcoding
+        # gives it a new SOP Instance UID. Should a late store of an earlier input have landed
+        # too, the one with the UID sent is taken, and what was there is noted for a failure.
+        listed = json.loads(_orthanc_call(server, "GET", "/instances?expand"))
+        sent_uid = str(chained.info[name].get("SOPInstanceUID", ""))
+        uids = {i["ID"]: i.get("MainDicomTags", {}).get("SOPInstanceUID", "") for i in listed}
+        found = next((i for i, uid in uids.items() if uid == sent_uid), listed[-1]["ID"])
         target = work / f"{name}.dcm"
         target.write_bytes(_orthanc_call(server, "GET", f"/instances/{found}/file"))
-        _orthanc_call(server, "DELETE", f"/instances/{found}")
+        DOWNLOADS[target] = f"sent {sent_uid}; Orthanc held {sorted(uids.values())}, took {uids[found]}"
+        for left in uids:
+            _orthanc_call(server, "DELETE", f"/instances/{left}")
         out[name] = target
     return out, refused
 
@@ -668,7 +677,9 @@ def test_orthanc_ingest_transcoding_verifies(
         )  # a file without pixels only changes its file meta's syntax
         found = errors_of(path, chained.keys)
         if found != expect:
-            failures.append(f"{name} @ Orthanc {syntax} ({before} -> {after}): {found}")
+            failures.append(
+                f"{name} @ Orthanc {syntax} ({before} -> {after}): {found}; {DOWNLOADS.get(path, '')}"
+            )
     summary = f"{len(downloaded)} downloaded, {transcoded} transcoded; not stored: {refused}"
     assert not failures, "\n".join([summary, *failures])
     assert len(downloaded) >= MIN_VERIFIED["orthanc"], summary
