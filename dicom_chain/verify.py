@@ -78,6 +78,23 @@ def check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None
     return block
 
 
+def stored_file_fault(path: Path, block_hash: str) -> str:
+    """Why the stored file at ``path`` may not leave as the instance whose block is ``block_hash``
+    ("" when it may): gone, altered since it was chained, or holding another block. A release
+    asks just before sending, since the last ``verify`` may be long ago: another institution
+    would refuse such a file, and count it against this one's score."""
+    if not path.is_file():
+        return f"{FindingKind.MISSING_FILE}: the stored file is not there"
+    report = Report()
+    found = check_file(path, report, None)
+    errors = [f"{f.kind}: {f.message}" for f in report.findings if f.severity == ERROR]
+    if errors:
+        return "; ".join(errors)
+    if found is None or found.hash != block_hash:
+        return f"{FindingKind.REPLACED}: the file holds another block than the ledger's for it"
+    return ""
+
+
 def _check_file(path: Path, report: Report, trusted_keys: frozenset[bytes] | None) -> Block | None:
     where = str(path)
     try:

@@ -596,6 +596,7 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
         items = run.plan()
         if institution is not None:  # another institution: the release rules decide (0124 if denied)
             decide_move(node, institution, items, calling)
+            run.release = True
     if not items:  # pynetdicom answers Success with no sub-operations and never resumes us
         run.finish(RunStatus.COMPLETED, "nothing matched")
         yield destination.host, destination.port

@@ -29,6 +29,7 @@ from dicom_chain.qr.runs import RetrieveItem
 from dicom_chain.sharing.policy import ReleaseDecision
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import decide_release
+from dicom_chain.verify import stored_file_fault
 from dicom_chain.vocab import SubOperation
 
 from .contexts import Sending, contexts_for, sending
@@ -138,6 +139,9 @@ def _send(node: Node, assoc: Association, item: RetrieveItem) -> Sent:
     if how is None:
         return Sent(uid, None, SubOperation.FAILURE, f"no accepted context for {item.sop_class_uid}")
     path = Path(node.storage.path(item.path))
+    fault = stored_file_fault(path, item.block_hash)
+    if fault:
+        return Sent(uid, None, SubOperation.FAILURE, f"not released: {fault}")
     try:
         payload = path if how is Sending.AS_STORED else pydicom.dcmread(path)
         response = assoc.send_c_store(payload)  # as stored: our block travels in the file

@@ -269,6 +269,14 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path, homes
         verified = _cli("verify", "--db", _db_url(tmp_path, home_b), "--storage", "b/storage", cwd=tmp_path)
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
+        # a file altered on A since it was stored is checked just before it would go: kept back
+        kept = sorted((tmp_path / "a" / "storage").rglob("*.dcm"))[-1]
+        original = kept.read_bytes()
+        kept.write_bytes(_altered(original))
+        status, comment, completed = _move(port_a, study_uid, "HB_GW")
+        assert (status, completed) == (0xB000, len(files) - 1), comment
+        kept.write_bytes(original)
+
         # after T: refused again, and B's score on A drops
         score_before = _score("HOSPITAL_B", _iso(after), tmp_path, home_a)
         a.terminate()
@@ -310,7 +318,9 @@ def test_two_gateways_release_by_consent_and_refuse_altered_data(tmp_path, homes
     received_b = tmp_path / "b-audit.json"
     _ok("audit", "export", *home_b, "--format", "json", "--output", str(received_b), cwd=tmp_path)
     assert received_b.read_text().count('"release.received"') == len(files)
-    assert '"release.refused"' in received_b.read_text()
+    # only the altered store sent on purpose: the file altered on A never reached B
+    refused = [r for r in FORMATS["json"].read(received_b) if r["type"] == "release.refused"]
+    assert len(refused) == 1, refused
     assert '"score.changed"' in received_b.read_text()  # A's score on B moved with the refusal
 
 
@@ -349,6 +359,17 @@ def test_release_command_sends_the_study_as_stored_when_allowed(tmp_path):
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert f"{len(files)}/{len(files)} instance(s) stored by HOSPITAL_B" in sent.stdout
         assert sent.stdout.count("  success  0x0000") == len(files)
+        # A file altered on A since: checked just before it would go, and kept back (B would
+        # refuse it and count it against A); the others go again (B answers them as duplicates).
+        stored_a = sorted((tmp_path / "a" / "storage").rglob("*.dcm"))
+        victim = stored_a[0]
+        victim.write_bytes(_altered(victim.read_bytes()))
+        again = _cli(*release, cwd=tmp_path)
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert f"{len(files) - 1}/{len(files)} instance(s) stored by HOSPITAL_B" in again.stdout
+        refused = [line for line in again.stdout.splitlines() if "not released" in line]
+        assert len(refused) == 1 and "altered" in refused[0], again.stdout
+        assert pydicom.dcmread(victim, stop_before_pixels=True).SOPInstanceUID in refused[0]
     finally:
         b.stop()
     b_db = _db_url(tmp_path, ("--home", "b"))

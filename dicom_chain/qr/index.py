@@ -436,7 +436,11 @@ def _base(level: Level) -> Select:
     pk = _LEVEL_COLUMNS[level].id
     extra = [pk.label("_pk")]
     if level == "IMAGE":
-        extra += [INSTANCES.c.path.label("_path"), INSTANCES.c.transfer_syntax.label("_transfer_syntax")]
+        extra += [
+            INSTANCES.c.path.label("_path"),
+            INSTANCES.c.transfer_syntax.label("_transfer_syntax"),
+            INSTANCES.c.block_hash.label("_block_hash"),
+        ]
     return select(*columns, *extra).select_from(joined)
 
 

@@ -18,6 +18,7 @@ from dicom_chain.events import EventDraft
 from dicom_chain.qr import index
 from dicom_chain.qr.query import Model, Query, add_versions, parse_query, response
 from dicom_chain.storage import Storage
+from dicom_chain.verify import stored_file_fault
 from dicom_chain.versions import Version, versions_of_many
 from dicom_chain.vocab import EventType, Outcome, RunStatus, ServeAltered, SubOperation, VerificationState
 
@@ -162,6 +163,7 @@ class RetrieveItem:
     study_instance_uid: str
     patient_id: str
     verification: str = VerificationState.VERIFIED  # the index's state: set at receipt, by verify
+    block_hash: str = ""  # the ledger's block for the file (what a release checks it against)
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RetrieveItem:
@@ -173,6 +175,7 @@ class RetrieveItem:
             study_instance_uid=values["StudyInstanceUID"],
             patient_id=values["PatientID"],
             verification=values.get("ChainVerificationState") or VerificationState.VERIFIED,
+            block_hash=values.get("_block_hash") or "",
         )
 
 
@@ -191,6 +194,9 @@ class RetrieveRun:
     destination: str
     serve_altered: str = ServeAltered.REFUSE
     peer: str = ""  # the requestor's network address, for the audit (NetworkAccessPointID)
+    # To another institution (a release): each file checked against its block just before it goes
+    # (it would refuse an altered one, and count it against us), whatever serve_altered says.
+    release: bool = False
     items: list[RetrieveItem] = field(default_factory=list)
     completed: int = 0
     warnings: int = 0
@@ -210,8 +216,13 @@ class RetrieveRun:
 
     def admit(self, item: RetrieveItem) -> bool:
         """Whether ``item`` may be sent. MISSING never is; ALTERED is refused, or with
-        ``serve_altered = "warn"`` sent and counted as a warning. A refusal is a failed
-        sub-operation with its reason."""
+        ``serve_altered = "warn"`` sent and counted as a warning; in a release, only a file that
+        still holds its block and content is. A refusal is a failed sub-operation with its reason."""
+        if self.release:
+            fault = stored_file_fault(self.node.storage.path(item.path), item.block_hash)
+            if fault:
+                self.not_sent(item, f"not released: {fault}")
+            return not fault
         if item.verification == VerificationState.MISSING:
             self.not_sent(item, f"{MISSING} at the last verification")
             return False
