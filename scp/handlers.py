@@ -370,6 +370,11 @@ def _refused(node: Node, event_type: EventType, calling: str, reason: str, **det
         log.exception("could not record a refused %s from %s", event_type, calling)
 
 
+def _peer(event: evt.Event) -> str:
+    """The requestor's network address: the audit's NetworkAccessPointID, refusals included."""
+    return str(event.assoc.requestor.address or "")
+
+
 def _identifier(event: evt.Event) -> Dataset:
     try:
         return event.identifier
@@ -407,7 +412,7 @@ def handle_find(
 ) -> Iterator[tuple[Any, Dataset | None]]:
     calling = _calling(event)
     model = FIND_MODELS[event.request.AffectedSOPClassUID]
-    with _refusal_recorded(node, EventType.QUERY_FIND, calling, model=model):
+    with _refusal_recorded(node, EventType.QUERY_FIND, calling, model=model, peer=_peer(event)):
         _permitted(event, access, Permission.FIND)
         run = start_find(node, _identifier(event), model, calling, ae_title, event.assoc.requestor.address)
     pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
@@ -571,18 +576,20 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
     calling = _calling(event)
     model = MOVE_MODELS[event.request.AffectedSOPClassUID]
     target = (event.move_destination or "").strip()
-    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target):
+    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target, peer=_peer(event)):
         _permitted(event, access, Permission.MOVE)  # refused: the prelude answers 0124
     decision = _move_decision(event, node)
     institution = None if decision.destination is not None else institution_at(node, target)
     destination = decision.destination or institution
     if destination is None:
         log.warning("c-move calling_ae=%s destination=%s status=unknown-destination", calling, target)
-        _refused(node, EventType.RETRIEVE_MOVE, calling, decision.reason, destination=target)
+        _refused(
+            node, EventType.RETRIEVE_MOVE, calling, decision.reason, destination=target, peer=_peer(event)
+        )
         yield None, None  # pynetdicom answers A801, Move Destination Unknown
         return
     address = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target):
+    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target, peer=_peer(event)):
         run = start_retrieve(
             node,
             _identifier(event),
@@ -633,7 +640,7 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
 def handle_get(event: evt.Event, node: Node, access: Access) -> Iterator[Any]:
     calling = _calling(event)
     model = GET_MODELS[event.request.AffectedSOPClassUID]
-    with _refusal_recorded(node, EventType.RETRIEVE_GET, calling):
+    with _refusal_recorded(node, EventType.RETRIEVE_GET, calling, peer=_peer(event)):
         _permitted(event, access, Permission.GET)
         run = start_retrieve(
             node,

@@ -202,6 +202,7 @@ def test_identifiers_the_model_refuses_get_a900_and_the_association_keeps_workin
         assoc.release()
     refused = [e for e in node.ledger.iter_events() if e.type == "query.find"]
     assert len(refused) == 2 and all(e.details["status"] == "refused" for e in refused)
+    assert all(e.details["peer"] == "127.0.0.1" for e in refused)  # the audit's network access point
 
 
 def test_an_identifier_that_does_not_decode_gets_c000(gateway):
@@ -342,7 +343,7 @@ def test_get_sends_the_study_back_on_the_same_association(gateway):
     gets = [e for e in node.ledger.iter_events() if e.type == "retrieve.get"]
     assert gets[0].details["completed"] == 8 and gets[0].actor == "RADIOLOGIST"
     assert gets[0].details["peer"] == "127.0.0.1"
-    assert gets[1].details["status"] == "refused"
+    assert gets[1].details["status"] == "refused" and gets[1].details["peer"] == "127.0.0.1"
 
 
 def test_many_finds_at_once_each_get_their_answers(gateway):
@@ -415,6 +416,7 @@ def test_a_move_turned_away_or_failing_answers_its_status_and_keeps_the_associat
         ("refused", "a STUDY retrieve needs StudyInstanceUID: one value or a list (PS3.4 C.4.2.2.1)"),
         ("refused", "database is locked"),
     ]
+    assert all(e.details["peer"] == "127.0.0.1" for e in moves)
 
 
 def test_an_unforeseen_error_during_a_get_ends_it_with_c001_on_the_record(gateway, monkeypatch):
