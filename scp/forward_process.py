@@ -13,6 +13,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 
 from dicom_chain.config import Settings
 from dicom_chain.errors import DicomChainError
@@ -22,6 +24,14 @@ from .forwarder import run_forwarder
 log = logging.getLogger("dicom_chain.forward")
 
 MODULE = "scp.forward_process"
+# A forward process that died (killed, out of memory, a crash) is back this soon: the queue is in
+# the database, so nothing is lost meanwhile, only delayed; its leases are taken back on start.
+RESPAWN_FIRST_S = 1.0
+# One that keeps dying (a setting it refuses, a database it cannot open) is tried again at most
+# this often, its error in the log each time, rather than in a tight loop.
+RESPAWN_MAX_S = 60.0
+# Up this long, it counts as healthy again: its next death starts from RESPAWN_FIRST_S.
+RESPAWN_STEADY_S = 60.0
 
 
 def forward_process_command(parent_pid: int) -> list[str]:
@@ -38,6 +48,63 @@ def spawn_forward_process(settings: Settings) -> subprocess.Popen:
     except BrokenPipeError:  # it died at start: its own stderr says why; the queue waits meanwhile
         log.error("forward process %d exited before it read its settings", child.pid)
     return child
+
+
+class ForwardSupervisor:
+    """serve's forward process, started again whenever it exits on its own (the queue must keep
+    draining without an operator noticing a dead child); stopped only by ``stop``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.child: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # between a respawn and stop: never a child left behind
+        self._watch: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.child = spawn_forward_process(self.settings)
+        self._watch = threading.Thread(target=self._watch_child, name="forward-watch", daemon=True)
+        self._watch.start()
+
+    def _watch_child(self) -> None:
+        delay = RESPAWN_FIRST_S
+        while True:
+            child, started = self.child, time.monotonic()
+            if child is None:
+                return
+            code = child.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= RESPAWN_STEADY_S:
+                delay = RESPAWN_FIRST_S
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            log.error("forward process %d ended (%s); starting another in %.0f s", child.pid, how, delay)
+            if self._stopping.wait(delay):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.child = spawn_forward_process(self.settings)
+                self.restarts += 1
+            log.info("forward process %d started in place of %d", self.child.pid, child.pid)
+            delay = min(delay * 2, RESPAWN_MAX_S)
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM the child and wait ``timeout`` for it to finish its batch, then kill it."""
+        with self._lock:
+            self._stopping.set()
+            child, self.child = self.child, None
+        if child is None:
+            return
+        child.terminate()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if self._watch is not None:
+            self._watch.join(timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

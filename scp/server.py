@@ -8,7 +8,6 @@ import logging
 import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 
@@ -30,7 +29,7 @@ from dicom_chain.vocab import EventType
 from .access import Access
 from .auditfeed import AuditFeed, SyslogTarget
 from .chunked import Spool, receive_to_disk
-from .forward_process import spawn_forward_process
+from .forward_process import ForwardSupervisor
 from .handlers import (
     FIND_MODELS,
     GET_MODELS,
@@ -169,7 +168,7 @@ class Gateway:
         self.server: GuardedServer | None = None
         self.metrics = GatewayMetrics(node, lambda: listening(self.server))
         self.metrics_server: MetricsServer | None = None
-        self.forward_child: subprocess.Popen | None = None
+        self.forwarding: ForwardSupervisor | None = None
         self.audit_feed: AuditFeed | None = None
         if self.settings.audit_syslog:
             self.audit_feed = AuditFeed(
@@ -200,20 +199,16 @@ class Gateway:
 
     def start_forwarding(self) -> None:
         if self.node.destinations:
-            self.forward_child = spawn_forward_process(self.settings)
+            self.forwarding = ForwardSupervisor(self.settings)
+            self.forwarding.start()
 
     def notify_forwarding(self) -> None:
         """New work is queued; the forward process polls the queue, so nothing needs waking here."""
 
     def stop_forwarding(self) -> None:
-        if self.forward_child is not None:
-            child, self.forward_child = self.forward_child, None
-            child.terminate()
-            try:
-                child.wait(FORWARD_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        if self.forwarding is not None:
+            forwarding, self.forwarding = self.forwarding, None
+            forwarding.stop(FORWARD_STOP_TIMEOUT_S)
 
     def start(self) -> None:
         ssl_context = tls_context(self.settings)  # bad certificate files stop the start before anything runs

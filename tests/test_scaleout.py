@@ -125,7 +125,8 @@ def test_three_serve_processes_keep_one_chain_and_forward_each_instance_once(
 
         assert orthanc.wait_for(total, timeout=300) == total
         assert wait_until(lambda: _states(ledger) == {OutboxState.DONE: total}, 60), _states(ledger)
-        assert any("leased by a process that died" in g.log() for g in gateways[1:])
+        # by another process's forwarder, or by the one serve started in the victim's place
+        assert any("leased by a process that died" in g.log() for g in gateways)
 
         in_orthanc = set(orthanc.rest("/instances"))  # type: ignore[arg-type]
         assert len(in_orthanc) == total == orthanc.count()

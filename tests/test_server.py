@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import signal
 import ssl
 import subprocess
@@ -244,6 +245,27 @@ def test_the_forward_process_follows_serve_even_into_kill_9(tmp_path):
         assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]  # it is watching serve
         gateway.kill9()
         assert wait_until(lambda: not process_running(child), 15), f"forward process {child} outlived serve"
+    finally:
+        gateway.stop()
+
+
+def test_a_forward_process_that_dies_is_started_again(tmp_path):
+    """The queue must keep draining without an operator noticing a dead child: serve starts
+    another (its leases are taken back), and still stops it cleanly on SIGTERM."""
+    home = tmp_path / "gw"
+    home.mkdir()
+    gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
+    try:
+        assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]
+        [first] = gateway.forward_children()
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: gateway.forward_children() not in ([], [first]), 30), gateway.log()[-3000:]
+        [second] = gateway.forward_children()
+        assert f"forward process {first} ended (killed by signal 9)" in gateway.log()
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
+        assert not process_running(second)
+        assert "Traceback" not in gateway.log()
     finally:
         gateway.stop()
 
