@@ -159,15 +159,18 @@ def test_a_temp_file_is_new_private_and_never_one_left_behind(tmp_path: Path, mo
 
     monkeypatch.setattr(storage, "_temp_names", itertools.count())
     folder = tmp_path / "study" / "series"
-    fd, name = storage._create_temp(folder)  # no folder yet
+    at = storage._open_folder(folder)  # no folder yet
+    fd, name = storage._create_temp(at)
     os.close(fd)
     leftover = folder / f"{storage.TEMP_PREFIX}{os.getpid():x}.1"
     leftover.write_bytes(b"theirs")
-    fd, second = storage._create_temp(folder)
+    fd, second = storage._create_temp(at)
     os.close(fd)
-    assert Path(name).parent == folder and Path(name).name.startswith(storage.TEMP_PREFIX)
-    assert Path(second).name == f"{storage.TEMP_PREFIX}{os.getpid():x}.2"
+    os.close(at)
+    assert (folder / name).is_file() and name.startswith(storage.TEMP_PREFIX)
+    assert second == f"{storage.TEMP_PREFIX}{os.getpid():x}.2"
     assert leftover.read_bytes() == b"theirs"
+    second = folder / second
     assert stat.S_IMODE(os.stat(second).st_mode) == 0o600
 
 
