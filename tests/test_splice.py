@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.charset import python_encoding
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
@@ -17,9 +18,10 @@ from pynetdicom.dsutils import decode
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
 from dicom_chain.carriers.dicom import carrier as carrier_module
+from dicom_chain.carriers.dicom import splice as splice_module
 from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.carriers.dicom.carrier import DICOM
-from dicom_chain.carriers.dicom.embedding import embed_block, read_block
+from dicom_chain.carriers.dicom.embedding import embed_block, encode_value, read_block
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
 from dicom_chain.carriers.dicom.splice import (
     PREAMBLE,
@@ -342,3 +344,14 @@ def test_a_failing_walk_never_refuses_a_file(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(carrier_module, "walk", broken)
     carried.confirm_written(path, block)
+
+
+CHARSETS = [[""], *([term] for term in sorted(python_encoding)), ["", "ISO 2022 IR 87"]]
+
+
+@pytest.mark.parametrize("charset", CHARSETS)
+def test_printable_ascii_is_encoded_without_the_character_set_as_with_it(charset):
+    """The short cut for our texts gives exactly the bytes the character set's encoding gives."""
+    text = "".join(chr(c) for c in range(0x20, 0x7F))  # every printable ASCII character, "\\" and "~" too
+    for value in (text, text[:-1], "1.2.840.10008", "d9fb" * 16, "Test Hospital", "Zürich"):
+        assert splice_module._encoded("LO", value, True, charset) == encode_value("LO", value, True, charset)
