@@ -33,6 +33,7 @@ from dicom_chain.carriers.dicom.splice import (
 )
 from dicom_chain.errors import UnfaithfulFileError
 from dicom_chain.keys import NodeKey
+from dicom_chain.storage import Storage
 
 from .conftest import TEST_FILES, pydicom_file
 from .peers import require_tool
@@ -220,6 +221,23 @@ def test_a_faithful_spliced_file_is_confirmed_by_the_element_walk_alone(
 
     monkeypatch.setattr(carried, "_confirm_by_parse", parsed)
     carried.confirm_written(path, block)
+
+
+@pytest.mark.parametrize("head", [200, 1000])
+def test_headers_past_the_head_read_are_walked_in_the_whole_file(tmp_path: Path, monkeypatch, head: int):
+    """A head that ends inside the file meta or before the block: the walk reads the rest and still
+    confirms alone; through the store's descriptor, as the node confirms a write not yet named."""
+    carried, item = received_in_memory("CT_small.dcm")
+    block = item_block(item)
+    pending = Storage(tmp_path).start_write("a/b.dcm", item.with_block(block))
+
+    def parsed(*args, **kwargs):
+        raise AssertionError("parsed back with pydicom")
+
+    monkeypatch.setattr(carrier_module, "WALK_HEAD_BYTES", head)
+    monkeypatch.setattr(carried, "_confirm_by_parse", parsed)
+    carried.confirm_written(pending.written_at, block)
+    pending.wait()
 
 
 def test_what_the_walk_does_not_confirm_is_left_to_the_parse(tmp_path: Path, monkeypatch):
