@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.charset import python_encoding
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
@@ -17,9 +18,10 @@ from pynetdicom.dsutils import decode
 
 from dicom_chain.block import FORMAT_VERSION, GENESIS_HASH, Block, BlockHeader, utc_now
 from dicom_chain.carriers.dicom import carrier as carrier_module
+from dicom_chain.carriers.dicom import splice as splice_module
 from dicom_chain.carriers.dicom.canonical import content_hash
 from dicom_chain.carriers.dicom.carrier import DICOM
-from dicom_chain.carriers.dicom.embedding import embed_block, read_block
+from dicom_chain.carriers.dicom.embedding import embed_block, encode_value, read_block
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
 from dicom_chain.carriers.dicom.splice import (
     PREAMBLE,
@@ -31,6 +33,7 @@ from dicom_chain.carriers.dicom.splice import (
 )
 from dicom_chain.errors import UnfaithfulFileError
 from dicom_chain.keys import NodeKey
+from dicom_chain.storage import Storage
 
 from .conftest import TEST_FILES, pydicom_file
 from .peers import require_tool
@@ -220,6 +223,23 @@ def test_a_faithful_spliced_file_is_confirmed_by_the_element_walk_alone(
     carried.confirm_written(path, block)
 
 
+@pytest.mark.parametrize("head", [200, 1000])
+def test_headers_past_the_head_read_are_walked_in_the_whole_file(tmp_path: Path, monkeypatch, head: int):
+    """A head that ends inside the file meta or before the block: the walk reads the rest and still
+    confirms alone; through the store's descriptor, as the node confirms a write not yet named."""
+    carried, item = received_in_memory("CT_small.dcm")
+    block = item_block(item)
+    pending = Storage(tmp_path).start_write("a/b.dcm", item.with_block(block))
+
+    def parsed(*args, **kwargs):
+        raise AssertionError("parsed back with pydicom")
+
+    monkeypatch.setattr(carrier_module, "WALK_HEAD_BYTES", head)
+    monkeypatch.setattr(carried, "_confirm_by_parse", parsed)
+    carried.confirm_written(pending.written_at, block)
+    pending.wait()
+
+
 def test_what_the_walk_does_not_confirm_is_left_to_the_parse(tmp_path: Path, monkeypatch):
     """A wrong size, a changed VR byte, a block two bytes off, another block: each is handed to
     pydicom's parse (which refuses them, test below), none accepted by the walk."""
@@ -342,3 +362,14 @@ def test_a_failing_walk_never_refuses_a_file(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(carrier_module, "walk", broken)
     carried.confirm_written(path, block)
+
+
+CHARSETS = [[""], *([term] for term in sorted(python_encoding)), ["", "ISO 2022 IR 87"]]
+
+
+@pytest.mark.parametrize("charset", CHARSETS)
+def test_printable_ascii_is_encoded_without_the_character_set_as_with_it(charset):
+    """The short cut for our texts gives exactly the bytes the character set's encoding gives."""
+    text = "".join(chr(c) for c in range(0x20, 0x7F))  # every printable ASCII character, "\\" and "~" too
+    for value in (text, text[:-1], "1.2.840.10008", "d9fb" * 16, "Test Hospital", "Zürich"):
+        assert splice_module._encoded("LO", value, True, charset) == encode_value("LO", value, True, charset)

@@ -159,15 +159,18 @@ def test_a_temp_file_is_new_private_and_never_one_left_behind(tmp_path: Path, mo
 
     monkeypatch.setattr(storage, "_temp_names", itertools.count())
     folder = tmp_path / "study" / "series"
-    fd, name = storage._create_temp(folder)  # no folder yet
+    at = storage._open_folder(folder)  # no folder yet
+    fd, name = storage._create_temp(at)
     os.close(fd)
     leftover = folder / f"{storage.TEMP_PREFIX}{os.getpid():x}.1"
     leftover.write_bytes(b"theirs")
-    fd, second = storage._create_temp(folder)
+    fd, second = storage._create_temp(at)
     os.close(fd)
-    assert Path(name).parent == folder and Path(name).name.startswith(storage.TEMP_PREFIX)
-    assert Path(second).name == f"{storage.TEMP_PREFIX}{os.getpid():x}.2"
+    os.close(at)
+    assert (folder / name).is_file() and name.startswith(storage.TEMP_PREFIX)
+    assert second == f"{storage.TEMP_PREFIX}{os.getpid():x}.2"
     assert leftover.read_bytes() == b"theirs"
+    second = folder / second
     assert stat.S_IMODE(os.stat(second).st_mode) == 0o600
 
 
@@ -180,3 +183,41 @@ def test_pieces_are_written_whole_and_in_order_when_the_kernel_takes_less(tmp_pa
     written = Storage(tmp_path).write("a/b/c.dcm", pieces)
     assert written.read_bytes() == b"prefix23456789ourstail"
     assert [p.name for p in written.parent.iterdir()] == ["c.dcm"]  # the temp name is gone
+
+
+def test_a_write_not_yet_named_is_read_back_through_its_own_descriptor(tmp_path: Path, monkeypatch):
+    """The confirmation's read-back opens nothing while the write is pending; once named or given
+    up, the descriptor is the store's no more (its number may be another file's) and a read opens
+    the file by its path."""
+    from dicom_chain import storage
+
+    store = Storage(tmp_path)
+    pending = store.start_write("a/b/c.dcm", [b"0123", b"456789"])
+    real_open = os.open
+
+    def no_open(path, *args, **kwargs):
+        raise AssertionError(f"opened {path}")
+
+    monkeypatch.setattr(storage.os, "open", no_open)
+    assert storage.read_written(pending.written_at, 2, 5) == (b"23456", 10)
+    assert storage.read_written(pending.written_at, 8, 100) == (b"89", 10)
+    monkeypatch.setattr(storage.os, "open", real_open)
+    target = pending.wait()
+    assert storage.read_written(target, 0, 4) == (b"0123", 10)
+    with pytest.raises(FileNotFoundError):  # the temp name is gone, and not read through a stale number
+        storage.read_written(pending.written_at, 0, 4)
+    given_up = store.start_write("a/b/d.dcm", [b"x"])
+    given_up.abandon()
+    assert storage._writing == {} and sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["c.dcm"]
+
+
+def test_a_name_taken_by_anything_is_refused_before_a_byte_is_written(tmp_path: Path):
+    """A dangling symbolic link takes a name as a file does: the link in ``wait`` would fail on it."""
+    from dicom_chain.errors import PathTakenError
+
+    store = Storage(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.dcm").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(PathTakenError):
+        store.start_write("a/x.dcm", [b"bytes"])
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.dcm"]

@@ -7,7 +7,6 @@ before chaining (validation.py), identity from the four UIDs (identity.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -48,6 +47,7 @@ from dicom_chain.errors import (
     UnfaithfulFileError,
     Unwalkable,
 )
+from dicom_chain.storage import read_written
 
 PART10_MAGIC = b"DICM"  # PS3.10 7.1: after the 128-byte preamble
 PART10_MAGIC_AT = 128
@@ -58,8 +58,9 @@ HEAD_BYTES = 65536  # enough for any file meta we have seen; a longer one reads 
 DEFER_BYTES = 1 << 20
 # A stored file's head read at once to walk its element headers: every header of a CT or MR slice
 # lies in its first few KB (then the pixels, skipped by length); a file whose headers lie further
-# (a long multi-frame, a structured report) is read whole, once more.
-WALK_HEAD_BYTES = 65536
+# (a long multi-frame, a structured report) is read whole, once more. 16 KiB, not 64: a quarter of
+# the copy out of the page cache (0.008 -> 0.004 ms a read).
+WALK_HEAD_BYTES = 16384
 
 
 class DicomCarrier(Carrier):
@@ -249,26 +250,21 @@ class DicomCarried(Carried):
             return False
         start = len(encoded.prefix)
         expected = start + len(encoded.body) + len(splice.ours)
-        with path.open("rb") as fp:
-            if os.fstat(fp.fileno()).st_size != expected:
-                return False  # the parse names the size
-            data = fp.read(WALK_HEAD_BYTES)
+        data, size = read_written(path, 0, WALK_HEAD_BYTES)  # the store's descriptor: no open
+        if size != expected:
+            return False  # the parse names the size
+        try:
+            found = walk(data, start, expected, start, *encoding)
+        except NeedMore:
+            data = read_written(path, 0, size)[0]
             try:
                 found = walk(data, start, expected, start, *encoding)
-            except NeedMore:
-                data += fp.read()
-                try:
-                    found = walk(data, start, expected, start, *encoding)
-                except Unwalkable:
-                    return False
             except Unwalkable:
                 return False
-            at, size = start + splice.at, len(splice.ours)
-            if at + size > len(data):
-                fp.seek(at)
-                inserted = fp.read(size)
-            else:
-                inserted = data[at : at + size]
+        except Unwalkable:
+            return False
+        at, size = start + splice.at, len(splice.ours)
+        inserted = data[at : at + size] if at + size <= len(data) else read_written(path, at, size)[0]
         if inserted != splice.ours:
             return False
         theirs = [e for e in found if e[0] >> 16 != CHAIN_GROUP]
