@@ -29,7 +29,7 @@ from dicom_chain.errors import (
     SignatureError,
     UnknownFormatError,
 )
-from dicom_chain.events import FIRST_PREV_HASH, FIRST_SEQ
+from dicom_chain.events import FIRST_PREV_HASH, FIRST_SEQ, Event
 from dicom_chain.findings import Report
 from dicom_chain.storage import TEMP_PREFIX
 from dicom_chain.vocab import FindingKind, Severity, VerificationState
@@ -461,8 +461,12 @@ def _report_foreign(report: Report, path: Path) -> None:
 
 
 def _check_event_log(ledger: Ledger, known_keys: set[bytes], report: Report, advance: Advance) -> None:
+    """The log up to the head read first: a live node appends while this runs, and what it appends
+    meanwhile is the next run's to check (read after, it was once taken for events added)."""
+    head_seq, head_hash = ledger.event_head()
     expected_seq, prev_hash = FIRST_SEQ, FIRST_PREV_HASH
-    for event, stored_hash in ledger.iter_events_with_hash():
+    for row in ledger.iter_event_rows(max_seq=head_seq):
+        event, stored_hash = Event.from_stored(row._mapping), row.hash
         advance(1)
         report.events_checked += 1
         where = {"height": None, "sop_instance_uid": event.sop_uid}
@@ -494,13 +498,33 @@ def _check_event_log(ledger: Ledger, known_keys: set[bytes], report: Report, adv
         except (SignatureError, MalformedBlockError) as exc:
             report.add(ERROR, FindingKind.EVENT_BAD_SIGNATURE, f"event {event.seq}: {exc}", **where)
         expected_seq, prev_hash = event.seq + 1, stored_hash
-    head_seq, head_hash = ledger.event_head()
     if head_seq != expected_seq - 1 or head_hash != prev_hash:
         report.add(
             ERROR,
             FindingKind.EVENT_HEAD_MISMATCH,
             f"event log head says {head_seq}, the log ends at {expected_seq - 1}: events removed or added",
         )
+        return
+    last_seq, now_head = _log_end(ledger)
+    if last_seq > now_head:  # read in one statement: no append falls between the two
+        report.add(
+            ERROR,
+            FindingKind.EVENT_HEAD_MISMATCH,
+            f"event log head says {now_head}, the log ends at {last_seq}: events added past the head",
+        )
+
+
+def _log_end(ledger: Ledger) -> tuple[int, int]:
+    """The last event's seq and the head's, as one statement sees them (one snapshot on any
+    database: two statements at PostgreSQL's READ COMMITTED could see an append between them)."""
+    from sqlalchemy import func, select  # here: verifying files alone loads no database code
+
+    from dicom_chain.ledger import EVENT_HEAD, EVENTS
+
+    last = select(func.coalesce(func.max(EVENTS.c.seq), 0)).scalar_subquery()
+    with ledger.db.reading() as session:
+        found, head = session.execute(select(last, EVENT_HEAD.c.seq).where(EVENT_HEAD.c.id == 1)).one()
+    return int(found), int(head)
 
 
 def index_states(report: Report, storage: Storage) -> dict[str, VerificationState]:

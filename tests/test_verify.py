@@ -179,6 +179,41 @@ def test_deleted_event_is_found(chained):
     assert {"event-gap", "event-broken-link"} <= tamper(chained[0], "DELETE FROM events WHERE seq = 5")
 
 
+def test_deleted_last_event_is_found(chained):
+    found = tamper(chained[0], "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events)")
+    assert "event-head-mismatch" in found
+
+
+def test_an_event_past_the_head_is_found(chained):
+    """The head moved back one: its last event is one the head does not name (as if added)."""
+    found = tamper(
+        chained[0],
+        "UPDATE event_log_head SET seq = seq - 1, "
+        "hash = (SELECT hash FROM events WHERE seq = (SELECT seq - 1 FROM event_log_head))",
+    )
+    assert found == {"event-head-mismatch"}
+
+
+def test_an_event_appended_while_verify_reads_the_log_is_no_finding(chained, monkeypatch):
+    """verify on a live node: the log is checked up to the head it read first."""
+    from dicom_chain.events import EventDraft
+    from dicom_chain.vocab import EventType
+
+    node, _ = chained
+    reading = node.ledger.iter_event_rows
+
+    def appended_meanwhile(*args, **kwargs):
+        for n, row in enumerate(reading(*args, **kwargs)):
+            if n == 1:
+                node.record(EventDraft(EventType.VERIFY_NODE, actor="someone", reason="meanwhile"))
+            yield row
+
+    monkeypatch.setattr(node.ledger, "iter_event_rows", appended_meanwhile)
+    report = verify_node(node.ledger, node.storage)
+    assert report.ok, report.findings
+    assert report.events_checked == node.ledger.event_head()[0] - 1  # the new one is the next run's
+
+
 def test_deleted_last_block_row_is_found(chained):
     assert {"head-mismatch", "foreign-file"} <= tamper(chained[0], "DELETE FROM blocks WHERE height = 11")
 
