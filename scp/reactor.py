@@ -24,11 +24,12 @@ put (none is known) costs that much latency, never a hang. Everything else is py
 unchanged: the loop bodies are copies of 3.0.4's, so timeouts, aborts, release collisions and the
 pause (``_reactor_checkpoint``) a requestor's ``send_c_*`` uses behave as before, except that the
 DUL loop reads a PDU when its last wait saw the socket readable instead of asking ``select`` every
-turn (``_transport_event``), and reads PDUs and decodes P-DATA without pynetdicom's copies
-(scp/receive.py). pynetdicom's describing handlers (INFO and DEBUG lines per PDU and message) are
-unbound while its logger drops those lines.
+turn (``_transport_event``), reads PDUs and decodes P-DATA without pynetdicom's copies
+(scp/receive.py), and packs a plain C-STORE response without pydicom (scp/respond.py).
+pynetdicom's describing handlers (INFO and DEBUG lines per PDU and message) are unbound while
+its logger drops those lines.
 
-How it is installed: ``install(ae)`` patches the four methods on pynetdicom's classes once, and
+How it is installed: ``install(ae)`` patches pynetdicom's methods on pynetdicom's classes once, and
 the patched methods take the new path only for associations of an AE that was given to
 ``install`` (every other AE in the process, a test's SCU for one, keeps pynetdicom's loops). It
 must run before the AE makes an association (the DUL binds its thread target when built).
@@ -54,11 +55,12 @@ from pynetdicom import _handlers, evt
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
-from . import receive
+from . import receive, respond
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -118,6 +120,7 @@ def _patch() -> None:
         (DULServiceProvider, "stop_dul", _dul_stop),
         (DULServiceProvider, "_read_pdu_data", _dul_read_pdu_data),
         (DIMSEMessage, "decode_msg", _decode_msg),
+        (DIMSEServiceProvider, "send_msg", _send_msg),
         (Association, "_run_reactor", _assoc_run_reactor),
         (Association, "kill", _assoc_kill),
     ):
@@ -327,6 +330,13 @@ def _decode_msg(self: DIMSEMessage, primitive: Any, assoc: Association | None = 
     if assoc is None or getattr(assoc.ae, _ATTR, False) is not True:
         return _stock["DIMSEMessage.decode_msg"](self, primitive, assoc)  # type: ignore[no-any-return]
     return receive.decode_msg(self, primitive, assoc)
+
+
+def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    if getattr(self.assoc.ae, _ATTR, False) is not True or not respond.send_store_response(
+        self, primitive, context_id
+    ):
+        _stock["DIMSEServiceProvider.send_msg"](self, primitive, context_id)
 
 
 def _wake_dul(dul: DULServiceProvider) -> None:

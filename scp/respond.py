@@ -1,0 +1,91 @@
+"""The C-STORE response's command set packed with ``struct``, not built and encoded by pydicom.
+
+pynetdicom 3.0.4's ``DIMSEServiceProvider.send_msg`` turns each response primitive into a pydicom
+``Dataset`` (one ``DataElement`` per command field, every value set through ``__setattr__`` and
+converted), encodes it once to learn the group length and again to send it: about 0.2 ms of the
+association thread per C-STORE, on the path the sender waits on, for 7 elements of fixed layout.
+
+Here, for the associations of an AE the reactor was installed for (scp/reactor.py), a C-STORE
+response with nothing but the usual fields (no Error Comment, no Offending Element) is packed as
+implicit VR little endian (PS3.7 6.3.1: every command set is) by ``store_response_bytes``, the
+same bytes pynetdicom sends (tests/test_respond.py compares them), and goes to the DUL as the
+one P-DATA pynetdicom would make of it. Anything else, or a handler bound to EVT_DIMSE_SENT
+(which needs the message object), goes through pynetdicom unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+C_STORE_RSP_FIELD = 0x8001  # PS3.7 9.3.1.2, Command Field of a C-STORE-RSP
+NO_DATA_SET = 0x0101  # PS3.7 E.1, Command Data Set Type: no data set follows
+LAST_COMMAND_FRAGMENT = b"\x03"  # PS3.8 E.2: command, last fragment
+PDV_OVERHEAD = 6  # PS3.8 9.3.5.1: item length (4), context ID (1), control header (1)
+_ELEMENT = struct.Struct("<HHL")  # group, element, value length (implicit VR little endian)
+_US = struct.Struct("<H")
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return _ELEMENT.pack(0x0000, element, len(value)) + value
+
+
+def _uid(value: Any) -> bytes | None:
+    """A UID value as pydicom writes it (padded with one NUL to even length); None where
+    pydicom's own rules might differ (not ASCII, or padding already there)."""
+    text = str(value)
+    if not text.isascii() or text.endswith(("\x00", " ")):
+        return None
+    raw = text.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def store_response_bytes(rsp: C_STORE) -> bytes | None:
+    """The encoded command set of C-STORE response ``rsp``; None when it is not the plain case
+    (the caller then leaves it to pynetdicom)."""
+    if rsp.ErrorComment is not None or rsp.OffendingElement is not None:
+        return None
+    status, message_id = rsp.Status, rsp.MessageIDBeingRespondedTo
+    if not isinstance(status, int) or not isinstance(message_id, int):
+        return None
+    if not (0 <= status <= 0xFFFF and 0 <= message_id <= 0xFFFF):
+        return None
+    parts = []
+    if rsp.AffectedSOPClassUID is not None:
+        uid = _uid(rsp.AffectedSOPClassUID)
+        if uid is None:
+            return None
+        parts.append(_element(0x0002, uid))
+    parts.append(_element(0x0100, _US.pack(C_STORE_RSP_FIELD)))
+    parts.append(_element(0x0120, _US.pack(message_id)))
+    parts.append(_element(0x0800, _US.pack(NO_DATA_SET)))
+    parts.append(_element(0x0900, _US.pack(status)))
+    if rsp.AffectedSOPInstanceUID is not None:
+        uid = _uid(rsp.AffectedSOPInstanceUID)
+        if uid is None:
+            return None
+        parts.append(_element(0x1000, uid))
+    group = b"".join(parts)
+    return _element(0x0000, struct.pack("<L", len(group))) + group
+
+
+def send_store_response(dimse: Any, primitive: Any, context_id: int) -> bool:
+    """Send ``primitive`` if it is a plain C-STORE response (True); False: not handled here."""
+    if primitive.__class__ is not C_STORE or primitive.MessageIDBeingRespondedTo is None:
+        return False
+    if dimse.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        return False
+    command = store_response_bytes(primitive)
+    if command is None:
+        return False
+    max_pdu = dimse.maximum_pdu_size
+    if max_pdu and len(command) > max_pdu - PDV_OVERHEAD:
+        return False  # fragments: pynetdicom's own splitting
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
+    dimse.dul.send_pdu(pdata)
+    return True
