@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from dicom_chain import canonjson
@@ -118,15 +119,20 @@ class Event:
     def canonical_bytes(self) -> bytes:
         return canonjson.dumps(self.body())
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """Computed from the fields once per object (an event is immutable once sealed); an event
+        read back from a row or a record computes its own, which is what verification compares."""
         return hashlib.sha256(EVENT_DOMAIN + self.canonical_bytes()).hexdigest()
 
     @classmethod
     def seal(
         cls, draft: EventDraft, seq: int, prev_hash: str, key: NodeKey, time: str | None = None
     ) -> Event:
-        """Turn a draft into the signed event that follows ``prev_hash`` at ``seq``."""
+        """Turn a draft into the signed event that follows ``prev_hash`` at ``seq``: its body
+        serialised and hashed once (that hash is kept), signed, and the signature set on the one
+        object (``dataclasses.replace`` would build a second and hash it again; this runs once
+        per received instance)."""
         event = cls(
             seq=seq,
             prev_hash=prev_hash,
@@ -143,7 +149,9 @@ class Event:
             details=json.loads(canonjson.dumps(draft.details)),  # what survives a round trip
             public_key=key.public_key,
         )
-        return replace(event, signature=key.sign(EVENT_SIGNATURE_DOMAIN + event.hash.encode("ascii")))
+        signature = key.sign(EVENT_SIGNATURE_DOMAIN + event.hash.encode("ascii"))
+        object.__setattr__(event, "signature", signature)  # not in the hash: the body is unchanged
+        return event
 
     def verify_signature(self) -> None:
         if key_id_for(self.public_key) != self.key_id:

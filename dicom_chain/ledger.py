@@ -132,7 +132,9 @@ class Appender:
         self.head_height, self.head_hash = h.height, block.hash
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
-        return append_event(self.session, key, draft, self.cursor)
+        """On this transaction's cursor: no ORM session is made for it (one cost ~0.05 ms to open
+        and close, more than the event's two statements)."""
+        return append_event(None, key, draft, self.cursor)
 
 
 BLOCKS = BlockRow.__table__
@@ -183,9 +185,15 @@ _EVENTS_AFTER = (
 )
 
 
-def append_event(session: Session, key: NodeKey, draft: EventDraft, cursor: HotCursor | None = None) -> Event:
-    """Seal ``draft`` after the log's head, inside the caller's transaction (head row locked)."""
-    cursor = cursor or HotCursor(session)
+def append_event(
+    session: Session | None, key: NodeKey, draft: EventDraft, cursor: HotCursor | None = None
+) -> Event:
+    """Seal ``draft`` after the log's head, inside the caller's transaction (head row locked):
+    on ``cursor`` when given (then ``session`` may be None), else on the session's connection."""
+    if cursor is None:
+        if session is None:
+            raise TypeError("append_event needs a session or a cursor")
+        cursor = HotCursor(session)
     seq, prev = cursor.run(_EVENT_HEAD_LOCKED, {}).fetchone()
     sealed = Event.seal(draft, seq + 1, prev, key)
     row = sealed.stored()  # its hash computed once more, not again for the head

@@ -252,6 +252,10 @@ def _reference_statements(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(L.Appender, "study_head", study_head)
     monkeypatch.setattr(L.Appender, "add_block", add_block)
     monkeypatch.setattr(L, "append_event", append_event)
+    # the receipt's events go through the session too (its own goes on the transaction's cursor)
+    monkeypatch.setattr(
+        L.Appender, "add_event", lambda self, key, draft: L.append_event(self.session, key, draft)
+    )
     monkeypatch.setattr(outbox, "HotCursor", Enqueue)
 
 
