@@ -53,7 +53,10 @@ UID_CHARS = 64  # PS3.5 9.1
 
 EVENT_FIELDS: tuple[EventField, ...] = (
     EventField("seq", Stored.INTEGER, key=True),
-    EventField("hash", size=HASH_CHARS, unique=True, signed=False),
+    # No unique constraint on the hash (migration 0010): the hash covers prev_hash, so two rows
+    # with one hash would share a prev_hash, which its own constraint refuses; no query looks an
+    # event up by hash, and the index cost every appended event a page written.
+    EventField("hash", size=HASH_CHARS, signed=False),
     EventField("prev_hash", size=HASH_CHARS, unique=True),
     EventField("time", size=32),  # utc_now(): YYYY-MM-DDTHH:MM:SS.ffffffZ
     EventField("type", size=64),  # an EventType
