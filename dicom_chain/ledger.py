@@ -86,7 +86,7 @@ class Appender:
         self.chain_id = chain_id
         self.head_height = head_height
         self.head_hash = head_hash
-        self.cursor = cursor or HotCursor(tx if isinstance(tx, Session) else tx.conn)
+        self.cursor = cursor or HotCursor(tx)
 
     @property
     def session(self) -> Session:
@@ -269,7 +269,7 @@ class Ledger:
     def append(self, chain_id: str) -> Iterator[Appender]:
         """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
         with self.db.writing_direct() as tx:
-            cursor = HotCursor(tx.conn)
+            cursor = HotCursor(tx)
             head = cursor.run(_HEAD_LOCKED, {"chain": chain_id}).fetchone()
             if head is None:
                 raise LedgerError(f"no chain {chain_id} in this ledger")
