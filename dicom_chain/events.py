@@ -149,7 +149,7 @@ class Event:
             sop_uid=draft.sop_uid,
             chain_id=draft.chain_id,
             reason=draft.reason,
-            details=json.loads(canonjson.dumps(draft.details)),  # what survives a round trip
+            details=_as_stored(draft.details),
             public_key=key.public_key,
         )
         signature = key.sign(EVENT_SIGNATURE_DOMAIN + event.hash.encode("ascii"))
@@ -188,6 +188,19 @@ class Event:
                 value = int(value)
             kwargs[f.name] = value
         return cls(**kwargs)
+
+
+_PLAIN = (str, int, type(None))  # exact types (no subclass: an enum member) that read back as they are
+
+
+def _as_stored(details: dict[str, Any]) -> dict[str, Any]:
+    """``details`` as they read back from the log (a JSON round trip: tuples become lists, keys
+    strings, enum members their values, keys sorted). A flat dict of text keys and plain values,
+    as a receipt's is, reads back as a sorted copy of itself: made so, without serialising and
+    parsing it once per instance."""
+    if all(type(k) is str and type(v) in _PLAIN for k, v in details.items()):
+        return dict(sorted(details.items()))
+    return json.loads(canonjson.dumps(details))
 
 
 _EVENT_ONLY = tuple(f for f in EVENT_FIELDS if f.name != "hash")
