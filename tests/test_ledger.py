@@ -117,15 +117,15 @@ def test_migration_0010_keeps_every_row_and_the_constraints_that_matter(db_url: 
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0009")
     ledger.db.engine.dispose()
-    assert {"ix_blocks_sop", "ix_events_patient"} <= indexes()
+    assert {"ix_blocks_sop", "ix_events_patient", "ix_events_type"} <= indexes()
     assert _ledger_rows(ledger) == before
     with ledger.db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     for engine in (ledger.db.engine, ledger.db.writer):
         engine.dispose()  # no connection keeps the old schema's statements
-    assert not {"ix_blocks_sop", "ix_events_patient"} & indexes()
-    assert {"ix_events_type", "ix_events_study", "ix_events_time"} <= indexes()
+    assert not {"ix_blocks_sop", "ix_events_patient", "ix_events_type"} & indexes()
+    assert {"ix_events_type_patient", "ix_events_study", "ix_events_time"} <= indexes()
     assert _ledger_rows(ledger) == before
     assert_contiguous(ledger, chain_id, 6)
     append_one(ledger, key, chain_id, "1.2.3.6")  # and the receipt path works on the new shape
@@ -136,7 +136,7 @@ def test_migration_0010_keeps_every_row_and_the_constraints_that_matter(db_url: 
                 tuple(c[2] for c in session.execute(text(f"PRAGMA index_info('{r[1]}')")))
                 for r in session.execute(text("PRAGMA index_list(events)"))
             }
-            assert trees == {("prev_hash",), ("study_uid",), ("time",), ("type",)}
+            assert trees == {("prev_hash",), ("study_uid",), ("time",), ("type", "patient_id")}
         last = session.execute(text("SELECT * FROM events ORDER BY seq DESC LIMIT 1")).one()._mapping
     with pytest.raises(LedgerConflict), ledger.db.writing() as session:  # a second successor of one event
         session.execute(
@@ -148,8 +148,8 @@ def test_migration_0010_keeps_every_row_and_the_constraints_that_matter(db_url: 
 
 def test_the_reads_of_dropped_indexes_use_the_kept_ones(tmp_path: Path):
     """The queries the dropped indexes could serve still find their rows by an index (SQLite's
-    plans): an item's latest version by uq_blocks_sop_version, a patient's opt-in events by type,
-    an export's period in seq order without a sort."""
+    plans): an item's latest version by uq_blocks_sop_version, a patient's opt-in events by type
+    and patient."""
     from dicom_chain.ledger import _LATEST_VERSION
     from dicom_chain.sharing.research import OPT_EVENTS
 
@@ -161,7 +161,6 @@ def test_the_reads_of_dropped_indexes_use_the_kept_ones(tmp_path: Path):
             f"SELECT * FROM events WHERE type IN ({types}) AND patient_id = :p ORDER BY seq",
             {"p": "P"},
         ),
-        "since": ("SELECT * FROM events WHERE time >= :t ORDER BY seq", {"t": "2026"}),
     }
     with ledger.db.reading() as session:
         found = {
@@ -173,9 +172,7 @@ def test_the_reads_of_dropped_indexes_use_the_kept_ones(tmp_path: Path):
     assert "SEARCH blocks USING INDEX sqlite_autoindex_blocks_" in found["latest"], found
     assert "(chain_id=? AND sop_instance_uid=?)" in found["latest"], found
     assert "TEMP B-TREE" not in found["latest"], found  # the newest version straight from the index
-    assert "TEMP B-TREE" not in found["since"], found  # an export streams the table in seq order
-    assert "USING INDEX ix_events_type" in found["optin"], found
-    assert "SCAN events" not in found["optin"], found
+    assert "USING INDEX ix_events_type_patient (type=? AND patient_id=?)" in found["optin"], found
 
 
 def test_appends_are_contiguous_and_linked(db_url: str):
