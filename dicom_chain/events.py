@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from dicom_chain import canonjson
@@ -52,7 +53,10 @@ UID_CHARS = 64  # PS3.5 9.1
 
 EVENT_FIELDS: tuple[EventField, ...] = (
     EventField("seq", Stored.INTEGER, key=True),
-    EventField("hash", size=HASH_CHARS, unique=True, signed=False),
+    # No unique constraint on the hash (migration 0010): the hash covers prev_hash, so two rows
+    # with one hash would share a prev_hash, which its own constraint refuses; no query looks an
+    # event up by hash, and the index cost every appended event a page written.
+    EventField("hash", size=HASH_CHARS, signed=False),
     EventField("prev_hash", size=HASH_CHARS, unique=True),
     EventField("time", size=32),  # utc_now(): YYYY-MM-DDTHH:MM:SS.ffffffZ
     EventField("type", size=64),  # an EventType
@@ -118,15 +122,20 @@ class Event:
     def canonical_bytes(self) -> bytes:
         return canonjson.dumps(self.body())
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """Computed from the fields once per object (an event is immutable once sealed); an event
+        read back from a row or a record computes its own, which is what verification compares."""
         return hashlib.sha256(EVENT_DOMAIN + self.canonical_bytes()).hexdigest()
 
     @classmethod
     def seal(
         cls, draft: EventDraft, seq: int, prev_hash: str, key: NodeKey, time: str | None = None
     ) -> Event:
-        """Turn a draft into the signed event that follows ``prev_hash`` at ``seq``."""
+        """Turn a draft into the signed event that follows ``prev_hash`` at ``seq``: its body
+        serialised and hashed once (that hash is kept), signed, and the signature set on the one
+        object (``dataclasses.replace`` would build a second and hash it again; this runs once
+        per received instance)."""
         event = cls(
             seq=seq,
             prev_hash=prev_hash,
@@ -140,10 +149,12 @@ class Event:
             sop_uid=draft.sop_uid,
             chain_id=draft.chain_id,
             reason=draft.reason,
-            details=json.loads(canonjson.dumps(draft.details)),  # what survives a round trip
+            details=_as_stored(draft.details),
             public_key=key.public_key,
         )
-        return replace(event, signature=key.sign(EVENT_SIGNATURE_DOMAIN + event.hash.encode("ascii")))
+        signature = key.sign(EVENT_SIGNATURE_DOMAIN + event.hash.encode("ascii"))
+        object.__setattr__(event, "signature", signature)  # not in the hash: the body is unchanged
+        return event
 
     def verify_signature(self) -> None:
         if key_id_for(self.public_key) != self.key_id:
@@ -177,6 +188,19 @@ class Event:
                 value = int(value)
             kwargs[f.name] = value
         return cls(**kwargs)
+
+
+_PLAIN = (str, int, type(None))  # exact types (no subclass: an enum member) that read back as they are
+
+
+def _as_stored(details: dict[str, Any]) -> dict[str, Any]:
+    """``details`` as they read back from the log (a JSON round trip: tuples become lists, keys
+    strings, enum members their values, keys sorted). A flat dict of text keys and plain values,
+    as a receipt's is, reads back as a sorted copy of itself: made so, without serialising and
+    parsing it once per instance."""
+    if all(type(k) is str and type(v) in _PLAIN for k, v in details.items()):
+        return dict(sorted(details.items()))
+    return json.loads(canonjson.dumps(details))
 
 
 _EVENT_ONLY = tuple(f for f in EVENT_FIELDS if f.name != "hash")

@@ -86,7 +86,7 @@ class Appender:
         self.chain_id = chain_id
         self.head_height = head_height
         self.head_hash = head_hash
-        self.cursor = cursor or HotCursor(tx if isinstance(tx, Session) else tx.conn)
+        self.cursor = cursor or HotCursor(tx)
 
     @property
     def session(self) -> Session:
@@ -132,7 +132,9 @@ class Appender:
         self.head_height, self.head_hash = h.height, block.hash
 
     def add_event(self, key: NodeKey, draft: EventDraft) -> Event:
-        return append_event(self.session, key, draft, self.cursor)
+        """On this transaction's cursor: no ORM session is made for it (one cost ~0.05 ms to open
+        and close, more than the event's two statements)."""
+        return append_event(None, key, draft, self.cursor)
 
 
 BLOCKS = BlockRow.__table__
@@ -183,9 +185,15 @@ _EVENTS_AFTER = (
 )
 
 
-def append_event(session: Session, key: NodeKey, draft: EventDraft, cursor: HotCursor | None = None) -> Event:
-    """Seal ``draft`` after the log's head, inside the caller's transaction (head row locked)."""
-    cursor = cursor or HotCursor(session)
+def append_event(
+    session: Session | None, key: NodeKey, draft: EventDraft, cursor: HotCursor | None = None
+) -> Event:
+    """Seal ``draft`` after the log's head, inside the caller's transaction (head row locked):
+    on ``cursor`` when given (then ``session`` may be None), else on the session's connection."""
+    if cursor is None:
+        if session is None:
+            raise TypeError("append_event needs a session or a cursor")
+        cursor = HotCursor(session)
     seq, prev = cursor.run(_EVENT_HEAD_LOCKED, {}).fetchone()
     sealed = Event.seal(draft, seq + 1, prev, key)
     row = sealed.stored()  # its hash computed once more, not again for the head
@@ -261,7 +269,7 @@ class Ledger:
     def append(self, chain_id: str) -> Iterator[Appender]:
         """Lock the chain's head for one append; commits on exit, rolls back on any exception."""
         with self.db.writing_direct() as tx:
-            cursor = HotCursor(tx.conn)
+            cursor = HotCursor(tx)
             head = cursor.run(_HEAD_LOCKED, {"chain": chain_id}).fetchone()
             if head is None:
                 raise LedgerError(f"no chain {chain_id} in this ledger")

@@ -4,9 +4,11 @@ writes commit or roll back whole, and relaxed writes are still committed."""
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select, text
@@ -272,4 +274,23 @@ def test_a_direct_write_on_sqlite_holds_the_write_lock_from_its_start(tmp_path):
     other.execute("BEGIN IMMEDIATE")  # released at the commit
     other.execute("ROLLBACK")
     other.close()
+    db.close()
+
+
+def test_a_direct_write_that_cannot_connect_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The driver's connection comes straight from the pool, not through ``Engine.connect``: a
+    driver's error on connecting must still arrive as ours (retryable: A700 to a modality)."""
+    db = Database(f"sqlite:///{tmp_path / 'ledger.db'}")
+    db.writer.dispose()  # no pooled connection left: the next checkout connects
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(db.writer.dialect.loaded_dbapi, "connect", refuse)
+    with pytest.raises(LedgerUnavailable), db.writing_direct():
+        pass
+    monkeypatch.undo()
+    with db.writing_direct() as tx:  # and the pool is not left short of a connection
+        _direct_insert(tx, "tcp://d:1")
+    assert _count(db) == 1
     db.close()

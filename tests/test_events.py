@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
+from dicom_chain import canonjson
 from dicom_chain.block import GENESIS_HASH
 from dicom_chain.errors import SignatureError
 from dicom_chain.events import Event, EventDraft
@@ -60,3 +62,24 @@ def test_a_draft_outside_the_vocabulary_fails_where_it_is_made():
         EventDraft("instance.received", outcome="fine")
     draft = EventDraft("instance.received", outcome="minor-failure")
     assert draft.type is EventType.INSTANCE_RECEIVED and draft.outcome is Outcome.MINOR_FAILURE
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {},
+        {"height": 7, "block_hash": "ab" * 32, "version": 1, "peer": "10.0.0.1", "none": None},
+        {"anomalies": ("a", "b"), "height": 1},  # a tuple reads back as a list
+        {10: "int keys", 9: "sorted as numbers"},  # keys read back as text
+        {"outcome": Outcome.SUCCESS, "n": True},  # an enum member reads back as its value
+        {"nested": {"z": 1, "a": [1, {"b": 2}]}, "big": 2**70, "text": "é\u2028"},
+    ],
+)
+def test_sealed_details_are_what_the_log_reads_back(details: dict):
+    """The flat receipt details skip the JSON round trip: they must come out exactly as it would."""
+    sealed = Event.seal(EventDraft(EventType.SERVICE_START, details=details), 1, "0" * 64, NodeKey.generate())
+    expected = json.loads(canonjson.dumps(details))
+    assert sealed.details == expected
+    assert [(k, type(v)) for k, v in sealed.details.items()] == [(k, type(v)) for k, v in expected.items()]
+    assert sealed.details is not details  # a copy: the caller's dict can change, the event not
+    assert Event.from_stored(sealed.stored()).hash == sealed.hash

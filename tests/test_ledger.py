@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from dicom_chain.block import FORMAT_VERSION, Block, BlockHeader, utc_now
-from dicom_chain.errors import LedgerError
+from dicom_chain.errors import LedgerConflict, LedgerError
 from dicom_chain.events import EventDraft
 from dicom_chain.keys import NodeKey
 from dicom_chain.ledger import Ledger
@@ -77,6 +77,102 @@ def test_migrations_reach_head_and_match_the_models(db_url: str):
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     ledger.close()
     Ledger(db_url).close()  # second open: already at head
+
+
+def _ledger_rows(ledger: Ledger) -> dict[str, list]:
+    with ledger.db.reading() as session:
+        return {
+            table: [
+                dict(r._mapping) for r in session.execute(text(f"SELECT * FROM {table} ORDER BY {order}"))
+            ]
+            for table, order in {"blocks": "height", "events": "seq", "event_log_head": "id"}.items()
+        }
+
+
+def test_migration_0010_keeps_every_row_and_the_constraints_that_matter(db_url: str):
+    """Down to 0009 (the old shape back) and up again: every block and event as it was, the log
+    still verifies, a fork of the event log is still refused; on SQLite seq is the table's rowid."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from dicom_chain.db.migrate import alembic_config
+
+    ledger, key = Ledger(db_url), NodeKey.generate()
+    chain_id = ledger.ensure_chain(key, "H")
+    for i in range(6):
+        append_one(ledger, key, chain_id, f"1.2.3.{i}", study=f"9.{i % 2}")
+    before = _ledger_rows(ledger)
+    cfg = alembic_config()
+
+    def indexes() -> set[str]:
+        with ledger.db.engine.connect() as conn:
+            found = inspect(conn)
+            names = {i["name"] for t in ("blocks", "events") for i in found.get_indexes(t)}
+            return names | {
+                u["name"] or "unique " + ",".join(u["column_names"])
+                for u in found.get_unique_constraints("events")
+            }
+
+    with ledger.db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0009")
+    ledger.db.engine.dispose()
+    assert {"ix_blocks_sop", "ix_events_patient", "ix_events_type"} <= indexes()
+    assert _ledger_rows(ledger) == before
+    with ledger.db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    for engine in (ledger.db.engine, ledger.db.writer):
+        engine.dispose()  # no connection keeps the old schema's statements
+    assert not {"ix_blocks_sop", "ix_events_patient", "ix_events_type"} & indexes()
+    assert {"ix_events_type_patient", "ix_events_study", "ix_events_time"} <= indexes()
+    assert _ledger_rows(ledger) == before
+    assert_contiguous(ledger, chain_id, 6)
+    append_one(ledger, key, chain_id, "1.2.3.6")  # and the receipt path works on the new shape
+    with ledger.db.reading() as session:
+        if ledger.db.is_sqlite:  # seq is the rowid: no tree of its own
+            assert session.execute(text("SELECT count(*) FROM events WHERE rowid = seq")).scalar() == 7
+            trees = {
+                tuple(c[2] for c in session.execute(text(f"PRAGMA index_info('{r[1]}')")))
+                for r in session.execute(text("PRAGMA index_list(events)"))
+            }
+            assert trees == {("prev_hash",), ("study_uid",), ("time",), ("type", "patient_id")}
+        last = session.execute(text("SELECT * FROM events ORDER BY seq DESC LIMIT 1")).one()._mapping
+    with pytest.raises(LedgerConflict), ledger.db.writing() as session:  # a second successor of one event
+        session.execute(
+            text(f"INSERT INTO events ({', '.join(last)}) VALUES ({', '.join(':' + c for c in last)})"),
+            {**last, "seq": last["seq"] + 1, "hash": "f" * 64},
+        )
+    ledger.close()
+
+
+def test_the_reads_of_dropped_indexes_use_the_kept_ones(tmp_path: Path):
+    """The queries the dropped indexes could serve still find their rows by an index (SQLite's
+    plans): an item's latest version by uq_blocks_sop_version, a patient's opt-in events by type
+    and patient."""
+    from dicom_chain.ledger import _LATEST_VERSION
+    from dicom_chain.sharing.research import OPT_EVENTS
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    types = ", ".join(f"'{t}'" for t in OPT_EVENTS)
+    plans = {
+        "latest": (_LATEST_VERSION.sqlite, {"chain": "c", "sop": "1.2"}),
+        "optin": (
+            f"SELECT * FROM events WHERE type IN ({types}) AND patient_id = :p ORDER BY seq",
+            {"p": "P"},
+        ),
+    }
+    with ledger.db.reading() as session:
+        found = {
+            name: " | ".join(r[-1] for r in session.execute(text("EXPLAIN QUERY PLAN " + sql), params))
+            for name, (sql, params) in plans.items()
+        }
+    ledger.close()
+    # uq_blocks_sop_version (SQLite names a constraint's index sqlite_autoindex_blocks_N)
+    assert "SEARCH blocks USING INDEX sqlite_autoindex_blocks_" in found["latest"], found
+    assert "(chain_id=? AND sop_instance_uid=?)" in found["latest"], found
+    assert "TEMP B-TREE" not in found["latest"], found  # the newest version straight from the index
+    assert "USING INDEX ix_events_type_patient (type=? AND patient_id=?)" in found["optin"], found
 
 
 def test_appends_are_contiguous_and_linked(db_url: str):
@@ -252,6 +348,10 @@ def _reference_statements(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(L.Appender, "study_head", study_head)
     monkeypatch.setattr(L.Appender, "add_block", add_block)
     monkeypatch.setattr(L, "append_event", append_event)
+    # the receipt's events go through the session too (its own goes on the transaction's cursor)
+    monkeypatch.setattr(
+        L.Appender, "add_event", lambda self, key, draft: L.append_event(self.session, key, draft)
+    )
     monkeypatch.setattr(outbox, "HotCursor", Enqueue)
 
 

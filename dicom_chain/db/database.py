@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 
 from dicom_chain.db import migrate
 from dicom_chain.db.translate import translate, translated
@@ -210,13 +211,14 @@ class Database:
     @contextmanager
     def writing_direct(self, *, durable: bool = True) -> Iterator[DirectWrite]:
         """``writing`` for the one transaction of each received instance: BEGIN and COMMIT issued
-        on the driver's connection (a pooled Core connection's), no ORM session unless a caller asks
-        for one. The ORM's unit of work around a handful of statements cost more CPU than they did
-        (about 0.09 ms of 0.1 ms for an empty transaction). Same lock, same engine, same commit: on
-        SQLite ``synchronous=FULL`` (durable) waits for the WAL's fsync, as ``writing`` does."""
+        on the driver's connection, checked out of the pool as it is (no Core ``Connection`` or
+        ORM session unless a caller asks for one). The ORM's unit of work around a handful of
+        statements cost more CPU than they did (about 0.09 ms of 0.1 ms for an empty transaction),
+        and a Core connection's checkout twice the pool's own. Same lock, same engine, same commit:
+        on SQLite ``synchronous=FULL`` (durable) waits for the WAL's fsync, as ``writing`` does."""
         engine = self.writer if durable else self.relaxed
-        with self.write_lock.held(), translated(), engine.connect() as conn:
-            tx = DirectWrite(conn)
+        with self.write_lock.held(), translated():
+            tx = DirectWrite.checkout(engine)
             try:
                 tx.begin()
                 yield tx
@@ -224,6 +226,8 @@ class Database:
             except BaseException:
                 tx.rollback()
                 raise
+            finally:
+                tx.close()
 
     @contextmanager
     def writing_connection(self, *, durable: bool = True) -> Iterator[Connection]:
@@ -291,18 +295,43 @@ class Database:
 
 
 class DirectWrite:
-    """One write transaction begun, committed or rolled back on the driver's connection of
-    ``conn``; ``session`` is an ORM session in that same transaction, made only when asked (a
-    new version's checks, an origin row): its pending rows are flushed before the commit."""
+    """One write transaction begun, committed or rolled back on the driver's connection of a
+    pooled connection (``pooled``). ``conn`` is a Core connection on it and ``session`` an ORM
+    session in that same transaction, each made only when asked (a new version's checks, an origin
+    row): the session's pending rows are flushed before the commit."""
 
-    __slots__ = ("_driver", "_error", "_session", "_sqlite", "conn")
+    __slots__ = ("_conn", "_driver", "_engine", "_error", "_pooled", "_session", "_sqlite", "dialect")
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._driver = conn.connection.driver_connection
-        self._error = conn.dialect.loaded_dbapi.Error
-        self._sqlite = conn.dialect.name == "sqlite"
+    def __init__(self, engine: Engine, pooled: PoolProxiedConnection) -> None:
+        self._engine = engine
+        self._pooled = pooled
+        self.dialect = engine.dialect
+        self._driver = pooled.driver_connection
+        self._error = engine.dialect.loaded_dbapi.Error
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._conn: Connection | None = None
         self._session: Session | None = None
+
+    @classmethod
+    def checkout(cls, engine: Engine) -> DirectWrite:
+        """A connection from ``engine``'s pool; a driver's error on connecting is wrapped as
+        SQLAlchemy wraps it (``Engine.connect`` does), so it is translated as every other."""
+        try:
+            pooled = engine.raw_connection()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise sa_exc.DBAPIError.instance("connect", None, exc, engine.dialect.loaded_dbapi.Error) from exc
+        return cls(engine, pooled)
+
+    @property
+    def driver(self) -> Any:
+        """The driver's own connection (sqlite3, psycopg): what db/hot.py runs statements on."""
+        return self._driver
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._conn = Connection(self._engine, connection=self._pooled)
+        return self._conn
 
     @property
     def session(self) -> Session:
@@ -332,8 +361,15 @@ class DirectWrite:
         try:
             self._driver.rollback()
         except self._error:
-            self.conn.invalidate()  # not back into the pool in a state nobody knows
+            self._pooled.invalidate()  # not back into the pool in a state nobody knows
         self._end_session()
+
+    def close(self) -> None:
+        """Back to the pool (through the Core connection when one was made: it owns it then)."""
+        if self._conn is not None:
+            self._conn.close()
+        else:
+            self._pooled.close()
 
     def _end_session(self) -> None:
         """The session's own transaction ends on a driver that has none left: a no-op rollback."""

@@ -20,6 +20,8 @@ from sqlalchemy import Connection
 from sqlalchemy import exc as sa
 from sqlalchemy.orm import Session
 
+from dicom_chain.db.database import DirectWrite
+
 _NAMED = re.compile(r":(\w+)")
 
 
@@ -34,16 +36,20 @@ class HotSQL:
 
 
 class HotCursor:
-    """The driver's cursor of a session's connection (its transaction, begun if not yet) or of a
-    Core connection (``Database.writing_direct``'s)."""
+    """The driver's cursor of a session's connection (its transaction, begun if not yet), of a
+    Core connection, or of ``Database.writing_direct``'s transaction."""
 
     __slots__ = ("_cursor", "_error", "_pg")
 
-    def __init__(self, on: Session | Connection) -> None:
-        conn = on.connection() if isinstance(on, Session) else on
-        self._pg = conn.dialect.name == "postgresql"
-        self._error = conn.dialect.loaded_dbapi.Error
-        self._cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    def __init__(self, on: Session | Connection | DirectWrite) -> None:
+        if isinstance(on, DirectWrite):
+            dialect, driver = on.dialect, on.driver
+        else:
+            conn = on.connection() if isinstance(on, Session) else on
+            dialect, driver = conn.dialect, conn.connection.driver_connection
+        self._pg = dialect.name == "postgresql"
+        self._error = dialect.loaded_dbapi.Error
+        self._cursor = driver.cursor()  # type: ignore[union-attr]
 
     def run(self, stmt: HotSQL, params: Mapping[str, Any]) -> Any:
         """Execute; the cursor, to fetch from."""

@@ -51,8 +51,10 @@ class BlockRow(Base):
         UniqueConstraint("chain_id", "height", name="uq_blocks_chain_height"),
         UniqueConstraint("chain_id", "sop_instance_uid", "version", name="uq_blocks_sop_version"),
         UniqueConstraint("chain_id", "study_instance_uid", "study_index", name="uq_blocks_study_index"),
-        Index("ix_blocks_sop", "chain_id", "sop_instance_uid"),
     )
+    # A SOP Instance's versions (the receipt's latest-version read) are found through
+    # uq_blocks_sop_version: an index of (chain_id, sop_instance_uid) alone would only repeat its
+    # prefix, at a page written per block (dropped in migration 0010).
 
     id: Mapped[int] = mapped_column(BIGID, primary_key=True, autoincrement=True)
     chain_id: Mapped[str] = mapped_column(ForeignKey("chains.chain_id"))
@@ -83,7 +85,10 @@ class EventLogHead(Base):
 
 
 def _event_column(f: EventField) -> Column:
-    kind: Any = BigInteger() if f.stored is Stored.INTEGER else String(f.size) if f.size else Text()
+    # seq is SQLite's rowid (INTEGER PRIMARY KEY): the table is kept in seq order with no second
+    # tree for the key, one page fewer written per event (migration 0010).
+    integer = BIGID if f.key else BigInteger()
+    kind: Any = integer if f.stored is Stored.INTEGER else String(f.size) if f.size else Text()
     return Column(f.name, kind, primary_key=f.key, autoincrement=False, unique=f.unique, nullable=False)
 
 
@@ -94,8 +99,11 @@ class EventRow(Base):
         "events",
         Base.metadata,
         *(_event_column(f) for f in EVENT_FIELDS),
-        Index("ix_events_type", "type"),
-        Index("ix_events_patient", "patient_id"),
+        # What queries read events by besides seq: type (the sharing rules, outages, the access
+        # log) and, within a type, patient (research opt-ins), study (an item's versions), time
+        # (exports by period). Each is a page written per event appended, so no other: type and
+        # patient share one (migration 0010; they were two).
+        Index("ix_events_type_patient", "type", "patient_id"),
         Index("ix_events_study", "study_uid"),
         Index("ix_events_time", "time"),
     )
