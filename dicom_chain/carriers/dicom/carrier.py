@@ -21,6 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_chain.block import FORMAT_VERSION, Block
 from dicom_chain.carriers.base import Carried, Carrier, Digests, Identity, Item
+from dicom_chain.carriers.dicom import fastread
 from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_digests, lossy_pixels
 from dicom_chain.carriers.dicom.elementwalk import Element, walk
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
@@ -28,11 +29,13 @@ from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
 from dicom_chain.carriers.dicom.splice import (
+    PREAMBLE,
     EncodedInstance,
     FileSpan,
     Layout,
     Splice,
     encoding_as_read,
+    file_meta_bytes,
     layout,
     splice_point,
     spliced_layout,
@@ -125,12 +128,13 @@ class DicomCarrier(Carrier):
 
         The pixels are left in ``data`` (``_parsed_in_place``): hashed from a view of it and
         written from it, never copied out, unless something reads them as a value."""
+        prefix = PREAMBLE + file_meta_bytes(file_meta)
         try:
-            ds = _parsed_in_place(data)
+            ds = fastread.parse(data, prefix, file_meta, IN_PLACE_BYTES) or _parsed_in_place(data)
         except Exception as exc:  # pydicom raises many types on garbage
             raise NotDicomError(f"dataset does not decode: {exc}") from exc
         ds.file_meta = file_meta
-        encoded = EncodedInstance.from_received_bytes(ds, data)
+        encoded = EncodedInstance.from_received_bytes(ds, data, prefix)
         try:
             as_read = layout(ds, encoded.tell_base)  # now, before any value is converted
         except ValueError:
