@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_chain.carriers.dicom import canonical
+from dicom_chain.carriers.dicom import canonical, rawvalues
 from dicom_chain.carriers.dicom.canonical import (
     CANONICAL_VERSION,
     content_digests,
@@ -707,8 +707,10 @@ def _outcome(compute) -> object:
 def _both_ways(monkeypatch, compute) -> tuple[object, object]:
     fast = _outcome(compute)
     monkeypatch.setattr(canonical, "_FAST_PATH", False)
+    monkeypatch.setattr(rawvalues, "ENABLED", False)
     slow = _outcome(compute)
     monkeypatch.setattr(canonical, "_FAST_PATH", True)
+    monkeypatch.setattr(rawvalues, "ENABLED", True)
     return fast, slow
 
 

@@ -30,6 +30,7 @@ from pydicom.filereader import read_sequence
 from pydicom.filewriter import write_data_element
 
 from dicom_chain.carriers.base import Digests
+from dicom_chain.carriers.dicom import rawvalues
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP, chain_block_tags
 from dicom_chain.errors import MalformedDatasetError
 
@@ -680,18 +681,39 @@ class _PixelShape:
 
     @classmethod
     def of(cls, ds: Dataset) -> _PixelShape:
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        """Read as pydicom converts each value, or from its raw bytes where that is the same
+        (rawvalues); a value missing or garbled raises what pydicom raises."""
+
+        def get(keyword: str, tag: int, *default: Any) -> Any:
+            value = rawvalues.us(ds, tag)
+            return (
+                value if value is not None else ds.get(keyword, *default) if default else getattr(ds, keyword)
+            )
+
+        samples = int(get("SamplesPerPixel", 0x00280002, 1) or 1)  # in pydicom's order of reading:
+        rows = int(get("Rows", 0x00280010))  # a garbled value raises what it raised there
+        columns = int(get("Columns", 0x00280011))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        allocated = get("BitsAllocated", 0x00280100)
+        bits_allocated = int(allocated)
+        bits_stored = int(get("BitsStored", 0x00280101, allocated) or allocated)
+        high_bit = int(get("HighBit", 0x00280102, int(get("BitsStored", 0x00280101, allocated)) - 1))
+        signed = int(get("PixelRepresentation", 0x00280103, 0) or 0) == 1
+        planar = samples > 1 and int(get("PlanarConfiguration", PLANAR_CONFIGURATION, 0) or 0) == 1
+        photometric = rawvalues.cs(ds, PHOTOMETRIC)
+        if photometric is None:
+            photometric = str(ds.get("PhotometricInterpretation", ""))
         return cls(
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
-            samples=samples,
-            frames=int(ds.get("NumberOfFrames", 1) or 1),
-            bits_allocated=int(ds.BitsAllocated),
-            bits_stored=int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated),
-            high_bit=int(ds.get("HighBit", int(ds.get("BitsStored", ds.BitsAllocated)) - 1)),
-            signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
-            planar=samples > 1 and int(ds.get("PlanarConfiguration", 0) or 0) == 1,
-            photometric=str(ds.get("PhotometricInterpretation", "")).strip(),
+            rows,
+            columns,
+            samples,
+            frames,
+            bits_allocated,
+            bits_stored,
+            high_bit,
+            signed,
+            planar,
+            photometric.strip(),
         )
 
     @property

@@ -128,9 +128,13 @@ class DicomCarrier(Carrier):
 
         The pixels are left in ``data`` (``_parsed_in_place``): hashed from a view of it and
         written from it, never copied out, unless something reads them as a value."""
-        prefix = PREAMBLE + file_meta_bytes(file_meta)
         try:
-            ds = fastread.parse(data, prefix, file_meta, IN_PLACE_BYTES) or _parsed_in_place(data)
+            prefix: bytes | None = PREAMBLE + file_meta_bytes(file_meta)
+        except Exception:  # a meta pydicom will not write: refused below, after the parse, as ever
+            prefix = None
+        try:
+            fast = fastread.parse(data, prefix, file_meta, IN_PLACE_BYTES) if prefix is not None else None
+            ds = fast if fast is not None else _parsed_in_place(data)
         except Exception as exc:  # pydicom raises many types on garbage
             raise NotDicomError(f"dataset does not decode: {exc}") from exc
         ds.file_meta = file_meta
