@@ -11,8 +11,10 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataset import Dataset, FileDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
+from pynetdicom.dsutils import create_file_meta
 
 from dicom_chain.carriers.dicom import fastread
 from dicom_chain.carriers.dicom.canonical import content_digests
@@ -137,3 +139,43 @@ def test_the_fast_parse_is_pydicoms_on_generated_data_sets(ds: Dataset, defer: i
     slow = pydicom.dcmread(BytesIO(data), defer_size=defer)
     assert list(fast._dict.items()) == list(slow._dict.items())
     assert fast.original_encoding == slow.original_encoding
+
+
+def _pynetdicom_head(sop_class: str, sop_instance: str, syntax: str) -> tuple[bytes, FileMetaDataset]:
+    """The preamble and meta pynetdicom writes ahead of a C-STORE's data set, and its meta."""
+    meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax)
+    out = BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta)
+    return out.getvalue(), meta
+
+
+@pytest.mark.parametrize(
+    ("sop_instance", "syntax"),
+    [("1.2.3.4", ExplicitVRLittleEndian), ("1.2.3.45", ImplicitVRLittleEndian), ("1.2.3", JPEGLSLossless)],
+)
+def test_the_meta_pynetdicom_writes_is_read_as_it_created_it(sop_instance: str, syntax: str):
+    head, created = _pynetdicom_head("1.2.840.10008.5.1.4.1.1.2", sop_instance, syntax)
+    found = fastread.file_meta(head + b"\x08\x00\x18\x00UI\x08\x001.2.3.4\x00")
+    assert found is not None
+    meta, prefix = found
+    assert prefix == head == PREAMBLE + file_meta_bytes(created) == PREAMBLE + file_meta_bytes(meta)
+    assert list(meta.keys()) == list(created.keys())
+    for tag in created.keys():  # the group length is computed as written: create_file_meta leaves 0
+        assert meta[tag].VR == created[tag].VR
+        assert meta[tag].value == created[tag].value or tag == 0x00020000
+    assert meta.original_encoding == created.original_encoding
+
+
+def test_a_meta_not_as_pynetdicom_writes_it_is_left_to_it():
+    head, created = _pynetdicom_head("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", ExplicitVRLittleEndian)
+    assert fastread.file_meta(head) is not None
+    del created.ImplementationVersionName
+    fewer = BytesIO()
+    write_file_meta_info(fewer, created, enforce_standard=False)
+    assert fastread.file_meta(b"\x00" * 128 + b"DICM" + fewer.getvalue()) is None  # not its seven
+    assert fastread.file_meta(head[:-1]) is None  # cut short
+    short = struct.pack("<I", struct.unpack_from("<I", head, 140)[0] - 2)
+    assert fastread.file_meta(head[:140] + short + head[144:]) is None  # longer than its group length
+    assert fastread.file_meta(bytearray(head)) is None
+    assert fastread.file_meta(head.replace(b"SH", b"LO")) is None  # another VR

@@ -14,6 +14,7 @@ from pydicom.tag import BaseTag
 
 from dicom_chain.carriers.dicom import rawvalues
 from dicom_chain.carriers.dicom.canonical import _PixelShape
+from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.validation import pixel_data_anomalies
 
 from .conftest import MALFORMED, TEST_FILES
@@ -39,10 +40,11 @@ def _outcome(compute, ds: Dataset) -> object:
 
 @pytest.mark.parametrize("path", EVERY_INPUT, ids=lambda p: p.name)
 def test_the_pixel_module_read_raw_is_the_pixel_module_pydicom_converts(path: Path, monkeypatch):
-    """The shape the canonical hash normalises by and the anomalies the checks find, on fresh
-    parses of every pydicom test file and malformed input: the same with raw reads as without."""
+    """The shape the canonical hash normalises by, the anomalies the checks find and the values
+    the index keeps, on fresh parses of every pydicom test file and malformed input: the same
+    with raw reads as without."""
     data = path.read_bytes()
-    for compute in (_PixelShape.of, pixel_data_anomalies):
+    for compute in (_PixelShape.of, pixel_data_anomalies, index_values):
         fast = _read(data)
         if fast is None:
             return

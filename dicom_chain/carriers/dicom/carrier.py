@@ -122,16 +122,21 @@ class DicomCarrier(Carrier):
         ds.file_meta = file_meta
         return DicomCarried(ds, EncodedInstance.from_received_file(ds, path))
 
-    def received_bytes(self, data: bytes, file_meta: FileMetaDataset) -> DicomCarried:
+    def received_bytes(
+        self, data: bytes, file_meta: FileMetaDataset, prefix: bytes | None = None
+    ) -> DicomCarried:
         """``received_file`` for a Part 10 file received to memory (an instance under the spool's
         memory limit): the same item, parsed and written from the same bytes.
 
         The pixels are left in ``data`` (``_parsed_in_place``): hashed from a view of it and
-        written from it, never copied out, unless something reads them as a value."""
-        try:
-            prefix: bytes | None = PREAMBLE + file_meta_bytes(file_meta)
-        except Exception:  # a meta pydicom will not write: refused below, after the parse, as ever
-            prefix = None
+        written from it, never copied out, unless something reads them as a value. ``prefix``: the
+        preamble and ``file_meta`` as ``file_meta_bytes`` writes it, when the caller has it
+        (``fastread.file_meta``)."""
+        if prefix is None:
+            try:
+                prefix = PREAMBLE + file_meta_bytes(file_meta)
+            except Exception:  # a meta pydicom will not write: refused after the parse, as ever
+                prefix = None
         try:
             fast = fastread.parse(data, prefix, file_meta, IN_PLACE_BYTES) if prefix is not None else None
             ds = fast if fast is not None else _parsed_in_place(data)

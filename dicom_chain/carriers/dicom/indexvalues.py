@@ -16,6 +16,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicom_chain.carriers.dicom import rawvalues
 from dicom_chain.db.indexschema import ATTRIBUTES
 
 _CHARSET_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})  # decoded per Specific Character Set
@@ -65,6 +66,9 @@ def _encodings(ds: Dataset) -> list[str]:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    plain = rawvalues.us(ds, _tag(keyword))  # Rows, Columns: read raw, as pydicom converts them
+    if plain is not None:
+        return plain
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
