@@ -54,9 +54,10 @@ BATCH_LIMIT = 4096  # values below this are joined with their neighbours before 
 PIXEL_CHUNK_BYTES = 4 << 20
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 # Pixels normalised from a read-only buffer go into one array per thread, reused, instead of a new
-# one per instance: a fresh 0.5 MB costs its page faults each time. Up to this size (a few CT or MR
-# frames); a larger value gets an array of its own, as before, rather than one held for good.
-SCRATCH_BYTES = 8 << 20
+# one per instance: a fresh 0.5 MB costs its page faults each time. Up to a chunk of pixels read
+# from disk (so every such chunk), which is also the spool's default memory limit; a larger value
+# gets an array of its own, as before, rather than one held for as long as its association.
+SCRATCH_BYTES = PIXEL_CHUNK_BYTES
 
 # Version 2, top level only: left out of the content hash because a lossless re-encoding rewrites
 # them (DCMTK's lossless JPEG compressors append their settings to Derivation Description; the
