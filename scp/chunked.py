@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 from pynetdicom import _config, dimse_messages, evt
 
 from dicom_chain.carriers.base import Item
+from dicom_chain.carriers.dicom import fastread
 from dicom_chain.carriers.dicom.carrier import DICOM
 from dicom_chain.db import owners
 from dicom_chain.errors import DicomChainError, InstanceTooLargeError, MalformedDatasetError, StorageError
@@ -287,7 +288,12 @@ def received(event: evt.Event, spool: Spool) -> Iterator[Item]:
             )
         try:
             if spooled is not None and spooled.in_memory:
-                carried = DICOM.received_bytes(spooled.getvalue(), event.file_meta)
+                data = spooled.getvalue()
+                # the meta pynetdicom wrote ahead of the data set, or (not as it writes it) its own
+                head = fastread.file_meta(data)
+                carried = (
+                    DICOM.received_bytes(data, *head) if head else DICOM.received_bytes(data, event.file_meta)
+                )
             elif path is not None:
                 carried = DICOM.received_file(Path(path), event.file_meta)
             else:  # received in memory (an AE without a spool)

@@ -18,19 +18,20 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicom_chain.carriers.dicom import canonical, rawvalues
 from dicom_chain.carriers.dicom.canonical import (
     CANONICAL_VERSION,
     content_digests,
     content_hash,
     lossy_pixels,
 )
-from dicom_chain.carriers.dicom.carrier import DICOM, read_dataset
+from dicom_chain.carriers.dicom.carrier import DICOM, _parsed_in_place, read_dataset
 from dicom_chain.carriers.dicom.unlengths import un_lengths_defined
 from dicom_chain.errors import MalformedDatasetError, NotDicomError
 from dicom_chain.node import Node
 from dicom_chain.verify import verify_files
 
-from .conftest import TEST_FILES, pydicom_file, read
+from .conftest import MALFORMED, TEST_FILES, pydicom_file, read
 from .peers import require_tool
 from .un_sequences import add_sequences, un_header, undefined_un
 
@@ -688,3 +689,109 @@ def test_pixel_bytes_past_the_image_are_no_part_of_the_content(tmp_path: Path):
     changed = copy.deepcopy(padded)
     changed.PixelData = padded.PixelData[:100] + bytes([padded.PixelData[100] ^ 1]) + padded.PixelData[101:]
     assert content_hash(changed) != content_hash(padded)  # within the image, any change shows
+
+
+# --- The shortcuts (canonical._FAST_PATH) and pixels hashed where they were received -------------
+
+EVERY_INPUT = [*sorted(p for p in TEST_FILES.rglob("*") if p.is_file()), *sorted(MALFORMED.iterdir())]
+
+
+def _outcome(compute) -> object:
+    """The digests, or the named error (type and message) the computation ends in."""
+    try:
+        return compute()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _both_ways(monkeypatch, compute) -> tuple[object, object]:
+    fast = _outcome(compute)
+    monkeypatch.setattr(canonical, "_FAST_PATH", False)
+    monkeypatch.setattr(rawvalues, "ENABLED", False)
+    slow = _outcome(compute)
+    monkeypatch.setattr(canonical, "_FAST_PATH", True)
+    monkeypatch.setattr(rawvalues, "ENABLED", True)
+    return fast, slow
+
+
+@pytest.mark.parametrize("path", EVERY_INPUT, ids=lambda p: p.name)
+def test_the_shortcuts_hash_every_input_as_the_general_path_does(path: Path, monkeypatch):
+    """Every pydicom test file and every malformed input, in both versions, read whole and as a
+    C-STORE received to memory (pixels left in the buffer): the same digests with and without the
+    shortcuts, or the same error. Each computation parses afresh: hashing converts some values."""
+
+    def read_whole(version: int):
+        return lambda: content_digests(read_dataset(path), version)
+
+    def received():
+        data = path.read_bytes()
+        return DICOM.received_bytes(data, pydicom.dcmread(io.BytesIO(data)).file_meta).digests()
+
+    for compute in (read_whole(1), read_whole(2), received):
+        fast, slow = _both_ways(monkeypatch, compute)
+        assert fast == slow
+
+
+@pytest.mark.parametrize("path", EVERY_INPUT, ids=lambda p: p.name)
+def test_pixels_hashed_in_the_received_buffer_hash_as_pixels_read_whole(path: Path):
+    """A data set received to memory is parsed with its pixels left in the buffer
+    (carrier._parsed_in_place) and hashed from a view of it: the digests of the bytes parsed the
+    plain way, or the same error."""
+    data = path.read_bytes()
+    for version in (1, 2):
+        whole = _outcome(lambda v=version: content_digests(pydicom.dcmread(io.BytesIO(data)), v))
+        in_place = _outcome(lambda v=version: content_digests(_parsed_in_place(data), v, data))
+        assert in_place == whole
+
+
+def test_a_received_ct_slice_keeps_its_pixels_in_the_buffer():
+    """The case the shortcut is for: the pixels are not read out of the received bytes, yet what
+    reads them as a value (pydicom's writer, say) still gets them."""
+    ds = ct_like(np.arange(256 * 256, dtype=np.uint16) % 4096)
+    ds.Rows = ds.Columns = 256
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    carried = DICOM.received_bytes(data, ds.file_meta)
+    assert carried.dataset._dict[0x7FE00010].value is None  # left in the buffer
+    assert carried.digests() == content_digests(pydicom.dcmread(io.BytesIO(data)))
+    assert carried.dataset.PixelData == ds.PixelData
+
+
+def test_received_pixels_cut_short_are_refused_as_truncated():
+    ds = ct_like(np.arange(128 * 128, dtype=np.uint16))
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()[:-1000]
+    with pytest.raises(MalformedDatasetError, match=r"\(7FE0,0010\) is truncated: \d+ of 32768 bytes") as cut:
+        DICOM.received_bytes(data, ds.file_meta).digests()
+    with pytest.raises(MalformedDatasetError) as read_whole:
+        content_digests(pydicom.dcmread(io.BytesIO(data)))
+    assert str(cut.value) == str(read_whole.value)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bits=st.sampled_from([(16, 12, 11), (16, 12, 13), (16, 15, 14), (8, 7, 6), (32, 24, 23), (16, 1, 0)]),
+    signed=st.booleans(),
+    data=st.data(),
+)
+def test_samples_already_normal_skip_normalising_with_the_same_bytes(bits, signed, data):
+    """Samples whose bits above Bits Stored are clear (or each a sign extension) are hashed as they
+    are; any other are normalised. Either way the bytes are those of normalising them."""
+    allocated, stored, high = bits
+    limit = (1 << stored) - 1
+    mostly_in_range = st.integers(-(limit + 1) // 2 if signed else 0, limit // 2 if signed else limit)
+    half = (limit + 1) // 2
+    edges = st.sampled_from([limit, limit + 1, half - 1, half, -half, -half - 1])  # each side of the range
+    values = data.draw(
+        st.lists(st.one_of(mostly_in_range, edges, st.integers(0, (1 << allocated) - 1)), min_size=1)
+    )
+    samples = np.array([v % (1 << allocated) for v in values], dtype=f"<u{allocated // 8}")
+    shape = canonical._PixelShape(1, len(values), 1, 1, allocated, stored, high, signed, False, "MONOCHROME2")
+    fast = bytes(shape.normalise(samples.copy()))
+    canonical._FAST_PATH = False
+    try:
+        assert bytes(shape.normalise(samples.copy())) == fast
+    finally:
+        canonical._FAST_PATH = True

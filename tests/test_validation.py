@@ -66,8 +66,8 @@ def test_an_item_reads_its_pixel_module_once_and_names_what_the_check_found(monk
     from dicom_chain.carriers.dicom.carrier import DICOM
 
     calls = []
-    real = validation.get_expected_length
-    monkeypatch.setattr(validation, "get_expected_length", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = validation._expected_length
+    monkeypatch.setattr(validation, "_expected_length", lambda *a, **k: calls.append(1) or real(*a, **k))
     carried = DICOM.dataset(read("MR_small_padded.dcm"))
     assert carried.item().anomalies == ("pixel-data-length: 8320 bytes, 8192 expected",)
     assert len(calls) == 1

@@ -14,11 +14,13 @@ from typing import Any
 
 import pydicom
 from pydicom import dcmwrite
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_chain.block import FORMAT_VERSION, Block
 from dicom_chain.carriers.base import Carried, Carrier, Digests, Identity, Item
+from dicom_chain.carriers.dicom import fastread
 from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_digests, lossy_pixels
 from dicom_chain.carriers.dicom.elementwalk import Element, walk
 from dicom_chain.carriers.dicom.embedding import embed_block, read_block
@@ -26,11 +28,13 @@ from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
 from dicom_chain.carriers.dicom.splice import (
+    PREAMBLE,
     EncodedInstance,
     FileSpan,
     Layout,
     Splice,
     encoding_as_read,
+    file_meta_bytes,
     layout,
     splice_point,
     spliced_layout,
@@ -61,6 +65,12 @@ DEFER_BYTES = 1 << 20
 # (a long multi-frame, a structured report) is read whole, once more. 16 KiB, not 64: a quarter of
 # the copy out of the page cache (0.008 -> 0.004 ms a read).
 WALK_HEAD_BYTES = 16384
+# A received data set held in memory is parsed with values over this left in its buffer: the pixels
+# of any image worth the trouble (a 64x64 8-bit icon is 4 KB, a CT slice 512 KB), while the
+# attributes of an instance, small, are read as ever.
+IN_PLACE_BYTES = 65536
+PIXEL_DATA = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 class DicomCarrier(Carrier):
@@ -113,15 +123,28 @@ class DicomCarrier(Carrier):
         ds.file_meta = file_meta
         return DicomCarried(ds, EncodedInstance.from_received_file(ds, path))
 
-    def received_bytes(self, data: bytes, file_meta: FileMetaDataset) -> DicomCarried:
+    def received_bytes(
+        self, data: bytes, file_meta: FileMetaDataset, prefix: bytes | None = None
+    ) -> DicomCarried:
         """``received_file`` for a Part 10 file received to memory (an instance under the spool's
-        memory limit): the same item, parsed and written from the same bytes."""
+        memory limit): the same item, parsed and written from the same bytes.
+
+        The pixels are left in ``data`` (``_parsed_in_place``): hashed from a view of it and
+        written from it, never copied out, unless something reads them as a value. ``prefix``: the
+        preamble and ``file_meta`` as ``file_meta_bytes`` writes it, when the caller has it
+        (``fastread.file_meta``)."""
+        if prefix is None:
+            try:
+                prefix = PREAMBLE + file_meta_bytes(file_meta)
+            except Exception:  # a meta pydicom will not write: refused after the parse, as ever
+                prefix = None
         try:
-            ds = pydicom.dcmread(BytesIO(data))
+            fast = fastread.parse(data, prefix, file_meta, IN_PLACE_BYTES) if prefix is not None else None
+            ds = fast if fast is not None else _parsed_in_place(data)
         except Exception as exc:  # pydicom raises many types on garbage
             raise NotDicomError(f"dataset does not decode: {exc}") from exc
         ds.file_meta = file_meta
-        encoded = EncodedInstance.from_received_bytes(ds, data)
+        encoded = EncodedInstance.from_received_bytes(ds, data, prefix)
         try:
             as_read = layout(ds, encoded.tell_base)  # now, before any value is converted
         except ValueError:
@@ -158,10 +181,17 @@ class DicomCarried(Carried):
             return ""
 
     def content_hash(self, version: int | None = None) -> str:
-        return content_digests(self.dataset, version or CANONICAL_VERSION).content
+        return self._digests(version or CANONICAL_VERSION).content
 
     def digests(self) -> Digests:
-        return content_digests(self.dataset, CANONICAL_VERSION)
+        return self._digests(CANONICAL_VERSION)
+
+    def _digests(self, version: int) -> Digests:
+        """Values pydicom left unread in a body held in memory are hashed from it, uncopied."""
+        encoded = self.encoded
+        if encoded is not None and isinstance(encoded.body, bytes | memoryview):
+            return content_digests(self.dataset, version, encoded.body, encoded.tell_base)
+        return content_digests(self.dataset, version)
 
     def check_content(self, block: Block) -> None:
         """A lossy re-encoding of the pixels (every other attribute intact, and the file saying
@@ -332,6 +362,30 @@ def _same_layout(found: list[Element], expected: Layout) -> bool:
         if vr != want_vr and not (want_length == -1 and vr == "None"):
             return False
     return True
+
+
+def _parsed_in_place(data: bytes) -> Dataset:
+    """``data`` parsed as ``dcmread`` parses it, but for a top-level Pixel Data of defined length,
+    which pydicom leaves unread (``defer_size``) in the buffer it keeps: reading it would copy the
+    largest value of the instance into fresh memory only to hash and write it from there. Any
+    other value left unread, or a sequence of undefined length (whose items pydicom reads with the
+    same deferral but cannot read back), and the data set is parsed again the plain way."""
+    ds = pydicom.dcmread(BytesIO(data), defer_size=IN_PLACE_BYTES)
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(BytesIO(data))  # the tells are offsets in the inflated bytes
+    for tag, elem in ds._dict.items():
+        if not isinstance(elem, RawDataElement) or tag == PIXEL_DATA:
+            continue
+        if (elem.value is None and elem.length) or elem.length == UNDEFINED_LENGTH:
+            return pydicom.dcmread(BytesIO(data))
+    pixels = ds._dict.get(PIXEL_DATA)
+    if (
+        isinstance(pixels, RawDataElement)
+        and pixels.value is None
+        and (not isinstance(pixels.value_tell, int) or pixels.value_tell + pixels.length > len(data))
+    ):
+        return pydicom.dcmread(BytesIO(data))  # cut short: read as ever, and refused as ever
+    return ds
 
 
 def item_from_dataset(ds: Dataset) -> Item:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from dicom_chain.carriers.base import Identity
@@ -15,12 +18,21 @@ PATIENT_ID_MAX_CHARS = 64
 NUL = "\x00"  # no DICOM character repertoire has it (PS3.5 6.1); PostgreSQL text cannot hold it
 # keyword -> what it is to the node: the block names the first two, the store files by three
 REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+REQUIRED_UID_TAGS = {
+    "SOPInstanceUID": 0x00080018, "SOPClassUID": 0x00080016,
+    "StudyInstanceUID": 0x0020000D, "SeriesInstanceUID": 0x0020000E,
+}  # fmt: skip
+_VALID_UID = re.compile(rb"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # pydicom's RE_VALID_UID, in bytes
 
 
 def instance_identity(ds: Dataset) -> Identity:
     """The instance's Identity; MalformedDatasetError naming the UID that is missing or garbled."""
     values = {}
     for keyword in REQUIRED_UIDS:
+        text = _plain_uid(ds, REQUIRED_UID_TAGS[keyword])
+        if text is not None:
+            values[keyword] = text
+            continue
         try:
             value = ds.get(keyword)
         except Exception as exc:  # pydicom raises many types on garbled values
@@ -49,6 +61,20 @@ def instance_identity(ds: Dataset) -> Identity:
         patient_id=patient_id,
         encoding=transfer_syntax(ds),
     )
+
+
+def _plain_uid(ds: Dataset, tag: int) -> str | None:
+    """The text ``instance_identity`` makes of a UID held raw, as it is nearly always: explicit VR
+    UI, a valid UID (PS3.5 9.1) with at most its padding NUL; None for anything else, which pydicom
+    then converts. pydicom would decode it, strip the padding, find no second value and pass its
+    validation (~20 us a UID, a tenth of a CT slice's checks), and give this very text."""
+    raw = ds._dict.get(tag)  # type: ignore[call-overload]
+    if type(raw) is not RawDataElement or raw.VR != "UI" or type(raw.value) is not bytes:
+        return None
+    value = raw.value[:-1] if raw.value.endswith(b"\x00") else raw.value
+    if len(value) > UID_MAX_CHARS or not _VALID_UID.fullmatch(value):
+        return None
+    return value.decode("ascii")
 
 
 def transfer_syntax(ds: Dataset) -> str:

@@ -12,9 +12,11 @@ from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicom_chain.carriers.dicom import rawvalues
 from dicom_chain.db.indexschema import ATTRIBUTES
 
 _CHARSET_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})  # decoded per Specific Character Set
@@ -34,7 +36,9 @@ def _text(ds: Dataset, keyword: str, limit: int, encodings: list[str]) -> str:
     cost a millisecond per instance for the two dozen attributes the index keeps)."""
     tag = _tag(keyword)
     try:
-        elem = ds.get_item(tag)
+        elem = ds._dict.get(tag)  # get_item's element, without its Tag() and call (~1 us each)
+        if isinstance(elem, RawDataElement) and elem.value is None:
+            elem = ds.get_item(tag)  # left unread: get_item reads it in
         if elem is None:
             return ""
         value = elem.value
@@ -62,6 +66,9 @@ def _encodings(ds: Dataset) -> list[str]:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    plain = rawvalues.us(ds, _tag(keyword))  # Rows, Columns: read raw, as pydicom converts them
+    if plain is not None:
+        return plain
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None

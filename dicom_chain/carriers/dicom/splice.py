@@ -98,10 +98,12 @@ class EncodedInstance:
         return cls(prefix, FileSpan(path, start, size - start), start)
 
     @classmethod
-    def from_received_bytes(cls, ds: Dataset, data: bytes) -> EncodedInstance:
-        """``from_received_file`` for a Part 10 file held in memory; the body is a view of ``data``."""
+    def from_received_bytes(cls, ds: Dataset, data: bytes, prefix: bytes | None = None) -> EncodedInstance:
+        """``from_received_file`` for a Part 10 file held in memory; the body is a view of ``data``.
+        ``prefix``: ours for ``ds.file_meta``, when the caller made it already."""
         start = _dataset_start(data[: len(PREAMBLE) + 12], len(data), "received data set")
-        prefix = cls.from_network(ds, b"").prefix
+        if prefix is None:
+            prefix = cls.from_network(ds, b"").prefix
         return cls(prefix, memoryview(data)[start:], start)
 
     def body_bytes(self, at: int, size: int) -> bytes:

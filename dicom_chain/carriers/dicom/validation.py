@@ -15,6 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import get_expected_length
 
+from dicom_chain.carriers.dicom import rawvalues
 from dicom_chain.errors import MalformedDatasetError
 
 PIXEL_DATA = 0x7FE00010
@@ -34,7 +35,7 @@ def pixel_data_anomalies(ds: Dataset) -> list[str]:
     # a value left on disk (defer_size) counts by its declared length; hashing it checked the file holds it
     length = raw.length if isinstance(raw, RawDataElement) and raw.value is None else len(raw.value or b"")
     try:
-        expected = get_expected_length(ds, unit="bytes")
+        expected = _expected_length(ds)
     except Exception as exc:  # pydicom raises many types on garbled pixel module values
         raise MalformedDatasetError(f"pixel data without a usable Image Pixel module: {exc}") from exc
     if not isinstance(expected, int):  # a garbled module (badVR.dcm: Rows as text) gives no length
@@ -44,6 +45,21 @@ def pixel_data_anomalies(ds: Dataset) -> list[str]:
     if length > expected + 1:
         return [f"pixel-data-length: {length} bytes, {expected} expected"]
     return []
+
+
+def _expected_length(ds: Dataset) -> int:
+    """pydicom's ``get_expected_length(ds, unit="bytes")``, computed here from the raw values where
+    each is plain (rawvalues) and Number of Frames absent, as in most images: pydicom would convert
+    each first (~0.01 ms apiece)."""
+    rows, columns = rawvalues.us(ds, 0x00280010), rawvalues.us(ds, 0x00280011)
+    samples, allocated = rawvalues.us(ds, 0x00280002), rawvalues.us(ds, 0x00280100)
+    photometric = rawvalues.cs(ds, 0x00280004)
+    if None in (rows, columns, samples, allocated, photometric) or 0x00280008 in ds._dict:
+        return get_expected_length(ds, unit="bytes")
+    assert rows is not None and columns is not None and samples is not None and allocated is not None
+    length = rows * columns * samples
+    length = length // 8 + (length % 8 > 0) if allocated == 1 else length * (allocated // 8)
+    return length // 3 * 2 if photometric == "YBR_FULL_422" else length
 
 
 def check_pixel_data(ds: Dataset) -> None:
