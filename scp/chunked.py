@@ -42,6 +42,7 @@ from dicom_chain.carriers.dicom import fastread
 from dicom_chain.carriers.dicom.carrier import DICOM
 from dicom_chain.db import owners
 from dicom_chain.errors import DicomChainError, InstanceTooLargeError, MalformedDatasetError, StorageError
+from dicom_chain.storage import TEMP_PREFIX
 
 SPOOL_ATTRIBUTE = "dicom_chain_spool"  # on the AE whose associations receive into a Spool
 LOCK_NAME = ".lock"  # in each process's folder, held (flock) for as long as the process lives
@@ -243,7 +244,9 @@ class Spool:
 
     def files(self) -> list[Path]:
         """Every file in this process's folder (its lock aside): for tests and ``status``."""
-        return sorted(p for p in self.folder.iterdir() if p.name != LOCK_NAME)
+        return sorted(
+            p for p in self.folder.iterdir() if p.name != LOCK_NAME and not p.name.startswith(TEMP_PREFIX)
+        )  # temp files made ahead for the store (storage.Spares) are no received data set
 
     def close(self) -> None:
         with self._guard:

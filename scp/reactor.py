@@ -48,6 +48,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pynetdicom
@@ -339,6 +340,30 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
         _stock["DIMSEServiceProvider.send_msg"](self, primitive, context_id)
 
 
+@dataclass(frozen=True)
+class Idle:
+    """Work an AE's association threads do off the path a peer waits on (``on_idle``)."""
+
+    served: Callable[[], None]  # after a response went out, before the next request is read
+    ended: Callable[[], None]  # when the association's thread is done
+
+
+_IDLE_ATTR = "_reactor_idle"
+
+
+def on_idle(ae: pynetdicom.AE, idle: Idle) -> None:
+    """Have ``ae``'s association threads (those with the reactor) run ``idle.served`` after each
+    response and ``idle.ended`` at their end, on their own thread. What they raise is logged."""
+    setattr(ae, _IDLE_ATTR, idle)
+
+
+def _quietly(work: Callable[[], None]) -> None:
+    try:
+        work()
+    except Exception:  # never the association's failure: the work is an optimisation
+        log.exception("work between requests failed")
+
+
 def _wake_dul(dul: DULServiceProvider) -> None:
     waker = getattr(dul, "_waker", None)
     if waker is not None:
@@ -384,6 +409,15 @@ def _assoc_run_reactor(self: Association) -> None:
     wake: threading.Event | None = getattr(self, "_wake", None)
     if wake is None:
         return _stock["Association._run_reactor"](self)  # type: ignore[no-any-return]
+    idle: Idle | None = getattr(self.ae, _IDLE_ATTR, None)
+    try:
+        _assoc_loop(self, wake, idle)
+    finally:
+        if idle is not None:
+            _quietly(idle.ended)
+
+
+def _assoc_loop(self: Association, wake: threading.Event, idle: Idle | None) -> None:
     plog = _association.LOGGER
     self._is_paused = False
     while not self._kill:
@@ -398,6 +432,8 @@ def _assoc_run_reactor(self: Association) -> None:
             self._serve_request(msg, context_id)  # type: ignore[arg-type]
             if self.dimse.msg_queue.qsize():
                 wake.set()  # more already queued: one is served per round, as pynetdicom does
+            elif idle is not None:
+                _quietly(idle.served)  # the answer is on its way; the peer's next request is not
 
         if self.is_established and self.acse.is_release_requested():
             self.acse.send_release(is_response=True)

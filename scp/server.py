@@ -24,6 +24,7 @@ from dicom_chain.config import DEFAULT_MAX_ASSOCIATIONS, Settings
 from dicom_chain.errors import ConfigError, DicomChainError, StartupError
 from dicom_chain.events import EventDraft
 from dicom_chain.node import Node
+from dicom_chain.storage import Spares
 from dicom_chain.vocab import EventType
 
 from .access import Access
@@ -49,6 +50,7 @@ from .handlers import (
 )
 from .logs import configure_logging
 from .metrics import GatewayMetrics, MetricsServer, listening, serve_metrics
+from .reactor import Idle, on_idle
 from .reactor import install as install_reactor
 from .transport import GuardedServer, Limits, RejectionLog, start_server
 
@@ -163,6 +165,10 @@ class Gateway:
             self.settings.spool_dir, self.settings.max_instance_bytes, self.settings.spool_memory_bytes
         )
         receive_to_disk(self.ae, self.spool)
+        # The next instance's temp file made while the association waits for it (storage.Spares)
+        self.spares = Spares(self.spool.folder, node.storage.root)
+        node.storage.spares = self.spares
+        on_idle(self.ae, Idle(served=self.spares.prepare, ended=self.spares.drop))
         self.limits = Limits.from_settings(self.settings, MAX_PDU_BYTES)
         self.rejections = RejectionLog(node.record)
         self.server: GuardedServer | None = None
@@ -265,6 +271,8 @@ class Gateway:
             self.metrics_server = None
         self.stop_forwarding()
         self.ae.shutdown()
+        self.node.storage.spares = None
+        self.spares.close()
         self.spool.close()
         self.rejections.stop()  # the counts still pending, before service.stop
         self.node.record(

@@ -303,3 +303,41 @@ def test_serving_freezes_start_up_objects_and_collects_the_young_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_the_next_instances_temp_file_is_made_while_the_association_waits(tmp_path):
+    """After each response the association's thread makes a spare temp file (storage.Spares) in
+    the spool folder; the next instance is written into it; none is left once the association
+    ends, and the spool lists no data set for it."""
+    from dicom_chain.config import Settings
+    from scp.server import Gateway
+
+    settings = Settings(
+        home=tmp_path / "node", institution="Test Hospital", host="127.0.0.1", port=free_port()
+    )
+    node = Node.open(settings)
+    gateway = Gateway(node)
+    gateway.start()
+    spares = lambda: sorted(p for p in gateway.spool.folder.iterdir() if p.name.startswith(".incoming-"))  # noqa: E731
+    try:
+        scu = AE(ae_title="SPARES")
+        scu.add_requested_context(CTImageStorage)
+        assoc = scu.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+        assert assoc.is_established
+        used = []
+        try:
+            for ds in ct_study(StudySpec(seed=95, instances=3, rows=16, columns=16)):
+                ready = [p.stat().st_ino for p in spares()]
+                assert assoc.send_c_store(ds).Status == 0x0000
+                used.append(ready)
+                assert wait_until(lambda: len(spares()) == 1, 10), "no spare after the response"
+                assert gateway.spool.files() == []
+        finally:
+            assoc.release()
+        assert used[0] == [] and all(len(u) == 1 for u in used[1:])
+        inodes = {p.stat().st_ino for p in map(node.storage.path, node.storage.iter_files())}
+        assert {u[0] for u in used[1:]} <= inodes  # the second and third went into spares
+        assert wait_until(lambda: spares() == [], 10), spares()
+    finally:
+        gateway.stop()
+        node.close()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dicom_chain import storage
 from dicom_chain.storage import Storage, path_part, relative_path
 
 
@@ -221,3 +222,55 @@ def test_a_name_taken_by_anything_is_refused_before_a_byte_is_written(tmp_path: 
     with pytest.raises(PathTakenError):
         store.start_write("a/x.dcm", [b"bytes"])
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.dcm"]
+
+
+def _spared(tmp_path: Path) -> tuple[Storage, storage.Spares]:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = Storage(tmp_path / "store")
+    store.spares = storage.Spares(spool, store.root)
+    return store, store.spares
+
+
+def test_a_spare_made_ahead_becomes_the_stored_file_and_leaves_nothing(tmp_path: Path):
+    store, spares = _spared(tmp_path)
+    assert spares.usable
+    spares.prepare()
+    spares.prepare()  # one per thread: a second call makes no second file
+    [spare] = [p for p in spares.folder.iterdir()]
+    made = spare.stat().st_ino
+    path = store.write("a/b/c.dcm", [b"DICM", b"data"])
+    assert path.read_bytes() == b"DICMdata" and path.stat().st_ino == made  # the spare, linked in
+    assert list(spares.folder.iterdir()) == [] and list(path.parent.iterdir()) == [path]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path2 = store.write("a/b/d.dcm", [b"x"])  # no spare left: made in its folder as before
+    assert path2.read_bytes() == b"x" and path2.stat().st_ino != made
+
+
+def test_a_spare_given_up_or_dropped_leaves_no_file(tmp_path: Path):
+    store, spares = _spared(tmp_path)
+    spares.prepare()
+    pending = store.start_write("a/b/c.dcm", [b"data"])
+    assert pending.written_at.parent == spares.folder and pending.written_at.is_file()
+    pending.abandon()
+    assert list(spares.folder.iterdir()) == [] and not store.path("a/b/c.dcm").exists()
+    spares.prepare()
+    spares.drop()
+    assert list(spares.folder.iterdir()) == []
+    spares.drop()  # nothing to drop: no error
+
+
+def test_without_a_link_into_the_store_there_are_no_spares(tmp_path: Path, monkeypatch):
+    """A spool on another file system (EXDEV): every write makes its own temp file."""
+    import errno
+
+    def cross_device(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    store, spares = _spared(tmp_path)
+    monkeypatch.undo()
+    assert not spares.usable
+    spares.prepare()
+    assert list(spares.folder.iterdir()) == []
+    assert store.write("a/b/c.dcm", [b"data"]).read_bytes() == b"data"
