@@ -645,24 +645,53 @@ def test_lossy_hops_are_named_lossy_reencoded(chained: Chained, tmp_path: Path) 
 )
 def orthanc_transcoded(
     request: pytest.FixtureRequest, chained: Chained, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, dict[str, Path], dict[str, str]]]:
+) -> Iterator[tuple[str, dict[str, Path], dict[str, str], OrthancServer]]:
     """Every chained file through one Orthanc that transcodes on ingest (one start per syntax)."""
     syntax = request.param
     server = OrthancServer.create(config={"IngestTranscoding": syntax}).start()
     try:
-        yield syntax, *through_orthanc(server, chained, tmp_path_factory.mktemp("orthanc"), syntax)
+        yield syntax, *through_orthanc(server, chained, tmp_path_factory.mktemp("orthanc"), syntax), server
     finally:
         server.destroy()
 
 
+# Orthanc 1.10's JPEG-LS transcoding of SC_rgb_small_odd (and its big endian sibling) came back
+# with a `malformed-block` about once in ten runs of the whole matrix, the same input verifying in
+# every other run: a transcoder that does not give the same bytes for the same input. Such a file
+# is sent once more; it counts as Orthanc's only if the second download differs from the first and
+# verifies as expected. At most this many per Orthanc, so that a real fault still fails.
+MAX_UNSTEADY = 2
+
+
+def _orthanc_unsteady(
+    server: OrthancServer,
+    chained: Chained,
+    name: str,
+    first: Path,
+    syntax: str,
+    work: Path,
+    expect: list[str],
+) -> bool:
+    """Whether Orthanc, given ``name`` again, returns other bytes that verify as ``expect`` says."""
+    one = Chained({name: chained.files[name]}, chained.keys, {name: chained.info[name]})
+    (work / "again").mkdir(parents=True, exist_ok=True)
+    again, _ = through_orthanc(server, one, work / "again", syntax)
+    second = again.get(name)
+    if second is None or second.read_bytes() == first.read_bytes():
+        return False  # the same bytes twice: what they say stands
+    return errors_of(second, chained.keys) == expect
+
+
 @pytest.mark.dcmtk  # storescu sends the files
 def test_orthanc_ingest_transcoding_verifies(
-    orthanc_transcoded: tuple[str, dict[str, Path], dict[str, str]], chained: Chained
+    orthanc_transcoded: tuple[str, dict[str, Path], dict[str, str], OrthancServer],
+    chained: Chained,
+    tmp_path: Path,
 ) -> None:
     """Lossless transcoding: no error. An input that was lossy already and came back in another
     syntax has lost the encoding chained, and says so (lossy-reencoded); so does a lossy one."""
-    syntax, downloaded, refused = orthanc_transcoded
-    failures, transcoded = [], 0
+    syntax, downloaded, refused, server = orthanc_transcoded
+    failures, transcoded, unsteady = [], 0, []
     for name, path in downloaded.items():
         before, after = _syntax(chained.info[name]), _syntax(pydicom.dcmread(path, stop_before_pixels=True))
         transcoded += after == syntax != before
@@ -676,11 +705,22 @@ def test_orthanc_ingest_transcoding_verifies(
             else []
         )  # a file without pixels only changes its file meta's syntax
         found = errors_of(path, chained.keys)
-        if found != expect:
+        if found != expect and _orthanc_unsteady(server, chained, name, path, syntax, tmp_path, expect):
+            unsteady.append(name)
+        elif found != expect:
             failures.append(
                 f"{name} @ Orthanc {syntax} ({before} -> {after}): {found}; {DOWNLOADS.get(path, '')}"
             )
-    summary = f"{len(downloaded)} downloaded, {transcoded} transcoded; not stored: {refused}"
+    summary = (
+        f"{len(downloaded)} downloaded, {transcoded} transcoded; not stored: {refused}; "
+        f"Orthanc gave other bytes for the same input, the second time as expected: {unsteady}"
+    )
+    assert len(unsteady) <= MAX_UNSTEADY, summary
+    if syntax != ORTHANC_LOSSY:  # control: a lossless transcoding given again is the same bytes
+        name = next(n for n in sorted(downloaded) if n not in unsteady)
+        assert not _orthanc_unsteady(
+            server, chained, name, downloaded[name], syntax, tmp_path / "control", []
+        )
     assert not failures, "\n".join([summary, *failures])
     assert len(downloaded) >= MIN_VERIFIED["orthanc"], summary
     assert transcoded >= ORTHANC_TRANSCODED.get(syntax, 10), summary
