@@ -18,7 +18,8 @@ Here, for the associations of an AE the reactor was installed for (scp/reactor.p
   its log lines and events (Evt17 short, Evt19 undecodable); EVT_DATA_RECV still gets the PDU's
   bytes when a handler is bound for it.
 - ``decode_msg`` is 3.0.4's, with the File Meta Information written by ``file_meta_bytes``:
-  the same bytes pydicom writes (tests/test_receive.py compares them), built with ``struct``.
+  the same bytes pydicom writes (tests/test_receive.py compares them), packed by
+  ``splice.meta_group`` as a stored file's meta is.
   A UID that is empty, not ASCII or longer than PS3.5's 64 characters goes to pydicom as before,
   so its errors are unchanged.
 
@@ -42,10 +43,11 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 from pynetdicom.pdu_primitives import P_DATA
 
+from dicom_chain.carriers.dicom.splice import PREAMBLE, meta_group
+
 PDU_HEADER = struct.Struct(">BBL")  # type, reserved, length (PS3.8 9.3.1)
 PDV_HEADER = struct.Struct(">LB")  # item length, presentation context ID (PS3.8 9.3.5.1)
 P_DATA_TF_TYPE = 0x04
-PREAMBLE = b"\x00" * 128 + b"DICM"  # PS3.10 7.1
 UID_MAX = 64  # PS3.5 9.1: longer goes to pydicom, which decides what to do with it
 
 
@@ -80,33 +82,19 @@ def _pdata_pdu(body: memoryview) -> P_DATA_TF:
     return pdu
 
 
-def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element with a 2-byte length (PS3.5 7.1.2)."""
-    return struct.pack("<HH2sH", 0x0002, group_element, vr, len(value)) + value
-
-
-def _uid(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw  # PS3.5 9.1: padded with a NUL to even length
-
-
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     """Preamble, prefix and File Meta Information as pynetdicom's chunked receive writes them
     (``create_file_meta`` then pydicom's ``write_file_meta_info``), byte for byte."""
-    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-    if len(version) % 2:
-        version += b" "  # SH pads with a space
-    group = b"".join(
+    return PREAMBLE + meta_group(
         (
-            struct.pack("<HH2s2xL", 0x0002, 0x0001, b"OB", 2) + b"\x00\x01",
-            _element(0x0002, b"UI", _uid(sop_class)),
-            _element(0x0003, b"UI", _uid(sop_instance)),
-            _element(0x0010, b"UI", _uid(transfer_syntax)),
-            _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
-            _element(0x0013, b"SH", version),
+            (0x00020001, "OB", b"\x00\x01"),
+            (0x00020002, "UI", sop_class.encode("ascii")),
+            (0x00020003, "UI", sop_instance.encode("ascii")),
+            (0x00020010, "UI", transfer_syntax.encode("ascii")),
+            (0x00020012, "UI", PYNETDICOM_IMPLEMENTATION_UID.encode("ascii")),
+            (0x00020013, "SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")),
         )
     )
-    return PREAMBLE + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(group)) + group
 
 
 def _fast_uid(value: object) -> bool:

@@ -152,10 +152,10 @@ def _packed_meta(file_meta: FileMetaDataset) -> bytes | None:
     tags = sorted(map(int, file_meta.keys()))
     if any(tag not in _META_VRS for tag in tags) or any(tag not in tags for tag in _META_REQUIRED):
         return None
-    parts = []
+    elements = []
     for tag in tags:
         if tag == 0x00020000:
-            continue  # the group length: computed below, whatever the meta holds
+            continue  # the group length: computed by meta_group, whatever the meta holds
         elem = file_meta[tag]
         vr, value = _META_VRS[tag], elem.value
         if vr != elem.VR:
@@ -168,6 +168,17 @@ def _packed_meta(file_meta: FileMetaDataset) -> bytes | None:
             return None
         if not data:
             return None  # pydicom fills in an empty required element, or writes an empty one
+        elements.append((tag, vr, data))
+    return meta_group(elements)
+
+
+def meta_group(elements: Iterable[tuple[int, str, bytes]]) -> bytes:
+    """A file meta group, explicit VR little endian, from its elements (tag, VR, value) in tag
+    order, without the group length: each value padded to even length as pydicom pads its VR,
+    then the group length element put first. What ``file_meta_bytes`` and the receive path's
+    packed meta (scp/receive.py) both write."""
+    parts = []
+    for tag, vr, data in elements:
         if len(data) % 2:
             data += _META_PADDING[vr]
         if vr == "OB":
