@@ -181,16 +181,17 @@ class Storage:
         folder: int | None = None
         fd: int | None = None
         tmp: str | None = None
-        temp_dir: int | None = None  # where the temp file is, when not in ``folder`` (a spare)
+        temp_dir: int | None = None  # the temp file's folder: ``folder``, or a spare's (Spares)
         try:
-            folder = _open_folder(target.parent)
+            folder = temp_dir = _open_folder(target.parent)
             if _exists_at(folder, target.name):
                 raise PathTakenError(f"cannot store {relative}: a file is there already")
             spare = self.spares.take() if self.spares is not None else None
             if spare is not None:
-                fd, tmp, temp_dir = spare
+                fd, tmp, temp_dir, written_at = spare
             else:
                 fd, tmp = _create_temp(folder)
+                written_at = target.parent / tmp
             timing.mark("file.create")
             held: list[bytes | memoryview] = []  # written together, one system call
             for piece in pieces.parts if isinstance(pieces, Ranged) else pieces:
@@ -208,7 +209,7 @@ class Storage:
                 os.close(fd)
             if tmp is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=folder if temp_dir is None else temp_dir)
+                    os.unlink(tmp, dir_fd=temp_dir)
             if folder is not None:
                 os.close(folder)
             if isinstance(exc, OSError):
@@ -218,7 +219,7 @@ class Storage:
             # pieces may be encoded as they are written: the item's fault, for retrying the same
             # item fails the same way (a full disk is an OSError, above)
             raise MalformedDatasetError(f"cannot encode {relative}: {exc}") from exc
-        return PendingWrite(self, relative, folder, tmp, fd, temp_dir)
+        return PendingWrite(self, relative, folder, fd, temp_dir, written_at)
 
     def remove(self, relative: str) -> None:
         """Best-effort clean-up after a failed ingest: the original error is the one to report."""
@@ -242,18 +243,14 @@ class PendingWrite:
     ``abandon``."""
 
     def __init__(
-        self, storage: Storage, relative: str, folder: int, temp: str, fd: int, temp_dir: int | None = None
+        self, storage: Storage, relative: str, folder: int, fd: int, temp_dir: int, written_at: Path
     ) -> None:
         self.storage = storage
         self.relative = relative
-        spares = storage.spares
-        held_in = (
-            spares.folder if temp_dir is not None and spares is not None else storage.path(relative).parent
-        )
-        self.written_at = held_in / temp  # readable now, whole; named once durable
+        self.written_at = written_at  # the temp file: readable now, whole; named once durable
         self._folder: int | None = folder
-        self._temp_dir = temp_dir  # the temp file's folder when it is a spare's (None: ``folder``)
-        self._temp = temp
+        self._temp_dir = temp_dir  # the temp file's folder: ``folder``, or a spare's (Spares)
+        self._temp = written_at.name
         self._fd: int | None = fd
         self.named = False  # linked to its name by ``wait``
         _writing[self.written_at] = fd
@@ -269,8 +266,9 @@ class PendingWrite:
                 raise StorageError(f"cannot store {self.relative}: already given up")
             self._sync_and_close()
             timing.mark("fsync.file")
-            source = folder if self._temp_dir is None else self._temp_dir
-            os.link(self._temp, target.name, src_dir_fd=source, dst_dir_fd=folder, follow_symlinks=False)
+            os.link(
+                self._temp, target.name, src_dir_fd=self._temp_dir, dst_dir_fd=folder, follow_symlinks=False
+            )
             self.named = True
             os.fsync(folder)
             timing.mark("fsync.folder")
@@ -281,7 +279,7 @@ class PendingWrite:
         finally:
             if folder is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(self._temp, dir_fd=folder if self._temp_dir is None else self._temp_dir)
+                    os.unlink(self._temp, dir_fd=self._temp_dir)
                 os.close(folder)
         return target
 
@@ -294,7 +292,7 @@ class PendingWrite:
         folder, self._folder = self._folder, None
         if folder is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self._temp, dir_fd=folder if self._temp_dir is None else self._temp_dir)
+                os.unlink(self._temp, dir_fd=self._temp_dir)
             os.close(folder)
         if self.named:
             self.storage.remove(self.relative)
@@ -341,12 +339,12 @@ class Spares:
             return
         name = f"{TEMP_PREFIX}spare-{next(self._names):x}"
         try:
-            self._local.spare = (os.open(name, _TEMP_FLAGS, 0o600, dir_fd=fd), name, fd)
+            self._local.spare = (os.open(name, _TEMP_FLAGS, 0o600, dir_fd=fd), name, fd, self.folder / name)
         except OSError:  # a full disk, a removed folder: the next write makes its own
             return
 
-    def take(self) -> tuple[int, str, int] | None:
-        """This thread's spare (descriptor, name, its folder's descriptor), now the caller's."""
+    def take(self) -> tuple[int, str, int, Path] | None:
+        """This thread's spare (descriptor, name, its folder's descriptor, path), now the caller's."""
         spare = getattr(self._local, "spare", None)
         self._local.spare = None
         return spare  # type: ignore[no-any-return]
@@ -355,7 +353,7 @@ class Spares:
         """Remove this thread's spare (its association ended)."""
         spare = self.take()
         if spare is not None:
-            fd, name, folder = spare
+            fd, name, folder, _ = spare
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=folder)
