@@ -29,7 +29,7 @@ turn (``_transport_event``), reads PDUs and decodes P-DATA without pynetdicom's 
 pynetdicom's describing handlers (INFO and DEBUG lines per PDU and message) are unbound while
 its logger drops those lines.
 
-How it is installed: ``install(ae)`` patches pynetdicom's methods on pynetdicom's classes once, and
+How it is installed: ``install(ae)`` patches the methods on pynetdicom's classes once, and
 the patched methods take the new path only for associations of an AE that was given to
 ``install`` (every other AE in the process, a test's SCU for one, keeps pynetdicom's loops). It
 must run before the AE makes an association (the DUL binds its thread target when built).
