@@ -83,10 +83,8 @@ def stored_file_fault(path: Path, block_hash: str) -> str:
     ("" when it may): gone, altered since it was chained, or holding another block. A release
     asks just before sending, since the last ``verify`` may be long ago: another institution
     would refuse such a file, and count it against this one's score."""
-    if not path.is_file():
-        return f"{FindingKind.MISSING_FILE}: the stored file is not there"
     report = Report()
-    found = check_file(path, report, None)
+    found = _stored_file_block(path, report, {})
     errors = [f"{f.kind}: {f.message}" for f in report.findings if f.severity == ERROR]
     if errors:
         return "; ".join(errors)
@@ -419,13 +417,7 @@ def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report,
     path = storage.path(rel)
     where = {**loc, "path": str(path)}
     report.files_checked += 1
-    if not path.is_file():
-        report.add(ERROR, FindingKind.MISSING_FILE, "file of this block is missing from the store", **where)
-        return
-    file_report = Report()
-    found = check_file(path, file_report, None)
-    for finding in file_report.findings:
-        report.add(finding.severity, finding.kind, finding.message, **where)
+    found = _stored_file_block(path, report, where)
     if found is None:
         return
     if found.to_bytes() != block.to_bytes():
@@ -437,6 +429,19 @@ def _check_stored_file(storage: Storage, rel: str, block: Block, report: Report,
             f"{block.header.height}",
             **where,
         )
+
+
+def _stored_file_block(path: Path, report: Report, where: dict[str, Any]) -> Block | None:
+    """The block in the stored file at ``path`` (None if there is none to trust), what is wrong
+    with the file (missing, altered, ...) added to ``report`` at ``where``."""
+    if not path.is_file():
+        report.add(ERROR, FindingKind.MISSING_FILE, "file of this block is missing from the store", **where)
+        return None
+    file_report = Report()
+    found = check_file(path, file_report, None)
+    for finding in file_report.findings:
+        report.add(finding.severity, finding.kind, finding.message, **where)
+    return found
 
 
 def _report_foreign(report: Report, path: Path) -> None:
