@@ -57,7 +57,6 @@ class ForwardSupervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.child: subprocess.Popen | None = None
-        self.restarts = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # between a respawn and stop: never a child left behind
         self._watch: threading.Thread | None = None
@@ -86,7 +85,6 @@ class ForwardSupervisor:
                 if self._stopping.is_set():
                     return
                 self.child = spawn_forward_process(self.settings)
-                self.restarts += 1
             log.info("forward process %d started in place of %d", self.child.pid, child.pid)
             delay = min(delay * 2, RESPAWN_MAX_S)
 
