@@ -33,7 +33,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import Block
@@ -195,13 +195,16 @@ def before_read(db: Database) -> None:
 
 
 @lru_cache(maxsize=64)
-def _upsert_statement(
-    dialect: str, table_name: str, columns: tuple[str, ...], unique: tuple[str, ...]
-) -> Any:
-    """Built once per table and dialect: building the expression costs more than running it."""
+def _upsert_sql(table_name: str, columns: tuple[str, ...], unique: tuple[str, ...]) -> tuple[HotSQL, dict]:
+    """The upsert as constant SQL for the driver's cursor (db/hot.py), built once per table (building
+    the expression costs more than running it), and its constant parameters (the empty strings
+    ``nullif`` compares with). SQLite's rendering is taken for both databases: ``INSERT .. ON
+    CONFLICT .. DO UPDATE .. RETURNING`` is written alike in each, and it carries no casts
+    (PostgreSQL's rendering has ``::VARCHAR``, which ``HotSQL`` cannot take). Up to five of these
+    run per instance on the index writer, where SQLAlchemy's own execution cost about 60 us each,
+    several times the statement."""
     table = _TABLES[table_name]
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(table).values({name: bindparam(name) for name in columns})
+    stmt = sqlite.insert(table).values({name: bindparam(name) for name in columns})
     updates = {
         name: func.coalesce(func.nullif(stmt.excluded[name], ""), table.c[name])
         if isinstance(table.c[name].type, String)
@@ -221,21 +224,8 @@ def _upsert_statement(
     if table is INSTANCES:  # written after the response, maybe out of order (another process, a
         # repair at start): a later block of the same chain is never replaced by an earlier one
         newer = ~and_(table.c.chain_id == stmt.excluded.chain_id, table.c.height > stmt.excluded.height)
-    return stmt.on_conflict_do_update(index_elements=list(unique), set_=updates, where=newer).returning(
-        table.c.id
-    )
-
-
-@lru_cache(maxsize=64)
-def _upsert_sql(table_name: str, columns: tuple[str, ...], unique: tuple[str, ...]) -> tuple[HotSQL, dict]:
-    """The upsert as constant SQL for the driver's cursor (db/hot.py), and its constant
-    parameters (the empty strings ``nullif`` compares with). SQLite's rendering is taken for both
-    databases: ``INSERT .. ON CONFLICT .. DO UPDATE .. RETURNING`` is written alike in each, and
-    it carries no casts (PostgreSQL's rendering has ``::VARCHAR``, which ``HotSQL`` cannot take).
-    Up to five of these run per instance on the index writer, where SQLAlchemy's own execution
-    cost about 60 us each, several times the statement."""
-    stmt = _upsert_statement("sqlite", table_name, columns, unique)
-    compiled = stmt.compile(dialect=sqlite.dialect(paramstyle="named"))
+    upsert = stmt.on_conflict_do_update(index_elements=list(unique), set_=updates, where=newer)
+    compiled = upsert.returning(table.c.id).compile(dialect=sqlite.dialect(paramstyle="named"))
     constants = {k: v for k, v in compiled.params.items() if k not in columns}
     return HotSQL(str(compiled)), constants
 
