@@ -201,7 +201,7 @@ def _permitted(event: evt.Event, access: Access, permission: Permission) -> Call
 def _store_refused(node: Node, event: evt.Event, exc: NotAuthorized) -> None:
     """A C-STORE turned away before it was read: on the record, with the SOP UID the command named."""
     sop = str(event.request.AffectedSOPInstanceUID or "")
-    details = {"peer": event.assoc.requestor.address, "sop_instance_uid": sop}
+    details = {"peer": _address(event), "sop_instance_uid": sop}
     node.record(
         EventDraft(
             EventType.INSTANCE_REFUSED,
@@ -231,7 +231,7 @@ def handle_store(
             item,
             actor=calling,
             may_correct=caller.may(Permission.CORRECT),
-            peer=event.assoc.requestor.address,
+            peer=_address(event),
         )
     h = result.block.header
     log.debug(
@@ -370,7 +370,7 @@ def _refused(node: Node, event_type: EventType, calling: str, reason: str, **det
         log.exception("could not record a refused %s from %s", event_type, calling)
 
 
-def _peer(event: evt.Event) -> str:
+def _address(event: evt.Event) -> str:
     """The requestor's network address: the audit's NetworkAccessPointID, refusals included."""
     return str(event.assoc.requestor.address or "")
 
@@ -412,9 +412,9 @@ def handle_find(
 ) -> Iterator[tuple[Any, Dataset | None]]:
     calling = _calling(event)
     model = FIND_MODELS[event.request.AffectedSOPClassUID]
-    with _refusal_recorded(node, EventType.QUERY_FIND, calling, model=model, peer=_peer(event)):
+    with _refusal_recorded(node, EventType.QUERY_FIND, calling, model=model, peer=_address(event)):
         _permitted(event, access, Permission.FIND)
-        run = start_find(node, _identifier(event), model, calling, ae_title, event.assoc.requestor.address)
+        run = start_find(node, _identifier(event), model, calling, ae_title, _address(event))
     pending = PENDING_UNSUPPORTED_KEYS if run.query.unsupported else PENDING
     with _run_recorded(run, "query"):
         for answer in run.answers():
@@ -576,7 +576,7 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
     calling = _calling(event)
     model = MOVE_MODELS[event.request.AffectedSOPClassUID]
     target = (event.move_destination or "").strip()
-    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target, peer=_peer(event)):
+    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target, peer=_address(event)):
         _permitted(event, access, Permission.MOVE)  # refused: the prelude answers 0124
     decision = _move_decision(event, node)
     institution = None if decision.destination is not None else institution_at(node, target)
@@ -584,12 +584,12 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
     if destination is None:
         log.warning("c-move calling_ae=%s destination=%s status=unknown-destination", calling, target)
         _refused(
-            node, EventType.RETRIEVE_MOVE, calling, decision.reason, destination=target, peer=_peer(event)
+            node, EventType.RETRIEVE_MOVE, calling, decision.reason, destination=target, peer=_address(event)
         )
         yield None, None  # pynetdicom answers A801, Move Destination Unknown
         return
     address = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target, peer=_peer(event)):
+    with _refusal_recorded(node, EventType.RETRIEVE_MOVE, calling, destination=target, peer=_address(event)):
         run = start_retrieve(
             node,
             _identifier(event),
@@ -598,7 +598,7 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
             calling,
             address,
             node.settings.serve_altered,
-            event.assoc.requestor.address,
+            _address(event),
         )
         items = run.plan()
         if institution is not None:  # another institution: the release rules decide (0124 if denied)
@@ -640,7 +640,7 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
 def handle_get(event: evt.Event, node: Node, access: Access) -> Iterator[Any]:
     calling = _calling(event)
     model = GET_MODELS[event.request.AffectedSOPClassUID]
-    with _refusal_recorded(node, EventType.RETRIEVE_GET, calling, peer=_peer(event)):
+    with _refusal_recorded(node, EventType.RETRIEVE_GET, calling, peer=_address(event)):
         _permitted(event, access, Permission.GET)
         run = start_retrieve(
             node,
@@ -650,7 +650,7 @@ def handle_get(event: evt.Event, node: Node, access: Access) -> Iterator[Any]:
             calling,
             calling,
             node.settings.serve_altered,
-            event.assoc.requestor.address,
+            _address(event),
         )
         items = run.plan()
     if not items:

@@ -110,6 +110,9 @@ def test_an_association_s_c_stores_are_one_info_line_at_its_end_and_each_one_at_
     assert len(released) == 1 and released[0].endswith(
         " c-store stored=2 duplicate=1 warnings=0 refused=0xC000:1"
     ), released
+    assert released[0].startswith("association released calling_ae=TESTSCU peer=127.0.0.1:"), released
+    accepted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("association accepted")]
+    assert accepted and accepted[0].startswith("association accepted calling_ae=TESTSCU peer=127.0.0.1:")
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert not [m for m in info if m.startswith("c-store")]  # nothing per instance at INFO
 
