@@ -344,7 +344,7 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
 class Idle:
     """Work an AE's association threads do off the path a peer waits on (``on_idle``)."""
 
-    served: Callable[[], None]  # after a response went out, before the next request is read
+    served: Callable[[Any], None]  # after a request (given) was answered, before the next is read
     ended: Callable[[], None]  # when the association's thread is done
 
 
@@ -352,14 +352,15 @@ _IDLE_ATTR = "_reactor_idle"
 
 
 def on_idle(ae: pynetdicom.AE, idle: Idle) -> None:
-    """Have ``ae``'s association threads (those with the reactor) run ``idle.served`` after each
-    response and ``idle.ended`` at their end, on their own thread. What they raise is logged."""
+    """Have ``ae``'s association threads (those with the reactor) run ``idle.served`` with each
+    request after answering it, and ``idle.ended`` at their end, on their own thread. What they
+    raise is logged."""
     setattr(ae, _IDLE_ATTR, idle)
 
 
-def _quietly(work: Callable[[], None]) -> None:
+def _quietly(work: Callable[..., None], *args: Any) -> None:
     try:
-        work()
+        work(*args)
     except Exception:  # never the association's failure: the work is an optimisation
         log.exception("work between requests failed")
 
@@ -433,7 +434,7 @@ def _assoc_loop(self: Association, wake: threading.Event, idle: Idle | None) -> 
             if self.dimse.msg_queue.qsize():
                 wake.set()  # more already queued: one is served per round, as pynetdicom does
             elif idle is not None:
-                _quietly(idle.served)  # the answer is on its way; the peer's next request is not
+                _quietly(idle.served, msg)  # the answer is on its way, the next request not
 
         if self.is_established and self.acse.is_release_requested():
             self.acse.send_release(is_response=True)

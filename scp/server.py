@@ -18,6 +18,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_chain.config import DEFAULT_MAX_ASSOCIATIONS, Settings
@@ -168,7 +169,7 @@ class Gateway:
         # The next instance's temp file made while the association waits for it (storage.Spares)
         self.spares = Spares(self.spool.folder, node.storage.root)
         node.storage.spares = self.spares
-        on_idle(self.ae, Idle(served=self.spares.prepare, ended=self.spares.drop))
+        on_idle(self.ae, Idle(served=self._stored, ended=self.spares.drop))
         self.limits = Limits.from_settings(self.settings, MAX_PDU_BYTES)
         self.rejections = RejectionLog(node.record)
         self.server: GuardedServer | None = None
@@ -182,6 +183,11 @@ class Gateway:
                 SyslogTarget(self.settings.audit_syslog, self.settings.audit_syslog_ca),
                 source_id=f"dicom-chain@{node.key.key_id}",
             )
+
+    def _stored(self, request: object) -> None:
+        """After a C-STORE: its association will likely send another (a query's will not)."""
+        if isinstance(request, C_STORE):
+            self.spares.prepare()
 
     def handlers(self) -> list:
         ae_title = self.settings.ae_title

@@ -322,8 +322,11 @@ def test_the_next_instances_temp_file_is_made_while_the_association_waits(tmp_pa
     try:
         scu = AE(ae_title="SPARES")
         scu.add_requested_context(CTImageStorage)
+        scu.add_requested_context(Verification)
         assoc = scu.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
         assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assert not wait_until(spares, 0.5)  # after a request that is not a C-STORE: none made
         used = []
         try:
             for ds in ct_study(StudySpec(seed=95, instances=3, rows=16, columns=16)):
