@@ -306,7 +306,7 @@ def test_serving_freezes_start_up_objects_and_collects_the_young_less_often():
 
 
 def test_the_next_instances_temp_file_is_made_while_the_association_waits(tmp_path):
-    """After each response the association's thread makes a spare temp file (storage.Spares) in
+    """After each C-STORE response the association's thread makes a spare temp file (storage.Spares) in
     the spool folder; the next instance is written into it; none is left once the association
     ends, and the spool lists no data set for it."""
     from dicom_chain.config import Settings
