@@ -24,13 +24,14 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import empty_value_for_VR
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import VR
+
+from dicom_chain.carriers.dicom.elementwalk import LONG_VRS
 
 PIXEL_DATA = 0x7FE00010
 SPECIFIC_CHARACTER_SET = 0x00080005
 UNDEFINED_LENGTH = 0xFFFFFFFF
 FIRST_DATASET_TAG = 0x00080000  # groups below: command set, file meta, DICOMDIR; pydicom's own
-_LONG = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _KNOWN = {str(vr).encode("ascii"): str(vr) for vr in VR}  # pydicom's ENCODED_VR, decoded once
 _SHORT_HEADER = struct.Struct("<HH2sH")
 _LONG_LENGTH = struct.Struct("<I")
@@ -86,7 +87,7 @@ def file_meta(data: bytes) -> tuple[FileMetaDataset, bytes] | None:
         vr = _KNOWN.get(raw_vr)
         if (group << 16) | elem != tag or vr != want_vr:
             return None
-        if vr in _LONG:
+        if vr in LONG_VRS:
             if pos + 12 > end:
                 return None
             length = _LONG_LENGTH.unpack_from(data, pos + 8)[0]
@@ -110,7 +111,7 @@ def _elements(data: bytes, pos: int, defer_size: int) -> dict[BaseTag, RawDataEl
     end = len(data)
     header = _SHORT_HEADER.unpack_from
     long_length = _LONG_LENGTH.unpack_from
-    known, long_vrs = _KNOWN, _LONG
+    known, long_vrs = _KNOWN, LONG_VRS
     while pos < end:
         if pos + 8 > end:
             return None  # stray bytes: pydicom stops there, silently

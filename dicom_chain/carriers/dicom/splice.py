@@ -24,6 +24,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_chain.block import Block
+from dicom_chain.carriers.dicom.elementwalk import LONG_VRS
 from dicom_chain.carriers.dicom.embedding import block_elements, character_set, encode_value
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
 from dicom_chain.carriers.dicom.unlengths import un_lengths_defined
@@ -31,7 +32,6 @@ from dicom_chain.errors import NotDicomError
 from dicom_chain.storage import FileRange, Ranged
 
 # VRs with a 4-byte length (and 2 reserved bytes) in explicit VR encodings, PS3.5 7.1.2
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 PREAMBLE = b"\x00" * 128 + b"DICM"
 FIRST_SLOT = 0x10  # with nothing in our group yet, our creator takes the first private slot
 _OUR_GROUP_END = (CHAIN_GROUP << 16) | 0xFFFF
