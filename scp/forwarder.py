@@ -309,7 +309,8 @@ class DestinationWorker(threading.Thread):
         except socket.gaierror as exc:
             return NoAssociation(ForwardCause.DNS, f"{host} does not resolve ({exc.strerror})")
         ae = AE(ae_title=self.forwarder.ae_title)
-        install_reactor(ae)  # an idle kept-open association then costs no CPU (reactor.py)
+        # An idle kept-open association then costs no CPU, and each C-STORE is one write (reactor.py)
+        stock = not install_reactor(ae)
         ae.connection_timeout = FORWARD_CONNECT_TIMEOUT_S
         ae.acse_timeout = FORWARD_ACSE_TIMEOUT_S
         ae.dimse_timeout = FORWARD_DIMSE_TIMEOUT_S
@@ -334,9 +335,9 @@ class DestinationWorker(threading.Thread):
                     (evt.EVT_PDU_RECV, on_pdu),
                     # A PACS on DCMTK (Orthanc, as Debian ships it) keeps Nagle on: the second
                     # small segment of its C-STORE-RSP waits for our ACK of the first, which the
-                    # kernel delays ~40 ms unless told not to, after each PDU we send or receive.
-                    (evt.EVT_PDU_SENT, quick_ack),
-                    (evt.EVT_PDU_RECV, quick_ack),
+                    # kernel delays ~40 ms unless told not to (receive.ack_at_once; the reactor
+                    # does it as it reads each PDU).
+                    *([(evt.EVT_PDU_SENT, quick_ack), (evt.EVT_PDU_RECV, quick_ack)] if stock else []),
                 ],
             )
         except socket.gaierror as exc:  # the name stopped resolving since the look-up above

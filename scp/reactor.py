@@ -24,8 +24,9 @@ put (none is known) costs that much latency, never a hang. Everything else is py
 unchanged: the loop bodies are copies of 3.0.4's, so timeouts, aborts, release collisions and the
 pause (``_reactor_checkpoint``) a requestor's ``send_c_*`` uses behave as before, except that the
 DUL loop reads a PDU when its last wait saw the socket readable instead of asking ``select`` every
-turn (``_transport_event``), reads PDUs and decodes P-DATA without pynetdicom's copies
-(scp/receive.py), and packs a plain C-STORE response without pydicom (scp/respond.py).
+turn (``_transport_event``), reads PDUs and decodes P-DATA without pynetdicom's copies, ACKing
+each PDU's header at once (scp/receive.py), packs a plain C-STORE response without pydicom
+(scp/respond.py), and writes a C-STORE request from the sending thread (scp/request.py).
 pynetdicom's describing handlers (INFO and DEBUG lines per PDU and message) are unbound while
 its logger drops those lines.
 
@@ -61,7 +62,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
-from . import receive, respond
+from . import receive, request, respond
 
 log = logging.getLogger("dicom_chain.scp")
 
@@ -107,6 +108,11 @@ def install(ae: pynetdicom.AE) -> bool:
             _patch()
     setattr(ae, _ATTR, True)
     return True
+
+
+def installed(ae: pynetdicom.AE) -> bool:
+    """Whether ``install(ae)`` gave ``ae`` the reactors (False: pynetdicom runs it stock)."""
+    return getattr(ae, _ATTR, False) is True
 
 
 def active(assoc: Association) -> bool:
@@ -334,8 +340,9 @@ def _decode_msg(self: DIMSEMessage, primitive: Any, assoc: Association | None = 
 
 
 def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
-    if getattr(self.assoc.ae, _ATTR, False) is not True or not respond.send_store_response(
-        self, primitive, context_id
+    if getattr(self.assoc.ae, _ATTR, False) is not True or not (
+        respond.send_store_response(self, primitive, context_id)
+        or request.send_store_request(self, primitive, context_id)
     ):
         _stock["DIMSEServiceProvider.send_msg"](self, primitive, context_id)
 

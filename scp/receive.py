@@ -29,6 +29,8 @@ loops or not at all. docs/upstream-pynetdicom.md section 6 proposes the same cha
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 from io import BytesIO
 from pathlib import Path
@@ -49,6 +51,24 @@ PDU_HEADER = struct.Struct(">BBL")  # type, reserved, length (PS3.8 9.3.1)
 PDV_HEADER = struct.Struct(">LB")  # item length, presentation context ID (PS3.8 9.3.5.1)
 P_DATA_TF_TYPE = 0x04
 UID_MAX = 64  # PS3.5 9.1: longer goes to pydicom, which decides what to do with it
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere peers keep their delayed ACKs
+
+
+def ack_at_once(raw: Any) -> None:
+    """ACK what has arrived at once, and what arrives next (Linux TCP_QUICKACK; the kernel turns
+    it off again by itself, hence once per PDU).
+
+    A peer that keeps Nagle's algorithm on (Debian's DCMTK, Orthanc, PACS and workstations built
+    on them) writes a PDU's 12-byte header and its value separately and holds the second until
+    the first is ACKed; a delayed ACK makes that ~40 ms. It bites wherever the kernel has gone
+    back to delaying ACKs (it does so when we send soon after receiving): measured on the
+    forwarder into Orthanc, 37% of C-STOREs waited 45-65 ms for the response's second segment.
+    Re-armed when a PDU's header has been read and before its body is waited for, the ACK of a
+    header that came alone goes out as it is read.
+    """
+    if raw is not None and QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            raw.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
 
 
 def pdv_items(body: memoryview) -> list[tuple[int, memoryview]]:
@@ -135,6 +155,7 @@ def read_pdu_data(self: _dul.DULServiceProvider) -> None:
         log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
         self.event_queue.put("Evt19")
         return
+    ack_at_once(sock.socket)
     try:
         body = sock.recv(pdu_length)
     except (OSError, TimeoutError) as exc:

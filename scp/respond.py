@@ -27,14 +27,14 @@ NO_DATA_SET = 0x0101  # PS3.7 E.1, Command Data Set Type: no data set follows
 LAST_COMMAND_FRAGMENT = b"\x03"  # PS3.8 E.2: command, last fragment
 PDV_OVERHEAD = 6  # PS3.8 9.3.5.1: item length (4), context ID (1), control header (1)
 _ELEMENT = struct.Struct("<HHL")  # group, element, value length (implicit VR little endian)
-_US = struct.Struct("<H")
+US = struct.Struct("<H")
 
 
-def _element(element: int, value: bytes) -> bytes:
+def command_element(element: int, value: bytes) -> bytes:
     return _ELEMENT.pack(0x0000, element, len(value)) + value
 
 
-def _uid(value: Any) -> bytes | None:
+def command_uid(value: Any) -> bytes | None:
     """A UID value as pydicom writes it (padded with one NUL to even length); None where
     pydicom's own rules might differ (not ASCII, or padding already there)."""
     text = str(value)
@@ -56,21 +56,21 @@ def store_response_bytes(rsp: C_STORE) -> bytes | None:
         return None
     parts = []
     if rsp.AffectedSOPClassUID is not None:
-        uid = _uid(rsp.AffectedSOPClassUID)
+        uid = command_uid(rsp.AffectedSOPClassUID)
         if uid is None:
             return None
-        parts.append(_element(0x0002, uid))
-    parts.append(_element(0x0100, _US.pack(C_STORE_RSP_FIELD)))
-    parts.append(_element(0x0120, _US.pack(message_id)))
-    parts.append(_element(0x0800, _US.pack(NO_DATA_SET)))
-    parts.append(_element(0x0900, _US.pack(status)))
+        parts.append(command_element(0x0002, uid))
+    parts.append(command_element(0x0100, US.pack(C_STORE_RSP_FIELD)))
+    parts.append(command_element(0x0120, US.pack(message_id)))
+    parts.append(command_element(0x0800, US.pack(NO_DATA_SET)))
+    parts.append(command_element(0x0900, US.pack(status)))
     if rsp.AffectedSOPInstanceUID is not None:
-        uid = _uid(rsp.AffectedSOPInstanceUID)
+        uid = command_uid(rsp.AffectedSOPInstanceUID)
         if uid is None:
             return None
-        parts.append(_element(0x1000, uid))
+        parts.append(command_element(0x1000, uid))
     group = b"".join(parts)
-    return _element(0x0000, struct.pack("<L", len(group))) + group
+    return command_element(0x0000, struct.pack("<L", len(group))) + group
 
 
 def send_store_response(dimse: Any, primitive: Any, context_id: int) -> bool:

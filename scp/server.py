@@ -53,6 +53,7 @@ from .logs import configure_logging
 from .metrics import GatewayMetrics, MetricsServer, listening, serve_metrics
 from .reactor import Idle, on_idle
 from .reactor import install as install_reactor
+from .reactor import installed as reactor_installed
 from .transport import GuardedServer, Limits, RejectionLog, start_server
 
 MAX_PDU_BYTES = 131_072  # 128 KB: ~3x faster than 16 KB for 0.5 MB instances; peers may ask less
@@ -193,7 +194,7 @@ class Gateway:
         ae_title = self.settings.ae_title
         handlers = [
             (evt.EVT_CONN_OPEN, handle_conn_open),
-            (evt.EVT_PDU_RECV, quick_ack),
+            *([] if reactor_installed(self.ae) else [(evt.EVT_PDU_RECV, quick_ack)]),  # or the reactor's
             (evt.EVT_REQUESTED, handle_requested, [self.access, self.rejections, self.settings.called_aes]),
             (evt.EVT_REQUESTED, handle_get_contexts, [self.node]),  # after it: a rejected peer is left
             (evt.EVT_ACCEPTED, handle_accepted),

@@ -233,7 +233,8 @@ def test_quick_ack_is_rearmed_on_the_association_socket():
     import socket
     from types import SimpleNamespace
 
-    from scp.handlers import QUICKACK, quick_ack
+    from scp.handlers import quick_ack
+    from scp.receive import QUICKACK
 
     if QUICKACK is None:
         pytest.skip("TCP_QUICKACK is Linux only")

@@ -197,6 +197,8 @@ def test_a_uid_pydicom_refuses_is_still_refused_by_pydicom():
 class Chunks:
     """A transport that returns what the DUL asks for from fixed bytes (short once they run out)."""
 
+    socket = None  # no kernel socket to re-arm ACKs on
+
     def __init__(self, data: bytes) -> None:
         self.data = bytearray(data)
 
