@@ -64,6 +64,13 @@ WORKERS_WHILE_RECEIVING = 2
 # instances is milliseconds, a modality's between series well under a second.
 RECEIVING_WINDOW_S = 2.0
 RECEIVING_CHECK_S = 0.5  # how often the forwarder looks at the newest queued row (one index step)
+# While a modality is sending, a worker whose last batch was not full waits this long before its
+# next lease, so that a batch holds what came in meanwhile. Leases and settles are write
+# transactions that each receipt's commit queues behind, and a lease costs the forwarder about
+# what sending an instance does: a worker that kept up with a modality leased 1-6 instances at a
+# time (measured: 117 batches for a 400-instance study). 0.1 s gathers ~15 at 150 instances/s
+# and delays a PACS's copy by no more than that.
+GATHER_S = 0.1
 # How soon the rows leased by a forwarder that died (kill -9) on this host are taken over by the
 # living ones (several serve processes share one outbox): one query over the pending rows, run
 # by an idle worker at most this often. Leases of other hosts still wait for outbox.LEASE_S.
@@ -160,6 +167,7 @@ class DestinationWorker(threading.Thread):
         self.assoc: Association | None = None
         self.assoc_contexts: set[tuple[str, str]] = set()
         self.last_used = 0.0
+        self.gathering = False  # the last batch was not full and a modality is sending
 
     def run(self) -> None:
         stop = self.forwarder.stop_event
@@ -170,7 +178,9 @@ class DestinationWorker(threading.Thread):
                 log.exception("forward to %s: unexpected error", self.key)
                 self.close()
                 worked = False
-            if not worked:
+            if worked and self.gathering:
+                stop.wait(GATHER_S)
+            elif not worked:
                 self.forwarder.sweep()
                 if self.assoc is not None and time.monotonic() - self.last_used > IDLE_RELEASE_S:
                     self.close()
@@ -197,6 +207,7 @@ class DestinationWorker(threading.Thread):
         if self.forwarder.stop_event.is_set():
             self.forwarder.node.outbox.release(items)
             return False
+        self.gathering = len(items) < limit and self.forwarder.receiving()
         try:
             return self.forward(items)
         except DicomChainError as exc:  # the ledger is away: nothing can be settled, the lease expires

@@ -799,3 +799,35 @@ def test_the_forwarder_acks_each_pdu_at_once(tmp_path, monkeypatch):
         stop(gateway)
         pacs.ae.shutdown()
 
+
+def test_while_a_modality_sends_a_worker_gathers_its_next_batch(tmp_path, monkeypatch):
+    """A batch that was not full is followed by a pause (GATHER_S) while instances keep coming:
+    the next lease holds what arrived meanwhile instead of one instance each."""
+    monkeypatch.setattr(forwarder_module, "GATHER_S", 1.5)
+    monkeypatch.setattr(forwarder_module.Forwarder, "receiving", lambda self: True)
+    pacs = ScriptedPacs([])
+    gateway = gateway_for(tmp_path, pacs.destination, workers=1)
+    batches: list[int] = []
+    real = gateway.node.outbox.claim
+
+    def claim(destination, limit, now=None):
+        items = real(destination, limit, now)
+        if items:
+            batches.append(len(items))
+        return items
+
+    monkeypatch.setattr(gateway.node.outbox, "claim", claim)
+    try:
+        first = store_one_through(gateway, pacs, seed=11)  # leased alone: nothing else was there
+        more = list(ct_study(StudySpec(seed=12, instances=3, rows=8, columns=8)))
+        scu = AE(ae_title="MOD")
+        scu.add_requested_context(CTImageStorage)
+        assoc = scu.associate("127.0.0.1", gateway.settings.port, ae_title="DICOMCHAIN")
+        assert [assoc.send_c_store(ds).Status for ds in more] == [0, 0, 0]
+        assoc.release()
+        assert wait_until(lambda: len(pacs.received) == 4, 30)
+    finally:
+        stop(gateway)
+        pacs.ae.shutdown()
+    assert pacs.received[0] == first.SOPInstanceUID
+    assert batches == [1, 3]
