@@ -249,6 +249,23 @@ def test_the_forward_process_follows_serve_even_into_kill_9(tmp_path):
         gateway.stop()
 
 
+def test_the_forward_process_yields_the_cpu_to_receiving(tmp_path):
+    """A modality waits on its C-STOREs and a PACS waits on nothing: the forward process runs at a
+    lower CPU priority than serve (FORWARD_NICENESS)."""
+    from scp.forward_process import FORWARD_NICENESS
+
+    home = tmp_path / "gw"
+    home.mkdir()
+    gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
+    try:
+        assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]
+        [child] = gateway.forward_children()
+        serve = os.getpriority(os.PRIO_PROCESS, gateway.proc.pid)
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, serve + FORWARD_NICENESS)
+    finally:
+        gateway.stop()
+
+
 def test_a_forward_process_that_dies_is_started_again(tmp_path):
     """The queue must keep draining without an operator noticing a dead child: serve starts
     another (its leases are taken back), and still stops it cleanly on SIGTERM."""
