@@ -430,3 +430,22 @@ def test_a_body_over_the_preallocated_size_grows_as_it_arrives_and_is_read_whole
         sender.join()
         peer.close()
         transport.socket.close()  # type: ignore[union-attr]
+
+
+def test_each_association_gets_contexts_equal_to_a_deep_copy_and_its_own():
+    """The gateway's contexts copied for an association: what ``deepcopy`` gives, attribute for
+    attribute, and nothing shared that negotiation could change in the server's."""
+    import copy
+
+    from scp.server import build_ae
+    from scp.transport import Contexts
+
+    server = list(build_ae("GATEWAY").supported_contexts)
+    ours, stock = copy.deepcopy(Contexts(server)), copy.deepcopy(server)
+    assert [vars(cx) for cx in ours] == [vars(cx) for cx in stock]
+    for mine, original in zip(ours, server, strict=True):
+        assert mine is not original and mine._transfer_syntax is not original._transfer_syntax
+    before = list(server[0].transfer_syntax)
+    ours[0].transfer_syntax = ours[0].transfer_syntax[:1]
+    ours[0].context_id = 1
+    assert server[0].transfer_syntax == before and server[0].context_id is None
