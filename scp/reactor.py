@@ -425,6 +425,27 @@ def _assoc_run_reactor(self: Association) -> None:
             _quietly(idle.ended)
 
 
+def _resume(assoc: Association) -> None:
+    """Wait out a pause, and count as running only once the pause is still over after saying so.
+
+    A requestor's ``send_c_*`` clears ``_reactor_checkpoint``, waits for ``_is_paused``, sends and
+    takes the response from the DIMSE queue itself. pynetdicom's reactor sets ``_is_paused =
+    False`` when its wait returns, but the wait returns for a ``set()`` that another pause may
+    already have cleared again: the next ``send_c_*`` then saw the stale ``True``, sent, and the
+    reactor, running at last, took that request's response off the queue as if it were a request.
+    The sender waited out its DIMSE timeout (measured: 1 forward in ~20 runs of 400 into Orthanc
+    stalled 10 s, once each C-STORE went out in one write, with the forward process at nice 10).
+    Here the flag goes False first and the checkpoint is looked at after: a pause that began in
+    between finds either the flag False (and waits for the loop's next True) or the reactor back
+    in its wait."""
+    while True:
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        if assoc._reactor_checkpoint.is_set():
+            return
+        assoc._is_paused = True
+
+
 def _assoc_loop(self: Association, wake: threading.Event, idle: Idle | None) -> None:
     plog = _association.LOGGER
     self._is_paused = False
@@ -432,8 +453,7 @@ def _assoc_loop(self: Association, wake: threading.Event, idle: Idle | None) -> 
         self._is_paused = True
         wake.wait(_due_in(self.dul._idle_timer))
         wake.clear()  # before looking: a put from now on wakes the next wait
-        self._reactor_checkpoint.wait()
-        self._is_paused = False
+        _resume(self)
 
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:

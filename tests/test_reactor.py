@@ -241,6 +241,43 @@ def test_the_dimse_timeout_still_fires_for_a_requestor() -> None:
         scp.stop()
 
 
+def test_a_pause_that_begins_as_the_last_one_ends_keeps_the_reactor_off_the_queue() -> None:
+    """A requestor's send_c_* resumes the reactor (checkpoint set) and the next one pauses it again
+    (cleared) before the reactor thread has run: the reactor must not wake up thinking it runs
+    and take the next response off the DIMSE queue (reactor._resume). Made deterministic by
+    holding the GIL across set, clear and put with a long switch interval."""
+    import sys
+
+    scp = Scp(False)
+    try:
+        assoc = scu(True).associate("127.0.0.1", scp.port, ae_title="SCP")
+        assert assoc.is_established
+        served: list[object] = []
+        assoc._serve_request = lambda msg, context_id: served.append(msg)  # type: ignore[method-assign]
+        checkpoint = assoc._reactor_checkpoint
+        checkpoint.clear()  # a send_c_* pauses the reactor ...
+        assert wait_until(lambda: assoc._is_paused, DEADLINE_S)
+        assoc._wake.set()  # ... which wakes (a put, say) and waits at the checkpoint
+        time.sleep(0.2)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(5.0)
+        try:
+            checkpoint.set()  # that send_c_* is done; the reactor thread is notified, not yet run
+            checkpoint.clear()  # the next one pauses it: pynetdicom's check finds it still paused
+            assert assoc._is_paused
+            assoc.dimse.msg_queue.put((1, "the next request's response"))
+        finally:
+            sys.setswitchinterval(interval)
+        time.sleep(0.3)  # the reactor thread runs now
+        assert served == []
+        assert assoc.dimse.msg_queue.qsize() == 1  # still there for the sender's get_msg
+        assert assoc.dimse.get_msg(block=False) == (1, "the next request's response")
+        checkpoint.set()
+        assoc.release()
+    finally:
+        scp.stop()
+
+
 def test_a_connection_that_never_asks_is_closed_at_the_acse_timeout() -> None:
     """The ARTIM timer (started at connect, PS3.8 9.1.5) is the DUL's wait timeout now: a peer
     that connects and says nothing is dropped at about ``acse_timeout``."""
