@@ -327,6 +327,13 @@ def run_b1(root: Path, folders: list[Path], n: int) -> dict:
     return result
 
 
+def trouble(log: Path, most: int = 20) -> list[str]:
+    """What the gateway and its forwarder warned about (a breaker that opened, an association the
+    PACS dropped): kept with the results, for the run's folder goes when the bench ends."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [x for x in lines if ("WARNING" in x or "ERROR" in x) and "no --allow" not in x][:most]
+
+
 def run_b2(root: Path, folders: list[Path], n: int) -> dict:
     """Ingest with the forward live into a stock Orthanc, then the drain to the last instance."""
     pacs = orthanc(root / "pacs", nodelay=False)
@@ -343,6 +350,7 @@ def run_b2(root: Path, folders: list[Path], n: int) -> dict:
             e2e_seconds=e2e,
             drain_rate=n / e2e,
             forwarded=orthanc_count(pacs.http),
+            trouble=trouble(root / "gateway.log"),
             load1_drained=load(),
             cpu_per_instance_to_drained={
                 "gateway": (cpu1[0][0] - cpu0[0][0]) / n,
@@ -461,6 +469,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"round {r + 1} {name:6s} {runs[name][-1]['rate']:7.1f} inst/s  load {load():.2f}",
                     flush=True,
                 )
+                for line in runs[name][-1].get("trouble", []):
+                    print(f"    {line}", flush=True)
         records = [rec for res in runs["b1"] for rec in timing.read(Path(res["timing_file"]))]
         rounds = range(args.rounds)
         ratios = {
