@@ -8,11 +8,12 @@ two threads that share the GIL: measured on the forwarder, about half its CPU pe
 
 Here, for the associations of an AE the reactor was installed for (scp/reactor.py), a C-STORE
 request whose data set is a stored file's (``send_c_store(path)``) or already encoded goes out
-from the association's thread as the same PDUs (tests/test_request.py compares the bytes), in
-one ``sendmsg`` over the file's bytes and a 12-byte header per PDU. Only in Sta6 with nothing
-waiting in the DUL's queue (nothing else is being sent, and P-DATA in Sta6 changes no state:
-PS3.8 9.2, DT-1), and only while no handler wants the messages or PDUs as objects
-(EVT_DIMSE_SENT, EVT_PDU_SENT, EVT_DATA_SENT); anything else goes through pynetdicom unchanged.
+from the sending thread as the same PDUs (tests/test_request.py compares the bytes), in one
+``sendmsg`` over the file's bytes and a 12-byte header per PDU. Only as the requestor (the
+forwarder, a release to another institution), in Sta6 with nothing waiting in the DUL's queue
+(nothing else is being sent, and P-DATA in Sta6 changes no state: PS3.8 9.2, DT-1), and only
+while no handler wants the messages or PDUs as objects (EVT_DIMSE_SENT, EVT_PDU_SENT,
+EVT_DATA_SENT); anything else goes through pynetdicom unchanged.
 The response comes back through the DUL as before.
 """
 
@@ -140,7 +141,11 @@ def send_store_request(dimse: Any, primitive: Any, context_id: int) -> bool:
     if primitive.__class__ is not C_STORE or primitive.MessageIDBeingRespondedTo is not None:
         return False
     assoc, dul = dimse.assoc, dimse.dul
-    if any(assoc.get_handlers(event) for event in EVENTS_AS_OBJECTS):
+    # A requestor's thread sends one message and waits for its answer before the next, so nothing
+    # it queued earlier can still be on its way to the socket. An acceptor's C-GET sends its
+    # C-STORE sub-operations between C-GET responses that go through the DUL's queue: one the DUL
+    # has taken off the queue but not yet written would be overtaken (or cut into).
+    if not assoc.is_requestor or any(assoc.get_handlers(event) for event in EVENTS_AS_OBJECTS):
         return False
     transport = dul.socket
     sock = transport.socket if transport is not None and transport._is_connected else None

@@ -233,3 +233,28 @@ def test_the_header_of_a_pdu_is_acked_before_its_body_is_waited_for():
         for s in (client, conn, server):
             s.close()
     assert armed_at_body == [1]
+
+
+def test_an_acceptor_sends_through_pynetdicom():
+    """An acceptor's C-GET sends C-STORE sub-operations between C-GET responses that go through
+    the DUL's queue: a response taken off the queue but not yet written must not be overtaken."""
+    import queue
+    from types import SimpleNamespace
+
+    sent: list[object] = []
+    raw = SimpleNamespace(sendmsg=lambda buffers: sent.append(buffers) or sum(len(b) for b in buffers))
+    dul = SimpleNamespace(
+        socket=SimpleNamespace(socket=raw, _is_connected=True),
+        state_machine=SimpleNamespace(current_state="Sta6"),
+        to_provider_queue=queue.Queue(),
+        event_queue=queue.Queue(),
+    )
+
+    def dimse(requestor: bool) -> Any:
+        assoc = SimpleNamespace(is_requestor=requestor, get_handlers=lambda event: [])
+        return SimpleNamespace(assoc=assoc, dul=dul, maximum_pdu_size=16384)
+
+    assert not request.send_store_request(dimse(False), store_request(), 1)
+    assert sent == []
+    assert request.send_store_request(dimse(True), store_request(), 1)  # the same, as requestor
+    assert len(sent) == 1
