@@ -28,12 +28,11 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from .respond import US, command_element, command_uid
+from .receive import P_DATA_TF_TYPE
+from .respond import PDV_OVERHEAD, US, command_element, command_set, command_uid
 
 # PDU type 0x04, reserved, PDU length; PDV item length, context ID, control header (PS3.8 9.3.5)
 PDATA_HEADER = struct.Struct(">BBLLBB")
-P_DATA_TF_TYPE = 0x04
-PDV_OVERHEAD = 6  # item length (4), context ID (1), control header (1)
 # Control headers (PS3.8 E.2): bit 0 command (1) or data set (0), bit 1 last fragment
 COMMAND, COMMAND_LAST, DATA, DATA_LAST = 0x01, 0x03, 0x00, 0x02
 C_STORE_RQ_FIELD = 0x0001  # PS3.7 9.3.1.1, Command Field of a C-STORE-RQ
@@ -83,17 +82,14 @@ def store_request_bytes(req: C_STORE) -> bytes | None:
     sop_class, sop_instance = command_uid(req.AffectedSOPClassUID), command_uid(req.AffectedSOPInstanceUID)
     if sop_class is None or sop_instance is None:
         return None
-    group = b"".join(
-        (
-            command_element(0x0002, sop_class),
-            command_element(0x0100, US.pack(C_STORE_RQ_FIELD)),
-            command_element(0x0110, US.pack(message_id)),
-            command_element(0x0700, US.pack(priority)),
-            command_element(0x0800, US.pack(DATA_SET_PRESENT)),
-            command_element(0x1000, sop_instance),
-        )
+    return command_set(
+        command_element(0x0002, sop_class),
+        command_element(0x0100, US.pack(C_STORE_RQ_FIELD)),
+        command_element(0x0110, US.pack(message_id)),
+        command_element(0x0700, US.pack(priority)),
+        command_element(0x0800, US.pack(DATA_SET_PRESENT)),
+        command_element(0x1000, sop_instance),
     )
-    return command_element(0x0000, struct.pack("<L", len(group))) + group
 
 
 def _command(primitive: C_STORE) -> bytes | None:

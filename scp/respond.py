@@ -34,6 +34,12 @@ def command_element(element: int, value: bytes) -> bytes:
     return _ELEMENT.pack(0x0000, element, len(value)) + value
 
 
+def command_set(*elements: bytes) -> bytes:
+    """``elements`` (``command_element``s, in tag order) behind their group length."""
+    group = b"".join(elements)
+    return command_element(0x0000, struct.pack("<L", len(group))) + group
+
+
 def command_uid(value: Any) -> bytes | None:
     """A UID value as pydicom writes it (padded with one NUL to even length); None where
     pydicom's own rules might differ (not ASCII, or padding already there)."""
@@ -69,8 +75,7 @@ def store_response_bytes(rsp: C_STORE) -> bytes | None:
         if uid is None:
             return None
         parts.append(command_element(0x1000, uid))
-    group = b"".join(parts)
-    return command_element(0x0000, struct.pack("<L", len(group))) + group
+    return command_set(*parts)
 
 
 def send_store_response(dimse: Any, primitive: Any, context_id: int) -> bool:
