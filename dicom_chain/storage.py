@@ -428,9 +428,15 @@ def start_writeback(fd: int) -> None:
 
 def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
     """``pieces`` in order, in one ``writev`` unless the kernel takes less (then the rest again)."""
+    write_vectored(lambda views: os.writev(fd, views), pieces)
+
+
+def write_vectored(write: Callable[[list[memoryview]], int], pieces: Iterable[bytes | memoryview]) -> None:
+    """Every byte of ``pieces``, in order, through ``write`` (``os.writev``, ``socket.sendmsg``),
+    which may take fewer than it was given: the rest goes in the next call."""
     views = [v for v in (memoryview(p).cast("B") for p in pieces) if v]
     while views:
-        written = os.writev(fd, views[:IOV_MAX])
+        written = write(views[:IOV_MAX])
         while views and written >= len(views[0]):
             written -= len(views[0])
             views.pop(0)
@@ -476,4 +482,4 @@ _FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
 # Names tried before giving up: only a dead process's leftovers with our pid can be in the way, so
 # one retry nearly always suffices; as many as mkstemp tries would hide a real fault for long.
 TEMP_ATTEMPTS = 100
-IOV_MAX = 1024  # POSIX's minimum for writev's count of buffers is 16; Linux allows 1024
+IOV_MAX = 1024  # buffers per writev/sendmsg: POSIX's minimum is 16, Linux allows 1024

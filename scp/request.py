@@ -28,6 +28,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
+from dicom_chain.storage import write_vectored
+
 from .receive import P_DATA_TF_TYPE
 from .respond import PDV_OVERHEAD, US, command_element, command_set, command_uid
 
@@ -39,7 +41,6 @@ C_STORE_RQ_FIELD = 0x0001  # PS3.7 9.3.1.1, Command Field of a C-STORE-RQ
 DATA_SET_PRESENT = 0x0001  # PS3.7 E.1: any value but 0x0101; pynetdicom sends 0x0001
 PRIORITIES = (0x0000, 0x0001, 0x0002)  # medium, high, low (PS3.7 9.1.1.1.6)
 EVENTS_AS_OBJECTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
-IOV_MAX = 1024  # Linux's limit on buffers per sendmsg; more go in the next call
 
 
 def fragments(
@@ -121,14 +122,7 @@ def send_all(sock: Any, buffers: list[bytes | memoryview]) -> None:
     if isinstance(sock, ssl.SSLSocket):  # no scatter-gather through TLS
         sock.sendall(b"".join(buffers))
         return
-    views = [memoryview(b).cast("B") for b in buffers]
-    while views:
-        sent = sock.sendmsg(views[:IOV_MAX])
-        while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if sent:
-            views[0] = views[0][sent:]
+    write_vectored(sock.sendmsg, buffers)
 
 
 def send_store_request(dimse: Any, primitive: Any, context_id: int) -> bool:
