@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -234,19 +236,26 @@ def test_sigterm_finishes_the_association_in_flight_and_exits_0(tmp_path):
         gateway.stop()
 
 
-def test_the_forward_process_follows_serve_even_into_kill_9(tmp_path):
-    """serve forwards from a child process; if serve is killed the child must not linger."""
+@contextlib.contextmanager
+def forwarding_nowhere(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """serve as a process, forwarding to a port nothing listens on: its forward process runs."""
     home = tmp_path / "gw"
     home.mkdir()
     gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
     try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def test_the_forward_process_follows_serve_even_into_kill_9(tmp_path):
+    """serve forwards from a child process; if serve is killed the child must not linger."""
+    with forwarding_nowhere(tmp_path) as gateway:
         assert wait_until(gateway.forward_children, 30), gateway.log()[-3000:]
         [child] = gateway.forward_children()
         assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]  # it is watching serve
         gateway.kill9()
         assert wait_until(lambda: not process_running(child), 15), f"forward process {child} outlived serve"
-    finally:
-        gateway.stop()
 
 
 def test_the_forward_process_yields_the_cpu_to_receiving(tmp_path):
@@ -254,25 +263,17 @@ def test_the_forward_process_yields_the_cpu_to_receiving(tmp_path):
     lower CPU priority than serve (FORWARD_NICENESS)."""
     from scp.forward_process import FORWARD_NICENESS
 
-    home = tmp_path / "gw"
-    home.mkdir()
-    gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
-    try:
+    with forwarding_nowhere(tmp_path) as gateway:
         assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]
         [child] = gateway.forward_children()
         serve = os.getpriority(os.PRIO_PROCESS, gateway.proc.pid)
         assert os.getpriority(os.PRIO_PROCESS, child) == min(19, serve + FORWARD_NICENESS)
-    finally:
-        gateway.stop()
 
 
 def test_a_forward_process_that_dies_is_started_again(tmp_path):
     """The queue must keep draining without an operator noticing a dead child: serve starts
     another (its leases are taken back), and still stops it cleanly on SIGTERM."""
-    home = tmp_path / "gw"
-    home.mkdir()
-    gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
-    try:
+    with forwarding_nowhere(tmp_path) as gateway:
         assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]
         [first] = gateway.forward_children()
         os.kill(first, signal.SIGKILL)
@@ -283,28 +284,21 @@ def test_a_forward_process_that_dies_is_started_again(tmp_path):
         assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
         assert not process_running(second)
         assert "Traceback" not in gateway.log()
-    finally:
-        gateway.stop()
 
 
 def test_sigterm_with_forwarding_stops_the_forward_process_and_exits_0(tmp_path):
-    home = tmp_path / "gw"
-    home.mkdir()
-    gateway = GatewayProcess(home, free_port(), ("--forward", f"NOBODY@127.0.0.1:{free_port()}")).start()
-    try:
+    with forwarding_nowhere(tmp_path) as gateway:
         assert gateway.wait_for_log("forwarding to NOBODY@"), gateway.log()[-3000:]  # the child is up
         [child] = gateway.forward_children()
         gateway.proc.send_signal(signal.SIGTERM)
         assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
         assert not process_running(child)  # serve stopped it and waited for it
         assert "Traceback" not in gateway.log()
-        ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+        ledger = Ledger(f"sqlite:///{gateway.home / 'ledger.db'}")
         try:
             assert [e.type for e in ledger.iter_events()][-1] == "service.stop"
         finally:
             ledger.close()
-    finally:
-        gateway.stop()
 
 
 def test_serving_freezes_start_up_objects_and_collects_the_young_less_often():
