@@ -571,7 +571,7 @@ class Contexts(list):  # type: ignore[type-arg]
     cannot change the server's: for the gateway's 177 contexts with every transfer syntax, 42 ms of
     CPU before each A-ASSOCIATE-AC (each query, each modality's study). A context holds immutable
     UIDs, one list of them and flags, so a copy of it with its own list is what the deep copy
-    gives (tests/test_transport.py compares them), in about 1 ms."""
+    gives (tests/test_transport.py compares them), in about 0.4 ms."""
 
     def __deepcopy__(self, memo: dict) -> list:
         return [_context_copy(cx) for cx in self]
