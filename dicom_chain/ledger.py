@@ -346,6 +346,10 @@ class Ledger:
                 found.update({(row.study_instance_uid, row.study_index): row.block_hash for row in rows})
         return found
 
+    def path_of_block(self, session: Session, block_hash: str) -> str | None:
+        """The stored file the block with this hash names, if the ledger has that block."""
+        return session.scalar(select(BLOCKS.c.path).where(BLOCKS.c.block_hash == block_hash))
+
     def has_file(self, session: Session, path: str) -> bool:
         """Whether a block of any chain names ``path`` (read in the caller's transaction)."""
         return session.scalar(select(func.count()).select_from(BLOCKS).where(BLOCKS.c.path == path)) > 0

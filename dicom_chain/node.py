@@ -44,7 +44,7 @@ from dicom_chain.receipt import Receipt, Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import adopt_policy, record_refusal
-from dicom_chain.storage import PendingWrite, Storage, relative_path
+from dicom_chain.storage import PendingWrite, Spares, Storage, relative_path
 from dicom_chain.versions import versions_of
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome
 
@@ -99,6 +99,11 @@ class Node:
         """Undo writes a killed process left between renaming a file and committing its block
         (receipt.py); returns the files removed, each also a ``storage.recovered`` event."""
         return self.receipts.recover(self.key, self.chain_id)
+
+    def restore_names(self, spool_folder: Path) -> list[str]:
+        """Before a dead process's spool folder goes: stored files whose names a power cut took,
+        linked back in from the spares it holds (receipt.py); returns the paths restored."""
+        return self.receipts.restore_names(self.key, self.chain_id, Spares.leftovers(spool_folder))
 
     def close(self) -> None:
         self.index_queue.close()

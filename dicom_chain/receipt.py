@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from dicom_chain import timing
 from dicom_chain.block import Block
+from dicom_chain.carriers import registry
 from dicom_chain.db.models import OriginBlockRow
 from dicom_chain.errors import DicomChainError
 from dicom_chain.events import Event, EventDraft
@@ -152,6 +154,43 @@ class Receipts:
             return  # the ledger cannot tell now: the caller removes the file it wrote
         for relative in leftovers:
             self.storage.remove(relative)
+
+    def restore_names(self, key: NodeKey, chain_id: str, spares: Iterable[Path]) -> list[str]:
+        """Link back in the stored files whose names a power cut took before their folders were
+        synced (storage.PendingWrite.wait), from the spares a dead process left holding them
+        (``Spares.leftovers``): each that carries a block the ledger has, whose file is missing at
+        the path the ledger names, and that passes what ``verify`` checks of it. Each restored name
+        is a ``storage.recovered`` event. A spare whose block never committed is left for its
+        folder's removal. Raises if the ledger cannot be read: the caller keeps the folder then."""
+        restored = []
+        for spare in spares:
+            try:
+                carrier = registry.carrier_for(spare)
+                block = carrier.open_stored(spare).read_block()
+            except (OSError, DicomChainError):
+                continue  # not a file any receipt finished writing
+            with self.ledger.db.writing() as session:
+                relative = self.ledger.path_of_block(session, block.hash)
+                if relative is None or self.storage.exists(relative):
+                    continue
+                try:
+                    carrier.confirm(spare, block)
+                except DicomChainError:
+                    continue
+                if not self.storage.link_in(spare, relative):
+                    continue
+                restored.append(relative)
+                append_event(
+                    session,
+                    key,
+                    EventDraft(
+                        EventType.STORAGE_RECOVERED,
+                        chain_id=chain_id,
+                        reason="stored file's name lost before its folder reached the disk; linked back in",
+                        details={"path": relative, "block_hash": block.hash},
+                    ),
+                )
+        return restored
 
     def recover(self, key: NodeKey, chain_id: str) -> list[str]:
         """Undo writes that processes now dead left between renaming a file and committing its

@@ -4,8 +4,9 @@ Layout ``<group>/<series>/<item><suffix>`` (``<item>.v<N><suffix>`` for later ve
 ``<study>/<series>/<sop>.dcm``), so a person can find a file from its UIDs. Names are injective
 (``path_part``): two items never share a path. A file is either absent or complete, and a write
 never replaces a file: temp file, fsync, hard link to its name (refused if the name is taken),
-fsync of the directory; the caller may do its own work between the write and the rest, with
-the disk already writing (``start_write``). No file format is known here.
+fsync of the directory (for a file written into a spare, later: ``Spares``); the caller may do
+its own work between the write and the rest, with the disk already writing (``start_write``). No
+file format is known here.
 
 Bytes still in another file (a C-STORE received to disk) are handed over as ``FileRange`` pieces
 of ``Ranged`` and copied by the kernel (``copy_file_range``), not read into a bytes and written
@@ -39,6 +40,11 @@ from dicom_chain import timing
 from dicom_chain.errors import DicomChainError, MalformedDatasetError, PathTakenError, StorageError
 
 TEMP_PREFIX = ".incoming-"  # temp files start with this; verify and scans skip them
+SPARE_INFIX = "spare-"  # after TEMP_PREFIX: a spare (Spares), which recovery looks into
+# Spares made at once by a thread that has none: one sync of the spool folder, and one of each
+# series folder written to, per this many instances instead of per instance (each sync a flush of
+# the disk's cache, 0.15-0.2 ms here); at most this many empty files held per association.
+SPARE_BATCH = 16
 UID_PATH_MAX = 64  # PS3.5 9.1: UIDs never exceed 64 characters, so neither does a path part
 # 128 bits of SHA-256 in every name that is not a plain UID: two such names collide only if the
 # hashes do; 12 hex digits (48 bits, names written before) left that within a forger's reach.
@@ -182,8 +188,10 @@ class Storage:
         fd: int | None = None
         tmp: str | None = None
         temp_dir: int | None = None  # the temp file's folder: ``folder``, or a spare's (Spares)
+        spare = None
         try:
-            folder = temp_dir = _open_folder(target.parent)
+            folder, created = _open_folder(target.parent)
+            temp_dir = folder
             if _exists_at(folder, target.name):
                 raise PathTakenError(f"cannot store {relative}: a file is there already")
             spare = self.spares.take() if self.spares is not None else None
@@ -219,7 +227,26 @@ class Storage:
             # pieces may be encoded as they are written: the item's fault, for retrying the same
             # item fails the same way (a full disk is an OSError, above)
             raise MalformedDatasetError(f"cannot encode {relative}: {exc}") from exc
-        return PendingWrite(self, relative, folder, fd, temp_dir, written_at)
+        spares = self.spares if spare is not None else None
+        return PendingWrite(self, relative, folder, fd, temp_dir, written_at, spares, created)
+
+    def link_in(self, source: Path, relative: str) -> bool:
+        """Name the file at ``source`` ``relative`` too, durably: a stored file's name lost to a
+        power cut, given back from the spare that still holds it (``Spares.leftovers``). False,
+        and nothing changed, if the name is taken."""
+        target = self.path(relative)
+        folder, created = _open_folder(target.parent)
+        try:
+            try:
+                os.link(source, target.name, dst_dir_fd=folder, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        if created:
+            sync_parents(target.parent, self.root)
+        return True
 
     def remove(self, relative: str) -> None:
         """Best-effort clean-up after a failed ingest: the original error is the one to report."""
@@ -243,7 +270,15 @@ class PendingWrite:
     ``abandon``."""
 
     def __init__(
-        self, storage: Storage, relative: str, folder: int, fd: int, temp_dir: int, written_at: Path
+        self,
+        storage: Storage,
+        relative: str,
+        folder: int,
+        fd: int,
+        temp_dir: int,
+        written_at: Path,
+        spares: Spares | None = None,
+        created: bool = False,
     ) -> None:
         self.storage = storage
         self.relative = relative
@@ -252,15 +287,25 @@ class PendingWrite:
         self._temp_dir = temp_dir  # the temp file's folder: ``folder``, or a spare's (Spares)
         self._temp = written_at.name
         self._fd: int | None = fd
+        self._spares = spares  # written into one of theirs: its name there is durable (Spares)
+        self._created = created  # its folder made for it: the folders above change too
         self.named = False  # linked to its name by ``wait``
         _writing[self.written_at] = fd
 
     def wait(self) -> Path:
-        """The file, durable at its name: its data first, then the name (link refuses a taken one,
-        where rename would replace it), then the folder that holds the name. PathTakenError or
-        StorageError as ``write`` raises them; the temp name goes either way."""
+        """The file, durable: its data first, then the name (link refuses a taken one, where
+        rename would replace it), then the folder that holds the name. PathTakenError or
+        StorageError as ``write`` raises them; the temp name goes either way.
+
+        Written into a spare, the file is durable once its data is: the spare's own name was made
+        durable before it was taken (``Spares.prepare``), and it stays until the folder holding the
+        new name has been synced, after the response, while the association waits
+        (``Spares.settle``); a power cut in between leaves the spare, which the next start links
+        back in (``Spares.leftovers``). One flush of the disk's cache fewer on the path a sender
+        waits on (0.15-0.21 ms of 4-5 ms an instance, measured)."""
         target = self.storage.path(self.relative)
         folder, self._folder = self._folder, None
+        keep_temp = False
         try:
             if folder is None:
                 raise StorageError(f"cannot store {self.relative}: already given up")
@@ -270,14 +315,20 @@ class PendingWrite:
                 self._temp, target.name, src_dir_fd=self._temp_dir, dst_dir_fd=folder, follow_symlinks=False
             )
             self.named = True
-            os.fsync(folder)
-            timing.mark("fsync.folder")
+            if self._spares is not None:
+                self._spares.unsettled(folder, self._temp, target.parent if self._created else None)
+                keep_temp = True  # the spare's name, and the folder, are settle's now
+            else:
+                os.fsync(folder)
+                if self._created:
+                    sync_parents(target.parent, self.storage.root)
+                timing.mark("fsync.folder")
         except FileExistsError as exc:
             raise PathTakenError(f"cannot store {self.relative}: a file is there already") from exc
         except OSError as exc:
             raise StorageError(f"cannot store {self.relative}: {exc.strerror or exc}") from exc
         finally:
-            if folder is not None:
+            if folder is not None and not keep_temp:
                 with contextlib.suppress(OSError):
                     os.unlink(self._temp, dir_fd=self._temp_dir)
                 os.close(folder)
@@ -314,54 +365,133 @@ class PendingWrite:
 
 
 class Spares:
-    """Temp files made ahead of need, one per thread, in a folder of their own on the store's file
-    system (the server's spool folder), hard-linked into their series folder when used.
+    """Temp files made ahead of need, a few per thread, in a folder of their own on the store's
+    file system (the server's spool folder), hard-linked into their series folder when used.
 
     Making a file costs the kernel's inode allocation, 0.1-0.9 ms on ext4 (more the more inodes
     were freed lately): on the path a sender waits on, unless it was done while the association
-    waited for the next instance (``prepare``, called after a response went out). A spare holds
-    no data until taken, so what a crash leaves is an empty file in that folder, which the spool
-    removes with the dead process's folder. Where a link from that folder into the store fails
-    (another file system), ``usable`` is False and every write makes its own temp file as before.
+    waited for the next instance (``prepare``, called after a response went out). A spare's name
+    is durable before it is used, so a file written into one is durable once its data is
+    (``PendingWrite.wait``): the folder of its new name is synced later, a batch at a time
+    (``settle``), and only then does the spare's name go. What a crash leaves here is empty
+    spares and spares holding files; the spool keeps a dead process's folder until recovery has
+    linked back in any file whose name was lost (``leftovers``). Where a link from that folder
+    into the store fails (another file system), ``usable`` is False and every write makes its own
+    temp file, and syncs its folder, as before.
     """
 
     def __init__(self, folder: Path, store_root: Path) -> None:
         self.folder = folder
+        self.store_root = store_root
         self._local = threading.local()
         self._names = itertools.count()
         self._fd: int | None = os.open(folder, _FOLDER_FLAGS)
         self.usable = _links_across(self._fd, store_root)
+        # Files named in the store whose folders are not synced yet: (that folder's descriptor,
+        # the spare's name, the folder when it was made for the file), for ``settle``.
+        self._unsettled: list[tuple[int, str, Path | None]] = []
+        self._guard = threading.Lock()
+        if self.usable:
+            with contextlib.suppress(OSError):
+                sync_parents(folder, folder.parent)  # this folder's own name, before any spare's
 
     def prepare(self) -> None:
-        """Make this thread's spare unless it has one: call when the thread has nothing to do."""
+        """Unless this thread has spares left: settle what earlier writes left, then make
+        ``SPARE_BATCH`` spares, durable by name with one sync of their folder. Call when the
+        thread has nothing to do."""
         fd = self._fd
-        if not self.usable or fd is None or getattr(self._local, "spare", None) is not None:
+        stock: list[tuple[int, str, int, Path]] = self._stock()
+        if not self.usable or fd is None or stock:
             return
-        name = f"{TEMP_PREFIX}spare-{next(self._names):x}"
+        self.settle()
+        made = []
+        for _ in range(SPARE_BATCH):
+            name = f"{TEMP_PREFIX}{SPARE_INFIX}{next(self._names):x}"
+            try:
+                made.append((os.open(name, _TEMP_FLAGS, 0o600, dir_fd=fd), name, fd, self.folder / name))
+            except OSError:  # a full disk, a removed folder: the next write makes its own
+                break
         try:
-            self._local.spare = (os.open(name, _TEMP_FLAGS, 0o600, dir_fd=fd), name, fd, self.folder / name)
-        except OSError:  # a full disk, a removed folder: the next write makes its own
+            os.fsync(fd)
+        except OSError:
+            _discard(made)
             return
+        stock.extend(reversed(made))  # taken from the end: in the order made
 
     def take(self) -> tuple[int, str, int, Path] | None:
-        """This thread's spare (descriptor, name, its folder's descriptor, path), now the caller's."""
-        spare = getattr(self._local, "spare", None)
-        self._local.spare = None
-        return spare  # type: ignore[no-any-return]
+        """One of this thread's spares (descriptor, name, its folder's descriptor, path), now the
+        caller's; None when it has none left."""
+        stock = self._stock()
+        return stock.pop() if stock else None
 
     def drop(self) -> None:
-        """Remove this thread's spare (its association ended)."""
-        spare = self.take()
-        if spare is not None:
-            fd, name, folder, _ = spare
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=folder)
+        """This thread's association ended: settle, and remove the spares it did not use."""
+        self.settle()
+        stock = self._stock()
+        _discard(stock)
+        stock.clear()
 
     def close(self) -> None:
+        self.settle()  # before the spool removes this folder: a name there may be a file's only one
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def _stock(self) -> list[tuple[int, str, int, Path]]:
+        stock = getattr(self._local, "stock", None)
+        if stock is None:
+            stock = self._local.stock = []
+        return stock  # type: ignore[no-any-return]
+
+    def unsettled(self, folder: int, name: str, created: Path | None) -> None:
+        """A spare now named in the store (``PendingWrite.wait``): ``folder`` (its descriptor, now
+        ``settle``'s) still to be synced, then the spare's name removed."""
+        with self._guard:
+            self._unsettled.append((folder, name, created))
+
+    def settle(self) -> None:
+        """Sync the folders of files named since the last call, then drop their spares' names.
+        A folder that cannot be synced keeps its spare: the name it holds is the file's only
+        durable one (the spool keeps the folder of a process that died; ``leftovers``)."""
+        with self._guard:
+            todo, self._unsettled = self._unsettled, []
+        synced: set[tuple[int, int] | Path] = set()  # one sync of each folder a batch
+        for folder, name, created in todo:
+            try:
+                info = os.fstat(folder)
+                if (info.st_dev, info.st_ino) not in synced:
+                    os.fsync(folder)
+                    synced.add((info.st_dev, info.st_ino))
+                if created is not None and created not in synced:
+                    sync_parents(created, self.store_root)
+                    synced.add(created)
+            except OSError:
+                continue
+            finally:
+                os.close(folder)
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=self._fd)
+
+    @staticmethod
+    def leftovers(folder: Path) -> list[Path]:
+        """The spares a process that died left in its folder holding data: written, perhaps
+        named in the store and committed, with that name lost to a power cut before its folder
+        was synced. Recovery links those the ledger names back in before the folder goes
+        (``Receipts.restore_names``); the rest are a receipt that never committed."""
+        found = []
+        for path in sorted(folder.glob(f"{TEMP_PREFIX}{SPARE_INFIX}*")):
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_size > 0:
+                    found.append(path)
+        return found
+
+
+def _discard(spares: list[tuple[int, str, int, Path]]) -> None:
+    for fd, name, folder, _ in spares:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=folder)
 
 
 def _links_across(folder: int, store_root: Path) -> bool:
@@ -444,14 +574,28 @@ def write_vectored(write: Callable[[list[memoryview]], int], pieces: Iterable[by
             views[0] = views[0][written:]
 
 
-def _open_folder(folder: Path) -> int:
+def _open_folder(folder: Path) -> tuple[int, bool]:
     """The folder's descriptor, the folder made first only when there is none (a new series), not
-    asked for with a ``mkdir`` and a ``stat`` for every instance."""
+    asked for with a ``mkdir`` and a ``stat`` for every instance; and whether it was made here."""
     try:
-        return os.open(folder, _FOLDER_FLAGS)
+        return os.open(folder, _FOLDER_FLAGS), False
     except FileNotFoundError:
         folder.mkdir(parents=True, exist_ok=True)
-        return os.open(folder, _FOLDER_FLAGS)
+        return os.open(folder, _FOLDER_FLAGS), True
+
+
+def sync_parents(folder: Path, root: Path) -> None:
+    """fsync each folder above ``folder`` up to ``root`` (included): a folder made for a file is a
+    name in its parent, and so on up, none of them durable until its parent is synced."""
+    root = Path(root)
+    for parent in Path(folder).parents:
+        fd = os.open(parent, _FOLDER_FLAGS)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if parent == root or root not in parent.parents:
+            return
 
 
 def _exists_at(folder: int, name: str) -> bool:

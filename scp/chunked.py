@@ -27,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,6 +44,8 @@ from dicom_chain.carriers.dicom.carrier import DICOM
 from dicom_chain.db import owners
 from dicom_chain.errors import DicomChainError, InstanceTooLargeError, MalformedDatasetError, StorageError
 from dicom_chain.storage import TEMP_PREFIX
+
+log = logging.getLogger(__name__)
 
 SPOOL_ATTRIBUTE = "dicom_chain_spool"  # on the AE whose associations receive into a Spool
 LOCK_NAME = ".lock"  # in each process's folder, held (flock) for as long as the process lives
@@ -164,12 +167,22 @@ class SpoolFile:
 class Spool:
     """Where one gateway process receives C-STORE data sets: its own folder under ``root``,
     locked while it lives, so several processes may share one root and each start removes the
-    folders of processes that died (kill -9 included: the kernel drops a dead process's lock)."""
+    folders of processes that died (kill -9 included: the kernel drops a dead process's lock).
 
-    def __init__(self, root: Path, max_bytes: int, memory_bytes: int = 0) -> None:
+    ``salvage`` is given each dead folder before it goes (``Node.restore_names``: a stored file's
+    only durable name may be a spare there); if it raises, the folder stays for the next start."""
+
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        memory_bytes: int = 0,
+        salvage: Callable[[Path], object] | None = None,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.memory_bytes = memory_bytes  # SpoolFile: received in memory up to this size
+        self.salvage = salvage
         root.mkdir(parents=True, exist_ok=True)
         self._remove_dead_folders()
         self.folder = Path(tempfile.mkdtemp(dir=root, prefix=FOLDER_PREFIX))
@@ -214,6 +227,12 @@ class Spool:
                 continue  # alive
             finally:
                 os.close(fd)
+            if self.salvage is not None:
+                try:
+                    self.salvage(folder)
+                except Exception:
+                    log.exception("spool folder %s kept: what it holds could not be checked", folder)
+                    continue
             shutil.rmtree(folder, ignore_errors=True)
 
     def create(self, owner: object) -> SpoolFile:

@@ -164,7 +164,10 @@ class Gateway:
         self.access = Access.of(self.settings)
         self.ae = build_ae(self.settings.ae_title, self.settings.max_associations)
         self.spool = Spool(
-            self.settings.spool_dir, self.settings.max_instance_bytes, self.settings.spool_memory_bytes
+            self.settings.spool_dir,
+            self.settings.max_instance_bytes,
+            self.settings.spool_memory_bytes,
+            salvage=node.restore_names,
         )
         receive_to_disk(self.ae, self.spool)
         # The next instance's temp file made while the association waits for it (storage.Spares)

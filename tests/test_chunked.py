@@ -237,6 +237,25 @@ def test_a_dead_process_spool_folder_is_removed_a_live_one_kept(tmp_path: Path):
     assert list((tmp_path / "spool").iterdir()) == []
 
 
+def test_a_dead_folder_is_salvaged_before_it_goes_and_kept_if_that_fails(tmp_path: Path):
+    """``salvage`` (``Node.restore_names``) sees each dead folder with what it holds; when it
+    cannot say (a ledger down), the folder stays for the next start."""
+    dead = tmp_path / "spool" / "pdead"
+    dead.mkdir(parents=True)
+    (dead / LOCK_NAME).touch()
+    (dead / ".incoming-spare-0").write_bytes(b"x")
+    seen: list[list[str]] = []
+
+    def failing(folder: Path) -> None:
+        raise OSError("ledger unreachable")
+
+    Spool(tmp_path / "spool", 1 << 20, salvage=failing).close()
+    assert (dead / ".incoming-spare-0").is_file()
+    names = lambda folder: seen.append(sorted(p.name for p in folder.iterdir()))  # noqa: E731
+    Spool(tmp_path / "spool", 1 << 20, salvage=names).close()
+    assert seen == [sorted([LOCK_NAME, ".incoming-spare-0"])] and not dead.exists()
+
+
 def test_spool_file_holds_small_data_sets_in_memory_and_spills_larger_ones(tmp_path: Path):
     """Under memory_bytes nothing touches the disk; crossing it writes what was held, then the rest,
     so the file is the same bytes in order; over max_bytes nothing is kept either way."""

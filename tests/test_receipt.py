@@ -3,6 +3,8 @@ one leaves neither rows nor files behind; the index rows follow it (qr/indexqueu
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from sqlalchemy import func, select
 
@@ -14,7 +16,9 @@ from dicom_chain.intents import INTENTS
 from dicom_chain.node import Node
 from dicom_chain.qr import index
 from dicom_chain.receipt import Receipt
-from dicom_chain.storage import PendingWrite
+from dicom_chain.storage import SPARE_INFIX, TEMP_PREFIX, PendingWrite, Spares
+from dicom_chain.verify import verify_node
+from dicom_chain.vocab import EventType
 
 from .conftest import read
 
@@ -83,3 +87,34 @@ def test_a_failing_receipt_removes_its_file_while_the_chain_is_locked(forwarding
         forwarding.ingest(item_from_dataset(read("CT_small.dcm")))
     [(before, after, committed_blocks)] = seen
     assert len(before) == 1 and after == [] and committed_blocks == 0
+
+
+def test_a_stored_files_name_lost_to_a_power_cut_is_linked_back_from_its_spare(db_url: str, tmp_path):
+    """Written into a spare, a file is durable before the folder of its new name is synced
+    (storage.PendingWrite.wait). A power cut in between can take that name: the next start links
+    the spare back in where the ledger says, and records it; a spare whose block never committed
+    (here another node's) is no one's file and stays unnamed."""
+    node = Node.open(Settings(home=tmp_path / "n", db=db_url))
+    other = Node.open(Settings(home=tmp_path / "o", db=f"sqlite:///{tmp_path / 'o.db'}"))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    try:
+        node.storage.spares = Spares(spool, node.storage.root)
+        node.storage.spares.prepare()
+        stored = node.ingest(item_from_dataset(read("CT_small.dcm")))
+        [spare] = Spares.leftovers(spool)  # not settled: the power cut comes now
+        assert spare.stat().st_ino == stored.path.stat().st_ino
+        stored.path.unlink()  # the name its folder never wrote
+        stray = other.ingest(item_from_dataset(read("MR_small.dcm")))
+        shutil.copy(stray.path, spool / f"{TEMP_PREFIX}{SPARE_INFIX}ff")
+        relative = stored.path.relative_to(node.storage.root).as_posix()
+        assert node.restore_names(spool) == [relative]
+        assert stored.path.read_bytes() == spare.read_bytes()
+        assert not node.storage.exists(stray.path.relative_to(other.storage.root).as_posix())
+        assert verify_node(node.ledger, node.storage).ok
+        last = [e for e, _ in node.ledger.iter_events_with_hash()][-1]
+        assert last.type == EventType.STORAGE_RECOVERED and last.details["path"] == relative
+        assert node.restore_names(spool) == []  # named again: nothing left to do
+    finally:
+        other.close()
+        node.close()

@@ -317,7 +317,7 @@ def test_serving_freezes_start_up_objects_and_collects_the_young_less_often():
 
 
 def test_the_next_instances_temp_file_is_made_while_the_association_waits(tmp_path):
-    """After each C-STORE response the association's thread makes a spare temp file (storage.Spares) in
+    """After a C-STORE response the association's thread makes spare temp files (storage.Spares) in
     the spool folder; the next instance is written into it; none is left once the association
     ends, and the spool lists no data set for it."""
     from dicom_chain.config import Settings
@@ -344,13 +344,13 @@ def test_the_next_instances_temp_file_is_made_while_the_association_waits(tmp_pa
                 ready = [p.stat().st_ino for p in spares()]
                 assert assoc.send_c_store(ds).Status == 0x0000
                 used.append(ready)
-                assert wait_until(lambda: len(spares()) == 1, 10), "no spare after the response"
+                assert wait_until(lambda: len(spares()) >= 1, 10), "no spare after the response"
                 assert gateway.spool.files() == []
         finally:
             assoc.release()
-        assert used[0] == [] and all(len(u) == 1 for u in used[1:])
-        inodes = {p.stat().st_ino for p in map(node.storage.path, node.storage.iter_files())}
-        assert {u[0] for u in used[1:]} <= inodes  # the second and third went into spares
+        assert used[0] == [] and all(used[1:])
+        inodes = [p.stat().st_ino for p in map(node.storage.path, sorted(node.storage.iter_files()))]
+        assert sum(1 for i in inodes if any(i in u for u in used[1:])) == 2  # the second and third
         assert wait_until(lambda: spares() == [], 10), spares()
     finally:
         gateway.stop()

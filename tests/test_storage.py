@@ -160,7 +160,8 @@ def test_a_temp_file_is_new_private_and_never_one_left_behind(tmp_path: Path, mo
 
     monkeypatch.setattr(storage, "_temp_names", itertools.count())
     folder = tmp_path / "study" / "series"
-    at = storage._open_folder(folder)  # no folder yet
+    at, made = storage._open_folder(folder)  # no folder yet
+    assert made
     fd, name = storage._create_temp(at)
     os.close(fd)
     leftover = folder / f"{storage.TEMP_PREFIX}{os.getpid():x}.1"
@@ -232,28 +233,116 @@ def _spared(tmp_path: Path) -> tuple[Storage, storage.Spares]:
     return store, store.spares
 
 
-def test_a_spare_made_ahead_becomes_the_stored_file_and_leaves_nothing(tmp_path: Path):
+def test_spares_made_ahead_become_the_stored_files_and_leave_nothing(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(storage, "SPARE_BATCH", 2)
     store, spares = _spared(tmp_path)
     assert spares.usable
     spares.prepare()
-    spares.prepare()  # one per thread: a second call makes no second file
-    [spare] = [p for p in spares.folder.iterdir()]
-    made = spare.stat().st_ino
+    spares.prepare()  # the thread has spares left: no more made
+    made = sorted(p.stat().st_ino for p in spares.folder.iterdir())
+    assert len(made) == 2
     path = store.write("a/b/c.dcm", [b"DICM", b"data"])
-    assert path.read_bytes() == b"DICMdata" and path.stat().st_ino == made  # the spare, linked in
-    assert list(spares.folder.iterdir()) == [] and list(path.parent.iterdir()) == [path]
+    assert path.read_bytes() == b"DICMdata" and path.stat().st_ino in made  # a spare, linked in
+    # durable by the spare's name until its new folder is synced (settle): both name it
+    assert len(list(spares.folder.iterdir())) == 2 and path.stat().st_nlink == 2
+    spares.settle()
+    assert len(list(spares.folder.iterdir())) == 1 and list(path.parent.iterdir()) == [path]
+    assert path.stat().st_nlink == 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    path2 = store.write("a/b/d.dcm", [b"x"])  # no spare left: made in its folder as before
-    assert path2.read_bytes() == b"x" and path2.stat().st_ino != made
+    second = store.write("a/b/d.dcm", [b"x"])
+    assert second.stat().st_ino in made and second.stat().st_ino != path.stat().st_ino
+    third = store.write("a/b/e.dcm", [b"y"])  # none left: made in its folder, synced there, as before
+    assert third.read_bytes() == b"y" and third.stat().st_ino not in made and third.stat().st_nlink == 1
+    spares.drop()
+    assert list(spares.folder.iterdir()) == [] and second.stat().st_nlink == 1
 
 
-def test_a_spare_given_up_or_dropped_leaves_no_file(tmp_path: Path):
+def test_spares_are_settled_before_more_are_made_and_when_dropped_or_closed(tmp_path: Path, monkeypatch):
+    """A spare's name goes only after the folder of the file's new name was synced, once per
+    folder a batch: before the thread's next batch is made (the association waiting), when its
+    association ends (``drop``) or the server stops (``close``)."""
+    monkeypatch.setattr(storage, "SPARE_BATCH", 2)
+    store, spares = _spared(tmp_path)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    spares.prepare()
+    first = store.write("a/b/c.dcm", [b"one"])
+    second = store.write("a/b/d.dcm", [b"two"])
+    series, study, root, spool = (
+        p.stat().st_ino for p in (first.parent, first.parent.parent, store.root, spares.folder)
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", spy)
+        spares.prepare()  # none left: settles both (a new series: the folders above too), makes two
+    assert synced == [series, study, root, spool]
+    assert first.stat().st_nlink == 1 and second.stat().st_nlink == 1
+    assert len(list(spares.folder.iterdir())) == 2  # the new ones only
+    third = store.write("a/b/e.dcm", [b"three"])
+    assert third.stat().st_nlink == 2
+    spares.drop()
+    assert third.stat().st_nlink == 1 and list(spares.folder.iterdir()) == []
+    spares.prepare()
+    fourth = store.write("a/b/f.dcm", [b"four"])
+    spares.close()
+    assert fourth.stat().st_nlink == 1 and [p for p in spares.folder.iterdir() if p.stat().st_size] == []
+
+
+def test_a_spare_whose_folder_cannot_be_synced_keeps_its_name(tmp_path: Path, monkeypatch):
+    """Its name in the spool is then the file's only durable one: it stays for recovery."""
+    store, spares = _spared(tmp_path)
+    spares.prepare()
+    path = store.write("a/b/c.dcm", [b"data"])
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    spares.settle()
+    monkeypatch.undo()
+    assert path.stat().st_nlink == 2 and storage.Spares.leftovers(spares.folder) != []
+
+
+def test_leftovers_are_the_spares_holding_data(tmp_path: Path):
+    _store, spares = _spared(tmp_path)
+    spares.prepare()  # empty: a receipt never started
+    (spares.folder / f"{storage.TEMP_PREFIX}7.1").write_bytes(b"not a spare")
+    written = spares.folder / f"{storage.TEMP_PREFIX}{storage.SPARE_INFIX}ff"
+    written.write_bytes(b"data")
+    assert storage.Spares.leftovers(spares.folder) == [written]
+
+
+def test_link_in_gives_a_file_its_name_back_never_over_another(tmp_path: Path):
+    store = Storage(tmp_path / "store")
+    source = tmp_path / "spare"
+    source.write_bytes(b"held")
+    assert store.link_in(source, "s/e/i.dcm")
+    assert store.path("s/e/i.dcm").read_bytes() == b"held"
+    other = tmp_path / "other"
+    other.write_bytes(b"other")
+    assert not store.link_in(other, "s/e/i.dcm")
+    assert store.path("s/e/i.dcm").read_bytes() == b"held"
+
+
+def test_a_spare_given_up_or_dropped_leaves_no_file(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(storage, "SPARE_BATCH", 1)
     store, spares = _spared(tmp_path)
     spares.prepare()
     pending = store.start_write("a/b/c.dcm", [b"data"])
     assert pending.written_at.parent == spares.folder and pending.written_at.is_file()
     pending.abandon()
     assert list(spares.folder.iterdir()) == [] and not store.path("a/b/c.dcm").exists()
+    named = store.start_write("a/b/c.dcm", [b"data"])  # no spare left: in its folder
+    named.wait()
+    spares.prepare()
+    pending = store.start_write("a/b/d.dcm", [b"data"])
+    pending.wait()
+    pending.abandon()  # named, then the ledger failed: the name goes, the spare at the next settle
+    assert not store.path("a/b/d.dcm").exists()
     spares.prepare()
     spares.drop()
     assert list(spares.folder.iterdir()) == []
