@@ -315,6 +315,7 @@ class PendingWrite:
                 self._temp, target.name, src_dir_fd=self._temp_dir, dst_dir_fd=folder, follow_symlinks=False
             )
             self.named = True
+            timing.mark("link")
             if self._spares is not None:
                 self._spares.unsettled(folder, self._temp, target.parent if self._created else None)
                 keep_temp = True  # the spare's name, and the folder, are settle's now
