@@ -19,28 +19,31 @@ The response comes back through the DUL as before.
 
 from __future__ import annotations
 
-import ssl
-import struct
 from typing import Any
 
-from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicom_chain.storage import write_vectored
-
 from .receive import P_DATA_TF_TYPE
-from .respond import PDV_OVERHEAD, US, command_element, command_set, command_uid
+from .respond import (
+    COMMAND,
+    COMMAND_LAST,
+    DATA,
+    DATA_LAST,
+    EVENTS_AS_OBJECTS,
+    PDATA_HEADER,
+    PDV_OVERHEAD,
+    US,
+    command_element,
+    command_set,
+    command_uid,
+    send_all,
+)
 
-# PDU type 0x04, reserved, PDU length; PDV item length, context ID, control header (PS3.8 9.3.5)
-PDATA_HEADER = struct.Struct(">BBLLBB")
-# Control headers (PS3.8 E.2): bit 0 command (1) or data set (0), bit 1 last fragment
-COMMAND, COMMAND_LAST, DATA, DATA_LAST = 0x01, 0x03, 0x00, 0x02
 C_STORE_RQ_FIELD = 0x0001  # PS3.7 9.3.1.1, Command Field of a C-STORE-RQ
 DATA_SET_PRESENT = 0x0001  # PS3.7 E.1: any value but 0x0101; pynetdicom sends 0x0001
 PRIORITIES = (0x0000, 0x0001, 0x0002)  # medium, high, low (PS3.7 9.1.1.1.6)
-EVENTS_AS_OBJECTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
 
 
 def fragments(
@@ -115,14 +118,6 @@ def _data_set(primitive: C_STORE) -> memoryview | None:
     if data is not None and hasattr(data, "getbuffer"):
         return data.getbuffer()
     return None
-
-
-def send_all(sock: Any, buffers: list[bytes | memoryview]) -> None:
-    """Write every buffer, in order: ``sendmsg`` may take part of them (a socket with a timeout)."""
-    if isinstance(sock, ssl.SSLSocket):  # no scatter-gather through TLS
-        sock.sendall(b"".join(buffers))
-        return
-    write_vectored(sock.sendmsg, buffers)
 
 
 def send_store_request(dimse: Any, primitive: Any, context_id: int) -> bool:

@@ -329,6 +329,11 @@ class GuardedSocket(AssociationSocket):
     _pdu_deadline_at = 0.0
     _buffer: bytearray | None = None  # read from the kernel, not yet given to the DUL
     _scratch: memoryview | None = None
+    sending: threading.Lock  # held for each write: the DUL's and a response's (respond.py)
+
+    def send(self, bytestream: bytes) -> None:
+        with self.sending:
+            super().send(bytestream)
 
     @property
     def buffered(self) -> int:
@@ -525,6 +530,7 @@ class GuardedRequestHandler(RequestHandler):
         sock.limits = self.server.limits
         sock.peer = str(self.client_address[0])
         sock.rejections = self.server.rejections
+        sock.sending = threading.Lock()
         self._assoc = assoc
         return assoc
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import socket
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +16,8 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from scp import reactor, respond
@@ -45,7 +50,7 @@ class Recorder:
     def __init__(self, max_pdu: int = 131072, bound: bool = False) -> None:
         self.sent: list[Any] = []
         self.maximum_pdu_size = max_pdu
-        self.dul = SimpleNamespace(send_pdu=self.sent.append)
+        self.dul = SimpleNamespace(send_pdu=self.sent.append, socket=None)  # no transport: queued
         self.assoc = SimpleNamespace(get_handlers=lambda event: [print] if bound else [])
 
 
@@ -132,3 +137,64 @@ def test_an_scp_with_the_reactor_answers_c_stores_through_it(monkeypatch):
     ]
     assert [c.MessageIDBeingRespondedTo for c in received] == [7, 8]
     assert packed == [0x0000, 0xB000]
+
+
+class Wire(Recorder):
+    """A DIMSE provider whose DUL holds a connected socket, as the server's transport does."""
+
+    def __init__(self, state: str = "Sta6", queued: bool = False, lock: bool = True) -> None:
+        super().__init__()
+        self.mine, self.theirs = socket.socketpair()
+        transport = SimpleNamespace(socket=self.mine, _is_connected=True)
+        if lock:
+            transport.sending = threading.Lock()
+        waiting: queue.Queue = queue.Queue()
+        if queued:
+            waiting.put(object())
+        self.dul = SimpleNamespace(
+            send_pdu=self.sent.append,
+            socket=transport,
+            state_machine=SimpleNamespace(current_state=state),
+            to_provider_queue=waiting,
+            event_queue=queue.Queue(),
+        )
+
+    def wire(self) -> bytes:
+        self.theirs.setblocking(False)
+        try:
+            return self.theirs.recv(65536)
+        except BlockingIOError:
+            return b""
+
+
+def pynetdicoms_pdu(rsp: C_STORE, context_id: int) -> bytes:
+    pdata = P_DATA()
+    pdata.presentation_data_value_list = [[context_id, pynetdicoms(rsp)[0][1]]]  # control byte first
+    pdu = P_DATA_TF()
+    pdu.from_primitive(pdata)
+    return bytes(pdu.encode())
+
+
+@given(message_id=st.integers(0, 0xFFFF), context_id=st.sampled_from([1, 3, 255]))
+def test_a_response_is_written_by_its_own_thread_as_the_pdu_the_dul_would_write(message_id, context_id):
+    """Through the server's transport (its ``sending`` lock), in Sta6, nothing queued: the same
+    bytes on the wire, and nothing for the DUL."""
+    rsp = response(0, message_id, CTImageStorage, "1.2.3.4")
+    dimse = Wire()
+    assert respond.send_store_response(dimse, rsp, context_id)
+    assert dimse.sent == [] and dimse.wire() == pynetdicoms_pdu(rsp, context_id)
+
+
+@pytest.mark.parametrize("wire", [Wire(state="Sta7"), Wire(queued=True), Wire(lock=False)], ids=str)
+def test_another_state_something_queued_or_no_lock_goes_through_the_dul(wire: Wire):
+    rsp = response(0, 3, CTImageStorage, "1.2.3.4")
+    assert respond.send_store_response(wire, rsp, 1)
+    assert len(wire.sent) == 1 and wire.wire() == b""
+
+
+def test_a_closed_transport_is_the_dul_s_event_17():
+    dimse = Wire()
+    dimse.theirs.close()
+    dimse.mine.shutdown(socket.SHUT_WR)
+    assert respond.send_store_response(dimse, response(0, 3, CTImageStorage, "1.2.3.4"), 1)
+    assert dimse.dul.event_queue.get_nowait() == "Evt17" and dimse.sent == []
