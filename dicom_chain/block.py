@@ -69,6 +69,58 @@ class Origin:
 
 ORIGIN_KEYS = ("institution", "key_id", "block_hash")
 ORIGIN_KEY = "origin"  # the optional format 2 header key
+PICTURE_KEY = "picture"  # the optional format 2 header key of a picture chain's block (design 11)
+PICTURE_METHODS = ("metadata", "watermark", "reversible")
+_PICTURE_REQUIRED = ("method", "prev_file_hash", "pixels_hash")
+_PICTURE_OPTIONAL = ("source_block_hash",)
+
+
+@dataclass(frozen=True)
+class PictureLink:
+    """What a picture's block adds (docs/design.md 11): how the block is held in the picture, the
+    Imagechain paper's link (the SHA-256 of the previous picture's whole file as written, block
+    included), the pixels' hash by value (so that a re-encoding that kept them is told from an
+    edit), and, for a picture rendered from a DICOM instance, that instance's block hash."""
+
+    method: str
+    prev_file_hash: str
+    pixels_hash: str
+    source_block_hash: str = ""  # "" is not serialised
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"method": self.method, "prev_file_hash": self.prev_file_hash, "pixels_hash": self.pixels_hash}
+        if self.source_block_hash:
+            out["source_block_hash"] = self.source_block_hash
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PictureLink:
+        if not isinstance(data, dict) or not set(_PICTURE_REQUIRED) <= set(data) <= set(
+            _PICTURE_REQUIRED + _PICTURE_OPTIONAL
+        ):
+            raise MalformedBlockError(
+                f"block picture needs {', '.join(_PICTURE_REQUIRED)} (and no other key)"
+            )
+        if any(type(value) is not str for value in data.values()):
+            raise MalformedBlockError("block picture fields are text")
+        if "source_block_hash" in data and not data["source_block_hash"]:
+            raise MalformedBlockError("block picture source_block_hash is empty")
+        return cls(
+            data["method"], data["prev_file_hash"], data["pixels_hash"], data.get("source_block_hash", "")
+        )
+
+    def check(self) -> None:
+        if self.method not in PICTURE_METHODS:
+            raise MalformedBlockError(
+                f"picture method {self.method!r} is not one of {', '.join(PICTURE_METHODS)}"
+            )
+        for name in ("prev_file_hash", "pixels_hash") + (
+            ("source_block_hash",) if self.source_block_hash else ()
+        ):
+            if not _HEX64.fullmatch(getattr(self, name)):
+                raise MalformedBlockError(f"picture {name} is not 64 lowercase hex digits")
+
+
 # Optional in both formats (docs/design.md 2.1): which canonical encoding the content hash used
 # (absent: 1) and, from version 2 of DICOM's, the hash of every attribute but the pixels.
 CANONICAL_KEY = "canonical"
@@ -97,6 +149,7 @@ class BlockHeader:
     # another institution (docs/design.md 10.6); absent, the header serialises exactly as before
     canonical: int = IMPLIED_CANONICAL  # the content hash's canonical version; 1 is not serialised
     attributes_hash: str = ""  # canonical 2 and later: the attributes hash (1.6); "" is not serialised
+    picture: PictureLink | None = None  # format 2 only, optional: a picture chain's link (design 11)
 
     @property
     def item_id(self) -> str:
@@ -122,6 +175,8 @@ class BlockHeader:
             out[CANONICAL_KEY] = self.canonical
         if self.attributes_hash:
             out[ATTRIBUTES_KEY] = self.attributes_hash
+        if self.picture is not None:
+            out[PICTURE_KEY] = self.picture.to_dict()
         return out
 
     def canonical_bytes(self) -> bytes:
@@ -140,7 +195,7 @@ class BlockHeader:
             raise MalformedBlockError(f"unknown block format version {version!r}")
         names = _NAMES[version]
         optional = {CANONICAL_KEY, ATTRIBUTES_KEY} | (
-            {ORIGIN_KEY} if version == ITEM_FORMAT_VERSION else set()
+            {ORIGIN_KEY, PICTURE_KEY} if version == ITEM_FORMAT_VERSION else set()
         )
         if not set(names) <= set(data) <= set(names) | optional:
             missing, extra = set(names) - set(data), set(data) - set(names) - optional
@@ -152,6 +207,7 @@ class BlockHeader:
             if type(data[key]) is not want:
                 raise MalformedBlockError(f"block header field {key!r} is not {want.__name__}")
         origin = Origin.from_dict(data[ORIGIN_KEY]) if ORIGIN_KEY in data else None
+        picture = PictureLink.from_dict(data[PICTURE_KEY]) if PICTURE_KEY in data else None
         canonical = data.get(CANONICAL_KEY, IMPLIED_CANONICAL)
         if CANONICAL_KEY in data and (type(canonical) is not int or canonical <= IMPLIED_CANONICAL):
             raise MalformedBlockError(f"canonical version {canonical!r}: absent means 1, else an int above")
@@ -163,6 +219,7 @@ class BlockHeader:
             origin=origin,
             canonical=canonical,
             attributes_hash=attributes,
+            picture=picture,
         )
         header.check()
         return header
@@ -180,6 +237,12 @@ class BlockHeader:
                 raise MalformedBlockError("origin names a block hash and a key id in lowercase hex")
             if not self.origin.institution:
                 raise MalformedBlockError("origin names no institution")
+        if self.picture is not None:
+            if self.version != ITEM_FORMAT_VERSION:
+                raise MalformedBlockError(f"only format {ITEM_FORMAT_VERSION} blocks carry a picture link")
+            self.picture.check()
+            if (self.height == 0) != (self.picture.prev_file_hash == GENESIS_HASH):
+                raise MalformedBlockError("only height 0 may (and must) follow the genesis file hash")
         if self.attributes_hash and (
             self.canonical == IMPLIED_CANONICAL or not _HEX64.fullmatch(self.attributes_hash)
         ):
@@ -200,7 +263,9 @@ class BlockHeader:
 
 
 _TYPES = {
-    f.name: f.type for f in fields(BlockHeader) if f.name not in (ORIGIN_KEY, CANONICAL_KEY, ATTRIBUTES_KEY)
+    f.name: f.type
+    for f in fields(BlockHeader)
+    if f.name not in (ORIGIN_KEY, CANONICAL_KEY, ATTRIBUTES_KEY, PICTURE_KEY)
 }
 _COMMON = ("version", "chain_id", "height", "prev_hash", "content_hash", "timestamp", "institution", "key_id")
 # serialised key -> attribute, per format; format 1's keys are frozen: its block hashes depend on them

@@ -17,6 +17,7 @@ from dicom_chain.block import (
     Block,
     BlockHeader,
     Origin,
+    PictureLink,
     utc_now,
 )
 from dicom_chain.errors import MalformedBlockError, SignatureError
@@ -69,7 +70,9 @@ def test_hash_covers_every_header_field():
     # format 1 serialises no carrier (it is always "dicom"); format 2's test covers it
     # format 1 carries no origin either: format 2 only (test_origin_*)
     every = {f.name for f in dataclasses.fields(BlockHeader)}
-    assert set(variants) | {"version", "carrier", "origin", "canonical", "attributes_hash"} == every
+    assert (
+        set(variants) | {"version", "carrier", "origin", "canonical", "attributes_hash", "picture"} == every
+    )
     for name, value in variants.items():
         assert dataclasses.replace(base, **{name: value}).block_hash != base.block_hash, name
     v2 = dataclasses.replace(base, canonical=2, attributes_hash="12" * 32)
@@ -279,5 +282,69 @@ def test_origin_of_the_wrong_shape_is_refused():
     with pytest.raises(MalformedBlockError):
         BlockHeader.from_dict(data)
     data["origin"] = "A"
+    with pytest.raises(MalformedBlockError):
+        BlockHeader.from_dict(data)
+
+
+PICTURE = PictureLink("metadata", GENESIS_HASH, "9a" * 32)
+
+
+def test_a_picture_link_is_signed_and_reads_back_on_format_2():
+    chained = header(version=ITEM_FORMAT_VERSION, carrier="png", picture=PICTURE)
+    block = Block.sign(chained, KEY)
+    again = Block.from_bytes(block.to_bytes())
+    assert again.header.picture == PICTURE and again.to_bytes() == block.to_bytes()
+    again.verify_signature()
+    assert "source_block_hash" not in json.loads(block.to_bytes())["header"]["picture"]
+    plain = header(version=ITEM_FORMAT_VERSION, carrier="png")
+    assert "picture" not in plain.to_dict() and plain.block_hash != chained.block_hash
+    later = header(version=ITEM_FORMAT_VERSION, carrier="png", height=1, prev_hash="cd" * 32)
+    base = dataclasses.replace(later, picture=PictureLink("watermark", "ab" * 32, "9a" * 32, "ef" * 32))
+    for change in (
+        {"method": "reversible"},
+        {"prev_file_hash": "ac" * 32},
+        {"pixels_hash": "9b" * 32},
+        {"source_block_hash": "ee" * 32},
+    ):
+        moved = dataclasses.replace(base, picture=dataclasses.replace(base.picture, **change))
+        assert moved.block_hash != base.block_hash, change
+
+
+@pytest.mark.parametrize(
+    "version, height, picture",
+    [
+        (FORMAT_VERSION, 0, PICTURE),  # format 1 is frozen
+        (ITEM_FORMAT_VERSION, 0, PictureLink("stego", GENESIS_HASH, "9a" * 32)),
+        (ITEM_FORMAT_VERSION, 0, PictureLink("metadata", "ab" * 32, "9a" * 32)),  # height 0 follows genesis
+        (ITEM_FORMAT_VERSION, 1, PICTURE),  # and nothing else does
+        (ITEM_FORMAT_VERSION, 0, PictureLink("metadata", GENESIS_HASH, "9A" * 32)),
+        (ITEM_FORMAT_VERSION, 0, PictureLink("metadata", GENESIS_HASH, "9a" * 32, "short")),
+    ],
+)
+def test_malformed_picture_links_are_refused(version, height, picture):
+    prev = GENESIS_HASH if height == 0 else "cd" * 32
+    with pytest.raises(MalformedBlockError):
+        header(version=version, carrier="png" if version == ITEM_FORMAT_VERSION else "dicom", height=height,
+               prev_hash=prev, picture=picture).check()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "picture",
+    [
+        {"method": "metadata", "prev_file_hash": GENESIS_HASH},
+        {"method": "metadata", "prev_file_hash": GENESIS_HASH, "pixels_hash": "9a" * 32, "extra": "x"},
+        {"method": "metadata", "prev_file_hash": GENESIS_HASH, "pixels_hash": 5},
+        {
+            "method": "metadata",
+            "prev_file_hash": GENESIS_HASH,
+            "pixels_hash": "9a" * 32,
+            "source_block_hash": "",
+        },
+        "metadata",
+    ],
+)
+def test_a_picture_link_of_the_wrong_shape_is_refused(picture):
+    data = header(version=ITEM_FORMAT_VERSION, carrier="png", picture=PICTURE).to_dict()
+    data["picture"] = picture
     with pytest.raises(MalformedBlockError):
         BlockHeader.from_dict(data)
