@@ -36,6 +36,17 @@ class UnknownFormatError(NotDicomError):
     A NotDicomError, so that whoever handled "not DICOM" before carriers existed still does."""
 
 
+class MalformedPictureError(NotDicomError):
+    """A PNG, JPEG or TIFF file that its carrier cannot parse (truncated, garbled structure)."""
+
+
+class MethodRefusedError(DicomChainError):
+    """A picture cannot hold a block by the method asked for: a lossy format for a watermark, a
+    picture too small for the block, a mode the method does not take."""
+
+    fault = Fault.REMOTE
+
+
 class MalformedDatasetError(DicomChainError):
     """The input is DICOM but lacks or garbles something the chain needs (e.g. SOP Instance UID)."""
 
