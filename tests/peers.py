@@ -38,6 +38,22 @@ def require_tool(name: str, package: str) -> str:
     return path  # type: ignore[return-value]
 
 
+def require_imagemagick() -> str:
+    """ImageMagick's ``convert``: the real one (its ``-version`` says so), not a stand-in that comes
+    earlier on PATH (``magick`` first: ImageMagick 7's name)."""
+    for candidate in (shutil.which("magick"), "/usr/bin/convert", shutil.which("convert")):
+        if not candidate or not Path(candidate).exists():
+            continue
+        try:
+            out = subprocess.run([candidate, "-version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.startswith("Version: ImageMagick"):
+            return candidate
+    missing_peer("ImageMagick (convert)", "apt-get install imagemagick")
+    raise AssertionError("unreachable")
+
+
 def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
     """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
     deadline = time.monotonic() + timeout

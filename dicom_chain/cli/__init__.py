@@ -12,6 +12,7 @@ import click
 
 from dicom_chain.cli.audit import audit
 from dicom_chain.cli.exits import ChainGroup
+from dicom_chain.cli.imagechain import imagechain
 from dicom_chain.cli.index import reindex
 from dicom_chain.cli.keys import keys
 from dicom_chain.cli.node import ingest, status
@@ -49,5 +50,6 @@ for command in (
     patient,
     research_export,
     release,
+    imagechain,
 ):
     main.add_command(command)

@@ -1,0 +1,260 @@
+"""Picture chains: a sequence of pictures linked by blocks they carry (docs/design.md 11).
+
+Pure: bytes in, bytes and findings out; the command line reads and writes the files. Each block is
+a format 2 header (``carrier`` the picture's format, ``item_id`` the picture's name in the chain,
+``group_id`` the chain's name or the DICOM study it was rendered from), signed with the node's key,
+with a ``picture`` link: the method that holds it, the SHA-256 of the previous picture's whole
+file as written (the Imagechain paper's link: change, remove or re-order a picture and the next
+one's link breaks), and the pixels' hash by value. ``prev_hash`` links the blocks as in any chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, PictureLink, utc_now
+from dicom_chain.carriers.picture import format_of
+from dicom_chain.carriers.picture.pixels import pixels_hash
+from dicom_chain.errors import (
+    DicomChainError,
+    MalformedBlockError,
+    MalformedPictureError,
+    MethodRefusedError,
+    NoBlockError,
+    SignatureError,
+    UnknownFormatError,
+)
+from dicom_chain.findings import Report
+from dicom_chain.keys import NodeKey
+from dicom_chain.vocab import FindingKind, Severity
+
+# Names a picture chain's id from the signer's key and the chain's name: the same name under the
+# same key is the same chain on every run (``uuid5``, RFC 9562 5.5).
+CHAIN_NAMESPACE = uuid.UUID("5b0b7a0e-3c4d-4e2a-9a57-2f1d9c6b8e41")
+ITEM_ID_MAX = 64  # docs/design.md 2.4: what names an item is at most 64 characters
+METHODS = ("metadata",)  # what ``embed`` writes so far; blocks name PICTURE_METHODS
+
+
+def chain_id_for(key: NodeKey, name: str) -> str:
+    return str(uuid.uuid5(CHAIN_NAMESPACE, f"{key.key_id}/{name}"))
+
+
+def file_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Tail:
+    """Where a chain stands: what the next picture links to (the last block, its file's hash)."""
+
+    block: Block
+    file_hash: str
+
+    @classmethod
+    def of(cls, data: bytes) -> Tail:
+        """The tail a chained picture leaves: its block, checked, and its file's hash."""
+        block = read_block(data)
+        block.verify_signature()
+        return cls(block, file_hash(data))
+
+
+def read_block(data: bytes) -> Block:
+    """The block a picture carries: NoBlockError, MalformedBlockError, UnknownFormatError."""
+    module = format_of(data)
+    block = Block.from_bytes(module.read_block(data))
+    if block.header.picture is None or block.header.carrier != module.NAME:
+        raise MalformedBlockError(f"not a {module.NAME.upper()} picture's block")
+    return block
+
+
+def embed(
+    pictures: Sequence[tuple[str, bytes]],
+    *,
+    method: str,
+    chain: str,
+    key: NodeKey,
+    institution: str,
+    after: Tail | None = None,
+    group: str | None = None,
+    sources: Sequence[str] | None = None,
+) -> list[tuple[bytes, Block]]:
+    """Chain ``pictures`` (name, bytes), in order, after ``after`` (None: a new chain from height 0);
+    each comes back as the file to write and its block. ``group``: the group the pictures join
+    (default: the chain's name); ``sources``: per picture, the block hash of its DICOM source."""
+    if method not in METHODS:
+        raise MethodRefusedError(f"method {method!r}: this version writes {', '.join(METHODS)}")
+    if after is not None and after.block.header.chain_id != chain_id_for(key, chain):
+        raise MalformedBlockError("the picture to continue from is not this chain's (name and key)")
+    out: list[tuple[bytes, Block]] = []
+    prev_block = after.block if after else None
+    prev_file = after.file_hash if after else GENESIS_HASH
+    for index, (name, data) in enumerate(pictures):
+        module = format_of(data)
+        height = prev_block.header.height + 1 if prev_block else 0
+        prev_hash = prev_block.hash if prev_block else GENESIS_HASH
+        header = BlockHeader(
+            version=ITEM_FORMAT_VERSION,
+            chain_id=chain_id_for(key, chain),
+            height=height,
+            prev_hash=prev_hash,
+            content_hash=module.content_hash(data),
+            timestamp=utc_now(),
+            institution=institution,
+            key_id=key.key_id,
+            sop_instance_uid=item_id(name, height),
+            study_instance_uid=group or chain,
+            study_index=height,
+            study_prev_hash=prev_hash,
+            carrier=module.NAME,
+            picture=PictureLink(method, prev_file, pixels_hash(data), sources[index] if sources else ""),
+        )
+        block = Block.sign(header, key)
+        written = module.with_block(data, block.to_bytes())
+        if module.content_hash(written) != header.content_hash or read_block(written) != block:
+            raise MalformedPictureError(f"{name}: the picture would not carry its block faithfully")
+        out.append((written, block))
+        prev_block, prev_file = block, file_hash(written)
+    return out
+
+
+def item_id(name: str, height: int) -> str:
+    """The picture's id in its chain: its height and name, unique within the chain."""
+    return f"{height}-{name}"[:ITEM_ID_MAX]
+
+
+@dataclass
+class _Found:
+    where: str
+    block: Block
+    file_hash: str
+
+
+def verify(files: Sequence[tuple[str, bytes]], trusted_keys: frozenset[bytes] | None) -> Report:
+    """Each picture (its block, signature and content), then the links between those given, per
+    chain: heights, block links, and each picture's link to the whole file before it."""
+    report = Report(signers_checked=trusted_keys is not None)
+    found: list[_Found] = []
+    for where, data in files:
+        report.files_checked += 1
+        hit = _check_picture(where, data, report, trusted_keys)
+        if hit is not None:
+            found.append(hit)
+            report.blocks_checked += 1
+    chains: dict[str, list[_Found]] = {}
+    for hit in found:
+        chains.setdefault(hit.block.header.chain_id, []).append(hit)
+    for chain_id, hits in chains.items():
+        _check_links(chain_id, hits, report)
+    return report
+
+
+def _check_picture(
+    where: str, data: bytes, report: Report, trusted_keys: frozenset[bytes] | None
+) -> _Found | None:
+    err = Severity.ERROR
+    try:
+        module = format_of(data)
+        block = read_block(data)
+    except UnknownFormatError:
+        report.add(err, FindingKind.NOT_DICOM, "not a PNG, JPEG or TIFF file", path=where)
+        return None
+    except NoBlockError:
+        report.add(err, FindingKind.NO_BLOCK, "picture without a DICOM_CHAIN block", path=where)
+        return None
+    except (MalformedBlockError, MalformedPictureError) as exc:
+        report.add(err, FindingKind.MALFORMED_BLOCK, str(exc), path=where)
+        return None
+    h = block.header
+    loc: dict[str, Any] = {
+        "path": where,
+        "sop_instance_uid": h.item_id,
+        "height": h.height,
+        "chain_id": h.chain_id,
+    }
+    try:
+        block.verify_signature()
+    except SignatureError as exc:
+        report.add(err, FindingKind.BAD_SIGNATURE, str(exc), **loc)
+        return None
+    if trusted_keys is not None and block.public_key not in trusted_keys:
+        report.add(err, FindingKind.UNTRUSTED_KEY, f"signed by an unknown key {h.key_id}", **loc)
+        return None
+    assert h.picture is not None  # read_block insists
+    try:
+        altered = module.content_hash(data) != h.content_hash
+    except DicomChainError as exc:
+        report.add(err, FindingKind.ALTERED, f"content cannot be hashed: {exc}", **loc)
+        return _Found(where, block, file_hash(data))
+    if altered:
+        report.add(err, FindingKind.ALTERED, _what_changed(data, h.picture.pixels_hash), **loc)
+    return _Found(where, block, file_hash(data))
+
+
+def _what_changed(data: bytes, chained_pixels: str) -> str:
+    """Why a picture's content hash differs, told apart by its pixels' hash."""
+    try:
+        same_pixels = pixels_hash(data) == chained_pixels
+    except DicomChainError:
+        return "content changed since it was chained (and its pixels no longer decode)"
+    if same_pixels:
+        return (
+            "file changed since it was chained, its pixels did not: re-encoded, or metadata "
+            "outside the block changed (the content hash covers the file's bytes)"
+        )
+    return "pixels changed since the picture was chained (content hash differs)"
+
+
+def _check_links(chain_id: str, hits: list[_Found], report: Report) -> None:
+    err, note = Severity.ERROR, Severity.INFO
+    by_height: dict[int, list[_Found]] = {}
+    for hit in hits:
+        by_height.setdefault(hit.block.header.height, []).append(hit)
+    for height, same in sorted(by_height.items()):
+        if len({h.block.hash for h in same}) > 1:
+            paths = ", ".join(h.where for h in same)
+            report.add(
+                err, FindingKind.FORK, f"different blocks at height {height}: {paths}", chain_id=chain_id
+            )
+        elif len(same) > 1:
+            paths = ", ".join(h.where for h in same)
+            report.add(note, FindingKind.COPY, f"the same picture given twice: {paths}", chain_id=chain_id)
+    heights = sorted(by_height)
+    if heights and heights[0] > 0:
+        report.add(
+            note,
+            FindingKind.UNCHECKED_LINK,
+            f"chain starts at height {heights[0]} here: the pictures before it were not given",
+            path=by_height[heights[0]][0].where,
+            chain_id=chain_id,
+        )
+    for low, high in itertools.pairwise(heights):
+        if high != low + 1:
+            missing = f"{low + 1}" if high == low + 2 else f"{low + 1}-{high - 1}"
+            report.add(
+                err,
+                FindingKind.GAP,
+                f"picture(s) at height {missing} missing: removed, or not given",
+                path=by_height[high][0].where,
+                height=high,
+                chain_id=chain_id,
+            )
+            continue
+        before, after = by_height[low][0], by_height[high][0]
+        link = after.block.header
+        assert link.picture is not None
+        loc: dict[str, Any] = {"path": after.where, "height": high, "chain_id": chain_id}
+        if link.prev_hash != before.block.hash:
+            report.add(err, FindingKind.BROKEN_LINK, f"does not follow the block of {before.where}", **loc)
+        elif link.picture.prev_file_hash != before.file_hash:
+            report.add(
+                err,
+                FindingKind.BROKEN_LINK,
+                f"the picture before it, {before.where}, is not the file it was chained after "
+                "(that file changed, or another took its place)",
+                **loc,
+            )
