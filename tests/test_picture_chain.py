@@ -199,9 +199,9 @@ def test_a_png_re_encoded_losslessly_is_reported_as_such():
     assert "its pixels did not" in report.errors[0].message
 
 
-def test_unknown_methods_are_refused_for_now():
-    with pytest.raises(MethodRefusedError):
-        chain.embed(pictures(1), method="watermark", chain="w", key=KEY, institution="T")
+def test_an_unknown_method_is_refused():
+    with pytest.raises(MethodRefusedError, match="stego"):
+        chain.embed(pictures(1), method="stego", chain="w", key=KEY, institution="T")
 
 
 def test_the_command_line_embeds_verifies_and_extracts(tmp_path: Path):

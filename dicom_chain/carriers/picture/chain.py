@@ -15,12 +15,23 @@ import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from dicom_chain.block import GENESIS_HASH, ITEM_FORMAT_VERSION, Block, BlockHeader, PictureLink, utc_now
-from dicom_chain.carriers.picture import format_of
+from dicom_chain.block import (
+    GENESIS_HASH,
+    ITEM_FORMAT_VERSION,
+    PICTURE_METHODS,
+    Block,
+    BlockHeader,
+    PictureLink,
+    utc_now,
+)
+from dicom_chain.carriers.picture import LOSSLESS, format_of, reversible, watermark
 from dicom_chain.carriers.picture.pixels import pixels_hash
+from dicom_chain.carriers.picture.samples import Samples
 from dicom_chain.errors import (
+    ContentHashError,
     DicomChainError,
     MalformedBlockError,
     MalformedPictureError,
@@ -37,7 +48,7 @@ from dicom_chain.vocab import FindingKind, Severity
 # same key is the same chain on every run (``uuid5``, RFC 9562 5.5).
 CHAIN_NAMESPACE = uuid.UUID("5b0b7a0e-3c4d-4e2a-9a57-2f1d9c6b8e41")
 ITEM_ID_MAX = 64  # docs/design.md 2.4: what names an item is at most 64 characters
-METHODS = ("metadata",)  # what ``embed`` writes so far; blocks name PICTURE_METHODS
+METHODS = PICTURE_METHODS
 
 
 def chain_id_for(key: NodeKey, name: str) -> str:
@@ -64,12 +75,46 @@ class Tail:
 
 
 def read_block(data: bytes) -> Block:
-    """The block a picture carries: NoBlockError, MalformedBlockError, UnknownFormatError."""
+    """The block a picture carries, by whichever method holds it: NoBlockError,
+    MalformedBlockError, UnknownFormatError."""
     module = format_of(data)
-    block = Block.from_bytes(module.read_block(data))
-    if block.header.picture is None or block.header.carrier != module.NAME:
+    found = _found_by(module, data)
+    if found is None:
+        raise NoBlockError("picture without a DICOM_CHAIN block (in its metadata or its pixels)")
+    method, raw = found
+    block = Block.from_bytes(raw)
+    picture = block.header.picture
+    if picture is None or block.header.carrier != module.NAME:
         raise MalformedBlockError(f"not a {module.NAME.upper()} picture's block")
+    if picture.method != method:
+        raise MalformedBlockError(f"block says method {picture.method}, but was found by {method}")
     return block
+
+
+def _found_by(module: ModuleType, data: bytes) -> tuple[str, bytes] | None:
+    """(method, serialised block): the metadata first, then, in a lossless picture, its pixels."""
+    try:
+        return "metadata", module.read_block(data)
+    except NoBlockError:
+        pass
+    if module.NAME not in LOSSLESS:
+        return None
+    for method in (watermark, reversible):
+        try:
+            return method.NAME, method.read_block(module, data)
+        except (NoBlockError, MethodRefusedError):
+            continue
+    return None
+
+
+def content_hash(module: ModuleType, data: bytes, method: str) -> str:
+    """What the block of a picture chained by ``method`` records as its content hash."""
+    if method == "metadata":
+        return module.content_hash(data)  # type: ignore[no-any-return]
+    if method == watermark.NAME:
+        return watermark.content_hash(Samples(module, data))
+    _, samples, original = reversible.extract(module, data)
+    return reversible.content_hash(samples, original)
 
 
 def embed(
@@ -95,6 +140,12 @@ def embed(
     prev_file = after.file_hash if after else GENESIS_HASH
     for index, (name, data) in enumerate(pictures):
         module = format_of(data)
+        if method == "metadata":
+            content = module.content_hash(data)
+        elif method == watermark.NAME:
+            content = watermark.content_hash(Samples(module, data))
+        else:
+            content = reversible.content_hash(Samples(module, data))
         height = prev_block.header.height + 1 if prev_block else 0
         prev_hash = prev_block.hash if prev_block else GENESIS_HASH
         header = BlockHeader(
@@ -102,7 +153,7 @@ def embed(
             chain_id=chain_id_for(key, chain),
             height=height,
             prev_hash=prev_hash,
-            content_hash=module.content_hash(data),
+            content_hash=content,
             timestamp=utc_now(),
             institution=institution,
             key_id=key.key_id,
@@ -114,12 +165,38 @@ def embed(
             picture=PictureLink(method, prev_file, pixels_hash(data), sources[index] if sources else ""),
         )
         block = Block.sign(header, key)
-        written = module.with_block(data, block.to_bytes())
-        if module.content_hash(written) != header.content_hash or read_block(written) != block:
+        if method == "metadata":
+            written = module.with_block(data, block.to_bytes())
+        elif method == watermark.NAME:
+            written = watermark.embed(module, data, block.to_bytes())
+        else:
+            written = reversible.embed(module, data, block.to_bytes())
+        if read_block(written) != block or content_hash(module, written, method) != content:
             raise MalformedPictureError(f"{name}: the picture would not carry its block faithfully")
         out.append((written, block))
         prev_block, prev_file = block, file_hash(written)
     return out
+
+
+def restore(data: bytes) -> tuple[bytes, Block]:
+    """The picture with the pixels it had before its block was hidden in them (method
+    ``reversible``), and that block: the block's signature and content hash checked on the
+    restored samples first (ContentHashError, SignatureError, MethodRefusedError)."""
+    module = format_of(data)
+    block = read_block(data)
+    block.verify_signature()
+    assert block.header.picture is not None
+    if block.header.picture.method != reversible.NAME:
+        raise MethodRefusedError(
+            f"chained by {block.header.picture.method}: only reversible pictures restore"
+        )
+    _, samples, original = reversible.extract(module, data)
+    if reversible.content_hash(samples, original) != block.header.content_hash:
+        raise ContentHashError("the restored pixels are not those chained (content hash differs)")
+    restored = samples.encode(original)
+    if Samples(module, restored).digest(reversible.DOMAIN) != block.header.content_hash:
+        raise ContentHashError("the restored picture does not decode to the pixels chained")
+    return restored, block
 
 
 def item_id(name: str, height: int) -> str:
@@ -186,11 +263,13 @@ def _check_picture(
         return None
     assert h.picture is not None  # read_block insists
     try:
-        altered = module.content_hash(data) != h.content_hash
+        altered = content_hash(module, data, h.picture.method) != h.content_hash
     except DicomChainError as exc:
         report.add(err, FindingKind.ALTERED, f"content cannot be hashed: {exc}", **loc)
         return _Found(where, block, file_hash(data))
-    if altered:
+    if altered and h.picture.method != "metadata":  # the content hash is of the pixels themselves
+        report.add(err, FindingKind.ALTERED, "pixels changed since the picture was chained", **loc)
+    elif altered:
         report.add(err, FindingKind.ALTERED, _what_changed(data, h.picture.pixels_hash), **loc)
     return _Found(where, block, file_hash(data))
 
