@@ -40,6 +40,13 @@ class MalformedPictureError(NotDicomError):
     """A PNG, JPEG or TIFF file that its carrier cannot parse (truncated, garbled structure)."""
 
 
+class NothingToExportError(DicomChainError):
+    """An export asked of something that is not there (a study not on this node, an output folder
+    already in use, an unknown format): nothing was written."""
+
+    fault = Fault.REMOTE
+
+
 class MethodRefusedError(DicomChainError):
     """A picture cannot hold a block by the method asked for: a lossy format for a watermark, a
     picture too small for the block, a mode the method does not take."""

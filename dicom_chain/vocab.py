@@ -45,6 +45,7 @@ class EventType(StrEnum):
     PATIENT_RESEARCH_OPT_IN = "patient.research-opt-in"
     PATIENT_RESEARCH_OPT_OUT = "patient.research-opt-out"
     RESEARCH_EXPORT = "research.export"  # a de-identified copy of a study left for research
+    IMAGES_EXPORTED = "images.exported"  # a study rendered as chained pictures (PNG, JPEG, TIFF)
     # a received instance gave its Patient ID a name, birth date or sex it had not had beside others
     PATIENT_IDENTITY_CONFLICT = "patient.identity-conflict"
 

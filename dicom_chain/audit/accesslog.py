@@ -247,6 +247,14 @@ class _Story:
                 f"A copy of {study} with your name, identifiers and dates removed "
                 f"was made for research on {when}{n}."
             )
+        if kind == EventType.IMAGES_EXPORTED:
+            n = (
+                f" ({int(d['pictures'])} picture{'s' if int(d['pictures']) != 1 else ''})"
+                if d.get("pictures")
+                else ""
+            )
+            what = str(d.get("format", "picture")).upper()
+            return f"{_cap(study)} was exported as {what} pictures by {actor} on {when}{n}."
         if kind == EventType.PATIENT_IDENTITY_CONFLICT:  # never the values: they may be another person's
             what = {"PatientName": "name", "PatientSex": "sex", "PatientBirthDate": "birth date"}
             other = what.get(str(d.get("attribute")), "identity")

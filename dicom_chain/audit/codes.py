@@ -74,6 +74,7 @@ KINDS: dict[EventType, AuditKind] = {
     EventType.PATIENT_RESEARCH_OPT_IN: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
     EventType.PATIENT_RESEARCH_OPT_OUT: AuditKind(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
     EventType.RESEARCH_EXPORT: AuditKind(EXPORT, "R"),
+    EventType.IMAGES_EXPORTED: AuditKind(EXPORT, "R"),
     EventType.PATIENT_IDENTITY_CONFLICT: AuditKind(PATIENT_RECORD, "U"),
 }
 # Only for a type this version does not know (an export from a newer node read here): every

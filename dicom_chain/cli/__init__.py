@@ -12,7 +12,7 @@ import click
 
 from dicom_chain.cli.audit import audit
 from dicom_chain.cli.exits import ChainGroup
-from dicom_chain.cli.imagechain import imagechain
+from dicom_chain.cli.imagechain import export_images, imagechain
 from dicom_chain.cli.index import reindex
 from dicom_chain.cli.keys import keys
 from dicom_chain.cli.node import ingest, status
@@ -51,5 +51,6 @@ for command in (
     research_export,
     release,
     imagechain,
+    export_images,
 ):
     main.add_command(command)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK, EXIT_UNCHECKED
-from dicom_chain.cli.options import config_option, settings_from, settings_options
+from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
 
 PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})  # what a folder given yields
 
@@ -155,6 +155,46 @@ def restore(output: Path, file: Path) -> None:
     _write_atomically(output, restored)
     click.echo(
         f"{output}  original pixels of height {block.header.height}, content hash {block.header.content_hash}"
+    )
+
+
+@click.command("export-images")
+@config_option
+@settings_options(*NODE)
+@click.argument("study_uid")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "tiff"]), required=True)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the pictures (new or empty).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["metadata", "watermark", "reversible"]),
+    default="metadata",
+    show_default=True,
+    help="How each picture holds its block (the pixel methods need PNG or TIFF).",
+)
+@click.option("--chain", "chain_name", help="The pictures' chain (default: the study's UID and the time).")
+def export_images(
+    study_uid: str, fmt: str, output: Path, method: str, chain_name: str | None, **kwargs: Any
+) -> None:
+    """Render a study's instances as chained pictures, one a frame (VOI LUT or window, Modality
+    LUT, MONOCHROME1 inverted), each block naming its source instance's block; recorded."""
+    from dicom_chain.actors import local_user
+    from dicom_chain.imageexport import export_images as export
+    from dicom_chain.node import Node
+
+    node = Node.open(settings_from(kwargs))
+    try:
+        result = export(
+            node, study_uid, fmt, output, actor=local_user(), method=method, chain_name=chain_name
+        )
+    finally:
+        node.close()
+    click.echo(
+        f"exported {len(result.files)} picture(s) of {study_uid} to {output} (chain {result.chain_name})"
     )
 
 
