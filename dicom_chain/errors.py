@@ -47,6 +47,12 @@ class NothingToExportError(DicomChainError):
     fault = Fault.REMOTE
 
 
+class NoteError(DicomChainError):
+    """A signed note or checkpoint that is malformed, or whose signature does not verify."""
+
+    fault = Fault.REMOTE
+
+
 class MethodRefusedError(DicomChainError):
     """A picture cannot hold a block by the method asked for: a lossy format for a watermark, a
     picture too small for the block, a mode the method does not take."""
