@@ -53,6 +53,12 @@ class NoteError(DicomChainError):
     fault = Fault.REMOTE
 
 
+class ProofError(DicomChainError):
+    """A Merkle proof that does not hold, or a proof document that is malformed."""
+
+    fault = Fault.REMOTE
+
+
 class MethodRefusedError(DicomChainError):
     """A picture cannot hold a block by the method asked for: a lossy format for a watermark, a
     picture too small for the block, a mode the method does not take."""

@@ -15,6 +15,7 @@ from dicom_chain.cli.exits import ChainGroup
 from dicom_chain.cli.imagechain import export_images, imagechain
 from dicom_chain.cli.index import reindex
 from dicom_chain.cli.keys import keys
+from dicom_chain.cli.log import log_group
 from dicom_chain.cli.node import ingest, status
 from dicom_chain.cli.options import config_option
 from dicom_chain.cli.patient import patient
@@ -52,5 +53,6 @@ for command in (
     release,
     imagechain,
     export_images,
+    log_group,
 ):
     main.add_command(command)

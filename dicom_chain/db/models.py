@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -324,3 +325,24 @@ class IndexMarkRow(Base):
 
     chain_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     height: Mapped[int] = mapped_column(BigInteger)
+
+
+class MerkleNodeRow(Base):
+    """One perfect subtree of the event log's Merkle tree (tlog/store.py): the hash of leaves
+    [idx * 2^level, (idx + 1) * 2^level), leaf i being event seq i + 1. Two rows a leaf in all;
+    any proof at any size reads O(log n) of them."""
+
+    __tablename__ = "merkle_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class MerkleHeadRow(Base):
+    """How many events the stored tree holds: one row, locked while the tree grows."""
+
+    __tablename__ = "merkle_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,176 @@
+"""``log``: the event log as a transparency log: signed checkpoints, inclusion and consistency
+proofs (RFC 9162), and their offline check. No domain logic: ``tlog/``.
+
+Proof files are JSON: ``{"type": "inclusion", "checkpoint": <signed note>, "index", "size",
+"event": base64 of the event's canonical bytes, "proof": [base64 hashes]}`` or ``{"type":
+"consistency", "old": <signed note>, "new": <signed note>, "proof": [...]}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dicom_chain.cli.exits import EXIT_BROKEN, EXIT_OK
+from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
+
+
+@click.group("log")
+def log_group() -> None:
+    """The event log's Merkle tree: signed checkpoints and proofs anyone can check offline."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@log_group.command("checkpoint")
+@config_option
+@settings_options(*NODE)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")
+def checkpoint(output: Path | None, **kwargs: Any) -> None:
+    """Grow the Merkle tree to the log's end and print its signed checkpoint (c2sp.org/tlog-checkpoint)."""
+    from dicom_chain.node import Node
+    from dicom_chain.tlog.store import EventTree
+
+    settings = settings_from(kwargs)
+    node = Node.open(settings)
+    try:
+        _, signed = EventTree(node.ledger).checkpoint(node.key, settings.institution)
+    finally:
+        node.close()
+    _emit(signed, output)
+
+
+@log_group.command("prove-inclusion")
+@config_option
+@settings_options(*NODE)
+@click.argument("event_seq", type=int, required=False)
+@click.option("--block", "block_hash", help="The event that recorded this block's receipt.")
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Prove against this checkpoint of ours (default: a new one).",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the proof here.")
+def prove_inclusion(
+    event_seq: int | None,
+    block_hash: str | None,
+    checkpoint_file: Path | None,
+    output: Path | None,
+    **kwargs: Any,
+) -> None:
+    """Prove that an event (by sequence number, or the receipt of --block) is in the log."""
+    from dicom_chain.node import Node
+    from dicom_chain.tlog.checkpoint import open_signed
+    from dicom_chain.tlog.store import EventTree
+
+    if (event_seq is None) == (block_hash is None):
+        raise click.UsageError("give an event's sequence number or --block HASH")
+    settings = settings_from(kwargs)
+    node = Node.open(settings)
+    try:
+        tree = EventTree(node.ledger)
+        if checkpoint_file is not None:
+            signed = checkpoint_file.read_text(encoding="utf-8")
+            cp = open_signed(signed, node.key.public_key)
+            tree.grow()
+        else:
+            cp, signed = tree.checkpoint(node.key, settings.institution)
+        seq = event_seq if event_seq is not None else _receipt_seq(node, str(block_hash))
+        proof = tree.inclusion(seq, cp.size)
+    finally:
+        node.close()
+    document = {
+        "type": "inclusion",
+        "checkpoint": signed,
+        "index": proof.index,
+        "size": proof.size,
+        "event": _b64(proof.leaf),
+        "proof": [_b64(p) for p in proof.proof],
+    }
+    _emit(json.dumps(document, indent=2) + "\n", output)
+
+
+def _receipt_seq(node: Any, block_hash: str) -> int:
+    from dicom_chain.errors import LedgerError
+    from dicom_chain.vocab import EventType
+
+    for event, _ in node.ledger.iter_events_with_hash():
+        if event.type == EventType.INSTANCE_RECEIVED and event.details.get("block_hash") == block_hash:
+            return int(event.seq)
+    raise LedgerError(f"no receipt of block {block_hash} in the log")
+
+
+@log_group.command("prove-consistency")
+@config_option
+@settings_options(*NODE)
+@click.argument("old", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the proof here.")
+def prove_consistency(old: Path, new: Path | None, output: Path | None, **kwargs: Any) -> None:
+    """Prove that the log at checkpoint OLD is a prefix of the log at NEW (default: now)."""
+    from dicom_chain.node import Node
+    from dicom_chain.tlog.checkpoint import open_signed
+    from dicom_chain.tlog.store import EventTree
+
+    settings = settings_from(kwargs)
+    node = Node.open(settings)
+    try:
+        tree = EventTree(node.ledger)
+        old_signed = old.read_text(encoding="utf-8")
+        first = open_signed(old_signed, node.key.public_key)
+        if new is not None:
+            new_signed = new.read_text(encoding="utf-8")
+            second = open_signed(new_signed, node.key.public_key)
+            tree.grow()
+        else:
+            second, new_signed = tree.checkpoint(node.key, settings.institution)
+        if first.size > second.size:
+            raise click.UsageError("OLD is larger than NEW")
+        proof = tree.consistency(first.size, second.size)
+    finally:
+        node.close()
+    document = {
+        "type": "consistency",
+        "old": old_signed,
+        "new": new_signed,
+        "proof": [_b64(p) for p in proof],
+    }
+    _emit(json.dumps(document, indent=2) + "\n", output)
+
+
+@log_group.command("verify-proof")
+@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--public-key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The log's key (from 'keys export'): the checkpoints must be signed by it.",
+)
+def verify_proof(proof_file: Path, public_key: Path) -> None:
+    """Check a proof offline, with only the log's public key. Exit 0 if it holds, 1 if not."""
+    from dicom_chain.errors import DicomChainError
+    from dicom_chain.keys import load_public_key
+    from dicom_chain.tlog.proofs import check_proof
+
+    try:
+        summary = check_proof(json.loads(proof_file.read_text(encoding="utf-8")), load_public_key(public_key))
+    except (DicomChainError, ValueError, KeyError, TypeError) as exc:
+        click.echo(f"BROKEN: {exc}")
+        sys.exit(EXIT_BROKEN)
+    click.echo(f"OK: {summary}")
+    sys.exit(EXIT_OK)
