@@ -12,6 +12,9 @@ anything fails.
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,18 +92,47 @@ def export_images(
         group=study_uid,
         sources=sources,
     )
-    output.mkdir(parents=True, exist_ok=True)
-    files = []
-    for (file_name, _), (data, _) in zip(pictures, made, strict=True):
-        target = output / file_name
-        target.write_bytes(data)
-        files.append(target)
+    # Written beside the output, then renamed into place (an empty folder is replaced), then
+    # recorded; a failure at any step leaves neither pictures nor an event behind.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        for (file_name, _), (data, _) in zip(pictures, made, strict=True):
+            (staging / file_name).write_bytes(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # as a folder made by mkdir (mkdtemp's is 0700)
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = [output / file_name for file_name, _ in pictures]
     blocks = tuple(block for _, block in made)
+    try:
+        _record(node, study_uid, fmt, output, actor, method, files, blocks, sources, instances[0].patient_id)
+    except BaseException:
+        shutil.rmtree(output, ignore_errors=True)
+        raise
+    return ExportedImages(tuple(files), blocks, tuple(sources), name)
+
+
+def _record(
+    node: Node,
+    study_uid: str,
+    fmt: str,
+    output: Path,
+    actor: str,
+    method: str,
+    files: list[Path],
+    blocks: tuple[Block, ...],
+    sources: list[str],
+    patient_id: str,
+) -> None:
     node.record(
         EventDraft(
             type=EventType.IMAGES_EXPORTED,
             actor=actor,
-            patient_id=instances[0].patient_id,
+            patient_id=patient_id,
             study_uid=study_uid,
             chain_id=node.chain_id,
             details={
@@ -114,4 +146,3 @@ def export_images(
             },
         )
     )
-    return ExportedImages(tuple(files), blocks, tuple(sources), name)

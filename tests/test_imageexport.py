@@ -155,3 +155,39 @@ def test_export_images_on_the_command_line(sample, tmp_path: Path):
     assert checked.exit_code == 0, checked.output
     first = sorted(out.iterdir())[0]
     assert Image.open(io.BytesIO(first.read_bytes())).mode == "L"
+
+
+def test_a_palette_image_renders_through_its_palette():
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    from .conftest import TEST_FILES
+
+    ds = pydicom.dcmread(TEST_FILES / "examples_palette.dcm")
+    [picture] = render.frames(ds)
+    expected = (apply_color_lut(ds.pixel_array, ds).astype(np.uint32) >> 8).astype(np.uint8)
+    assert picture.mode == "RGB" and np.array_equal(np.asarray(picture), expected)
+
+
+def test_twelve_bit_colour_is_scaled_by_its_bits_stored():
+    rgb = ct(SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0, BitsAllocated=16,
+             BitsStored=12, HighBit=11, PixelRepresentation=0)  # fmt: skip
+    for tag in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if tag in rgb:
+            delattr(rgb, tag)
+    colour = np.full((8, 8, 3), 4095, np.uint16)
+    rgb.PixelData = colour.tobytes()
+    [picture] = render.frames(rgb)
+    assert np.asarray(picture).min() == 255  # full scale stays full scale
+
+
+def test_an_export_whose_record_fails_leaves_no_pictures(sample, tmp_path: Path, monkeypatch):
+    node, study = sample
+
+    def failing(draft):
+        raise OSError("ledger full")
+
+    monkeypatch.setattr(node, "record", failing)
+    with pytest.raises(OSError):
+        export_images(node, study, "png", tmp_path / "out", actor="a")
+    assert [p.name for p in tmp_path.iterdir()] == ["node"]  # the node home only: no folder, no staging copy

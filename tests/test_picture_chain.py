@@ -237,3 +237,30 @@ def test_the_command_line_embeds_verifies_and_extracts(tmp_path: Path):
     assert broken.exit_code == 1 and "gap" in broken.output and files[2].name in broken.output
     usage = runner.invoke(main, ["imagechain", "embed", "--home", str(home), "--chain", "x", str(more)])
     assert usage.exit_code == 2  # neither --output nor --in-place
+
+
+def test_another_keys_picture_claiming_a_place_in_a_chain_is_named():
+    """Both keys pinned: the impostor copies the chain's id and links to its last picture."""
+    import dataclasses
+
+    from dicom_chain.block import Block
+    from dicom_chain.carriers.picture.chain import file_hash
+
+    files = chained(3)
+    last = chain.read_block(files[-1][1])
+    extra = pictures(1, seed=5)[0][1]
+    module = format_of(extra)
+    header = dataclasses.replace(
+        last.header,
+        height=3,
+        prev_hash=last.hash,
+        study_index=3,
+        study_prev_hash=last.hash,
+        key_id=OTHER.key_id,
+        content_hash=module.content_hash(extra),
+        carrier=module.NAME,
+        picture=dataclasses.replace(last.header.picture, prev_file_hash=file_hash(files[-1][1])),
+    )
+    forged = module.with_block(extra, Block.sign(header, OTHER).to_bytes())
+    report = chain.verify([*files, ("impostor", forged)], frozenset({KEY.public_key, OTHER.public_key}))
+    assert ("broken-link", "impostor") in kinds(report)

@@ -225,3 +225,102 @@ def test_every_malformed_input_gets_a_named_error_from_every_picture_parser(path
     for parse in _parsers():
         with contextlib.suppress(MalformedPictureError, NoBlockError, MalformedBlockError):
             parse(data)
+
+
+def build_tiff(
+    ifds: list[list[tuple[int, int, int, bytes]]], image: bytes, subifd: list | None = None
+) -> bytes:
+    """A little-endian TIFF written by hand: ``image`` as one strip, then each IFD (entries given
+    as tag, type, count, value bytes; 273/279 filled in for the strip), chained; ``subifd``, if
+    given, is pointed to by tag 34665 (Exif) in the first IFD."""
+    out = bytearray(b"II*\x00\x00\x00\x00\x00")
+    strip_at = len(out)
+    out += image + (b"\x00" if len(image) % 2 else b"")
+    sub_at = None
+    if subifd is not None:
+        sub_at = _write_ifd(out, subifd, 0)
+    prev_link = 4
+    for entries in ifds:
+        layout = [(273, 4, 1, struct.pack("<I", strip_at)), (279, 4, 1, struct.pack("<I", len(image)))]
+        full = [*entries, *layout]
+        if sub_at is not None and prev_link == 4:
+            full.append((34665, 4, 1, struct.pack("<I", sub_at)))
+        at = _write_ifd(out, sorted(full, key=lambda e: e[0]), 0)
+        out[prev_link : prev_link + 4] = struct.pack("<I", at)
+        prev_link = at + 2 + 12 * len(full)
+    return bytes(out)
+
+
+def _write_ifd(out: bytearray, entries: list, following: int) -> int:
+    placed = []
+    for _, _, _, value in entries:
+        if len(value) > 4:
+            placed.append(struct.pack("<I", len(out)))
+            out += value + (b"\x00" if len(value) % 2 else b"")
+        else:
+            placed.append(value.ljust(4, b"\x00"))
+    at = len(out)
+    out += struct.pack("<H", len(entries))
+    for (tag, kind, count, _), value in zip(entries, placed, strict=True):
+        out += struct.pack("<HHI", tag, kind, count) + value
+    out += struct.pack("<I", following)
+    return at
+
+
+GREY_8X8 = [
+    (256, 3, 1, struct.pack("<H", 8)),  # width
+    (257, 3, 1, struct.pack("<H", 8)),  # height
+    (258, 3, 1, struct.pack("<H", 8)),  # bits per sample
+    (259, 3, 1, struct.pack("<H", 1)),  # no compression
+    (262, 3, 1, struct.pack("<H", 1)),  # black is zero
+    (278, 3, 1, struct.pack("<H", 8)),  # rows per strip
+]
+SOFTWARE = (305, 2, 4, b"abc\x00")
+
+
+def test_a_hand_built_tiff_reads_as_pillow_reads_it():
+    data = build_tiff([GREY_8X8], bytes(range(64)))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))).reshape(-1), np.arange(64))
+    assert tiff.read_block(tiff.with_block(data, BLOCK)) == BLOCK
+
+
+def test_a_repeated_or_unordered_tiff_tag_is_refused():
+    """A reader takes the first StripOffsets, a hash that took the last would vouch for others."""
+    good = build_tiff([GREY_8X8], bytes(range(64)))
+    first = struct.unpack_from("<I", good, 4)[0]
+    n = struct.unpack_from("<H", good, first)[0]
+    entries = [good[first + 2 + 12 * i : first + 14 + 12 * i] for i in range(n)]
+    twice = bytearray(good)
+    twice[first + 2 + 12 * 1 : first + 14 + 12 * 1] = entries[0]  # the first tag again, second
+    with pytest.raises(MalformedPictureError, match="repeated or out of order"):
+        tiff.content_hash(bytes(twice))
+
+
+def test_what_a_pointer_tag_leads_to_is_content():
+    """Exif's IFD, reached through tag 34665: a date changed there changes the content hash."""
+    date = b"2020:01:01 00:00:00\x00"
+    exif = [(0x9003, 2, 20, date)]
+    data = build_tiff([GREY_8X8], bytes(range(64)), subifd=exif)
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8769)[0x9003] == "2020:01:01 00:00:00"
+    other = data.replace(date, b"2024:12:31 00:00:00\x00")
+    assert tiff.content_hash(other) != tiff.content_hash(data)
+    assert tiff.content_hash(tiff.with_block(data, BLOCK)) == tiff.content_hash(data)
+
+
+def test_where_one_ifd_ends_and_the_next_begins_is_content():
+    """The same entries and strips split differently between two IFDs: another content hash (an
+    entry moved from the first IFD to the second makes the first unreadable as an image)."""
+    image = bytes(range(64))
+    one = build_tiff([GREY_8X8, [SOFTWARE]], image)
+    split = build_tiff([GREY_8X8[:-1], [GREY_8X8[-1], SOFTWARE]], image)
+    assert tiff.content_hash(one) != tiff.content_hash(split)
+
+
+def test_a_fill_byte_before_our_segment_still_finds_it_and_eoi_before_a_scan_is_refused():
+    chained = jpeg.with_block(picture("jpeg", "RGB"), BLOCK)
+    app = next(s for m, s, _ in jpeg.segments(chained) if m == jpeg.APP10)
+    filled = chained[:app] + b"\xff" + chained[app:]  # T.81 B.1.1.2: any number of FF before a marker
+    assert jpeg.read_block(filled) == BLOCK
+    assert jpeg.read_block(jpeg.with_block(filled, BLOCK[::-1])) == BLOCK[::-1]  # replaced, not doubled
+    with pytest.raises(MalformedPictureError, match="before any scan"):
+        list(jpeg.segments(b"\xff\xd8\xff\xd9"))

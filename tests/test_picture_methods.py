@@ -156,3 +156,31 @@ def test_restore_on_the_command_line(tmp_path: Path):
     refused = runner.invoke(main, ["imagechain", "restore", "--output", str(tmp_path / "x.png"),
                                    str(tmp_path / "m" / "key.png")])  # fmt: skip
     assert refused.exit_code == 1 and "only reversible" in refused.output
+
+
+def sixteen_bit_rgb_png(width: int = 40, height: int = 30) -> bytes:
+    """A 16-bit RGB PNG written by hand (Pillow reads it as 8-bit RGB, and would write it so)."""
+    import struct
+    import zlib
+
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 65536, (height, width * 3), dtype=np.uint16).astype(">u2").tobytes()
+    raw = b"".join(b"\x00" + rows[y * width * 6 : (y + 1) * width * 6] for y in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("method", ["watermark", "reversible"])
+def test_sixteen_bit_colour_is_refused_rather_than_cut_to_eight(method):
+    data = sixteen_bit_rgb_png()
+    assert Image.open(io.BytesIO(data)).mode == "RGB"  # what Pillow makes of it
+    with pytest.raises(MethodRefusedError, match="16-bit samples"):
+        chain.embed([("c.png", data)], method=method, chain="deep", key=KEY, institution="T")
+    made = chain.embed([("c.png", data)], method="metadata", chain="deep", key=KEY, institution="T")
+    assert chain.verify([("c.png", made[0][0])], TRUSTED).ok  # the metadata method keeps every bit

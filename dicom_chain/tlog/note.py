@@ -82,7 +82,7 @@ def parse(note: str) -> tuple[str, list[Signature]]:
     text, block = note[: at + 1], note[at + 2 :]
     _check_text(text)
     signatures = []
-    for line in block.splitlines():
+    for line in block[:-1].split("\n"):  # newline only: no CR (Go's note refuses "\r\n" lines too)
         if not line.startswith(EM_DASH + " "):
             raise NoteError("a signature line starts with an em dash and a space")
         parts = line[2:].split(" ")

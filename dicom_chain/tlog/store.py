@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from dicom_chain.db.models import MerkleHeadRow, MerkleNodeRow
@@ -127,7 +129,9 @@ def _locked_size(session: Session) -> int:
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     size = session.scalar(stmt)
-    if size is None:
-        session.execute(insert(HEAD).values(id=1, size=0))
-        return 0
-    return int(size)
+    if size is None:  # two processes may both find none: the second's insert does nothing
+        dialect = session.get_bind().dialect.name
+        make = pg_insert if dialect == "postgresql" else sqlite_insert
+        session.execute(make(HEAD).values(id=1, size=0).on_conflict_do_nothing())
+        size = session.scalar(stmt)
+    return int(size or 0)

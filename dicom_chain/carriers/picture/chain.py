@@ -309,6 +309,13 @@ def _check_links(chain_id: str, hits: list[_Found], report: Report) -> None:
             paths = ", ".join(h.where for h in same)
             report.add(note, FindingKind.COPY, f"the same picture given twice: {paths}", chain_id=chain_id)
     heights = sorted(by_height)
+    # a chain is one key's (its id is made from that key and its name): another key's block
+    # claiming a place in it is an impostor, whatever links it fakes
+    signer = by_height[heights[0]][0].block.header.key_id if heights else ""
+    for hit in hits:
+        if hit.block.header.key_id != signer:
+            message = f"signed by key {hit.block.header.key_id}, the chain's first picture by {signer}"
+            report.add(err, FindingKind.BROKEN_LINK, message, path=hit.where, chain_id=chain_id)
     if heights and heights[0] > 0:
         report.add(
             note,

@@ -33,6 +33,7 @@ COM_PREFIX = b"DICOM_CHAIN "
 MAX_PAYLOAD = 0xFFFF - 2  # a segment's length field counts itself
 _LEADING = (0xE0, 0xE1)  # JFIF and Exif: they must directly follow SOI
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a length
+FILL = 0x100  # not a marker: a run of fill bytes before one (segments)
 
 
 def recognises(head: bytes) -> bool:
@@ -41,16 +42,21 @@ def recognises(head: bytes) -> bool:
 
 def segments(data: bytes) -> Iterator[tuple[int, int, int]]:
     """(marker, start, end) of each marker segment before the first SOS, ``data[start:end]`` the
-    whole segment; then (SOS, start, len(data)) for the scan and all that follows it."""
+    whole segment from its marker's own FF; then (SOS, start, len(data)) for the scan and all
+    that follows it. Fill bytes before a marker (B.1.1.2) come as their own run, marker FILL."""
     if not data.startswith(SOI):
         raise MalformedPictureError("not a JPEG file (no SOI)")
     pos, end = 2, len(data)
     while pos < end:
         if data[pos] != 0xFF:
             raise MalformedPictureError(f"JPEG marker expected at byte {pos}")
-        marker_at = pos
-        while pos < end and data[pos] == 0xFF:  # fill bytes (B.1.1.2)
+        fill_at = pos
+        while pos + 1 < end and data[pos + 1] == 0xFF:  # fill bytes: all but the marker's own FF
             pos += 1
+        if pos > fill_at:
+            yield FILL, fill_at, pos
+        marker_at = pos
+        pos += 1
         if pos >= end:
             break
         marker = data[pos]
@@ -59,8 +65,7 @@ def segments(data: bytes) -> Iterator[tuple[int, int, int]]:
             yield marker, marker_at, pos
             continue
         if marker == EOI:
-            yield marker, marker_at, end
-            return
+            raise MalformedPictureError("JPEG ends (EOI) before any scan (SOS)")
         if pos + 2 > end:
             raise MalformedPictureError("JPEG cut short in a segment length")
         (length,) = struct.unpack_from(">H", data, pos)
@@ -126,7 +131,7 @@ def with_block(data: bytes, block: bytes) -> bytes:
     for marker, start, stop in segments(data):
         if _ours(data, marker, start):
             continue
-        if not placed and marker not in _LEADING:
+        if not placed and marker not in _LEADING and marker != FILL:
             out.append(ours)
             placed = True
         out.append(data[start:stop])

@@ -4,8 +4,9 @@ Grey images go through pydicom's Modality LUT (Rescale Slope/Intercept or a Moda
 Sequence, ``apply_modality_lut``), then the first VOI transform the data set names (a VOI LUT
 Sequence or Window Center/Width, ``apply_voi_lut``), then onto 0-255. Where the data set names no
 VOI transform, the frame's own minimum and maximum are the window. MONOCHROME1 is inverted (its
-lowest value is white). Colour comes as pydicom decodes it (YBR converted to RGB), 16-bit colour
-scaled to 8 bits. Pure: a data set in, pictures out.
+lowest value is white). Colour comes as pydicom decodes it (YBR converted to RGB), colour of more
+than 8 bits stored scaled to 8, PALETTE COLOR through its palette (``apply_color_lut``). Pure: a
+data set in, pictures out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from dicom_chain.errors import MalformedDatasetError
 
@@ -28,8 +29,15 @@ def frames(ds: Dataset) -> list[Image.Image]:
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     count = int(ds.get("NumberOfFrames", 1) or 1)
     stack = array if count > 1 else array[np.newaxis]
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
+        try:
+            stack = np.stack([apply_color_lut(frame, ds) for frame in stack])
+        except Exception as exc:  # a palette pydicom cannot apply
+            raise MalformedDatasetError(f"palette does not apply: {exc}") from exc
+        return [Image.fromarray(_colour(frame, 16)) for frame in stack]  # palette entries are 16-bit
     if samples > 1:
-        return [Image.fromarray(_colour(frame)) for frame in stack]
+        stored = int(ds.get("BitsStored", 8 * array.dtype.itemsize) or 8)
+        return [Image.fromarray(_colour(frame, stored)) for frame in stack]
     return [Image.fromarray(_grey(frame, ds)) for frame in stack]
 
 
@@ -51,7 +59,8 @@ def _grey(frame: np.ndarray, ds: Dataset) -> np.ndarray:
     return out
 
 
-def _colour(frame: np.ndarray) -> np.ndarray:
-    if frame.dtype.itemsize > 1:
-        return (frame.astype(np.uint32) >> (8 * (frame.dtype.itemsize - 1))).astype(np.uint8)
+def _colour(frame: np.ndarray, bits: int) -> np.ndarray:
+    """Colour samples of ``bits`` bits onto 8 (12-bit colour shifted by 4, not by 8)."""
+    if bits > 8:
+        return (frame.astype(np.uint32) >> (bits - 8)).clip(0, 255).astype(np.uint8)
     return frame.astype(np.uint8, copy=False)

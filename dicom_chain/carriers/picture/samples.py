@@ -37,6 +37,12 @@ class Samples:
             raise MethodRefusedError("a picture of several frames: the pixel methods take one")
         if image.mode not in DTYPES:
             raise MethodRefusedError(f"mode {image.mode}: the pixel methods take {', '.join(DTYPES)}")
+        stored = _stored_bits(module.NAME, data, image)
+        if stored != 8 * DTYPES[image.mode].itemsize:
+            # Pillow reads 16-bit colour as 8-bit RGB: written back, the picture would lose bits for good
+            raise MethodRefusedError(
+                f"{stored}-bit samples read as mode {image.mode}: the pixel methods would change their depth"
+            )
         self.module = module
         self.mode = image.mode
         self.size = image.size
@@ -63,6 +69,15 @@ class Samples:
         except (OSError, ValueError) as exc:
             raise MalformedPictureError(f"cannot encode the picture: {exc}") from exc
         return out.getvalue()
+
+
+def _stored_bits(fmt: str, data: bytes, image: Image.Image) -> int:
+    """Bits per sample as the file stores them (PNG's IHDR bit depth, TIFF's BitsPerSample)."""
+    if fmt == "png":
+        return data[24] if len(data) > 24 else 0
+    bits = image.tag_v2.get(258, (1,))  # type: ignore[attr-defined]
+    values = set(bits if isinstance(bits, tuple) else (bits,))
+    return int(values.pop()) if len(values) == 1 else 0
 
 
 def bits_of(data: bytes) -> np.ndarray:

@@ -7,10 +7,14 @@ the file: the value and a copy of the first IFD with our entry are appended, and
 to the copy (the old IFD stays, unreferenced). Classic TIFF only (not BigTIFF), either byte order.
 
 The content hash (docs/design.md 11.2) is SHA-256 over ``DICOM_CHAIN tiff v1\\n``, the byte order
-mark, then for each IFD in the chain: every entry but ours and the strip/tile offsets and byte
-counts (tag, type, count and value bytes, as written, in tag order), then the image data as
-stored (each strip or tile, in order). That is the file with our tag left out, read the way a
-TIFF reader reads it: where the IFD sits, and where values and strips lie, is no part of it.
+mark and the number of IFDs, then for each IFD in the chain: the number of its entries hashed,
+each entry but ours and the strip/tile offsets and byte counts (tag, type, count and value bytes,
+in tag order; a pointer's value left out), the IFDs its pointer tags lead to (SubIFDs, Exif, GPS,
+Interoperability), hashed the same way, and a JPEG thumbnail's bytes, then the number of strips
+or tiles and each as stored, behind its length. That is the file with our tag left out, read the
+way a TIFF reader reads it: where the IFD sits, and where values and strips lie, is no part of it.
+Tags must be in ascending order, each once (TIFF 6.0): a repeated StripOffsets would let the hash
+and a reader see different pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from dicom_chain.errors import MalformedBlockError, MalformedPictureError, NoBlockError
 
@@ -29,7 +34,15 @@ UNDEFINED = 7
 TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS = 273, 279, 324, 325
 LAYOUT = frozenset({STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS})
+# Offsets are positions, not content: the values they point to are hashed instead (the same goes for the
+# offsets in IFD_POINTERS and THUMBNAIL_OFFSET)
 MAX_IFDS = 4096  # a chain of IFDs longer than this is a loop or garbage
+MAX_DEPTH = 4  # sub-IFDs within sub-IFDs (Exif's Interoperability IFD is two deep)
+# Tags whose values are offsets of further IFDs (SubIFDs, Exif, GPS, Interoperability): what they
+# point to is content too, and is hashed where it is reached (TIFF 6.0 / Adobe PageMaker 6.0
+# TechNote, Exif 2.32 4.6.3)
+IFD_POINTERS = frozenset({330, 34665, 34853, 40965})
+THUMBNAIL_OFFSET, THUMBNAIL_LENGTH = 513, 514  # JPEGInterchangeFormat and its length: bytes hashed
 
 
 def recognises(head: bytes) -> bool:
@@ -70,6 +83,10 @@ def _ifd(data: bytes, order: str, at: int) -> tuple[list[_Entry], int]:
             if offset + length > len(data):
                 raise MalformedPictureError(f"TIFF tag {tag}'s value runs past the end of the file")
             value = data[offset : offset + length]
+        if entries and tag <= entries[-1].tag:
+            # TIFF 6.0 section 2: entries in ascending order, so each tag once; a reader takes the
+            # first of two StripOffsets, and a hash that took the last would vouch for other pixels
+            raise MalformedPictureError(f"TIFF tag {tag} repeated or out of order")
         entries.append(_Entry(tag, kind, count, value))
     (following,) = struct.unpack_from(order + "I", data, at + 2 + 12 * n)
     return entries, following
@@ -87,10 +104,10 @@ def _ifds(data: bytes) -> Iterator[list[_Entry]]:
         yield entries
 
 
-def _numbers(entry: _Entry, order: str) -> tuple[int, ...]:
-    code = {3: "H", 4: "I"}.get(entry.kind)
+def _numbers(entry: _Entry, order: str, kinds: dict[int, str] | None = None) -> tuple[int, ...]:
+    code = (kinds or {3: "H", 4: "I"}).get(entry.kind)
     if code is None:
-        raise MalformedPictureError(f"TIFF tag {entry.tag} is not SHORT or LONG")
+        raise MalformedPictureError(f"TIFF tag {entry.tag} has type {entry.kind}, not an offset or count")
     return struct.unpack(f"{order}{entry.count}{code}", entry.value)
 
 
@@ -125,15 +142,49 @@ def read_block(data: bytes) -> bytes:
 def content_hash(data: bytes) -> str:
     order = _order(data)
     h = hashlib.sha256(DOMAIN + data[:2])
-    for entries in _ifds(data):
-        for e in sorted(entries, key=lambda e: e.tag):
-            if e.tag == TAG or e.tag in LAYOUT:
-                continue
-            h.update(struct.pack(order + "HHI", e.tag, e.kind, e.count) + e.value)
-        for piece in _image_data(data, order, entries):
-            h.update(struct.pack(order + "I", len(piece)))
-            h.update(piece)
+    ifds = list(_ifds(data))
+    h.update(struct.pack(order + "I", len(ifds)))
+    seen: set[int] = set()
+    for entries in ifds:
+        _hash_ifd(h, data, order, entries, seen, depth=0)
     return h.hexdigest()
+
+
+def _hash_ifd(h: Any, data: bytes, order: str, entries: list[_Entry], seen: set[int], depth: int) -> None:
+    """One IFD: its entry count, each entry but ours and the layout (tag, type, count, value),
+    then what its pointer tags point to (sub-IFDs, a JPEG thumbnail), then its image data, each
+    piece behind its length: where one IFD ends and the next begins is hashed too."""
+    if depth > MAX_DEPTH:
+        raise MalformedPictureError("TIFF sub-IFDs nest too deep")
+    kept = [e for e in entries if e.tag != TAG and e.tag not in LAYOUT]
+    h.update(struct.pack(order + "I", len(kept)))
+    for e in kept:  # an offset's value is a position: what it points to is hashed below instead
+        positional = e.tag in IFD_POINTERS or e.tag == THUMBNAIL_OFFSET
+        h.update(struct.pack(order + "HHI", e.tag, e.kind, e.count) + (b"" if positional else e.value))
+    by_tag = {e.tag: e for e in entries}
+    for e in kept:
+        if e.tag in IFD_POINTERS:
+            for at in _numbers(e, order, kinds={4: "I", 13: "I"}):
+                if at in seen or len(seen) >= MAX_IFDS:
+                    raise MalformedPictureError("TIFF sub-IFDs loop")
+                seen.add(at)
+                sub, _ = _ifd(data, order, at)
+                _hash_ifd(h, data, order, sub, seen, depth + 1)
+    if THUMBNAIL_OFFSET in by_tag:
+        if THUMBNAIL_LENGTH not in by_tag:
+            raise MalformedPictureError("TIFF has a JPEG thumbnail offset without its length")
+        (at,), (length,) = (
+            _numbers(by_tag[THUMBNAIL_OFFSET], order),
+            _numbers(by_tag[THUMBNAIL_LENGTH], order),
+        )
+        if at + length > len(data):
+            raise MalformedPictureError("TIFF JPEG thumbnail runs past the end of the file")
+        h.update(struct.pack(order + "I", length) + data[at : at + length])
+    pieces = list(_image_data(data, order, entries))
+    h.update(struct.pack(order + "I", len(pieces)))
+    for piece in pieces:
+        h.update(struct.pack(order + "I", len(piece)))
+        h.update(piece)
 
 
 def with_block(data: bytes, block: bytes) -> bytes:
