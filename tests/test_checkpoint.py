@@ -59,6 +59,7 @@ def test_a_note_another_key_signed_or_with_its_text_changed_is_refused():
         GO_TEXT + "\n\u2014 Peter Neumann " + GO_SIGNATURE + "\n",
         "a\tb\n\n\u2014 PeterNeumann " + GO_SIGNATURE + "\n",  # a control character
         GO_TEXT + "\n\u2014 PeterNeumann AAAA\n",  # shorter than a key ID and a signature
+        GO_TEXT + "\n\u2014 PeterNeumann " + GO_SIGNATURE + "\r\n",  # CRLF: newline only
     ],
 )
 def test_malformed_notes_are_refused(bad: str):
