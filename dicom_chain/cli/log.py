@@ -75,7 +75,6 @@ def prove_inclusion(
 ) -> None:
     """Prove that an event (by sequence number, or the receipt of --block) is in the log."""
     from dicom_chain.node import Node
-    from dicom_chain.tlog.checkpoint import open_signed
     from dicom_chain.tlog.store import EventTree
 
     if (event_seq is None) == (block_hash is None):
@@ -84,12 +83,7 @@ def prove_inclusion(
     node = Node.open(settings)
     try:
         tree = EventTree(node.ledger)
-        if checkpoint_file is not None:
-            signed = checkpoint_file.read_text(encoding="utf-8")
-            cp = open_signed(signed, node.key.public_key)
-            tree.grow()
-        else:
-            cp, signed = tree.checkpoint(node.key, settings.institution)
+        cp, signed = _ours_or_new(tree, node, settings.institution, checkpoint_file)
         seq = event_seq if event_seq is not None else _receipt_seq(node, str(block_hash))
         proof = tree.inclusion(seq, cp.size)
     finally:
@@ -103,6 +97,19 @@ def prove_inclusion(
         "proof": [_b64(p) for p in proof.proof],
     }
     _emit(json.dumps(document, indent=2) + "\n", output)
+
+
+def _ours_or_new(tree: Any, node: Any, institution: str, given: Path | None) -> tuple[Any, str]:
+    """The checkpoint in ``given`` (signed by this node's key, else NoteError), the tree grown to
+    hold it; with none given, a new one of the whole log."""
+    from dicom_chain.tlog.checkpoint import open_signed
+
+    if given is None:
+        return tree.checkpoint(node.key, institution)  # type: ignore[no-any-return]
+    signed = given.read_text(encoding="utf-8")
+    checkpoint = open_signed(signed, node.key.public_key)
+    tree.grow()
+    return checkpoint, signed
 
 
 def _receipt_seq(node: Any, block_hash: str) -> int:
@@ -124,21 +131,14 @@ def _receipt_seq(node: Any, block_hash: str) -> int:
 def prove_consistency(old: Path, new: Path | None, output: Path | None, **kwargs: Any) -> None:
     """Prove that the log at checkpoint OLD is a prefix of the log at NEW (default: now)."""
     from dicom_chain.node import Node
-    from dicom_chain.tlog.checkpoint import open_signed
     from dicom_chain.tlog.store import EventTree
 
     settings = settings_from(kwargs)
     node = Node.open(settings)
     try:
         tree = EventTree(node.ledger)
-        old_signed = old.read_text(encoding="utf-8")
-        first = open_signed(old_signed, node.key.public_key)
-        if new is not None:
-            new_signed = new.read_text(encoding="utf-8")
-            second = open_signed(new_signed, node.key.public_key)
-            tree.grow()
-        else:
-            second, new_signed = tree.checkpoint(node.key, settings.institution)
+        first, old_signed = _ours_or_new(tree, node, settings.institution, old)
+        second, new_signed = _ours_or_new(tree, node, settings.institution, new)
         if first.size > second.size:
             raise click.UsageError("OLD is larger than NEW")
         proof = tree.consistency(first.size, second.size)
