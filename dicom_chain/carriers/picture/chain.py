@@ -37,11 +37,11 @@ from dicom_chain.errors import (
     MalformedPictureError,
     MethodRefusedError,
     NoBlockError,
-    SignatureError,
     UnknownFormatError,
 )
 from dicom_chain.findings import Report
 from dicom_chain.keys import NodeKey
+from dicom_chain.verify import signer_holds
 from dicom_chain.vocab import FindingKind, Severity
 
 # Names a picture chain's id from the signer's key and the chain's name: the same name under the
@@ -259,13 +259,7 @@ def _check_picture(
         "height": h.height,
         "chain_id": h.chain_id,
     }
-    try:
-        block.verify_signature()
-    except SignatureError as exc:
-        report.add(err, FindingKind.BAD_SIGNATURE, str(exc), **loc)
-        return None
-    if trusted_keys is not None and block.public_key not in trusted_keys:
-        report.add(err, FindingKind.UNTRUSTED_KEY, f"signed by an unknown key {h.key_id}", **loc)
+    if not signer_holds(block, trusted_keys, report, loc):
         return None
     assert h.picture is not None  # read_block insists
     try:
