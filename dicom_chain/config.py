@@ -261,6 +261,52 @@ class Settings:
     metrics_host: str = field(
         default="127.0.0.1", metadata=about("Address the metrics port listens on.", show_default=True)
     )
+    # The transparency log's HTTP API (web/): the c2sp.org/tlog-witness add-checkpoint endpoint, our
+    # published checkpoint and proofs. Other institutions' nodes call it, so unlike /metrics it is
+    # meant to be reached: give it a certificate (--http-tls-cert) the others register with ours.
+    http_port: int = field(
+        default=0,
+        metadata=about("HTTPS port of the transparency log and witness API (0: off).", bounds=(0, MAX_PORT)),
+    )
+    http_host: str = field(
+        default="0.0.0.0", metadata=about("Address the log API listens on.", show_default=True)
+    )
+    http_tls_cert: Path | None = field(
+        default=None,
+        metadata=about(
+            "Certificate (PEM) the log API serves; without it, plain HTTP (tests and loopback only).",
+            path="file",
+            exists=True,
+        ),
+    )
+    http_tls_key: Path | None = field(
+        default=None, metadata=about("Private key of --http-tls-cert (PEM).", path="file", exists=True)
+    )
+    # One witness is enough to stop a log from showing a second history to that witness unseen;
+    # more (a majority of the institutions) make a published checkpoint hold against collusion.
+    witness_quorum: int = field(
+        default=1,
+        metadata=about(
+            "Cosignatures a checkpoint needs before it is published.", bounds=(0, 64), show_default=True
+        ),
+    )
+    # Five minutes: a release or a proof cites a checkpoint at most that old, and a round costs a
+    # few milliseconds and one request per witness (benchmarks/bench_tlog.py).
+    checkpoint_interval: int = field(
+        default=300,
+        metadata=about(
+            "Seconds between checkpoint rounds of serve (sign, gather cosignatures, publish).",
+            bounds=(1, 86400),
+            show_default=True,
+        ),
+    )
+    tsa: str | None = field(
+        default=None,
+        metadata=about(
+            "RFC 3161 time-stamping authority (URL) each published checkpoint is timestamped by.",
+            metavar="URL",
+        ),
+    )
     # An altered instance is evidence, not an image to read from: refused by default, so that a
     # workstation never shows it as the one received; "warn" sends it and says so (B000).
     serve_altered: str = field(

@@ -217,3 +217,9 @@ class Unwalkable(Exception):
 
 class NeedMore(Unwalkable):
     """A header lies past the bytes at hand (the whole file would tell)."""
+
+
+class TimestampError(DicomChainError):
+    """An RFC 3161 timestamp not obtained (TSA unreachable or refusing) or whose token does not hold."""
+
+    fault = Fault.REMOTE

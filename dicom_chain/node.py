@@ -43,7 +43,7 @@ from dicom_chain.qr.indexqueue import IndexQueue
 from dicom_chain.receipt import Receipt, Receipts
 from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
-from dicom_chain.sharing.service import adopt_policy, record_refusal
+from dicom_chain.sharing.service import adopt_policy, record_fault
 from dicom_chain.storage import PendingWrite, Spares, Storage, relative_path
 from dicom_chain.versions import versions_of
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome
@@ -301,7 +301,7 @@ class Node:
         except DicomChainError as exc:
             reason = f"block from {institution.name} refused: {exc}"
             refused = self._release_refused(item.identity, block, institution, actor, reason)
-            record_refusal(self, refused, institution.name)
+            record_fault(self, refused, institution.name)
             if isinstance(exc, SignatureError):
                 raise SignatureError(reason) from exc
             raise ContentHashError(reason) from exc

@@ -48,6 +48,8 @@ class EventType(StrEnum):
     IMAGES_EXPORTED = "images.exported"  # a study rendered as chained pictures (PNG, JPEG, TIFF)
     # a received instance gave its Patient ID a name, birth date or sex it had not had beside others
     PATIENT_IDENTITY_CONFLICT = "patient.identity-conflict"
+    # another institution's log showed two histories (a security event: both signed checkpoints kept)
+    LOG_SPLIT_VIEW = "log.split-view"
 
 
 class Outcome(StrEnum):

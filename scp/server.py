@@ -10,6 +10,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -310,8 +312,16 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run_server(settings: Settings) -> None:
-    """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return."""
+class Companion(Protocol):
+    """A service run beside the gateway on its node (the log API, web/server.py)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def run_server(settings: Settings, companions: Sequence[Callable[[Node], Companion]] = ()) -> None:
+    """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return.
+    ``companions`` make, from the node, services started after the gateway and stopped before it."""
     configure_logging(settings)
     try:
         node = Node.open(settings)
@@ -325,12 +335,19 @@ def run_server(settings: Settings) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        started: list[Companion] = []
         try:
             gateway.start()
+            for make in companions:
+                companion = make(node)
+                companion.start()
+                started.append(companion)
             tune_gc()
             while not stop.wait(SIGNAL_POLL_S):
                 pass
         finally:
+            for companion in reversed(started):
+                companion.stop()
             gateway.stop()
     finally:
         node.close()

@@ -6,7 +6,9 @@ to install it.
 
 from __future__ import annotations
 
+import datetime
 import glob
+import ipaddress
 import os
 import pwd
 import shutil
@@ -19,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_START_TIMEOUT_S = 60  # initdb + first start on a slow CI disk
@@ -377,3 +383,27 @@ def exchange(assoc: object, request: object, context_id: int) -> object:
     finally:
         assoc._reactor_checkpoint.set()  # type: ignore[attr-defined]
     return response
+
+
+def self_signed(folder: Path, name: str = "gw") -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 and its key (PEM files in ``folder``): what a
+    test server presents and its client trusts as the one certificate it knows."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path

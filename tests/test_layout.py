@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("dicom_chain", "scp")
+PACKAGES = ("dicom_chain", "scp", "web")
 # What only the application may use: the command line's toolkit and the network edge.
-APPLICATION_ONLY = ("click", "rich", "scp", "dicom_chain.cli")
+APPLICATION_ONLY = ("click", "rich", "scp", "web", "dicom_chain.cli", "starlette", "uvicorn", "httpx")
 
 
 def _module_name(path: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import signal
 import ssl
@@ -13,10 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -25,7 +20,7 @@ from dicom_chain.node import Node
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.verify import verify_node
 
-from .peers import GatewayProcess, free_port, process_running, require_tool, wait_until
+from .peers import GatewayProcess, free_port, process_running, require_tool, self_signed, wait_until
 
 
 @pytest.mark.dcmtk
@@ -102,29 +97,8 @@ def test_called_ae_titles_answered_are_a_setting(make_gateway):
     assert _echo_as(anyone, "WRONGAE") == (True, None)
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_path, key_path = tmp_path / "gw.pem", tmp_path / "gw.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_associations_work_and_plain_ones_do_not(make_gateway, tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     gateway = make_gateway(tls_cert=cert, tls_key=key)
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
     scu = AE(ae_title="TLS_SCU")
@@ -168,7 +142,7 @@ def test_tls_below_1_2_is_refused_by_the_gateway(tmp_path):
     from dicom_chain.config import Settings
     from scp.server import tls_context
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = tls_context(Settings(home=tmp_path, tls_cert=cert, tls_key=key))
     assert server is not None and server.minimum_version == ssl.TLSVersion.TLSv1_2
 

@@ -61,13 +61,14 @@ def test_a_stale_old_size_is_a_conflict_and_strangers_and_older_checkpoints_are_
     seen = w.add_checkpoint(None, 0, [], signed(src, 8), now=1).seen
     conflict = w.add_checkpoint(seen, 5, merkle.consistency_proof(src, 5, 12), signed(src, 12), now=2)
     assert conflict.kind == "conflict" and conflict.seen == seen
-    assert w.add_checkpoint(seen, 8, [], signed(src, 5), now=3).kind == "refused"
+    assert w.add_checkpoint(seen, 8, [], signed(src, 5), now=3).kind == "malformed"  # older than it knows
     assert (
         w.add_checkpoint(seen, 8, merkle.consistency_proof(src, 8, 12), signed(src, 12, STRANGER), now=4).kind
-        == "refused"
+        == "bad-signature"
     )
     other = Checkpoint("other.example/log", 3, merkle.root(src, 3)).sign(LOG)
-    assert "unknown log" in w.add_checkpoint(None, 0, [], other, now=5).reason
+    assert w.add_checkpoint(None, 0, [], other, now=5).kind == "unknown-log"
+    assert w.add_checkpoint(None, 0, [], "not a note", now=6).kind == "malformed"
 
 
 def test_two_roots_at_one_size_or_a_rewritten_history_are_a_split_view_with_evidence():

@@ -33,7 +33,13 @@ def serve(**kwargs: Any) -> None:
     """Run the gateway: receive, chain, store durably, forward; SIGTERM stops it cleanly."""
     from scp.server import run_server  # the core stays importable without the network
 
-    run_server(settings_from(kwargs))
+    settings = settings_from(kwargs)
+    companions = []
+    if settings.http_port:
+        from web.server import LogService
+
+        companions.append(lambda node: LogService(node, settings))
+    run_server(settings, companions)
 
 
 @click.group(invoke_without_command=True)

@@ -72,7 +72,13 @@ def institution() -> None:
     "--tls-cert",
     "peer_tls_cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Its gateway's TLS certificate (PEM).",
+    help="Its gateway's TLS certificate (PEM); its log's HTTPS server is trusted by the same one.",
+)
+@click.option(
+    "--log-url",
+    default="",
+    metavar="https://HOST:PORT",
+    help="Where its node's transparency log answers ('serve --http-port'): we witness it, it witnesses us.",
 )
 def institution_add(
     name: str,
@@ -81,6 +87,7 @@ def institution_add(
     peer_port: int,
     public_key: Path,
     peer_tls_cert: Path | None,
+    log_url: str,
     **kwargs: Any,
 ) -> None:
     """Register an institution (an event on the ledger)."""
@@ -94,6 +101,7 @@ def institution_add(
             port=peer_port,
             public_key_file=public_key,
             tls_cert=peer_tls_cert,
+            log_url=log_url,
             actor=_actor(),
             now=_now(None),
         )

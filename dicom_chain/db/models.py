@@ -301,6 +301,8 @@ class InstitutionRow(Base):
     tls_cert: Mapped[str] = mapped_column(Text)  # PEM, or "" when the link is not TLS
     added_at: Mapped[str] = mapped_column(String(32))
     removed_at: Mapped[str | None] = mapped_column(String(32), nullable=True)  # None while registered
+    # Where its node's transparency log and witness answer over HTTPS (web/), or "": not watched
+    log_url: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class OriginBlockRow(Base):
@@ -346,3 +348,41 @@ class MerkleHeadRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+class WitnessedLogRow(Base):
+    """The latest checkpoint this node, as a witness, cosigned of another institution's log: a
+    newer one is cosigned only with a consistency proof from it (tlog/witnessing.py)."""
+
+    __tablename__ = "witnessed_logs"
+
+    origin: Mapped[str] = mapped_column(String(255), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(64))  # its name in our registry
+    size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    signed: Mapped[str] = mapped_column(Text)  # the log's signed note, as received: evidence
+    updated_at: Mapped[str] = mapped_column(String(32))
+
+
+class LogCosignatureRow(Base):
+    """The latest cosignature each witness (a registered institution) gave our log: the size a
+    request to it proves consistency from (tlog/publishing.py)."""
+
+    __tablename__ = "log_cosignatures"
+
+    witness: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    line: Mapped[str] = mapped_column(Text)  # the cosignature's note line
+    updated_at: Mapped[str] = mapped_column(String(32))
+
+
+class PublishedCheckpointRow(Base):
+    """A checkpoint of our log cosigned by a quorum of witnesses: what we show others."""
+
+    __tablename__ = "published_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    signed: Mapped[str] = mapped_column(Text)  # our signature and the witnesses' cosignatures
+    cosigners: Mapped[int] = mapped_column(Integer)
+    published_at: Mapped[str] = mapped_column(String(32))
+    timestamp: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # RFC 3161 token

@@ -80,6 +80,7 @@ FACT_TYPES = frozenset({
     EventType.RELEASE_GRANTED, EventType.RELEASE_DENIED,
     EventType.RELEASE_RECEIVED, EventType.RELEASE_REFUSED,
     EventType.PATIENT_RESEARCH_OPT_IN, EventType.PATIENT_RESEARCH_OPT_OUT,
+    EventType.LOG_SPLIT_VIEW,
 })  # fmt: skip
 # Why a release was denied, recorded in its details ("grounds"): scores read the consent one.
 GROUND_INSTITUTION = "institution"

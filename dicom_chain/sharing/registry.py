@@ -23,6 +23,7 @@ from dicom_chain.vocab import EventType
 NAME_CHARS = 64  # the column's width: an institution's name as people type it
 AE_TITLE_CHARS = 16  # PS3.5 6.2: an AE title has at most 16 characters
 MAX_PORT = 65535  # TCP
+URL_CHARS = 255  # the column's width: a scheme, a host name (at most 253) and a port
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Institution:
     tls_cert: str  # PEM, or ""
     added_at: str
     removed_at: str | None = None
+    log_url: str = ""  # its transparency log's HTTPS address (web/), or "": its log is not watched
 
     @property
     def active(self) -> bool:
@@ -51,6 +53,7 @@ class Institution:
             "key_id": self.key_id,
             "public_key": self.public_key.hex(),
             "tls_cert": self.tls_cert,
+            **({"log_url": self.log_url} if self.log_url else {}),
         }
 
     @classmethod
@@ -65,6 +68,7 @@ class Institution:
             row.tls_cert,
             row.added_at,
             row.removed_at,
+            row.log_url or "",
         )
 
 
@@ -94,6 +98,7 @@ class Registry:
         port: int,
         public_key_file: Path,
         tls_cert: Path | None = None,
+        log_url: str = "",
         actor: str,
         now: str,
     ) -> Institution:
@@ -105,10 +110,13 @@ class Registry:
             raise SharingError(f"AE title {ae_title!r}: 1 to {AE_TITLE_CHARS} characters")
         if not 1 <= port <= MAX_PORT:
             raise SharingError(f"port {port}: must be 1 to {MAX_PORT}")
+        if log_url and (not log_url.startswith(("https://", "http://")) or len(log_url) > URL_CHARS):
+            raise SharingError(f"log URL {log_url!r}: https://HOST:PORT, at most {URL_CHARS} characters")
         public = load_public_key(public_key_file)
         inst = Institution(
-            name, ae_title, host, port, key_id_for(public), public, read_tls_cert(tls_cert), now
-        )
+            name, ae_title, host, port, key_id_for(public), public, read_tls_cert(tls_cert), now,
+            log_url=log_url.rstrip("/"),
+        )  # fmt: skip
         with self.ledger.db.writing() as session:
             self.ledger.lock_event_head(session)
             if session.get(InstitutionRow, name) is not None:
@@ -128,6 +136,7 @@ class Registry:
                     public_key=public.hex(),
                     tls_cert=inst.tls_cert,
                     added_at=now,
+                    log_url=inst.log_url,
                 )
             )
             self._record(session, EventType.INSTITUTION_ADDED, inst, actor)

@@ -69,7 +69,7 @@ def concerns(event: Event, party: str, name: str) -> bool:
         return event.patient_id == name
     if event.type in (EventType.RELEASE_GRANTED, EventType.RELEASE_DENIED):
         return d.get("to") == name
-    if event.type in (EventType.RELEASE_RECEIVED, EventType.RELEASE_REFUSED):
+    if event.type in (EventType.RELEASE_RECEIVED, EventType.RELEASE_REFUSED, EventType.LOG_SPLIT_VIEW):
         return any(d.get(k) == name for k in SENDER_KEYS)
     return False
 

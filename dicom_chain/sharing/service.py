@@ -123,14 +123,19 @@ def decide_release(
     return decision
 
 
-def record_refusal(host: SharingHost, draft: EventDraft, sender: str) -> None:
-    """A release refused on receipt (``release.refused``, naming ``sender``), with the notice of
-    the sender's score change it causes, in one transaction."""
-    with host.db.writing() as session:
-        host.ledger.lock_event_head(session)
-        event = append_event(session, host.key, draft)
-        before = facts_io.load(host.ledger, session, before_seq=event.seq).events
-        note_score_changes(host, session, before, event, [(scores.INSTITUTION, sender)], actor=draft.actor)
+def record_fault(
+    host: SharingHost, draft: EventDraft, institution: str, session: Session | None = None
+) -> Event:
+    """An institution's fault (a release refused on receipt, a log caught showing two histories),
+    with the notice of the score change it causes, in one transaction (``session``'s, if given)."""
+    if session is None:
+        with host.db.writing() as own:
+            return record_fault(host, draft, institution, own)
+    host.ledger.lock_event_head(session)
+    event = append_event(session, host.key, draft)
+    before = facts_io.load(host.ledger, session, before_seq=event.seq).events
+    note_score_changes(host, session, before, event, [(scores.INSTITUTION, institution)], actor=draft.actor)
+    return event
 
 
 SCORE_NOTICE_PLACES = 1  # a notice is recorded when the score as shown (one decimal) moves

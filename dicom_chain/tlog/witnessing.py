@@ -1,0 +1,190 @@
+"""This node as a witness of the institutions it shares with: the pure witness (tlog/witness.py)
+with its state in the database and its findings on the ledger.
+
+The logs watched are the registered institutions': an origin ``<key ID>.dicom-chain/<name>``
+names its key by ID, and the registry holds that key (the name after the slash is the log's own
+choice, so it is not what we match on). What was last cosigned of each is a row
+(``witnessed_logs``), read and replaced in the transaction that judges the next checkpoint, so two
+requests at once cannot both advance it (c2sp.org/tlog-witness asks for that atomicity). A split
+view is a ``log.split-view`` event naming the institution, with both signed checkpoints and the
+proof offered as evidence; the policy's effect on the institution's score follows in the same
+transaction. It is recorded once per state it departs from: a log that keeps offering checkpoints
+that cannot extend what it showed is one fault, not one per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_chain.block import utc_now
+from dicom_chain.db.database import Database
+from dicom_chain.db.models import WitnessedLogRow
+from dicom_chain.errors import NoteError
+from dicom_chain.events import EventDraft
+from dicom_chain.keys import NodeKey
+from dicom_chain.ledger import Ledger
+from dicom_chain.sharing.policyfile import Policy
+from dicom_chain.sharing.registry import Institution, Registry
+from dicom_chain.sharing.service import record_fault
+from dicom_chain.tlog import note
+from dicom_chain.tlog.checkpoint import Checkpoint
+from dicom_chain.tlog.witness import Outcome, Seen, Witness
+from dicom_chain.vocab import EventType
+from dicom_chain.vocab import Outcome as EventOutcome
+
+ORIGIN_MARK = ".dicom-chain/"  # between the key ID and the name in our logs' origins (tlog/checkpoint.py)
+
+
+def witness_name(key_id: str) -> str:
+    """The name a node cosigns under: derived from its key alone, so the log it cosigns can find
+    the witness's key in its own registry whatever either calls the other."""
+    return f"{key_id}{ORIGIN_MARK}witness"
+
+
+class WitnessHost(Protocol):
+    """What the desk needs of a node (``node.Node`` is one)."""
+
+    ledger: Ledger
+    key: NodeKey
+    db: Database
+    policy: Policy
+
+
+class RegisteredLogs(Mapping[str, bytes]):
+    """Origin -> public key of every registered institution, found by the key ID the origin starts with."""
+
+    def __init__(self, institutions: list[Institution]) -> None:
+        self.by_key_id = {i.key_id: i for i in institutions if i.active}
+
+    def institution(self, origin: str) -> Institution | None:
+        key_id, mark, _ = origin.partition(ORIGIN_MARK)
+        return self.by_key_id.get(key_id) if mark else None
+
+    def __getitem__(self, origin: str) -> bytes:
+        found = self.institution(origin)
+        if found is None:
+            raise KeyError(origin)
+        return found.public_key
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(f"{k}{ORIGIN_MARK}{i.name}" for k, i in self.by_key_id.items())
+
+    def __len__(self) -> int:
+        return len(self.by_key_id)
+
+
+@dataclass(frozen=True)
+class Judged:
+    outcome: Outcome
+    institution: str = ""  # whose log, by our registry's name ("" when not one we know)
+    event_seq: int = 0  # the log.split-view event recorded, if this request caused one
+
+
+class WitnessDesk:
+    def __init__(self, host: WitnessHost) -> None:
+        self.host = host
+
+    @property
+    def name(self) -> str:
+        return witness_name(self.host.key.key_id)
+
+    def seen(self, origin: str) -> Seen | None:
+        with self.host.db.reading() as session:
+            row = session.get(WitnessedLogRow, origin)
+            return Seen(row.size, row.root, row.signed) if row is not None else None
+
+    def add_checkpoint(self, old_size: int, proof: list[bytes], signed: str, *, actor: str) -> Judged:
+        """Judge a checkpoint offered with a consistency proof from ``old_size`` (c2sp.org/tlog-
+        witness add-checkpoint); cosigned, the new state is kept; a split view is recorded."""
+        logs = RegisteredLogs(Registry(self.host.ledger, None).all())
+        witness = Witness(self.name, self.host.key, logs)
+        origin = _origin(signed)
+        institution = logs.institution(origin) if origin else None
+        with self.host.db.writing() as session:
+            row = _locked(session, origin) if origin else None
+            seen = Seen(row.size, row.root, row.signed) if row is not None else None
+            outcome = witness.add_checkpoint(seen, old_size, proof, signed, int(time.time()))
+            judged = Judged(outcome, institution.name if institution else "")
+            if outcome.kind == "cosigned" and outcome.seen is not None and institution is not None:
+                _keep(session, row, origin, institution.name, outcome.seen)
+            elif outcome.kind == "split-view" and institution is not None and seen is not None:
+                name = institution.name
+                seq = self._split_view(session, name, origin, seen, old_size, proof, outcome, actor)
+                judged = Judged(outcome, institution.name, seq)
+        return judged
+
+    def _split_view(
+        self,
+        session: Session,
+        institution: str,
+        origin: str,
+        seen: Seen,
+        old_size: int,
+        proof: list[bytes],
+        outcome: Outcome,
+        actor: str,
+    ) -> int:
+        departed = _departure(origin, seen)
+        for earlier in self.host.ledger.events_of_types([EventType.LOG_SPLIT_VIEW]):
+            if earlier.details.get("departs_from") == departed:
+                return 0  # already on the record: one fault per state the log departs from
+        assert outcome.evidence is not None
+        draft = EventDraft(
+            type=EventType.LOG_SPLIT_VIEW,
+            outcome=EventOutcome.MAJOR_FAILURE,
+            actor=actor,
+            reason=f"{institution}: {outcome.reason}",
+            details={
+                "institution": institution,
+                "origin": origin,
+                "departs_from": departed,
+                "cosigned_size": seen.size,
+                "evidence": {
+                    "type": "split-view",
+                    "old": outcome.evidence[0],
+                    "new": outcome.evidence[1],
+                    "old_size": old_size,
+                    "proof": [base64.b64encode(p).decode("ascii") for p in proof],
+                },
+            },
+        )
+        return record_fault(self.host, draft, institution, session).seq
+
+
+def _origin(signed: str) -> str:
+    try:
+        text, _ = note.parse(signed)
+        return Checkpoint.parse(text).origin
+    except NoteError:  # the witness itself says why it is malformed
+        return ""
+
+
+def _departure(origin: str, seen: Seen) -> str:
+    """Names the cosigned state a split view departs from (origin, size and root), for dedup."""
+    return hashlib.sha256(f"{origin}\n{seen.size}\n{seen.root.hex()}".encode()).hexdigest()
+
+
+def _locked(session: Session, origin: str) -> WitnessedLogRow | None:
+    stmt = select(WitnessedLogRow).where(WitnessedLogRow.origin == origin)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt).first()
+
+
+def _keep(session: Session, row: WitnessedLogRow | None, origin: str, institution: str, seen: Seen) -> None:
+    now = utc_now()
+    if row is None:
+        session.add(WitnessedLogRow(
+            origin=origin, institution=institution, size=seen.size, root=seen.root, signed=seen.signed,
+            updated_at=now,
+        ))  # fmt: skip
+    else:
+        row.size, row.root, row.signed, row.updated_at = seen.size, seen.root, seen.signed, now

@@ -1,0 +1,1 @@
+"""The HTTP edge: the transparency log's API and its clients."""
