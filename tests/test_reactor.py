@@ -29,8 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicom_chain.synthetic import StudySpec, ct_study
 from scp import reactor
 
-from .peers import free_port, wait_until
-from .test_server import _self_signed
+from .peers import free_port, self_signed, wait_until
 
 DEADLINE_S = 20.0  # generous for a loaded 2-core CI box; a missed wake-up waits 60 s
 SMALL_PDU = 16_384  # storescu's default: a 2 MB instance arrives as ~130 P-DATA-TF PDUs
@@ -356,7 +355,7 @@ def test_two_pdus_in_one_write_are_both_served(tls: bool, make_gateway, tmp_path
     without the peer sending anything more (a missed wake-up here waits 60 s)."""
     settings = {}
     if tls:
-        cert, key = _self_signed(tmp_path)
+        cert, key = self_signed(tmp_path)
         settings = {"tls_cert": cert, "tls_key": key}
     gateway = make_gateway(**settings)
     assert getattr(gateway.ae, "_event_reactor", False)

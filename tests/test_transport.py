@@ -27,8 +27,7 @@ from dicom_chain.node import Node
 from scp.server import MAX_PDU_BYTES
 from scp.transport import ABORT_INVALID_PARAMETER, GuardedSocket, Limits, RejectionLog
 
-from .peers import GatewayProcess, free_port, require_tool, wait_until
-from .test_server import _self_signed
+from .peers import GatewayProcess, free_port, require_tool, self_signed, wait_until
 
 ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to loopback: another host, as the gateway sees it
 LEGIT_DEADLINE_S = 10.0  # "a few seconds", generous for a loaded 2-core CI box
@@ -94,7 +93,7 @@ def echo_within(port: int, seconds: float) -> float | None:
 def test_an_idle_tcp_connection_does_not_block_tls_clients(make_gateway, tmp_path: Path):
     """pynetdicom shakes hands on the accepting thread with no timeout: one silent socket on the
     TLS port held every other TLS client out for as long as it stayed open."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     gateway = make_gateway(tls_cert=cert, tls_key=key, tls_handshake_deadline=TEST_PDU_DEADLINE_S)
     port = gateway.settings.port
     idle = attacker_socket(port)  # connects and says nothing

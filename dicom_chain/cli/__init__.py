@@ -19,6 +19,7 @@ from dicom_chain.cli.log import log_group
 from dicom_chain.cli.node import ingest, status
 from dicom_chain.cli.options import config_option
 from dicom_chain.cli.patient import patient
+from dicom_chain.cli.prove import prove_group
 from dicom_chain.cli.release import release
 from dicom_chain.cli.research import research_export
 from dicom_chain.cli.serve import demo, forward, serve
@@ -54,5 +55,6 @@ for command in (
     imagechain,
     export_images,
     log_group,
+    prove_group,
 ):
     main.add_command(command)
