@@ -8,6 +8,7 @@ it). The node knows no file format: carriers (``dicom_chain.carriers``) do.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from dicom_chain.errors import (
     MalformedBlockError,
     NoBlockError,
     NotDicomError,
+    NoteError,
     PathTakenError,
     SignatureError,
     VersionRefused,
@@ -47,6 +49,11 @@ from dicom_chain.sharing.service import adopt_policy, record_fault
 from dicom_chain.storage import PendingWrite, Spares, Storage, relative_path
 from dicom_chain.versions import versions_of
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome
+
+log = logging.getLogger("dicom_chain.node")
+# Checkpoints carried by releases already judged, kept in memory: a study's instances all carry
+# the same one, and judging it again would only ask the database what it just answered.
+JUDGED_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class Node:
         self.intents = Intents(self.db, self.locks, journal_folder(storage.root))
         self.receipts = Receipts(ledger, self.outbox, self.intents, storage)
         self.index_queue = IndexQueue(self.db, key)
+        self._judged: set[str] = set()  # checkpoints carried by releases, judged (_judge_checkpoint)
 
     @classmethod
     def open(cls, settings: Settings) -> Node:
@@ -149,6 +157,8 @@ class Node:
         ids = item.identity
         digest = item.content_hash
         sender = self.sender(item, actor)
+        # read before our block replaces the sender's (and the checkpoint in it)
+        carried = item.carried.sender_checkpoint() if sender is not None else ""
         timing.mark("sender")
         # Before the lock (CPU), so a carrier that cannot give them fails before anything is kept;
         # formats without a query model are not in the index.
@@ -240,6 +250,8 @@ class Node:
             if record is not None:  # after the commit, off the response's path (indexqueue.py)
                 self.index_queue.put(IndexEntry(record, block, rel, version, actor))
                 timing.mark("index.queue")
+            if sender is not None and carried:
+                self._judge_checkpoint(carried, sender, actor)
             return IngestResult(outcome, block, self.storage.path(rel), version, item.anomalies)
         finally:
             if written is not None and pending is not None:
@@ -306,6 +318,33 @@ class Node:
                 raise SignatureError(reason) from exc
             raise ContentHashError(reason) from exc
         return Sender(institution, block)
+
+    def _judge_checkpoint(self, request: str, sender: Sender, actor: str) -> None:
+        """A release's checkpoint, judged as a witness would (tlog/witnessing.py): a log that shows
+        us a history its earlier checkpoint does not extend is recorded, and its score falls. Once
+        per distinct checkpoint (a study's instances all carry the same); a garbled one harms
+        nothing but itself, and the instance is kept either way: its block was checked already."""
+        if request in self._judged:
+            return
+        if len(self._judged) >= JUDGED_KEPT:
+            self._judged.clear()
+        self._judged.add(request)
+        from dicom_chain.tlog.witness import parse_request
+        from dicom_chain.tlog.witnessing import WitnessDesk
+
+        try:
+            old_size, proof, signed = parse_request(request.encode("utf-8"))
+        except NoteError as exc:
+            log.warning(
+                "checkpoint carried by a release from %s unreadable: %s", sender.institution.name, exc
+            )
+            return
+        judged = WitnessDesk(self).add_checkpoint(old_size, proof, signed, actor=actor)
+        if judged.outcome.kind != "cosigned":
+            log.warning(
+                "checkpoint carried by a release from %s: %s (%s)",
+                sender.institution.name, judged.outcome.kind, judged.outcome.reason,
+            )  # fmt: skip
 
     def _item_event(
         self, kind: EventType, ids: Identity, actor: str, reason: str, details: dict, outcome: Outcome

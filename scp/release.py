@@ -20,6 +20,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_chain.block import utc_now
+from dicom_chain.carriers.dicom.embedding import attach_checkpoint
 from dicom_chain.errors import ReleaseDenied
 from dicom_chain.node import Node
 from dicom_chain.qr import index
@@ -29,6 +30,7 @@ from dicom_chain.qr.runs import RetrieveItem
 from dicom_chain.sharing.policy import ReleaseDecision
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import decide_release
+from dicom_chain.tlog.publishing import carried_request, carried_to
 from dicom_chain.verify import stored_file_fault
 from dicom_chain.vocab import SubOperation
 
@@ -123,14 +125,20 @@ def send_study(node: Node, institution: Institution, items: Iterable[RetrieveIte
     if not assoc.is_established:
         reason = f"association with {institution.ae_title}@{institution.host}:{institution.port} failed"
         return [Sent(i.sop_instance_uid, None, SubOperation.FAILURE, reason) for i in items]
+    carried = carried_request(node, node.settings.institution, institution)
     try:
-        return [_send(node, assoc, item) for item in items]
+        sent = [_send(node, assoc, item, carried) for item in items]
     finally:
         if assoc.is_established:
             assoc.release()
+    if any(s.outcome == SubOperation.SUCCESS for s in sent):
+        carried_to(node, institution, carried)
+    return sent
 
 
-def _send(node: Node, assoc: Association, item: RetrieveItem) -> Sent:
+def _send(node: Node, assoc: Association, item: RetrieveItem, carried: str = "") -> Sent:
+    """One instance, carrying our checkpoint (``carried``, tlog/publishing.carried_request) in its
+    block for the receiver to judge as a witness would."""
     uid = item.sop_instance_uid
     if not assoc.is_established:
         return Sent(uid, None, SubOperation.FAILURE, "association lost")
@@ -143,8 +151,12 @@ def _send(node: Node, assoc: Association, item: RetrieveItem) -> Sent:
     if fault:
         return Sent(uid, None, SubOperation.FAILURE, f"not released: {fault}")
     try:
-        payload = path if how is Sending.AS_STORED else pydicom.dcmread(path)
-        response = assoc.send_c_store(payload)  # as stored: our block travels in the file
+        if carried:  # the file as stored, our checkpoint added to its block
+            payload: Path | pydicom.Dataset = pydicom.dcmread(path)
+            attach_checkpoint(payload, carried)
+        else:
+            payload = path if how is Sending.AS_STORED else pydicom.dcmread(path)
+        response = assoc.send_c_store(payload)  # our block travels in the file
     except (OSError, ValueError, RuntimeError) as exc:
         return Sent(uid, None, SubOperation.FAILURE, str(exc))
     status = int(getattr(response, "Status", -1)) if response is not None and len(response) else None

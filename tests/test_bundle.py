@@ -90,9 +90,12 @@ def _cosign(world: World) -> None:
     """B witnesses A's log; A publishes the checkpoint B cosigned."""
     publisher = Publisher(world.a.node, "Hospital A", quorum=1)
     cp, signed = publisher.checkpoint()
-    judged = WitnessDesk(world.b.node).add_checkpoint(0, [], signed, actor="test")
-    assert judged.outcome.kind == "cosigned" and judged.outcome.cosignature is not None
     [witness] = [i for i in Registry(world.a.node.ledger, None).all() if i.name == "Hospital B"]
+    old = publisher.last_cosigned(witness)  # B saw A's log at this size: the release carried it
+    assert old > 0
+    proof = publisher.tree.consistency(old, cp.size)
+    judged = WitnessDesk(world.b.node).add_checkpoint(old, proof, signed, actor="test")
+    assert judged.outcome.kind == "cosigned" and judged.outcome.cosignature is not None
     line = publisher.accept(witness, cp, signed, judged.outcome.cosignature.line())
     assert publisher.publish(cp, signed, [line]) is not None
 

@@ -13,6 +13,7 @@ from dicom_chain.carriers.dicom.privatetags import (
     ELEMENTS,
     PRIVATE_CREATOR,
     QUERY_ELEMENTS,
+    RELEASE_ELEMENTS,
     dcmtk_dictionary,
 )
 from dicom_chain.config import Settings
@@ -46,7 +47,8 @@ def test_dictionary_lines_name_every_element_with_its_vr():
         assert match, line
         assert int(match[1], 16) == CHAIN_GROUP and match[2] == PRIVATE_CREATOR and kind == "PrivateTag"
         entries[int(match[3], 16)] = (vr, vm, keyword)
-    assert entries == {k: (v[0], v[1], v[3]) for k, v in (ELEMENTS | QUERY_ELEMENTS).items()}
+    every = ELEMENTS | QUERY_ELEMENTS | RELEASE_ELEMENTS
+    assert entries == {k: (v[0], v[1], v[3]) for k, v in every.items()}
 
 
 def test_dcmdump_names_our_fields_with_the_dictionary(tmp_path):

@@ -379,3 +379,54 @@ def test_release_command_sends_the_study_as_stored_when_allowed(tmp_path):
     for path in (tmp_path / "b" / "storage").rglob("*.dcm"):
         origin = DICOM.open(path.read_bytes()).read_block().header.origin
         assert origin is not None and origin.institution == "HOSPITAL_A"
+
+
+def test_a_release_carries_the_senders_checkpoint_and_a_rewritten_history_is_caught(tmp_path):
+    """The receiver judges the checkpoint a release carries as a witness would: the first is
+    taken as what it knows of the sender's log, the next must extend it; the sender's history
+    rewritten (and re-signed) in between is a split view on the receiver's record."""
+    from dicom_chain.block import utc_now
+    from dicom_chain.db.models import WitnessedLogRow
+    from dicom_chain.sharing.service import grant_consent, score
+    from dicom_chain.tlog.checkpoint import open_signed
+    from scp.release import release_study
+
+    from .gateways import InProcessGateway
+    from .history import rewrite_history
+
+    a = _open(tmp_path / "a", "HOSPITAL_A")
+    b = InProcessGateway(_open(tmp_path / "b", "HOSPITAL_B"))
+    b.settings = dataclasses.replace(b.settings, ae_title="HB_GW", host="127.0.0.1", port=free_port())
+    b.start()
+    try:
+        for me, other, ae, port in ((a, b.node, "HB_GW", b.settings.port), (b.node, a, "HA_GW", 1)):
+            pem = tmp_path / f"{other.settings.institution}.pem"
+            pem.write_text(other.key.public_pem())
+            Registry(me.ledger, me.key).add(
+                other.settings.institution, ae_title=ae, host="127.0.0.1", port=port, public_key_file=pem,
+                actor="t", now=utc_now(),
+            )  # fmt: skip
+        files = sorted(SAMPLE_STUDY.glob("*.dcm"))
+        first = a.ingest_file(files[0])
+        study = first.block.header.study_instance_uid
+        patient = pydicom.dcmread(files[0]).PatientID
+        grant_consent(a, patient_id=patient, to="HOSPITAL_B", until="2099-01-01", actor="t", now=utc_now())
+        done = release_study(a, study, "HOSPITAL_B", purpose="treatment", actor="t")
+        assert done.decision.allowed and [s.status for s in done.sent] == [0], done.sent
+        with b.node.db.reading() as session:
+            [seen] = session.query(WitnessedLogRow).all()
+        assert open_signed(seen.signed, a.key.public_key).size == seen.size > 0
+        assert seen.institution == "HOSPITAL_A"
+
+        rewrite_history(a, 3, "nothing to see")  # an insider rewrites A's log and re-signs it
+        a.ingest_file(files[1])
+        before = score(b.node, "institution", "HOSPITAL_A", utc_now()).value
+        assert release_study(a, study, "HOSPITAL_B", purpose="treatment", actor="t").decision.allowed
+        [fault] = _events(b.node, EventType.LOG_SPLIT_VIEW)
+        assert fault.details["institution"] == "HOSPITAL_A"
+        assert fault.details["evidence"]["old"] == seen.signed
+        assert score(b.node, "institution", "HOSPITAL_A", utc_now()).value <= before - 30
+    finally:
+        b.stop()
+        b.node.close()
+        a.close()

@@ -281,3 +281,62 @@ def test_nothing_listening_gives_timestamp_error() -> None:
     with pytest.raises(TimestampError) as caught:
         request_timestamp(url, NOTE, timeout_s=5.0)
     assert url in str(caught.value)
+
+
+def test_the_log_commands_timestamp_a_checkpoint_and_check_it_offline(tsa: LocalTsa, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dicom_chain.cli import main
+
+    home = ["--home", str(tmp_path / "node")]
+    runner = CliRunner()
+    checkpoint, token = tmp_path / "cp.txt", tmp_path / "cp.tsr"
+    assert runner.invoke(main, ["log", "checkpoint", *home, "--output", str(checkpoint)]).exit_code == 0
+    made = runner.invoke(
+        main, ["log", "timestamp", str(checkpoint), "--tsa", tsa.url, "--output", str(token)]
+    )
+    assert made.exit_code == 0, made.output
+    cert = tmp_path / "tsa.pem"
+    cert.write_bytes(tsa.certificate_pem)
+    checked = runner.invoke(
+        main, ["log", "verify-timestamp", str(checkpoint), str(token), "--tsa-cert", str(cert)]
+    )
+    assert checked.exit_code == 0 and tsa.subject in checked.output, checked.output
+    checkpoint.write_text(checkpoint.read_text().replace("\n", "\n\n", 1))  # another text than the one dated
+    again = runner.invoke(
+        main, ["log", "verify-timestamp", str(checkpoint), str(token), "--tsa-cert", str(cert)]
+    )
+    assert again.exit_code == 1 and "BROKEN" in again.output
+
+
+def test_a_published_checkpoint_is_timestamped_and_its_bundle_carries_the_token(
+    tsa: LocalTsa, tmp_path: Path
+) -> None:
+    import pydicom
+
+    from dicom_chain.carriers.dicom.carrier import item_from_dataset
+    from dicom_chain.config import Settings
+    from dicom_chain.node import Node
+    from dicom_chain.tlog import bundle
+    from dicom_chain.tlog.publishing import Publisher, latest_published
+    from web.publish import publish_round
+
+    from .conftest import SAMPLE_STUDY
+
+    node = Node.open(Settings(home=tmp_path / "n", institution="Hospital T"))
+    try:
+        ds = pydicom.dcmread(sorted(SAMPLE_STUDY.glob("*.dcm"))[0])
+        node.ingest(item_from_dataset(ds))
+        done = publish_round(Publisher(node, "Hospital T", quorum=0), tsa.url)
+        assert done.published is not None and done.published.timestamp
+        published = latest_published(node)
+        assert published is not None and published.timestamp == done.published.timestamp
+        doc = bundle.build(node, "Hospital T", str(ds.SOPInstanceUID))
+        checked = bundle.check(doc, node.key.public_key, tsa_certificate=tsa.certificate_pem)
+        assert checked.ok and any(line.startswith("timestamped by") for line in checked.lines), checked.lines
+        ca = (tsa.home / "ca.pem").read_bytes()  # the CA that issued the TSA's certificate is not the TSA
+        assert not bundle.check(doc, node.key.public_key, tsa_certificate=ca).ok
+        down = publish_round(Publisher(node, "Hospital T", quorum=0), tsa.strict_url)  # a TSA refusing
+        assert down.published is not None and not down.published.timestamp  # published all the same
+    finally:
+        node.close()

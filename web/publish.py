@@ -8,6 +8,7 @@ round goes on with the others, and the checkpoint is published if enough answere
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from dicom_chain.errors import DicomChainError
 from dicom_chain.sharing.registry import Institution
 from dicom_chain.tlog import note
 from dicom_chain.tlog.checkpoint import Checkpoint
-from dicom_chain.tlog.publishing import Published, Publisher
+from dicom_chain.tlog.publishing import Published, Publisher, keep_timestamp
+
+from .tsa import request_timestamp
 
 log = logging.getLogger("dicom_chain.web")
 # A witness answers from one database transaction: seconds mean it is in trouble, and a round
@@ -59,7 +62,9 @@ def ask(publisher: Publisher, witness: Institution, cp: Checkpoint, signed: str)
     raise DicomChainError("the witness's size changed twice during one request")
 
 
-def publish_round(publisher: Publisher) -> Round:
+def publish_round(publisher: Publisher, tsa: str | None = None) -> Round:
+    """Sign, gather, publish; with ``tsa``, the published checkpoint is timestamped (RFC 3161):
+    a TSA that fails leaves it published without a token, and says so in the log."""
     cp, signed = publisher.checkpoint()
     result = Round(cp.size)
     lines = []
@@ -73,4 +78,11 @@ def publish_round(publisher: Publisher) -> Round:
                 "witness %s did not cosign size %d: %s", witness.name, cp.size, result.failed[witness.name]
             )
     result.published = publisher.publish(cp, signed, lines)
+    if result.published is not None and tsa:
+        try:
+            token = request_timestamp(tsa, result.published.signed.encode("utf-8"))
+            keep_timestamp(publisher.host, cp.size, token)
+            result.published = dataclasses.replace(result.published, timestamp=token)
+        except DicomChainError as exc:
+            log.warning("checkpoint %d not timestamped: %s", cp.size, exc)
     return result

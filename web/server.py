@@ -68,8 +68,9 @@ class LogServer:
 class Checkpointer:
     """A round now and every ``interval_s`` seconds, until stopped."""
 
-    def __init__(self, publisher: Publisher, interval_s: float) -> None:
+    def __init__(self, publisher: Publisher, interval_s: float, tsa: str | None = None) -> None:
         self.publisher = publisher
+        self.tsa = tsa
         self.interval_s = interval_s
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
@@ -77,7 +78,7 @@ class Checkpointer:
     def _run(self) -> None:
         while not self.stopping.is_set():
             try:
-                done = publish_round(self.publisher)
+                done = publish_round(self.publisher, self.tsa)
                 log.info(
                     "checkpoint size=%d cosigned_by=%s published=%s",
                     done.size, ",".join(done.cosigned_by) or "-", bool(done.published),
@@ -106,7 +107,7 @@ class LogService:
             keyfile=str(settings.http_tls_key or ""),
         )
         publisher = Publisher(node, settings.institution, settings.witness_quorum)
-        self.rounds = Checkpointer(publisher, settings.checkpoint_interval)
+        self.rounds = Checkpointer(publisher, settings.checkpoint_interval, settings.tsa)
 
     def start(self) -> None:
         self.api.start()

@@ -78,6 +78,11 @@ class Carried(ABC):
         text): the receipt event names them and a DICOM sender gets a warning. None by default."""
         return ()
 
+    def sender_checkpoint(self) -> str:
+        """The sending institution's checkpoint, when the item came as a release that carries one
+        (an add-checkpoint request body, tlog/witness.py); "" otherwise, and for formats without."""
+        return ""
+
     def index_values(self) -> Mapping[str, Any] | None:
         """The Query/Retrieve index's attributes of the item (db/indexschema.py), keyword -> value
         as read; None for formats without a query model."""

@@ -174,3 +174,72 @@ def verify_proof(proof_file: Path, public_key: Path) -> None:
         sys.exit(EXIT_BROKEN)
     click.echo(f"OK: {summary}")
     sys.exit(EXIT_OK)
+
+
+@log_group.command("publish")
+@config_option
+@settings_options(*NODE, "witness_quorum", "tsa")
+def publish(**kwargs: Any) -> None:
+    """One checkpoint round now (serve runs one every --checkpoint-interval): sign, ask every
+    institution with a log address to cosign, publish with a quorum. Exit 0 if published."""
+    from dicom_chain.node import Node
+    from dicom_chain.tlog.publishing import Publisher
+    from web.publish import publish_round
+
+    settings = settings_from(kwargs)
+    node = Node.open(settings)
+    try:
+        done = publish_round(Publisher(node, settings.institution, settings.witness_quorum), settings.tsa)
+    finally:
+        node.close()
+    for name in done.cosigned_by:
+        click.echo(f"cosigned by {name}")
+    for name, why in done.failed.items():
+        click.echo(f"not cosigned by {name}: {why}")
+    if done.published is None:
+        click.echo(
+            f"size {done.size}: {len(done.cosigned_by)} cosignature(s) of the "
+            f"{settings.witness_quorum} needed: not published"
+        )
+        sys.exit(EXIT_BROKEN)
+    stamped = ", timestamped" if done.published.timestamp else ""
+    click.echo(f"published size {done.size} with {done.published.cosigners} cosignature(s){stamped}")
+    sys.exit(EXIT_OK)
+
+
+@log_group.command("timestamp")
+@click.argument("checkpoint_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tsa", required=True, metavar="URL", help="The RFC 3161 time-stamping authority.")
+@click.option(
+    "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The token (DER)."
+)
+def timestamp(checkpoint_file: Path, tsa: str, output: Path) -> None:
+    """Have a time-stamping authority date a checkpoint (RFC 3161): the token proves the
+    checkpoint, and so the history it commits to, existed by then."""
+    from web.tsa import request_timestamp
+
+    output.write_bytes(request_timestamp(tsa, checkpoint_file.read_bytes()))
+    click.echo(f"wrote {output}")
+
+
+@log_group.command("verify-timestamp")
+@click.argument("checkpoint_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("token_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--tsa-cert",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The authority's certificate (PEM).",
+)
+def verify_timestamp(checkpoint_file: Path, token_file: Path, tsa_cert: Path) -> None:
+    """Check offline that a token dates exactly this checkpoint. Exit 0 if it does, 1 if not."""
+    from dicom_chain.errors import DicomChainError
+    from dicom_chain.tlog.timestamps import check_token
+
+    try:
+        stamp = check_token(token_file.read_bytes(), checkpoint_file.read_bytes(), tsa_cert.read_bytes())
+    except DicomChainError as exc:
+        click.echo(f"BROKEN: {exc}")
+        sys.exit(EXIT_BROKEN)
+    click.echo(f"OK: timestamped by {stamp.tsa} at {stamp.time.isoformat()} (serial {stamp.serial})")
+    sys.exit(EXIT_OK)

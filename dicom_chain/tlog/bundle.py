@@ -205,8 +205,13 @@ def _check(
     if doc.get("timestamp") and tsa is not None:
         from dicom_chain.tlog.timestamps import check_token
 
-        stamp_ = check_token(_unb64(doc["timestamp"], "timestamp"), doc["checkpoint"].encode("utf-8"), tsa)
-        out.lines.append(f"timestamped by {stamp_.tsa} at {stamp_.time.isoformat()}")
+        try:
+            stamp_ = check_token(
+                _unb64(doc["timestamp"], "timestamp"), doc["checkpoint"].encode("utf-8"), tsa
+            )
+            out.lines.append(f"timestamped by {stamp_.tsa} at {stamp_.time.isoformat()}")
+        except DicomChainError as exc:
+            out.problems.append(f"timestamp: {exc}")
     events = _events(doc["events"], key, cp, out)
     blocks = {}
     for text in doc["blocks"]:

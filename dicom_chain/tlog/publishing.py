@@ -121,3 +121,33 @@ def keep_timestamp(host: WitnessHost, size: int, token: bytes) -> None:
         if row is None:
             raise NoteError(f"no published checkpoint of size {size}")
         row.timestamp = token
+
+
+def carried_request(host: WitnessHost, institution: str, receiver: Institution) -> str:
+    """What a release to ``receiver`` carries: our newest published checkpoint (a new one of our
+    own when none is), proved consistent from the size the receiver last saw of our log."""
+    published = latest_published(host)
+    if published is not None:
+        signed = published.signed
+        cp = Checkpoint.parse(note.parse(signed)[0])
+    else:
+        cp, signed = EventTree(host.ledger).checkpoint(host.key, institution)
+    publisher = Publisher(host, institution, quorum=0)
+    seen = publisher.last_cosigned(receiver)
+    return publisher.request(cp, signed, seen if seen <= cp.size else 0).decode("utf-8")
+
+
+def carried_to(host: WitnessHost, receiver: Institution, request: str) -> None:
+    """The receiver accepted instances carrying ``request``: it has seen our log at that size,
+    and the next release proves consistency from there (a witness's cosignature, if one comes
+    later over HTTPS, is kept in the same row)."""
+    from dicom_chain.tlog.witness import parse_request
+
+    _, _, signed = parse_request(request.encode("utf-8"))
+    size = Checkpoint.parse(note.parse(signed)[0]).size
+    with host.db.writing() as session:
+        row = session.get(LogCosignatureRow, receiver.name)
+        if row is None:
+            session.add(LogCosignatureRow(witness=receiver.name, size=size, line="", updated_at=utc_now()))
+        elif row.size < size:
+            row.size, row.line, row.updated_at = size, "", utc_now()  # seen, not cosigned

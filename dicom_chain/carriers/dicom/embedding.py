@@ -18,6 +18,7 @@ from dicom_chain.carriers.dicom.privatetags import (
     CHAIN_GROUP,
     ELEMENTS,
     PRIVATE_CREATOR,
+    RELEASE_ELEMENTS,
     chain_block_tags,
     creator_slots,
     free_slot,
@@ -153,7 +154,8 @@ def read_block(ds: Dataset) -> Block:
         raise MalformedBlockError(f"{len(slots)} DICOM_CHAIN private blocks; expected one")
     base = (CHAIN_GROUP << 16) | (slots[0] << 8)
     for tag in chain_block_tags(ds):
-        if tag >> 8 == base >> 8 and tag & 0xFF not in ELEMENTS:  # covered by no hash nor signature
+        offset = tag & 0xFF
+        if tag >> 8 == base >> 8 and offset not in ELEMENTS and offset not in RELEASE_ELEMENTS:
             raise MalformedBlockError(
                 f"element (0071,{tag & 0xFFFF:04X}) is not part of the DICOM_CHAIN block format"
             )
@@ -207,3 +209,31 @@ def _normalise(value: object, vr: str, charset: list[str]) -> object:
     if isinstance(value, bytes):
         value = decode_text(value, charset)
     return str(value).strip(" \x00")
+
+
+SENDER_CHECKPOINT = 0x30  # privatetags.RELEASE_ELEMENTS
+
+
+def attach_checkpoint(ds: Dataset, request: str) -> None:
+    """Put our checkpoint (an add-checkpoint request body) in the block of an instance being released."""
+    slots = creator_slots(ds)
+    if len(slots) != 1:
+        raise MalformedBlockError("an instance carries a checkpoint in its one DICOM_CHAIN block")
+    data = request.encode("utf-8")
+    ds.add_new(
+        (CHAIN_GROUP << 16) | (slots[0] << 8) | SENDER_CHECKPOINT, "OB", data + b"\x00" * (len(data) % 2)
+    )
+
+
+def carried_checkpoint(ds: Dataset) -> str:
+    """The sender's checkpoint a released instance carries ("" for none)."""
+    slots = creator_slots(ds)
+    if len(slots) != 1:
+        return ""
+    tag = (CHAIN_GROUP << 16) | (slots[0] << 8) | SENDER_CHECKPOINT
+    if tag not in ds:
+        return ""
+    value = ds[tag].value  # read now if the parser deferred it (a received data set's large values)
+    if not isinstance(value, bytes):
+        return ""
+    return value.rstrip(b"\x00").decode("utf-8", "replace")

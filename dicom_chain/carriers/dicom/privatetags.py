@@ -37,15 +37,23 @@ QUERY_ELEMENTS: dict[int, tuple[str, str, str, str]] = {
     0x22: ("UL", "1", "Number of Versions", "ChainNumberOfVersions"),
     0x23: ("LO", "1-n", "Version Senders", "ChainVersionSenders"),
 }
+# Written only into instances released to another institution, never into a stored file (the
+# receiver's block replaces ours, and this with it): the sender's latest checkpoint, as the body of a
+# c2sp.org/tlog-witness add-checkpoint request (old size, consistency proof, signed note), which the
+# receiver judges as a witness (tlog/witnessing.py). Outside the content hash like the rest of the
+# block, and not vouched for by the block's signature: the note carries its own.
+RELEASE_ELEMENTS: dict[int, tuple[str, str, str, str]] = {
+    # OB, UTF-8: a signed note's em dashes are in no character set a data set may declare
+    0x30: ("OB", "1", "Sender Checkpoint", "ChainSenderCheckpoint"),
+}
 # Offsets 0x01, 0x0A, 0x0C are reserved (format version, previous study block hash, signature):
 # those live in the canonical block only, which every reader must parse anyway.
 
 
 def register_private_dictionary() -> None:
     """Let pydicom know our VRs, so an implicit VR file still reads them as LO/UL/OB."""
-    entries = {
-        (CHAIN_GROUP << 16) | 0x1000 | offset: entry for offset, entry in (ELEMENTS | QUERY_ELEMENTS).items()
-    }
+    every = ELEMENTS | QUERY_ELEMENTS | RELEASE_ELEMENTS
+    entries = {(CHAIN_GROUP << 16) | 0x1000 | offset: entry for offset, entry in every.items()}
     add_private_dict_entries(PRIVATE_CREATOR, {k: (v[0], v[1], v[2], "") for k, v in entries.items()})
 
 
@@ -63,7 +71,7 @@ def dcmtk_dictionary() -> str:
         "# Generated from dicom_chain/carriers/dicom/privatetags.py; do not edit by hand.",
         "# Load with the standard one: DCMDICTPATH=/usr/share/libdcmtk17/dicom.dic:THIS_FILE",
     ]
-    for offset, (vr, vm, _name, keyword) in sorted((ELEMENTS | QUERY_ELEMENTS).items()):
+    for offset, (vr, vm, _name, keyword) in sorted((ELEMENTS | QUERY_ELEMENTS | RELEASE_ELEMENTS).items()):
         lines.append(
             f'({CHAIN_GROUP:04x},"{PRIVATE_CREATOR}",{offset:02x})\t{vr}\t{keyword}\t{vm}\tPrivateTag'
         )
