@@ -9,7 +9,11 @@ never the event loop.
     POST /witness/add-checkpoint    old <size>, proof lines, blank line, signed checkpoint
     GET  /log/checkpoint            our newest published (cosigned) checkpoint
     GET  /log/consistency?old=&new= the RFC 9162 proof between two sizes, base64 one a line
-    GET  /log/inclusion?seq=&size=  event seq's canonical bytes and its proof (JSON)
+    GET  /log/inclusion?seq=&size=  event seq's leaf hash and its proof (JSON)
+
+Nothing here names a patient: checkpoints and proofs are hashes. The inclusion endpoint gives an
+event's leaf hash, not the event (which holds patient IDs): whoever holds the event, from a
+``prove`` bundle or an audit export, checks it against the proof; nobody learns it from us.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from starlette.routing import Route
 
 from dicom_chain.errors import DicomChainError, NoteError
 from dicom_chain.node import Node
+from dicom_chain.tlog import merkle
 from dicom_chain.tlog.publishing import latest_published
 from dicom_chain.tlog.store import EventTree
 from dicom_chain.tlog.witness import MAX_REQUEST_BYTES, parse_request
@@ -111,7 +116,7 @@ def create_app(node: Node) -> Starlette:
         except DicomChainError as exc:
             return _text(str(exc), 404)
         return JSONResponse({
-            "index": found.index, "size": found.size, "event": _b64(found.leaf),
+            "index": found.index, "size": found.size, "leaf_hash": _b64(merkle.leaf_hash(found.leaf)),
             "proof": [_b64(p) for p in found.proof],
         })  # fmt: skip
 
