@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from dicom_chain.tlog import cosignature, merkle
 from dicom_chain.tlog.checkpoint import Checkpoint, open_signed, origin_for
 from dicom_chain.tlog.publishing import Publisher
 from dicom_chain.tlog.witness import MAX_REQUEST_BYTES, format_request
-from dicom_chain.tlog.witnessing import witness_name
+from dicom_chain.tlog.witnessing import WitnessDesk, witness_name
 from web.server import LogServer
 
 from .conftest import SAMPLE_STUDY
@@ -39,8 +40,8 @@ def signed(src: merkle.Leaves, size: int, key: NodeKey = LOG) -> str:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    n = Node.open(Settings(home=tmp_path / "w", institution="Hospital W"))
+def node(tmp_path: Path, db_url: str) -> Iterator[Node]:
+    n = Node.open(Settings(home=tmp_path / "w", db=db_url, institution="Hospital W"))
     public = tmp_path / "b.pub"
     public.write_text(LOG.public_key.hex())
     Registry(n.ledger, n.key).add(
@@ -125,3 +126,23 @@ def EventTreeRoot(node: Node, size: int) -> bytes:
     from dicom_chain.tlog.store import EventTree
 
     return EventTree(node.ledger).root(size)
+
+
+def test_requests_at_once_advance_the_witness_once(node: Node, client: httpx.Client):
+    """c2sp.org/tlog-witness: the check of the old size and the update are one atomic step. Eight
+    clients offer the same growth from the same old size at once: one is cosigned, the rest are
+    told the witness's new size (409), and the stored state is the one checkpoint."""
+    src = leaves(40)
+    assert post(client, 0, [], signed(src, 4)).status_code == 200
+    body = format_request(4, merkle.consistency_proof(src, 4, 30), signed(src, 30))
+    url = str(client.base_url) + "/witness/add-checkpoint"
+
+    def offer(_: int) -> httpx.Response:
+        with httpx.Client(timeout=10) as own:
+            return own.post(url, content=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(r.status_code for r in pool.map(offer, range(8)))
+    assert statuses == [200] + [409] * 7
+    seen = WitnessDesk(node).seen(ORIGIN)
+    assert seen is not None and seen.size == 30 and seen.root == merkle.root(src, 30)

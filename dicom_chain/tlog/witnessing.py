@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from dicom_chain.block import utc_now
@@ -34,7 +36,7 @@ from dicom_chain.ledger import Ledger
 from dicom_chain.sharing.policyfile import Policy
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import record_fault
-from dicom_chain.tlog import note
+from dicom_chain.tlog import merkle, note
 from dicom_chain.tlog.checkpoint import Checkpoint
 from dicom_chain.tlog.witness import Outcome, Seen, Witness
 from dicom_chain.vocab import EventType
@@ -99,7 +101,7 @@ class WitnessDesk:
     def seen(self, origin: str) -> Seen | None:
         with self.host.db.reading() as session:
             row = session.get(WitnessedLogRow, origin)
-            return Seen(row.size, row.root, row.signed) if row is not None else None
+            return Seen(row.size, row.root, row.signed) if row is not None and row.signed else None
 
     def add_checkpoint(self, old_size: int, proof: list[bytes], signed: str, *, actor: str) -> Judged:
         """Judge a checkpoint offered with a consistency proof from ``old_size`` (c2sp.org/tlog-
@@ -109,12 +111,12 @@ class WitnessDesk:
         origin = _origin(signed)
         institution = logs.institution(origin) if origin else None
         with self.host.db.writing() as session:
-            row = _locked(session, origin) if origin else None
-            seen = Seen(row.size, row.root, row.signed) if row is not None else None
+            row = _locked(session, origin, institution.name) if institution is not None else None
+            seen = Seen(row.size, row.root, row.signed) if row is not None and row.signed else None
             outcome = witness.add_checkpoint(seen, old_size, proof, signed, int(time.time()))
             judged = Judged(outcome, institution.name if institution else "")
-            if outcome.kind == "cosigned" and outcome.seen is not None and institution is not None:
-                _keep(session, row, origin, institution.name, outcome.seen)
+            if outcome.kind == "cosigned" and outcome.seen is not None and row is not None:
+                _keep(row, outcome.seen)
             elif outcome.kind == "split-view" and institution is not None and seen is not None:
                 name = institution.name
                 seq = self._split_view(session, name, origin, seen, old_size, proof, outcome, actor)
@@ -172,19 +174,23 @@ def _departure(origin: str, seen: Seen) -> str:
     return hashlib.sha256(f"{origin}\n{seen.size}\n{seen.root.hex()}".encode()).hexdigest()
 
 
-def _locked(session: Session, origin: str) -> WitnessedLogRow | None:
+def _locked(session: Session, origin: str, institution: str) -> WitnessedLogRow:
+    """The log's row, locked for this transaction: made first (size 0, the empty tree, nothing
+    signed) if there is none, so that two first requests at once queue on one row instead of
+    both inserting it."""
+    dialect = session.get_bind().dialect.name
+    make = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        make(WitnessedLogRow)
+        .values(origin=origin, institution=institution, size=0, root=merkle.EMPTY_ROOT, signed="",
+                updated_at=utc_now())
+        .on_conflict_do_nothing()
+    )  # fmt: skip
     stmt = select(WitnessedLogRow).where(WitnessedLogRow.origin == origin)
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         stmt = stmt.with_for_update()
-    return session.scalars(stmt).first()
+    return session.scalars(stmt).one()
 
 
-def _keep(session: Session, row: WitnessedLogRow | None, origin: str, institution: str, seen: Seen) -> None:
-    now = utc_now()
-    if row is None:
-        session.add(WitnessedLogRow(
-            origin=origin, institution=institution, size=seen.size, root=seen.root, signed=seen.signed,
-            updated_at=now,
-        ))  # fmt: skip
-    else:
-        row.size, row.root, row.signed, row.updated_at = seen.size, seen.root, seen.signed, now
+def _keep(row: WitnessedLogRow, seen: Seen) -> None:
+    row.size, row.root, row.signed, row.updated_at = seen.size, seen.root, seen.signed, utc_now()
