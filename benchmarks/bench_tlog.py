@@ -24,14 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from dicom_chain.block import utc_now
 from dicom_chain.carriers.dicom.carrier import item_from_dataset
 from dicom_chain.config import Settings
+from dicom_chain.db.models import WitnessedLogRow
 from dicom_chain.events import EventDraft
 from dicom_chain.ledger import append_events
 from dicom_chain.node import Node
+from dicom_chain.sharing.registry import Registry
 from dicom_chain.synthetic import StudySpec, ct_study
 from dicom_chain.tlog import merkle
+from dicom_chain.tlog.checkpoint import Checkpoint, origin_for
 from dicom_chain.tlog.store import EventTree
+from dicom_chain.tlog.witness import format_request
+from dicom_chain.tlog.witnessing import WitnessDesk
 from dicom_chain.vocab import EventType
 
 BATCH = 5000
@@ -60,10 +66,12 @@ def part1(root: Path, events: int, proofs: int) -> None:
         t = time.perf_counter()
         size = tree.grow()
         grown = time.perf_counter() - t
+        first_signed = Checkpoint(origin_for(node.key, "Bench"), size, tree.root(size)).sign(node.key)
         fill(node, events + 1000)
         t = time.perf_counter()
         cp, signed = tree.checkpoint(node.key, "Bench")
         later = time.perf_counter() - t
+        judge_ms, request_bytes = witness_cost(root, node, size, first_signed, cp.size, signed, proofs)
         rng = random.Random(1)
         inclusion_ms, inclusion_bytes, consistency_ms, consistency_bytes = [], [], [], []
         for _ in range(proofs):
@@ -85,12 +93,45 @@ def part1(root: Path, events: int, proofs: int) -> None:
     print(f"tree grown from nothing to {size:,}: {grown:.1f} s ({grown / size * 1e6:.0f} us an event)")
     print(f"checkpoint after 1,000 more events: {later * 1e3:.0f} ms (grow, root, sign)", end="")
     print(f"; note {len(signed)} bytes")
+    print(f"a witness judges {size:,} -> {cp.size:,} (request {request_bytes} bytes): "
+          f"median {statistics.median(judge_ms):.1f} ms [max {max(judge_ms):.1f}]")  # fmt: skip
     print(f"| proof at {cp.size:,} | median ms [max] | base64 bytes median [max] |")
     print("| --- | --- | --- |")
     for name, ms, size_b in (("inclusion", inclusion_ms, inclusion_bytes),
                              ("consistency", consistency_ms, consistency_bytes)):  # fmt: skip
         print(f"| {name} | {statistics.median(ms):.2f} [{max(ms):.2f}] | "
               f"{statistics.median(size_b):.0f} [{max(size_b)}] |")  # fmt: skip
+
+
+def witness_cost(
+    root: Path, log: Node, old: int, old_signed: str, size: int, signed: str, times: int
+) -> tuple[list[float], int]:
+    """What cosigning one round of the big log costs its witness (tlog/witnessing.py): the
+    registry lookup, the signature and the consistency proof checked, the state row replaced.
+    The witness is put back to ``old`` before each judgement, so each does the same work."""
+    witness = Node.open(Settings(home=root / "witness", institution="Witness"))
+    try:
+        key_file = root / "log.pub"
+        key_file.write_text(log.key.public_key.hex())
+        Registry(witness.ledger, witness.key).add(
+            "Bench", ae_title="BENCH", host="127.0.0.1", port=104, public_key_file=key_file,
+            actor="bench", now=utc_now(),
+        )  # fmt: skip
+        desk = WitnessDesk(witness)
+        proof = EventTree(log.ledger).consistency(old, size)
+        request = format_request(old, proof, signed)
+        ms = []
+        for _ in range(max(times // 10, 5)):
+            with witness.db.writing() as session:
+                session.execute(WitnessedLogRow.__table__.delete())
+            assert desk.add_checkpoint(0, [], old_signed, actor="bench").outcome.kind == "cosigned"
+            t = time.perf_counter()
+            judged = desk.add_checkpoint(old, proof, signed, actor="bench")
+            ms.append((time.perf_counter() - t) * 1e3)
+            assert judged.outcome.kind == "cosigned"
+        return ms, len(request)
+    finally:
+        witness.close()
 
 
 def ingest(home: Path, instances: int, every: int) -> float:
