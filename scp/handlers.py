@@ -42,7 +42,7 @@ from .access import Access, Caller
 from .chunked import Spool, received
 from .contexts import MAX_CONTEXTS, Sending, contexts_for, decompress, prefer_stored, sending
 from .receive import ack_at_once
-from .release import decide_move, institution_at
+from .release import Carrying, decide_move, institution_at
 from .statuses import (
     CANCELLED,
     ERROR_COMMENT_MAX,
@@ -507,9 +507,11 @@ def _sub_operations(
     run: RetrieveRun,
     items: list[RetrieveItem],
     accepted: Callable[[], set[tuple[str, str]]],
+    carrying: Carrying | None = None,
 ) -> Iterator[Any]:
     """Pending yields of decoded datasets: pynetdicom's C-MOVE/C-GET take nothing else; each is as
-    stored, or re-encoded by pynetdicom, or decompressed here (scp/contexts.py ``sending``)."""
+    stored, or re-encoded by pynetdicom, or decompressed here (scp/contexts.py ``sending``); to
+    another institution, each carries our checkpoint (``carrying``)."""
     for item in items:
         if event.is_cancelled:
             run.finish(RunStatus.CANCELLED)
@@ -522,8 +524,12 @@ def _sub_operations(
             )
             yield PENDING, _unsendable(item)
             continue
+        if carrying is not None:
+            carrying.attach(payload)
         yield PENDING, payload
     run.finish(RunStatus.COMPLETED)
+    if carrying is not None and run.completed:
+        carrying.arrived()
 
 
 def _move_decision(event: evt.Event, node: Node) -> MoveDecision:
@@ -597,9 +603,11 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
             _address(event),
         )
         items = run.plan()
+        carrying = None
         if institution is not None:  # another institution: the release rules decide (0124 if denied)
             decide_move(node, institution, items, calling)
             run.release = True
+            carrying = Carrying(node, institution) if items else None
     if not items:  # pynetdicom answers Success with no sub-operations and never resumes us
         run.finish(RunStatus.COMPLETED, "nothing matched")
         yield destination.host, destination.port
@@ -623,7 +631,11 @@ def handle_move(event: evt.Event, node: Node, ae_title: str, access: Access) -> 
     try:
         with _run_recorded(run, "move"):
             yield from _sub_operations(
-                event, run, items, lambda: _accepted(sub_association[0] if sub_association else None)
+                event,
+                run,
+                items,
+                lambda: _accepted(sub_association[0] if sub_association else None),
+                carrying,
             )
     finally:
         log.info(

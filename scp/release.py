@@ -164,3 +164,20 @@ def _send(node: Node, assoc: Association, item: RetrieveItem, carried: str = "")
         return Sent(uid, None, SubOperation.FAILURE, "no response")
     comment = str(getattr(response, "ErrorComment", "") or "")
     return Sent(uid, status, sub_operation(status), comment)
+
+
+class Carrying:
+    """Our checkpoint on each instance a C-MOVE sends another institution, as ``release`` sends
+    it (``_send``); once any arrived, the institution has seen our log at that size."""
+
+    def __init__(self, node: Node, institution: Institution) -> None:
+        self.node = node
+        self.institution = institution
+        self.request = carried_request(node, node.settings.institution, institution)
+
+    def attach(self, payload: object) -> None:
+        if isinstance(payload, pydicom.Dataset):
+            attach_checkpoint(payload, self.request)
+
+    def arrived(self) -> None:
+        carried_to(self.node, self.institution, self.request)

@@ -381,10 +381,12 @@ def test_release_command_sends_the_study_as_stored_when_allowed(tmp_path):
         assert origin is not None and origin.institution == "HOSPITAL_A"
 
 
-def test_a_release_carries_the_senders_checkpoint_and_a_rewritten_history_is_caught(tmp_path):
+@pytest.mark.parametrize("how", ["release", "move"])
+def test_a_release_carries_the_senders_checkpoint_and_a_rewritten_history_is_caught(tmp_path, how):
     """The receiver judges the checkpoint a release carries as a witness would: the first is
     taken as what it knows of the sender's log, the next must extend it; the sender's history
-    rewritten (and re-signed) in between is a split view on the receiver's record."""
+    rewritten (and re-signed) in between is a split view on the receiver's record. By
+    ``release``, and by a C-MOVE whose destination is the institution's gateway."""
     from dicom_chain.block import utc_now
     from dicom_chain.db.models import WitnessedLogRow
     from dicom_chain.sharing.service import grant_consent, score
@@ -394,7 +396,10 @@ def test_a_release_carries_the_senders_checkpoint_and_a_rewritten_history_is_cau
     from .gateways import InProcessGateway
     from .history import rewrite_history
 
-    a = _open(tmp_path / "a", "HOSPITAL_A")
+    a_gateway = InProcessGateway(_open(tmp_path / "a", "HOSPITAL_A"))
+    a_gateway.settings = dataclasses.replace(a_gateway.settings, host="127.0.0.1", port=free_port())
+    a_gateway.start()
+    a = a_gateway.node
     b = InProcessGateway(_open(tmp_path / "b", "HOSPITAL_B"))
     b.settings = dataclasses.replace(b.settings, ae_title="HB_GW", host="127.0.0.1", port=free_port())
     b.start()
@@ -411,8 +416,25 @@ def test_a_release_carries_the_senders_checkpoint_and_a_rewritten_history_is_cau
         study = first.block.header.study_instance_uid
         patient = pydicom.dcmread(files[0]).PatientID
         grant_consent(a, patient_id=patient, to="HOSPITAL_B", until="2099-01-01", actor="t", now=utc_now())
-        done = release_study(a, study, "HOSPITAL_B", purpose="treatment", actor="t")
-        assert done.decision.allowed and [s.status for s in done.sent] == [0], done.sent
+
+        def send() -> None:
+            if how == "release":
+                done = release_study(a, study, "HOSPITAL_B", purpose="treatment", actor="t")
+                assert done.decision.allowed and all(s.status == 0 for s in done.sent), done.sent
+                return
+            scu = AE(ae_title="WS")
+            scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            assoc = scu.associate("127.0.0.1", a_gateway.settings.port, ae_title="DICOMCHAIN")
+            query = pydicom.Dataset()
+            query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+            statuses = [
+                s.Status
+                for s, _ in assoc.send_c_move(query, "HB_GW", StudyRootQueryRetrieveInformationModelMove)
+            ]
+            assoc.release()
+            assert statuses[-1] == 0x0000, statuses
+
+        send()
         with b.node.db.reading() as session:
             [seen] = session.query(WitnessedLogRow).all()
         assert open_signed(seen.signed, a.key.public_key).size == seen.size > 0
@@ -421,7 +443,7 @@ def test_a_release_carries_the_senders_checkpoint_and_a_rewritten_history_is_cau
         rewrite_history(a, 3, "nothing to see")  # an insider rewrites A's log and re-signs it
         a.ingest_file(files[1])
         before = score(b.node, "institution", "HOSPITAL_A", utc_now()).value
-        assert release_study(a, study, "HOSPITAL_B", purpose="treatment", actor="t").decision.allowed
+        send()
         [fault] = _events(b.node, EventType.LOG_SPLIT_VIEW)
         assert fault.details["institution"] == "HOSPITAL_A"
         assert fault.details["evidence"]["old"] == seen.signed
@@ -429,4 +451,5 @@ def test_a_release_carries_the_senders_checkpoint_and_a_rewritten_history_is_cau
     finally:
         b.stop()
         b.node.close()
+        a_gateway.stop()
         a.close()
