@@ -8,6 +8,7 @@ it). The node knows no file format: carriers (``dicom_chain.carriers``) do.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ from dicom_chain.sharing.policy import SharingPolicy
 from dicom_chain.sharing.registry import Institution, Registry
 from dicom_chain.sharing.service import adopt_policy, record_fault
 from dicom_chain.storage import PendingWrite, Spares, Storage, relative_path
+from dicom_chain.tlog import note
+from dicom_chain.tlog.checkpoint import Checkpoint
 from dicom_chain.versions import versions_of
 from dicom_chain.vocab import EventType, IngestOutcome, Outcome
 
@@ -156,9 +159,9 @@ class Node:
     def _ingest(self, item: Item, actor: str, may_correct: bool, peer: str = "") -> IngestResult:
         ids = item.identity
         digest = item.content_hash
+        # taken out first: the block is read strictly (nothing unsigned in it), and ours replaces it
+        carried = item.carried.take_sender_checkpoint()
         sender = self.sender(item, actor)
-        # read before our block replaces the sender's (and the checkpoint in it)
-        carried = item.carried.sender_checkpoint() if sender is not None else ""
         timing.mark("sender")
         # Before the lock (CPU), so a carrier that cannot give them fails before anything is kept;
         # formats without a query model are not in the index.
@@ -319,32 +322,38 @@ class Node:
             raise ContentHashError(reason) from exc
         return Sender(institution, block)
 
-    def _judge_checkpoint(self, request: str, sender: Sender, actor: str) -> None:
-        """A release's checkpoint, judged as a witness would (tlog/witnessing.py): a log that shows
-        us a history its earlier checkpoint does not extend is recorded, and its score falls. Once
-        per distinct checkpoint (a study's instances all carry the same); a garbled one harms
-        nothing but itself, and the instance is kept either way: its block was checked already."""
-        if request in self._judged:
+    def _judge_checkpoint(self, carried: str, sender: Sender, actor: str) -> None:
+        """A release's checkpoint (tlog/publishing.carried_request), judged as a witness would
+        (tlog/witnessing.py): a log that shows us a history its earlier checkpoint does not extend
+        is recorded, and its score falls. Only the sender's own log (its block's key) is judged: a
+        release cannot speak for a third institution. Once per distinct checkpoint (a study's
+        instances all carry the same); a garbled one harms nothing but itself, and the instance
+        is kept either way: its block was checked already."""
+        if carried in self._judged:
             return
         if len(self._judged) >= JUDGED_KEPT:
             self._judged.clear()
-        self._judged.add(request)
+        self._judged.add(carried)
         from dicom_chain.tlog.witness import parse_request
-        from dicom_chain.tlog.witnessing import WitnessDesk
+        from dicom_chain.tlog.witnessing import ORIGIN_MARK, WitnessDesk
 
+        name = sender.institution.name
         try:
-            old_size, proof, signed = parse_request(request.encode("utf-8"))
-        except NoteError as exc:
-            log.warning(
-                "checkpoint carried by a release from %s unreadable: %s", sender.institution.name, exc
-            )
+            found = json.loads(carried)
+            old_size, proof, signed = parse_request(str(found["request"]).encode("utf-8"))
+            at_old = str(found.get("old") or "")
+            origin = Checkpoint.parse(note.parse(signed)[0]).origin
+        except (NoteError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("checkpoint carried by a release from %s unreadable: %s", name, exc)
             return
-        judged = WitnessDesk(self).add_checkpoint(old_size, proof, signed, actor=actor)
+        if not origin.startswith(sender.block.header.key_id + ORIGIN_MARK):
+            log.warning("a release from %s carried another log's checkpoint (%s): ignored", name, origin)
+            return
+        judged = WitnessDesk(self).add_checkpoint(
+            old_size, proof, signed, actor=actor, at_old=lambda _log, _size: at_old or None
+        )
         if judged.outcome.kind != "cosigned":
-            log.warning(
-                "checkpoint carried by a release from %s: %s (%s)",
-                sender.institution.name, judged.outcome.kind, judged.outcome.reason,
-            )  # fmt: skip
+            log.warning("checkpoint carried by a release from %s: %s", name, judged.outcome.reason)
 
     def _item_event(
         self, kind: EventType, ids: Identity, actor: str, reason: str, details: dict, outcome: Outcome

@@ -11,6 +11,7 @@ go to the institution's registered host and port, or, denied, nothing goes and t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pynetdicom.association import Association
 
 from dicom_chain.block import utc_now
 from dicom_chain.carriers.dicom.embedding import attach_checkpoint
-from dicom_chain.errors import ReleaseDenied
+from dicom_chain.errors import DicomChainError, ReleaseDenied
 from dicom_chain.node import Node
 from dicom_chain.qr import index
 from dicom_chain.qr.matching import parse_key
@@ -125,8 +126,8 @@ def send_study(node: Node, institution: Institution, items: Iterable[RetrieveIte
     if not assoc.is_established:
         reason = f"association with {institution.ae_title}@{institution.host}:{institution.port} failed"
         return [Sent(i.sop_instance_uid, None, SubOperation.FAILURE, reason) for i in items]
-    carried = carried_request(node, node.settings.institution, institution)
     try:
+        carried = carried_request(node, node.settings.institution, institution)
         sent = [_send(node, assoc, item, carried) for item in items]
     finally:
         if assoc.is_established:
@@ -157,7 +158,7 @@ def _send(node: Node, assoc: Association, item: RetrieveItem, carried: str = "")
         else:
             payload = path if how is Sending.AS_STORED else pydicom.dcmread(path)
         response = assoc.send_c_store(payload)  # our block travels in the file
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, DicomChainError) as exc:
         return Sent(uid, None, SubOperation.FAILURE, str(exc))
     status = int(getattr(response, "Status", -1)) if response is not None and len(response) else None
     if status is None:
@@ -177,7 +178,8 @@ class Carrying:
 
     def attach(self, payload: object) -> None:
         if isinstance(payload, pydicom.Dataset):
-            attach_checkpoint(payload, self.request)
+            with contextlib.suppress(DicomChainError):  # no single block: the instance goes without
+                attach_checkpoint(payload, self.request)
 
     def arrived(self) -> None:
         carried_to(self.node, self.institution, self.request)

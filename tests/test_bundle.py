@@ -18,12 +18,13 @@ from dicom_chain.block import utc_now
 from dicom_chain.carriers.registry import open_file
 from dicom_chain.cli import main
 from dicom_chain.config import Settings
+from dicom_chain.keys import NodeKey
 from dicom_chain.node import Node
 from dicom_chain.sharing.registry import Registry
 from dicom_chain.sharing.service import grant_consent
-from dicom_chain.tlog import bundle
+from dicom_chain.tlog import bundle, cosignature, note
 from dicom_chain.tlog.publishing import Publisher
-from dicom_chain.tlog.witnessing import WitnessDesk
+from dicom_chain.tlog.witnessing import WitnessDesk, witness_name
 from dicom_chain.vocab import EventType
 from scp.release import release_study
 
@@ -103,8 +104,8 @@ def _cosign(world: World) -> None:
 def test_a_bundle_shows_receipt_forward_and_release_and_checks_against_the_image(world: World):
     _cosign(world)
     doc = bundle.build(world.a.node, "Hospital A", world.sop_uid)
-    key = world.a.node.key.public_key
-    checked = bundle.check(doc, key, open_file(world.stored))
+    key, b_key = world.a.node.key.public_key, world.b.node.key.public_key
+    checked = bundle.check(doc, key, open_file(world.stored), witnesses=[b_key], quorum=1)
     assert checked.ok, checked.problems
     text = "\n".join(checked.lines)
     assert "cosigned by Hospital B" in text
@@ -130,10 +131,35 @@ def test_a_bundle_shows_receipt_forward_and_release_and_checks_against_the_image
     forged = json.loads(json.dumps(doc))
     forged["blocks"][0] = forged["blocks"][0].replace('"height":', '"height":1', 1)
     assert not bundle.check(forged, key).ok
+    for i in range(len(doc["events"])):  # any event left out: the log's signed manifest lists it
+        forged = json.loads(json.dumps(doc))
+        del forged["events"][i]
+        assert any("manifest" in p for p in bundle.check(forged, key).problems)
     forged = json.loads(json.dumps(doc))
-    del forged["events"][0]  # the receipt left out: later events name an instance never received
+    forged["subject"] = world.study_uid  # the same events claimed as the whole study's
     assert not bundle.check(forged, key).ok
-    assert not bundle.check(doc, world.b.node.key.public_key).ok  # another log's key
+    assert not bundle.check(doc, b_key).ok  # another log's key
+    # witnesses count only when the verifier pins them: a key the bundle names proves nothing
+    stranger = NodeKey.generate()
+    dressed = json.loads(json.dumps(doc))
+    dressed["checkpoint"] = note.add_signature(
+        doc["checkpoint"],
+        cosignature.cosign(
+            note.parse(doc["checkpoint"])[0], witness_name(stranger.key_id), stranger, 2**63 - 1
+        ),
+    )
+    dressed["witnesses"].append(
+        {
+            "institution": "Ministry of Health",
+            "name": witness_name(stranger.key_id),
+            "public_key": stranger.public_key.hex(),
+        }
+    )
+    unpinned = bundle.check(dressed, key, witnesses=[b_key], quorum=2)
+    assert not unpinned.ok and "Ministry of Health" not in "\n".join(unpinned.lines)
+    assert bundle.check(
+        dressed, key, witnesses=[b_key, stranger.public_key], quorum=2
+    ).ok  # far-future time: no crash
 
 
 def test_prove_commands_write_and_verify_a_bundle_with_verify_like_exit_codes(world: World, tmp_path: Path):

@@ -233,7 +233,7 @@ def test_audit_export_and_verify_commands(store: Path, tmp_path: Path):
 def served(monkeypatch) -> list[Settings]:
     """What serve and forward would run with, instead of running them."""
     seen: list[Settings] = []
-    monkeypatch.setattr(scp.server, "run_server", seen.append)
+    monkeypatch.setattr(scp.server, "run_server", lambda settings, companions=(): seen.append(settings))
     monkeypatch.setattr(scp.forwarder, "run_forwarder", seen.append)
     return seen
 
@@ -315,7 +315,7 @@ def test_forward_runs_with_the_forwarding_settings(tmp_path: Path, served):
     ("error", "code"), [(ConfigError("bad\nsetting"), 2), (LedgerUnavailable("down"), 1)]
 )
 def test_a_library_error_is_one_line_and_an_exit_code(monkeypatch, tmp_path: Path, error, code):
-    def fail(_settings: Settings) -> None:
+    def fail(_settings: Settings, _companions: object = ()) -> None:
         raise error
 
     monkeypatch.setattr(scp.server, "run_server", fail)

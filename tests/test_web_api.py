@@ -93,6 +93,9 @@ def test_add_checkpoint_answers_each_case_with_the_protocols_status(node: Node, 
     other = Checkpoint("someone.example/log", 3, merkle.root(src, 3)).sign(LOG)
     assert post(client, 0, [], other).status_code == 404
     assert client.post("/witness/add-checkpoint", content=b"old x\n\nnonsense").status_code == 400
+    for digits in ("\u00b2", "\u0661", "09"):  # str.isdigit says yes to the first two; not decimal sizes
+        body = f"old {digits}\n\n".encode() + signed(src, 9).encode()
+        assert client.post("/witness/add-checkpoint", content=body).status_code == 400
     big = client.post("/witness/add-checkpoint", content=b"x" * (MAX_REQUEST_BYTES + 1))
     assert big.status_code == 413
     # the split views are one fault on the record (both depart from what was cosigned at 9)
@@ -119,6 +122,12 @@ def test_the_published_checkpoint_and_proofs_check_offline(node: Node, client: h
     assert merkle.verify_inclusion(2, cp.size, leaf, [base64.b64decode(p) for p in found["proof"]], cp.root)
     assert client.get(f"/log/consistency?old=1&new={cp.size + 1000}").status_code == 400
     assert client.get("/log/inclusion?seq=x&size=3").status_code == 400
+    assert client.get("/log/consistency?old=\u00b2&new=3").status_code == 400
+    at_two = client.get("/log/checkpoint?size=2")  # signed now, at an earlier size: a witness asks
+    assert at_two.status_code == 200
+    then = open_signed(at_two.text, node.key.public_key)
+    assert then.size == 2 and then.root == EventTreeRoot(node, 2)
+    assert client.get(f"/log/checkpoint?size={cp.size + 1}").status_code == 404
     assert client.get(f"/log/inclusion?seq={cp.size + 1}&size={cp.size}").status_code == 404
 
 

@@ -79,12 +79,19 @@ def test_two_roots_at_one_size_or_a_rewritten_history_are_a_split_view_with_evid
     assert same_size.kind == "split-view" and same_size.evidence is not None
     a, b = (open_signed(x, LOG.public_key) for x in same_size.evidence)  # checkable offline
     assert a.size == b.size and a.root != b.root
-    rewritten = w.add_checkpoint(seen, 9, merkle.consistency_proof(forked, 9, 12), signed(forked, 12), now=3)
-    assert rewritten.kind == "split-view" and rewritten.evidence == (seen.signed, signed(forked, 12))
-    old, new = (open_signed(x, LOG.public_key) for x in rewritten.evidence)
-    assert not merkle.verify_consistency(
-        old.size, new.size, merkle.consistency_proof(forked, 9, 12), old.root, new.root
+    proof = merkle.consistency_proof(forked, 9, 12)
+    # a failed proof alone accuses nobody: anyone may pair a log's checkpoint with a bad proof
+    assert w.add_checkpoint(seen, 9, proof, signed(forked, 12), now=3).kind == "bad-proof"
+    honest_now = w.add_checkpoint(
+        seen, 9, [b"\0" * 32], signed(honest, 12), now=3, at_old=lambda n: signed(honest, n)
     )
+    assert honest_now.kind == "bad-proof"  # the log still signs the root cosigned: only the proof was wrong
+    rewritten = w.add_checkpoint(
+        seen, 9, proof, signed(forked, 12), now=3, at_old=lambda n: signed(forked, n)
+    )
+    assert rewritten.kind == "split-view" and rewritten.evidence == (seen.signed, signed(forked, 9))
+    old, new = (open_signed(x, LOG.public_key) for x in rewritten.evidence)
+    assert old.size == new.size and old.root != new.root  # the log's own two signatures say it
 
 
 def _node(home: Path, institution: str) -> Node:
@@ -115,7 +122,10 @@ def test_three_nodes_witness_each_other_and_catch_one_edited_behind_its_back(tmp
                     last = seen.get((wname, log_name))
                     old = last.size if last else 0
                     proof = tree_.consistency(old, cp.size) if old <= cp.size else []
-                    outcome = w.add_checkpoint(last, old, proof, note_text, now)
+                    at_old = lambda n, tree_=tree_, log=log, log_name=log_name: Checkpoint(  # noqa: E731
+                        origin_for(log.key, f"Hospital {log_name}"), n, tree_.root(n)
+                    ).sign(log.key)
+                    outcome = w.add_checkpoint(last, old, proof, note_text, now, at_old)
                     kinds[(wname, log_name)] = outcome.kind
                     if outcome.kind == "cosigned":
                         seen[(wname, log_name)] = outcome.seen

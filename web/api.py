@@ -8,6 +8,7 @@ never the event loop.
 
     POST /witness/add-checkpoint    old <size>, proof lines, blank line, signed checkpoint
     GET  /log/checkpoint            our newest published (cosigned) checkpoint
+    GET  /log/checkpoint?size=N     our checkpoint at size N, signed now (a witness whose proof failed asks)
     GET  /log/consistency?old=&new= the RFC 9162 proof between two sizes, base64 one a line
     GET  /log/inclusion?seq=&size=  event seq's leaf hash and its proof (JSON)
 
@@ -30,10 +31,13 @@ from starlette.routing import Route
 from dicom_chain.errors import DicomChainError, NoteError
 from dicom_chain.node import Node
 from dicom_chain.tlog import merkle
+from dicom_chain.tlog.checkpoint import Checkpoint, origin_for
 from dicom_chain.tlog.publishing import latest_published
 from dicom_chain.tlog.store import EventTree
-from dicom_chain.tlog.witness import MAX_REQUEST_BYTES, parse_request
+from dicom_chain.tlog.witness import DECIMAL, MAX_REQUEST_BYTES, parse_request
 from dicom_chain.tlog.witnessing import WitnessDesk
+
+from .publish import fetch_checkpoint
 
 log = logging.getLogger("dicom_chain.web")
 SIZE_TYPE = "text/x.tlog.size"  # c2sp.org/tlog-witness: the 409 body's content type
@@ -68,7 +72,9 @@ def create_app(node: Node) -> Starlette:
             old_size, proof, signed = parse_request(body)
         except NoteError as exc:
             return _text(str(exc), 400)
-        judged = await run_in_threadpool(desk.add_checkpoint, old_size, proof, signed, actor=_actor(request))
+        judged = await run_in_threadpool(
+            desk.add_checkpoint, old_size, proof, signed, actor=_actor(request), at_old=fetch_checkpoint
+        )
         outcome = judged.outcome
         status = outcome.http_status
         if outcome.kind == "cosigned" and outcome.cosignature is not None:
@@ -81,6 +87,15 @@ def create_app(node: Node) -> Starlette:
         return _text(outcome.reason, status)
 
     def checkpoint(request: Request) -> Response:
+        if "size" in request.query_params:  # our signed checkpoint at an earlier size (witnesses ask)
+            sizes = _sizes(request, "size")
+            if isinstance(sizes, Response):
+                return sizes
+            [size] = sizes
+            if not 0 < size <= tree.size():
+                return _text(f"no checkpoint at {size}: the tree holds {tree.size()} events", 404)
+            cp = Checkpoint(origin_for(node.key, node.settings.institution), size, tree.root(size))
+            return PlainTextResponse(cp.sign(node.key))
         published = latest_published(node)
         if published is None:
             return _text("no checkpoint published yet (it needs a quorum of cosignatures)", 404)
@@ -90,7 +105,7 @@ def create_app(node: Node) -> Starlette:
         values = []
         for name in names:
             raw = request.query_params.get(name, "")
-            if not raw.isdigit() or len(raw) > 20:
+            if not DECIMAL.fullmatch(raw):
                 return _text(f"{name}: a decimal size", 400)
             values.append(int(raw))
         return values
@@ -100,7 +115,7 @@ def create_app(node: Node) -> Starlette:
         if isinstance(sizes, Response):
             return sizes
         old, new = sizes
-        if not old <= new <= tree.grow():
+        if not old <= new <= tree.size():  # what the rounds grew: a GET takes no write lock
             return _text(f"no proof from {old} to {new}: the log has {tree.size()} events", 400)
         return _text("".join(_b64(p) + "\n" for p in tree.consistency(old, new)) or "\n")
 
@@ -109,7 +124,7 @@ def create_app(node: Node) -> Starlette:
         if isinstance(sizes, Response):
             return sizes
         seq, size = sizes
-        if size > tree.grow():
+        if size > tree.size():
             return _text(f"the log has {tree.size()} events, not {size}", 400)
         try:
             found = tree.inclusion(seq, size)

@@ -20,6 +20,7 @@ from dicom_chain.sharing.registry import Institution
 from dicom_chain.tlog import note
 from dicom_chain.tlog.checkpoint import Checkpoint
 from dicom_chain.tlog.publishing import Published, Publisher, keep_timestamp
+from dicom_chain.tlog.witness import DECIMAL
 
 from .tsa import request_timestamp
 
@@ -55,7 +56,7 @@ def ask(publisher: Publisher, witness: Institution, cp: Checkpoint, signed: str)
             if response.status_code == 200:
                 return publisher.accept(witness, cp, signed, response.text)
             kind = response.headers.get("content-type", "").split(";")[0].strip()
-            if response.status_code == 409 and kind == SIZE_TYPE and response.text.strip().isdigit():
+            if response.status_code == 409 and kind == SIZE_TYPE and DECIMAL.fullmatch(response.text.strip()):
                 old = int(response.text.strip())
                 continue
             raise DicomChainError(f"{response.status_code}: {response.text.strip()[:200]}")
@@ -72,7 +73,7 @@ def publish_round(publisher: Publisher, tsa: str | None = None) -> Round:
         try:
             lines.append(ask(publisher, witness, cp, signed))
             result.cosigned_by.append(witness.name)
-        except (DicomChainError, httpx.HTTPError, ssl.SSLError, OSError) as exc:
+        except Exception as exc:  # a witness's failure costs its cosignature only, whatever it is
             result.failed[witness.name] = str(exc) or type(exc).__name__
             log.warning(
                 "witness %s did not cosign size %d: %s", witness.name, cp.size, result.failed[witness.name]
@@ -86,3 +87,17 @@ def publish_round(publisher: Publisher, tsa: str | None = None) -> Round:
         except DicomChainError as exc:
             log.warning("checkpoint %d not timestamped: %s", cp.size, exc)
     return result
+
+
+def fetch_checkpoint(institution: Institution, size: int) -> str | None:
+    """The log's own signed checkpoint at ``size`` (``GET /log/checkpoint?size=``), or None when
+    it cannot be had: what a witness asks before calling a failed proof a split view."""
+    if not institution.log_url:
+        return None
+    try:
+        with httpx.Client(verify=trust_for(institution), timeout=WITNESS_TIMEOUT_S) as client:
+            response = client.get(f"{institution.log_url}/log/checkpoint", params={"size": size})
+    except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+        log.warning("checkpoint of %s at %d not fetched: %s", institution.name, size, exc)
+        return None
+    return response.text if response.status_code == 200 else None

@@ -78,9 +78,10 @@ class Carried(ABC):
         text): the receipt event names them and a DICOM sender gets a warning. None by default."""
         return ()
 
-    def sender_checkpoint(self) -> str:
+    def take_sender_checkpoint(self) -> str:
         """The sending institution's checkpoint, when the item came as a release that carries one
-        (an add-checkpoint request body, tlog/witness.py); "" otherwise, and for formats without."""
+        (tlog/publishing.carried_request), removed from the item; "" otherwise, and for formats
+        without."""
         return ""
 
     def index_values(self) -> Mapping[str, Any] | None:

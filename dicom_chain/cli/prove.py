@@ -87,7 +87,24 @@ def prove_make(uid: str, at: str | None, output: Path, **kwargs: Any) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The time-stamping authority's certificate (PEM), to check the checkpoint's RFC 3161 timestamp.",
 )
-def prove_verify(bundle: Path, public_key: Path | None, image: Path | None, tsa_cert: Path | None) -> None:
+@click.option(
+    "--witness",
+    "witness_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A witness's public key you trust (repeatable): only these cosignatures count.",
+)
+@click.option(
+    "--quorum", type=click.IntRange(0, 64), default=0, show_default=True, help="Pinned cosignatures required."
+)
+def prove_verify(
+    bundle: Path,
+    public_key: Path | None,
+    image: Path | None,
+    tsa_cert: Path | None,
+    witness_keys: tuple[Path, ...],
+    quorum: int,
+) -> None:
     """Check a bundle offline. Exit 0 if it holds, 1 if not, 3 if it holds with an unpinned key."""
     from dicom_chain.carriers.registry import open_file
     from dicom_chain.keys import load_public_key
@@ -105,6 +122,8 @@ def prove_verify(bundle: Path, public_key: Path | None, image: Path | None, tsa_
         key,
         carried,
         tsa_cert.read_bytes() if tsa_cert else None,
+        [load_public_key(k) for k in witness_keys],
+        quorum,
     )
     for line in checked.lines:
         click.echo(f"  {line}")

@@ -356,6 +356,7 @@ class WitnessedLogRow(Base):
 
     __tablename__ = "witnessed_logs"
 
+    # the log by its key, ``<key ID>.dicom-chain/`` (witnessing.log_id): not the name it gives itself
     origin: Mapped[str] = mapped_column(String(255), primary_key=True)
     institution: Mapped[str] = mapped_column(String(64))  # its name in our registry
     size: Mapped[int] = mapped_column(BigInteger)

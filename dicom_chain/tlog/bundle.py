@@ -18,20 +18,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from dicom_chain import canonjson
 from dicom_chain.block import Block
 from dicom_chain.carriers.base import Carried
 from dicom_chain.db.models import BlockRow, PublishedCheckpointRow
 from dicom_chain.errors import DicomChainError, NoteError, ProofError
 from dicom_chain.events import Event
+from dicom_chain.keys import key_id_for, verify_signature
 from dicom_chain.ledger import EVENTS
 from dicom_chain.sharing.registry import Registry
-from dicom_chain.tlog import cosignature, merkle
+from dicom_chain.tlog import cosignature, merkle, note
 from dicom_chain.tlog.checkpoint import Checkpoint, open_signed
 from dicom_chain.tlog.store import EventTree
 from dicom_chain.tlog.witnessing import WitnessHost, witness_name
@@ -39,6 +42,7 @@ from dicom_chain.vocab import EventType
 
 BUNDLE_TYPE = "image-state"
 BUNDLE_FORMAT = 1
+MANIFEST_DOMAIN = b"DICOM_CHAIN bundle manifest v1\n"
 # A block for the instance (its first, the same again, or a new version): what it is from this
 # event on. A release from another institution is received as one too (its release.received
 # event beside it names the sender's block).
@@ -111,7 +115,7 @@ def build(host: WitnessHost, institution: str, uid: str, at: str | None = None) 
         {"institution": i.name, "name": witness_name(i.key_id), "public_key": i.public_key.hex()}
         for i in Registry(host.ledger, None).all(include_removed=True)
     ]
-    return {
+    document = {
         "type": BUNDLE_TYPE,
         "format": BUNDLE_FORMAT,
         "subject": uid,
@@ -131,6 +135,21 @@ def build(host: WitnessHost, institution: str, uid: str, at: str | None = None) 
             for e in events
         ],
     }
+    document["manifest_signature"] = host.key.sign(MANIFEST_DOMAIN + manifest(document)).hex()
+    return document
+
+
+def manifest(document: dict[str, Any]) -> bytes:
+    """What the log's key vouches for in a bundle: this subject, as at this time, is these blocks
+    and these events (by sequence number), proved against this checkpoint. Leaving an event out,
+    or adding another's, breaks the signature; and an event of the log naming the subject that is
+    not listed is the log's own signed word against it."""
+    blocks = sorted(Block.from_bytes(str(b).encode("utf-8")).hash for b in document["blocks"])
+    body, _ = note.parse(document["checkpoint"])  # cosignatures gathered later may join it
+    return canonjson.dumps({
+        "subject": document["subject"], "at": document["at"], "checkpoint": body,
+        "blocks": blocks, "events": [int(e["seq"]) for e in document["events"]],
+    })  # fmt: skip
 
 
 def _blocks(host: WitnessHost, hashes: set[str]) -> list[Block]:
@@ -171,17 +190,27 @@ def check(
     public_key: bytes | None = None,
     image: Carried | None = None,
     tsa_certificate: bytes | None = None,
+    witnesses: Sequence[bytes] = (),
+    quorum: int = 0,
 ) -> Checked:
+    """``witnesses``: the public keys of the witnesses the verifier trusts (the bundle's own list
+    is only who the log says they are); ``quorum`` of them must have cosigned the checkpoint."""
     out = Checked(pinned=public_key is not None)
     try:
-        _check(document, public_key, image, tsa_certificate, out)
+        _check(document, public_key, image, tsa_certificate, out, list(witnesses), quorum)
     except (DicomChainError, KeyError, TypeError, ValueError) as exc:
         out.problems.append(f"bundle unreadable or broken: {exc}")
     return out
 
 
 def _check(
-    doc: dict[str, Any], public_key: bytes | None, image: Carried | None, tsa: bytes | None, out: Checked
+    doc: dict[str, Any],
+    public_key: bytes | None,
+    image: Carried | None,
+    tsa: bytes | None,
+    out: Checked,
+    witnesses: list[bytes],
+    quorum: int,
 ) -> None:
     if doc.get("type") != BUNDLE_TYPE or doc.get("format") != BUNDLE_FORMAT:
         raise ProofError(f"not an {BUNDLE_TYPE} bundle of format {BUNDLE_FORMAT}")
@@ -195,13 +224,24 @@ def _check(
         return
     out.checkpoint = cp
     out.lines.append(f"checkpoint of {cp.origin} at size {cp.size}, signed by the log's key")
-    for w in doc.get("witnesses") or []:
+    try:
+        verify_signature(key, bytes.fromhex(doc["manifest_signature"]), MANIFEST_DOMAIN + manifest(doc))
+    except DicomChainError as exc:
+        out.problems.append(f"the bundle's manifest (its subject, blocks and events) is not the log's: {exc}")
+    said = {str(w.get("public_key")): str(w.get("institution")) for w in doc.get("witnesses") or []}
+    cosigners = 0
+    for public in witnesses:
+        name = witness_name(key_id_for(public))
         try:
-            when = cosignature.verify(doc["checkpoint"], w["name"], bytes.fromhex(w["public_key"]))
+            when = cosignature.verify(doc["checkpoint"], name, public)
         except NoteError:
-            continue  # not every registered institution cosigned this one
-        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        out.lines.append(f"cosigned by {w['institution']} ({w['name']}) at {stamp}")
+            continue
+        cosigners += 1
+        out.lines.append(f"cosigned by {said.get(public.hex(), 'a pinned witness')} ({name}) at {_utc(when)}")
+    if quorum and cosigners < quorum:
+        out.problems.append(f"{cosigners} pinned witness(es) cosigned the checkpoint, {quorum} needed")
+    elif not witnesses and doc.get("witnesses"):
+        out.lines.append("witnesses not checked: give their keys (--witness) to count their cosignatures")
     if doc.get("timestamp") and tsa is not None:
         from dicom_chain.tlog.timestamps import check_token
 
@@ -222,9 +262,17 @@ def _check(
             out.problems.append(f"block {block.hash[:16]}: {exc}")
             continue
         blocks[block.hash] = block
+    _bound(doc, events, blocks, out)
     _timeline(events, blocks, out)
     if image is not None:
         _image(image, events, blocks, out)
+
+
+def _utc(seconds: int) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} (out of range)"
 
 
 def _events(entries: list[dict[str, Any]], key: bytes, cp: Checkpoint, out: Checked) -> list[Event]:
@@ -249,6 +297,22 @@ def _events(entries: list[dict[str, Any]], key: bytes, cp: Checkpoint, out: Chec
         events.append(event)
     out.lines.append(f"{len(events)} of {len(entries)} events in the log and signed by its key")
     return sorted(events, key=lambda e: e.seq)
+
+
+def _bound(doc: dict[str, Any], events: list[Event], blocks: dict[str, Block], out: Checked) -> None:
+    """Every block and event is of the subject: its instance, or an instance of its study, or
+    its study's own (study-level) events; and none is later than ``at``."""
+    subject = str(doc.get("subject") or "")
+    instances = {b.header.item_id for b in blocks.values()}
+    studies = {b.header.group_id for b in blocks.values()}
+    if subject not in instances and studies != {subject}:
+        out.problems.append(f"the blocks are not of {subject}")
+    limit = moment(str(doc["at"])) if doc.get("at") else None
+    for e in events:
+        if (e.sop_uid and e.sop_uid not in instances) or e.study_uid not in studies:
+            out.problems.append(f"event {e.seq} ({e.type}) is of another instance or study")
+        if limit is not None and moment(e.time) > limit:
+            out.problems.append(f"event {e.seq} is later than the bundle's time {doc['at']}")
 
 
 def _timeline(events: list[Event], blocks: dict[str, Block], out: Checked) -> None:

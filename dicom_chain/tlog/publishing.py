@@ -12,6 +12,7 @@ nothing is published and the previous checkpoint stands. The asking (HTTP) is th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -124,26 +125,31 @@ def keep_timestamp(host: WitnessHost, size: int, token: bytes) -> None:
 
 
 def carried_request(host: WitnessHost, institution: str, receiver: Institution) -> str:
-    """What a release to ``receiver`` carries: our newest published checkpoint (a new one of our
-    own when none is), proved consistent from the size the receiver last saw of our log."""
+    """What a release to ``receiver`` carries (JSON): ``request``, an add-checkpoint body with our
+    newest published checkpoint (a new one of our own when none is), proved consistent from the
+    size the receiver last saw of our log; and ``old``, our checkpoint at that size signed now,
+    which the receiver compares with the one it holds when the proof fails (tlog/witness.py)."""
     published = latest_published(host)
+    tree = EventTree(host.ledger)
     if published is not None:
         signed = published.signed
         cp = Checkpoint.parse(note.parse(signed)[0])
     else:
-        cp, signed = EventTree(host.ledger).checkpoint(host.key, institution)
-    publisher = Publisher(host, institution, quorum=0)
-    seen = publisher.last_cosigned(receiver)
-    return publisher.request(cp, signed, seen if seen <= cp.size else 0).decode("utf-8")
+        cp, signed = tree.checkpoint(host.key, institution)
+    seen = Publisher(host, institution, quorum=0).last_cosigned(receiver)
+    old = seen if seen <= cp.size else 0
+    request = format_request(old, tree.consistency(old, cp.size), signed).decode("utf-8")
+    at_old = Checkpoint(cp.origin, old, tree.root(old)).sign(host.key) if old else ""
+    return json.dumps({"request": request, "old": at_old})
 
 
-def carried_to(host: WitnessHost, receiver: Institution, request: str) -> None:
-    """The receiver accepted instances carrying ``request``: it has seen our log at that size,
+def carried_to(host: WitnessHost, receiver: Institution, carried: str) -> None:
+    """The receiver accepted instances carrying ``carried``: it has seen our log at that size,
     and the next release proves consistency from there (a witness's cosignature, if one comes
     later over HTTPS, is kept in the same row)."""
     from dicom_chain.tlog.witness import parse_request
 
-    _, _, signed = parse_request(request.encode("utf-8"))
+    _, _, signed = parse_request(json.loads(carried)["request"].encode("utf-8"))
     size = Checkpoint.parse(note.parse(signed)[0]).size
     with host.db.writing() as session:
         row = session.get(LogCosignatureRow, receiver.name)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,10 +66,22 @@ class Witness:
         self.logs = logs
 
     def add_checkpoint(
-        self, seen: Seen | None, old_size: int, proof: list[bytes], signed: str, now: int
+        self,
+        seen: Seen | None,
+        old_size: int,
+        proof: list[bytes],
+        signed: str,
+        now: int,
+        at_old: Callable[[int], str | None] | None = None,
     ) -> Outcome:
         """Judge ``signed`` (a checkpoint note), offered with a consistency proof from ``old_size``,
-        given what was last ``seen`` of its log."""
+        given what was last ``seen`` of its log.
+
+        A proof that fails accuses nobody by itself: anyone may offer a log's public checkpoint
+        with a wrong proof. ``at_old`` asks the log for its own signed checkpoint at the size last
+        seen (over its API, or as a release carried it); a root that differs from the one
+        cosigned there is two roots the log signed at one size, evidence anyone checks offline.
+        The same root means only the proof was wrong: ``bad-proof``, and nothing recorded."""
         try:
             text, _ = note.parse(signed)
             origin = Checkpoint.parse(text).origin
@@ -93,12 +107,19 @@ class Witness:
                 status=409,  # the spec's status for a root that differs at the cosigned size
             )
         if not merkle.verify_consistency(last.size, cp.size, proof, last.root, cp.root):
-            if last.signed:
-                return Outcome(
-                    "split-view",
-                    f"{origin} at {cp.size} does not extend what it showed at {last.size}",
-                    evidence=(last.signed, signed),
-                )
+            again = at_old(last.size) if at_old is not None and last.signed else None
+            if again:
+                try:
+                    then = open_signed(again, public_key, origin)
+                except NoteError:
+                    then = None
+                if then is not None and then.size == last.size and then.root != last.root:
+                    return Outcome(
+                        "split-view",
+                        f"{origin} at {cp.size} does not extend what it showed at {last.size}: "
+                        f"it now signs another root at {last.size}",
+                        evidence=(last.signed, again),
+                    )
             return Outcome("bad-proof", "invalid consistency proof")
         line = cosignature.cosign(text, self.name, self.key, now)
         return Outcome("cosigned", seen=Seen(cp.size, cp.root, signed), cosignature=line)
@@ -106,6 +127,7 @@ class Witness:
 
 # -- c2sp.org/tlog-witness add-checkpoint: the request body -----------------------------------
 
+DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")  # ASCII digits only: str.isdigit takes "²" and "١"
 MAX_PROOF_LINES = 63  # the spec's bound: a proof between two 64-bit sizes needs fewer
 MAX_REQUEST_BYTES = 64 * 1024  # an old size, 63 hashes and a checkpoint with its signatures fit in far less
 
@@ -129,7 +151,7 @@ def parse_request(body: bytes) -> tuple[int, list[bytes], str]:
     if not blank or not lines[0].startswith("old "):
         raise NoteError("request starts 'old <size>', then the proof, a blank line and the checkpoint")
     size = lines[0][4:]
-    if not size.isdigit() or (size != "0" and size.startswith("0")) or len(size) > 20:
+    if not DECIMAL.fullmatch(size):
         raise NoteError(f"old size {size!r} is not a decimal number")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise NoteError(f"a consistency proof has at most {MAX_PROOF_LINES} hashes")

@@ -14,10 +14,9 @@ that cannot extend what it showed is one fault, not one per request.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,6 +87,12 @@ class Judged:
     outcome: Outcome
     institution: str = ""  # whose log, by our registry's name ("" when not one we know)
     event_seq: int = 0  # the log.split-view event recorded, if this request caused one
+    log: Institution | None = None
+
+
+# Fetches a log's own signed checkpoint at a size (the edge's, over the log's API; or what a
+# release carried): None when it cannot be had.
+AtOld = Callable[[Institution, int], str | None]
 
 
 class WitnessDesk:
@@ -100,28 +105,56 @@ class WitnessDesk:
 
     def seen(self, origin: str) -> Seen | None:
         with self.host.db.reading() as session:
-            row = session.get(WitnessedLogRow, origin)
+            row = session.get(WitnessedLogRow, log_id(origin))
             return Seen(row.size, row.root, row.signed) if row is not None and row.signed else None
 
-    def add_checkpoint(self, old_size: int, proof: list[bytes], signed: str, *, actor: str) -> Judged:
+    def add_checkpoint(
+        self,
+        old_size: int,
+        proof: list[bytes],
+        signed: str,
+        *,
+        actor: str,
+        at_old: AtOld | None = None,
+    ) -> Judged:
         """Judge a checkpoint offered with a consistency proof from ``old_size`` (c2sp.org/tlog-
-        witness add-checkpoint); cosigned, the new state is kept; a split view is recorded."""
+        witness add-checkpoint); cosigned, the new state is kept; a split view is recorded.
+
+        ``at_old`` fetches the log's own signed checkpoint at a size (tlog/witness.py says why):
+        asked only when a proof failed, and outside the transaction, since it may wait on the
+        network; the checkpoint is then judged again, in a new one, with that answer."""
+        judged, last = self._judge(old_size, proof, signed, actor, None)
+        if judged.outcome.kind != "bad-proof" or at_old is None or last is None or judged.log is None:
+            return judged
+        again = at_old(judged.log, last)
+        if not again:
+            return judged
+        return self._judge(old_size, proof, signed, actor, lambda size: again if size == last else None)[0]
+
+    def _judge(
+        self,
+        old_size: int,
+        proof: list[bytes],
+        signed: str,
+        actor: str,
+        at_old: Callable[[int], str | None] | None,
+    ) -> tuple[Judged, int | None]:
+        """The judgement, and the size the witness had cosigned (None: nothing yet)."""
         logs = RegisteredLogs(Registry(self.host.ledger, None).all())
         witness = Witness(self.name, self.host.key, logs)
         origin = _origin(signed)
         institution = logs.institution(origin) if origin else None
         with self.host.db.writing() as session:
-            row = _locked(session, origin, institution.name) if institution is not None else None
+            row = _locked(session, log_id(origin), institution.name) if institution is not None else None
             seen = Seen(row.size, row.root, row.signed) if row is not None and row.signed else None
-            outcome = witness.add_checkpoint(seen, old_size, proof, signed, int(time.time()))
-            judged = Judged(outcome, institution.name if institution else "")
+            outcome = witness.add_checkpoint(seen, old_size, proof, signed, int(time.time()), at_old)
+            judged = Judged(outcome, institution.name if institution else "", log=institution)
             if outcome.kind == "cosigned" and outcome.seen is not None and row is not None:
                 _keep(row, outcome.seen)
             elif outcome.kind == "split-view" and institution is not None and seen is not None:
-                name = institution.name
-                seq = self._split_view(session, name, origin, seen, old_size, proof, outcome, actor)
-                judged = Judged(outcome, institution.name, seq)
-        return judged
+                seq = self._split_view(session, institution.name, origin, seen, signed, outcome, actor)
+                judged = Judged(outcome, institution.name, seq, institution)
+        return judged, (seen.size if seen is not None else None)
 
     def _split_view(
         self,
@@ -129,12 +162,11 @@ class WitnessDesk:
         institution: str,
         origin: str,
         seen: Seen,
-        old_size: int,
-        proof: list[bytes],
+        offered: str,
         outcome: Outcome,
         actor: str,
     ) -> int:
-        departed = _departure(origin, seen)
+        departed = _departure(log_id(origin), seen)
         for earlier in self.host.ledger.events_of_types([EventType.LOG_SPLIT_VIEW]):
             if earlier.details.get("departs_from") == departed:
                 return 0  # already on the record: one fault per state the log departs from
@@ -149,16 +181,20 @@ class WitnessDesk:
                 "origin": origin,
                 "departs_from": departed,
                 "cosigned_size": seen.size,
-                "evidence": {
-                    "type": "split-view",
-                    "old": outcome.evidence[0],
-                    "new": outcome.evidence[1],
-                    "old_size": old_size,
-                    "proof": [base64.b64encode(p).decode("ascii") for p in proof],
-                },
+                # two checkpoints the log signed at one size, with two roots (log verify-proof);
+                # and what it offered that could not extend the first
+                "evidence": {"type": "split-view", "old": outcome.evidence[0], "new": outcome.evidence[1]},
+                "offered": offered,
             },
         )
         return record_fault(self.host, draft, institution, session).seq
+
+
+def log_id(origin: str) -> str:
+    """The log an origin names, by its key: ``<key ID>.dicom-chain/``. The witness keeps its state
+    by this, so a log cannot start afresh by signing under another name."""
+    key_id, mark, _ = origin.partition(ORIGIN_MARK)
+    return key_id + mark if mark else origin
 
 
 def _origin(signed: str) -> str:

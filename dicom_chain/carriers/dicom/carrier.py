@@ -23,7 +23,7 @@ from dicom_chain.carriers.base import Carried, Carrier, Digests, Identity, Item
 from dicom_chain.carriers.dicom import fastread
 from dicom_chain.carriers.dicom.canonical import CANONICAL_VERSION, content_digests, lossy_pixels
 from dicom_chain.carriers.dicom.elementwalk import Element, walk
-from dicom_chain.carriers.dicom.embedding import carried_checkpoint, embed_block, read_block
+from dicom_chain.carriers.dicom.embedding import embed_block, read_block, take_checkpoint
 from dicom_chain.carriers.dicom.identity import instance_identity
 from dicom_chain.carriers.dicom.indexvalues import index_values
 from dicom_chain.carriers.dicom.privatetags import CHAIN_GROUP
@@ -218,9 +218,9 @@ class DicomCarried(Carried):
         except Exception as exc:  # a garbled private element can fail inside pydicom
             raise MalformedBlockError(f"block unreadable: {exc}") from exc
 
-    def sender_checkpoint(self) -> str:
+    def take_sender_checkpoint(self) -> str:
         try:
-            return carried_checkpoint(self.dataset)
+            return take_checkpoint(self.dataset)
         except Exception:  # a garbled element: no checkpoint to judge, the instance itself is unharmed
             return ""
 

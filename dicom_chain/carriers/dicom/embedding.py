@@ -18,7 +18,6 @@ from dicom_chain.carriers.dicom.privatetags import (
     CHAIN_GROUP,
     ELEMENTS,
     PRIVATE_CREATOR,
-    RELEASE_ELEMENTS,
     chain_block_tags,
     creator_slots,
     free_slot,
@@ -154,8 +153,7 @@ def read_block(ds: Dataset) -> Block:
         raise MalformedBlockError(f"{len(slots)} DICOM_CHAIN private blocks; expected one")
     base = (CHAIN_GROUP << 16) | (slots[0] << 8)
     for tag in chain_block_tags(ds):
-        offset = tag & 0xFF
-        if tag >> 8 == base >> 8 and offset not in ELEMENTS and offset not in RELEASE_ELEMENTS:
+        if tag >> 8 == base >> 8 and tag & 0xFF not in ELEMENTS:  # covered by no hash nor signature
             raise MalformedBlockError(
                 f"element (0071,{tag & 0xFFFF:04X}) is not part of the DICOM_CHAIN block format"
             )
@@ -225,8 +223,9 @@ def attach_checkpoint(ds: Dataset, request: str) -> None:
     )
 
 
-def carried_checkpoint(ds: Dataset) -> str:
-    """The sender's checkpoint a released instance carries ("" for none)."""
+def take_checkpoint(ds: Dataset) -> str:
+    """The sender's checkpoint a released instance carries, removed from it ("" for none): a
+    stored file never holds it, and ``read_block`` refuses anything unsigned in the block."""
     slots = creator_slots(ds)
     if len(slots) != 1:
         return ""
@@ -234,6 +233,7 @@ def carried_checkpoint(ds: Dataset) -> str:
     if tag not in ds:
         return ""
     value = ds[tag].value  # read now if the parser deferred it (a received data set's large values)
+    del ds[tag]
     if not isinstance(value, bytes):
         return ""
     return value.rstrip(b"\x00").decode("utf-8", "replace")
