@@ -223,3 +223,14 @@ class TimestampError(DicomChainError):
     """An RFC 3161 timestamp not obtained (TSA unreachable or refusing) or whose token does not hold."""
 
     fault = Fault.REMOTE
+
+
+class AuthError(DicomChainError):
+    """A login, a session or a patient link that does not hold: wrong password, unknown or
+    disabled user, expired or revoked link. Said the same way whichever it was."""
+
+    fault = Fault.REMOTE
+
+
+class UserError(DicomChainError):
+    """A user or role that cannot be made as asked: a name in use, an unknown role, a weak password."""

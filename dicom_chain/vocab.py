@@ -50,6 +50,13 @@ class EventType(StrEnum):
     PATIENT_IDENTITY_CONFLICT = "patient.identity-conflict"
     # another institution's log showed two histories (a security event: both signed checkpoints kept)
     LOG_SPLIT_VIEW = "log.split-view"
+    # the web console (web/console/): its users, their sessions, and patients' links
+    USER_ADDED = "user.added"
+    USER_DISABLED = "user.disabled"
+    USER_LOGIN = "user.login"  # success, or a failure (the name tried, never the password)
+    USER_LOGOUT = "user.logout"
+    PATIENT_LINK_ISSUED = "patient.link-issued"
+    PATIENT_LINK_OPENED = "patient.link-opened"
 
 
 class Outcome(StrEnum):

@@ -265,6 +265,14 @@ class Gateway:
             self.node.storage.root, ",".join(self.node.destinations) or "-",
         )  # fmt: skip
 
+    def live(self) -> dict[str, object]:
+        """What the console's dashboard shows of the DICOM side: listening, and associations now."""
+        server = self.server
+        return {
+            "running": server is not None,
+            "associations": sum(1 for a in server.active_associations if a.is_established) if server else 0,
+        }
+
     def stop(self) -> None:
         """Stop accepting, let in-flight associations finish, stop forwarding, record it."""
         if self.server is not None:
@@ -319,7 +327,7 @@ class Companion(Protocol):
     def stop(self) -> None: ...
 
 
-def run_server(settings: Settings, companions: Sequence[Callable[[Node], Companion]] = ()) -> None:
+def run_server(settings: Settings, companions: Sequence[Callable[[Node, Gateway], Companion]] = ()) -> None:
     """``dicom-chain serve``: run until SIGTERM or SIGINT, then stop cleanly and return.
     ``companions`` make, from the node, services started after the gateway and stopped before it."""
     configure_logging(settings)
@@ -339,7 +347,7 @@ def run_server(settings: Settings, companions: Sequence[Callable[[Node], Compani
         try:
             gateway.start()
             for make in companions:
-                companion = make(node)
+                companion = make(node, gateway)
                 companion.start()
                 started.append(companion)
             tune_gc()

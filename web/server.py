@@ -19,7 +19,8 @@ from dicom_chain.errors import StartupError
 from dicom_chain.node import Node
 from dicom_chain.tlog.publishing import Publisher
 
-from .api import create_app
+from .app import create_app, not_serving
+from .console.app import Live
 from .publish import publish_round
 
 log = logging.getLogger("dicom_chain.web")
@@ -28,9 +29,18 @@ STOP_TIMEOUT_S = 10.0  # in-flight requests are one transaction each
 
 
 class LogServer:
-    def __init__(self, node: Node, host: str, port: int, *, certfile: str = "", keyfile: str = "") -> None:
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        *,
+        certfile: str = "",
+        keyfile: str = "",
+        live: Live = not_serving,
+    ) -> None:
         config = uvicorn.Config(
-            create_app(node),
+            create_app(node, live=live, https=bool(certfile)),
             host=host,
             port=port,
             ssl_certfile=certfile or None,
@@ -98,13 +108,14 @@ class Checkpointer:
 class LogService:
     """What ``serve --http-port`` adds to the gateway: the API and the rounds."""
 
-    def __init__(self, node: Node, settings: Settings) -> None:
+    def __init__(self, node: Node, settings: Settings, live: Live = not_serving) -> None:
         self.api = LogServer(
             node,
             settings.http_host,
             settings.http_port,
             certfile=str(settings.http_tls_cert or ""),
             keyfile=str(settings.http_tls_key or ""),
+            live=live,
         )
         publisher = Publisher(node, settings.institution, settings.witness_quorum)
         self.rounds = Checkpointer(publisher, settings.checkpoint_interval, settings.tsa)

@@ -44,6 +44,11 @@ NODE_AUTHENTICATION = Code("110126", "Node Authentication")
 SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
 RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
 OBJECT_SECURITY_CHANGED = Code("110135", "Object Security Attributes Changed")
+USER_AUTHENTICATION = Code("110114", "User Authentication")
+LOGIN = Code("110122", "Login")
+LOGOUT = Code("110123", "Logout")
+SECURITY_ROLES_CHANGED = Code("110136", "Security Roles Changed")
+USER_SECURITY_CHANGED = Code("110137", "User security Attributes Changed")
 
 KINDS: dict[EventType, AuditKind] = {
     EventType.INSTANCE_RECEIVED: AuditKind(INSTANCES_TRANSFERRED, "C"),
@@ -77,6 +82,12 @@ KINDS: dict[EventType, AuditKind] = {
     EventType.RESEARCH_EXPORT: AuditKind(EXPORT, "R"),
     EventType.IMAGES_EXPORTED: AuditKind(EXPORT, "R"),
     EventType.PATIENT_IDENTITY_CONFLICT: AuditKind(PATIENT_RECORD, "U"),
+    EventType.USER_ADDED: AuditKind(SECURITY_ALERT, "C", SECURITY_ROLES_CHANGED),
+    EventType.USER_DISABLED: AuditKind(SECURITY_ALERT, "D", SECURITY_ROLES_CHANGED),
+    EventType.USER_LOGIN: AuditKind(USER_AUTHENTICATION, "E", LOGIN),
+    EventType.USER_LOGOUT: AuditKind(USER_AUTHENTICATION, "E", LOGOUT),
+    EventType.PATIENT_LINK_ISSUED: AuditKind(SECURITY_ALERT, "C", USER_SECURITY_CHANGED),
+    EventType.PATIENT_LINK_OPENED: AuditKind(USER_AUTHENTICATION, "E", LOGIN),
 }
 # Only for a type this version does not know (an export from a newer node read here): every
 # member of EventType has its own entry above (a test holds the two equal).

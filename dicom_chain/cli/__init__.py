@@ -24,6 +24,7 @@ from dicom_chain.cli.release import release
 from dicom_chain.cli.research import research_export
 from dicom_chain.cli.serve import demo, forward, serve
 from dicom_chain.cli.sharing import consent, institution, policy_group
+from dicom_chain.cli.user import user_group
 from dicom_chain.cli.verify import verify
 
 
@@ -56,5 +57,6 @@ for command in (
     export_images,
     log_group,
     prove_group,
+    user_group,
 ):
     main.add_command(command)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dicom_chain.cli.options import config_option, settings_from, settings_options
+from dicom_chain.cli.options import NODE, config_option, settings_from, settings_options
 
 # The access log reads the ledger and the query index and signs its proof: no storage, no institution.
 LOG_SETTINGS = ("home", "db", "key_file")
@@ -77,3 +77,30 @@ def access_log(patient_id: str, fmt: str, output: Path | None, **kwargs: Any) ->
     click.echo(
         f"export {checked}, proof {proof_path(checked)}: check with 'dicom-chain audit verify {checked}'"
     )
+
+
+@patient.command("link")
+@config_option
+@settings_options(*NODE)
+@click.argument("patient_id")
+@click.option("--days", type=click.IntRange(1, 365), default=30, show_default=True, help="How long it works.")
+@click.option(
+    "--base-url",
+    default="",
+    metavar="https://HOST:PORT",
+    help="The console's address as the patient reaches it (default: print the path only).",
+)
+def patient_link(patient_id: str, days: int, base_url: str, **kwargs: Any) -> None:
+    """A link the patient opens to see who accessed their studies (the web console's patient page).
+    Shown once: only its hash is kept."""
+    from dicom_chain.actors import local_user
+    from dicom_chain.node import Node
+    from dicom_chain.users import PatientLinks
+
+    node = Node.open(settings_from(kwargs))
+    try:
+        link = PatientLinks(node.ledger, node.key).issue(patient_id, days=days, actor=str(local_user()))
+    finally:
+        node.close()
+    click.echo(f"{base_url.rstrip('/')}/p/{link.token}")
+    click.echo(f"valid until {link.expires_at}", err=True)

@@ -38,7 +38,7 @@ def serve(**kwargs: Any) -> None:
     if settings.http_port:
         from web.server import LogService
 
-        companions.append(lambda node: LogService(node, settings))
+        companions.append(lambda node, gateway: LogService(node, settings, live=gateway.live))
     run_server(settings, companions)
 
 

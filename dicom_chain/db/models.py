@@ -387,3 +387,29 @@ class PublishedCheckpointRow(Base):
     cosigners: Mapped[int] = mapped_column(Integer)
     published_at: Mapped[str] = mapped_column(String(32))
     timestamp: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # RFC 3161 token
+
+
+class UserRow(Base):
+    """A person who logs in to the web console (users.py): a role, an argon2id hash, never the password."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32))
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(32))
+    disabled_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class PatientLinkRow(Base):
+    """A patient's link to their own page: the token's SHA-256 only, so the table gives no link away."""
+
+    __tablename__ = "patient_links"
+    __table_args__ = (Index("ix_patient_links_patient", "patient_id"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issued_by: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[str] = mapped_column(String(32))
+    revoked_at: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -377,6 +377,15 @@ def record_verification(session: Session, problems: dict[str, VerificationState]
     return changed
 
 
+def record_states(session: Session, states: dict[str, VerificationState], at: str) -> None:
+    """States of some instances (stored path -> state), the others left as they are: a check of one
+    study (qr/browse.py)."""
+    for path, state in states.items():
+        session.execute(
+            INSTANCES.update().where(INSTANCES.c.path == path).values(verification=state, verified_at=at)
+        )
+
+
 # -- searching ----------------------------------------------------------------------------------
 
 
@@ -434,13 +443,16 @@ def _base(level: Level) -> Select:
     return select(*columns, *extra).select_from(joined)
 
 
-def search(session: Session, query: Query, level: Level | None = None) -> Iterator[dict[str, Any]]:
-    """Matching entities at ``level`` (default: the query's), one dict of keyword -> value each."""
+def search(
+    session: Session, query: Query, level: Level | None = None, after: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Matching entities at ``level`` (default: the query's), one dict of keyword -> value each,
+    in the order of their row key ``_pk``, from after ``after`` (the console's pages)."""
     level = level or query.level
     stmt = _base(level).where(*(_condition(k, m, level) for k, m in query.keys.items()))
     pk = _LEVEL_COLUMNS[level].id
     wanted = {e.keyword for e in query.requested}
-    last = 0
+    last = after
     while True:
         rows = [
             dict(r._mapping) for r in session.execute(stmt.where(pk > last).order_by(pk).limit(PAGE_ROWS))

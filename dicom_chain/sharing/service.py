@@ -28,7 +28,7 @@ from dicom_chain.sharing.policyfile import Policy
 from dicom_chain.sharing.registry import Registry
 from dicom_chain.vocab import EventType, Outcome
 
-CONSENT_SOURCES = ("cli", "fhir")
+CONSENT_SOURCES = ("cli", "fhir", "console")
 
 
 class SharingHost(Protocol):

@@ -1,0 +1,1 @@
+"""The web console: dashboard, studies, audit, sharing, and the patient's own page."""
