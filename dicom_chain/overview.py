@@ -46,9 +46,9 @@ def overview(host: WitnessHost, ledger: Ledger, storage: Storage) -> Overview:
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     with ledger.db.reading() as session:
         received = session.scalar(
-            select(func.count()).select_from(EVENTS).where(
-                EVENTS.c.time >= today, EVENTS.c.type == EventType.INSTANCE_RECEIVED
-            )
+            select(func.count())
+            .select_from(EVENTS)
+            .where(EVENTS.c.time >= today, EVENTS.c.type == EventType.INSTANCE_RECEIVED)
         )
         rows = session.execute(
             select(EVENTS)
