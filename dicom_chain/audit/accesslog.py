@@ -259,6 +259,12 @@ class _Story:
             what = {"PatientName": "name", "PatientSex": "sex", "PatientBirthDate": "birth date"}
             other = what.get(str(d.get("attribute")), "identity")
             return f"{_cap(study)} gave your patient ID another {other}; flagged for review on {when}."
+        if kind == EventType.PATIENT_LINK_ISSUED:
+            until = _day(str(d.get("expires_at", "")))
+            return f"A link to this record was made for you by {actor} on {when}, valid until {until}."
+        if kind == EventType.PATIENT_LINK_OPENED:
+            opened = "opened" if not _failed(rec) else f"tried after it {rec['reason'] or 'stopped working'}"
+            return f"Your link to this record was {opened} on {when}."
         if kind == EventType.AUDIT_EXPORT:
             return f"A record of who accessed your images was exported by {actor} on {when}."
         if kind == EventType.SCORE_CHANGED:
