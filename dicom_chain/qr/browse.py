@@ -8,6 +8,7 @@ first does: a 2,000-instance study or a 100,000-study index is never loaded whol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from itertools import islice
@@ -121,10 +122,17 @@ class Chain:
 
 
 def chain(
-    ledger: Ledger, study_uid: str, states: dict[str, str], *, after: int = -1, limit: int = CHAIN_PAGE
+    ledger: Ledger,
+    study_uid: str,
+    states: dict[str, str] | None = None,
+    *,
+    after: int = -1,
+    limit: int = CHAIN_PAGE,
 ) -> Chain:
     """The study's blocks in study order from ``after`` (a study index), with each instance's state
-    (``states``: SOP Instance UID -> state) and the hops: releases received and sent."""
+    (``states``: SOP Instance UID -> state; ``with_states`` reads them) and the hops: releases
+    received and sent."""
+    states = states or {}
     with ledger.db.reading() as session:
         rows = session.execute(
             select(BlockRow.study_index, BlockRow.block_hash, BlockRow.study_prev_hash,
@@ -200,3 +208,16 @@ def verify_study(
         details={"study": study_uid, "instances": len(states), "problems": faults[:50]},
     ))  # fmt: skip
     return states
+
+
+def with_states(db: Database, found: Chain) -> Chain:
+    """``found`` with each block's instance state, read for its page of blocks only."""
+    uids = sorted({link.sop_instance_uid for link in found.links})
+    states: dict[str, str] = {}
+    for start in range(0, len(uids), PAGE):
+        keys = {"SOPInstanceUID": parse_key("UI", "\\".join(uids[start : start + PAGE]))}
+        query = Query("STUDY", "IMAGE", keys, _requested(("SOPInstanceUID", "ChainVerificationState")))
+        for row in _page(db, query, 0, PAGE).rows:
+            states[str(row["SOPInstanceUID"])] = str(row.get("ChainVerificationState") or "")
+    links = [dataclasses.replace(link, state=states.get(link.sop_instance_uid, "")) for link in found.links]
+    return dataclasses.replace(found, links=links)

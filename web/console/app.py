@@ -16,6 +16,7 @@ import hmac
 import io
 import json
 import secrets
+import shutil
 import tempfile
 import time
 import zipfile
@@ -26,11 +27,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import select
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -58,6 +60,7 @@ LOGIN_WINDOW_S = 60.0  # long enough to stop guessing, short enough not to lock 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # an audit export to check: 100k events in JSON Lines are ~60 MB
 EXPORT_FORMATS = (("json", "JSON Lines"), ("csv", "CSV"), ("fhir", "FHIR AuditEvent"), ("atna", "DICOM ATNA"))
 EVENT_PAGE = 100  # audit rows a page
+EXTENSIONS = {"json": "jsonl", "csv": "csv", "fhir": "json", "atna": "xml"}
 
 Live = Callable[[], dict[str, Any]]
 
@@ -237,10 +240,8 @@ class Console:
             return user
         uid = request.path_params["uid"]
         page = browse.instances(self.node.db, uid, after=_int(request.query_params.get("after")))
-        states = self._states(uid)
-        chain = browse.chain(
-            self.node.ledger, uid, states, after=_int(request.query_params.get("chain_after"), -1)
-        )
+        chain = browse.chain(self.node.ledger, uid, after=_int(request.query_params.get("chain_after"), -1))
+        chain = browse.with_states(self.node.db, chain)  # the states of this page's blocks only
         series: dict[str, dict[str, Any]] = {}
         for row in page.rows:
             series.setdefault(str(row.get("SeriesInstanceUID")), {
@@ -250,19 +251,8 @@ class Console:
         notice = request.query_params.get("notice", "")
         return self.render(
             request, "study.html", title=f"Study {uid}", uid=uid, page=page, chain=chain,
-            chain_svg=chain_svg(chain.links), series=list(series.values()), notice=notice,
+            chain_svg=chain_svg(chain.links, chain.released_to), series=list(series.values()), notice=notice,
         )  # fmt: skip
-
-    def _states(self, uid: str) -> dict[str, str]:
-        states, after = {}, 0
-        while True:
-            page = browse.instances(self.node.db, uid, after=after, limit=1000)
-            states |= {
-                str(r["SOPInstanceUID"]): str(r.get("ChainVerificationState") or "") for r in page.rows
-            }
-            if page.next_after is None:
-                return states
-            after = page.next_after
 
     async def verify_study(self, request: Request) -> Response:
         user = self.guard(request, "studies")
@@ -347,19 +337,23 @@ class Console:
         if fmt not in dict(EXPORT_FORMATS):
             return self.render(request, "base.html", 400, error=f"no export format {fmt!r}")
         f, _, _ = self._filter(request)
-        with tempfile.TemporaryDirectory(prefix="console-export-") as tmp:
-            out = Path(tmp) / f"audit.{'jsonl' if fmt == 'json' else 'xml' if fmt == 'atna' else fmt}"
+        # Streamed as the CLI streams it: events written to a file a batch at a time, zipped on
+        # disk, sent from the file, removed once sent. Nothing holds the trail in memory.
+        tmp = Path(tempfile.mkdtemp(prefix="console-export-"))
+        try:
+            out = tmp / f"audit.{EXTENSIONS[fmt]}"
             export(
                 self.node.ledger, self.node.key, fmt, out, f, actor=f"console:{user.name}",
                 source_id=f"dicom-chain@{self.node.key.key_id}",
             )  # fmt: skip
-            data = _zip([out, proof_path(out)])
-        name = f"audit-{fmt}.zip"
-        return Response(
-            data,
-            media_type="application/zip",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
+            archive = _zip([out, proof_path(out)], tmp / f"audit-{fmt}.zip")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return FileResponse(
+            archive, media_type="application/zip", filename=archive.name,
+            background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
+        )  # fmt: skip
 
     async def audit_verify(self, request: Request) -> Response:
         user = self.guard(request, "audit")
@@ -503,7 +497,7 @@ class Console:
                 source_id=f"dicom-chain@{self.node.key.key_id}", now=_now(),
             )  # fmt: skip
             events = accesslog.events_path(out)
-            data = _zip([out, events, proof_path(events)])
+            data = _zip([out, events, proof_path(events)], Path(tmp) / "record.zip").read_bytes()
         return Response(
             data,
             media_type="application/zip",
@@ -555,12 +549,11 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
-def _zip(paths: list[Path]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+def _zip(paths: list[Path], archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         for path in paths:
             z.write(path, path.name)
-    return buffer.getvalue()
+    return archive
 
 
 def _check_upload(name: str, data: bytes, proof_data: bytes) -> dict[str, Any]:

@@ -13,14 +13,16 @@ BOX_W, BOX_H, GAP, PER_ROW = 92, 44, 22, 8  # a row of eight blocks fits a 1,000
 COLOURS = {"verified": "#1b5e20", "altered": "#a00000", "missing": "#a00000", "": "#4a4a4a"}
 
 
-def chain_svg(links: Sequence[ChainLink]) -> str:
+def chain_svg(links: Sequence[ChainLink], released_to: Sequence[tuple[str, str]] = ()) -> str:
     """The blocks left to right, a row of eight at a time, each joined to the one before; a link
-    into a block whose file fails is red and dashed, and says so in its title and text."""
+    into a block whose file fails is red and dashed, and says so in its title and text. Hops:
+    a block received from another institution is labelled "from" it; the study's releases are
+    arrows out to each institution, after the blocks."""
     if not links:
         return '<p class="muted">No block in this study yet.</p>'
     rows = (len(links) + PER_ROW - 1) // PER_ROW
     width = PER_ROW * (BOX_W + GAP)
-    height = rows * (BOX_H + 34) + 8
+    height = rows * (BOX_H + 34) + 8 + (26 * len(released_to))
     out = [
         f'<svg role="img" aria-labelledby="chain-title" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
@@ -52,6 +54,16 @@ def chain_svg(links: Sequence[ChainLink]) -> str:
             out.append(
                 f'<text x="{x}" y="{y + BOX_H + 14}" fill="#0b4f9c">from {escape(link.received_from)}</text>'
             )
+    top = rows * (BOX_H + 34) + 4
+    for n, (institution, when) in enumerate(released_to):
+        y = top + 26 * n
+        out.append(
+            f"<g><title>released to {escape(institution)} at {escape(when[:19])}</title>"
+            f'<line x1="4" y1="{y + 9}" x2="40" y2="{y + 9}" stroke="#0b4f9c" stroke-width="2"/>'
+            f'<polygon points="40,{y + 4} 48,{y + 9} 40,{y + 14}" fill="#0b4f9c"/>'
+            f'<text x="54" y="{y + 13}" fill="#0b4f9c">to {escape(institution)} '
+            f"({escape(when[:10])})</text></g>"
+        )
     out.append("</svg>")
     return "".join(out)
 
