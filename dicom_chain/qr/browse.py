@@ -29,6 +29,7 @@ from dicom_chain.qr.matching import parse_key
 from dicom_chain.qr.query import Query
 from dicom_chain.storage import Storage
 from dicom_chain.verify import stored_file_fault
+from dicom_chain.versions import Version, versions_of_many
 from dicom_chain.vocab import EventType, Outcome, VerificationState
 
 PAGE = 50  # rows a page: a screen's worth
@@ -221,3 +222,10 @@ def with_states(db: Database, found: Chain) -> Chain:
             states[str(row["SOPInstanceUID"])] = str(row.get("ChainVerificationState") or "")
     links = [dataclasses.replace(link, state=states.get(link.sop_instance_uid, "")) for link in found.links]
     return dataclasses.replace(found, links=links)
+
+
+def version_counts(ledger: Ledger, chain_id: str, rows: list[dict[str, Any]]) -> dict[str, list[Version]]:
+    """The versions of each instance on a page (a correction or a replacement shows: design 5)."""
+    sops = [str(r["SOPInstanceUID"]) for r in rows]
+    with ledger.db.reading() as session:
+        return versions_of_many(session, chain_id, sops)

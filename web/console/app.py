@@ -248,9 +248,10 @@ class Console:
                 "sop": row.get("SOPInstanceUID"), "number": row.get("SeriesNumber", ""),
                 "description": row.get("SeriesDescription", ""), "modality": row.get("Modality", ""),
             })  # fmt: skip
+        versions = browse.version_counts(self.node.ledger, self.node.chain_id, page.rows)
         notice = request.query_params.get("notice", "")
         return self.render(
-            request, "study.html", title=f"Study {uid}", uid=uid, page=page, chain=chain,
+            request, "study.html", versions=versions, title=f"Study {uid}", uid=uid, page=page, chain=chain,
             chain_svg=chain_svg(chain.links, chain.released_to), series=list(series.values()), notice=notice,
         )  # fmt: skip
 
@@ -398,11 +399,11 @@ class Console:
                 )  # fmt: skip
             except DicomChainError as exc:
                 check["result"] = {"allowed": False, "reasons": [str(exc)]}
-        changes = len(self.node.ledger.events_of_types([EventType.POLICY_CHANGED]))
+        history = list(reversed(self.node.ledger.events_of_types([EventType.POLICY_CHANGED])))
         return self.render(
             request, "sharing.html", title="Sharing", institutions=institutions, consents=consents,
             patient=patient, purposes=PURPOSES, policy_hash=policy.hash, policy_text=policy.text,
-            policy_changes=changes, check=check, link=link, notice=p.get("notice", ""),
+            policy_history=history, check=check, link=link, notice=p.get("notice", ""),
         )  # fmt: skip
 
     async def consent_grant(self, request: Request) -> Response:
