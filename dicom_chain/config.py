@@ -284,6 +284,15 @@ class Settings:
     )
     # One witness is enough to stop a log from showing a second history to that witness unseen;
     # more (a majority of the institutions) make a published checkpoint hold against collusion.
+    # A patient's link must name the console as the patient reaches it: the server cannot know
+    # that address (a request's Host header is the client's to write), so it is a setting.
+    console_url: str = field(
+        default="",
+        metadata=about(
+            "The console's address as people reach it, for the patient links it makes (e.g. https://pacs.example:8443).",
+            metavar="URL",
+        ),
+    )
     witness_quorum: int = field(
         default=1,
         metadata=about(

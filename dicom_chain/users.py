@@ -187,9 +187,10 @@ class PatientLinks:
             ))  # fmt: skip
         return PatientLink(token, patient_id, expires)
 
-    def open(self, token: str, *, peer: str) -> str:
-        """The patient ID a link is for, recorded as opened; AuthError for a link unknown,
-        expired or revoked (an unknown one is not recorded: it names no patient)."""
+    def open(self, token: str, *, peer: str, record: bool = True) -> str:
+        """The patient ID a link is for, recorded as opened (unless ``record`` is False: the
+        caller recorded this link's opening a moment ago); AuthError for a link unknown, expired
+        or revoked (an unknown one is not recorded: it names no patient)."""
         digest = token_hash(token[:128])
         with self.ledger.db.reading() as session:
             row = session.get(PatientLinkRow, digest)
@@ -198,12 +199,16 @@ class PatientLinks:
             raise AuthError("this link is not valid")
         patient_id, expires_at, revoked_at = found
         valid = revoked_at is None and utc_now() < expires_at
+        if record or not valid:
+            self._opened(digest, patient_id, valid, revoked_at, peer)
+        if not valid:
+            raise AuthError("this link has expired or was withdrawn")
+        return patient_id
+
+    def _opened(self, digest: str, patient_id: str, valid: bool, revoked_at: str | None, peer: str) -> None:
         self.ledger.record(self.key, EventDraft(
             type=EventType.PATIENT_LINK_OPENED, outcome=Outcome.SUCCESS if valid else Outcome.MINOR_FAILURE,
             actor="patient link", patient_id=patient_id,
             reason="" if valid else ("revoked" if revoked_at else "expired"),
             details={"link": digest[:16], "peer": peer},
         ))  # fmt: skip
-        if not valid:
-            raise AuthError("this link has expired or was withdrawn")
-        return patient_id

@@ -43,6 +43,7 @@ EVERY_FIELD_SET = Settings(
     http_host="10.0.0.6",
     http_tls_cert=Path("h.pem"),
     http_tls_key=Path("h.key"),
+    console_url="https://pacs.example:8443",
     witness_quorum=2,
     checkpoint_interval=60,
     tsa="https://tsa.example/tsr",

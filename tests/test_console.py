@@ -193,8 +193,9 @@ def test_admins_grant_and_revoke_consents_and_make_links_each_an_event(site: Sit
     made = client.post(
         "/console/patients/link", data={"csrf": _csrf(revoked), "patient_id": "DC-0001", "days": "7"}
     ).text
-    url = re.search(r'href="(http://[^"]+/p/[^"]+)"', made)[1]
-    assert httpx.get(url, timeout=30).status_code == 200
+    # no --console-url: the path only (the Host header is the client's to write, never used)
+    path = re.search(r'href="(/p/[^"]+)"', made)[1]
+    assert httpx.get(site.base + path, timeout=30).status_code == 200
     kinds = [e.type for e in site.node.ledger.iter_events()]
     assert {EventType.CONSENT_GRANTED, EventType.CONSENT_REVOKED, EventType.PATIENT_LINK_ISSUED} <= set(kinds)
     assert all(
@@ -202,3 +203,62 @@ def test_admins_grant_and_revoke_consents_and_make_links_each_an_event(site: Sit
         for e in site.node.ledger.iter_events()
         if e.type == EventType.CONSENT_GRANTED
     )
+
+
+def test_the_review_s_holes_stay_shut(site: Site):
+    """Each found by a review of the first cut: a kept cookie after logout, UIDs taken as
+    wildcards, forms of any size read before anything is checked, logins at once past the
+    throttle, exports signed by another key called intact, and pages without security headers."""
+    client = login(site, "alice")
+    kept = dict(client.cookies)
+    page = client.get("/console/").text
+    for header in ("content-security-policy", "x-content-type-options", "referrer-policy"):
+        assert header in client.get("/console/").headers
+    client.post("/console/logout", data={"csrf": _csrf(page)})
+    replay = httpx.Client(base_url=site.base, cookies=kept, follow_redirects=False, timeout=30)
+    assert replay.get("/console/audit").status_code == 303  # the copied cookie opens nothing now
+
+    admin = login(site, "alice")
+    for uid in ("*", "1.2.*", "1.2\\3.4", "<b>"):
+        assert admin.get(f"/console/studies/{uid}").status_code == 404
+    assert admin.get("/console/thumbnail/*").status_code == 404
+    big = admin.post("/console/sharing/consent/grant", data={"csrf": "x", "patient_id": "p" * 100_000})
+    assert big.status_code == 413
+    assert admin.get("/console/audit/export", params={"format": "csv", "since": "garbage"}).status_code == 400
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = httpx.Client(base_url=site.base, timeout=30)
+    token = _csrf(fresh.get("/console/login").text)
+
+    def attempt(_: int) -> int:
+        return fresh.post(
+            "/console/login", data={"csrf": token, "name": "rita", "password": "not it at all"}
+        ).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(attempt, range(20)))
+    assert codes.count(401) <= 5 and codes.count(429) >= 15  # counted before the check, not after
+    failed = [
+        e
+        for e in site.node.ledger.iter_events()
+        if e.type == EventType.USER_LOGIN and e.details["user"] == "rita"
+    ]
+    assert len(failed) <= 5  # a flood of guesses does not flood the ledger
+
+    from dicom_chain.audit import AuditFilter, export
+    from dicom_chain.keys import NodeKey
+
+    stranger = NodeKey.generate()
+    out = Path(site.stored[0]).parent.parent / "forged.jsonl"
+    export(site.node.ledger, stranger, "json", out, AuditFilter(), actor="someone", source_id="elsewhere")
+    audit = admin.get("/console/audit").text
+    forged = admin.post(
+        "/console/audit/verify",
+        data={"csrf": _csrf(audit)},
+        files={
+            "export": (out.name, out.read_bytes()),
+            "proof": (out.name + ".proof", Path(str(out) + ".proof").read_bytes()),
+        },
+    )
+    assert "BROKEN" in forged.text and "INTACT" not in forged.text  # signed, but not by this node

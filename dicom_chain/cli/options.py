@@ -47,6 +47,7 @@ SERVICE = (
     "http_host",
     "http_tls_cert",
     "http_tls_key",
+    "console_url",
     "witness_quorum",
     "checkpoint_interval",
     "tsa",

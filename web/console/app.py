@@ -15,24 +15,24 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import secrets
 import shutil
 import tempfile
 import time
 import zipfile
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import select
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -46,7 +46,7 @@ from dicom_chain.qr import browse
 from dicom_chain.sharing import service
 from dicom_chain.sharing.policyfile import PURPOSES
 from dicom_chain.sharing.registry import Registry
-from dicom_chain.users import PatientLinks, User, Users
+from dicom_chain.users import PatientLinks, User, Users, token_hash
 from dicom_chain.vocab import EventType
 
 from .pictures import chain_svg, score_chart
@@ -57,6 +57,11 @@ SESSION_COOKIE = "dicom_chain_console"
 SESSION_MAX_AGE_S = 8 * 3600  # a working shift: a forgotten session ends by the next one
 LOGIN_FAILURES = 5  # failed logins from one address within LOGIN_WINDOW_S before it must wait
 LOGIN_WINDOW_S = 60.0  # long enough to stop guessing, short enough not to lock out a typo
+MAX_THROTTLED = 10_000  # addresses and names remembered at once; older ones are forgotten first
+FORM_BYTES = 64 * 1024  # a form of the console: a few fields
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # a DICOM UID (PS3.5 9.1): digits and dots, nothing to match on
+OPENED_EVERY_S = 600.0  # a patient link's opening is recorded at most this often: views would flood the log
+ZIP_MEMBERS = 4  # an export and its proof, with room to spare
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # an audit export to check: 100k events in JSON Lines are ~60 MB
 EXPORT_FORMATS = (("json", "JSON Lines"), ("csv", "CSV"), ("fhir", "FHIR AuditEvent"), ("atna", "DICOM ATNA"))
 EVENT_PAGE = 100  # audit rows a page
@@ -98,13 +103,20 @@ class Console:
         self.live = live
         self.users = Users(node.ledger, node.key)
         self.links = PatientLinks(node.ledger, node.key)
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
+        self.failures: dict[str, deque[float]] = defaultdict(deque)  # by address, and by name tried
+        self.sessions: dict[str, tuple[str, float]] = {}  # session ID -> (user, ends at), in memory
+        self.opened: dict[str, float] = {}  # patient link -> when its opening was last recorded
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def user(self, request: Request) -> User | None:
-        name = request.session.get("user")
-        found = self.users.get(name) if isinstance(name, str) else None
+        """The session's user: its ID must be one this server issued and has not ended (logout,
+        expiry, restart), and the user still active. The cookie alone is never enough."""
+        sid = request.session.get("sid")
+        held = self.sessions.get(sid) if isinstance(sid, str) else None
+        if held is None or held[1] < time.monotonic():
+            return None
+        found = self.users.get(held[0])
         return found if found is not None and found.disabled_at is None else None
 
     @staticmethod
@@ -116,8 +128,16 @@ class Console:
 
     def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         context.setdefault("title", template.removesuffix(".html").capitalize())
+        context.setdefault("notice", request.session.pop("notice", ""))  # said once, after a redirect
         context |= {"user": self.user(request), "csrf": self.csrf(request)}
         return TEMPLATES.TemplateResponse(request, template, context, status_code=status)
+
+    @staticmethod
+    def redirect(request: Request, to: str, notice: str) -> Response:
+        """After a change: to ``to`` (always one of ours), the notice kept in the session for the
+        page that follows, never in the URL, where anyone could write one."""
+        request.session["notice"] = notice[:300]
+        return RedirectResponse(to, status_code=303)
 
     def guard(self, request: Request, what: str) -> User | Response:
         user = self.user(request)
@@ -129,9 +149,13 @@ class Console:
             )
         return user
 
-    async def form(self, request: Request) -> dict[str, Any] | Response:
-        """The form, once its CSRF token matches the session's; a 403 page otherwise."""
-        form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+    async def form(self, request: Request, limit: int = FORM_BYTES) -> dict[str, Any] | Response:
+        """The form, once its CSRF token matches the session's; a 403 page otherwise. A body over
+        ``limit`` (or of no stated length) is refused before it is read."""
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > limit:
+            return self.render(request, "base.html", 413, error=f"A form here is at most {limit} bytes.")
+        form = await request.form(max_part_size=limit)
         sent = form.get("csrf")
         if not isinstance(sent, str) or not hmac.compare_digest(sent, self.csrf(request)):
             return self.render(request, "base.html", 403, error="This form has expired: open the page again.")
@@ -147,19 +171,32 @@ class Console:
         if isinstance(form, Response):
             return form
         peer = _peer(request)
-        recent = self.failures[peer]
-        while recent and recent[0] < time.monotonic() - LOGIN_WINDOW_S:
-            recent.popleft()
-        if len(recent) >= LOGIN_FAILURES:
+        name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))
+        now = time.monotonic()
+        counters = [self.failures[f"address:{peer}"], self.failures[f"name:{name}"]]
+        for recent in counters:
+            while recent and recent[0] < now - LOGIN_WINDOW_S:
+                recent.popleft()
+        if any(len(recent) >= LOGIN_FAILURES for recent in counters):
             return self.render(request, "login.html", 429, error="Too many attempts: wait a minute.")
-        name, password = str(form.get("name", "")), str(form.get("password", ""))
+        for recent in counters:  # counted before the check: attempts at once cannot all slip through
+            recent.append(now)
+        if len(self.failures) > MAX_THROTTLED:
+            live = {k: v for k, v in self.failures.items() if v and v[-1] > now - LOGIN_WINDOW_S}
+            self.failures = defaultdict(deque, live)
         try:
             user = await run_in_threadpool(self.users.authenticate, name, password, peer=peer)
         except AuthError as exc:
-            recent.append(time.monotonic())
             return self.render(request, "login.html", 401, error=str(exc).capitalize() + ".")
+        for recent in counters:
+            if recent:
+                recent.pop()  # a success does not count against the address or the name
         request.session.clear()  # a new session at login: none fixed beforehand survives it
-        request.session["user"] = user.name
+        sid = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        self.sessions = {k: v for k, v in self.sessions.items() if v[1] > now}
+        self.sessions[sid] = (user.name, now + SESSION_MAX_AGE_S)
+        request.session["sid"] = sid
         return RedirectResponse("/console/", status_code=303)
 
     async def logout(self, request: Request) -> Response:
@@ -169,6 +206,7 @@ class Console:
         user = self.user(request)
         if user is not None:
             await run_in_threadpool(self.users.logout, user, peer=_peer(request))
+        self.sessions.pop(str(request.session.get("sid")), None)  # the cookie, if kept, opens nothing
         request.session.clear()
         return RedirectResponse("/console/login", status_code=303)
 
@@ -192,10 +230,7 @@ class Console:
             "checkpoint": o.checkpoint, "cosigners": o.cosigners, "queues": queues, "security": o.security,
             "storage_used": _bytes(o.storage_used), "storage_total": _bytes(o.storage_total),
         }  # fmt: skip
-        notice = request.query_params.get("notice", "")
-        return self.render(
-            request, "dashboard.html", title="Dashboard", o=shown, live=self.live(), notice=notice
-        )
+        return self.render(request, "dashboard.html", title="Dashboard", o=shown, live=self.live())
 
     async def replay(self, request: Request) -> Response:
         user = self.guard(request, "manage")
@@ -206,9 +241,7 @@ class Console:
             return form
         destination = str(form.get("destination", ""))
         queued = await run_in_threadpool(self.node.outbox.replay, f"console:{user.name}", destination or None)
-        return RedirectResponse(
-            f"/console/?{urlencode({'notice': f'{queued} instance(s) queued again'})}", 303
-        )
+        return self.redirect(request, "/console/", f"{queued} instance(s) queued again")
 
     # -- studies -----------------------------------------------------------------------------
 
@@ -239,6 +272,8 @@ class Console:
         if isinstance(user, Response):
             return user
         uid = request.path_params["uid"]
+        if not UID.fullmatch(uid) or len(uid) > 64:
+            return self.render(request, "base.html", 404, error="No such study.")
         page = browse.instances(self.node.db, uid, after=_int(request.query_params.get("after")))
         chain = browse.chain(self.node.ledger, uid, after=_int(request.query_params.get("chain_after"), -1))
         chain = browse.with_states(self.node.db, chain)  # the states of this page's blocks only
@@ -249,10 +284,9 @@ class Console:
                 "description": row.get("SeriesDescription", ""), "modality": row.get("Modality", ""),
             })  # fmt: skip
         versions = browse.version_counts(self.node.ledger, self.node.chain_id, page.rows)
-        notice = request.query_params.get("notice", "")
         return self.render(
             request, "study.html", versions=versions, title=f"Study {uid}", uid=uid, page=page, chain=chain,
-            chain_svg=chain_svg(chain.links, chain.released_to), series=list(series.values()), notice=notice,
+            chain_svg=chain_svg(chain.links, chain.released_to), series=list(series.values()),
         )  # fmt: skip
 
     async def verify_study(self, request: Request) -> Response:
@@ -263,6 +297,8 @@ class Console:
         if isinstance(form, Response):
             return form
         uid = request.path_params["uid"]
+        if not UID.fullmatch(uid) or len(uid) > 64:
+            return self.render(request, "base.html", 404, error="No such study.")
         n = self.node
         states = await run_in_threadpool(
             browse.verify_study, n.db, n.ledger, n.storage, n.key, uid, f"console:{user.name}"
@@ -271,7 +307,7 @@ class Console:
         said = f"{len(states)} instance(s) checked: " + (
             f"{bad} ALTERED or MISSING" if bad else "all VERIFIED"
         )
-        return RedirectResponse(f"/console/studies/{uid}?{urlencode({'notice': said})}", 303)
+        return self.redirect(request, f"/console/studies/{quote(uid)}", said)
 
     def thumbnail(self, request: Request) -> Response:
         user = self.guard(request, "studies")
@@ -280,7 +316,10 @@ class Console:
         from dicom_chain.qr.matching import parse_key
         from dicom_chain.qr.query import Query
 
-        query = Query("STUDY", "IMAGE", {"SOPInstanceUID": parse_key("UI", request.path_params["sop"])}, ())
+        sop = request.path_params["sop"]
+        if not UID.fullmatch(sop) or len(sop) > 64:
+            return Response(status_code=404)
+        query = Query("STUDY", "IMAGE", {"SOPInstanceUID": parse_key("UI", sop)}, ())
         rows = list(browse._page(self.node.db, query, 0, 1).rows)
         if not rows:
             return Response(status_code=404)
@@ -348,19 +387,22 @@ class Console:
                 source_id=f"dicom-chain@{self.node.key.key_id}",
             )  # fmt: skip
             archive = _zip([out, proof_path(out)], tmp / f"audit-{fmt}.zip")
+        except DicomChainError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return self.render(request, "base.html", 400, error=f"Not exported: {exc}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return FileResponse(
-            archive, media_type="application/zip", filename=archive.name,
-            background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
+        return StreamingResponse(
+            _sent_then_removed(archive, tmp), media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{archive.name}"'},
         )  # fmt: skip
 
     async def audit_verify(self, request: Request) -> Response:
         user = self.guard(request, "audit")
         if isinstance(user, Response):
             return user
-        form = await self.form(request)
+        form = await self.form(request, MAX_UPLOAD_BYTES)
         if isinstance(form, Response):
             return form
         upload, proof = form.get("export"), form.get("proof")
@@ -368,7 +410,9 @@ class Console:
             return self.audit(request, {"ok": False, "summary": "no file given", "findings": []})
         data = await upload.read()
         proof_data = await proof.read() if proof is not None and hasattr(proof, "read") else b""
-        result = await run_in_threadpool(_check_upload, str(upload.filename or "export"), data, proof_data)
+        keys = {self.node.key.public_key, *(i.public_key for i in Registry(self.node.ledger, None).all())}
+        filename = str(upload.filename or "export")
+        result = await run_in_threadpool(_check_upload, filename, data, proof_data, frozenset(keys))
         return self.audit(request, result)
 
     # -- sharing -----------------------------------------------------------------------------
@@ -403,7 +447,7 @@ class Console:
         return self.render(
             request, "sharing.html", title="Sharing", institutions=institutions, consents=consents,
             patient=patient, purposes=PURPOSES, policy_hash=policy.hash, policy_text=policy.text,
-            policy_history=history, check=check, link=link, notice=p.get("notice", ""),
+            policy_history=history, check=check, link=link,
         )  # fmt: skip
 
     async def consent_grant(self, request: Request) -> Response:
@@ -420,8 +464,8 @@ class Console:
                 actor=f"console:{user.name}", now=_now(), source="console",
             ))  # fmt: skip
         except DicomChainError as exc:
-            return RedirectResponse(f"/console/sharing?{urlencode({'notice': f'not granted: {exc}'})}", 303)
-        return RedirectResponse(f"/console/sharing?{urlencode({'notice': 'consent granted'})}", 303)
+            return self.redirect(request, "/console/sharing", f"not granted: {exc}")
+        return self.redirect(request, "/console/sharing", "consent granted")
 
     async def consent_revoke(self, request: Request) -> Response:
         user = self.guard(request, "manage")
@@ -436,8 +480,8 @@ class Console:
                 reason="revoked in the console",
             ))  # fmt: skip
         except DicomChainError as exc:
-            return RedirectResponse(f"/console/sharing?{urlencode({'notice': f'not revoked: {exc}'})}", 303)
-        return RedirectResponse(f"/console/sharing?{urlencode({'notice': 'consent revoked'})}", 303)
+            return self.redirect(request, "/console/sharing", f"not revoked: {exc}")
+        return self.redirect(request, "/console/sharing", "consent revoked")
 
     async def patient_link(self, request: Request) -> Response:
         user = self.guard(request, "patient-links")
@@ -452,14 +496,23 @@ class Console:
                 actor=f"console:{user.name}",
             ))  # fmt: skip
         except DicomChainError as exc:
-            return RedirectResponse(f"/console/sharing?{urlencode({'notice': f'no link: {exc}'})}", 303)
-        return self.sharing(request, link=f"{request.base_url}p/{link.token}")
+            return self.redirect(request, "/console/sharing", f"no link: {exc}")
+        base = self.node.settings.console_url.rstrip("/")  # never the Host header: a client writes that
+        return self.sharing(request, link=f"{base}/p/{link.token}")
 
     # -- the patient's page ------------------------------------------------------------------
 
     def _patient(self, request: Request) -> str | Response:
+        token = str(request.path_params["token"])[:128]
+        seen, now = token_hash(token), time.monotonic()  # the hash only, even in memory
+        record = self.opened.get(seen, -OPENED_EVERY_S) < now - OPENED_EVERY_S
         try:
-            return self.links.open(request.path_params["token"], peer=_peer(request))
+            patient = self.links.open(token, peer=_peer(request), record=record)
+            if record:
+                if len(self.opened) > MAX_THROTTLED:
+                    self.opened.clear()
+                self.opened[seen] = now
+            return patient
         except AuthError as exc:
             return self.render(request, "base.html", 403, title="Link", error=str(exc).capitalize() + ".")
 
@@ -550,6 +603,17 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+def _sent_then_removed(archive: Path, folder: Path) -> Iterator[bytes]:
+    """The file a chunk at a time; its folder removed when the last is sent or the client left
+    (the generator is closed either way: ``finally`` runs)."""
+    try:
+        with archive.open("rb") as fp:
+            while chunk := fp.read(1024 * 1024):
+                yield chunk
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _zip(paths: list[Path], archive: Path) -> Path:
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         for path in paths:
@@ -557,32 +621,44 @@ def _zip(paths: list[Path], archive: Path) -> Path:
     return archive
 
 
-def _check_upload(name: str, data: bytes, proof_data: bytes) -> dict[str, Any]:
-    """``audit verify`` on an uploaded export: a ZIP as the console exports it, or the export and
-    its proof as two files."""
+def _safe_name(name: str) -> str:
+    safe = Path(name).name
+    return safe if safe not in ("", ".", "..") else "export"
+
+
+def _check_upload(name: str, data: bytes, proof_data: bytes, trusted: frozenset[bytes]) -> dict[str, Any]:
+    """``audit verify`` on an uploaded export, its proof signed by this node's key or a registered
+    institution's (``trusted``; any other key is BROKEN): a ZIP as the console exports it (a few
+    members, unpacked to at most MAX_UPLOAD_BYTES), or the export and its proof as two files."""
     with tempfile.TemporaryDirectory(prefix="console-verify-") as tmp:
         folder = Path(tmp)
         target: Path | None = None
         if data[:4] == b"PK\x03\x04":
             try:
                 with zipfile.ZipFile(io.BytesIO(data)) as z:
-                    for member in z.namelist():
-                        safe = Path(member).name
-                        if safe:
-                            (folder / safe).write_bytes(z.read(member))
-                            if not safe.endswith(".proof") and (folder / (safe + ".proof")).name in {
-                                Path(m).name for m in z.namelist()
-                            }:
-                                target = folder / safe
-            except zipfile.BadZipFile:
+                    members = z.infolist()
+                    if len(members) > ZIP_MEMBERS or sum(m.file_size for m in members) > MAX_UPLOAD_BYTES:
+                        return {
+                            "ok": False,
+                            "summary": "not a ZIP the console made (too large)",
+                            "findings": [],
+                        }
+                    names = {_safe_name(m.filename) for m in members}
+                    for member in members:
+                        safe = _safe_name(member.filename)
+                        with z.open(member) as source, (folder / safe).open("wb") as sink:
+                            shutil.copyfileobj(source, sink)
+                        if not safe.endswith(".proof") and safe + ".proof" in names:
+                            target = folder / safe
+            except (zipfile.BadZipFile, OSError, ValueError):
                 return {"ok": False, "summary": "not a ZIP the console made", "findings": []}
         else:
-            target = folder / (Path(name).name or "export")
+            target = folder / _safe_name(name)
             target.write_bytes(data)
             proof_path(target).write_bytes(proof_data)
         if target is None:
             return {"ok": False, "summary": "no export with its proof in the ZIP", "findings": []}
-        report, statement = verify_export(target)
+        report, statement = verify_export(target, trusted)
     findings = [f"{f.severity.upper()} {f.kind}: {f.message}" for f in report.findings]
     if report.ok:
         summary = (
