@@ -151,6 +151,8 @@ def test_an_audit_export_downloads_with_its_proof_and_checks_back(site: Site):
     )
     assert "BROKEN" in broken.text
     assert "user.login" in client.get("/console/audit", params={"event": "user.login"}).text
+    assert "instance.received" in client.get("/console/audit", params={"institution": "Hospital A"}).text
+    assert "No event matches" in client.get("/console/audit", params={"institution": "Nowhere"}).text
 
 
 def test_a_patients_link_shows_their_access_and_expires_with_its_token(site: Site):

@@ -337,8 +337,9 @@ class Console:
         f = AuditFilter(
             since=p.get("since") or None, until=p.get("until") or None, patient=p.get("patient") or None,
             study=p.get("study") or None, event_types=(event,) if event else (),
+            institution=p.get("institution") or None,
         )  # fmt: skip
-        kept = {k: p[k] for k in ("since", "until", "patient", "study", "event") if p.get(k)}
+        kept = {k: p[k] for k in ("since", "until", "patient", "study", "event", "institution") if p.get(k)}
         return f, event, urlencode(kept)
 
     def audit(self, request: Request, verified: dict[str, Any] | None = None) -> Response:
@@ -356,6 +357,9 @@ class Console:
             stmt = stmt.where(EVENTS.c.study_uid == f.study)
         if event:
             stmt = stmt.where(EVENTS.c.type == event)
+        if f.institution:  # signed by that institution's node: its key, as the export filters it
+            keys = [k for k, name in self.node.ledger.institutions().items() if name == f.institution]
+            stmt = stmt.where(EVENTS.c.key_id.in_(keys))
         if f.since:
             stmt = stmt.where(EVENTS.c.time >= f.since)
         if f.until:
