@@ -117,6 +117,7 @@ def test_the_console_in_a_browser(tmp_path: Path):
         session.switch_to.active_element.send_keys(PASSWORD, Keys.ENTER)
         wait_until(lambda: "Dashboard" in session.title, 10)
         _shot(session, "02-dashboard", "Dashboard", "running", "Forward queues", "SCRIPTED")
+        assert "not running" not in session.find_element(By.TAG_NAME, "body").text  # the gateway serving it
         accessible("dashboard")
 
         session.get(f"{base}/console/studies?patient={patient}")
