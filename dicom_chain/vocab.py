@@ -34,6 +34,7 @@ class EventType(StrEnum):
     # sharing across institutions
     INSTITUTION_ADDED = "institution.added"
     INSTITUTION_REMOVED = "institution.removed"
+    INSTITUTION_UPDATED = "institution.updated"  # its log address or certificate changed
     POLICY_CHANGED = "policy.changed"  # the sharing policy in force changed (its hash and text)
     RELEASE_GRANTED = "release.granted"
     RELEASE_DENIED = "release.denied"

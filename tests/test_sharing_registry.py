@@ -119,3 +119,22 @@ def test_a_refused_registration_records_nothing(tmp_path, shared_node):
         registry.remove("NOBODY", actor="a", now=NOW)
     assert shared_node.ledger.event_count() == before
     assert [i.name for i in registry.all()] == ["HOSPITAL_B"]
+
+
+def test_an_institution_is_given_its_log_address_later_with_an_event(tmp_path, shared_node):
+    registry = Registry(shared_node.ledger, shared_node.key)
+    _, pem = key_file(tmp_path, "b")
+    registry.add(
+        "HOSPITAL_B", ae_title="HB_GW", host="10.0.0.2", port=104, public_key_file=pem, actor="a", now=NOW
+    )
+    updated = registry.update("HOSPITAL_B", log_url="https://hb.example:8443/", actor="admin@a")
+    assert (
+        updated.log_url == "https://hb.example:8443" and registry.get("HOSPITAL_B").log_url == updated.log_url
+    )
+    [event] = [e for e in shared_node.ledger.iter_events() if e.type == EventType.INSTITUTION_UPDATED]
+    assert event.details["log_url"] == "https://hb.example:8443" and event.actor == "admin@a"
+    with pytest.raises(SharingError):
+        registry.update("HOSPITAL_B", log_url="ftp://nope", actor="a")
+    with pytest.raises(SharingError):
+        registry.update("NOBODY", log_url="https://x", actor="a")
+    assert len([e for e in shared_node.ledger.iter_events() if e.type == EventType.INSTITUTION_UPDATED]) == 1

@@ -147,3 +147,14 @@ def test_three_nodes_witness_each_other_and_catch_one_edited_behind_its_back(tmp
     finally:
         for n in nodes.values():
             n.close()
+
+
+def test_a_first_checkpoint_of_size_zero_must_be_the_empty_tree():
+    """c2sp.org/tlog-witness: at the old size, the roots must agree, else 409 (size 0 included)."""
+    w = witness()
+    empty = Checkpoint(ORIGIN, 0, merkle.EMPTY_ROOT).sign(LOG)
+    assert w.add_checkpoint(None, 0, [], empty, now=1).kind == "cosigned"
+    odd = Checkpoint(ORIGIN, 0, merkle.leaf_hash(b"x")).sign(LOG)
+    wrong = w.add_checkpoint(None, 0, [], odd, now=1)
+    assert wrong.kind == "conflict" and wrong.http_status == 409
+    assert wrong.seen is not None and wrong.seen.size == 0  # the size the 409 names

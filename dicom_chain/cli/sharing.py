@@ -108,6 +108,34 @@ def institution_add(
     click.echo(f"registered {inst.name}: {inst.ae_title}@{inst.host}:{inst.port}, key {inst.key_id}")
 
 
+@institution.command("update")
+@config_option
+@settings_options(*NODE)
+@click.argument("name")
+@click.option(
+    "--log-url", default=None, metavar="https://HOST:PORT", help="Where its transparency log answers."
+)
+@click.option(
+    "--tls-cert",
+    "peer_tls_cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Its new TLS certificate (PEM).",
+)
+def institution_update(name: str, log_url: str | None, peer_tls_cert: Path | None, **kwargs: Any) -> None:
+    """Give a registered institution its log's address or a new certificate (an event)."""
+    from dicom_chain.sharing.registry import Registry
+
+    if log_url is None and peer_tls_cert is None:
+        raise click.UsageError("say what changes: --log-url, --tls-cert")
+    with _node(kwargs) as node:
+        inst = Registry(node.ledger, node.key).update(
+            name, log_url=log_url, tls_cert=peer_tls_cert, actor=_actor()
+        )
+    click.echo(
+        f"updated {inst.name}: log {inst.log_url or '-'}, certificate {'yes' if inst.tls_cert else 'none'}"
+    )
+
+
 @institution.command("list")
 @config_option
 @settings_options(*NODE)

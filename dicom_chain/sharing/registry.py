@@ -153,6 +153,31 @@ class Registry:
             self._record(session, EventType.INSTITUTION_REMOVED, inst, actor)
         return inst
 
+    def update(
+        self, name: str, *, log_url: str | None = None, tls_cert: Path | None = None, actor: str
+    ) -> Institution:
+        """Give a registered institution its log's address or a new certificate (an event). Its
+        name, AE title and key stay: events name it by them, and a new key is a new institution."""
+        if (
+            log_url is not None
+            and log_url
+            and (not log_url.startswith(("https://", "http://")) or len(log_url) > URL_CHARS)
+        ):
+            raise SharingError(f"log URL {log_url!r}: https://HOST:PORT, at most {URL_CHARS} characters")
+        cert = read_tls_cert(tls_cert) if tls_cert is not None else None
+        with self.ledger.db.writing() as session:
+            self.ledger.lock_event_head(session)
+            row = session.get(InstitutionRow, name)
+            if row is None or row.removed_at is not None:
+                raise SharingError(f"no registered institution {name}")
+            if log_url is not None:
+                row.log_url = log_url.rstrip("/")
+            if cert is not None:
+                row.tls_cert = cert
+            inst = Institution.from_row(row)
+            self._record(session, EventType.INSTITUTION_UPDATED, inst, actor)
+        return inst
+
     def _record(self, session: Session, type_: EventType, inst: Institution, actor: str) -> None:
         if self.key is None:
             raise SharingError("this registry was opened without the node's key: it cannot record")

@@ -106,6 +106,8 @@ class Witness:
                 evidence=(last.signed, signed),
                 status=409,  # the spec's status for a root that differs at the cosigned size
             )
+        if cp.size == last.size and cp.root != last.root:  # nothing cosigned yet: size 0, not empty
+            return Outcome("conflict", f"a tree of {cp.size} has the empty tree's root", seen=last)
         if not merkle.verify_consistency(last.size, cp.size, proof, last.root, cp.root):
             again = at_old(last.size) if at_old is not None and last.signed else None
             if again:
