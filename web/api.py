@@ -30,10 +30,10 @@ from starlette.routing import Route
 from dicom_chain.errors import DicomChainError, NoteError
 from dicom_chain.node import Node
 from dicom_chain.tlog import merkle
-from dicom_chain.tlog.checkpoint import Checkpoint, origin_for
+from dicom_chain.tlog.checkpoint import DECIMAL, Checkpoint, origin_for
 from dicom_chain.tlog.publishing import latest_published
 from dicom_chain.tlog.store import EventTree
-from dicom_chain.tlog.witness import DECIMAL, MAX_REQUEST_BYTES, parse_request
+from dicom_chain.tlog.witness import MAX_REQUEST_BYTES, parse_request
 from dicom_chain.tlog.witnessing import WitnessDesk
 
 from .publish import fetch_checkpoint

@@ -18,9 +18,8 @@ import httpx
 from dicom_chain.errors import DicomChainError
 from dicom_chain.sharing.registry import Institution
 from dicom_chain.tlog import note
-from dicom_chain.tlog.checkpoint import Checkpoint
+from dicom_chain.tlog.checkpoint import DECIMAL, Checkpoint
 from dicom_chain.tlog.publishing import Published, Publisher, keep_timestamp
-from dicom_chain.tlog.witness import DECIMAL
 
 from .tsa import request_timestamp
 

@@ -101,6 +101,14 @@ def instances(db: Database, study_uid: str, *, after: int = 0, limit: int = PAGE
     return _page(db, query, after, limit)
 
 
+def instance(db: Database, sop_uid: str) -> dict[str, Any] | None:
+    """One instance's index row (its stored ``_path`` among them), or None; ``sop_uid`` exact
+    (the caller checks its form: a ``*`` in it would match as C-FIND matches)."""
+    query = Query("STUDY", "IMAGE", {"SOPInstanceUID": parse_key("UI", sop_uid)}, ())
+    rows = _page(db, query, 0, 1).rows
+    return rows[0] if rows else None
+
+
 @dataclass(frozen=True)
 class ChainLink:
     """One block of a study's chain, as the picture draws it."""

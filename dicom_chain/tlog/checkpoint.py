@@ -18,7 +18,7 @@ from dicom_chain.errors import NoteError
 from dicom_chain.keys import NodeKey
 from dicom_chain.tlog import note
 
-_SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
+DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")  # a tree size: ASCII digits (str.isdigit takes "²", "١")
 
 
 def origin_for(key: NodeKey, institution: str) -> str:
@@ -46,7 +46,7 @@ class Checkpoint:
         if len(lines) < 4 or lines[-1] != "" or not lines[0]:
             raise NoteError("a checkpoint is an origin, a size and a root hash, each on its line")
         origin, size, root, *extensions = lines[:-1]
-        if not _SIZE.fullmatch(size):
+        if not DECIMAL.fullmatch(size):
             raise NoteError(f"checkpoint size {size!r} is not a decimal number")
         try:
             raw = base64.b64decode(root, validate=True)

@@ -136,9 +136,10 @@ def carried_request(host: WitnessHost, institution: str, receiver: Institution) 
         cp = Checkpoint.parse(note.parse(signed)[0])
     else:
         cp, signed = tree.checkpoint(host.key, institution)
-    seen = Publisher(host, institution, quorum=0).last_cosigned(receiver)
+    publisher = Publisher(host, institution, quorum=0)
+    seen = publisher.last_cosigned(receiver)
     old = seen if seen <= cp.size else 0
-    request = format_request(old, tree.consistency(old, cp.size), signed).decode("utf-8")
+    request = publisher.request(cp, signed, old).decode("utf-8")
     at_old = Checkpoint(cp.origin, old, tree.root(old)).sign(host.key) if old else ""
     return json.dumps({"request": request, "old": at_old})
 

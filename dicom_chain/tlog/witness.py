@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +18,7 @@ from typing import Literal
 from dicom_chain.errors import NoteError
 from dicom_chain.keys import NodeKey
 from dicom_chain.tlog import cosignature, merkle, note
-from dicom_chain.tlog.checkpoint import Checkpoint, open_signed
+from dicom_chain.tlog.checkpoint import DECIMAL, Checkpoint, open_signed
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,6 @@ class Witness:
 
 # -- c2sp.org/tlog-witness add-checkpoint: the request body -----------------------------------
 
-DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")  # ASCII digits only: str.isdigit takes "²" and "١"
 MAX_PROOF_LINES = 63  # the spec's bound: a proof between two 64-bit sizes needs fewer
 MAX_REQUEST_BYTES = 64 * 1024  # an old size, 63 hashes and a checkpoint with its signatures fit in far less
 

@@ -38,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from dicom_chain.audit import AuditFilter, accesslog, export, proof_path, verify_export
+from dicom_chain.block import utc_now
 from dicom_chain.errors import AuthError, DicomChainError
 from dicom_chain.ledger import EVENTS
 from dicom_chain.node import Node
@@ -149,6 +150,18 @@ class Console:
             )
         return user
 
+    async def posted(
+        self, request: Request, what: str, limit: int = FORM_BYTES
+    ) -> tuple[User, dict[str, Any]] | Response:
+        """A POST to a page ``what`` allows: its user, and the form once its CSRF token holds."""
+        user = self.guard(request, what)
+        if isinstance(user, Response):
+            return user
+        form = await self.form(request, limit)
+        if isinstance(form, Response):
+            return form
+        return user, form
+
     async def form(self, request: Request, limit: int = FORM_BYTES) -> dict[str, Any] | Response:
         """The form, once its CSRF token matches the session's; a 403 page otherwise. A body over
         ``limit`` (or of no stated length) is refused before it is read."""
@@ -233,12 +246,10 @@ class Console:
         return self.render(request, "dashboard.html", title="Dashboard", o=shown, live=self.live())
 
     async def replay(self, request: Request) -> Response:
-        user = self.guard(request, "manage")
-        if isinstance(user, Response):
-            return user
-        form = await self.form(request)
-        if isinstance(form, Response):
-            return form
+        got = await self.posted(request, "manage")
+        if isinstance(got, Response):
+            return got
+        user, form = got
         destination = str(form.get("destination", ""))
         queued = await run_in_threadpool(self.node.outbox.replay, f"console:{user.name}", destination or None)
         return self.redirect(request, "/console/", f"{queued} instance(s) queued again")
@@ -290,12 +301,10 @@ class Console:
         )  # fmt: skip
 
     async def verify_study(self, request: Request) -> Response:
-        user = self.guard(request, "studies")
-        if isinstance(user, Response):
-            return user
-        form = await self.form(request)
-        if isinstance(form, Response):
-            return form
+        got = await self.posted(request, "studies")
+        if isinstance(got, Response):
+            return got
+        user, _ = got
         uid = request.path_params["uid"]
         if not UID.fullmatch(uid) or len(uid) > 64:
             return self.render(request, "base.html", 404, error="No such study.")
@@ -313,18 +322,12 @@ class Console:
         user = self.guard(request, "studies")
         if isinstance(user, Response):
             return user
-        from dicom_chain.qr.matching import parse_key
-        from dicom_chain.qr.query import Query
-
         sop = request.path_params["sop"]
-        if not UID.fullmatch(sop) or len(sop) > 64:
-            return Response(status_code=404)
-        query = Query("STUDY", "IMAGE", {"SOPInstanceUID": parse_key("UI", sop)}, ())
-        rows = list(browse._page(self.node.db, query, 0, 1).rows)
-        if not rows:
+        row = browse.instance(self.node.db, sop) if UID.fullmatch(sop) and len(sop) <= 64 else None
+        if row is None:
             return Response(status_code=404)
         try:
-            png = _thumbnail(self.node.storage.path(rows[0]["_path"]))
+            png = _thumbnail(self.node.storage.path(row["_path"]))
         except Exception:  # a file that does not render (a structured report, a broken file) has no picture
             return Response(status_code=404)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
@@ -403,12 +406,10 @@ class Console:
         )  # fmt: skip
 
     async def audit_verify(self, request: Request) -> Response:
-        user = self.guard(request, "audit")
-        if isinstance(user, Response):
-            return user
-        form = await self.form(request, MAX_UPLOAD_BYTES)
-        if isinstance(form, Response):
-            return form
+        got = await self.posted(request, "audit", MAX_UPLOAD_BYTES)
+        if isinstance(got, Response):
+            return got
+        _, form = got
         upload, proof = form.get("export"), form.get("proof")
         if upload is None or not hasattr(upload, "read"):
             return self.audit(request, {"ok": False, "summary": "no file given", "findings": []})
@@ -425,7 +426,7 @@ class Console:
         user = self.guard(request, "sharing")
         if isinstance(user, Response):
             return user
-        now = _now()
+        now = utc_now()
         institutions = []
         policy = self.node.policy
         for inst in Registry(self.node.ledger, None).all():
@@ -455,29 +456,25 @@ class Console:
         )  # fmt: skip
 
     async def consent_grant(self, request: Request) -> Response:
-        user = self.guard(request, "manage")
-        if isinstance(user, Response):
-            return user
-        form = await self.form(request)
-        if isinstance(form, Response):
-            return form
+        got = await self.posted(request, "manage")
+        if isinstance(got, Response):
+            return got
+        user, form = got
         try:
             await run_in_threadpool(lambda: service.grant_consent(
                 self.node, patient_id=str(form.get("patient_id", "")), to=str(form.get("to", "")),
                 until=str(form.get("until", "")), purpose=str(form.get("purpose", "treatment")),
-                actor=f"console:{user.name}", now=_now(), source="console",
+                actor=f"console:{user.name}", now=utc_now(), source="console",
             ))  # fmt: skip
         except DicomChainError as exc:
             return self.redirect(request, "/console/sharing", f"not granted: {exc}")
         return self.redirect(request, "/console/sharing", "consent granted")
 
     async def consent_revoke(self, request: Request) -> Response:
-        user = self.guard(request, "manage")
-        if isinstance(user, Response):
-            return user
-        form = await self.form(request)
-        if isinstance(form, Response):
-            return form
+        got = await self.posted(request, "manage")
+        if isinstance(got, Response):
+            return got
+        user, form = got
         try:
             await run_in_threadpool(lambda: service.revoke_consent(
                 self.node, str(form.get("consent_id", "")), actor=f"console:{user.name}",
@@ -488,12 +485,10 @@ class Console:
         return self.redirect(request, "/console/sharing", "consent revoked")
 
     async def patient_link(self, request: Request) -> Response:
-        user = self.guard(request, "patient-links")
-        if isinstance(user, Response):
-            return user
-        form = await self.form(request)
-        if isinstance(form, Response):
-            return form
+        got = await self.posted(request, "patient-links")
+        if isinstance(got, Response):
+            return got
+        user, form = got
         try:
             link = await run_in_threadpool(lambda: self.links.issue(
                 str(form.get("patient_id", "")), days=_int(str(form.get("days", "30")), 30),
@@ -528,7 +523,7 @@ class Console:
             out = Path(tmp) / "access.json"
             signed = accesslog.write(
                 self.node.ledger, self.node.key, patient, out, "json", actor="patient link",
-                source_id=f"dicom-chain@{self.node.key.key_id}", now=_now(),
+                source_id=f"dicom-chain@{self.node.key.key_id}", now=utc_now(),
             )  # fmt: skip
             doc = json.loads(out.read_text(encoding="utf-8"))
         statement = signed["statement"]
@@ -552,7 +547,7 @@ class Console:
             out = Path(tmp) / "access.html"
             accesslog.write(
                 self.node.ledger, self.node.key, patient, out, "html", actor="patient link",
-                source_id=f"dicom-chain@{self.node.key.key_id}", now=_now(),
+                source_id=f"dicom-chain@{self.node.key.key_id}", now=utc_now(),
             )  # fmt: skip
             events = accesslog.events_path(out)
             data = _zip([out, events, proof_path(events)], Path(tmp) / "record.zip").read_bytes()
@@ -591,12 +586,6 @@ class Console:
 
 def _int(text: str | None, default: int = 0) -> int:
     return int(text) if text and text.isascii() and text.isdigit() and len(text) < 19 else default
-
-
-def _now() -> str:
-    from dicom_chain.block import utc_now
-
-    return utc_now()
 
 
 def _bytes(n: int) -> str:

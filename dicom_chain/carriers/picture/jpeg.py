@@ -15,10 +15,10 @@ the tables, every other segment, as written.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Iterator
 
+from dicom_chain.carriers.picture.digest import digest
 from dicom_chain.errors import MalformedBlockError, MalformedPictureError, NoBlockError
 
 NAME = "jpeg"
@@ -115,10 +115,7 @@ def without_block(data: bytes) -> Iterator[bytes | memoryview]:
 
 
 def content_hash(data: bytes) -> str:
-    h = hashlib.sha256(DOMAIN)
-    for piece in without_block(data):
-        h.update(piece)
-    return h.hexdigest()
+    return digest(DOMAIN, without_block(data))
 
 
 def with_block(data: bytes, block: bytes) -> bytes:
